@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Set up SoftHSM2 and vault's development tokens in a project-local folder.
+#
+#   bash softhsm/setup.sh [--dir DIR] [--quiet]
+#
+# 1. installs SoftHSM2 when it is missing (Debian/Ubuntu: apt-get; elsewhere
+#    it says what to install);
+# 2. creates, only where they do not exist yet, the development tokens in
+#    DIR/tokens (default: .softhsm/ at the project root, git-ignored), each
+#    with a random user PIN and SO PIN kept in DIR/pins/ (mode 0600);
+# 3. writes DIR/env and prints the SOFTHSM2_CONF and VAULT_PKCS11_MODULE to use.
+#
+# Running it again changes nothing. It never touches the system token folder.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(dirname "$here")
+dir="$root/.softhsm"
+quiet=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dir) dir=$2; shift 2 ;;
+    --quiet) quiet=1; shift ;;
+    -h|--help) sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "setup.sh: unknown option '$1' (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+TOKENS="vault-root vault-officer-1 vault-officer-2 vault-officer-3 vault-approver-1 vault-approver-2 vault-approver-3 vault-station-1 vault-station-2 vault-auditor"
+
+say() { [ "$quiet" = 1 ] || echo "$@"; }
+
+install_softhsm() {
+  command -v softhsm2-util >/dev/null 2>&1 && return 0
+  if command -v apt-get >/dev/null 2>&1; then
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then
+      command -v sudo >/dev/null 2>&1 || { echo "SoftHSM2 is missing and this user cannot install it: run 'apt-get install softhsm2' as root" >&2; exit 1; }
+      sudo="sudo"
+    fi
+    say "installing SoftHSM2 (apt-get install softhsm2)"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get install -y -qq softhsm2 >/dev/null 2>&1 \
+      || { $sudo apt-get update -qq >/dev/null && $sudo apt-get install -y -qq softhsm2 >/dev/null; }
+  else
+    echo "SoftHSM2 is missing: install it with your package manager (Fedora: dnf install softhsm; macOS: brew install softhsm; Arch: pacman -S softhsm), then run this again" >&2
+    exit 1
+  fi
+}
+
+find_module() {
+  local m
+  for m in /usr/lib/softhsm/libsofthsm2.so /usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so \
+           /usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so /usr/lib64/pkcs11/libsofthsm2.so \
+           /usr/local/lib/softhsm/libsofthsm2.so /opt/homebrew/lib/softhsm/libsofthsm2.so; do
+    [ -f "$m" ] && { echo "$m"; return 0; }
+  done
+  echo "SoftHSM2 is installed but libsofthsm2.so was not found" >&2
+  exit 1
+}
+
+random_pin() { od -An -N8 -tx1 /dev/urandom | tr -d ' \n'; }
+
+install_softhsm
+module=$(find_module)
+
+mkdir -p "$dir/tokens" "$dir/pins"
+chmod 700 "$dir" "$dir/tokens" "$dir/pins"
+dir=$(cd "$dir" && pwd)
+conf="$dir/softhsm2.conf"
+new_conf=$(sed "s|@TOKENDIR@|$dir/tokens|" "$here/softhsm2.conf.in")
+if [ ! -f "$conf" ] || [ "$(cat "$conf")" != "$new_conf" ]; then
+  printf '%s\n' "$new_conf" > "$conf"
+fi
+export SOFTHSM2_CONF="$conf"
+
+existing=$(softhsm2-util --show-slots 2>/dev/null | awk '/^ *Label:/ {print $2}')
+for label in $TOKENS; do
+  if printf '%s\n' "$existing" | grep -qx -- "$label"; then
+    [ -f "$dir/pins/$label.pin" ] || { echo "token '$label' exists but its PIN file $dir/pins/$label.pin is missing" >&2; exit 1; }
+    continue
+  fi
+  (umask 077; random_pin > "$dir/pins/$label.pin"; random_pin > "$dir/pins/$label.so-pin")
+  softhsm2-util --init-token --free --label "$label" \
+    --pin "$(cat "$dir/pins/$label.pin")" --so-pin "$(cat "$dir/pins/$label.so-pin")" >/dev/null
+  say "created token $label"
+done
+
+envfile="$dir/env"
+new_env=$(printf 'export SOFTHSM2_CONF=%q\nexport VAULT_PKCS11_MODULE=%q\nexport VAULT_PIN_DIR=%q\n' "$conf" "$module" "$dir/pins")
+if [ ! -f "$envfile" ] || [ "$(cat "$envfile")" != "$new_env" ]; then
+  printf '%s\n' "$new_env" > "$envfile"
+fi
+say "SoftHSM2 development tokens are in $dir/tokens; to use them:"
+cat "$envfile"

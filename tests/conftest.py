@@ -1,0 +1,56 @@
+"""Shared fixtures: a private set of real SoftHSM2 tokens for the whole test run.
+
+The tokens are made by the same ``softhsm/setup.sh`` users run, in a
+temporary folder, so tests never touch a developer's own ``.softhsm/``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from vault.token import Pkcs11Uri
+
+ROOT = Path(__file__).resolve().parent.parent
+SETUP = ROOT / "softhsm" / "setup.sh"
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The variables a setup.sh env file exports."""
+    env = {}
+    for line in path.read_text().splitlines():
+        name, _, value = line.removeprefix("export ").partition("=")
+        env[name] = value
+    return env
+
+
+@pytest.fixture(scope="session")
+def softhsm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with the development tokens, set as this process's SoftHSM2 config."""
+    directory = tmp_path_factory.mktemp("softhsm")
+    subprocess.run(["bash", str(SETUP), "--dir", str(directory), "--quiet"], check=True)
+    for name, value in read_env_file(directory / "env").items():
+        os.environ[name] = value
+    return directory
+
+
+@pytest.fixture(scope="session")
+def token_uri(softhsm_dir: Path) -> Callable[..., Pkcs11Uri]:
+    """``token_uri("vault-root", object="x")``: a URI with the token's PIN file."""
+
+    def make(label: str, **attrs: object) -> Pkcs11Uri:
+        pin = softhsm_dir / "pins" / f"{label}.pin"
+        return Pkcs11Uri(token=label, pin_source=f"file:{pin}", **attrs)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture
+def label() -> str:
+    """A key label no other test uses."""
+    return "t-" + uuid.uuid4().hex[:12]

@@ -1,0 +1,60 @@
+"""The ``vault`` command line: thin click commands over the library.
+
+One module per command group; each command parses its arguments, calls a
+library function and prints the result. Every :class:`vault.errors.VaultError`
+reaches :func:`main`, which prints its one-line diagnosis and exits non-zero;
+``--verbose`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from collections.abc import Sequence
+
+import click
+
+from vault import __version__
+from vault.cli import _token
+from vault.errors import VaultError
+
+__all__ = ["cli", "main"]
+
+_state = {"verbose": False}
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vault")
+@click.option("-v", "--verbose", is_flag=True, help="Show tracebacks with errors.")
+def cli(verbose: bool) -> None:
+    """vault: offline, HSM-backed signing and release promotion for factory provisioning."""
+    _state["verbose"] = verbose
+
+
+cli.add_command(_token.token)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the CLI; exit 0 on success, 1 on a vault error, 2 on a usage error."""
+    try:
+        result = cli.main(args=list(argv) if argv is not None else None, prog_name="vault", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("vault: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except VaultError as e:
+        if _state["verbose"]:
+            traceback.print_exc()
+        click.echo(f"vault: error: {e}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("vault: interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:  # a bug: say so in one line, keep the traceback for --verbose
+        if _state["verbose"]:
+            traceback.print_exc()
+        click.echo(f"vault: internal error: {type(e).__name__}: {e} (rerun with --verbose and report it)", err=True)
+        sys.exit(70)
+    sys.exit(result if isinstance(result, int) else 0)

@@ -1,0 +1,120 @@
+"""``vault token ...``: see tokens and keys, make a key, sign with it."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import click
+from cryptography.hazmat.primitives import serialization
+from rich.table import Table
+
+from vault._files import write_new
+from vault.cli._options import PKCS11_URI, console, echo_json, force_option, json_option
+from vault.errors import InputError
+from vault.token import Pkcs11Uri, list_tokens, open_token
+
+MAX_SIGN_INPUT = 64 * 1024 * 1024
+
+
+@click.group()
+def token() -> None:
+    """PKCS#11 tokens: list them, list their keys, make and use keys."""
+
+
+@token.command("list")
+@click.option("--module", "module_path", metavar="PATH", help="PKCS#11 module (default: $VAULT_PKCS11_MODULE).")
+@json_option
+def list_(module_path: str | None, as_json: bool) -> None:
+    """List the tokens a PKCS#11 module offers."""
+    infos = list_tokens(Pkcs11Uri(module_path=module_path))
+    if as_json:
+        echo_json([dict(dataclasses.asdict(i), state=i.state) for i in infos])
+        return
+    table = Table("label", "manufacturer", "model", "serial", "state")
+    for i in sorted(infos, key=lambda i: (not i.initialized, i.label)):
+        table.add_row(i.label or "-", i.manufacturer, i.model, i.serial, i.state)
+    console().print(table)
+
+
+@token.command("keys")
+@click.argument("uri", type=PKCS11_URI)
+@json_option
+def keys(uri: Pkcs11Uri, as_json: bool) -> None:
+    """List the objects on the token URI names (never key material)."""
+    with open_token(uri) as session:
+        objects = session.objects()
+    if as_json:
+        echo_json([dataclasses.asdict(o) for o in objects])
+        return
+    table = Table("label", "type", "key type", "id", "key id", "extractable", "sensitive", title=session.label)
+    for o in objects:
+        table.add_row(
+            o.label,
+            o.type,
+            o.key_type or "-",
+            _short(o.id),
+            _short(o.key_id),
+            _flag(o.extractable),
+            _flag(o.sensitive),
+        )
+    console().print(table)
+
+
+@token.command("keygen")
+@click.argument("uri", type=PKCS11_URI)
+@click.option("--curve", default="P-256", show_default=True, help="P-256 or P-384.")
+@click.option("--usage", type=click.Choice(["sign", "derive"]), default="sign", show_default=True)
+def keygen(uri: Pkcs11Uri, curve: str, usage: str) -> None:
+    """Generate a key pair inside the token; URI's object= is its label."""
+    if not uri.object:
+        raise InputError("name the new key with object=LABEL in the URI")
+    with open_token(uri, rw=True) as session:
+        key = session.generate_ec_key(uri.object, curve=curve, usage=usage)
+    click.echo(f"generated {curve} key '{key.label}' on token '{session.label}'")
+    click.echo(f"key id {key.key_id}")
+
+
+@token.command("pubkey")
+@click.argument("uri", type=PKCS11_URI)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write PEM here (default: stdout).")
+@force_option
+def pubkey(uri: Pkcs11Uri, output: Path | None, force: bool) -> None:
+    """Export the public key URI names as a PEM SubjectPublicKeyInfo."""
+    with open_token(uri) as session:
+        key = session.key_for(uri)
+    pem = key.public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if output is None:
+        click.echo(pem.decode(), nl=False)
+    else:
+        write_new(output, pem, overwrite=force)
+        click.echo(f"wrote {output}", err=True)
+
+
+@token.command("sign")
+@click.argument("uri", type=PKCS11_URI)
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Signature file (DER ECDSA).")
+@force_option
+def sign(uri: Pkcs11Uri, file: Path, output: Path, force: bool) -> None:
+    """Sign FILE with the token key URI names (DER ECDSA, the curve's hash)."""
+    if file.stat().st_size > MAX_SIGN_INPUT:
+        raise InputError(f"{file} is larger than {MAX_SIGN_INPUT // (1024 * 1024)} MiB")
+    data = file.read_bytes()
+    with open_token(uri) as session:
+        key = session.key_for(uri)
+        signature = key.sign(data)
+    write_new(output, signature, overwrite=force)
+    click.echo(f"signed {file} with key {key.key_id[:16]}... -> {output}", err=True)
+
+
+def _short(value: str | None) -> str:
+    if not value:
+        return "-"
+    return value if len(value) <= 16 else value[:16] + "…"
+
+
+def _flag(value: bool | None) -> str:
+    return "-" if value is None else ("yes" if value else "no")
+
+

@@ -1,0 +1,116 @@
+"""The one exception tree of vault.
+
+Every error vault raises on purpose is a :class:`VaultError`. Each class
+carries a one-line diagnosis meant for people; the CLI prints ``str(error)``
+and exits non-zero, and shows the traceback only with ``--verbose``.
+
+Three branches sit under the root:
+
+- :class:`TokenError` — the PKCS#11 module, token, PIN, key or mechanism
+  could not be used;
+- :class:`InputError` — something given to vault is malformed (a URI, a file,
+  a YAML document);
+- :class:`VerificationError` — something well-formed failed a check
+  (a signature, a threshold, a count).
+
+Example:
+    >>> from vault.errors import KeyNotFoundError, TokenError, VaultError
+    >>> err = KeyNotFoundError("no key labelled 'root' on token 'vault-root'")
+    >>> isinstance(err, TokenError) and isinstance(err, VaultError)
+    True
+    >>> str(err)
+    "no key labelled 'root' on token 'vault-root'"
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "VaultError",
+    "TokenError",
+    "ModuleLoadError",
+    "TokenNotFoundError",
+    "PinIncorrectError",
+    "PinLockedError",
+    "KeyNotFoundError",
+    "KeyExistsError",
+    "MechanismNotSupportedError",
+    "TokenOperationError",
+    "InputError",
+    "UriError",
+    "PinSourceError",
+    "VerificationError",
+    "SignatureError",
+]
+
+
+class VaultError(Exception):
+    """Root of every error vault raises on purpose.
+
+    ``str(error)`` is a single line that says what is wrong in words a user
+    can act on.
+    """
+
+
+# --- token branch -----------------------------------------------------------
+
+
+class TokenError(VaultError):
+    """A PKCS#11 module, token, key or mechanism could not be used."""
+
+
+class ModuleLoadError(TokenError):
+    """The PKCS#11 module (shared library) is missing or cannot be loaded."""
+
+
+class TokenNotFoundError(TokenError):
+    """No token matches the URI (label, serial, manufacturer, model)."""
+
+
+class PinIncorrectError(TokenError):
+    """The token refused the PIN."""
+
+
+class PinLockedError(TokenError):
+    """The token's user PIN is locked after too many wrong tries."""
+
+
+class KeyNotFoundError(TokenError):
+    """No key on the token matches the URI."""
+
+
+class KeyExistsError(TokenError):
+    """A key with that label already exists; vault never makes a second."""
+
+
+class MechanismNotSupportedError(TokenError):
+    """The token does not offer the mechanism the operation needs."""
+
+
+class TokenOperationError(TokenError):
+    """The token failed an operation for another reason it reported."""
+
+
+# --- input branch -----------------------------------------------------------
+
+
+class InputError(VaultError):
+    """Something given to vault is malformed or out of bounds."""
+
+
+class UriError(InputError):
+    """A PKCS#11 URI does not follow RFC 7512 or names something vault refuses."""
+
+
+class PinSourceError(InputError):
+    """The PIN could not be read from the place the URI names."""
+
+
+# --- verification branch ----------------------------------------------------
+
+
+class VerificationError(VaultError):
+    """A well-formed input failed a check."""
+
+
+class SignatureError(VerificationError):
+    """A signature does not verify under the key it claims."""

@@ -1,0 +1,484 @@
+"""Keys inside a token: generate, find, export public, sign, ECDH, wrap.
+
+Private keys are generated inside the token, sensitive and non-extractable,
+with CKA_ID set to the SHA-256 of their SubjectPublicKeyInfo so that the
+key id vault prints is the id the token stores. The one exception is a key
+generated ``backupable``: it is extractable only wrapped, and only under a
+key the token trusts (CKA_WRAP_WITH_TRUSTED).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pkcs11
+import pkcs11.exceptions as p11e
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from pkcs11 import KDF, Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
+from pkcs11.constants import DEFAULT
+from pkcs11.util.ec import encode_named_curve_parameters
+
+from vault.crypto import CURVES, Curve, curve_by_name, curve_of, spki_der, verify_signature
+from vault.crypto import key_id as compute_key_id
+from vault.errors import InputError, KeyExistsError, KeyNotFoundError, TokenOperationError
+from vault.token import _quirks
+from vault.token._session import _text, open_session, translate_errors
+from vault.token._uri import Pkcs11Uri
+
+MAX_LABEL = 32  # bytes: many tokens cut labels longer than this
+
+_USAGE_CAPS = {
+    "sign": MechanismFlag.SIGN | MechanismFlag.VERIFY,
+    "derive": MechanismFlag.DERIVE,
+}
+
+_CLASS_NAMES = {
+    ObjectClass.PRIVATE_KEY: "private",
+    ObjectClass.PUBLIC_KEY: "public",
+    ObjectClass.SECRET_KEY: "secret-key",
+    ObjectClass.CERTIFICATE: "cert",
+    ObjectClass.DATA: "data",
+}
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What ``vault token keys`` shows of one object. Never key material."""
+
+    label: str
+    id: str  # CKA_ID, hex
+    type: str  # private, public, secret-key, cert, data
+    key_type: str | None  # EC, AES, ...
+    key_id: str | None  # SHA-256 of the SPKI, for EC keys
+    extractable: bool | None
+    sensitive: bool | None
+
+
+class TokenKey:
+    """An EC key pair in a token: a :class:`vault.crypto.Signer` that also does ECDH.
+
+    Get one from :meth:`TokenSession.generate_ec_key` or :meth:`TokenSession.key`;
+    it is valid while its session is open.
+    """
+
+    def __init__(self, private: pkcs11.PrivateKey, public_key: ec.EllipticCurvePublicKey, label: str):
+        self._private = private
+        self._public_key = public_key
+        self._curve = curve_of(public_key)
+        self.label = label
+        self._token_label = _text(private.session.token.label)
+
+    @property
+    def public_key(self) -> ec.EllipticCurvePublicKey:
+        """The public half, as a ``cryptography`` key."""
+        return self._public_key
+
+    @property
+    def key_id(self) -> str:
+        """Hex SHA-256 of the SubjectPublicKeyInfo DER (also the CKA_ID)."""
+        return hashlib.sha256(self.spki_der).hexdigest()
+
+    @property
+    def spki_der(self) -> bytes:
+        """The public key as SubjectPublicKeyInfo DER."""
+        return spki_der(self._public_key)
+
+    @property
+    def curve(self) -> Curve:
+        """The key's curve."""
+        return self._curve
+
+    def sign(self, data: bytes) -> bytes:
+        """Sign ``data`` in the token; returns a DER ECDSA signature.
+
+        The digest is computed here and the token signs it with CKM_ECDSA,
+        which every EC-capable token offers (many lack CKM_ECDSA_SHA256).
+        """
+        digest = hashlib.new(self._curve.hash.name, data).digest()
+        return self.sign_digest(digest)
+
+    def sign_digest(self, digest: bytes) -> bytes:
+        """Sign a precomputed digest of the curve's hash; returns DER."""
+        if len(digest) != self._curve.hash.digest_size:
+            raise InputError(f"digest must be {self._curve.hash.digest_size} bytes for {self._curve.name}")
+        with translate_errors(f"signing with key '{self.label}'", self._token_label):
+            raw = self._private.sign(digest, mechanism=Mechanism.ECDSA)
+        n = self._curve.size
+        if len(raw) != 2 * n:
+            raise TokenOperationError(f"token returned a {len(raw)}-byte signature for {self._curve.name}")
+        return encode_dss_signature(int.from_bytes(raw[:n], "big"), int.from_bytes(raw[n:], "big"))
+
+    def ecdh(self, peer: ec.EllipticCurvePublicKey) -> bytes:
+        """The ECDH shared secret (x coordinate) with ``peer``, computed in the token."""
+        if not isinstance(peer.curve, self._curve.curve):
+            raise InputError(f"peer key is on {peer.curve.name}, this key is {self._curve.name}")
+        point = peer.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+
+        def derive(param_point: bytes) -> bytes:
+            secret = self._private.derive_key(
+                KeyType.GENERIC_SECRET,
+                8 * self._curve.size,
+                mechanism=Mechanism.ECDH1_DERIVE,
+                mechanism_param=(KDF.NULL, None, param_point),
+                store=False,
+                template={Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True},
+            )
+            try:
+                return bytes(secret[Attribute.VALUE])
+            finally:
+                with contextlib.suppress(p11e.PKCS11Error):
+                    secret.destroy()
+
+        with translate_errors(f"ECDH with key '{self.label}'", self._token_label):
+            return _quirks.derive_with_fallback(derive, point)
+
+    def __repr__(self) -> str:
+        return f"TokenKey(label={self.label!r}, key_id={self.key_id[:16]}..., token={self._token_label!r})"
+
+
+class TokenSession:
+    """An open, logged-in session on one token. Use :func:`open_token`."""
+
+    def __init__(self, session: pkcs11.Session, uri: Pkcs11Uri):
+        self._session = session
+        self.uri = uri
+        self.label = _text(session.token.label)
+
+    # --- finding ------------------------------------------------------------
+
+    def _find(self, attrs: dict[Attribute, Any]) -> list[pkcs11.Object]:
+        with translate_errors("searching for objects", self.label):
+            return list(self._session.get_objects(attrs))
+
+    def _private_keys(self, *, label: str | None = None, id: bytes | None = None) -> list[pkcs11.Object]:
+        attrs: dict[Attribute, Any] = {Attribute.CLASS: ObjectClass.PRIVATE_KEY}
+        if label is not None:
+            attrs[Attribute.LABEL] = label
+        if id is not None:
+            attrs[Attribute.ID] = id
+        return self._find(attrs)
+
+    def key(self, label: str | None = None, id: bytes | None = None) -> TokenKey:
+        """The EC key pair with this label and/or CKA_ID.
+
+        Raises:
+            KeyNotFoundError: no such key, or more than one matches.
+        """
+        if label is None and id is None:
+            raise KeyNotFoundError("name a key: the URI needs object=LABEL or id=...")
+        what = f"labelled '{label}'" if label is not None else f"with id {id.hex() if id else ''}"
+        found = self._private_keys(label=label, id=id)
+        if not found:
+            raise KeyNotFoundError(f"no private key {what} on token '{self.label}'")
+        if len(found) > 1:
+            raise KeyNotFoundError(f"{len(found)} private keys {what} on token '{self.label}'; name it by id")
+        private = found[0]
+        if private[Attribute.KEY_TYPE] != KeyType.EC:
+            raise KeyNotFoundError(f"the key {what} on token '{self.label}' is not an EC key")
+        public_key = self._public_key_for(private, what)
+        return TokenKey(private, public_key, _text(private[Attribute.LABEL]))
+
+    def key_for(self, uri: Pkcs11Uri) -> TokenKey:
+        """The key ``uri`` names with ``object=`` and/or ``id=``."""
+        if uri.type not in (None, "private"):
+            raise InputError(f"the URI names type={uri.type}; a signing key needs type=private or none")
+        return self.key(label=uri.object, id=uri.id)
+
+    def key_by_public(self, public_key: ec.EllipticCurvePublicKey) -> TokenKey:
+        """The key pair whose public half is ``public_key`` (found through CKA_ID)."""
+        return self.key(id=bytes.fromhex(compute_key_id(public_key)))
+
+    def _public_key_for(self, private: pkcs11.Object, what: str) -> ec.EllipticCurvePublicKey:
+        params = private[Attribute.EC_PARAMS]
+        curve = _curve_from_params(params)
+        publics = self._find(
+            {Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.KEY_TYPE: KeyType.EC, Attribute.ID: private[Attribute.ID]}
+        )
+        if not publics:
+            raise KeyNotFoundError(f"the public half of the key {what} is missing on token '{self.label}'")
+        point = _quirks.ec_point_from_attribute(bytes(publics[0][Attribute.EC_POINT]), curve)
+        return ec.EllipticCurvePublicKey.from_encoded_point(curve.curve(), point)
+
+    # --- generating ---------------------------------------------------------
+
+    def generate_ec_key(self, label: str, *, curve: str = "P-256", usage: str = "sign", backupable: bool = False) -> TokenKey:
+        """Generate an EC key pair inside the token and store it.
+
+        Args:
+            label: CKA_LABEL; must not exist on the token yet.
+            curve: ``P-256`` (baseline) or ``P-384``.
+            usage: ``sign`` (ECDSA) or ``derive`` (ECDH, for decryption).
+            backupable: if true the private key may leave the token wrapped
+                under a trusted key (backup ceremonies); never in clear.
+
+        Raises:
+            KeyExistsError: a key with ``label`` exists.
+            InputError: unknown curve or usage, label too long.
+            TokenOperationError: the token made a key that is not sensitive,
+                or extractable when it must not be (it is destroyed).
+        """
+        spec = curve_by_name(curve)
+        caps = _USAGE_CAPS.get(usage)
+        if caps is None:
+            raise InputError(f"unknown key usage '{usage}' (sign or derive)")
+        self._check_new_label(label)
+        temporary_id = self._session.generate_random(128)
+        private_template: dict[Attribute, Any] = {
+            Attribute.TOKEN: True,
+            Attribute.PRIVATE: True,
+            Attribute.SENSITIVE: True,
+            Attribute.EXTRACTABLE: backupable,
+        }
+        if backupable:
+            private_template[Attribute.WRAP_WITH_TRUSTED] = True
+        public_template = {Attribute.TOKEN: True, Attribute.EC_PARAMS: encode_named_curve_parameters(spec.oid_name)}
+
+        def generate(template: dict[Attribute, Any]) -> tuple[pkcs11.PublicKey, pkcs11.PrivateKey]:
+            return self._session.generate_keypair(
+                KeyType.EC,
+                id=temporary_id,
+                label=label,
+                store=True,
+                capabilities=caps,
+                public_template=public_template,
+                private_template=template,
+            )
+
+        with translate_errors(f"generating key '{label}'", self.label):
+            public, private = _quirks.generate_with_fallback(generate, private_template)
+            try:
+                self._check_protection(private, label, backupable)
+                point = _quirks.ec_point_from_attribute(bytes(public[Attribute.EC_POINT]), spec)
+                public_key = ec.EllipticCurvePublicKey.from_encoded_point(spec.curve(), point)
+                key = TokenKey(private, public_key, label)
+                stable_id = bytes.fromhex(key.key_id)
+                private[Attribute.ID] = stable_id
+                public[Attribute.ID] = stable_id
+            except BaseException:
+                for obj in (private, public):
+                    with contextlib.suppress(p11e.PKCS11Error):
+                        obj.destroy()
+                raise
+        return key
+
+    def _check_new_label(self, label: str) -> None:
+        if not label or len(label.encode()) > MAX_LABEL:
+            raise InputError(f"a key label must be 1 to {MAX_LABEL} bytes")
+        if self._find({Attribute.LABEL: label}):
+            raise KeyExistsError(f"a key labelled '{label}' already exists on token '{self.label}'")
+
+    def _check_protection(self, private: pkcs11.Object, label: str, backupable: bool) -> None:
+        sensitive = _quirks.read_bool(private, Attribute.SENSITIVE)
+        extractable = _quirks.read_bool(private, Attribute.EXTRACTABLE)
+        if sensitive is not True:
+            raise TokenOperationError(f"token '{self.label}' made key '{label}' without CKA_SENSITIVE; destroyed it")
+        if extractable and not backupable:
+            raise TokenOperationError(f"token '{self.label}' made key '{label}' extractable; destroyed it")
+
+    def import_kek(self, value: bytes, label: str, *, trusted: bool = False) -> pkcs11.SecretKey:
+        """Store the AES key ``value`` on the token as a key-encryption key.
+
+        Backups use a KEK that exists whole only for the moment of wrapping
+        (its value is split among custodians) and only on the token, never on
+        disk. ``trusted`` marks it CKA_TRUSTED so that it may wrap keys made
+        ``backupable``: tokens accept that only in a security officer's
+        session, and the key is then public (CKA_PRIVATE false) so that the
+        user's session can use it. Destroy it with :meth:`destroy` once done.
+        """
+        if len(value) not in (16, 24, 32):
+            raise InputError("an AES key-encryption key must be 128, 192 or 256 bits")
+        self._check_new_label(label)
+        template: dict[Attribute, Any] = {
+            Attribute.CLASS: ObjectClass.SECRET_KEY,
+            Attribute.KEY_TYPE: KeyType.AES,
+            Attribute.TOKEN: True,
+            Attribute.PRIVATE: not trusted,
+            Attribute.SENSITIVE: True,
+            Attribute.EXTRACTABLE: False,
+            Attribute.WRAP: True,
+            Attribute.UNWRAP: True,
+            Attribute.LABEL: label,
+            Attribute.VALUE: value,
+        }
+        if trusted:
+            template[Attribute.TRUSTED] = True
+        with translate_errors(f"storing key-encryption key '{label}'", self.label):
+            key = self._session.create_object(template)
+        assert isinstance(key, pkcs11.SecretKey)
+        return key
+
+    def destroy(self, obj: pkcs11.Object) -> None:
+        """Destroy one object on the token."""
+        with translate_errors("destroying an object", self.label):
+            obj.destroy()
+
+    def aes_key(self, label: str) -> pkcs11.SecretKey:
+        """The AES key with this label."""
+        found = self._find({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: label})
+        if len(found) != 1:
+            raise KeyNotFoundError(f"no single AES key labelled '{label}' on token '{self.label}'")
+        key = found[0]
+        assert isinstance(key, pkcs11.SecretKey)
+        return key
+
+    def wrap(self, kek: pkcs11.SecretKey, key: TokenKey) -> bytes:
+        """The private half of ``key`` encrypted under ``kek`` (AES key wrap with padding, RFC 5649)."""
+        with translate_errors(f"wrapping key '{key.label}'", self.label):
+            return bytes(kek.wrap_key(key._private, mechanism=Mechanism.AES_KEY_WRAP_PAD))
+
+    def unwrap_ec_key(
+        self,
+        kek: pkcs11.SecretKey,
+        wrapped: bytes,
+        label: str,
+        public_key: ec.EllipticCurvePublicKey,
+        *,
+        usage: str = "sign",
+        backupable: bool = True,
+    ) -> TokenKey:
+        """Import a wrapped private key under ``kek`` and store it with its public half.
+
+        The public key is given (it is public, from a certificate or backup
+        file); the result is checked by signing and verifying in software so
+        a wrong or corrupt blob never lands as a key.
+        """
+        if usage not in _USAGE_CAPS:
+            raise InputError(f"unknown key usage '{usage}' (sign or derive)")
+        self._check_new_label(label)
+        spec = curve_of(public_key)
+        stable_id = bytes.fromhex(compute_key_id(public_key))
+        template: dict[Attribute, Any] = {
+            Attribute.TOKEN: True,
+            Attribute.PRIVATE: True,
+            Attribute.SENSITIVE: True,
+            Attribute.EXTRACTABLE: backupable,
+            Attribute.SIGN: usage == "sign",
+            Attribute.DERIVE: usage == "derive",
+            # python-pkcs11 fills every capability; a private EC key has only these two.
+            Attribute.ENCRYPT: DEFAULT,
+            Attribute.DECRYPT: DEFAULT,
+            Attribute.VERIFY: DEFAULT,
+            Attribute.WRAP: DEFAULT,
+            Attribute.UNWRAP: DEFAULT,
+        }
+        if backupable:
+            template[Attribute.WRAP_WITH_TRUSTED] = True
+        with translate_errors(f"unwrapping key '{label}'", self.label):
+            private = kek.unwrap_key(
+                ObjectClass.PRIVATE_KEY,
+                KeyType.EC,
+                wrapped,
+                id=stable_id,
+                label=label,
+                store=True,
+                mechanism=Mechanism.AES_KEY_WRAP_PAD,
+                template=template,
+            )
+            point = public_key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+            public = self._session.create_object(
+                {
+                    Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+                    Attribute.KEY_TYPE: KeyType.EC,
+                    Attribute.TOKEN: True,
+                    Attribute.VERIFY: True,
+                    Attribute.LABEL: label,
+                    Attribute.ID: stable_id,
+                    Attribute.EC_PARAMS: encode_named_curve_parameters(spec.oid_name),
+                    Attribute.EC_POINT: _quirks.wrap_ec_point(point),
+                }
+            )
+        key = TokenKey(private, public_key, label)
+        try:
+            _check_pair(key, usage)
+        except BaseException:
+            for obj in (private, public):
+                with contextlib.suppress(p11e.PKCS11Error):
+                    obj.destroy()
+            raise
+        return key
+
+    # --- listing ------------------------------------------------------------
+
+    def objects(self) -> list[ObjectInfo]:
+        """Every object the session can see, without key material."""
+        infos = []
+        for obj in self._find({}):
+            infos.append(self._describe(obj))
+        return sorted(infos, key=lambda i: (i.label, i.type))
+
+    def _describe(self, obj: pkcs11.Object) -> ObjectInfo:
+        cls = obj[Attribute.CLASS]
+        type_name = _CLASS_NAMES.get(cls, str(cls))
+        key_type = None
+        key_id = None
+        if cls in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY, ObjectClass.SECRET_KEY):
+            kt = obj[Attribute.KEY_TYPE]
+            key_type = kt.name if isinstance(kt, KeyType) else str(kt)
+        if cls == ObjectClass.PUBLIC_KEY and key_type == "EC":
+            with contextlib.suppress(TokenOperationError, InputError):
+                curve = _curve_from_params(obj[Attribute.EC_PARAMS])
+                point = _quirks.ec_point_from_attribute(bytes(obj[Attribute.EC_POINT]), curve)
+                key_id = compute_key_id(ec.EllipticCurvePublicKey.from_encoded_point(curve.curve(), point))
+        raw_id = bytes(obj[Attribute.ID]) if _has(obj, Attribute.ID) else b""
+        if cls == ObjectClass.PRIVATE_KEY and key_type == "EC" and len(raw_id) == 32:
+            key_id = raw_id.hex()  # vault sets CKA_ID to the key id; the public half confirms it
+        is_key = cls in (ObjectClass.PRIVATE_KEY, ObjectClass.SECRET_KEY)
+        return ObjectInfo(
+            label=_text(obj[Attribute.LABEL]) if _has(obj, Attribute.LABEL) else "",
+            id=raw_id.hex(),
+            type=type_name,
+            key_type=key_type,
+            key_id=key_id,
+            extractable=_quirks.read_bool(obj, Attribute.EXTRACTABLE) if is_key else None,
+            sensitive=_quirks.read_bool(obj, Attribute.SENSITIVE) if is_key else None,
+        )
+
+    def generate_random(self, nbytes: int) -> bytes:
+        """``nbytes`` from the token's random generator."""
+        with translate_errors("reading random bytes", self.label):
+            return bytes(self._session.generate_random(8 * nbytes))
+
+
+def _check_pair(key: TokenKey, usage: str) -> None:
+    """Prove the private half in the token belongs to ``key.public_key``."""
+    if usage == "sign":
+        verify_signature(key.public_key, b"vault key check", key.sign(b"vault key check"))
+        return
+    probe = ec.generate_private_key(key.curve.curve())
+    if key.ecdh(probe.public_key()) != probe.exchange(ec.ECDH(), key.public_key):
+        raise TokenOperationError(f"the unwrapped key '{key.label}' does not match its public key")
+
+
+def _has(obj: pkcs11.Object, attribute: Attribute) -> bool:
+    try:
+        obj[attribute]
+    except (p11e.AttributeTypeInvalid, p11e.AttributeSensitive):
+        return False
+    return True
+
+
+def _curve_from_params(params: bytes) -> Curve:
+    for spec in CURVES.values():
+        if bytes(params) == encode_named_curve_parameters(spec.oid_name):
+            return spec
+    raise InputError("key is on a curve vault does not support")
+
+
+@contextlib.contextmanager
+def open_token(uri: Pkcs11Uri, *, rw: bool = False, so: bool = False) -> Iterator[TokenSession]:
+    """Open the token ``uri`` names, logged in; yields a :class:`TokenSession`.
+
+    With ``so`` the session is the security officer's and the URI's PIN is
+    the SO PIN: needed only to mark a key-encryption key trusted.
+
+    Example:
+        ``with open_token(parse_uri("pkcs11:token=vault-root?pin-source=file:pin")) as t: t.key("root")``
+    """
+    with open_session(uri, rw=rw, so=so) as session:
+        yield TokenSession(session, uri)
