@@ -152,3 +152,15 @@ def test_unwrap_with_the_wrong_kek_lands_no_key(token_uri: TokenUri, label: str)
             token.unwrap_ec_key(kek, os.urandom(48), label, public)
         token.destroy(kek)
         assert not [o for o in token.objects() if o.label == label]
+
+
+def test_a_wrong_pin_leaves_no_session_that_blocks_the_security_officer(token_uri: TokenUri, label: str) -> None:
+    from vault.errors import PinIncorrectError
+
+    with pytest.raises(PinIncorrectError):
+        with open_token(Pkcs11Uri(token="vault-auditor", pin_value="not-the-pin")):
+            pass
+    so_pin = token_uri("vault-auditor").pin_source.replace(".pin", ".so-pin")  # type: ignore[union-attr]
+    with open_token(Pkcs11Uri(token="vault-auditor", pin_source=so_pin), rw=True, so=True) as officer:
+        kek = officer.import_kek(os.urandom(32), label, trusted=True)
+        officer.destroy(kek)

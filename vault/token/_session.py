@@ -48,6 +48,7 @@ _MODULE_DIRS = (
 
 _modules: dict[str, pkcs11.lib] = {}
 _modules_lock = threading.Lock()
+_open_sessions: dict[str, int] = {}  # module path -> sessions open through open_session
 
 
 def module_path_for(uri: Pkcs11Uri) -> str:
@@ -230,17 +231,39 @@ def open_session(
             pin = pkcs11.PROTECTED_AUTH
         else:
             pin = resolve_pin(uri, label)
+    path = module_path_for(uri)
     with translate_errors("opening a session", label):
         try:
-            if so:
-                session = token.open(rw=rw, so_pin=pin)
-            else:
-                session = token.open(rw=rw, user_pin=pin)
+            session = _login(token, rw=rw, pin=pin, so=so)
         except p11e.UserAlreadyLoggedIn:
             # Login state is shared by every session of this process on the token.
             session = token.open(rw=rw)
+        except p11e.PKCS11Error:
+            _drop_leaked_session(path)
+            raise
+    with _modules_lock:
+        _open_sessions[path] = _open_sessions.get(path, 0) + 1
     try:
         yield session
     finally:
+        with _modules_lock:
+            _open_sessions[path] -= 1
         with contextlib.suppress(p11e.PKCS11Error):
             session.close()
+
+
+def _login(token: pkcs11.Token, *, rw: bool, pin: object | None, so: bool) -> pkcs11.Session:
+    if so:
+        return token.open(rw=rw, so_pin=pin)
+    return token.open(rw=rw, user_pin=pin)
+
+
+def _drop_leaked_session(path: str) -> None:
+    """After a failed login python-pkcs11 keeps the session it opened (it has no
+    handle to give back). A leaked read-only session would later stop a security
+    officer's login, so when no other session is open, reinitialise the module,
+    which closes it."""
+    with _modules_lock:
+        if _open_sessions.get(path, 0) == 0 and path in _modules:
+            with contextlib.suppress(p11e.PKCS11Error):
+                _modules[path].reinitialize()
