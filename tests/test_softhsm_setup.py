@@ -14,7 +14,7 @@ def _slots(directory: Path) -> list[tuple[str, str]]:
     out = subprocess.run(["softhsm2-util", "--show-slots"], env=env, capture_output=True, text=True, check=True).stdout
     labels = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.strip().startswith("Label:")]
     serials = [line.split(":", 1)[1].strip() for line in out.splitlines() if line.strip().startswith("Serial number:")]
-    return sorted(zip(labels, serials))
+    return sorted(zip(labels, serials, strict=True))
 
 
 def _snapshot(directory: Path) -> dict[str, bytes]:

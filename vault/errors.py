@@ -25,21 +25,21 @@ Example:
 from __future__ import annotations
 
 __all__ = [
-    "VaultError",
-    "TokenError",
+    "InputError",
+    "KeyExistsError",
+    "KeyNotFoundError",
+    "MechanismNotSupportedError",
     "ModuleLoadError",
-    "TokenNotFoundError",
     "PinIncorrectError",
     "PinLockedError",
-    "KeyNotFoundError",
-    "KeyExistsError",
-    "MechanismNotSupportedError",
-    "TokenOperationError",
-    "InputError",
-    "UriError",
     "PinSourceError",
-    "VerificationError",
     "SignatureError",
+    "TokenError",
+    "TokenNotFoundError",
+    "TokenOperationError",
+    "UriError",
+    "VaultError",
+    "VerificationError",
 ]
 
 

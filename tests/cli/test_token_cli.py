@@ -71,7 +71,9 @@ def test_token_list_shows_the_dev_tokens(capsys: pytest.CaptureFixture[str], sof
         assert label in out
 
 
-def test_keygen_pubkey_sign_and_keys(capsys: pytest.CaptureFixture[str], token_uri: Callable[..., Pkcs11Uri], label: str, tmp_path: Path) -> None:
+def test_keygen_pubkey_sign_and_keys(
+    capsys: pytest.CaptureFixture[str], token_uri: Callable[..., Pkcs11Uri], label: str, tmp_path: Path
+) -> None:
     key_uri = uri(token_uri, "vault-approver-1", object=label)
     code, out, _ = run(capsys, "token", "keygen", key_uri)
     assert code == 0
@@ -110,21 +112,41 @@ def test_keygen_pubkey_sign_and_keys(capsys: pytest.CaptureFixture[str], token_u
 @pytest.mark.parametrize(
     ("argv_of", "expected"),
     [
-        (lambda u, l: ["token", "keys", format_uri(Pkcs11Uri(token="vault-root", pin_value="wrong-pin"), redact_pin=False)], "wrong PIN for token 'vault-root'"),
-        (lambda u, l: ["token", "keys", uri(u, "vault-root").replace("vault-root?", "vault-nope?")], "no token labelled 'vault-nope'"),
-        (lambda u, l: ["token", "pubkey", uri(u, "vault-root", object=l)], "no private key labelled"),
-        (lambda u, l: ["token", "keys", "pkcs11:token=vault-root?module-path=/nonexistent/libpkcs11.so&pin-value=1"], "PKCS#11 module not found: /nonexistent/libpkcs11.so"),
-        (lambda u, l: ["token", "keygen", uri(u, "vault-root")], "name the new key with object=LABEL"),
-        (lambda u, l: ["token", "keys", "pkcs11:token=vault-root?pin-source=env:VAULT_UNSET_PIN_VARIABLE"], "VAULT_UNSET_PIN_VARIABLE"),
+        (
+            lambda u, lab: [
+                "token",
+                "keys",
+                format_uri(Pkcs11Uri(token="vault-root", pin_value="wrong-pin"), redact_pin=False),
+            ],
+            "wrong PIN for token 'vault-root'",
+        ),
+        (
+            lambda u, lab: ["token", "keys", uri(u, "vault-root").replace("vault-root?", "vault-nope?")],
+            "no token labelled 'vault-nope'",
+        ),
+        (lambda u, lab: ["token", "pubkey", uri(u, "vault-root", object=lab)], "no private key labelled"),
+        (
+            lambda u, lab: ["token", "keys", "pkcs11:token=vault-root?module-path=/nonexistent/lib.so&pin-value=1"],
+            "PKCS#11 module not found: /nonexistent/lib.so",
+        ),
+        (lambda u, lab: ["token", "keygen", uri(u, "vault-root")], "name the new key with object=LABEL"),
+        (
+            lambda u, lab: ["token", "keys", "pkcs11:token=vault-root?pin-source=env:VAULT_UNSET_PIN_VARIABLE"],
+            "VAULT_UNSET_PIN_VARIABLE",
+        ),
     ],
     ids=["wrong-pin", "missing-token", "missing-key", "missing-module", "keygen-without-label", "pin-env-unset"],
 )
 def test_errors_are_one_line_and_exit_non_zero(
-    capsys: pytest.CaptureFixture[str], token_uri: Callable[..., Pkcs11Uri], label: str, argv_of: Callable[..., list[str]], expected: str
+    capsys: pytest.CaptureFixture[str],
+    token_uri: Callable[..., Pkcs11Uri],
+    label: str,
+    argv_of: Callable[..., list[str]],
+    expected: str,
 ) -> None:
     code, _, err = run(capsys, *argv_of(token_uri, label))
     assert code == 1
-    assert_one_line_error(err, f"vault: error: ")
+    assert_one_line_error(err, "vault: error: ")
     assert expected in err
 
 

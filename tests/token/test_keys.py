@@ -30,7 +30,9 @@ def _raw_private(token_session: object, label: str) -> pkcs11.PrivateKey:
 
 
 @pytest.mark.parametrize("usage", ["sign", "derive"])
-def test_generated_private_key_is_sensitive_non_extractable_and_unreadable(token_uri: TokenUri, label: str, usage: str) -> None:
+def test_generated_private_key_is_sensitive_non_extractable_and_unreadable(
+    token_uri: TokenUri, label: str, usage: str
+) -> None:
     with open_token(token_uri("vault-root"), rw=True) as token:
         token.generate_ec_key(label, usage=usage)
         private = _raw_private(token, label)
@@ -157,9 +159,8 @@ def test_unwrap_with_the_wrong_kek_lands_no_key(token_uri: TokenUri, label: str)
 def test_a_wrong_pin_leaves_no_session_that_blocks_the_security_officer(token_uri: TokenUri, label: str) -> None:
     from vault.errors import PinIncorrectError
 
-    with pytest.raises(PinIncorrectError):
-        with open_token(Pkcs11Uri(token="vault-auditor", pin_value="not-the-pin")):
-            pass
+    with pytest.raises(PinIncorrectError), open_token(Pkcs11Uri(token="vault-auditor", pin_value="not-the-pin")):
+        pass
     so_pin = token_uri("vault-auditor").pin_source.replace(".pin", ".so-pin")  # type: ignore[union-attr]
     with open_token(Pkcs11Uri(token="vault-auditor", pin_source=so_pin), rw=True, so=True) as officer:
         kek = officer.import_kek(os.urandom(32), label, trusted=True)

@@ -46,6 +46,9 @@ def test_template_without_extractable_is_retried_once() -> None:
             raise p11e.AttributeTypeInvalid()
         return "key"
 
-    assert generate_with_fallback(module_rejecting_extractable, {Attribute.EXTRACTABLE: False, Attribute.SENSITIVE: True}) == "key"
+    assert (
+        generate_with_fallback(module_rejecting_extractable, {Attribute.EXTRACTABLE: False, Attribute.SENSITIVE: True})
+        == "key"
+    )
     assert [Attribute.EXTRACTABLE in t for t in seen] == [True, False]
     assert seen[1] == {Attribute.SENSITIVE: True}

@@ -31,7 +31,10 @@ RFC_EXAMPLES = [
         },
     ),
     ("pkcs11:object=my-sign-key;type=private?module-name=mypkcs11", {"module_name": "mypkcs11"}),
-    ("pkcs11:object=my-sign-key;type=private?module-path=/mnt/libmypkcs11.so.1", {"module_path": "/mnt/libmypkcs11.so.1"}),
+    (
+        "pkcs11:object=my-sign-key;type=private?module-path=/mnt/libmypkcs11.so.1",
+        {"module_path": "/mnt/libmypkcs11.so.1"},
+    ),
     (
         "pkcs11:token=Software%20PKCS%2311%20softtoken;manufacturer=Snake%20Oil,%20Inc.?pin-value=the-pin",
         {"token": "Software PKCS#11 softtoken", "manufacturer": "Snake Oil, Inc.", "pin_value": "the-pin"},
@@ -39,7 +42,11 @@ RFC_EXAMPLES = [
     ("pkcs11:slot-description=Sun%20Metaslot", {"slot_description": "Sun Metaslot"}),
     (
         "pkcs11:library-manufacturer=Snake%20Oil,%20Inc.;library-description=Soft%20Token%20Library;library-version=1.23",
-        {"library_manufacturer": "Snake Oil, Inc.", "library_description": "Soft Token Library", "library_version": "1.23"},
+        {
+            "library_manufacturer": "Snake Oil, Inc.",
+            "library_description": "Soft Token Library",
+            "library_version": "1.23",
+        },
     ),
     (
         "pkcs11:token=A%20name%20with%20a%20substring%20%25%3B;object=my-certificate;type=cert",

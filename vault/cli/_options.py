@@ -16,7 +16,7 @@ from vault.token import Pkcs11Uri, parse_uri
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class UriParam(click.ParamType):
+class UriParam(click.ParamType):  # type: ignore[type-arg]
     """A PKCS#11 URI argument, parsed (RFC 7512) before the command runs."""
 
     name = "PKCS11-URI"

@@ -77,7 +77,9 @@ def keygen(uri: Pkcs11Uri, curve: str, usage: str) -> None:
 
 @token.command("pubkey")
 @click.argument("uri", type=PKCS11_URI)
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write PEM here (default: stdout).")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write PEM here (default: stdout)."
+)
 @force_option
 def pubkey(uri: Pkcs11Uri, output: Path | None, force: bool) -> None:
     """Export the public key URI names as a PEM SubjectPublicKeyInfo."""
@@ -94,7 +96,9 @@ def pubkey(uri: Pkcs11Uri, output: Path | None, force: bool) -> None:
 @token.command("sign")
 @click.argument("uri", type=PKCS11_URI)
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Signature file (DER ECDSA).")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Signature file (DER ECDSA)."
+)
 @force_option
 def sign(uri: Pkcs11Uri, file: Path, output: Path, force: bool) -> None:
     """Sign FILE with the token key URI names (DER ECDSA, the curve's hash)."""
@@ -116,5 +120,3 @@ def _short(value: str | None) -> str:
 
 def _flag(value: bool | None) -> str:
     return "-" if value is None else ("yes" if value else "no")
-
-

@@ -67,7 +67,7 @@ class TokenKey:
     it is valid while its session is open.
     """
 
-    def __init__(self, private: pkcs11.PrivateKey, public_key: ec.EllipticCurvePublicKey, label: str):
+    def __init__(self, private: Any, public_key: ec.EllipticCurvePublicKey, label: str):
         self._private = private
         self._public_key = public_key
         self._curve = curve_of(public_key)
@@ -100,13 +100,14 @@ class TokenKey:
         The digest is computed here and the token signs it with CKM_ECDSA,
         which every EC-capable token offers (many lack CKM_ECDSA_SHA256).
         """
-        digest = hashlib.new(self._curve.hash.name, data).digest()
+        digest = hashlib.new(self._curve.hash().name, data).digest()
         return self.sign_digest(digest)
 
     def sign_digest(self, digest: bytes) -> bytes:
         """Sign a precomputed digest of the curve's hash; returns DER."""
-        if len(digest) != self._curve.hash.digest_size:
-            raise InputError(f"digest must be {self._curve.hash.digest_size} bytes for {self._curve.name}")
+        size = self._curve.hash().digest_size
+        if len(digest) != size:
+            raise InputError(f"digest must be {size} bytes for {self._curve.name}")
         with translate_errors(f"signing with key '{self.label}'", self._token_label):
             raw = self._private.sign(digest, mechanism=Mechanism.ECDSA)
         n = self._curve.size
@@ -198,7 +199,11 @@ class TokenSession:
         params = private[Attribute.EC_PARAMS]
         curve = _curve_from_params(params)
         publics = self._find(
-            {Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.KEY_TYPE: KeyType.EC, Attribute.ID: private[Attribute.ID]}
+            {
+                Attribute.CLASS: ObjectClass.PUBLIC_KEY,
+                Attribute.KEY_TYPE: KeyType.EC,
+                Attribute.ID: private[Attribute.ID],
+            }
         )
         if not publics:
             raise KeyNotFoundError(f"the public half of the key {what} is missing on token '{self.label}'")
@@ -207,7 +212,9 @@ class TokenSession:
 
     # --- generating ---------------------------------------------------------
 
-    def generate_ec_key(self, label: str, *, curve: str = "P-256", usage: str = "sign", backupable: bool = False) -> TokenKey:
+    def generate_ec_key(
+        self, label: str, *, curve: str = "P-256", usage: str = "sign", backupable: bool = False
+    ) -> TokenKey:
         """Generate an EC key pair inside the token and store it.
 
         Args:
@@ -327,14 +334,14 @@ class TokenSession:
         assert isinstance(key, pkcs11.SecretKey)
         return key
 
-    def wrap(self, kek: pkcs11.SecretKey, key: TokenKey) -> bytes:
+    def wrap(self, kek: Any, key: TokenKey) -> bytes:
         """The private half of ``key`` encrypted under ``kek`` (AES key wrap with padding, RFC 5649)."""
         with translate_errors(f"wrapping key '{key.label}'", self.label):
             return bytes(kek.wrap_key(key._private, mechanism=Mechanism.AES_KEY_WRAP_PAD))
 
     def unwrap_ec_key(
         self,
-        kek: pkcs11.SecretKey,
+        kek: Any,
         wrapped: bytes,
         label: str,
         public_key: ec.EllipticCurvePublicKey,

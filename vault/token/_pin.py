@@ -54,9 +54,7 @@ def _read_source(source: str) -> str:
     elif source.startswith("/"):
         path = source
     else:
-        raise PinSourceError(
-            "pin-source must be file:PATH, an absolute path, or env:NAME (got an unsupported form)"
-        )
+        raise PinSourceError("pin-source must be file:PATH, an absolute path, or env:NAME (got an unsupported form)")
     return _read_pin_file(Path(path))
 
 

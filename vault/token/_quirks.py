@@ -86,7 +86,7 @@ def generate_with_fallback(generate: Callable[[dict[Attribute, Any]], T], privat
     except _TEMPLATE_REJECTED:
         if Attribute.EXTRACTABLE not in private_template:
             raise
-        reduced = {k: v for k, v in private_template.items() if k is not Attribute.EXTRACTABLE}
+        reduced: dict[Attribute, Any] = {k: v for k, v in private_template.items() if k is not Attribute.EXTRACTABLE}
         return generate(reduced)
 
 

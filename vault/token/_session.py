@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pkcs11
 import pkcs11.exceptions as p11e
@@ -46,7 +47,7 @@ _MODULE_DIRS = (
     "/usr/local/lib",
 )
 
-_modules: dict[str, pkcs11.lib] = {}
+_modules: dict[str, Any] = {}  # path -> pkcs11.lib (untyped in python-pkcs11)
 _modules_lock = threading.Lock()
 _open_sessions: dict[str, int] = {}  # module path -> sessions open through open_session
 
@@ -74,7 +75,7 @@ def module_path_for(uri: Pkcs11Uri) -> str:
     raise ModuleLoadError(f"no PKCS#11 module given: add module-path=... to the URI or set {MODULE_ENV}")
 
 
-def load_module(path: str) -> pkcs11.lib:
+def load_module(path: str) -> Any:
     """Load (once per process) the PKCS#11 module at ``path``.
 
     Raises:
@@ -135,7 +136,7 @@ def list_tokens(uri: Pkcs11Uri) -> list[TokenInfo]:
         return [_info(t) for t in _matching_tokens(lib, uri)]
 
 
-def _matching_tokens(lib: pkcs11.lib, uri: Pkcs11Uri) -> list[pkcs11.Token]:
+def _matching_tokens(lib: Any, uri: Pkcs11Uri) -> list[pkcs11.Token]:
     if uri.library_manufacturer is not None and _text(lib.manufacturer_id) != uri.library_manufacturer:
         return []
     if uri.library_description is not None and _text(lib.library_description) != uri.library_description:
@@ -209,9 +210,7 @@ def translate_errors(what: str, token_label: str = "") -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def open_session(
-    uri: Pkcs11Uri, *, rw: bool = False, login: bool = True, so: bool = False
-) -> Iterator[pkcs11.Session]:
+def open_session(uri: Pkcs11Uri, *, rw: bool = False, login: bool = True, so: bool = False) -> Iterator[pkcs11.Session]:
     """Open a session on the token ``uri`` selects, logged in as its user
     (or, with ``so``, as its security officer: the URI's PIN is then the SO PIN).
 
