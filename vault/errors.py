@@ -105,6 +105,26 @@ class PinSourceError(InputError):
     """The PIN could not be read from the place the URI names."""
 
 
+class FormatError(InputError):
+    """A document (envelope, statement, bundle, transcript) is not well-formed or too large."""
+
+
+class ScriptError(InputError):
+    """A ceremony script, release description or policy YAML is wrong; names the field and line."""
+
+
+class ShareError(InputError):
+    """A custodian share is mistyped, altered, foreign, repeated, or too few were given."""
+
+
+class CertificateError(InputError):
+    """A certificate request or profile breaks a limit (validity, curve, issuer)."""
+
+
+class LintError(CertificateError):
+    """A to-be-signed certificate failed the RFC 5280 lint; it was not signed."""
+
+
 # --- verification branch ----------------------------------------------------
 
 
@@ -114,3 +134,15 @@ class VerificationError(VaultError):
 
 class SignatureError(VerificationError):
     """A signature does not verify under the key it claims."""
+
+
+class ThresholdError(VerificationError):
+    """Fewer distinct authorised keys signed than the threshold needs."""
+
+
+class PolicyError(VerificationError):
+    """A trust policy is unsigned, expired, rolled back, or not the next version."""
+
+
+class TranscriptError(VerificationError):
+    """A ceremony transcript was altered, reordered, truncated or is unsigned."""
