@@ -40,6 +40,14 @@ __all__ = [
     "UriError",
     "VaultError",
     "VerificationError",
+    "ThresholdError",
+    "PolicyError",
+    "TranscriptError",
+    "FormatError",
+    "ScriptError",
+    "ShareError",
+    "CertificateError",
+    "LintError",
 ]
 
 
