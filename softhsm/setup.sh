@@ -92,4 +92,4 @@ if [ ! -f "$envfile" ] || [ "$(cat "$envfile")" != "$new_env" ]; then
   printf '%s\n' "$new_env" > "$envfile"
 fi
 say "SoftHSM2 development tokens are in $dir/tokens; to use them:"
-cat "$envfile"
+[ "$quiet" = 1 ] || cat "$envfile"

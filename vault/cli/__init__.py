@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import click
 
 from vault import __version__
-from vault.cli import _token
+from vault.cli import _ceremony, _token
 from vault.errors import VaultError
 
 __all__ = ["cli", "main"]
@@ -32,6 +32,8 @@ def cli(verbose: bool) -> None:
 
 
 cli.add_command(_token.token)
+cli.add_command(_ceremony.ceremony)
+cli.add_command(_ceremony.shares)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

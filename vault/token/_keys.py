@@ -446,6 +446,11 @@ class TokenSession:
             sensitive=_quirks.read_bool(obj, Attribute.SENSITIVE) if is_key else None,
         )
 
+    def change_pin(self, old_pin: str, new_pin: str) -> None:
+        """Replace the logged-in user's PIN (C_SetPIN). Neither PIN is shown or kept."""
+        with translate_errors("changing the PIN", self.label):
+            self._session.set_pin(old_pin, new_pin)
+
     def generate_random(self, nbytes: int) -> bytes:
         """``nbytes`` from the token's random generator."""
         with translate_errors("reading random bytes", self.label):

@@ -1,0 +1,126 @@
+"""``vault ceremony ...`` and ``vault shares ...``: run and verify key ceremonies, check custodian shares."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import click
+from cryptography import x509
+
+from vault._words import readable_digest
+from vault.cli._options import echo_json, json_option
+from vault.errors import InputError
+
+_PATH = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+@click.group()
+def ceremony() -> None:
+    """Key ceremonies: run a reviewed script, verify its transcript."""
+
+
+def _confirmer(yes: bool):  # type: ignore[no-untyped-def]
+    def confirm(step: str) -> None:
+        if yes:
+            click.echo(f"-> {step}", err=True)
+            return
+        if not sys.stdin.isatty():
+            raise InputError("this ceremony step needs a typed confirmation; run on a terminal or pass --yes")
+        typed = click.prompt(f"About to {step}. Type 'yes' to go on", default="", show_default=False)
+        if typed.strip() != "yes":
+            raise InputError(f"stopped before: {step}")
+
+    return confirm
+
+
+@ceremony.command("run")
+@click.argument("script", type=_PATH)
+@click.option("--credentials", type=_PATH, required=True, help="Token URIs and PIN sources (YAML).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="New folder for outputs.")
+@click.option("--rehearsal", is_flag=True, help="Mark every output as a rehearsal (required on SoftHSM2).")
+@click.option("--yes", is_flag=True, help="Confirm every irreversible step (non-interactive runs).")
+def run(script: Path, credentials: Path, out: Path, rehearsal: bool, yes: bool) -> None:
+    """Run the ceremony SCRIPT (policies/*.yaml) against the tokens in --credentials."""
+    from vault.ceremony import load_credentials, load_root_script, run_root_ceremony
+    from vault.token import module_path_for
+
+    parsed = load_root_script(script)
+    creds = load_credentials(credentials)
+    if "softhsm" in module_path_for(creds.root).lower() and not rehearsal:
+        raise InputError("the root token is a SoftHSM2 software token: a ceremony on it must be run with --rehearsal")
+    if rehearsal:
+        click.secho(
+            "*** REHEARSAL: outputs are marked REHEARSAL and must never be trusted ***", fg="red", bold=True, err=True
+        )
+    result = run_root_ceremony(parsed, creds, out, rehearsal=rehearsal, confirm=_confirmer(yes))
+    click.echo(f"root certificate   {result.out / 'root-ca.pem'}")
+    click.echo(f"trust policy v1    {result.policy}")
+    click.echo(f"transcript         {result.transcript}  (printable: {result.html})")
+    for officer, path in result.shares.items():
+        click.echo(f"share for {officer:<9}{path}  (hand over, then delete this copy)")
+    if rehearsal:
+        click.secho("*** REHEARSAL complete ***", fg="red", bold=True, err=True)
+
+
+@ceremony.command("verify")
+@click.argument("transcript", type=_PATH)
+@click.option("--root-cert", type=_PATH, help="Pin the root: the transcript's root key must be this certificate's.")
+@json_option
+def verify(transcript: Path, root_cert: Path | None, as_json: bool) -> None:
+    """Verify a ceremony TRANSCRIPT: root and officer signatures, hash chain."""
+    from vault.ceremony import verify_transcript
+
+    pinned = _load_cert(root_cert) if root_cert else None
+    report = verify_transcript(_read(transcript), root_certificate=pinned)
+    if as_json:
+        echo_json(dataclasses.asdict(report))
+        return
+    if report.rehearsal:
+        click.secho("REHEARSAL transcript", fg="red", bold=True)
+    click.echo(f"transcript OK: {report.name} ({report.type} ceremony), {report.steps} steps")
+    click.echo(f"signed by root {report.root_key_id[:16]}... and officers {', '.join(report.officers)}")
+    click.echo(f"head {report.head}")
+    click.echo(f"     {readable_digest(report.head)}")
+    if not report.root_pinned:
+        click.echo("note: root not pinned; pass --root-cert to check it is your root", err=True)
+
+
+@click.group()
+def shares() -> None:
+    """Custodian shares (SLIP-39)."""
+
+
+@shares.command("check")
+@click.argument("transcript", type=_PATH)
+@click.option("--share", "share_file", type=_PATH, help="Share file (default: type it, hidden).")
+@click.option("--root-cert", type=_PATH, help="Pin the root certificate.")
+def check(transcript: Path, share_file: Path | None, root_cert: Path | None) -> None:
+    """Prove a share is valid and belongs to the ceremony's share set, revealing nothing else."""
+    from vault.ceremony import check_share_against_transcript, share_text
+
+    if share_file is not None:
+        text = share_text(_read(share_file).decode("utf-8", errors="replace"))
+    elif sys.stdin.isatty():
+        text = click.prompt("Type your share (hidden)", hide_input=True)
+    else:
+        raise InputError("give the share with --share FILE, or run on a terminal to type it")
+    pinned = _load_cert(root_cert) if root_cert else None
+    result = check_share_against_transcript(_read(transcript), text, root_certificate=pinned)
+    click.echo(f"share OK: {result}")
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}") from e
+
+
+def _load_cert(path: Path) -> x509.Certificate:
+    data = _read(path)
+    try:
+        return x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
+    except ValueError as e:
+        raise InputError(f"{path} is not an X.509 certificate") from e
