@@ -54,3 +54,30 @@ def token_uri(softhsm_dir: Path) -> Callable[..., Pkcs11Uri]:
 def label() -> str:
     """A key label no other test uses."""
     return "t-" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def fresh_tokens(softhsm_dir: Path, tmp_path: Path) -> Callable[[list[str]], dict[str, Pkcs11Uri]]:
+    """Make new, empty SoftHSM2 tokens (unique labels) for a test that changes a token for good.
+
+    Returns a function: names -> {name: URI with the token's PIN file}.
+    """
+    from vault.token import load_module
+
+    def make(names: list[str]) -> dict[str, Pkcs11Uri]:
+        uris = {}
+        for name in names:
+            label = f"{name}-{uuid.uuid4().hex[:8]}"[:32]
+            pin = uuid.uuid4().hex
+            (tmp_path / f"{label}.pin").write_text(pin)
+            subprocess.run(
+                ["softhsm2-util", "--init-token", "--free", "--label", label, "--pin", pin, "--so-pin", pin + "so"],
+                check=True,
+                capture_output=True,
+            )
+            uris[name] = Pkcs11Uri(token=label, pin_source=f"file:{tmp_path / f'{label}.pin'}")
+        # the module reads its token folder when initialised: show it the new tokens
+        load_module(os.environ["VAULT_PKCS11_MODULE"]).reinitialize()
+        return uris
+
+    return make

@@ -61,7 +61,7 @@ def test_token_list_shows_the_dev_tokens(capsys: pytest.CaptureFixture[str], sof
     assert code == 0
     tokens = json.loads(out)
     initialised = {t["label"] for t in tokens if t["state"] == "initialised"}
-    assert initialised == DEV_TOKENS
+    assert DEV_TOKENS <= initialised  # other tests may add tokens of their own
     assert all(t["manufacturer"] == "SoftHSM project" and t["serial"] for t in tokens if t["label"])
     assert any(t["state"] == "free" for t in tokens)  # SoftHSM always offers one empty slot
 

@@ -15,7 +15,8 @@ _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#111}
 h1{margin-bottom:0} .sub{color:#555;margin-top:.2em}
 .rehearsal{background:#b00;color:#fff;font-weight:bold;padding:.6em 1em;font-size:1.3em;text-align:center}
-table{border-collapse:collapse;width:100%;margin-top:1em} td,th{border:1px solid #999;padding:.3em .5em;vertical-align:top}
+table{border-collapse:collapse;width:100%;margin-top:1em}
+td,th{border:1px solid #999;padding:.3em .5em;vertical-align:top}
 th{background:#eee;text-align:left} code{font-size:.85em;word-break:break-all} .words{color:#036}
 .sig{margin-top:2.5em;display:flex;gap:3em;flex-wrap:wrap} .line{width:18em;border-top:1px solid #000;padding-top:.3em}
 @media print{.rehearsal{-webkit-print-color-adjust:exact;print-color-adjust:exact}}
