@@ -59,7 +59,7 @@ def run(script: Path, credentials: Path, out: Path, rehearsal: bool, yes: bool) 
     click.echo(f"trust policy v1    {result.policy}")
     click.echo(f"transcript         {result.transcript}  (printable: {result.html})")
     for officer, path in result.shares.items():
-        click.echo(f"share for {officer:<9}{path}  (hand over, then delete this copy)")
+        click.echo(f"share for {officer:<10} {path}  (hand over, then delete this copy)")
     if rehearsal:
         click.secho("*** REHEARSAL complete ***", fg="red", bold=True, err=True)
 
