@@ -198,9 +198,11 @@ def run_root_ceremony(
         share_set = _shares.split_secret(
             secret, script.threshold, len(script.officers), random=root_token.generate_random
         )
+        # The shares are on disk (fsynced) before the PIN changes: a failure in
+        # between leaves the old PIN working, never a token nobody can open.
+        share_files = _write_shares(out, script, share_set, mark)
         old_pin = _current_pin(credentials.root, root_token)
         root_token.change_pin(old_pin, secret.hex())
-    share_files = _write_shares(out, script, share_set, mark)
     transcript.record(
         "root-token",
         "split-root-pin",

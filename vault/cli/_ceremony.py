@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -21,7 +22,7 @@ def ceremony() -> None:
     """Key ceremonies: run a reviewed script, verify its transcript."""
 
 
-def _confirmer(yes: bool):  # type: ignore[no-untyped-def]
+def _confirmer(yes: bool) -> Callable[[str], None]:
     def confirm(step: str) -> None:
         if yes:
             click.echo(f"-> {step}", err=True)
