@@ -17,35 +17,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
 
+from tests.helpers import CountingSigner
 from vault import pki
 from vault.ceremony._lint import require_clean
-from vault.crypto import CURVES, Signer, key_id
+from vault.crypto import CURVES, key_id
 from vault.errors import CertificateError, SignatureError
 from vault.token import Pkcs11Uri, TokenKey, TokenSession, open_token
 
 TokenUri = Callable[..., Pkcs11Uri]
 DAY = datetime.timedelta(days=1)
 E = TypeVar("E", bound=x509.ExtensionType)
-
-
-class CountingSigner:
-    """Wraps a Signer and counts how often it is asked to sign."""
-
-    def __init__(self, inner: Signer) -> None:
-        self.inner = inner
-        self.calls = 0
-
-    @property
-    def public_key(self) -> ec.EllipticCurvePublicKey:
-        return self.inner.public_key
-
-    @property
-    def key_id(self) -> str:
-        return self.inner.key_id
-
-    def sign(self, data: bytes) -> bytes:
-        self.calls += 1
-        return self.inner.sign(data)
 
 
 class SoftSigner:

@@ -8,33 +8,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.helpers import CountingSigner
 from vault import pki
 from vault.ceremony._lint import Finding, lint_certificate, require_clean
-from vault.crypto import Signer
 from vault.errors import LintError
 from vault.token import Pkcs11Uri, open_token
 
 TokenUri = Callable[..., Pkcs11Uri]
-
-
-class CountingSigner:
-    """Wraps a Signer and counts how often it is asked to sign."""
-
-    def __init__(self, inner: Signer) -> None:
-        self.inner = inner
-        self.calls = 0
-
-    @property
-    def public_key(self) -> ec.EllipticCurvePublicKey:
-        return self.inner.public_key
-
-    @property
-    def key_id(self) -> str:
-        return self.inner.key_id
-
-    def sign(self, data: bytes) -> bytes:
-        self.calls += 1
-        return self.inner.sign(data)
 
 
 def test_token_signed_root_has_no_blocking_findings(token_uri: TokenUri, label: str) -> None:
