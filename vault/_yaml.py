@@ -298,6 +298,14 @@ class DateTime(Kind):
         return moment
 
 
+def _check_count(node: Any, path: str, noun: str, min_len: int, max_len: int | None) -> None:
+    count = len(node.value)
+    if count < min_len:
+        raise _Problem(_line(node), path, f"has {count} {noun}, at least {min_len} needed")
+    if max_len is not None and count > max_len:
+        raise _Problem(_line(node), path, f"has {count} {noun}, at most {max_len} allowed")
+
+
 @dataclasses.dataclass(frozen=True)
 class List(Kind):
     """A list whose items are all of one kind."""
@@ -309,11 +317,7 @@ class List(Kind):
     def load(self, node: Any, path: str) -> list[Any]:
         if not isinstance(node, yaml.SequenceNode):
             raise _Problem(_line(node), path, f"expected a list, got {_describe(node)}")
-        count = len(node.value)
-        if count < self.min_len:
-            raise _Problem(_line(node), path, f"has {count} items, at least {self.min_len} needed")
-        if self.max_len is not None and count > self.max_len:
-            raise _Problem(_line(node), path, f"has {count} items, at most {self.max_len} allowed")
+        _check_count(node, path, "items", self.min_len, self.max_len)
         return [self.item.load(child, f"{path}[{i}]") for i, child in enumerate(node.value)]
 
 
@@ -329,11 +333,7 @@ class Map(Kind):
     def load(self, node: Any, path: str) -> dict[Any, Any]:
         if not isinstance(node, yaml.MappingNode):
             raise _Problem(_line(node), path, f"expected a mapping, got {_describe(node)}")
-        count = len(node.value)
-        if count < self.min_len:
-            raise _Problem(_line(node), path, f"has {count} entries, at least {self.min_len} needed")
-        if self.max_len is not None and count > self.max_len:
-            raise _Problem(_line(node), path, f"has {count} entries, at most {self.max_len} allowed")
+        _check_count(node, path, "entries", self.min_len, self.max_len)
         result: dict[Any, Any] = {}
         for text, key_node, value_node in _entries(node, path):
             key = self.key.load(key_node, _join(path, text))

@@ -35,9 +35,8 @@ from vault.ceremony import _lint, _shares
 from vault.ceremony._custody import share_text
 from vault.ceremony._html import render_transcript
 from vault.ceremony._transcript import PAYLOAD_TYPE, Transcript, sha256_hex
-from vault.crypto import Signer
 from vault.errors import InputError
-from vault.formats import Statement, Subject, add_signature, sign_envelope, sign_statement
+from vault.formats import Envelope, Statement, Subject, add_signature, sign_envelope, sign_statement
 from vault.token import Pkcs11Uri, TokenKey, TokenSession, open_token
 from vault.token._pin import resolve_pin
 
@@ -187,7 +186,7 @@ def run_root_ceremony(
         )
 
         policy = _policy_v1(script, root_key, root_der, officer_keys, rehearsal, now())
-        policy_bytes = _sign_with_quorum(policy, root_key, credentials, script)
+        policy_bytes = _cosign(sign_statement(policy, [root_key]), credentials, script)
         write_new(out / "policy-v1.json", policy_bytes)
         transcript.record(
             "officers", "sign-trust-policy", outputs={"policy-v1.json": policy_bytes}, details={"version": 1}, now=now()
@@ -201,7 +200,7 @@ def run_root_ceremony(
         # The shares are on disk (fsynced) before the PIN changes: a failure in
         # between leaves the old PIN working, never a token nobody can open.
         share_files = _write_shares(out, script, share_set, mark)
-        old_pin = _current_pin(credentials.root, root_token)
+        old_pin = resolve_pin(credentials.root, root_token.label)
         root_token.change_pin(old_pin, secret.hex())
     transcript.record(
         "root-token",
@@ -223,7 +222,7 @@ def run_root_ceremony(
             "officers", "quorum-login", details={"shares_used": script.threshold, "key_id": root_key.key_id}, now=now()
         )
         transcript.record("vault", "close-ceremony", now=now())
-        envelope = _sign_transcript(transcript, root_key, credentials, script)
+        envelope = _cosign(sign_envelope(PAYLOAD_TYPE, transcript.to_bytes(), [root_key]), credentials, script)
     write_new(out / "transcript.json", envelope)
     write_new(out / "transcript.html", render_transcript(transcript).encode())
     return RootCeremonyResult(
@@ -300,25 +299,11 @@ def _policy_v1(
     )
 
 
-def _officer_signers(credentials: Credentials, script: RootScript) -> list[tuple[Pkcs11Uri, str]]:
-    return [(credentials.officers[o.id], script.officer_key_label) for o in script.officers]
-
-
-def _sign_with_quorum(statement: Statement, root_key: TokenKey, credentials: Credentials, script: RootScript) -> bytes:
-    """Sign with the root key (open) and each officer's own key, one token at a time."""
-    signers: list[Signer] = [root_key]
-    envelope = sign_statement(statement, signers)
-    for uri, label in _officer_signers(credentials, script):
-        with open_token(uri) as token:
-            envelope = add_signature(envelope, token.key(label=label))
-    return envelope.to_json()
-
-
-def _sign_transcript(transcript: Transcript, root_key: TokenKey, credentials: Credentials, script: RootScript) -> bytes:
-    envelope = sign_envelope(PAYLOAD_TYPE, transcript.to_bytes(), [root_key])
-    for uri, label in _officer_signers(credentials, script):
-        with open_token(uri) as token:
-            envelope = add_signature(envelope, token.key(label=label))
+def _cosign(envelope: Envelope, credentials: Credentials, script: RootScript) -> bytes:
+    """Add every officer's signature, each from the officer's own token, one token at a time."""
+    for officer in script.officers:
+        with open_token(credentials.officers[officer.id]) as token:
+            envelope = add_signature(envelope, token.key(label=script.officer_key_label))
     return envelope.to_json()
 
 
@@ -332,10 +317,6 @@ def _write_shares(out: Path, script: RootScript, share_set: _shares.ShareSet, ma
         path = write_new(out / "shares" / f"{officer.id}.txt", (heading + mnemonic + "\n").encode(), mode=0o600)
         files[officer.id] = path
     return files
-
-
-def _current_pin(uri: Pkcs11Uri, token: TokenSession) -> str:
-    return resolve_pin(uri, token.label)
 
 
 def _b64(data: bytes) -> str:

@@ -18,23 +18,18 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from vault.errors import FormatError, TranscriptError
+from vault.formats import canonical_json, parse_json
 
 FORMAT = "vault-ceremony-transcript/v1"
 PAYLOAD_TYPE = "application/vnd.vault.transcript+json"
 MAX_TRANSCRIPT = 16 * 1024 * 1024
 _GENESIS_DOMAIN = b"vault-transcript-v1\x00"
-
-
-def canonical_json(value: Any) -> bytes:
-    """Deterministic JSON: sorted keys, no spaces, UTF-8."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def sha256_hex(data: bytes) -> str:
@@ -136,13 +131,11 @@ class Transcript:
         Raises:
             FormatError: it is not a transcript.
         """
-        if len(data) > MAX_TRANSCRIPT:
-            raise FormatError(f"transcript is larger than {MAX_TRANSCRIPT // (1024 * 1024)} MiB")
+        doc = parse_json(data, max_size=MAX_TRANSCRIPT, what="transcript")
         try:
-            doc = json.loads(data)
             header = doc["header"]
             steps = [Step(**s) for s in doc["steps"]]
-        except (ValueError, KeyError, TypeError) as e:
+        except (KeyError, TypeError) as e:
             raise FormatError(f"not a vault ceremony transcript: {e}") from e
         if not isinstance(header, dict) or header.get("format") != FORMAT:
             raise FormatError(f"not a vault ceremony transcript (format is not {FORMAT})")

@@ -46,6 +46,7 @@ from vault.formats._dsse import (
     sign_envelope,
     verify_envelope,
 )
+from vault.formats._json import canonical_json, parse_json
 from vault.formats._statement import (
     DIGEST_LENGTHS,
     MAX_STATEMENT_SIZE,
@@ -58,6 +59,8 @@ from vault.formats._statement import (
 )
 
 __all__ = [
+    "canonical_json",
+    "parse_json",
     "DIGEST_LENGTHS",
     "MAX_ENVELOPE_SIZE",
     "MAX_SIGNATURES",

@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from vault.crypto import Signer, curve_of, key_id, verify_signature
 from vault.errors import FormatError, InputError, SignatureError, ThresholdError
-from vault.formats._json import canonical_json, parse_json, quote
+from vault.formats._json import canonical_json, check_fields, parse_json, quote
 
 __all__ = [
     "MAX_ENVELOPE_SIZE",
@@ -176,7 +176,7 @@ class Envelope:
                 signatures.
         """
         document = parse_json(data, max_size=max_size, what=what)
-        fields = _object(document, _ENVELOPE_FIELDS, what=what)
+        fields = check_fields(document, _ENVELOPE_FIELDS, what=what)
         payload_type = _string(fields["payloadType"], what=f"{what} payloadType")
         payload = _b64decode(fields["payload"], what=f"{what} payload")
         raw_signatures = fields["signatures"]
@@ -187,7 +187,7 @@ class Envelope:
         signatures = []
         for index, item in enumerate(raw_signatures):
             where = f"{what} signature {index + 1}"
-            entry = _object(item, _SIGNATURE_FIELDS, what=where)
+            entry = check_fields(item, _SIGNATURE_FIELDS, what=where)
             keyid = _string(entry["keyid"], what=f"{where} keyid")
             sig = _b64decode(entry["sig"], what=f"{where} sig")
             try:
@@ -377,18 +377,6 @@ def _check_trusted(trusted: Mapping[str, ec.EllipticCurvePublicKey], *, what: st
         curve_of(public_key)
         if keyid != key_id(public_key):
             raise InputError(f"{what}: trusted key id {quote(str(keyid))} is not the id of its public key")
-
-
-def _object(value: Any, allowed: frozenset[str], *, what: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise FormatError(f"{what}: expected a JSON object")
-    unknown = sorted(set(value) - allowed)
-    if unknown:
-        raise FormatError(f"{what}: unknown field {quote(unknown[0])}")
-    missing = sorted(allowed - set(value))
-    if missing:
-        raise FormatError(f"{what}: missing field {quote(missing[0])}")
-    return value
 
 
 def _string(value: Any, *, what: str) -> str:

@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 from vault.errors import FormatError
 
-__all__ = ["MAX_DEPTH", "canonical_json", "check_json_value", "check_text", "parse_json", "quote"]
+__all__ = ["MAX_DEPTH", "canonical_json", "check_fields", "check_json_value", "check_text", "parse_json", "quote"]
 
 MAX_DEPTH = 64
 """Deepest nesting of arrays and objects any vault document may use."""
@@ -128,6 +128,23 @@ def check_text(value: str, *, what: str) -> None:
 def canonical_json(value: Any) -> bytes:
     """``value`` as UTF-8 JSON with sorted keys and no spaces."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def check_fields(value: Any, allowed: frozenset[str], *, what: str) -> dict[str, Any]:
+    """``value`` if it is a JSON object with exactly the fields ``allowed``.
+
+    Raises:
+        FormatError: not an object, or a field is unknown or missing.
+    """
+    if not isinstance(value, dict):
+        raise FormatError(f"{what}: expected a JSON object")
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise FormatError(f"{what}: unknown field {quote(unknown[0])}")
+    missing = sorted(allowed - set(value))
+    if missing:
+        raise FormatError(f"{what}: missing field {quote(missing[0])}")
+    return value
 
 
 def quote(text: str, limit: int = 40) -> str:

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from vault.crypto import Signer
 from vault.errors import FormatError
 from vault.formats._dsse import Envelope, VerificationResult, sign_envelope, verify_envelope
-from vault.formats._json import canonical_json, check_json_value, check_text, parse_json, quote
+from vault.formats._json import canonical_json, check_fields, check_json_value, check_text, parse_json, quote
 
 __all__ = [
     "DIGEST_LENGTHS",
@@ -172,16 +172,14 @@ class Statement:
         if kind != STATEMENT_TYPE:
             shown = quote(kind) if isinstance(kind, str) else "missing"
             raise FormatError(f"{what}: _type is {shown}, expected '{STATEMENT_TYPE}'")
-        _exact_fields(document, _STATEMENT_FIELDS, what=what)
+        check_fields(document, _STATEMENT_FIELDS, what=what)
         raw_subjects = document["subject"]
         if not isinstance(raw_subjects, list) or not raw_subjects:
             raise FormatError(f"{what}: subject must be a non-empty list")
         subjects = []
         for index, item in enumerate(raw_subjects):
             where = f"{what} subject {index + 1}"
-            if not isinstance(item, dict):
-                raise FormatError(f"{where}: expected a JSON object")
-            _exact_fields(item, _SUBJECT_FIELDS, what=where)
+            check_fields(item, _SUBJECT_FIELDS, what=where)
             try:
                 subjects.append(Subject(item["name"], item["digest"]))
             except FormatError as e:
@@ -231,12 +229,3 @@ def open_statement(
             f"{what}: predicate type is {quote(statement.predicate_type, 80)}, expected '{predicate_type}'"
         )
     return statement, result
-
-
-def _exact_fields(value: dict[str, Any], allowed: frozenset[str], *, what: str) -> None:
-    unknown = sorted(set(value) - allowed)
-    if unknown:
-        raise FormatError(f"{what}: unknown field {quote(unknown[0])}")
-    missing = sorted(allowed - set(value))
-    if missing:
-        raise FormatError(f"{what}: missing field {quote(missing[0])}")
