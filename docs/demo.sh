@@ -20,15 +20,25 @@ source "$work/softhsm/env"
 vault token list
 
 pins="$work/softhsm/pins"
+uri() { echo "pkcs11:token=$1?pin-source=file:$pins/$1.pin"; }
 cat > "$work/credentials.yaml" <<CREDS
-root: "pkcs11:token=vault-root?pin-source=file:$pins/vault-root.pin"
+root: "$(uri vault-root)"
+root_so: "pkcs11:token=vault-root?pin-source=file:$pins/vault-root.so-pin"
 officers:
-  officer-1: "pkcs11:token=vault-officer-1?pin-source=file:$pins/vault-officer-1.pin"
-  officer-2: "pkcs11:token=vault-officer-2?pin-source=file:$pins/vault-officer-2.pin"
-  officer-3: "pkcs11:token=vault-officer-3?pin-source=file:$pins/vault-officer-3.pin"
+  officer-1: "$(uri vault-officer-1)"
+  officer-2: "$(uri vault-officer-2)"
+  officer-3: "$(uri vault-officer-3)"
+release: "$(uri vault-release)"
+approvers:
+  approver-1: "$(uri vault-approver-1)"
+  approver-2: "$(uri vault-approver-2)"
+  approver-3: "$(uri vault-approver-3)"
+auditor: "$(uri vault-auditor)"
 CREDS
+# After the root ceremony, two officers are enough: officer-3 stays home.
+grep -v officer-3 "$work/credentials.yaml" > "$work/credentials-2.yaml"
 
-step "Root key ceremony (rehearsal): root key and CA, trust policy v1, root PIN split 2 of 3"
+step "Root key ceremony (rehearsal): root key and CA, trust policy v1, root PINs split 2 of 3"
 vault ceremony run "$root/policies/root-ceremony.yaml" --credentials "$work/credentials.yaml" \
   --out "$work/ceremony-root" --rehearsal --yes
 
@@ -41,21 +51,29 @@ for i in 1 2 3; do
   vault shares check "$work/ceremony-root/transcript.json" --share "$work/ceremony-root/shares/officer-$i.txt"
 done
 
-pin="file:$pins/vault-station-1.pin"
-key="pkcs11:token=vault-station-1;object=demo-signing-key?pin-source=$pin"
+rootca="$work/ceremony-root/root-ca.pem"
+quorum=(--share "$work/ceremony-root/shares/officer-1.txt" --share "$work/ceremony-root/shares/officer-2.txt")
 
-step "Generate a P-256 key inside the vault-station-1 token (non-extractable, sensitive)"
-vault token keygen "$key"
+step "Role ceremony (2 of 3 officers): release signer, approvers 2 of 3, auditor -> trust policy v2"
+vault ceremony run "$root/policies/roles.yaml" --credentials "$work/credentials-2.yaml" \
+  --policy "$work/ceremony-root/policy-v1.json" --root-cert "$rootca" "${quorum[@]}" \
+  --out "$work/ceremony-roles" --rehearsal --yes
 
-step "Sign a firmware image with it; the private key never leaves the token"
-head -c 1048576 /dev/urandom > "$work/firmware.bin"
-vault token sign "$key" "$work/firmware.bin" -o "$work/firmware.sig"
-vault token pubkey "$key" -o "$work/release-signer.pem"
+step "The station makes its keys in its own token and writes an enrolment request"
+vault station request --token "$(uri vault-station-1)" --station-id station-1 -o "$work/station-1-request.json"
 
-step "Verify the signature in software (OpenSSL), with only the public key"
-openssl dgst -sha256 -verify "$work/release-signer.pem" -signature "$work/firmware.sig" "$work/firmware.bin"
+step "Station enrolment ceremony: signing key, decryption key, issuing CA (path length 0) -> trust policy v3"
+vault ceremony run "$root/policies/enrol-station.yaml" --credentials "$work/credentials-2.yaml" \
+  --policy "$work/ceremony-roles/policy-v2.json" --root-cert "$rootca" "${quorum[@]}" \
+  --request "$work/station-1-request.json" --out "$work/ceremony-station-1" --rehearsal --yes
+vault ceremony verify "$work/ceremony-station-1/transcript.json" --root-cert "$rootca"
+for cert in "$work"/ceremony-roles/certs/*.pem "$work"/ceremony-station-1/certs/*.pem; do
+  openssl verify -CAfile "$rootca" "$cert"
+done
 
-step "What the token holds (no key material is ever shown)"
-vault token keys "pkcs11:token=vault-station-1?pin-source=$pin"
+step "Back up the root key: wrapped in the token under a fresh KEK split 2 of 3 among custodians"
+vault ceremony run "$root/policies/backup.yaml" --credentials "$work/credentials-2.yaml" \
+  --policy "$work/ceremony-station-1/policy-v3.json" --root-cert "$rootca" "${quorum[@]}" \
+  --out "$work/ceremony-backup" --rehearsal --yes
 
-step "Demo complete: outputs are in .demo/ (printable transcript: .demo/ceremony-root/transcript.html)"
+step "Demo complete: outputs are in .demo/ (printable transcripts: .demo/ceremony-*/transcript.html)"

@@ -26,7 +26,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-TOKENS="vault-root vault-officer-1 vault-officer-2 vault-officer-3 vault-approver-1 vault-approver-2 vault-approver-3 vault-station-1 vault-station-2 vault-auditor"
+TOKENS="vault-root vault-release vault-officer-1 vault-officer-2 vault-officer-3 vault-approver-1 vault-approver-2 vault-approver-3 vault-station-1 vault-station-2 vault-auditor"
 
 say() { [ "$quiet" = 1 ] || echo "$@"; }
 

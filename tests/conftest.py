@@ -60,7 +60,9 @@ def label() -> str:
 def fresh_tokens(softhsm_dir: Path, tmp_path: Path) -> Callable[[list[str]], dict[str, Pkcs11Uri]]:
     """Make new, empty SoftHSM2 tokens (unique labels) for a test that changes a token for good.
 
-    Returns a function: names -> {name: URI with the token's PIN file}.
+    Returns a function: names -> {name: URI with the token's PIN file}; the
+    security officer's PIN is in the same folder, as ``LABEL.so-pin``
+    (:func:`so_uri`).
     """
     from vault.token import load_module
 
@@ -70,6 +72,7 @@ def fresh_tokens(softhsm_dir: Path, tmp_path: Path) -> Callable[[list[str]], dic
             label = f"{name}-{uuid.uuid4().hex[:8]}"[:32]
             pin = uuid.uuid4().hex
             (tmp_path / f"{label}.pin").write_text(pin)
+            (tmp_path / f"{label}.so-pin").write_text(pin + "so")
             subprocess.run(
                 ["softhsm2-util", "--init-token", "--free", "--label", label, "--pin", pin, "--so-pin", pin + "so"],
                 check=True,
@@ -81,3 +84,9 @@ def fresh_tokens(softhsm_dir: Path, tmp_path: Path) -> Callable[[list[str]], dic
         return uris
 
     return make
+
+
+def so_uri(uri: Pkcs11Uri) -> Pkcs11Uri:
+    """The same token, with its security officer's PIN file (``LABEL.so-pin`` beside ``LABEL.pin``)."""
+    assert uri.pin_source is not None
+    return Pkcs11Uri(token=uri.token, pin_source=uri.pin_source.replace(".pin", ".so-pin"))

@@ -73,6 +73,7 @@ __all__ = [
     "Map",
     "Record",
     "Str",
+    "Tagged",
     "load_yaml",
 ]
 
@@ -393,6 +394,35 @@ class Record(Kind):
         if self.cls is None:
             return values
         return self.cls(**{name.replace("-", "_"): value for name, value in values.items()})
+
+
+@dataclasses.dataclass(frozen=True)
+class Tagged(Kind):
+    """A mapping whose ``tag`` field chooses its :class:`Record`, e.g. ``ceremony: root``.
+
+    Each record must itself declare the ``tag`` field (usually as an :class:`Enum` of one value).
+    """
+
+    tag: str
+    choices: Mapping[str, Record]
+
+    def load(self, node: Any, path: str) -> Any:
+        if not isinstance(node, yaml.MappingNode):
+            raise _Problem(_line(node), path, f"expected a mapping, got {_describe(node)}")
+        for key, _, value_node in _entries(node, path):
+            if key != self.tag:
+                continue
+            value = _scalar_text(value_node, _join(path, key), "a name")
+            record = self.choices.get(value)
+            if record is None:
+                known = ", ".join(sorted(self.choices))
+                raise _Problem(
+                    _line(value_node),
+                    _join(path, key),
+                    f"unknown value {value!r}{_suggest(value, self.choices)} (one of: {known})",
+                )
+            return record.load(node, path)
+        raise _Problem(_line(node), path, f"missing required field {self.tag!r}")
 
 
 # --- parsing ----------------------------------------------------------------

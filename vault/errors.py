@@ -48,6 +48,7 @@ __all__ = [
     "ShareError",
     "CertificateError",
     "LintError",
+    "DecryptionError",
 ]
 
 
@@ -154,3 +155,7 @@ class PolicyError(VerificationError):
 
 class TranscriptError(VerificationError):
     """A ceremony transcript was altered, reordered, truncated or is unsigned."""
+
+
+class DecryptionError(VerificationError):
+    """A sealed message does not open: wrong key, wrong info/aad, or altered."""

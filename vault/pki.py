@@ -10,6 +10,10 @@ to-be-signed part), hands that certificate to an optional linter, has the
 and checks the signature against the issuer's public key before returning.
 Nothing is signed unless every limit holds and the linter is satisfied.
 
+The same reason has :func:`build_csr` assemble a PKCS#10 request for a
+token key by hand (``CertificationRequestInfo`` signed by the Signer), and
+:func:`check_csr` is what a CA runs on a request before it certifies the key.
+
 This module is the bottom layer shared by ceremonies (root and role keys) and
 the station library (device certificates): it imports neither the token layer
 nor the linter; callers pass a Signer and, in ceremonies,
@@ -42,6 +46,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
@@ -53,6 +58,8 @@ __all__ = [
     "KEY_USAGES",
     "MAX_ROOT_YEARS",
     "CertProfile",
+    "build_csr",
+    "check_csr",
     "device_profile",
     "issue_certificate",
     "key_agreement_profile",
@@ -105,6 +112,11 @@ def _add_years(when: datetime.datetime, years: int) -> datetime.datetime:
         return when.replace(year=when.year + years, day=28)
 
 
+def _check_name_attribute(what: str, value: str | None) -> None:
+    if value is not None and not 1 <= len(value) <= _UB_NAME:
+        raise CertificateError(f"the {what} must be 1 to {_UB_NAME} characters, not {len(value)}")
+
+
 @dataclass(frozen=True)
 class CertProfile:
     """What one certificate says: subject, validity, CA flag and usages.
@@ -142,8 +154,7 @@ class CertProfile:
             ("organizational unit", self.organizational_unit),
             ("subject serialNumber", self.serial_number),
         ):
-            if value is not None and not 1 <= len(value) <= _UB_NAME:
-                raise CertificateError(f"the {what} must be 1 to {_UB_NAME} characters, not {len(value)}")
+            _check_name_attribute(what, value)
         lengths = [self.days, self.years, self.not_after]
         if sum(length is not None for length in lengths) != 1:
             raise CertificateError("a certificate profile needs exactly one of 'days', 'years' and 'not_after'")
@@ -547,6 +558,103 @@ def verify_issued_by(certificate: x509.Certificate, issuer_public_key: ec.Ellipt
         ) from e
 
 
+# --- certificate requests -----------------------------------------------------
+
+
+def build_csr(signer: Signer, common_name: str, *, organization: str | None = None) -> x509.CertificateSigningRequest:
+    """A PKCS#10 request for ``signer``'s own key, signed by that key (proof of possession).
+
+    ``cryptography``'s request builder takes the subject key from a software
+    private key, so the request is put together here: the
+    ``CertificationRequestInfo`` (version 0, the subject, the signer's
+    SubjectPublicKeyInfo, no attributes) is signed by ``signer`` with ECDSA
+    and the curve's hash (ecdsa-with-SHA256 on P-256, ecdsa-with-SHA384 on
+    P-384) and wrapped with that algorithm and the signature.
+
+    Args:
+        signer: the key being requested for, usually a token key.
+        common_name: the subject CN (1 to 64 characters).
+        organization: the subject O, if any (1 to 64 characters).
+
+    Returns:
+        The request, parsed back and checked with :func:`check_csr`.
+
+    Raises:
+        CertificateError: a name is empty or too long, or the key is not on
+            a supported curve.
+        SignatureError: the signer's signature does not verify under its public key.
+    """
+    curve = _curve(signer.public_key, "requesting")
+    _check_name_attribute("common name", common_name)
+    _check_name_attribute("organization", organization)
+    attributes = [(NameOID.ORGANIZATION_NAME, organization), (NameOID.COMMON_NAME, common_name)]
+    try:
+        subject = x509.Name([x509.NameAttribute(oid, value) for oid, value in attributes if value is not None])
+    except ValueError as e:
+        raise CertificateError(f"certificate request '{common_name}' cannot be built: {e}") from e
+    version = _der(0x02, b"\x00")
+    no_attributes = _der(0xA0, b"")  # attributes [0] IMPLICIT SET OF Attribute, here empty
+    info = _der(0x30, version + subject.public_bytes() + spki_der(signer.public_key) + no_attributes)
+    signature = signer.sign(info)
+    try:
+        verify_signature(signer.public_key, info, signature)
+    except SignatureError as e:
+        raise SignatureError(
+            f"certificate request '{common_name}': key {signer.key_id[:16]} made a signature that does not verify"
+        ) from e
+    algorithm = _der(0x30, _der_oid(_SIGNATURE_OIDS[curve.name]))
+    der = _der(0x30, info + algorithm + _der(0x03, b"\x00" + signature))
+    try:
+        csr = x509.load_der_x509_csr(der)
+    except ValueError as e:
+        raise CertificateError(f"the signed certificate request '{common_name}' does not parse: {e}") from e
+    if csr.tbs_certrequest_bytes != info:
+        raise CertificateError(f"the signed certificate request '{common_name}' does not carry the signed info")
+    public_key = check_csr(csr)
+    if spki_der(public_key) != spki_der(signer.public_key):
+        raise CertificateError(f"the certificate request '{common_name}' is not for key {signer.key_id[:16]}")
+    return csr
+
+
+def check_csr(csr: x509.CertificateSigningRequest) -> ec.EllipticCurvePublicKey:
+    """The public key of ``csr`` once its self-signature proves the requester holds it.
+
+    Raises:
+        CertificateError: the key is not EC on a supported curve, the
+            signature is not ECDSA with that curve's hash, or the
+            self-signature does not verify.
+    """
+    try:
+        name = f"certificate request '{csr.subject.rfc4514_string()}'"
+    except ValueError:
+        name = "a certificate request with an unreadable subject"
+    try:
+        public_key = csr.public_key()
+    except (ValueError, UnsupportedAlgorithm) as e:
+        raise CertificateError(f"{name} holds a public key vault cannot read") from e
+    if not isinstance(public_key, ec.EllipticCurvePublicKey):
+        raise CertificateError(f"{name} is not for an EC key (supported curves: {', '.join(CURVES)})")
+    try:
+        curve = curve_of(public_key)
+    except InputError as e:
+        raise CertificateError(
+            f"{name} is for a key on unsupported curve '{public_key.curve.name}' (supported: {', '.join(CURVES)})"
+        ) from e
+    expected = _SIGNATURE_OIDS[curve.name]
+    try:
+        algorithm = csr.signature_algorithm_oid
+    except ValueError as e:
+        raise CertificateError(f"{name} has an unreadable signature algorithm") from e
+    if algorithm != expected:
+        raise CertificateError(
+            f"{name} is signed with {algorithm.dotted_string}, not {expected.dotted_string} "
+            f"(ECDSA with the hash of {curve.name})"
+        )
+    if not csr.is_signature_valid:
+        raise CertificateError(f"{name}: its self-signature does not verify (altered, or not made with its key)")
+    return public_key
+
+
 # --- DER ----------------------------------------------------------------------
 
 
@@ -578,6 +686,23 @@ def _assemble(draft_der: bytes, tbs: bytes, signature: bytes) -> bytes:
     offset = header + len(tbs)
     algorithm_header, algorithm_length = _tlv_extent(draft_der, offset)
     algorithm = draft_der[offset : offset + algorithm_header + algorithm_length]
-    bit_string = b"\x03" + _der_length(1 + len(signature)) + b"\x00" + signature
-    body = tbs + algorithm + bit_string
-    return b"\x30" + _der_length(len(body)) + body
+    return _der(0x30, tbs + algorithm + _der(0x03, b"\x00" + signature))
+
+
+def _der(tag: int, content: bytes) -> bytes:
+    """One DER TLV with a single-byte ``tag``."""
+    return bytes([tag]) + _der_length(len(content)) + content
+
+
+def _der_oid(oid: x509.ObjectIdentifier) -> bytes:
+    """``oid`` as a DER OBJECT IDENTIFIER: the first two arcs in one, then base-128 arcs."""
+    arcs = [int(arc) for arc in oid.dotted_string.split(".")]
+    body = b""
+    for arc in [40 * arcs[0] + arcs[1], *arcs[2:]]:
+        septets = [arc & 0x7F]
+        arc >>= 7
+        while arc:
+            septets.append(0x80 | (arc & 0x7F))
+            arc >>= 7
+        body += bytes(reversed(septets))
+    return _der(0x06, body)

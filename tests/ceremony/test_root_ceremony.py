@@ -16,7 +16,9 @@ from cryptography.x509.oid import NameOID
 from pkcs11 import Attribute, ObjectClass
 
 from tests.cli.test_token_cli import assert_one_line_error, run
+from tests.conftest import so_uri
 from vault.ceremony import Transcript, check_share_against_transcript, share_text
+from vault.ceremony._common import root_pins
 from vault.ceremony._lint import require_clean
 from vault.ceremony._shares import ShareSetRecord, combine_shares
 from vault.errors import PinIncorrectError, ShareError, SignatureError, TranscriptError
@@ -28,7 +30,7 @@ SCRIPT = ROOT / "policies" / "root-ceremony.yaml"
 
 
 def write_credentials(path: Path, tokens: dict[str, Pkcs11Uri]) -> Path:
-    lines = [f'root: "{format_uri(tokens["root"])}"', "officers:"]
+    lines = [f'root: "{format_uri(tokens["root"])}"', f'root_so: "{format_uri(so_uri(tokens["root"]))}"', "officers:"]
     lines += [f'  officer-{i}: "{format_uri(tokens[f"officer-{i}"])}"' for i in (1, 2, 3)]
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -94,8 +96,12 @@ def test_root_pin_is_replaced_and_only_a_quorum_of_shares_opens_the_token(
     ceremony: tuple[Path, dict[str, Pkcs11Uri]],
 ) -> None:
     out, tokens = ceremony
+    # neither the user PIN nor the security officer's PIN set up before the ceremony opens it now
     with pytest.raises(PinIncorrectError):
         with open_token(tokens["root"]):
+            pass
+    with pytest.raises(PinIncorrectError):
+        with open_token(so_uri(tokens["root"]), rw=True, so=True):
             pass
     shares = [share_text((out / "shares" / f"officer-{i}.txt").read_text()) for i in (1, 2, 3)]
     transcript = Transcript.from_bytes(Envelope.from_json((out / "transcript.json").read_bytes()).payload)
@@ -103,7 +109,9 @@ def test_root_pin_is_replaced_and_only_a_quorum_of_shares_opens_the_token(
     with pytest.raises(ShareError, match="1 more missing"):
         combine_shares(shares[:1], record)
     for pair in ([0, 1], [1, 2], [0, 2]):
-        pin = combine_shares([shares[i] for i in pair], record).hex()
+        pin, so_pin = root_pins(combine_shares([shares[i] for i in pair], record))
+        with open_token(Pkcs11Uri(token=tokens["root"].token, pin_value=so_pin), rw=True, so=True):
+            pass  # the quorum also holds the security officer's PIN
         with open_token(Pkcs11Uri(token=tokens["root"].token, pin_value=pin)) as root:
             key = root.key(label="root")
             private = root._session.get_key(object_class=ObjectClass.PRIVATE_KEY, label="root")

@@ -165,3 +165,14 @@ def test_a_wrong_pin_leaves_no_session_that_blocks_the_security_officer(token_ur
     with open_token(Pkcs11Uri(token="vault-auditor", pin_source=so_pin), rw=True, so=True) as officer:
         kek = officer.import_kek(os.urandom(32), label, trusted=True)
         officer.destroy(kek)
+
+
+def test_a_key_used_against_its_usage_gives_a_token_error(token_uri: TokenUri, label: str) -> None:
+    peer = ec.generate_private_key(ec.SECP256R1()).public_key()
+    with open_token(token_uri("vault-station-2"), rw=True) as token:
+        derive = token.generate_ec_key(label + "-d", usage="derive")
+        signing = token.generate_ec_key(label + "-s")
+        with pytest.raises(TokenOperationError, match="not a signing key"):
+            derive.sign(b"x")
+        with pytest.raises(TokenOperationError, match="not a key-agreement key"):
+            signing.ecdh(peer)

@@ -1,4 +1,10 @@
-"""Key ceremonies: root key, custody shares, signed transcripts.
+"""Key ceremonies: root key, station enrolment, role certificates, policy versions, backup and recovery.
+
+Every ceremony runs a reviewed script (``policies/*.yaml``) against tokens
+named in a separate credentials file, and writes a signed, hash-chained
+transcript. The root ceremony makes the root key and trust policy v1 and
+splits the root token's PINs among the officers; every later ceremony needs
+m of their shares and the officers present, and signs the next policy version.
 
 Example (a rehearsal on the SoftHSM2 development tokens)::
 
@@ -11,15 +17,21 @@ Example (a rehearsal on the SoftHSM2 development tokens)::
     verify_transcript(result.transcript.read_bytes(), root_certificate=result.root_certificate)
 """
 
+from vault.ceremony._common import Credentials, Officer
 from vault.ceremony._custody import check_share_against_transcript, share_text
-from vault.ceremony._root import Credentials, Officer, RootCeremonyResult, RootScript, run_root_ceremony
-from vault.ceremony._script import load_credentials, load_root_script
+from vault.ceremony._operations import run_operation_ceremony
+from vault.ceremony._quorum import CeremonyInputs, CeremonyResult
+from vault.ceremony._root import RootCeremonyResult, RootScript, run_root_ceremony
+from vault.ceremony._script import OperationScript, load_credentials, load_root_script, load_script
 from vault.ceremony._transcript import Transcript
 from vault.ceremony._verify import TranscriptReport, verify_transcript
 
 __all__ = [
+    "CeremonyInputs",
+    "CeremonyResult",
     "Credentials",
     "Officer",
+    "OperationScript",
     "RootCeremonyResult",
     "RootScript",
     "Transcript",
@@ -27,6 +39,8 @@ __all__ = [
     "check_share_against_transcript",
     "load_credentials",
     "load_root_script",
+    "load_script",
+    "run_operation_ceremony",
     "run_root_ceremony",
     "share_text",
     "verify_transcript",

@@ -8,18 +8,19 @@ Steps, each recorded in the hash-chained transcript:
 3. the root key is generated inside the root token (backupable only under a
    trusted KEK, see ADR 0001);
 4. the self-signed root certificate is linted (pkilint) and then signed in the token;
-5. trust policy v1 is signed by the root and by every officer present;
-6. the root token's PIN is replaced by a random one that nobody sees whole:
-   it is split m of n into SLIP-39 shares, one per officer;
-7. m shares are combined to log in again (the quorum works), and every
+5. a random secret is drawn from the token and split m of n into SLIP-39
+   shares, one file per officer, written before anything depends on them;
+6. trust policy v1 (with the share set's public record) is signed by the
+   root and by every officer present;
+7. the root token's user PIN and security-officer PIN are both replaced by
+   PINs derived from the secret, so nobody sees either whole;
+8. m shares are combined to log in again (the quorum works), and every
    custodian's share is checked against the record (none is lost on day one);
-8. the transcript is signed by the root and by every officer present.
+9. the transcript is signed by the root and by every officer present.
 """
 
 from __future__ import annotations
 
-import base64
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,28 +29,32 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from vault import pki
 from vault._files import write_new
 from vault.ceremony import _lint, _shares
+from vault.ceremony._common import (
+    REHEARSAL_MARK,
+    Confirm,
+    Credentials,
+    Officer,
+    b64,
+    cosign,
+    find_or_make,
+    no_confirm,
+    root_pins,
+    with_pin,
+    write_share_files,
+)
 from vault.ceremony._custody import share_text
 from vault.ceremony._html import render_transcript
-from vault.ceremony._transcript import PAYLOAD_TYPE, Transcript, sha256_hex
+from vault.ceremony._transcript import PAYLOAD_TYPE, Transcript
 from vault.errors import InputError
-from vault.formats import Envelope, Statement, Subject, add_signature, sign_envelope, sign_statement
-from vault.token import Pkcs11Uri, TokenKey, TokenSession, open_token
+from vault.formats import sign_envelope, sign_statement
+from vault.policy import format_time, key_entry, policy_statement
+from vault.token import TokenKey, open_token
 from vault.token._pin import resolve_pin
-
-POLICY_PREDICATE = "https://vault.dev/trust-policy/v1"
-REHEARSAL_MARK = "REHEARSAL"
-
-
-@dataclass(frozen=True)
-class Officer:
-    """An officer named in the script; ``id`` is what credentials and shares refer to."""
-
-    id: str
-    name: str
 
 
 @dataclass(frozen=True)
@@ -72,14 +77,6 @@ class RootScript:
 
 
 @dataclass(frozen=True)
-class Credentials:
-    """Where each token is and how its PIN is read: kept apart from the script."""
-
-    root: Pkcs11Uri
-    officers: dict[str, Pkcs11Uri]
-
-
-@dataclass(frozen=True)
 class RootCeremonyResult:
     """What a root ceremony wrote."""
 
@@ -91,27 +88,21 @@ class RootCeremonyResult:
     shares: dict[str, Path]
 
 
-Confirm = Callable[[str], None]
-
-
-def _no_confirm(_: str) -> None:
-    return None
-
-
 def run_root_ceremony(
     script: RootScript,
     credentials: Credentials,
     out: Path,
     *,
     rehearsal: bool,
-    confirm: Confirm = _no_confirm,
+    confirm: Confirm = no_confirm,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> RootCeremonyResult:
     """Run the root ceremony; see the module docstring for the steps.
 
     Args:
         script: the parsed, reviewed script.
-        credentials: token URIs with PIN sources for the root and each officer.
+        credentials: token URIs with PIN sources for the root (user and
+            security officer) and each officer.
         out: a folder that must not exist yet (nothing is ever written over).
         rehearsal: mark every output as a rehearsal.
         confirm: called with a step's description before each irreversible
@@ -122,11 +113,11 @@ def run_root_ceremony(
         VaultError: any check or token operation failed; the outputs written so
             far stay in ``out`` for the record.
     """
-    _check_participants(script, credentials)
+    check_officers(script.officers, credentials)
+    root_so = credentials.need("root_so")
     if out.exists():
         raise InputError(f"{out} exists; a ceremony writes into a new folder only")
     out.mkdir(parents=True)
-    (out / "shares").mkdir(mode=0o700)
     mark = f"{REHEARSAL_MARK} " if rehearsal else ""
 
     transcript = Transcript.start(
@@ -145,6 +136,7 @@ def run_root_ceremony(
     transcript.record("vault", "open-ceremony", details={"rehearsal": rehearsal}, now=now())
 
     officer_keys = _officer_keys(script, credentials, transcript, now)
+    present = {o.id: credentials.officers[o.id] for o in script.officers}
 
     confirm("generate the root key inside the root token")
     with open_token(credentials.root, rw=True) as root_token:
@@ -157,7 +149,7 @@ def run_root_ceremony(
                 "label": script.root_key_label,
                 "curve": script.curve,
                 "key_id": root_key.key_id,
-                "spki": _b64(root_key.spki_der),
+                "spki": b64(root_key.spki_der),
             },
             now=now(),
         )
@@ -185,44 +177,47 @@ def run_root_ceremony(
             now=now(),
         )
 
-        policy = _policy_v1(script, root_key, root_der, officer_keys, rehearsal, now())
-        policy_bytes = _cosign(sign_statement(policy, [root_key]), credentials, script)
+        confirm("replace the root token's PINs with random ones split among the officers")
+        secret = root_token.generate_random(32)
+        share_set = _shares.split_secret(
+            secret, script.threshold, len(script.officers), random=root_token.generate_random
+        )
+        # The shares are on disk (fsynced) before the PINs change: a failure in
+        # between leaves the old PINs working, never a token nobody can open.
+        share_files = write_share_files(out / "shares", script.officers, share_set, title=script.name, mark=mark)
+
+        predicate = _policy_v1(script, root_key, root_cert, officer_keys, share_set.record, rehearsal, now())
+        statement = policy_statement(predicate, root_cert)
+        policy_bytes = cosign(sign_statement(statement, [root_key]), present, officer_keys)
         write_new(out / "policy-v1.json", policy_bytes)
         transcript.record(
             "officers", "sign-trust-policy", outputs={"policy-v1.json": policy_bytes}, details={"version": 1}, now=now()
         )
 
-        confirm("replace the root token PIN with a random one split among the officers")
-        secret = root_token.generate_random(32)
-        share_set = _shares.split_secret(
-            secret, script.threshold, len(script.officers), random=root_token.generate_random
-        )
-        # The shares are on disk (fsynced) before the PIN changes: a failure in
-        # between leaves the old PIN working, never a token nobody can open.
-        share_files = _write_shares(out, script, share_set, mark)
-        old_pin = resolve_pin(credentials.root, root_token.label)
-        root_token.change_pin(old_pin, secret.hex())
+        user_pin, so_pin = root_pins(secret)
+        root_token.change_pin(resolve_pin(credentials.root, root_token.label), user_pin)
+    with open_token(root_so, rw=True, so=True) as officer_session:
+        officer_session.change_pin(resolve_pin(root_so, officer_session.label), so_pin)
     transcript.record(
         "root-token",
         "split-root-pin",
-        details={"scheme": "SLIP-39", "share_set": share_set.record.to_dict()},
+        details={"scheme": "SLIP-39", "pins": ["user", "security-officer"], "share_set": share_set.record.to_dict()},
         now=now(),
     )
 
     quorum = [share_set.mnemonics[i] for i in range(script.threshold)]
-    pin = _shares.combine_shares(quorum, share_set.record).hex()
-    quorum_uri = dataclasses.replace(credentials.root, pin_source=None, pin_value=pin)
+    quorum_pin = root_pins(_shares.combine_shares(quorum, share_set.record))[0]
     for officer, path in share_files.items():
         check = _shares.check_share(share_text(path.read_text()), share_set.record)
         transcript.record(officer, "check-share", details={"member": check.member_index}, now=now())
 
-    with open_token(quorum_uri) as root_token:
+    with open_token(with_pin(credentials.root, quorum_pin)) as root_token:
         root_key = root_token.key(label=script.root_key_label)
         transcript.record(
             "officers", "quorum-login", details={"shares_used": script.threshold, "key_id": root_key.key_id}, now=now()
         )
         transcript.record("vault", "close-ceremony", now=now())
-        envelope = _cosign(sign_envelope(PAYLOAD_TYPE, transcript.to_bytes(), [root_key]), credentials, script)
+        envelope = cosign(sign_envelope(PAYLOAD_TYPE, transcript.to_bytes(), [root_key]), present, officer_keys)
     write_new(out / "transcript.json", envelope)
     write_new(out / "transcript.html", render_transcript(transcript).encode())
     return RootCeremonyResult(
@@ -235,8 +230,9 @@ def run_root_ceremony(
     )
 
 
-def _check_participants(script: RootScript, credentials: Credentials) -> None:
-    ids = [o.id for o in script.officers]
+def check_officers(officers: tuple[Officer, ...], credentials: Credentials) -> None:
+    """Every officer the script names has a token in the credentials, and no one else."""
+    ids = [o.id for o in officers]
     missing = [i for i in ids if i not in credentials.officers]
     if missing:
         raise InputError(f"the credentials file has no token for officer(s) {', '.join(missing)}")
@@ -247,77 +243,45 @@ def _check_participants(script: RootScript, credentials: Credentials) -> None:
 
 def _officer_keys(
     script: RootScript, credentials: Credentials, transcript: Transcript, now: Callable[[], datetime]
-) -> dict[str, bytes]:
+) -> dict[str, ec.EllipticCurvePublicKey]:
     keys = {}
     for officer in script.officers:
         with open_token(credentials.officers[officer.id], rw=True) as token:
-            key = _find_or_make(token, script.officer_key_label, script.curve)
-            keys[officer.id] = key.spki_der
+            key = find_or_make(token, script.officer_key_label, script.curve)
+            keys[officer.id] = key.public_key
         transcript.record(
             officer.id,
             "officer-key",
             outputs={f"{officer.id}.spki": key.spki_der},
-            details={"key_id": key.key_id, "spki": _b64(key.spki_der), "token": token.label},
+            details={"key_id": key.key_id, "spki": b64(key.spki_der), "token": token.label},
             now=now(),
         )
     return keys
 
 
-def _find_or_make(token: TokenSession, label: str, curve: str) -> TokenKey:
-    if any(o.label == label and o.type == "private" for o in token.objects()):
-        return token.key(label=label)
-    return token.generate_ec_key(label, curve=curve)
-
-
 def _policy_v1(
     script: RootScript,
     root_key: TokenKey,
-    root_der: bytes,
-    officer_keys: dict[str, bytes],
+    root_cert: x509.Certificate,
+    officer_keys: dict[str, ec.EllipticCurvePublicKey],
+    record: _shares.ShareSetRecord,
     rehearsal: bool,
     issued: datetime,
-) -> Statement:
-    predicate: dict[str, Any] = {
+) -> dict[str, Any]:
+    return {
         "version": 1,
-        "issued": issued.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "expires": (issued + timedelta(days=script.policy_expires_days)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "issued": format_time(issued),
+        "expires": format_time(issued + timedelta(days=script.policy_expires_days)),
         "rehearsal": rehearsal,
-        "root": {"key_id": root_key.key_id, "certificate": _b64(root_der)},
+        "root": {"key_id": root_key.key_id, "certificate": b64(root_cert.public_bytes(serialization.Encoding.DER))},
         "officers": {
             "threshold": script.threshold,
-            "keys": {oid: {"key_id": sha256_hex(spki), "spki": _b64(spki)} for oid, spki in officer_keys.items()},
+            "keys": {oid: key_entry(public) for oid, public in officer_keys.items()},
         },
         "approvers": {"threshold": script.approvers_threshold, "keys": {}},
         "release_signer": None,
         "stations": {},
         "auditor": None,
+        "revoked": [],
+        "custody": {"root_pin": record.to_dict()},
     }
-    return Statement(
-        subjects=(Subject(name="root-ca", digest={"sha256": sha256_hex(root_der)}),),
-        predicate_type=POLICY_PREDICATE,
-        predicate=predicate,
-    )
-
-
-def _cosign(envelope: Envelope, credentials: Credentials, script: RootScript) -> bytes:
-    """Add every officer's signature, each from the officer's own token, one token at a time."""
-    for officer in script.officers:
-        with open_token(credentials.officers[officer.id]) as token:
-            envelope = add_signature(envelope, token.key(label=script.officer_key_label))
-    return envelope.to_json()
-
-
-def _write_shares(out: Path, script: RootScript, share_set: _shares.ShareSet, mark: str) -> dict[str, Path]:
-    files = {}
-    for officer, mnemonic in zip(script.officers, share_set.mnemonics, strict=True):
-        heading = (
-            f"{mark}vault custodian share for {officer.name} ({officer.id}) - {script.name}\n"
-            f"share set {share_set.record.identifier}, {script.threshold} of {len(script.officers)} needed\n"
-        )
-        path = write_new(out / "shares" / f"{officer.id}.txt", (heading + mnemonic + "\n").encode(), mode=0o600)
-        files[officer.id] = path
-    return files
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()

@@ -14,6 +14,9 @@ from vault.crypto import key_id
 from vault.errors import FormatError, TranscriptError
 from vault.formats import Envelope, verify_envelope
 
+_ROOT_KEY_STEPS = ("generate-root-key", "root-key")  # made in the root ceremony, found in later ones
+_OFFICER_STEPS = ("officer-key", "officer-present")
+
 
 @dataclass(frozen=True)
 class TranscriptReport:
@@ -54,7 +57,10 @@ def verify_transcript(data: bytes, *, root_certificate: x509.Certificate | None 
     if envelope.payload_type != PAYLOAD_TYPE:
         raise FormatError(f"not a ceremony transcript (payload type {envelope.payload_type!r})")
     transcript = Transcript.from_bytes(envelope.payload)
-    root_public = _public_key(transcript.find("generate-root-key").details.get("spki"), "the root key")
+    root_steps = [s for s in transcript.steps if s.action in _ROOT_KEY_STEPS]
+    if not root_steps:
+        raise TranscriptError("transcript names no root key")
+    root_public = _public_key(root_steps[0].details.get("spki"), "the root key")
     if root_certificate is not None:
         pinned = root_certificate.public_key()
         if not isinstance(pinned, ec.EllipticCurvePublicKey) or key_id(pinned) != key_id(root_public):
@@ -62,7 +68,7 @@ def verify_transcript(data: bytes, *, root_certificate: x509.Certificate | None 
     verify_envelope(envelope, {key_id(root_public): root_public}, 1, what="transcript root signature")
     officers = {}
     for step in transcript.steps:
-        if step.action == "officer-key":
+        if step.action in _OFFICER_STEPS:
             public = _public_key(step.details.get("spki"), f"officer {step.actor}'s key")
             officers[key_id(public)] = public
     if not officers:
@@ -79,6 +85,6 @@ def verify_transcript(data: bytes, *, root_certificate: x509.Certificate | None 
         steps=len(transcript.steps),
         head=transcript.head,
         root_key_id=key_id(root_public),
-        officers=tuple(s.actor for s in transcript.steps if s.action == "officer-key"),
+        officers=tuple(s.actor for s in transcript.steps if s.action in _OFFICER_STEPS),
         root_pinned=root_certificate is not None,
     )

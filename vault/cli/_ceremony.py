@@ -40,14 +40,47 @@ def _confirmer(yes: bool) -> Callable[[str], None]:
 @click.argument("script", type=_PATH)
 @click.option("--credentials", type=_PATH, required=True, help="Token URIs and PIN sources (YAML).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="New folder for outputs.")
+@click.option("--policy", "policy_file", type=_PATH, help="The current trust policy (every ceremony after the root).")
+@click.option("--root-cert", type=_PATH, help="The pinned root certificate (every ceremony after the root).")
+@click.option(
+    "--share", "share_files", type=_PATH, multiple=True, help="A custodian's root share file (repeat m times)."
+)
+@click.option("--request", type=_PATH, help="The station's enrolment request (enrol-station).")
+@click.option("--backup", type=_PATH, help="The root key backup file (recover).")
+@click.option("--backup-share", "backup_share_files", type=_PATH, multiple=True, help="A backup KEK share (recover).")
 @click.option("--rehearsal", is_flag=True, help="Mark every output as a rehearsal (required on SoftHSM2).")
 @click.option("--yes", is_flag=True, help="Confirm every irreversible step (non-interactive runs).")
-def run(script: Path, credentials: Path, out: Path, rehearsal: bool, yes: bool) -> None:
-    """Run the ceremony SCRIPT (policies/*.yaml) against the tokens in --credentials."""
-    from vault.ceremony import load_credentials, load_root_script, run_root_ceremony
+def run(
+    script: Path,
+    credentials: Path,
+    out: Path,
+    policy_file: Path | None,
+    root_cert: Path | None,
+    share_files: tuple[Path, ...],
+    request: Path | None,
+    backup: Path | None,
+    backup_share_files: tuple[Path, ...],
+    rehearsal: bool,
+    yes: bool,
+) -> None:
+    """Run the ceremony SCRIPT (policies/*.yaml) against the tokens in --credentials.
+
+    The root ceremony needs only the script and credentials. Every later one
+    (enrol-station, roles, policy, revoke, backup, recover) also needs the
+    current --policy, the pinned --root-cert and m custodians' shares (--share
+    files, or typed hidden on a terminal).
+    """
+    from vault.ceremony import (
+        CeremonyInputs,
+        RootScript,
+        load_credentials,
+        load_script,
+        run_operation_ceremony,
+        run_root_ceremony,
+    )
     from vault.token import module_path_for
 
-    parsed = load_root_script(script)
+    parsed = load_script(script)
     creds = load_credentials(credentials)
     if "softhsm" in module_path_for(creds.root).lower() and not rehearsal:
         raise InputError("the root token is a SoftHSM2 software token: a ceremony on it must be run with --rehearsal")
@@ -55,14 +88,57 @@ def run(script: Path, credentials: Path, out: Path, rehearsal: bool, yes: bool) 
         click.secho(
             "*** REHEARSAL: outputs are marked REHEARSAL and must never be trusted ***", fg="red", bold=True, err=True
         )
-    result = run_root_ceremony(parsed, creds, out, rehearsal=rehearsal, confirm=_confirmer(yes))
-    click.echo(f"root certificate   {result.out / 'root-ca.pem'}")
-    click.echo(f"trust policy v1    {result.policy}")
-    click.echo(f"transcript         {result.transcript}  (printable: {result.html})")
-    for officer, path in result.shares.items():
-        click.echo(f"share for {officer:<10} {path}  (hand over, then delete this copy)")
+    if isinstance(parsed, RootScript):
+        result = run_root_ceremony(parsed, creds, out, rehearsal=rehearsal, confirm=_confirmer(yes))
+        click.echo(f"root certificate   {result.out / 'root-ca.pem'}")
+        click.echo(f"trust policy v1    {result.policy}")
+        click.echo(f"transcript         {result.transcript}  (printable: {result.html})")
+        for officer, path in result.shares.items():
+            click.echo(f"share for {officer:<10} {path}  (hand over, then delete this copy)")
+    else:
+        if policy_file is None or root_cert is None:
+            raise InputError(f"a '{parsed.kind}' ceremony needs the current --policy and the pinned --root-cert")
+        inputs = CeremonyInputs(
+            root_certificate=_load_cert(root_cert),
+            policy=_read(policy_file),
+            shares=_shares_from(share_files, "root token share"),
+        )
+        outcome = run_operation_ceremony(
+            parsed,
+            creds,
+            inputs,
+            out,
+            rehearsal=rehearsal,
+            confirm=_confirmer(yes),
+            request=_read(request) if request else None,
+            backup=_read(backup) if backup else None,
+            backup_shares=_shares_from(backup_share_files, "backup KEK share") if backup else (),
+        )
+        for what, path in outcome.outputs.items():
+            click.echo(f"{what:<34} {path}")
+        if outcome.policy is not None:
+            click.echo(f"{'trust policy':<34} {outcome.policy}")
+        click.echo(f"{'transcript':<34} {outcome.transcript}  (printable: {outcome.html})")
     if rehearsal:
         click.secho("*** REHEARSAL complete ***", fg="red", bold=True, err=True)
+
+
+def _shares_from(files: tuple[Path, ...], what: str) -> list[str]:
+    """Shares from files, or typed (hidden) one by one on a terminal until an empty line."""
+    from vault.ceremony import share_text
+
+    if files:
+        return [share_text(_read(f).decode("utf-8", errors="replace")) for f in files]
+    if not sys.stdin.isatty():
+        return []
+    typed: list[str] = []
+    while True:
+        text = click.prompt(
+            f"{what} {len(typed) + 1} (hidden; empty when done)", hide_input=True, default="", show_default=False
+        )
+        if not text.strip():
+            return typed
+        typed.append(text)
 
 
 @ceremony.command("verify")

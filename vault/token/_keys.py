@@ -108,6 +108,8 @@ class TokenKey:
         size = self._curve.hash().digest_size
         if len(digest) != size:
             raise InputError(f"digest must be {size} bytes for {self._curve.name}")
+        if not hasattr(self._private, "sign"):  # python-pkcs11 gives a key only the methods its usage allows
+            raise TokenOperationError(f"key '{self.label}' on token '{self._token_label}' is not a signing key")
         with translate_errors(f"signing with key '{self.label}'", self._token_label):
             raw = self._private.sign(digest, mechanism=Mechanism.ECDSA)
         n = self._curve.size
@@ -119,6 +121,8 @@ class TokenKey:
         """The ECDH shared secret (x coordinate) with ``peer``, computed in the token."""
         if not isinstance(peer.curve, self._curve.curve):
             raise InputError(f"peer key is on {peer.curve.name}, this key is {self._curve.name}")
+        if not hasattr(self._private, "derive_key"):
+            raise TokenOperationError(f"key '{self.label}' on token '{self._token_label}' is not a key-agreement key")
         point = peer.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
 
         def derive(param_point: bytes) -> bytes:

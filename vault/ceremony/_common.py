@@ -1,0 +1,121 @@
+"""What every ceremony shares: participants, credentials, the root token's PINs, co-signing, share files."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import hmac
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from vault._files import write_new
+from vault.ceremony._shares import ShareSet
+from vault.errors import InputError
+from vault.formats import Envelope, add_signature
+from vault.token import Pkcs11Uri, TokenKey, TokenSession, open_token
+
+REHEARSAL_MARK = "REHEARSAL"
+ROOT_PIN_CHARS = 32  # 128 bits as hex: within the PIN length limits of common HSMs and smart cards
+
+Confirm = Callable[[str], None]
+
+
+def no_confirm(_: str) -> None:
+    """The confirm hook of a non-interactive run: every step goes ahead."""
+    return None
+
+
+@dataclass(frozen=True)
+class Officer:
+    """A participant named in a script; ``id`` is what credentials and shares refer to."""
+
+    id: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Where each token is and how its PIN is read: kept apart from the reviewed script.
+
+    ``root`` locates the root token; its PIN comes from the credentials only in
+    the root ceremony (the initial PIN), and from the officers' shares after it.
+    ``root_so`` is the root token's initial security-officer PIN, replaced in the
+    root ceremony. ``recovery`` and ``recovery_so`` locate the empty token a
+    recovery writes the root key onto.
+    """
+
+    root: Pkcs11Uri
+    officers: Mapping[str, Pkcs11Uri]
+    root_so: Pkcs11Uri | None = None
+    release: Pkcs11Uri | None = None
+    approvers: Mapping[str, Pkcs11Uri] = field(default_factory=dict)
+    auditor: Pkcs11Uri | None = None
+    recovery: Pkcs11Uri | None = None
+    recovery_so: Pkcs11Uri | None = None
+
+    def need(self, name: str) -> Pkcs11Uri:
+        """The URI called ``name``; refuse with the field to add when it is missing."""
+        uri = getattr(self, name)
+        if uri is None:
+            raise InputError(f"this ceremony needs '{name}' in the credentials file")
+        assert isinstance(uri, Pkcs11Uri)
+        return uri
+
+
+def root_pins(secret: bytes) -> tuple[str, str]:
+    """The root token's user PIN and security-officer PIN, both derived from the split secret.
+
+    Both PINs are replaced in the root ceremony, so nobody can reset the user
+    PIN with a security-officer PIN they alone know: the same m of n shares
+    open either role, and each PIN is a separate one-way function of the secret.
+    """
+    user = hmac.new(secret, b"vault root token: user PIN", hashlib.sha256).hexdigest()[:ROOT_PIN_CHARS]
+    so = hmac.new(secret, b"vault root token: security officer PIN", hashlib.sha256).hexdigest()[:ROOT_PIN_CHARS]
+    return user, so
+
+
+def with_pin(uri: Pkcs11Uri, pin: str) -> Pkcs11Uri:
+    """``uri`` with ``pin`` in place of its PIN source (kept in memory only)."""
+    return dataclasses.replace(uri, pin_source=None, pin_value=pin)
+
+
+def find_or_make(token: TokenSession, label: str, curve: str, usage: str = "sign") -> TokenKey:
+    """The private key labelled ``label``, made inside the token first if there is none."""
+    if any(o.label == label and o.type == "private" for o in token.objects()):
+        return token.key(label=label)
+    return token.generate_ec_key(label, curve=curve, usage=usage)
+
+
+def cosign(
+    envelope: Envelope, officers: Mapping[str, Pkcs11Uri], keys: Mapping[str, ec.EllipticCurvePublicKey]
+) -> bytes:
+    """Add each officer's signature, from the officer's own token, one token at a time."""
+    for officer, uri in officers.items():
+        with open_token(uri) as token:
+            envelope = add_signature(envelope, token.key_by_public(keys[officer]))
+    return envelope.to_json()
+
+
+def write_share_files(
+    folder: Path, members: Sequence[Officer], share_set: ShareSet, *, title: str, mark: str
+) -> dict[str, Path]:
+    """One share file per member (mode 0600), written and fsynced before the secret is used."""
+    folder.mkdir(mode=0o700)
+    record = share_set.record
+    files = {}
+    for member, mnemonic in zip(members, share_set.mnemonics, strict=True):
+        heading = (
+            f"{mark}vault custodian share for {member.name} ({member.id}) - {title}\n"
+            f"share set {record.identifier}, {record.threshold} of {record.count} needed\n"
+        )
+        files[member.id] = write_new(folder / f"{member.id}.txt", (heading + mnemonic + "\n").encode(), mode=0o600)
+    return files
+
+
+def b64(data: bytes) -> str:
+    """Standard base64 text."""
+    return base64.b64encode(data).decode()

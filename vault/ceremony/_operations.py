@@ -1,0 +1,517 @@
+"""The ceremonies after the root one: enrol a station, issue role certificates, renew, revoke, back up, recover.
+
+Each is an operation run inside the quorum frame of :mod:`vault.ceremony._quorum`
+(policy verified, officers present, m shares, root key checked). The ones
+that change who holds a role return the next trust-policy predicate; backup
+and recovery write a signed backup file or a recovered token instead.
+
+Rotation is not a separate ceremony: enrolling a station again, or issuing a
+role to a new key, certifies the new key and revokes the one it replaces, in
+the same new policy version. Revocation takes a holder out of its role and
+lists its keys, so every verifier refuses them from then on.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from vault import pki
+from vault._words import readable_digest
+from vault.ceremony import _shares
+from vault.ceremony._backup import BackupFile, make_backup, open_backup
+from vault.ceremony._common import (
+    Confirm,
+    Credentials,
+    Officer,
+    find_or_make,
+    no_confirm,
+    root_pins,
+    write_share_files,
+)
+from vault.ceremony._custody import share_text
+from vault.ceremony._quorum import (
+    Ceremony,
+    CeremonyInputs,
+    CeremonyResult,
+    Operation,
+    OperationResult,
+    run_quorum_ceremony,
+)
+from vault.crypto import key_id, verify_signature
+from vault.enrolment import open_enrolment_request
+from vault.errors import InputError, PolicyError
+from vault.policy import RoleKey, key_entry
+from vault.token import Pkcs11Uri, open_token
+from vault.token._pin import resolve_pin
+
+if TYPE_CHECKING:
+    from vault.ceremony._script import OperationScript
+
+# --- scripts ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EnrolStation:
+    """``ceremony: enrol-station``: certify a station's three keys from its enrolment request."""
+
+    station_id: str
+    station_name: str
+    validity_days: int
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    """One role key: the label it has (or gets) in its holder's token, and its certificate's life."""
+
+    key_label: str
+    validity_days: int
+
+
+@dataclass(frozen=True)
+class Approvers:
+    """The release approvers: all of them (anyone left out is revoked) and their threshold."""
+
+    threshold: int
+    key_label: str
+    validity_days: int
+    members: tuple[Officer, ...]
+
+
+@dataclass(frozen=True)
+class IssueRoles:
+    """``ceremony: roles``: certify the release signer, the approvers and the auditor (those named)."""
+
+    curve: str
+    release_signer: RoleSpec | None
+    approvers: Approvers | None
+    auditor: RoleSpec | None
+
+
+@dataclass(frozen=True)
+class RenewPolicy:
+    """``ceremony: policy``: sign the next policy version (new expiry, optionally a new approval threshold)."""
+
+    approvers_threshold: int | None
+
+
+@dataclass(frozen=True)
+class Revoke:
+    """``ceremony: revoke``: take holders out of their roles, listing their keys as revoked."""
+
+    entries: tuple[tuple[str, str | None, str], ...]  # (role, holder id or None, reason)
+
+
+@dataclass(frozen=True)
+class Backup:
+    """``ceremony: backup``: wrap the root key under a fresh KEK split among the custodians."""
+
+    threshold: int
+    custodians: tuple[Officer, ...]
+
+
+@dataclass(frozen=True)
+class Recover:
+    """``ceremony: recover``: put the root key from a backup onto a new, empty token."""
+
+
+# --- helpers --------------------------------------------------------------------
+
+
+def _organization(c: Ceremony) -> str | None:
+    names = c.root_certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    value = names[0].value if names else None
+    return value if isinstance(value, str) else None
+
+
+def _predicate(c: Ceremony) -> dict[str, Any]:
+    return copy.deepcopy(dict(c.policy.predicate))
+
+
+def _revoke(c: Ceremony, predicate: dict[str, Any], key: RoleKey, role: str, holder: str, reason: str) -> None:
+    predicate["revoked"].append(
+        {"key_id": key.key_id, "role": role, "holder": holder, "reason": reason, "version": c.policy.version + 1}
+    )
+    c.record("officers", "revoke-key", details={"key_id": key.key_id, "role": role, "holder": holder, "reason": reason})
+
+
+def _refuse_revoked(c: Ceremony, public_key: ec.EllipticCurvePublicKey, what: str) -> None:
+    revoked = c.policy.revocation(key_id(public_key))
+    if revoked is not None:
+        raise PolicyError(
+            f"{what} is key {revoked.key_id[:16]}, revoked in policy v{revoked.version}: {revoked.reason}"
+        )
+
+
+# --- enrol a station ------------------------------------------------------------
+
+
+def enrol_station(spec: EnrolStation, request_data: bytes) -> Operation:
+    """The operation that enrols (or re-enrols, rotating its keys) the station ``spec`` names."""
+
+    def run(c: Ceremony) -> OperationResult:
+        request = open_enrolment_request(request_data)
+        if request.station_id != spec.station_id:
+            raise InputError(f"the enrolment request is for station '{request.station_id}', not '{spec.station_id}'")
+        keys = {
+            "signing": request.signing_public_key,
+            "decryption": request.decryption_public_key,
+            "issuing_ca": request.issuing_ca_public_key,
+        }
+        for part, public in keys.items():
+            _refuse_revoked(c, public, f"the station's {part.replace('_', ' ')} key")
+        c.record(
+            "vault",
+            "check-enrolment-request",
+            inputs={"request.json": request_data},
+            details={
+                "station": request.station_id,
+                "request_sha256": request.digest,
+                "csr_signatures": "valid",
+                **{f"{part}_key_id": key_id(public) for part, public in keys.items()},
+            },
+        )
+        c.confirm(f"enrol station {spec.station_id}: request {readable_digest(request.digest)}")
+
+        predicate = _predicate(c)
+        old = c.policy.stations.get(spec.station_id)
+        if old is not None:
+            for part, held in (
+                ("signing", old.signing),
+                ("decryption", old.decryption),
+                ("issuing_ca", old.issuing_ca),
+            ):
+                if held.key_id != key_id(keys[part]):
+                    _revoke(c, predicate, held, "station", spec.station_id, f"rotated: station re-enrolled ({part})")
+        mark, org, days, sid = c.mark, _organization(c), spec.validity_days, spec.station_id
+        with c.root_session() as token:
+            signing = c.issue(
+                token,
+                keys["signing"],
+                pki.signing_profile(f"{mark}{sid} signing", days, organization=org),
+                f"{sid}-signing",
+            )
+            decryption = c.issue(
+                token,
+                keys["decryption"],
+                pki.key_agreement_profile(f"{mark}{sid} decryption", days, organization=org),
+                f"{sid}-decryption",
+            )
+            issuing_ca = c.issue(
+                token,
+                keys["issuing_ca"],
+                pki.subordinate_ca_profile(f"{mark}{sid} issuing CA", days, path_length=0, organization=org),
+                f"{sid}-issuing-ca",
+            )
+        predicate["stations"][sid] = {
+            "name": spec.station_name,
+            "signing": key_entry(keys["signing"], signing),
+            "decryption": key_entry(keys["decryption"], decryption),
+            "issuing_ca": key_entry(keys["issuing_ca"], issuing_ca),
+        }
+        certs = c.out / "certs"
+        return OperationResult(
+            predicate,
+            outputs={
+                f"{sid} signing certificate": certs / f"{sid}-signing.pem",
+                f"{sid} decryption certificate": certs / f"{sid}-decryption.pem",
+                f"{sid} issuing CA certificate": certs / f"{sid}-issuing-ca.pem",
+            },
+        )
+
+    return run
+
+
+# --- role certificates ------------------------------------------------------------
+
+
+def issue_roles(spec: IssueRoles) -> Operation:
+    """The operation that certifies the release signer, approvers and auditor the script names."""
+
+    def run(c: Ceremony) -> OperationResult:
+        wanted: list[tuple[str, str, Pkcs11Uri, RoleSpec, str]] = []  # role, holder, token, spec, usage
+        if spec.release_signer is not None:
+            wanted.append(("release-signer", "release", c.credentials.need("release"), spec.release_signer, "sign"))
+        if spec.approvers is not None:
+            approvers = spec.approvers
+            missing = [m.id for m in approvers.members if m.id not in c.credentials.approvers]
+            if missing:
+                raise InputError(f"the credentials file has no token for approver(s) {', '.join(missing)}")
+            approver_spec = RoleSpec(approvers.key_label, approvers.validity_days)
+            wanted += [
+                ("approver", m.id, c.credentials.approvers[m.id], approver_spec, "sign") for m in approvers.members
+            ]
+        if spec.auditor is not None:
+            wanted.append(("auditor", "auditor", c.credentials.need("auditor"), spec.auditor, "derive"))
+        if not wanted:
+            raise InputError("the script names no role to issue")
+
+        found: list[tuple[str, str, ec.EllipticCurvePublicKey, RoleSpec]] = []
+        for role, holder, uri, role_spec, usage in wanted:
+            with open_token(uri, rw=True) as token:
+                key = find_or_make(token, role_spec.key_label, spec.curve, usage)
+            _refuse_revoked(c, key.public_key, f"the {role} key of {holder}")
+            c.record(holder, "role-key", details={"role": role, "key_id": key.key_id, "token": token.label})
+            found.append((role, holder, key.public_key, role_spec))
+
+        predicate = _predicate(c)
+        policy = c.policy
+        outputs = {}
+        with c.root_session() as token:
+            for role, holder, public, role_spec in found:
+                current = _current_holder(c, role, holder)
+                if current is not None and current.key_id == key_id(public):
+                    c.record(
+                        "vault", "role-unchanged", details={"role": role, "holder": holder, "key_id": current.key_id}
+                    )
+                    continue
+                if current is not None:
+                    _revoke(c, predicate, current, role, holder, "rotated: a new key took the role")
+                name = f"{role}-{holder}" if role == "approver" else role
+                certificate = c.issue(token, public, _role_profile(c, role, holder, role_spec), name)
+                entry = key_entry(public, certificate)
+                if role == "approver":
+                    predicate["approvers"]["keys"][holder] = entry
+                else:
+                    predicate[role.replace("-", "_")] = entry
+                what = f"approver {holder}" if role == "approver" else role.replace("-", " ")
+                outputs[f"{what} certificate"] = c.out / "certs" / f"{name}.pem"
+        if spec.approvers is not None:
+            listed = {m.id for m in spec.approvers.members}
+            for holder, held in policy.approvers.items():
+                if holder not in listed:
+                    _revoke(c, predicate, held, "approver", holder, "removed from the approvers")
+                    del predicate["approvers"]["keys"][holder]
+            predicate["approvers"]["threshold"] = spec.approvers.threshold
+        return OperationResult(predicate, outputs=outputs)
+
+    return run
+
+
+def _current_holder(c: Ceremony, role: str, holder: str) -> RoleKey | None:
+    if role == "approver":
+        return c.policy.approvers.get(holder)
+    return c.policy.release_signer if role == "release-signer" else c.policy.auditor
+
+
+def _role_profile(c: Ceremony, role: str, holder: str, spec: RoleSpec) -> pki.CertProfile:
+    org, days = _organization(c), spec.validity_days
+    if role == "auditor":
+        return pki.key_agreement_profile(f"{c.mark}auditor", days, organization=org)
+    if role == "release-signer":
+        return pki.signing_profile(
+            f"{c.mark}release signer", days, extended_key_usages=(ExtendedKeyUsageOID.CODE_SIGNING,), organization=org
+        )
+    return pki.signing_profile(f"{c.mark}approver {holder}", days, organization=org)
+
+
+# --- renew, revoke ------------------------------------------------------------------
+
+
+def renew_policy(spec: RenewPolicy) -> Operation:
+    """The operation that signs the next version as it is (new dates), or with a new approval threshold."""
+
+    def run(c: Ceremony) -> OperationResult:
+        predicate = _predicate(c)
+        if spec.approvers_threshold is not None:
+            predicate["approvers"]["threshold"] = spec.approvers_threshold
+        c.record("vault", "renew-policy", details={"approvers_threshold": predicate["approvers"]["threshold"]})
+        return OperationResult(predicate)
+
+    return run
+
+
+def revoke(spec: Revoke) -> Operation:
+    """The operation that takes each named holder out of its role and lists its keys as revoked."""
+
+    def run(c: Ceremony) -> OperationResult:
+        predicate = _predicate(c)
+        policy = c.policy
+        for role, holder, reason in spec.entries:
+            if role == "station":
+                station = policy.stations.get(holder or "")
+                if station is None:
+                    raise InputError(f"no station '{holder}' is enrolled in policy v{policy.version}")
+                c.confirm(f"revoke station {holder} ({reason})")
+                for key in station.keys():
+                    _revoke(c, predicate, key, "station", station.id, reason)
+                del predicate["stations"][station.id]
+            elif role == "approver":
+                approver = policy.approvers.get(holder or "")
+                if approver is None:
+                    raise InputError(f"no approver '{holder}' in policy v{policy.version}")
+                c.confirm(f"revoke approver {holder} ({reason})")
+                _revoke(c, predicate, approver, "approver", holder or "", reason)
+                del predicate["approvers"]["keys"][holder]
+            else:
+                held = policy.release_signer if role == "release-signer" else policy.auditor
+                if held is None:
+                    raise InputError(f"policy v{policy.version} has no {role} to revoke")
+                c.confirm(f"revoke the {role} ({reason})")
+                _revoke(c, predicate, held, role, role, reason)
+                predicate[role.replace("-", "_")] = None
+        return OperationResult(predicate)
+
+    return run
+
+
+# --- backup and recovery ------------------------------------------------------------
+
+
+def backup_root(spec: Backup) -> Operation:
+    """The operation that writes ``root-key-backup.json`` and the KEK's custodian shares."""
+
+    def run(c: Ceremony) -> OperationResult:
+        c.confirm("wrap the root key under a new key-encryption key split among the custodians")
+        label = f"backup-kek-{uuid.uuid4().hex[:12]}"
+        with c.root_session() as token:
+            kek = token.generate_random(32)
+            share_set = _shares.split_secret(kek, spec.threshold, len(spec.custodians), random=token.generate_random)
+        shares = write_share_files(c.out / "backup-shares", spec.custodians, share_set, title=c.name, mark=c.mark)
+        # Only the security officer may mark a KEK trusted; only a trusted KEK may wrap the root key.
+        with c.root_session(so=True) as officer:
+            officer.import_kek(kek, label, trusted=True)
+        with c.root_session() as token:
+            wrapping = token.aes_key(label)
+            try:
+                root_key = c.root_key(token)
+                wrapped = token.wrap(wrapping, root_key)
+            finally:
+                token.destroy(wrapping)
+            backup = make_backup(c, root_key, wrapped, share_set.record)
+        c.record(
+            "root-token",
+            "backup-root-key",
+            outputs={backup.name: backup.read_bytes()},
+            details={"mechanism": "CKM_AES_KEY_WRAP_PAD", "kek_bits": 256, "share_set": share_set.record.to_dict()},
+        )
+        for custodian, path in shares.items():
+            check = _shares.check_share(share_text(path.read_text()), share_set.record)
+            c.record(custodian, "check-share", details={"member": check.member_index, "share_set": "backup KEK"})
+        return OperationResult(
+            None, outputs={"root key backup": backup, **{f"KEK share {k}": v for k, v in shares.items()}}
+        )
+
+    return run
+
+
+def recover_root(backup_data: bytes, kek_shares: Sequence[str]) -> tuple[Callable[[Ceremony], None], Operation]:
+    """``(prepare, operation)``: unwrap the root key from a backup onto the recovery token."""
+
+    def prepare(c: Ceremony) -> None:
+        backup: BackupFile = open_backup(backup_data, c.policy)
+        kek = _shares.combine_shares(list(kek_shares), backup.custody)
+        target = c.credentials.need("recovery")
+        target_so = c.credentials.need("recovery_so")
+        c.record(
+            "vault",
+            "check-backup",
+            inputs={"root-key-backup.json": backup_data},
+            details={"key_id": backup.key_id, "kek_shares_given": len(kek_shares)},
+        )
+        c.confirm(f"write the root key onto token {target.token} and give it the quorum's PINs")
+        user_pin, so_pin = root_pins(c.secret)
+        with open_token(target, rw=True) as token:
+            if any(o.type == "private" for o in token.objects()):
+                raise InputError(f"token '{token.label}' already holds private keys; recover onto an empty token")
+            label = f"recovery-kek-{uuid.uuid4().hex[:12]}"
+            wrapping = token.import_kek(kek, label)
+            try:
+                key = token.unwrap_ec_key(wrapping, backup.wrapped, backup.label, c.policy.root.public_key)
+            finally:
+                token.destroy(wrapping)
+            challenge = f"vault recovery check {uuid.uuid4()}".encode()
+            verify_signature(c.root_certificate.public_key(), challenge, key.sign(challenge))  # type: ignore[arg-type]
+            token.change_pin(resolve_pin(target, token.label), user_pin)
+        with open_token(target_so, rw=True, so=True) as officer:
+            officer.change_pin(resolve_pin(target_so, officer.label), so_pin)
+        c.record(
+            "root-token",
+            "recover-root-key",
+            details={"key_id": key.key_id, "token": target.token, "verified_against": "root certificate"},
+        )
+        c.credentials = dataclasses.replace(c.credentials, root=target)
+
+    def run(c: Ceremony) -> OperationResult:
+        return OperationResult(None)
+
+    return prepare, run
+
+
+# --- dispatch ---------------------------------------------------------------------
+
+
+def run_operation_ceremony(
+    script: OperationScript,
+    credentials: Credentials,
+    inputs: CeremonyInputs,
+    out: Path,
+    *,
+    rehearsal: bool,
+    confirm: Confirm = no_confirm,
+    request: bytes | None = None,
+    backup: bytes | None = None,
+    backup_shares: Sequence[str] = (),
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> CeremonyResult:
+    """Run the ceremony ``script`` describes inside the quorum frame.
+
+    Args:
+        script: a parsed script other than a root ceremony's.
+        credentials: where the tokens are (root, officers present, role holders).
+        inputs: the pinned root certificate, the current policy and the custodians' shares.
+        out: a new folder for the outputs.
+        rehearsal: the policy and every output are a rehearsal's.
+        confirm: asked before each irreversible step.
+        request: the station's enrolment request (``enrol-station``).
+        backup: the backup file and ``backup_shares`` its KEK's shares (``recover``).
+        clock: the time source.
+
+    Raises:
+        VaultError: a check or an operation failed; outputs so far stay in ``out``.
+    """
+    spec = script.spec
+    prepare = None
+    operation: Operation
+    if isinstance(spec, EnrolStation):
+        if request is None:
+            raise InputError("enrolling a station needs its enrolment request (--request FILE)")
+        operation = enrol_station(spec, request)
+    elif isinstance(spec, IssueRoles):
+        operation = issue_roles(spec)
+    elif isinstance(spec, RenewPolicy):
+        operation = renew_policy(spec)
+    elif isinstance(spec, Revoke):
+        operation = revoke(spec)
+    elif isinstance(spec, Backup):
+        operation = backup_root(spec)
+    elif isinstance(spec, Recover):
+        if backup is None:
+            raise InputError("a recovery needs the backup file (--backup FILE) and the KEK shares (--backup-share)")
+        prepare, operation = recover_root(backup, backup_shares)
+    else:
+        raise InputError(f"no ceremony of type '{script.kind}'")
+    return run_quorum_ceremony(
+        script.kind,
+        script.name,
+        script.source_digest,
+        credentials,
+        inputs,
+        out,
+        operation,
+        rehearsal=rehearsal,
+        confirm=confirm,
+        clock=clock,
+        header={"witnesses": list(script.witnesses)},
+        prepare=prepare,
+        policy_expires_days=script.policy_expires_days,
+    )

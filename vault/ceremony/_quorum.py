@@ -1,0 +1,320 @@
+"""The frame of every ceremony after the root one: quorum in, signed policy and transcript out.
+
+Enrolling a station, issuing role certificates, renewing the policy, revoking
+keys and backing up the root all run in the same frame:
+
+1. the current trust policy is verified against the pinned root certificate
+   (an expired one is accepted here only so that it can be renewed);
+2. the officers present are those in the credentials file; each proves
+   presence with the signing key the policy lists for them, in their own
+   token, and at least the policy's officer threshold must be present;
+3. at least m custodian shares are checked one by one against the share set
+   the policy records (a mistyped, altered or foreign share is refused with
+   its position and the reason) and combined into the root token's PINs;
+4. the root key is found in the root token and must be the policy's;
+5. the ceremony's own operation runs (see :mod:`vault.ceremony._operations`);
+6. when it changes the policy, version n+1 is signed by the root and every
+   officer present, and checked by the same verifier stations use;
+7. the transcript is signed by the root and every officer present.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from vault import pki
+from vault._files import write_new
+from vault.ceremony import _lint, _shares
+from vault.ceremony._common import REHEARSAL_MARK, Confirm, Credentials, b64, cosign, root_pins, with_pin
+from vault.ceremony._html import render_transcript
+from vault.ceremony._transcript import PAYLOAD_TYPE, Transcript
+from vault.crypto import key_id
+from vault.errors import InputError, PolicyError, ShareError, ThresholdError
+from vault.formats import sign_envelope, sign_statement
+from vault.policy import TrustPolicy, format_time, load_policy, policy_statement
+from vault.token import TokenKey, TokenSession, open_token
+
+
+@dataclass(frozen=True)
+class CeremonyInputs:
+    """What a ceremony after the root one starts from, besides its script and credentials."""
+
+    root_certificate: x509.Certificate
+    policy: bytes
+    shares: Sequence[str]  # mnemonics, as typed or read from files
+
+
+@dataclass
+class Ceremony:
+    """A ceremony in progress: the verified policy, the quorum, the transcript, the outputs."""
+
+    kind: str
+    name: str
+    policy: TrustPolicy
+    root_certificate: x509.Certificate
+    credentials: Credentials
+    out: Path
+    transcript: Transcript
+    rehearsal: bool
+    confirm: Confirm
+    clock: Callable[[], datetime]
+    present: dict[str, Any] = field(default_factory=dict)  # officer id -> token URI
+    secret: bytes = b""
+
+    @property
+    def mark(self) -> str:
+        """The prefix that marks rehearsal outputs."""
+        return f"{REHEARSAL_MARK} " if self.rehearsal else ""
+
+    def now(self) -> datetime:
+        """The ceremony clock, in whole seconds."""
+        return self.clock().replace(microsecond=0)
+
+    def record(self, actor: str, action: str, **kwargs: Any) -> None:
+        """Append a step to the transcript at the ceremony clock's time."""
+        self.transcript.record(actor, action, now=self.now(), **kwargs)
+
+    @contextlib.contextmanager
+    def root_session(self, *, so: bool = False) -> Iterator[TokenSession]:
+        """The root token, opened with the quorum's PIN (``so`` for the security officer's)."""
+        user_pin, so_pin = root_pins(self.secret)
+        with open_token(with_pin(self.credentials.root, so_pin if so else user_pin), rw=True, so=so) as token:
+            yield token
+
+    def root_key(self, token: TokenSession) -> TokenKey:
+        """The root key in ``token``; it must be the one the policy names."""
+        return token.key_by_public(self.policy.root.public_key)
+
+    def issue(
+        self, token: TokenSession, public_key: ec.EllipticCurvePublicKey, profile: pki.CertProfile, name: str
+    ) -> x509.Certificate:
+        """Lint, then sign in the root token, a certificate for ``public_key``; write ``certs/NAME.pem``."""
+        profile = pki.with_validity(profile, self.now())
+        certificate = pki.issue_certificate(
+            public_key,
+            profile,
+            self.root_key(token),
+            issuer_certificate=self.root_certificate,
+            serial=pki.random_serial(token.generate_random),
+            lint=_lint.require_clean,
+        )
+        folder = self.out / "certs"
+        folder.mkdir(exist_ok=True)
+        pem = certificate.public_bytes(serialization.Encoding.PEM)
+        write_new(folder / f"{name}.pem", pem)
+        self.record(
+            "root-token",
+            "issue-certificate",
+            outputs={f"certs/{name}.pem": certificate.public_bytes(serialization.Encoding.DER)},
+            details={
+                "name": name,
+                "serial": f"{certificate.serial_number:x}",
+                "subject": certificate.subject.rfc4514_string(),
+                "key_id": key_id(public_key),
+                "not_after": format_time(certificate.not_valid_after_utc),
+                "linted": "pkilint rfc5280",
+            },
+        )
+        return certificate
+
+
+@dataclass(frozen=True)
+class CeremonyResult:
+    """What a ceremony wrote."""
+
+    out: Path
+    transcript: Path
+    html: Path
+    policy: Path | None
+    outputs: dict[str, Path]
+
+
+Operation = Callable[[Ceremony], "OperationResult"]
+
+
+@dataclass(frozen=True)
+class OperationResult:
+    """What an operation did: a new policy predicate (or ``None``) and files it wrote."""
+
+    predicate: dict[str, Any] | None
+    outputs: dict[str, Path] = field(default_factory=dict)
+
+
+def run_quorum_ceremony(
+    kind: str,
+    name: str,
+    script_digest: str,
+    credentials: Credentials,
+    inputs: CeremonyInputs,
+    out: Path,
+    operation: Operation,
+    *,
+    rehearsal: bool,
+    confirm: Confirm,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    header: Mapping[str, Any] | None = None,
+    prepare: Callable[[Ceremony], None] | None = None,
+    policy_expires_days: int | None = None,
+) -> CeremonyResult:
+    """Run ``operation`` inside the quorum frame described in the module docstring.
+
+    ``prepare`` runs once the quorum's secret is known and before the root
+    key is looked for: recovery uses it to put the root key onto a new token.
+
+    Raises:
+        VaultError: a check failed (policy, officers, shares, root key) or the
+            operation refused; what was written so far stays in ``out``.
+    """
+    policy = load_policy(inputs.policy, inputs.root_certificate, now=clock(), allow_expired=True)
+    if policy.rehearsal != rehearsal:
+        raise PolicyError(
+            "the trust policy is from a rehearsal: run this ceremony with --rehearsal"
+            if policy.rehearsal
+            else "the trust policy is a production one: a rehearsal must start from a rehearsal policy"
+        )
+    _check_present(policy, credentials)
+    if out.exists():
+        raise InputError(f"{out} exists; a ceremony writes into a new folder only")
+    out.mkdir(parents=True)
+
+    start = clock()
+    transcript = Transcript.start(
+        {
+            "type": kind,
+            "name": name,
+            "rehearsal": rehearsal,
+            "script_sha256": script_digest,
+            "policy_version": policy.version,
+            "policy_sha256": policy.digest,
+            "officers_present": sorted(credentials.officers),
+            "threshold": policy.officers_threshold,
+            **(header or {}),
+        },
+        now=start,
+    )
+    ceremony = Ceremony(
+        kind=kind,
+        name=name,
+        policy=policy,
+        root_certificate=inputs.root_certificate,
+        credentials=credentials,
+        out=out,
+        transcript=transcript,
+        rehearsal=rehearsal,
+        confirm=confirm,
+        clock=clock,
+        present=dict(credentials.officers),
+    )
+    details: dict[str, Any] = {"rehearsal": rehearsal, "policy_version": policy.version}
+    if start >= policy.expires:
+        details["policy_expired"] = format_time(policy.expires)
+    ceremony.record("vault", "open-ceremony", details=details)
+    _officers_present(ceremony)
+    ceremony.secret = quorum_secret(policy, inputs.shares)
+    ceremony.record("officers", "quorum", details={"shares_given": len(inputs.shares)})
+    if prepare is not None:
+        prepare(ceremony)
+    with ceremony.root_session() as token:
+        root_key = ceremony.root_key(token)
+        ceremony.record(
+            "root-token",
+            "root-key",
+            details={"key_id": root_key.key_id, "spki": b64(root_key.spki_der), "token": token.label},
+        )
+
+    result = operation(ceremony)
+    policy_file = None
+    if result.predicate is not None:
+        policy_file = _sign_next_policy(ceremony, result.predicate, policy_expires_days)
+
+    ceremony.record("vault", "close-ceremony")
+    with ceremony.root_session() as token:
+        envelope = sign_envelope(PAYLOAD_TYPE, transcript.to_bytes(), [ceremony.root_key(token)])
+    signed = cosign(envelope, ceremony.present, _officer_keys(policy, ceremony.present))
+    write_new(out / "transcript.json", signed)
+    write_new(out / "transcript.html", render_transcript(transcript).encode())
+    return CeremonyResult(
+        out=out,
+        transcript=out / "transcript.json",
+        html=out / "transcript.html",
+        policy=policy_file,
+        outputs=result.outputs,
+    )
+
+
+def quorum_secret(policy: TrustPolicy, mnemonics: Sequence[str]) -> bytes:
+    """Check the shares against the policy's root PIN share set and rebuild the secret.
+
+    Raises:
+        ShareError: too few shares (with how many are missing), or one is
+            mistyped, altered, foreign or repeated (with its position).
+    """
+    raw = policy.custody.get("root_pin")
+    if raw is None:
+        raise PolicyError("the trust policy records no share set for the root token PIN")
+    record = _shares.ShareSetRecord.from_dict(raw)
+    if not mnemonics:
+        raise ShareError(f"no shares given: {record.threshold} of the {record.count} custodians' shares are needed")
+    return _shares.combine_shares(list(mnemonics), record)
+
+
+def _check_present(policy: TrustPolicy, credentials: Credentials) -> None:
+    unknown = sorted(set(credentials.officers) - set(policy.officers))
+    if unknown:
+        raise InputError(f"the credentials file names officer(s) the policy does not know: {', '.join(unknown)}")
+    if len(credentials.officers) < policy.officers_threshold:
+        raise ThresholdError(
+            f"{policy.officers_threshold} officers must be present and sign; the credentials file names "
+            f"{len(credentials.officers)}"
+        )
+
+
+def _officer_keys(policy: TrustPolicy, present: Mapping[str, Any]) -> dict[str, ec.EllipticCurvePublicKey]:
+    return {officer: policy.officers[officer].public_key for officer in present}
+
+
+def _officers_present(ceremony: Ceremony) -> None:
+    """Each officer present shows the key the policy lists for them, in their own token."""
+    for officer, uri in ceremony.present.items():
+        with open_token(uri) as token:
+            key = token.key_by_public(ceremony.policy.officers[officer].public_key)
+        ceremony.record(
+            officer, "officer-present", details={"key_id": key.key_id, "spki": b64(key.spki_der), "token": token.label}
+        )
+
+
+def _sign_next_policy(ceremony: Ceremony, predicate: dict[str, Any], expires_days: int | None) -> Path:
+    current = ceremony.policy
+    predicate = dict(predicate)
+    version = current.version + 1
+    issued = ceremony.now()
+    days = expires_days or max(1, (current.expires - current.issued).days)
+    predicate.update(
+        {"version": version, "issued": format_time(issued), "expires": format_time(issued + timedelta(days=days))}
+    )
+    ceremony.confirm(f"sign trust policy v{version} with the root and the officers present")
+    statement = policy_statement(predicate, ceremony.root_certificate)
+    with ceremony.root_session() as token:
+        envelope = sign_statement(statement, [ceremony.root_key(token)])
+    signed = cosign(envelope, ceremony.present, _officer_keys(current, ceremony.present))
+    # The same check a station makes: the new version must verify, with the quorum, as the next one.
+    new = load_policy(signed, ceremony.root_certificate, now=issued, highest_seen=current.version)
+    if new.version != current.version + 1:
+        raise PolicyError(f"a new trust policy must be v{current.version + 1}, not v{new.version}")
+    path = write_new(ceremony.out / f"policy-v{version}.json", signed)
+    ceremony.record(
+        "officers",
+        "sign-trust-policy",
+        outputs={path.name: signed},
+        details={"version": version, "previous_sha256": current.digest, "expires": predicate["expires"]},
+    )
+    return path
