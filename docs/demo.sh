@@ -46,10 +46,12 @@ step "Anyone can verify the signed, hash-chained transcript against the pinned r
 vault ceremony verify "$work/ceremony-root/transcript.json" --root-cert "$work/ceremony-root/root-ca.pem"
 openssl x509 -in "$work/ceremony-root/root-ca.pem" -noout -subject -enddate
 
-step "Each custodian proves their share without revealing the root PIN"
-for i in 1 2 3; do
+step "Each custodian proves their share without revealing the root PIN (officer-3's is sealed to their token)"
+for i in 1 2; do
   vault shares check "$work/ceremony-root/transcript.json" --share "$work/ceremony-root/shares/officer-$i.txt"
 done
+vault shares check "$work/ceremony-root/transcript.json" --share "$work/ceremony-root/shares/officer-3.sealed.json" \
+  --token "$(uri vault-officer-3)"
 
 rootca="$work/ceremony-root/root-ca.pem"
 quorum=(--share "$work/ceremony-root/shares/officer-1.txt" --share "$work/ceremony-root/shares/officer-2.txt")

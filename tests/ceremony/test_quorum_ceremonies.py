@@ -45,6 +45,9 @@ class Setup:
         return x509.load_pem_x509_certificate((self.root / "root-ca.pem").read_bytes())
 
     def share(self, officer: int) -> Path:
+        """officer-3 keeps their share sealed to their token (policies/root-ceremony.yaml)."""
+        if officer == 3:
+            return self.root / "shares" / "officer-3.sealed.json"
         return self.root / "shares" / f"officer-{officer}.txt"
 
     def credentials(self, name: str, officers: tuple[int, ...] = (1, 2), **extra: Pkcs11Uri) -> Path:
@@ -68,7 +71,9 @@ class Setup:
         creds: Path | None = None,
         extra: tuple[str, ...] = (),
     ) -> tuple[int, str, str]:
-        argv = ["ceremony", "run", str(script), "--credentials", str(creds or self.credentials(out))]
+        # the officers present are the custodians who bring their shares (a sealed one opens in its token)
+        present = shares if len(shares) >= 2 else (1, 2)
+        argv = ["ceremony", "run", str(script), "--credentials", str(creds or self.credentials(out, present))]
         argv += ["--policy", str(policy), "--root-cert", str(self.root / "root-ca.pem"), "--out", str(self.tmp / out)]
         for i in shares:
             argv += ["--share", str(self.share(i))]
@@ -125,7 +130,7 @@ def test_roles_then_station_enrolment_then_renewal_and_revocation(setup: Setup) 
     with open_token(setup.tokens["auditor"]) as token:
         assert token.key(label="auditor-decrypt").key_id == v2.auditor.key_id
     report = verify_transcript((roles / "transcript.json").read_bytes(), root_certificate=setup.root_cert)
-    assert report.type == "roles" and report.officers == ("officer-1", "officer-2") and report.rehearsal
+    assert report.type == "roles" and report.officers == ("officer-1", "officer-3") and report.rehearsal
 
     # the station makes its keys and its request; the officers enrol it -> policy v3
     request = setup.tmp / "station-1-request.json"
@@ -232,7 +237,7 @@ def test_quorum_refusals(setup: Setup, tmp_path: Path) -> None:
     assert code == 1
     assert_one_line_error(err, "share 2")
     # fewer officers present than the threshold
-    code, _, err = setup.ceremony(renew, v1, "alone", creds=setup.credentials("alone", officers=(1,)))
+    code, _, err = setup.ceremony(renew, v1, "alone", shares=(1, 2), creds=setup.credentials("alone", officers=(1,)))
     assert code == 1
     assert_one_line_error(err, "2 officers must be present")
     # a policy with one byte changed
@@ -276,7 +281,7 @@ def test_backup_and_recovery_onto_a_fresh_token(setup: Setup) -> None:
 
     # one KEK share is not enough
     creds = setup.credentials(
-        "recover", recovery=setup.tokens["recovery"], recovery_so=so_uri(setup.tokens["recovery"])
+        "recover", (1, 3), recovery=setup.tokens["recovery"], recovery_so=so_uri(setup.tokens["recovery"])
     )
     backup_args = ("--backup", str(backup / "root-key-backup.json"), "--backup-share", str(kek_shares[0]))
     code, _, err = setup.ceremony(POLICIES / "recover.yaml", v1, "recover-short", creds=creds, extra=backup_args)
@@ -298,7 +303,7 @@ def test_backup_and_recovery_onto_a_fresh_token(setup: Setup) -> None:
     from vault.ceremony._quorum import quorum_secret
 
     policy = setup.policy(v1)
-    secret = quorum_secret(policy, [share_text(setup.share(i).read_text()) for i in (2, 3)])
+    secret = quorum_secret(policy, [share_text(setup.share(i).read_text()) for i in (1, 2)])
     user_pin, _ = root_pins(secret)
     with open_token(Pkcs11Uri(token=setup.tokens["recovery"].token, pin_value=user_pin)) as token:
         key = token.key_by_public(root_public)
@@ -309,7 +314,7 @@ def test_backup_and_recovery_onto_a_fresh_token(setup: Setup) -> None:
     # and the recovered token runs the next ceremony as the root
     recovered = setup.tmp / "recovered-creds.yaml"
     recovered.write_text(
-        setup.credentials("tmp")
+        setup.credentials("tmp", (1, 3))
         .read_text()
         .replace(f"token={setup.tokens['root'].token}", f"token={setup.tokens['recovery'].token}")
     )

@@ -20,6 +20,7 @@ from tests.conftest import so_uri
 from vault.ceremony import Transcript, check_share_against_transcript, share_text
 from vault.ceremony._common import root_pins
 from vault.ceremony._lint import require_clean
+from vault.ceremony._sealed import read_sealed_share
 from vault.ceremony._shares import ShareSetRecord, combine_shares
 from vault.errors import PinIncorrectError, ShareError, SignatureError, TranscriptError
 from vault.formats import Envelope
@@ -82,14 +83,32 @@ def test_root_ceremony_outputs_verify(
     assert (
         json.loads(Envelope.from_json((out / "policy-v1.json").read_bytes()).payload)["predicate"]["rehearsal"] is True
     )
-    assert all(p.read_text().startswith("REHEARSAL") for p in (out / "shares").iterdir())
+    assert sorted(p.name for p in (out / "shares").iterdir()) == [
+        "officer-1.txt",
+        "officer-2.txt",
+        "officer-3.sealed.json",
+    ]
+    assert all(p.read_text().startswith("REHEARSAL") for p in (out / "shares").glob("*.txt"))
 
     # each custodian proves their share; each share file is private to its owner
-    for i in (1, 2, 3):
+    for i in (1, 2):
         share = out / "shares" / f"officer-{i}.txt"
         assert share.stat().st_mode & 0o777 == 0o600
         code, stdout, _ = run(capsys, "shares", "check", str(out / "transcript.json"), "--share", str(share))
         assert code == 0 and f"share {i} of 3, threshold 2" in stdout
+    # officer-3's share is sealed to their own token: it opens only there
+    sealed = out / "shares" / "officer-3.sealed.json"
+    assert sealed.stat().st_mode & 0o777 == 0o600
+    assert b"officer-3" in sealed.read_bytes() and len(sealed.read_text().split()) == 1  # no words in clear
+    check = ["shares", "check", str(out / "transcript.json"), "--share", str(sealed)]
+    code, stdout, _ = run(capsys, *check, "--token", format_uri(tokens["officer-3"]))
+    assert code == 0 and "share 3 of 3, threshold 2" in stdout
+    code, _, err = run(capsys, *check)
+    assert code == 1
+    assert_one_line_error(err, "sealed to a token")
+    code, _, err = run(capsys, *check, "--token", format_uri(tokens["officer-2"]))
+    assert code == 1
+    assert err.startswith("vault: error:") and len(err.strip().splitlines()) == 1
 
 
 def test_root_pin_is_replaced_and_only_a_quorum_of_shares_opens_the_token(
@@ -103,7 +122,9 @@ def test_root_pin_is_replaced_and_only_a_quorum_of_shares_opens_the_token(
     with pytest.raises(PinIncorrectError):
         with open_token(so_uri(tokens["root"]), rw=True, so=True):
             pass
-    shares = [share_text((out / "shares" / f"officer-{i}.txt").read_text()) for i in (1, 2, 3)]
+    shares = [share_text((out / "shares" / f"officer-{i}.txt").read_text()) for i in (1, 2)]
+    with open_token(tokens["officer-3"]) as officer_3:
+        shares.append(read_sealed_share((out / "shares" / "officer-3.sealed.json").read_bytes()).open_in(officer_3))
     transcript = Transcript.from_bytes(Envelope.from_json((out / "transcript.json").read_bytes()).payload)
     record = ShareSetRecord.from_dict(transcript.find("split-root-pin").details["share_set"])
     with pytest.raises(ShareError, match="1 more missing"):

@@ -18,7 +18,7 @@ Example (a rehearsal on the SoftHSM2 development tokens)::
 """
 
 from vault.ceremony._common import Credentials, Officer
-from vault.ceremony._custody import check_share_against_transcript, share_text
+from vault.ceremony._custody import check_share_against_transcript, read_share, share_text
 from vault.ceremony._operations import run_operation_ceremony
 from vault.ceremony._quorum import CeremonyInputs, CeremonyResult
 from vault.ceremony._root import RootCeremonyResult, RootScript, run_root_ceremony
@@ -41,6 +41,7 @@ __all__ = [
     "load_root_script",
     "load_script",
     "run_operation_ceremony",
+    "read_share",
     "run_root_ceremony",
     "share_text",
     "verify_transcript",

@@ -13,6 +13,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from vault._files import write_new
+from vault.ceremony._sealed import seal_share
 from vault.ceremony._shares import ShareSet
 from vault.errors import InputError
 from vault.formats import Envelope, add_signature
@@ -35,6 +36,7 @@ class Officer:
 
     id: str
     name: str
+    custody: str = "paper"  # or "sealed": the share is sealed to a key in the person's own token
 
 
 @dataclass(frozen=True)
@@ -101,13 +103,29 @@ def cosign(
 
 
 def write_share_files(
-    folder: Path, members: Sequence[Officer], share_set: ShareSet, *, title: str, mark: str
+    folder: Path,
+    members: Sequence[Officer],
+    share_set: ShareSet,
+    *,
+    title: str,
+    mark: str,
+    sealed_to: Mapping[str, ec.EllipticCurvePublicKey] | None = None,
 ) -> dict[str, Path]:
-    """One share file per member (mode 0600), written and fsynced before the secret is used."""
+    """One share file per member (mode 0600), written and fsynced before the secret is used.
+
+    A member whose custody is "sealed" gets ``ID.sealed.json``, sealed to the
+    key ``sealed_to`` names for them; the others get a paper share ``ID.txt``.
+    """
     folder.mkdir(mode=0o700)
     record = share_set.record
     files = {}
     for member, mnemonic in zip(members, share_set.mnemonics, strict=True):
+        if member.custody == "sealed":
+            if not sealed_to or member.id not in sealed_to:
+                raise InputError(f"no key to seal {member.id}'s share to")
+            data = seal_share(mnemonic, member.id, record.identifier, sealed_to[member.id])
+            files[member.id] = write_new(folder / f"{member.id}.sealed.json", data, mode=0o600)
+            continue
         heading = (
             f"{mark}vault custodian share for {member.name} ({member.id}) - {title}\n"
             f"share set {record.identifier}, {record.threshold} of {record.count} needed\n"

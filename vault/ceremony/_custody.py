@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from cryptography import x509
 
+from vault.ceremony._sealed import is_sealed_share, read_sealed_share
 from vault.ceremony._shares import ShareCheck, ShareSetRecord, check_share
 from vault.ceremony._transcript import Transcript
 from vault.ceremony._verify import verify_transcript
+from vault.errors import InputError
 from vault.formats import Envelope
+from vault.token import Pkcs11Uri, open_token
 
 SHARE_FILE_MARK = "vault custodian share"
 
@@ -18,6 +23,27 @@ def share_text(file_text: str) -> str:
     if lines and SHARE_FILE_MARK in lines[0]:
         lines = lines[2:]
     return " ".join(lines)
+
+
+def read_share(data: bytes, tokens: Mapping[str, Pkcs11Uri]) -> str:
+    """The mnemonic in a share file: paper text as is, a sealed share opened in its custodian's token.
+
+    Args:
+        data: the file's bytes.
+        tokens: custodian id to the URI of their token (with PIN source), for sealed shares.
+
+    Raises:
+        InputError: a sealed share whose custodian has no token in ``tokens``.
+        DecryptionError: the token's key does not open it (wrong token, altered file).
+    """
+    if not is_sealed_share(data):
+        return share_text(data.decode("utf-8", errors="replace"))
+    sealed = read_sealed_share(data)
+    uri = tokens.get(sealed.custodian)
+    if uri is None:
+        raise InputError(f"the share is sealed to {sealed.custodian}'s token, which the credentials do not name")
+    with open_token(uri) as token:
+        return sealed.open_in(token)
 
 
 def check_share_against_transcript(

@@ -47,7 +47,7 @@ from vault.ceremony._common import (
     with_pin,
     write_share_files,
 )
-from vault.ceremony._custody import share_text
+from vault.ceremony._custody import read_share
 from vault.ceremony._html import render_transcript
 from vault.ceremony._transcript import PAYLOAD_TYPE, Transcript
 from vault.errors import InputError
@@ -67,6 +67,7 @@ class RootScript:
     threshold: int
     witnesses: tuple[str, ...]
     officer_key_label: str
+    seal_key_label: str  # the key-agreement key in an officer's token that a sealed share is sealed to
     root_key_label: str
     curve: str
     root_common_name: str
@@ -135,7 +136,7 @@ def run_root_ceremony(
     )
     transcript.record("vault", "open-ceremony", details={"rehearsal": rehearsal}, now=now())
 
-    officer_keys = _officer_keys(script, credentials, transcript, now)
+    officer_keys, seal_keys = _officer_keys(script, credentials, transcript, now)
     present = {o.id: credentials.officers[o.id] for o in script.officers}
 
     confirm("generate the root key inside the root token")
@@ -184,7 +185,9 @@ def run_root_ceremony(
         )
         # The shares are on disk (fsynced) before the PINs change: a failure in
         # between leaves the old PINs working, never a token nobody can open.
-        share_files = write_share_files(out / "shares", script.officers, share_set, title=script.name, mark=mark)
+        share_files = write_share_files(
+            out / "shares", script.officers, share_set, title=script.name, mark=mark, sealed_to=seal_keys
+        )
 
         predicate = _policy_v1(script, root_key, root_cert, officer_keys, share_set.record, rehearsal, now())
         statement = policy_statement(predicate, root_cert)
@@ -208,7 +211,7 @@ def run_root_ceremony(
     quorum = [share_set.mnemonics[i] for i in range(script.threshold)]
     quorum_pin = root_pins(_shares.combine_shares(quorum, share_set.record))[0]
     for officer, path in share_files.items():
-        check = _shares.check_share(share_text(path.read_text()), share_set.record)
+        check = _shares.check_share(read_share(path.read_bytes(), credentials.officers), share_set.record)
         transcript.record(officer, "check-share", details={"member": check.member_index}, now=now())
 
     with open_token(with_pin(credentials.root, quorum_pin)) as root_token:
@@ -243,20 +246,26 @@ def check_officers(officers: tuple[Officer, ...], credentials: Credentials) -> N
 
 def _officer_keys(
     script: RootScript, credentials: Credentials, transcript: Transcript, now: Callable[[], datetime]
-) -> dict[str, ec.EllipticCurvePublicKey]:
-    keys = {}
+) -> tuple[dict[str, ec.EllipticCurvePublicKey], dict[str, ec.EllipticCurvePublicKey]]:
+    """Each officer's signing key, and the sealing key of those who keep their share sealed."""
+    keys, seal_keys = {}, {}
     for officer in script.officers:
+        details: dict[str, Any] = {}
         with open_token(credentials.officers[officer.id], rw=True) as token:
             key = find_or_make(token, script.officer_key_label, script.curve)
             keys[officer.id] = key.public_key
+            if officer.custody == "sealed":
+                seal_key = find_or_make(token, script.seal_key_label, "P-256", "derive")
+                seal_keys[officer.id] = seal_key.public_key
+                details["seal_key_id"] = seal_key.key_id
         transcript.record(
             officer.id,
             "officer-key",
             outputs={f"{officer.id}.spki": key.spki_der},
-            details={"key_id": key.key_id, "spki": b64(key.spki_der), "token": token.label},
+            details={"key_id": key.key_id, "spki": b64(key.spki_der), "token": token.label, **details},
             now=now(),
         )
-    return keys
+    return keys, seal_keys
 
 
 def _policy_v1(

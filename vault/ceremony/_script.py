@@ -55,12 +55,19 @@ _ROOT = Record(
                     "threshold": Field(Int(min=2, max=16)),
                     "members": Field(
                         List(
-                            Record({"id": Field(Str(pattern=_ID)), "name": Field(Str(max_len=200))}),
+                            Record(
+                                {
+                                    "id": Field(Str(pattern=_ID)),
+                                    "name": Field(Str(max_len=200)),
+                                    "custody": Field(Enum(["paper", "sealed"]), required=False, default="paper"),
+                                }
+                            ),
                             min_len=2,
                             max_len=16,
                         )
                     ),
                     "key_label": Field(Str(pattern=_LABEL)),
+                    "seal_key_label": Field(Str(pattern=_LABEL), required=False, default="officer-unseal"),
                 }
             )
         ),
@@ -252,7 +259,7 @@ def load_root_script(path: Path) -> RootScript:
 
 
 def _people(entries: list[dict[str, str]], path: Path, field: str) -> tuple[Officer, ...]:
-    members = tuple(Officer(id=m["id"], name=m["name"]) for m in entries)
+    members = tuple(Officer(id=m["id"], name=m["name"], custody=m.get("custody", "paper")) for m in entries)
     ids = [m.id for m in members]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
@@ -275,6 +282,7 @@ def _root_script(doc: dict[str, Any], path: Path, digest: str) -> RootScript:
         threshold=officers["threshold"],
         witnesses=tuple(doc["witnesses"]),
         officer_key_label=officers["key_label"],
+        seal_key_label=officers["seal_key_label"],
         root_key_label=root["key_label"],
         curve=root["curve"],
         root_common_name=root["certificate"]["common_name"],

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import click
 from cryptography import x509
 
 from vault._words import readable_digest
-from vault.cli._options import echo_json, json_option
+from vault.cli._options import PKCS11_URI, echo_json, json_option
 from vault.errors import InputError
+from vault.token import Pkcs11Uri
 
 _PATH = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -101,7 +102,7 @@ def run(
         inputs = CeremonyInputs(
             root_certificate=_load_cert(root_cert),
             policy=_read(policy_file),
-            shares=_shares_from(share_files, "root token share"),
+            shares=_shares_from(share_files, "root token share", creds.officers),
         )
         outcome = run_operation_ceremony(
             parsed,
@@ -112,7 +113,7 @@ def run(
             confirm=_confirmer(yes),
             request=_read(request) if request else None,
             backup=_read(backup) if backup else None,
-            backup_shares=_shares_from(backup_share_files, "backup KEK share") if backup else (),
+            backup_shares=_shares_from(backup_share_files, "backup KEK share", {}) if backup else (),
         )
         for what, path in outcome.outputs.items():
             click.echo(f"{what:<34} {path}")
@@ -123,12 +124,12 @@ def run(
         click.secho("*** REHEARSAL complete ***", fg="red", bold=True, err=True)
 
 
-def _shares_from(files: tuple[Path, ...], what: str) -> list[str]:
-    """Shares from files, or typed (hidden) one by one on a terminal until an empty line."""
-    from vault.ceremony import share_text
+def _shares_from(files: tuple[Path, ...], what: str, tokens: Mapping[str, Pkcs11Uri]) -> list[str]:
+    """Shares from files (sealed ones opened in their custodian's token), or typed on a terminal."""
+    from vault.ceremony import read_share
 
     if files:
-        return [share_text(_read(f).decode("utf-8", errors="replace")) for f in files]
+        return [read_share(_read(f), tokens) for f in files]
     if not sys.stdin.isatty():
         return []
     typed: list[str] = []
@@ -172,13 +173,21 @@ def shares() -> None:
 @shares.command("check")
 @click.argument("transcript", type=_PATH)
 @click.option("--share", "share_file", type=_PATH, help="Share file (default: type it, hidden).")
+@click.option("--token", type=PKCS11_URI, help="Your token, to open a share sealed to it.")
 @click.option("--root-cert", type=_PATH, help="Pin the root certificate.")
-def check(transcript: Path, share_file: Path | None, root_cert: Path | None) -> None:
+def check(transcript: Path, share_file: Path | None, token: Pkcs11Uri | None, root_cert: Path | None) -> None:
     """Prove a share is valid and belongs to the ceremony's share set, revealing nothing else."""
-    from vault.ceremony import check_share_against_transcript, share_text
+    from vault.ceremony import check_share_against_transcript, read_share
+    from vault.ceremony._sealed import is_sealed_share, read_sealed_share
 
     if share_file is not None:
-        text = share_text(_read(share_file).decode("utf-8", errors="replace"))
+        data = _read(share_file)
+        tokens = {}
+        if is_sealed_share(data):
+            if token is None:
+                raise InputError("this share is sealed to a token: give the token with --token URI")
+            tokens[read_sealed_share(data).custodian] = token
+        text = read_share(data, tokens)
     elif sys.stdin.isatty():
         text = click.prompt("Type your share (hidden)", hide_input=True)
     else:
