@@ -73,6 +73,41 @@ for cert in "$work"/ceremony-roles/certs/*.pem "$work"/ceremony-station-1/certs/
   openssl verify -CAfile "$rootca" "$cert"
 done
 
+step "Release manager: build an encrypted bundle for station-1 (600 of 1000 units)"
+mkdir -p "$work/images"
+head -c 4194304 /dev/urandom > "$work/images/app.bin"
+printf 'serial-prefix=EXD\n' > "$work/images/config.bin"
+cat > "$work/release.yaml" <<RELEASE
+product: example-sensor
+version: 1.4.0
+security_counter: 7
+not_before: $(date -u +%Y-%m-%dT00:00:00Z)
+expires: $(date -u -d '+180 days' +%Y-%m-%dT00:00:00Z)
+production:
+  total: 1000
+  allocation: {station-1: 600}
+images:
+  - name: app.bin
+    path: images/app.bin
+    load_address: "0x08000000"
+  - name: config.bin
+    path: images/config.bin
+    partition: config
+RELEASE
+policy=(--policy "$work/ceremony-station-1/policy-v3.json" --root-cert "$rootca")
+vault bundle build "$work/release.yaml" -o "$work/release.vbundle" --log "$work/promotions.log" "${policy[@]}"
+
+step "Approvers inspect it, and two of the three approve it with their own tokens"
+vault bundle inspect "$work/release.vbundle" "${policy[@]}"
+key() { echo "pkcs11:token=$1;object=$2?pin-source=file:$pins/$1.pin"; }
+vault bundle approve "$work/release.vbundle" --key "$(key vault-approver-1 approver-signing)" "${policy[@]}"
+vault bundle approve "$work/release.vbundle" --key "$(key vault-approver-3 approver-signing)" "${policy[@]}"
+
+step "Promote: the release signer signs (threshold met), and the promotion is logged"
+vault bundle promote "$work/release.vbundle" --key "$(key vault-release release-signer)" \
+  --log "$work/promotions.log" "${policy[@]}"
+vault bundle log verify "$work/promotions.log" "${policy[@]}"
+
 step "Back up the root key: wrapped in the token under a fresh KEK split 2 of 3 among custodians"
 vault ceremony run "$root/policies/backup.yaml" --credentials "$work/credentials-2.yaml" \
   --policy "$work/ceremony-station-1/policy-v3.json" --root-cert "$rootca" "${quorum[@]}" \

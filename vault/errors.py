@@ -42,6 +42,7 @@ __all__ = [
     "VerificationError",
     "ThresholdError",
     "PolicyError",
+    "ProvenanceError",
     "TranscriptError",
     "FormatError",
     "ScriptError",
@@ -159,3 +160,7 @@ class TranscriptError(VerificationError):
 
 class DecryptionError(VerificationError):
     """A sealed message does not open: wrong key, wrong info/aad, or altered."""
+
+
+class ProvenanceError(VerificationError):
+    """An image's Sigstore bundle does not prove that the expected identity built it."""

@@ -1,0 +1,32 @@
+"""Release bundles: build, inspect, approve m of n, promote, and the promotion log.
+
+Example::
+
+    from datetime import UTC, datetime
+    from pathlib import Path
+    from vault.bundle import build_bundle, load_release_description
+    from vault.policy import load_policy
+
+    policy = load_policy(policy_bytes, root_certificate, now=datetime.now(UTC))
+    description = load_release_description(Path("policies/release.yaml"))
+    build_bundle(description, policy, Path("release.vbundle"))
+"""
+
+from vault.bundle._approval import BundleView, approve_bundle, promote_bundle, verify_bundle
+from vault.bundle._build import BuildResult, build_bundle
+from vault.bundle._description import ReleaseDescription, load_release_description
+from vault.bundle._log import LogEntry, LogReport, verify_log
+
+__all__ = [
+    "BuildResult",
+    "BundleView",
+    "LogEntry",
+    "LogReport",
+    "ReleaseDescription",
+    "approve_bundle",
+    "build_bundle",
+    "load_release_description",
+    "promote_bundle",
+    "verify_bundle",
+    "verify_log",
+]

@@ -1,0 +1,166 @@
+"""The release description (``release.yaml``): strict YAML, errors naming the field and its line.
+
+Example (``policies/release.yaml``)::
+
+    product: example-sensor
+    version: 1.4.0
+    security_counter: 7
+    not_before: 2026-11-21T00:00:00Z
+    expires: 2027-05-21T00:00:00Z
+    production:
+      total: 1000
+      allocation: {station-1: 600, station-2: 400}
+    images:
+      - name: app.bin
+        path: images/app.bin          # relative to this file's folder
+        load_address: "0x08000000"    # or partition: app
+        provenance:                   # optional: admitted only if this verifies offline
+          sigstore_bundle: images/app.bin.sigstore.json
+          trusted_root: sigstore-trusted-root.json
+          identity: https://github.com/org/repo/.github/workflows/release.yml@refs/tags/v1.4.0
+          issuer: https://token.actions.githubusercontent.com
+
+The recipients are the stations with an allocation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from vault._yaml import DateTime, Field, Int, List, Map, Record, Str, load_yaml
+from vault.errors import InputError, ScriptError
+
+MAX_DESCRIPTION = 256 * 1024
+IMAGE_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"  # a plain file name: nothing can escape a folder
+_STATION = r"[a-z][a-z0-9-]{0,31}"
+
+_SCHEMA = Record(
+    {
+        "product": Field(Str(pattern=r"[a-z0-9][a-z0-9._-]{0,63}")),
+        "version": Field(Str(pattern=r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}")),
+        "security_counter": Field(Int(min=0, max=2**32 - 1)),
+        "not_before": Field(DateTime()),
+        "expires": Field(DateTime()),
+        "production": Field(
+            Record(
+                {
+                    "total": Field(Int(min=1, max=10**9)),
+                    "allocation": Field(Map(Int(min=1, max=10**9), key=Str(pattern=_STATION), min_len=1, max_len=256)),
+                }
+            )
+        ),
+        "images": Field(
+            List(
+                Record(
+                    {
+                        "name": Field(Str(pattern=IMAGE_NAME)),
+                        "path": Field(Str(max_len=4096)),
+                        "load_address": Field(Str(pattern=r"0x[0-9a-fA-F]{1,16}"), required=False),
+                        "partition": Field(Str(pattern=r"[A-Za-z0-9_.-]{1,64}"), required=False),
+                        "provenance": Field(
+                            Record(
+                                {
+                                    "sigstore_bundle": Field(Str(max_len=4096)),
+                                    "trusted_root": Field(Str(max_len=4096)),
+                                    "identity": Field(Str(max_len=2048)),
+                                    "issuer": Field(Str(max_len=2048)),
+                                }
+                            ),
+                            required=False,
+                        ),
+                    }
+                ),
+                min_len=1,
+                max_len=64,
+            )
+        ),
+    }
+)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What the image's Sigstore bundle must prove, offline."""
+
+    sigstore_bundle: Path
+    trusted_root: Path
+    identity: str
+    issuer: str
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """One image of the release."""
+
+    name: str
+    path: Path
+    target: dict[str, str]
+    provenance: Provenance | None
+
+
+@dataclass(frozen=True)
+class ReleaseDescription:
+    """A parsed release description."""
+
+    product: str
+    version: str
+    security_counter: int
+    not_before: datetime
+    expires: datetime
+    total: int
+    allocation: dict[str, int]
+    images: tuple[ImageSpec, ...]
+    source_digest: str
+
+
+def load_release_description(path: Path) -> ReleaseDescription:
+    """Parse and check a release description; image paths are taken from its folder.
+
+    Raises:
+        ScriptError: a field is unknown, missing, mistyped or inconsistent (with its line).
+    """
+    try:
+        if path.stat().st_size > MAX_DESCRIPTION:
+            raise ScriptError(f"{path}: a release description is limited to {MAX_DESCRIPTION // 1024} KiB")
+        data = path.read_bytes()
+    except OSError as e:
+        raise InputError(f"cannot read release description {path}: {e.strerror}") from e
+    doc: dict[str, Any] = load_yaml(data, _SCHEMA, source=str(path))
+    base = path.resolve().parent
+    if doc["expires"] <= doc["not_before"]:
+        raise ScriptError(f"{path}: expires: the release would expire before it starts")
+    allocated = sum(doc["production"]["allocation"].values())
+    if allocated > doc["production"]["total"]:
+        raise ScriptError(
+            f"{path}: production.allocation: {allocated} units allocated, more than the total of "
+            f"{doc['production']['total']}"
+        )
+    images = []
+    names: set[str] = set()
+    for i, entry in enumerate(doc["images"]):
+        if entry["name"] in names:
+            raise ScriptError(f"{path}: images[{i}].name: '{entry['name']}' appears twice")
+        names.add(entry["name"])
+        if entry["load_address"] and entry["partition"]:
+            raise ScriptError(f"{path}: images[{i}]: give a load_address or a partition, not both")
+        target = {k: entry[k] for k in ("load_address", "partition") if entry[k]}
+        provenance = None
+        if entry["provenance"]:
+            p = entry["provenance"]
+            provenance = Provenance(base / p["sigstore_bundle"], base / p["trusted_root"], p["identity"], p["issuer"])
+        images.append(ImageSpec(entry["name"], base / entry["path"], target, provenance))
+    return ReleaseDescription(
+        product=doc["product"],
+        version=doc["version"],
+        security_counter=doc["security_counter"],
+        not_before=doc["not_before"],
+        expires=doc["expires"],
+        total=doc["production"]["total"],
+        allocation=dict(doc["production"]["allocation"]),
+        images=tuple(images),
+        source_digest=hashlib.sha256(data).hexdigest(),
+    )
