@@ -196,7 +196,8 @@ _AAD_LABEL = b"vault-bundle-v1\0"
 _INFO_LABEL = b"vault-bundle-v1 data key\0"
 _MAX_NAME_BYTES = 255
 _COPY_BLOCK = 1024 * 1024  # bytes per read when hashing or copying on disk
-_PIPELINE_DEPTH = 2  # chunks one thread may run ahead of the other
+_BATCH_SIZE = 1024 * 1024  # plaintext bytes handed between threads at once: whole chunks, at least one
+_PIPELINE_DEPTH = 2  # batches one thread may run ahead of the other
 
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -591,7 +592,7 @@ class _ImageCipher:
     def _nonce_aad(self, chunk: int, last: bool) -> tuple[bytes, bytes]:
         return _NONCE.pack(self._index, chunk), self._aad_prefix + _AAD_TAIL.pack(chunk, 1 if last else 0)
 
-    def encrypt(self, chunk: int, last: bool, plaintext: bytes) -> bytes:
+    def encrypt(self, chunk: int, last: bool, plaintext: bytes | memoryview) -> bytes:
         nonce, aad = self._nonce_aad(chunk, last)
         return self._aead.encrypt(nonce, plaintext, aad)
 
@@ -664,6 +665,11 @@ def _discard(fd: int | None, tmp: Path | None) -> None:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+
+
+def _batch_size(chunk_size: int) -> int:
+    """Whole chunks, about :data:`_BATCH_SIZE` bytes of them, at least one."""
+    return chunk_size * max(1, _BATCH_SIZE // chunk_size)
 
 
 def _read_full(src: IO[bytes], size: int) -> bytes:
@@ -750,11 +756,10 @@ class BundleWriter:
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
-        unfinished = self._state == "open"
         self._close_spool()
-        if unfinished and kind is None:
+        if self._state != "finished" and kind is None:
             self._state = "failed"
-            raise InputError(f"{self.path}: bundle writer closed before finish(); nothing was written")
+            raise InputError(f"{self.path}: the bundle writer closed before finish(); nothing was written")
 
     def _close_spool(self) -> None:
         if self._spool is not None:
@@ -804,25 +809,32 @@ class BundleWriter:
         plaintext_hash = hashlib.sha256()
         ciphertext_hash = hashlib.sha256()
 
-        def store(ciphertext: bytes) -> None:  # on the second thread
-            ciphertext_hash.update(ciphertext)
-            spool.write(ciphertext)
+        def store(ciphertexts: list[bytes]) -> None:  # on the second thread
+            for ciphertext in ciphertexts:
+                ciphertext_hash.update(ciphertext)
+                spool.write(ciphertext)
 
+        # Read whole batches of chunks, one batch ahead, so the final chunk is known to be last.
         size = self.chunk_size
+        batch = _batch_size(size)
         plaintext_length = 0
         chunk = 0
         with _Behind(depth=_PIPELINE_DEPTH) as behind:
-            current = _read_full(src, size)
+            current = _read_full(src, batch)
             while True:
-                following = _read_full(src, size) if len(current) == size else b""
-                last = not following
+                following = _read_full(src, batch) if len(current) == batch else b""
                 plaintext_length += len(current)
                 if plaintext_length > MAX_IMAGE_SIZE:
                     raise InputError(f"image {quote(name)} is larger than the {MAX_IMAGE_SIZE}-byte limit")
                 plaintext_hash.update(current)
-                behind.submit(store, cipher.encrypt(chunk, last, current))
-                chunk += 1
-                if last:
+                view = memoryview(current)
+                ciphertexts = []
+                for start in range(0, max(len(current), 1), size):  # an empty image is one empty chunk
+                    last = not following and start + size >= len(current)
+                    ciphertexts.append(cipher.encrypt(chunk, last, view[start : start + size]))
+                    chunk += 1
+                behind.submit(store, ciphertexts)
+                if not following:
                     break
                 current = following
         entry = ImageEntry(
@@ -842,8 +854,8 @@ class BundleWriter:
         """
         return Header(self.bundle_id, self.chunk_size, tuple(i.entry for i in self._images), recipients)
 
-    def finish(self, recipients: Mapping[str, Recipient], envelope: bytes) -> Header:
-        """Write the bundle: header, images, ``envelope`` and trailer, atomically, at ``path``.
+    def finish(self, recipients: Mapping[str, Recipient], envelope_bytes: bytes) -> Header:
+        """Write the bundle: header, images, ``envelope_bytes`` and trailer, atomically, at ``path``.
 
         Returns:
             The header written.
@@ -856,7 +868,7 @@ class BundleWriter:
         spool = self._open_spool()
         header = self.header_for(recipients)
         header_bytes = header.to_bytes()
-        _check_envelope(envelope)
+        _check_envelope(envelope_bytes)
         spool.flush()
         images_end = _PREFIX_SIZE + len(header_bytes) + header.ciphertext_size
         fd: int | None = None
@@ -865,7 +877,7 @@ class BundleWriter:
             fd, tmp = _make_temp(self.path)
             _write_all(fd, MAGIC + _U32.pack(len(header_bytes)) + header_bytes)
             _copy_range(spool.fileno(), 0, fd, header.ciphertext_size)
-            _write_all(fd, _U32.pack(len(envelope)) + envelope + _TRAILER.pack(images_end, END_MAGIC))
+            _write_tail(fd, envelope_bytes, images_end)
             os.fsync(fd)
             os.fchmod(fd, 0o644)
             os.close(fd)
@@ -888,6 +900,11 @@ class BundleWriter:
         self._state = "finished"
         self._close_spool()
         return header
+
+
+def _write_tail(fd: int, envelope_bytes: bytes, images_end: int) -> None:
+    """Everything after the images: envelope length, envelope, and the trailer pointing back at them."""
+    _write_all(fd, _U32.pack(len(envelope_bytes)) + envelope_bytes + _TRAILER.pack(images_end, END_MAGIC))
 
 
 def _check_envelope(envelope: object) -> bytes:
@@ -914,7 +931,7 @@ class _Behind:
     def __enter__(self) -> _Behind:
         return self
 
-    def submit(self, call: Callable[[bytes], None], data: bytes) -> None:
+    def submit(self, call: Callable[[list[bytes]], None], data: list[bytes]) -> None:
         self._pending.append(self._pool.submit(call, data))
         while len(self._pending) > self._depth:
             self._pending.popleft().result()
@@ -1104,16 +1121,17 @@ class BundleReader:
         entry = self.header.image(name)
         _check_data_key(data_key)
         index = self.header.images.index(entry)
-        chunks = self._decrypted_chunks(entry, index, data_key)
+        batches = self._decrypted_batches(entry, index, data_key)
+        if entry.plaintext_length > _batch_size(self.header.chunk_size):
+            batches = _ahead(batches, depth=_PIPELINE_DEPTH)
         digest = hashlib.sha256()
-        if entry.chunks > 1:
-            chunks = _ahead(chunks, depth=_PIPELINE_DEPTH)
         try:
-            for plaintext in chunks:
-                digest.update(plaintext)
-                sink(plaintext)
+            for batch in batches:
+                for plaintext in batch:
+                    digest.update(plaintext)
+                    sink(plaintext)
         finally:
-            chunks.close()
+            batches.close()
         return digest.hexdigest()
 
     def plaintext_digest(self, name: str, data_key: bytes) -> str:
@@ -1124,46 +1142,53 @@ class BundleReader:
         """
         return self.decrypt_image(name, data_key, _discard_bytes)
 
-    def _decrypted_chunks(self, entry: ImageEntry, index: int, data_key: bytes) -> Generator[bytes, None, None]:
+    def _decrypted_batches(self, entry: ImageEntry, index: int, data_key: bytes) -> Generator[list[bytes], None, None]:
+        """The image's plaintext chunks, in batches of about :data:`_BATCH_SIZE` bytes."""
         cipher = _ImageCipher(data_key, self.header.bundle_id, index, entry.name)
-        buffer = memoryview(bytearray(min(self.header.chunk_size, entry.plaintext_length) + TAG_SIZE))
+        chunk_size = self.header.chunk_size
+        per_batch = _batch_size(chunk_size) // chunk_size
+        buffer = memoryview(bytearray(min(per_batch * (chunk_size + TAG_SIZE), entry.ciphertext_length)))
         offset = self._offsets[entry.name]
-        remaining = entry.plaintext_length
-        for chunk in range(entry.chunks):
-            size = min(self.header.chunk_size, remaining)
-            remaining -= size
-            view = buffer[: size + TAG_SIZE]
+        end = offset + entry.ciphertext_length
+        chunk = 0
+        while chunk < entry.chunks:
+            view = buffer[: min(len(buffer), end - offset)]
             self._read_into(view, offset)
             offset += len(view)
-            try:
-                yield cipher.decrypt(chunk, chunk == entry.chunks - 1, view)
-            except InvalidTag as e:
-                raise DecryptionError(
-                    f"{self.path}: image {quote(entry.name)} chunk {chunk} of {entry.chunks} does not authenticate:"
-                    " wrong data key, or the bundle was altered, truncated, reordered or spliced"
-                ) from e
+            plaintexts = []
+            for start in range(0, len(view), chunk_size + TAG_SIZE):
+                try:
+                    plaintexts.append(
+                        cipher.decrypt(chunk, chunk == entry.chunks - 1, view[start : start + chunk_size + TAG_SIZE])
+                    )
+                except InvalidTag as e:
+                    raise DecryptionError(
+                        f"{self.path}: image {quote(entry.name)} chunk {chunk} of {entry.chunks} does not"
+                        " authenticate: wrong data key, or the bundle was altered, truncated, reordered or spliced"
+                    ) from e
+                chunk += 1
+            yield plaintexts
 
 
 def _discard_bytes(data: bytes) -> None:
     del data
 
 
-def _ahead(items: Generator[bytes, None, None], *, depth: int) -> Generator[bytes, None, None]:
-    """``items``, produced on a background thread up to ``depth`` ahead of the consumer."""
+def _ahead(items: Generator[list[bytes], None, None], *, depth: int) -> Generator[list[bytes], None, None]:
+    """``items``, produced on one background thread up to ``depth`` ahead of the consumer.
+
+    The generator only ever runs on that thread, one step at a time. Closing
+    this one (or an error on either side) stops it after the step under way.
+    """
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vault-bundle")
-    finished = object()
 
-    def step() -> bytes | object:
-        return next(items, finished)
+    def step() -> list[bytes] | None:
+        return next(items, None)
 
-    pending: deque[Future[bytes | object]] = deque(pool.submit(step) for _ in range(depth))
+    pending: deque[Future[list[bytes] | None]] = deque(pool.submit(step) for _ in range(depth))
     try:
-        while True:
-            item = pending.popleft().result()
-            if item is finished:
-                return
+        while (item := pending.popleft().result()) is not None:
             pending.append(pool.submit(step))
-            assert isinstance(item, bytes)
             yield item
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -1173,7 +1198,7 @@ def _ahead(items: Generator[bytes, None, None], *, depth: int) -> Generator[byte
 # --- approving ----------------------------------------------------------------
 
 
-def replace_envelope(path: str | os.PathLike[str], envelope: bytes) -> Header:
+def replace_envelope(path: str | os.PathLike[str], envelope_bytes: bytes) -> Header:
     """Give the bundle at ``path`` a new envelope, keeping header and images byte for byte.
 
     The bundle is checked first, then copied (in constant memory) with the
@@ -1189,7 +1214,7 @@ def replace_envelope(path: str | os.PathLike[str], envelope: bytes) -> Header:
         FormatError: the bundle is malformed, or the envelope is empty or
             larger than :data:`MAX_ENVELOPE_SIZE`.
     """
-    _check_envelope(envelope)
+    _check_envelope(envelope_bytes)
     target = Path(path)
     with BundleReader(target) as bundle:
         images_end = _PREFIX_SIZE + len(bundle.header_bytes) + bundle.header.ciphertext_size
@@ -1199,7 +1224,7 @@ def replace_envelope(path: str | os.PathLike[str], envelope: bytes) -> Header:
         try:
             fd, tmp = _make_temp(target)
             _copy_range(bundle._fd, 0, fd, images_end)
-            _write_all(fd, _U32.pack(len(envelope)) + envelope + _TRAILER.pack(images_end, END_MAGIC))
+            _write_tail(fd, envelope_bytes, images_end)
             os.fsync(fd)
             os.fchmod(fd, stat.S_IMODE(source.st_mode))
             os.close(fd)
