@@ -45,7 +45,7 @@ def write_new(path: str | os.PathLike[str], data: bytes, *, overwrite: bool = Fa
             except FileExistsError as e:
                 raise InputError(f"{target} exists; vault does not write over files") from e
             os.unlink(tmp)
-        _fsync_dir(directory)
+        fsync_dir(directory)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -53,7 +53,8 @@ def write_new(path: str | os.PathLike[str], data: bytes, *, overwrite: bool = Fa
     return target
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a new or renamed entry in ``directory`` durable."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -111,6 +111,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from vault import formats, hpke
+from vault._files import fsync_dir
 from vault.crypto import key_id
 from vault.errors import DecryptionError, FormatError, InputError
 from vault.formats import canonical_json, parse_json
@@ -637,14 +638,6 @@ def _copy_range(src: int, offset: int, dst: int, length: int) -> None:
         offset += len(block)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _make_temp(target: Path) -> tuple[int, Path]:
     directory = target.parent
     try:
@@ -888,7 +881,7 @@ class BundleWriter:
                 raise InputError(f"{self.path} exists; vault does not write over files") from e
             os.unlink(tmp)
             tmp = None
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         except OSError as e:
             self._state = "failed"
             raise InputError(f"cannot write {self.path}: {e.strerror or e}") from e
@@ -1234,7 +1227,7 @@ def replace_envelope(path: str | os.PathLike[str], envelope_bytes: bytes) -> Hea
                 raise InputError(f"{target} was replaced while its envelope was being replaced; try again")
             os.replace(tmp, target)
             tmp = None
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         except OSError as e:
             raise InputError(f"cannot write {target}: {e.strerror or e}") from e
         finally:

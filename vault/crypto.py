@@ -23,7 +23,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from vault.errors import InputError, SignatureError
+from vault.errors import FormatError, InputError, SignatureError
 
 __all__ = [
     "CURVES",
@@ -31,6 +31,7 @@ __all__ = [
     "Signer",
     "curve_by_name",
     "key_id",
+    "load_spki",
     "spki_der",
     "verify_signature",
 ]
@@ -85,6 +86,21 @@ def curve_of(public_key: ec.EllipticCurvePublicKey) -> Curve:
 def spki_der(public_key: ec.EllipticCurvePublicKey) -> bytes:
     """The SubjectPublicKeyInfo DER of ``public_key``."""
     return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def load_spki(der: bytes, *, what: str) -> ec.EllipticCurvePublicKey:
+    """The EC public key in a DER SubjectPublicKeyInfo; ``what`` names it in the error.
+
+    Raises:
+        FormatError: not a public key, or not an EC one.
+    """
+    try:
+        public = serialization.load_der_public_key(der)
+    except (ValueError, TypeError) as e:
+        raise FormatError(f"{what} is not a public key") from e
+    if not isinstance(public, ec.EllipticCurvePublicKey):
+        raise FormatError(f"{what} is not an EC key")
+    return public
 
 
 def key_id(public_key: ec.EllipticCurvePublicKey) -> str:

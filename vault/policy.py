@@ -44,7 +44,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from vault.crypto import key_id, spki_der
+from vault.crypto import key_id, load_spki, spki_der
 from vault.errors import FormatError, PolicyError, SignatureError, VaultError
 from vault.formats import Envelope, Statement, Subject, open_statement, verify_envelope
 from vault.formats._json import check_fields, quote
@@ -326,12 +326,7 @@ def _checked_key_id(entry: Mapping[str, Any], public: ec.EllipticCurvePublicKey,
 
 def _officer_key(value: object, what: str) -> RoleKey:
     entry = check_fields(value, _OFFICER_FIELDS, what=f"trust policy {what}")
-    try:
-        public = serialization.load_der_public_key(_b64(entry["spki"], f"{what} key"))
-    except ValueError as e:
-        raise FormatError(f"trust policy: {what} key is not a public key") from e
-    if not isinstance(public, ec.EllipticCurvePublicKey):
-        raise FormatError(f"trust policy: {what} key is not an EC key")
+    public = load_spki(_b64(entry["spki"], f"{what} key"), what=f"trust policy: {what} key")
     return RoleKey(_checked_key_id(entry, public, what), public)
 
 

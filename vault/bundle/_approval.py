@@ -9,6 +9,7 @@ a statement that changed since someone approved it is refused, never signed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
@@ -80,6 +81,15 @@ def verify_bundle(path: Path, policy: TrustPolicy) -> BundleView:
     return BundleView(path, release, approvals, envelope, header, size)
 
 
+def _with_signature(view: BundleView, key: Signer, policy: TrustPolicy) -> BundleView:
+    """Add ``key``'s signature to the verified bundle; only the envelope changes, so nothing is hashed again."""
+    signed = add_signature(view.envelope, key)
+    container.replace_envelope(view.path, signed.to_json())
+    return dataclasses.replace(
+        view, envelope=signed, approvals=approvals_of(signed, policy), size=view.path.stat().st_size
+    )
+
+
 def _refuse_expired(release: Release, now: datetime) -> None:
     """Approving or promoting ahead of ``not_before`` is fine; after ``expires`` it is not."""
     if now >= release.expires:
@@ -114,9 +124,7 @@ def approve_bundle(path: Path, key: Signer, policy: TrustPolicy, *, now: datetim
     if view.approvals.promoted:
         raise PolicyError("this release is already promoted")
     _refuse_expired(view.release, now)
-    signed = add_signature(view.envelope, key)
-    container.replace_envelope(path, signed.to_json())
-    return verify_bundle(path, policy)
+    return _with_signature(view, key, policy)
 
 
 def promote_bundle(
@@ -152,7 +160,6 @@ def promote_bundle(
         )
     if any(e.bundle_id == view.release.bundle_id for e in report.entries):
         raise PolicyError(f"bundle {view.release.bundle_id} is already in the promotion log")
-    signed = add_signature(view.envelope, key)
-    container.replace_envelope(path, signed.to_json())
+    promoted = _with_signature(view, key, policy)
     entry = append_promotion(log, report, view.release, view.approvals.approvers, key, now)
-    return verify_bundle(path, policy), entry
+    return promoted, entry

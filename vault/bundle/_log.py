@@ -24,10 +24,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from vault.crypto import Signer, key_id, spki_der, verify_signature
+from vault.crypto import Signer, key_id, load_spki, spki_der, verify_signature
 from vault.errors import FormatError, InputError, PolicyError, SignatureError
 from vault.formats import canonical_json, parse_json
 from vault.formats._json import check_fields
@@ -203,9 +202,7 @@ def append_promotion(
 
 def _public_key(value: object, where: str) -> ec.EllipticCurvePublicKey:
     try:
-        public = serialization.load_der_public_key(base64.b64decode(str(value), validate=True))
+        der = base64.b64decode(str(value), validate=True)
     except ValueError as e:
-        raise FormatError(f"{where}: signer_spki is not a public key") from e
-    if not isinstance(public, ec.EllipticCurvePublicKey):
-        raise FormatError(f"{where}: signer_spki is not an EC key")
-    return public
+        raise FormatError(f"{where}: signer_spki is not base64") from e
+    return load_spki(der, what=f"{where}: signer_spki")

@@ -6,11 +6,10 @@ import base64
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from vault.ceremony._transcript import MAX_TRANSCRIPT, PAYLOAD_TYPE, Transcript
-from vault.crypto import key_id
+from vault.crypto import key_id, load_spki
 from vault.errors import FormatError, TranscriptError
 from vault.formats import Envelope, verify_envelope
 
@@ -34,12 +33,10 @@ class TranscriptReport:
 
 def _public_key(b64_spki: object, what: str) -> ec.EllipticCurvePublicKey:
     try:
-        key = serialization.load_der_public_key(base64.b64decode(str(b64_spki), validate=True))
+        der = base64.b64decode(str(b64_spki), validate=True)
     except ValueError as e:
-        raise FormatError(f"transcript: {what} is not a public key") from e
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise FormatError(f"transcript: {what} is not an EC public key")
-    return key
+        raise FormatError(f"transcript: {what} is not base64") from e
+    return load_spki(der, what=f"transcript: {what}")
 
 
 def verify_transcript(data: bytes, *, root_certificate: x509.Certificate | None = None) -> TranscriptReport:
