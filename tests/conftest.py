@@ -56,34 +56,38 @@ def label() -> str:
     return "t-" + uuid.uuid4().hex[:12]
 
 
+def init_tokens(folder: Path, names: list[str]) -> dict[str, Pkcs11Uri]:
+    """Make new, empty SoftHSM2 tokens with unique labels; their PIN files go in ``folder``.
+
+    Returns {name: URI with the token's PIN file}; the security officer's PIN
+    is in the same folder, as ``LABEL.so-pin`` (:func:`so_uri`).
+    """
+    from vault.token import load_module
+
+    uris = {}
+    for name in names:
+        label = f"{name}-{uuid.uuid4().hex[:8]}"[:32]
+        pin = uuid.uuid4().hex
+        (folder / f"{label}.pin").write_text(pin)
+        (folder / f"{label}.so-pin").write_text(pin + "so")
+        subprocess.run(
+            ["softhsm2-util", "--init-token", "--free", "--label", label, "--pin", pin, "--so-pin", pin + "so"],
+            check=True,
+            capture_output=True,
+        )
+        uris[name] = Pkcs11Uri(token=label, pin_source=f"file:{folder / f'{label}.pin'}")
+    # the module reads its token folder when initialised: show it the new tokens
+    load_module(os.environ["VAULT_PKCS11_MODULE"]).reinitialize()
+    return uris
+
+
 @pytest.fixture
 def fresh_tokens(softhsm_dir: Path, tmp_path: Path) -> Callable[[list[str]], dict[str, Pkcs11Uri]]:
     """Make new, empty SoftHSM2 tokens (unique labels) for a test that changes a token for good.
 
-    Returns a function: names -> {name: URI with the token's PIN file}; the
-    security officer's PIN is in the same folder, as ``LABEL.so-pin``
-    (:func:`so_uri`).
+    Returns a function: names -> {name: URI with the token's PIN file} (:func:`init_tokens`).
     """
-    from vault.token import load_module
-
-    def make(names: list[str]) -> dict[str, Pkcs11Uri]:
-        uris = {}
-        for name in names:
-            label = f"{name}-{uuid.uuid4().hex[:8]}"[:32]
-            pin = uuid.uuid4().hex
-            (tmp_path / f"{label}.pin").write_text(pin)
-            (tmp_path / f"{label}.so-pin").write_text(pin + "so")
-            subprocess.run(
-                ["softhsm2-util", "--init-token", "--free", "--label", label, "--pin", pin, "--so-pin", pin + "so"],
-                check=True,
-                capture_output=True,
-            )
-            uris[name] = Pkcs11Uri(token=label, pin_source=f"file:{tmp_path / f'{label}.pin'}")
-        # the module reads its token folder when initialised: show it the new tokens
-        load_module(os.environ["VAULT_PKCS11_MODULE"]).reinitialize()
-        return uris
-
-    return make
+    return lambda names: init_tokens(tmp_path, names)
 
 
 def so_uri(uri: Pkcs11Uri) -> Pkcs11Uri:

@@ -1111,21 +1111,37 @@ class BundleReader:
                 the image and chunk): the wrong data key, or the bundle was
                 altered, truncated, reordered or spliced.
         """
+        digest = hashlib.sha256()
+        chunks = self.image_chunks(name, data_key)
+        try:
+            for plaintext in chunks:
+                digest.update(plaintext)
+                sink(plaintext)
+        finally:
+            chunks.close()
+        return digest.hexdigest()
+
+    def image_chunks(self, name: str, data_key: bytes) -> Generator[bytes, None, None]:
+        """The image's plaintext, chunk by chunk, each authenticated before it is yielded.
+
+        The pull form of :meth:`decrypt_image` (for a device adapter that
+        takes an iterator): the caller hashes what it receives and compares
+        the digest with the signed statement's once the generator ends.
+
+        Raises:
+            As :meth:`decrypt_image`.
+        """
         entry = self.header.image(name)
         _check_data_key(data_key)
         index = self.header.images.index(entry)
         batches = self._decrypted_batches(entry, index, data_key)
         if entry.plaintext_length > _batch_size(self.header.chunk_size):
             batches = _ahead(batches, depth=_PIPELINE_DEPTH)
-        digest = hashlib.sha256()
         try:
             for batch in batches:
-                for plaintext in batch:
-                    digest.update(plaintext)
-                    sink(plaintext)
+                yield from batch
         finally:
             batches.close()
-        return digest.hexdigest()
 
     def plaintext_digest(self, name: str, data_key: bytes) -> str:
         """The hex SHA-256 of the image's plaintext, after authenticating every chunk.

@@ -50,6 +50,19 @@ __all__ = [
     "CertificateError",
     "LintError",
     "DecryptionError",
+    "RollbackError",
+    "ValidityError",
+    "NotRecipientError",
+    "AllowlistError",
+    "AllocationError",
+    "IdentityError",
+    "LabelMismatchError",
+    "AlreadyProvisionedError",
+    "CloneError",
+    "ClockError",
+    "LogError",
+    "DeviceError",
+    "StateError",
 ]
 
 
@@ -164,3 +177,58 @@ class DecryptionError(VerificationError):
 
 class ProvenanceError(VerificationError):
     """An image's Sigstore bundle does not prove that the expected identity built it."""
+
+
+class RollbackError(PolicyError):
+    """A policy version or a release's security counter is lower than one seen before."""
+
+
+class ValidityError(PolicyError):
+    """A policy or release is used outside its validity window (expired, or not valid yet)."""
+
+
+class NotRecipientError(PolicyError):
+    """The bundle is not addressed to this station, or allocates it nothing."""
+
+
+class AllowlistError(VerificationError):
+    """An image's bytes do not match the digest or length the release statement allows."""
+
+
+class AllocationError(VerificationError):
+    """The station's allocation for the release is used up: no unit is left to provision."""
+
+
+class IdentityError(VerificationError):
+    """A device's identity does not hold: its label, its hardware id or its key."""
+
+
+class LabelMismatchError(IdentityError):
+    """The scanned label serial does not belong to the device's hardware id."""
+
+
+class AlreadyProvisionedError(IdentityError):
+    """The hardware id was provisioned before and the call did not declare a rework."""
+
+
+class CloneError(IdentityError):
+    """A second device claims a known identity (hardware id or device key) with other key material."""
+
+
+class ClockError(VerificationError):
+    """The station clock is earlier than its last log entry: it was set back, or is broken."""
+
+
+class LogError(VerificationError):
+    """A log, checkpoint or proof does not verify: truncated, rewritten or forked."""
+
+
+# --- device and state --------------------------------------------------------
+
+
+class DeviceError(VaultError):
+    """A device on a fixture failed a provisioning step (programming, read-back, key generation, lock)."""
+
+
+class StateError(InputError):
+    """The station's state folder belongs to another station or root, or is damaged."""

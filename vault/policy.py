@@ -45,7 +45,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from vault.crypto import key_id, load_spki, spki_der
-from vault.errors import FormatError, PolicyError, SignatureError, VaultError
+from vault.errors import FormatError, PolicyError, RollbackError, SignatureError, ValidityError, VaultError
 from vault.formats import Envelope, Statement, Subject, open_statement, verify_envelope
 from vault.formats._json import check_fields, quote
 from vault.pki import verify_issued_by
@@ -185,7 +185,7 @@ class TrustPolicy:
             PolicyError: it expired.
         """
         if now >= self.expires:
-            raise PolicyError(f"trust policy v{self.version} expired at {format_time(self.expires)}")
+            raise ValidityError(f"trust policy v{self.version} expired at {format_time(self.expires)}")
 
 
 def key_entry(public_key: ec.EllipticCurvePublicKey, certificate: x509.Certificate | None = None) -> dict[str, str]:
@@ -280,7 +280,7 @@ def load_policy(
     )
     _check_not_revoked(policy)
     if policy.version < highest_seen:
-        raise PolicyError(f"trust policy v{policy.version} is older than v{highest_seen} seen before (rollback)")
+        raise RollbackError(f"trust policy v{policy.version} is older than v{highest_seen} seen before (rollback)")
     if not allow_expired:
         policy.check_current(now)
     return policy

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from vault.errors import FormatError, PolicyError, ThresholdError
+from vault.errors import FormatError, PolicyError, ThresholdError, ValidityError
 from vault.formats import Envelope, Statement, VerificationResult, inspect_signatures, open_statement, verify_envelope
 from vault.formats._json import check_fields, quote
 from vault.policy import TrustPolicy, parse_time
@@ -118,14 +118,14 @@ class Release:
         """Refuse use before ``not_before`` or from ``expires`` on.
 
         Raises:
-            PolicyError: outside the validity window.
+            ValidityError: outside the validity window.
         """
         if now < self.not_before:
-            raise PolicyError(
+            raise ValidityError(
                 f"release {self.product} {self.version} is not valid before {self.not_before:%Y-%m-%dT%H:%M:%SZ}"
             )
         if now >= self.expires:
-            raise PolicyError(f"release {self.product} {self.version} expired at {self.expires:%Y-%m-%dT%H:%M:%SZ}")
+            raise ValidityError(f"release {self.product} {self.version} expired at {self.expires:%Y-%m-%dT%H:%M:%SZ}")
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import click
+from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from vault._files import write_new
@@ -14,18 +16,253 @@ from vault._words import readable_digest
 from vault.cli._options import PKCS11_URI, echo_json, force_option, json_option
 from vault.crypto import CURVES, verify_signature
 from vault.errors import InputError, KeyNotFoundError, SignatureError, TokenError, TokenOperationError
+from vault.policy import format_time
 from vault.token import Pkcs11Uri, TokenKey, TokenSession, open_token
+from vault.verify import DECRYPTION_LABEL, ISSUING_CA_LABEL, SIGNING_LABEL, STEPS, Station
 
-SIGNING_LABEL = "station-signing"
-ISSUING_CA_LABEL = "station-ca"
-DECRYPTION_LABEL = "station-decrypt"
+_STATE = click.Path(file_okay=False, path_type=Path)
+_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 _PROBE = b"vault station key usage check"
 
 
 @click.group()
 def station() -> None:
-    """Factory stations: the station's own keys and requests."""
+    """Factory stations: enrolment requests, loading releases, provisioning, status and evidence export."""
+
+
+def _station_options(f: Any) -> Any:
+    f = click.option(
+        "--root-fingerprint", help="Or: the root certificate's SHA-256 (hex), checked against the policy."
+    )(f)
+    f = click.option("--root-cert", type=_FILE, help="The pinned root certificate (PEM or DER).")(f)
+    f = click.option("--station-id", required=True, help="The id this station was enrolled as.")(f)
+    f = click.option(
+        "--token", "uri", type=PKCS11_URI, required=True, help="The station's token (URI with its PIN source)."
+    )(f)
+    f = click.option(
+        "--state", "state_dir", type=_STATE, required=True, help="The station's state folder (its count and log)."
+    )(f)
+    return f
+
+
+def _open_station(
+    state_dir: Path,
+    uri: Pkcs11Uri,
+    station_id: str,
+    root_cert: Path | None,
+    root_fingerprint: str | None,
+    operator: str = "operator",
+) -> Station:
+    if (root_cert is None) == (root_fingerprint is None):
+        raise InputError("pin the root with exactly one of --root-cert and --root-fingerprint")
+    root: x509.Certificate | str
+    if root_cert is not None:
+        data = root_cert.read_bytes()
+        try:
+            root = (
+                x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
+            )
+        except ValueError as e:
+            raise InputError(f"{root_cert} is not an X.509 certificate") from e
+    else:
+        assert root_fingerprint is not None
+        root = root_fingerprint
+    return Station(state_dir, token=uri, station_id=station_id, root=root, operator=operator)
+
+
+@station.command("load")
+@_station_options
+@click.option("--policy", "policy_file", type=_FILE, required=True, help="The current trust policy.")
+@click.option("--bundle", "bundle_file", type=_FILE, required=True, help="The promoted release bundle.")
+@json_option
+def load(
+    state_dir: Path,
+    uri: Pkcs11Uri,
+    station_id: str,
+    root_cert: Path | None,
+    root_fingerprint: str | None,
+    policy_file: Path,
+    bundle_file: Path,
+    as_json: bool,
+) -> None:
+    """Verify a promoted bundle for this station and decrypt every image against its allowlist."""
+    with _open_station(state_dir, uri, station_id, root_cert, root_fingerprint) as opened:
+        loaded = opened.load(bundle_file, policy_file.read_bytes())
+    r = loaded.release
+    if as_json:
+        echo_json(
+            {
+                "station_id": station_id,
+                "bundle_id": r.bundle_id,
+                "product": r.product,
+                "version": r.version,
+                "security_counter": r.security_counter,
+                "policy_version": loaded.policy.version,
+                "allocation": loaded.allocation,
+                "used": loaded.used,
+                "left": loaded.left,
+                "expires": format_time(r.expires),
+                "images": [{"name": i.name, "sha256": i.sha256} for i in loaded.images],
+            }
+        )
+        return
+    click.echo(f"loaded       {r.product} {r.version} (bundle {r.bundle_id}, security counter {r.security_counter})")
+    click.echo(f"policy       v{loaded.policy.version}; approved and promoted; valid until {format_time(r.expires)}")
+    for image in loaded.images:
+        click.echo(f"image        {image.name}  {image.sha256}  {image.length} bytes  decrypted and matched")
+    click.echo(f"allocation   {loaded.allocation} units for {station_id}: {loaded.used} used, {loaded.left} left")
+
+
+@station.command("provision")
+@_station_options
+@click.option("--count", type=click.IntRange(1, 100000), required=True, help="Simulated devices to provision.")
+@click.option("--fixtures", type=click.IntRange(1, 64), default=4, show_default=True, help="Fixtures working at once.")
+@click.option("--operator", default="operator", show_default=True, help="Who runs the station (in every manifest).")
+@click.option("--label-mismatch", type=int, multiple=True, metavar="N", help="Unit N's scanner reads unit N-1's label.")
+@click.option("--fail", "failures", multiple=True, metavar="N:STEP", help=f"Unit N fails at STEP ({', '.join(STEPS)}).")
+@click.option("--rework", type=int, multiple=True, metavar="N", help="Unit N comes back for rework after the run.")
+@click.option("--label-prefix", default="SN-", show_default=True, help="Simulated labels: prefix and 8 hex digits.")
+@json_option
+def provision(
+    state_dir: Path,
+    uri: Pkcs11Uri,
+    station_id: str,
+    root_cert: Path | None,
+    root_fingerprint: str | None,
+    count: int,
+    fixtures: int,
+    operator: str,
+    label_mismatch: tuple[int, ...],
+    failures: tuple[str, ...],
+    rework: tuple[int, ...],
+    label_prefix: str,
+    as_json: bool,
+) -> None:
+    """Provision simulated devices from the loaded release over several fixtures at once.
+
+    Faults can be injected to see them refused and logged: a label swap, a
+    failing step, a rework. Every unit ends with a signed manifest in the
+    station log, whatever happened to it.
+    """
+    from vault.verify._simulate import parse_failures, run_simulation
+
+    plan = parse_failures(failures, count)
+    for n in (*label_mismatch, *rework):
+        if not 1 <= n <= count:
+            raise InputError(f"unit {n} is not among the {count} simulated units")
+    with _open_station(state_dir, uri, station_id, root_cert, root_fingerprint, operator) as opened:
+        opened.resume()
+        results = run_simulation(
+            opened,
+            count=count,
+            fixtures=fixtures,
+            fail=plan,
+            label_mismatch=set(label_mismatch),
+            rework=list(rework),
+            label_prefix=label_prefix,
+        )
+        status = opened.status()
+    if as_json:
+        echo_json({"units": [r.to_json() for r in results], "events": status.events})
+        return
+    for r in results:
+        click.echo(r.line())
+    left = next((a.left for a in status.releases if a.bundle_id == opened.release.release.bundle_id), 0)
+    counts = ", ".join(f"{n} {event}" for event, n in sorted(status.events.items()))
+    click.echo(f"log          {status.log_size} manifests ({counts}); {left} units left")
+
+
+@station.command("status")
+@_station_options
+@json_option
+def status(
+    state_dir: Path,
+    uri: Pkcs11Uri,
+    station_id: str,
+    root_cert: Path | None,
+    root_fingerprint: str | None,
+    as_json: bool,
+) -> None:
+    """Allocation used and left per release, the log, and the last checkpoint exported."""
+    with _open_station(state_dir, uri, station_id, root_cert, root_fingerprint) as opened:
+        size, root = opened.verify_log()
+        st = opened.status()
+    last = st.last_export
+    if as_json:
+        echo_json(
+            {
+                "station_id": st.station_id,
+                "policy_version": st.policy_version,
+                "log_size": size,
+                "root": root.hex(),
+                "events": st.events,
+                "last_time": st.last_time,
+                "releases": [
+                    {
+                        "bundle_id": a.bundle_id,
+                        "product": a.product,
+                        "version": a.version,
+                        "allocation": a.allocation,
+                        "used": a.used,
+                        "left": a.left,
+                        "expires": a.expires,
+                    }
+                    for a in st.releases
+                ],
+                "last_export": None
+                if last is None
+                else {
+                    "sequence": last.sequence,
+                    "path": str(last.path),
+                    "size": last.to_size,
+                    "root": last.root,
+                    "checkpoint": last.checkpoint.decode(),
+                },
+            }
+        )
+        return
+    click.echo(f"station      {st.station_id} (trust policy v{st.policy_version})")
+    for a in st.releases:
+        click.echo(
+            f"release      {a.product} {a.version} ({a.bundle_id[:16]}): "
+            f"{a.used} of {a.allocation} used, {a.left} left; until {a.expires}"
+        )
+    counts = ", ".join(f"{n} {event}" for event, n in sorted(st.events.items())) or "empty"
+    click.echo(f"log          {size} manifests ({counts}); root {root.hex()[:16]}; verified")
+    if last is None:
+        click.echo("checkpoint   none exported yet")
+    else:
+        click.echo(f"checkpoint   size {last.to_size}, root {last.root[:16]}, export {last.sequence}: {last.path}")
+
+
+@station.command("export")
+@_station_options
+@click.option("--out", "out_dir", type=_STATE, required=True, help="The write-once evidence folder.")
+@json_option
+def export(
+    state_dir: Path,
+    uri: Pkcs11Uri,
+    station_id: str,
+    root_cert: Path | None,
+    root_fingerprint: str | None,
+    out_dir: Path,
+    as_json: bool,
+) -> None:
+    """Export the manifests since the last export, encrypted to the auditor, with a signed checkpoint."""
+    with _open_station(state_dir, uri, station_id, root_cert, root_fingerprint) as opened:
+        result = opened.export(out_dir)
+    if as_json:
+        echo_json({"path": str(result.path), "sequence": result.sequence, "from": result.from_size,
+                   "to": result.to_size, "root": result.root})  # fmt: skip
+        return
+    click.echo(
+        f"export       {result.sequence}: manifests {result.from_size} to {result.to_size - 1}"
+        if result.to_size > result.from_size
+        else f"export       {result.sequence}: no new manifests"
+    )
+    click.echo(f"checkpoint   size {result.to_size}, root {result.root}")
+    click.echo(f"written      {result.path} (read-only, encrypted to the auditor key)")
 
 
 @station.command("request")

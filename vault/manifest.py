@@ -1,0 +1,314 @@
+"""The per-serial manifest: what a station did to one device, signed by the station.
+
+A manifest is an in-toto Statement v1 (predicate type
+:data:`MANIFEST_PREDICATE`) in a DSSE envelope signed by the station's
+signing key. Its one subject is the device's hardware identity
+(``hwid:<hex>``, digest the SHA-256 of the hardware id bytes). Its
+``sequence`` is its position in the station's log, so a manifest replayed
+into the log a second time sits at the wrong position. Its predicate::
+
+    {"id": "<32 hex, unique per manifest>", "sequence": 41, "event": "provisioned",
+     "station_id": "station-1", "operator": "op-7", "fixture": 2,
+     "bundle_id": "<32 hex>", "product": "sensor-fw", "version": "1.4.0", "security_counter": 7,
+     "policy_version": 3,
+     "unit": 17,                      # the unit of the allocation this device holds; null when none was reserved
+     "hardware_id": "<hex>", "serial": "SN-0042", "label": "SN-0042",
+     "images": [{"name": "app.bin", "sha256": "<hex>", "measurement": "<hex or null>"}],
+     "device_key_id": "<hex or null>", "certificate_serial": "<hex or null>", "certificate_sha256": "<hex or null>",
+     "keys": {"signing": "<station signing key id>", "issuing_ca": "<station CA key id>"},
+     "failed_step": null, "detail": null,
+     "time": "2026-11-21T10:00:00Z", "clock": "system"}
+
+Events: ``provisioned`` (a new device, certified), ``rework`` (a known
+device provisioned again, same identity and key), ``failed`` (stopped at
+``failed_step``), ``scrap`` (taken out of production), ``label-mismatch``
+(the scanned label is not the device's) and ``break-glass`` (an operator
+override, with its reason in ``detail``). Key material never appears, only
+key ids.
+
+This is the bottom layer shared by the station library, which writes
+manifests, and the audit, which reads millions of them: bytes in, a checked
+:class:`Manifest` out.
+
+Example:
+    >>> import datetime
+    >>> from cryptography.hazmat.primitives.asymmetric import ec
+    >>> from vault.crypto import key_id
+    >>> class SoftSigner:
+    ...     def __init__(self):
+    ...         self._key = ec.generate_private_key(ec.SECP256R1())
+    ...         self.public_key = self._key.public_key()
+    ...         self.key_id = key_id(self.public_key)
+    ...     def sign(self, data):
+    ...         return self._key.sign(data, ec.ECDSA(hashes.SHA256()))
+    >>> from cryptography.hazmat.primitives import hashes
+    >>> station = SoftSigner()
+    >>> manifest = Manifest(
+    ...     id="00" * 16, sequence=0, event="scrap", station_id="station-1", operator="op-7", fixture=0,
+    ...     bundle_id="11" * 16, product="sensor-fw", version="1.4.0", security_counter=7, policy_version=3,
+    ...     unit=1, hardware_id="a1b2c3d4", serial="SN-1", label="SN-1", images=(), device_key_id=None,
+    ...     certificate_serial=None, certificate_sha256=None,
+    ...     keys={"signing": station.key_id, "issuing_ca": "22" * 32}, failed_step=None, detail="dropped",
+    ...     time=datetime.datetime(2026, 11, 21, 10, 0, tzinfo=datetime.UTC), clock="system",
+    ... )
+    >>> wire = sign_manifest(manifest, station)
+    >>> open_manifest(wire, {station.key_id: station.public_key}) == manifest
+    True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from vault.crypto import Signer
+from vault.errors import FormatError
+from vault.formats import Envelope, Statement, Subject, open_statement, sign_statement
+from vault.formats._json import check_fields, quote
+from vault.policy import format_time, parse_time
+
+__all__ = [
+    "EVENTS",
+    "MANIFEST_PREDICATE",
+    "MAX_MANIFEST_SIZE",
+    "ImageRecord",
+    "Manifest",
+    "open_manifest",
+    "parse_manifest",
+    "sign_manifest",
+]
+
+MANIFEST_PREDICATE = "https://vault.dev/manifest/v1"
+MAX_MANIFEST_SIZE = 64 * 1024
+"""Largest manifest envelope accepted, in bytes; a real one is about 2 KiB."""
+
+EVENTS = ("provisioned", "rework", "failed", "scrap", "label-mismatch", "break-glass")
+"""Every event a manifest can record."""
+
+_FIELDS = frozenset(
+    {
+        "id",
+        "sequence",
+        "event",
+        "station_id",
+        "operator",
+        "fixture",
+        "bundle_id",
+        "product",
+        "version",
+        "security_counter",
+        "policy_version",
+        "unit",
+        "hardware_id",
+        "serial",
+        "label",
+        "images",
+        "device_key_id",
+        "certificate_serial",
+        "certificate_sha256",
+        "keys",
+        "failed_step",
+        "detail",
+        "time",
+        "clock",
+    }
+)
+_IMAGE_FIELDS = frozenset({"name", "sha256", "measurement"})
+_KEY_FIELDS = frozenset({"signing", "issuing_ca"})
+_HEX = re.compile(r"(?:[0-9a-f]{2})+")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_ID = re.compile(r"[0-9a-f]{32}")
+_MAX_TEXT = 256
+_MAX_HWID = 64  # hex characters: 32 bytes
+_MAX_IMAGES = 64
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image as it was programmed: the allowlisted digest and what the device reported back."""
+
+    name: str
+    sha256: str
+    measurement: str | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One event at a station about one device; the fields are described in the module docstring."""
+
+    id: str
+    sequence: int
+    event: str
+    station_id: str
+    operator: str
+    fixture: int
+    bundle_id: str
+    product: str
+    version: str
+    security_counter: int
+    policy_version: int
+    unit: int | None
+    hardware_id: str
+    serial: str | None
+    label: str | None
+    images: tuple[ImageRecord, ...]
+    device_key_id: str | None
+    certificate_serial: str | None
+    certificate_sha256: str | None
+    keys: Mapping[str, str]
+    failed_step: str | None
+    detail: str | None
+    time: datetime
+    clock: str
+
+    def statement(self) -> Statement:
+        """The in-toto statement this manifest is signed as."""
+        hwid = bytes.fromhex(self.hardware_id)
+        return Statement(
+            subjects=(Subject(f"hwid:{self.hardware_id}", {"sha256": hashlib.sha256(hwid).hexdigest()}),),
+            predicate_type=MANIFEST_PREDICATE,
+            predicate={
+                "id": self.id,
+                "sequence": self.sequence,
+                "event": self.event,
+                "station_id": self.station_id,
+                "operator": self.operator,
+                "fixture": self.fixture,
+                "bundle_id": self.bundle_id,
+                "product": self.product,
+                "version": self.version,
+                "security_counter": self.security_counter,
+                "policy_version": self.policy_version,
+                "unit": self.unit,
+                "hardware_id": self.hardware_id,
+                "serial": self.serial,
+                "label": self.label,
+                "images": [{"name": i.name, "sha256": i.sha256, "measurement": i.measurement} for i in self.images],
+                "device_key_id": self.device_key_id,
+                "certificate_serial": self.certificate_serial,
+                "certificate_sha256": self.certificate_sha256,
+                "keys": dict(self.keys),
+                "failed_step": self.failed_step,
+                "detail": self.detail,
+                "time": format_time(self.time),
+                "clock": self.clock,
+            },
+        )
+
+
+def sign_manifest(manifest: Manifest, signer: Signer) -> bytes:
+    """The manifest's DSSE envelope (canonical JSON bytes), signed by the station's key.
+
+    The manifest is checked by parsing its own statement first, so a station
+    can never sign one an auditor would refuse as malformed.
+
+    Raises:
+        FormatError: a field is out of bounds.
+    """
+    statement = manifest.statement()
+    parse_manifest(statement)
+    return sign_statement(statement, [signer]).to_json()
+
+
+def open_manifest(data: bytes, trusted: Mapping[str, ec.EllipticCurvePublicKey]) -> Manifest:
+    """Verify a manifest envelope against the station keys in ``trusted``, then parse it.
+
+    Raises:
+        FormatError: malformed, too large, or not a manifest.
+        SignatureError, ThresholdError: no trusted station key signed it.
+    """
+    envelope = Envelope.from_json(data, max_size=MAX_MANIFEST_SIZE, what="manifest")
+    statement, _ = open_statement(envelope, trusted, 1, what="manifest", predicate_type=MANIFEST_PREDICATE)
+    return parse_manifest(statement)
+
+
+def parse_manifest(statement: Statement) -> Manifest:
+    """Read a manifest statement's predicate (the signature is checked by :func:`open_manifest`).
+
+    Raises:
+        FormatError: a field is missing, unknown or malformed, or the subject is not the hardware id.
+    """
+    if statement.predicate_type != MANIFEST_PREDICATE:
+        raise FormatError(f"not a manifest (predicate type {quote(statement.predicate_type, 80)})")
+    p = check_fields(statement.predicate, _FIELDS, what="manifest")
+    event = p["event"]
+    if event not in EVENTS:
+        raise FormatError(f"manifest: unknown event {quote(str(event), 40)}")
+    hardware_id = _hex(p["hardware_id"], "hardware_id", _HEX, _MAX_HWID)
+    subject = Subject(f"hwid:{hardware_id}", {"sha256": hashlib.sha256(bytes.fromhex(hardware_id)).hexdigest()})
+    if statement.subjects != (subject,):
+        raise FormatError("manifest: its subject is not the device's hardware id")
+    images = p["images"]
+    if not isinstance(images, list) or len(images) > _MAX_IMAGES:
+        raise FormatError(f"manifest: images must be a list of at most {_MAX_IMAGES}")
+    keys = check_fields(p["keys"], _KEY_FIELDS, what="manifest keys")
+    return Manifest(
+        id=_hex(p["id"], "id", _ID, 32),
+        sequence=_count(p["sequence"], "sequence"),
+        event=event,
+        station_id=_text(p["station_id"], "station_id"),
+        operator=_text(p["operator"], "operator"),
+        fixture=_count(p["fixture"], "fixture"),
+        bundle_id=_hex(p["bundle_id"], "bundle_id", _ID, 32),
+        product=_text(p["product"], "product"),
+        version=_text(p["version"], "version"),
+        security_counter=_count(p["security_counter"], "security_counter"),
+        policy_version=_count(p["policy_version"], "policy_version"),
+        unit=None if p["unit"] is None else _count(p["unit"], "unit"),
+        hardware_id=hardware_id,
+        serial=_optional_text(p["serial"], "serial"),
+        label=_optional_text(p["label"], "label"),
+        images=tuple(_image(raw, i) for i, raw in enumerate(images)),
+        device_key_id=_optional_hex(p["device_key_id"], "device_key_id", _SHA256, 64),
+        certificate_serial=_optional_hex(p["certificate_serial"], "certificate_serial", _HEX, 40),
+        certificate_sha256=_optional_hex(p["certificate_sha256"], "certificate_sha256", _SHA256, 64),
+        keys={
+            "signing": _hex(keys["signing"], "keys.signing", _SHA256, 64),
+            "issuing_ca": _hex(keys["issuing_ca"], "keys.issuing_ca", _SHA256, 64),
+        },
+        failed_step=_optional_text(p["failed_step"], "failed_step"),
+        detail=_optional_text(p["detail"], "detail"),
+        time=parse_time(p["time"], what="manifest time"),
+        clock=_text(p["clock"], "clock"),
+    )
+
+
+def _image(raw: Any, index: int) -> ImageRecord:
+    entry = check_fields(raw, _IMAGE_FIELDS, what=f"manifest images[{index}]")
+    return ImageRecord(
+        name=_text(entry["name"], f"images[{index}].name"),
+        sha256=_hex(entry["sha256"], f"images[{index}].sha256", _SHA256, 64),
+        measurement=_optional_hex(entry["measurement"], f"images[{index}].measurement", _SHA256, 64),
+    )
+
+
+def _text(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > _MAX_TEXT or not value.isprintable():
+        raise FormatError(f"manifest: {what} must be printable text of 1 to {_MAX_TEXT} characters")
+    return value
+
+
+def _optional_text(value: object, what: str) -> str | None:
+    return None if value is None else _text(value, what)
+
+
+def _count(value: object, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+        raise FormatError(f"manifest: {what} must be a whole number")
+    return value
+
+
+def _hex(value: object, what: str, pattern: re.Pattern[str], max_length: int) -> str:
+    if not isinstance(value, str) or len(value) > max_length or not pattern.fullmatch(value):
+        raise FormatError(f"manifest: {what} must be lower-case hex")
+    return value
+
+
+def _optional_hex(value: object, what: str, pattern: re.Pattern[str], max_length: int) -> str | None:
+    return None if value is None else _hex(value, what, pattern, max_length)

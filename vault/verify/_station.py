@@ -1,0 +1,1103 @@
+"""The station: load a release, provision units, keep the log, export evidence."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import TracebackType
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from vault import checkpoint as notes
+from vault import merkle, pki
+from vault.container import BundleReader, unwrap_data_key
+from vault.crypto import key_id
+from vault.errors import (
+    AllocationError,
+    AllowlistError,
+    AlreadyProvisionedError,
+    ClockError,
+    CloneError,
+    DeviceError,
+    FormatError,
+    IdentityError,
+    InputError,
+    LabelMismatchError,
+    LogError,
+    NotRecipientError,
+    PolicyError,
+    RollbackError,
+    StateError,
+    VaultError,
+)
+from vault.evidence import EvidenceWriter
+from vault.formats import Envelope, parse_json
+from vault.formats._json import canonical_json
+from vault.manifest import ImageRecord, Manifest, open_manifest, sign_manifest
+from vault.policy import Station as EnrolledStation
+from vault.policy import TrustPolicy, format_time, load_policy
+from vault.release import Release, open_release
+from vault.token import Pkcs11Uri, TokenSession, open_token
+from vault.verify._device import Device, ImageToProgram
+from vault.verify._state import State
+
+__all__ = [
+    "DECRYPTION_LABEL",
+    "ISSUING_CA_LABEL",
+    "SIGNING_LABEL",
+    "AllocationStatus",
+    "Clock",
+    "ExportResult",
+    "LoadedRelease",
+    "Outcome",
+    "Station",
+    "StationStatus",
+    "log_origin",
+    "system_clock",
+]
+
+SIGNING_LABEL = "station-signing"
+ISSUING_CA_LABEL = "station-ca"
+DECRYPTION_LABEL = "station-decrypt"
+
+Clock = Callable[[], tuple[datetime, str]]
+"""Returns the current UTC time and where it comes from ("system", "ntp", "gps", "rtc")."""
+
+_DEVICE_CERTIFICATE_DAYS = 20 * 365
+_MAX_LABEL = 64
+_MAX_POLICY = 4 * 1024 * 1024
+
+
+def system_clock() -> tuple[datetime, str]:
+    """The host's clock, to the second."""
+    return datetime.now(UTC).replace(microsecond=0), "system"
+
+
+def log_origin(station_id: str) -> str:
+    """The checkpoint origin (and signed-note key name) of a station's log."""
+    return f"vault.dev/station/{station_id}"
+
+
+@dataclass(frozen=True)
+class LoadedRelease:
+    """A release this station verified and decrypted, ready to provision from."""
+
+    release: Release
+    policy: TrustPolicy
+    allocation: int
+    used: int
+    path: Path
+    images: tuple[ImageToProgram, ...]
+    data_key: bytes = field(repr=False)
+
+    @property
+    def left(self) -> int:
+        """Units of the allocation not reserved when it was loaded."""
+        return self.allocation - self.used
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one call did: the event recorded, the unit it holds and where its manifest is in the log."""
+
+    event: str
+    hardware_id: str
+    serial: str | None
+    unit: int | None
+    sequence: int
+    manifest_id: str
+    certificate: x509.Certificate | None = None
+
+
+@dataclass(frozen=True)
+class AllocationStatus:
+    """One loaded release's allocation at this station."""
+
+    bundle_id: str
+    product: str
+    version: str
+    security_counter: int
+    allocation: int
+    used: int
+    expires: str
+
+    @property
+    def left(self) -> int:
+        """Units not yet reserved."""
+        return self.allocation - self.used
+
+
+@dataclass(frozen=True)
+class StationStatus:
+    """What ``vault station status`` shows."""
+
+    station_id: str
+    policy_version: int
+    releases: tuple[AllocationStatus, ...]
+    log_size: int
+    events: dict[str, int]
+    last_time: str | None
+    last_export: ExportResult | None
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """One evidence export: where it is and which part of the log it carries."""
+
+    sequence: int
+    path: Path
+    from_size: int
+    to_size: int
+    root: str
+    checkpoint: bytes = field(repr=False)
+
+
+class _UnitFailed(Exception):
+    """Internal: a step failed; carries the step and the error to record and raise."""
+
+    def __init__(self, step: str, error: VaultError) -> None:
+        super().__init__(str(error))
+        self.step = step
+        self.error = error
+
+
+class Station:
+    """A factory station: its token, its state folder, and the release it provisions from.
+
+    Use it as a context manager; it opens the station token (the keys
+    ``station-signing``, ``station-ca`` and ``station-decrypt``), the state
+    folder, and closes units that a crashed process left open with an
+    "interrupted" manifest. One :class:`Station` may serve several fixture
+    threads; several processes may each open their own on the same folder.
+
+    Args:
+        state_dir: the station's state folder (its database and log).
+        token: the station token's URI, with its PIN source.
+        station_id: the id the station was enrolled as.
+        root: the pinned root certificate, or its SHA-256 fingerprint (hex)
+            to take the certificate from the policy and check it.
+        clock: where the time comes from (default: the host clock).
+        operator: who runs the station, recorded in every manifest.
+
+    Raises:
+        StateError: the state folder belongs to another station or root.
+        TokenError: the token or one of its keys cannot be used.
+    """
+
+    def __init__(
+        self,
+        state_dir: str | os.PathLike[str],
+        *,
+        token: Pkcs11Uri,
+        station_id: str,
+        root: x509.Certificate | str,
+        clock: Clock = system_clock,
+        operator: str = "operator",
+    ) -> None:
+        if isinstance(root, x509.Certificate):
+            self._root: x509.Certificate | None = root
+            self.root_sha256 = hashlib.sha256(root.public_bytes(serialization.Encoding.DER)).hexdigest()
+        else:
+            self._root = None
+            self.root_sha256 = _fingerprint(root)
+        self.station_id = station_id
+        self.operator = _label_text(operator, "operator")
+        self.clock = clock
+        self._token_uri = token
+        self._state_dir = Path(state_dir)
+        self._stack = contextlib.ExitStack()
+        self._token_lock = threading.Lock()
+        self._release: LoadedRelease | None = None
+        self._policy: TrustPolicy | None = None
+
+    # --- opening ----------------------------------------------------------------
+
+    def __enter__(self) -> Station:
+        try:
+            self.state = State(self._state_dir, station_id=self.station_id, root_sha256=self.root_sha256)
+            self._stack.callback(self.state.close)
+            session: TokenSession = self._stack.enter_context(open_token(self._token_uri))
+            self._signing = session.key(label=SIGNING_LABEL)
+            self._issuing_ca = session.key(label=ISSUING_CA_LABEL)
+            self._decryption = session.key(label=DECRYPTION_LABEL)
+            self._session = session
+            stored = self.state.meta("policy")
+            if stored is not None:
+                self._policy = self._verify_policy(bytes(stored), highest_seen=0, allow_expired=True)
+            self._close_orphans()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self._stack.close()
+
+    def _verify_policy(self, data: bytes, *, highest_seen: int, allow_expired: bool = False) -> TrustPolicy:
+        now, _ = self.clock()
+        root = self._root or _root_from_policy(data, self.root_sha256)
+        policy = load_policy(data, root, now=now, highest_seen=highest_seen, allow_expired=allow_expired)
+        enrolled = policy.stations.get(self.station_id)
+        if enrolled is None:
+            raise NotRecipientError(f"station '{self.station_id}' is not enrolled in trust policy v{policy.version}")
+        for role, mine, theirs in (
+            ("signing", self._signing, enrolled.signing),
+            ("issuing CA", self._issuing_ca, enrolled.issuing_ca),
+            ("decryption", self._decryption, enrolled.decryption),
+        ):
+            if mine.key_id != theirs.key_id:
+                raise PolicyError(
+                    f"the token's {role} key {mine.key_id[:16]} is not the one trust policy v{policy.version} "
+                    f"enrolled for station '{self.station_id}' ({theirs.key_id[:16]})"
+                )
+        return policy
+
+    @property
+    def enrolled(self) -> EnrolledStation:
+        """This station as the current policy enrolled it."""
+        if self._policy is None:
+            raise PolicyError("no trust policy is loaded at this station yet: load a release first")
+        return self._policy.stations[self.station_id]
+
+    # --- loading ----------------------------------------------------------------
+
+    def load(self, bundle: str | os.PathLike[str], policy: bytes) -> LoadedRelease:
+        """Verify a bundle against the trust policy and decrypt every image against its allowlist.
+
+        Nothing is written but the station's state (highest policy version,
+        highest security counter per product, the release and its
+        allocation); loading the same bundle again keeps the units used.
+
+        Raises:
+            RollbackError: the policy is older than one seen, or the release's
+                security counter is lower than one loaded for the product.
+            ValidityError: the policy or the release is expired or not valid yet.
+            NotRecipientError: the bundle is not for this station, or allocates it nothing.
+            SignatureError, ThresholdError: a signature is missing, forged or not in its role.
+            AllowlistError: an image decrypts but is not what the statement allows.
+            DecryptionError: the data key or a chunk does not open (another station's, or altered).
+            FormatError: the bundle or policy is malformed.
+        """
+        if len(policy) > _MAX_POLICY:
+            raise FormatError(f"trust policy: {len(policy)} bytes is more than the {_MAX_POLICY}-byte limit")
+        now, _ = self.clock()
+        highest = int(self.state.meta("policy_version", 0))
+        trust = self._verify_policy(policy, highest_seen=highest)
+        path = Path(bundle)
+        with BundleReader(path) as reader:
+            release, _ = open_release(reader.envelope_bytes, reader.header_bytes, trust, now=now)
+            if release.bundle_id != reader.header.bundle_id:
+                raise FormatError("the release statement names another bundle id than the bundle's header")
+            allocation = release.allocation.get(self.station_id, 0)
+            recipient = reader.header.recipients.get(self.station_id)
+            if recipient is None or self.station_id not in release.recipients:
+                raise NotRecipientError(
+                    f"bundle {release.bundle_id} ({release.product} {release.version}) is not for station "
+                    f"'{self.station_id}'"
+                )
+            if allocation == 0:
+                raise NotRecipientError(f"bundle {release.bundle_id} allocates no units to station '{self.station_id}'")
+            self._check_counter(release)
+            with self._token_lock:
+                data_key = unwrap_data_key(recipient.wrapped_key, release.bundle_id, self.station_id, self._decryption)
+            images = []
+            for image in release.images:
+                entry = reader.header.image(image.name)
+                if entry.plaintext_length != image.length:
+                    raise AllowlistError(
+                        f"image '{image.name}' is {entry.plaintext_length} bytes in the bundle, "
+                        f"the release allows {image.length}"
+                    )
+                digest = reader.plaintext_digest(image.name, data_key)
+                if digest != image.sha256:
+                    raise AllowlistError(
+                        f"image '{image.name}' decrypts to {digest[:16]}, not the allowed {image.sha256[:16]}"
+                    )
+                images.append(ImageToProgram(image.name, image.length, image.sha256, dict(image.target)))
+        with self.state.write() as db:
+            self._check_counter(release, db)
+            if trust.version >= int(self.state.meta("policy_version", 0)):
+                State.set_meta(db, "policy_version", trust.version)
+                State.set_meta(db, "policy", policy)
+            State.set_meta(db, "bundle_path", str(path.resolve()))
+            db.execute(
+                "INSERT INTO products (product, security_counter) VALUES (?, ?) ON CONFLICT(product) "
+                "DO UPDATE SET security_counter = MAX(security_counter, excluded.security_counter)",
+                (release.product, release.security_counter),
+            )
+            db.execute(
+                "INSERT OR IGNORE INTO releases VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    release.bundle_id,
+                    release.product,
+                    release.version,
+                    release.security_counter,
+                    allocation,
+                    format_time(release.not_before),
+                    format_time(release.expires),
+                    release.statement_sha256,
+                    format_time(now),
+                ),
+            )
+            used = _used(db, release.bundle_id)
+        self._policy = trust
+        self._release = LoadedRelease(release, trust, allocation, used, path, tuple(images), data_key)
+        return self._release
+
+    def resume(self) -> LoadedRelease:
+        """Load again the bundle this station loaded last, with the policy it holds (both verified again).
+
+        Raises:
+            InputError: no bundle was loaded at this station yet.
+            As :meth:`load`.
+        """
+        bundle = self.state.meta("bundle_path")
+        policy = self.state.meta("policy")
+        if bundle is None or policy is None:
+            raise InputError("this station has loaded no bundle yet: run 'vault station load' first")
+        return self.load(bundle, bytes(policy))
+
+    def _check_counter(self, release: Release, db: sqlite3.Connection | None = None) -> None:
+        row = (
+            (db or self.state.read())
+            .execute("SELECT security_counter FROM products WHERE product = ?", (release.product,))
+            .fetchone()
+        )
+        if row is not None and release.security_counter < row[0]:
+            raise RollbackError(
+                f"release {release.product} {release.version} has security counter {release.security_counter}; "
+                f"this station already loaded counter {row[0]} (rollback)"
+            )
+
+    @property
+    def release(self) -> LoadedRelease:
+        """The release loaded by :meth:`load`."""
+        if self._release is None:
+            raise InputError("no release is loaded: load a bundle first")
+        return self._release
+
+    # --- provisioning -------------------------------------------------------------
+
+    def provision(
+        self,
+        device: Device,
+        *,
+        label: str | None = None,
+        fixture: int = 0,
+        rework: bool = False,
+        break_glass: str | None = None,
+    ) -> Outcome:
+        """Provision one device from the loaded release, recording a signed manifest whatever happens.
+
+        Args:
+            device: the device on the fixture, behind its adapter.
+            label: the serial scanned from its label; it must be the device's
+                (new devices are bound to it, known ones must carry theirs).
+                Without one, the station assigns ``<station>-<unit>``.
+            fixture: the fixture slot, recorded in the manifest.
+            rework: the device was provisioned before and is being done
+                again; it keeps its identity, serial and key.
+            break_glass: DANGEROUS: a reason to provision although the clock
+                is behind the log. It is recorded as a break-glass event.
+
+        Returns:
+            The outcome, for a provisioned or reworked device.
+
+        Raises:
+            LabelMismatchError, AlreadyProvisionedError, CloneError, IdentityError:
+                the identity does not hold; a manifest records it.
+            AllocationError: no unit is left; a manifest records the attempt.
+            ClockError: the clock is behind the last log entry.
+            ValidityError: the release or policy is outside its validity window.
+            AllowlistError, DecryptionError, DeviceError, CertificateError:
+                a step failed; a "failed" manifest names it and the unit stays used.
+        """
+        loaded = self.release
+        if label is not None:
+            label = _label_text(label, "label")
+        if fixture < 0:
+            raise InputError("a fixture slot is a number from 0")
+        now, source = self.clock()
+        loaded.release.check_window(now)
+        loaded.policy.check_current(now)
+        last = self.state.meta("last_time")
+        if last is not None and format_time(now) < last:
+            if break_glass is None:
+                raise ClockError(
+                    f"the station clock ({format_time(now)}, {source}) is earlier than the last log entry ({last}); "
+                    "fix the clock before provisioning"
+                )
+        try:
+            hardware_id = device.read_hardware_id()
+        except Exception as e:  # an adapter reports a failed step by raising anything
+            raise DeviceError(f"fixture {fixture}: reading the hardware id failed: {e}") from e
+        if not isinstance(hardware_id, bytes) or not 1 <= len(hardware_id) <= 32:
+            raise DeviceError(f"fixture {fixture}: the device's hardware id must be 1 to 32 bytes")
+        hwid = hardware_id.hex()
+        if break_glass is not None:
+            self._record(
+                "break-glass", hwid, fixture=fixture, label=label, detail=_label_text(break_glass, "reason", 256)
+            )
+        unit, serial, known_key = self._reserve(hwid, label, fixture, rework)
+        try:
+            images = self._program(device, loaded)
+            public_key, device_key_id = self._device_key(device, hwid, known_key)
+            certificate = self._certify(public_key, serial, hardware_id, now)
+            self._step(
+                "install-certificate", device.install_certificate, certificate.public_bytes(serialization.Encoding.DER)
+            )
+            self._step("lock", device.lock)
+        except _UnitFailed as failed:
+            images_done = getattr(failed, "images", ())
+            self._finish(
+                "failed",
+                hwid,
+                unit,
+                serial,
+                label,
+                fixture,
+                images_done,
+                None,
+                None,
+                failed_step=failed.step,
+                detail=str(failed.error),
+            )
+            raise failed.error from failed
+        return self._finish(
+            "rework" if rework else "provisioned",
+            hwid,
+            unit,
+            serial,
+            label,
+            fixture,
+            images,
+            device_key_id,
+            certificate,
+        )
+
+    def _reserve(self, hwid: str, label: str | None, fixture: int, rework: bool) -> tuple[int, str, str | None]:
+        """Check the identity and reserve one unit, durably, before the device is touched."""
+        loaded = self.release
+        bundle_id = loaded.release.bundle_id
+        refusal: tuple[str, VaultError, str | None] | None = None
+        with self.state.write() as db:
+            known = State.device(db, hardware_id=hwid)
+            owner = State.device(db, serial=label) if label is not None else None
+            if label is not None and owner is not None and owner.hardware_id != hwid:
+                refusal = (
+                    "label-mismatch",
+                    LabelMismatchError(f"label '{label}' belongs to device {owner.hardware_id}, not to {hwid}"),
+                    known.serial if known else None,
+                )
+            elif known is not None and label is not None and known.serial != label:
+                refusal = (
+                    "label-mismatch",
+                    LabelMismatchError(f"device {hwid} is '{known.serial}', but its label reads '{label}'"),
+                    known.serial,
+                )
+            elif known is not None and known.state == "scrapped":
+                refusal = ("failed", IdentityError(f"device {hwid} ('{known.serial}') was scrapped"), known.serial)
+            elif known is not None and not rework:
+                refusal = (
+                    "failed",
+                    AlreadyProvisionedError(
+                        f"device {hwid} is known to this station as '{known.serial}' ({known.state}); "
+                        "declare a rework to provision it again"
+                    ),
+                    known.serial,
+                )
+            elif known is None and rework:
+                refusal = (
+                    "failed",
+                    IdentityError(f"rework declared for device {hwid}, which this station never provisioned"),
+                    None,
+                )
+            if refusal is None:
+                row = db.execute(
+                    "SELECT unit FROM units WHERE bundle_id = ? AND hardware_id = ?", (bundle_id, hwid)
+                ).fetchone()
+                if row is not None:  # a rework under the release that already counted this device
+                    unit = int(row[0])
+                    db.execute(
+                        "UPDATE units SET done = 0, owner = ?, fixture = ?, operator = ? "
+                        "WHERE bundle_id = ? AND unit = ?",
+                        (self.state.owner, fixture, self.operator, bundle_id, unit),
+                    )
+                else:
+                    used = _used(db, bundle_id)
+                    if used >= loaded.allocation:
+                        refusal = (
+                            "failed",
+                            AllocationError(
+                                f"the allocation of {loaded.allocation} units for {loaded.release.product} "
+                                f"{loaded.release.version} at station '{self.station_id}' is used up"
+                            ),
+                            known.serial if known else None,
+                        )
+                    else:
+                        unit = used + 1
+                        db.execute(
+                            "INSERT INTO units (bundle_id, unit, hardware_id, owner, fixture, operator) "
+                            "VALUES (?, ?, ?, ?, ?, ?)",
+                            (bundle_id, unit, hwid, self.state.owner, fixture, self.operator),
+                        )
+                if refusal is None:
+                    serial = known.serial if known else (label or f"{self.station_id}-{bundle_id[:8]}-{unit:07d}")
+                    if known is None:
+                        db.execute(
+                            "INSERT INTO devices (hardware_id, serial, state) VALUES (?, ?, 'reserved')",
+                            (hwid, serial),
+                        )
+                    return unit, serial, known.device_key_id if known else None
+        assert refusal is not None
+        event, error, serial = refusal
+        step = "allocation" if isinstance(error, AllocationError) else "identity"
+        self._record(
+            event,
+            hwid,
+            fixture=fixture,
+            label=label,
+            serial=serial,
+            failed_step=None if event != "failed" else step,
+            detail=str(error),
+        )
+        raise error
+
+    def _step(self, step: str, call: Callable[..., object], *args: object) -> object:
+        try:
+            return call(*args)
+        except VaultError as e:
+            raise _UnitFailed(step, e) from e
+        except Exception as e:  # an adapter reports a failed step by raising anything
+            raise _UnitFailed(step, DeviceError(f"{step} failed: {e}")) from e
+
+    def _program(self, device: Device, loaded: LoadedRelease) -> tuple[ImageRecord, ...]:
+        done: list[ImageRecord] = []
+        try:
+            with BundleReader(loaded.path) as reader:
+                for image in loaded.images:
+                    digest = hashlib.sha256()
+                    chunks = reader.image_chunks(image.name, loaded.data_key)
+
+                    def hashed(source: Iterator[bytes] = chunks, d: hashlib._Hash = digest) -> Iterator[bytes]:
+                        for chunk in source:
+                            d.update(chunk)
+                            yield chunk
+
+                    try:
+                        self._step("program", device.program, image, hashed())
+                    finally:
+                        chunks.close()
+                    if digest.hexdigest() != image.sha256:
+                        raise _UnitFailed(
+                            "program",
+                            AllowlistError(f"image '{image.name}' streamed to the device is not the allowed one"),
+                        )
+                    measurement = self._step("verify", device.read_measurement, image)
+                    if measurement is not None and measurement != image.sha256:
+                        raise _UnitFailed(
+                            "verify",
+                            DeviceError(
+                                f"the device reads back {str(measurement)[:16]} for '{image.name}', "
+                                f"not {image.sha256[:16]}"
+                            ),
+                        )
+                    done.append(
+                        ImageRecord(image.name, image.sha256, measurement if isinstance(measurement, str) else None)
+                    )
+        except _UnitFailed as failed:
+            failed.images = tuple(done)  # type: ignore[attr-defined]
+            raise
+        except VaultError as e:  # the bundle changed or vanished since it was loaded
+            failed = _UnitFailed("program", e)
+            failed.images = tuple(done)  # type: ignore[attr-defined]
+            raise failed from e
+        return tuple(done)
+
+    def _device_key(self, device: Device, hwid: str, known_key: str | None) -> tuple[object, str]:
+        der = self._step("generate-key", device.generate_key)
+        try:
+            csr = x509.load_der_x509_csr(bytes(der))  # type: ignore[arg-type]
+            public_key = pki.check_csr(csr)
+        except (ValueError, TypeError, VaultError) as e:
+            raise _UnitFailed("generate-key", IdentityError(f"device {hwid}'s key request is not valid: {e}")) from e
+        device_key_id = key_id(public_key)
+        if known_key is not None and known_key != device_key_id:
+            raise _UnitFailed(
+                "identity",
+                CloneError(
+                    f"device {hwid} was provisioned with key {known_key[:16]}; "
+                    f"this one has {device_key_id[:16]} (clone)"
+                ),
+            )
+        other = State.device(self.state.read(), device_key_id=device_key_id)
+        if other is not None and other.hardware_id != hwid:
+            raise _UnitFailed(
+                "identity",
+                CloneError(f"device key {device_key_id[:16]} already belongs to device {other.hardware_id} (clone)"),
+            )
+        return public_key, device_key_id
+
+    def _certify(self, public_key: object, serial: str, hardware_id: bytes, now: datetime) -> x509.Certificate:
+        issuer_certificate = self.enrolled.issuing_ca.certificate
+        assert issuer_certificate is not None  # the policy certifies every station key
+        not_after = min(now + timedelta(days=_DEVICE_CERTIFICATE_DAYS), issuer_certificate.not_valid_after_utc)
+        try:
+            profile = pki.device_profile(serial, hardware_id, 1, not_before=now)
+            profile = pki.with_validity(profile, now, not_after)
+            with self._token_lock:
+                return pki.issue_certificate(
+                    public_key,  # type: ignore[arg-type]
+                    profile,
+                    self._issuing_ca,
+                    issuer_certificate=issuer_certificate,
+                    serial=pki.random_serial(os.urandom),
+                    now=now,
+                )
+        except VaultError as e:
+            raise _UnitFailed("certify", e) from e
+
+    # --- recording ----------------------------------------------------------------
+
+    def _finish(
+        self,
+        event: str,
+        hwid: str,
+        unit: int,
+        serial: str,
+        label: str | None,
+        fixture: int,
+        images: Sequence[ImageRecord],
+        device_key_id: str | None,
+        certificate: x509.Certificate | None,
+        *,
+        failed_step: str | None = None,
+        detail: str | None = None,
+    ) -> Outcome:
+        """Append the unit's last manifest and close the unit, in one transaction."""
+        state = "failed" if event == "failed" else "provisioned"
+        try:
+            with self.state.write() as db:
+                outcome = self._append(
+                    db,
+                    event,
+                    hwid,
+                    fixture=fixture,
+                    unit=unit,
+                    serial=serial,
+                    label=label,
+                    images=images,
+                    device_key_id=device_key_id,
+                    certificate=certificate,
+                    failed_step=failed_step,
+                    detail=detail,
+                )
+                db.execute(
+                    "UPDATE units SET done = 1 WHERE bundle_id = ? AND unit = ?", (self.release.release.bundle_id, unit)
+                )
+                if device_key_id is not None:
+                    db.execute(
+                        "UPDATE devices SET state = ?, device_key_id = ? WHERE hardware_id = ?",
+                        (state, device_key_id, hwid),
+                    )
+                else:
+                    db.execute(
+                        "UPDATE devices SET state = CASE WHEN state = 'provisioned' THEN state ELSE ? END "
+                        "WHERE hardware_id = ?",
+                        (state, hwid),
+                    )
+        except sqlite3.IntegrityError as e:  # two fixtures raced with devices sharing one key
+            raise CloneError(f"device key {device_key_id} was just bound to another device (clone)") from e
+        return outcome
+
+    def _record(self, event: str, hwid: str, **fields: object) -> Outcome:
+        with self.state.write() as db:
+            return self._append(db, event, hwid, **fields)  # type: ignore[arg-type]
+
+    def _append(
+        self,
+        db: sqlite3.Connection,
+        event: str,
+        hwid: str,
+        *,
+        fixture: int,
+        unit: int | None = None,
+        serial: str | None = None,
+        label: str | None = None,
+        images: Sequence[ImageRecord] = (),
+        device_key_id: str | None = None,
+        certificate: x509.Certificate | None = None,
+        failed_step: str | None = None,
+        detail: str | None = None,
+        operator: str | None = None,
+        release: _ReleaseRef | None = None,
+    ) -> Outcome:
+        """Sign a manifest and append it to the log inside the caller's write transaction.
+
+        The time is read here, under the log's lock, so manifests are in time
+        order; a clock that went back while a unit was on the fixture is held
+        at the last entry's time and says so in the clock source.
+        """
+        ref = release or _ReleaseRef.of(self.release)
+        sequence = int(db.execute("SELECT COALESCE(MAX(sequence) + 1, 0) FROM log").fetchone()[0])
+        now, source = self.clock()
+        last = State.meta_in(db, "last_time")
+        when = format_time(now)
+        if last is not None and when < last:
+            now, source = datetime.strptime(last, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC), f"{source}, held at {last}"
+            when = last
+        certificate_der = None if certificate is None else certificate.public_bytes(serialization.Encoding.DER)
+        manifest = Manifest(
+            id=os.urandom(16).hex(),
+            sequence=sequence,
+            event=event,
+            station_id=self.station_id,
+            operator=operator or self.operator,
+            fixture=fixture,
+            bundle_id=ref.bundle_id,
+            product=ref.product,
+            version=ref.version,
+            security_counter=ref.security_counter,
+            policy_version=ref.policy_version,
+            unit=unit,
+            hardware_id=hwid,
+            serial=serial,
+            label=label,
+            images=tuple(images),
+            device_key_id=device_key_id,
+            certificate_serial=None if certificate is None else serial_hex(certificate),
+            certificate_sha256=None if certificate_der is None else hashlib.sha256(certificate_der).hexdigest(),
+            keys={"signing": self._signing.key_id, "issuing_ca": self._issuing_ca.key_id},
+            failed_step=failed_step,
+            detail=None if detail is None else detail[:256],
+            time=now,
+            clock=source[:256],
+        )
+        with self._token_lock:
+            envelope = sign_manifest(manifest, self._signing)
+        db.execute(
+            "INSERT INTO log (sequence, manifest_id, event, hardware_id, time, envelope, leaf_hash, certificate) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (sequence, manifest.id, event, hwid, when, envelope, merkle.leaf_hash(envelope), certificate_der),
+        )
+        State.set_meta(db, "last_time", when)
+        return Outcome(event, hwid, serial, unit, sequence, manifest.id, certificate)
+
+    def scrap(self, hardware_id: bytes, *, reason: str, fixture: int = 0) -> Outcome:
+        """Record that a known device is taken out of production; it can never be provisioned again.
+
+        Raises:
+            IdentityError: the station never bound this device.
+        """
+        hwid = hardware_id.hex()
+        with self.state.write() as db:
+            known = State.device(db, hardware_id=hwid)
+            if known is None:
+                raise IdentityError(f"device {hwid} is not known to this station; nothing to scrap")
+            row = db.execute(
+                "SELECT unit FROM units WHERE bundle_id = ? AND hardware_id = ?", (self.release.release.bundle_id, hwid)
+            ).fetchone()
+            outcome = self._append(
+                db,
+                "scrap",
+                hwid,
+                fixture=fixture,
+                unit=None if row is None else int(row[0]),
+                serial=known.serial,
+                detail=_label_text(reason, "reason", 256),
+            )
+            db.execute("UPDATE devices SET state = 'scrapped' WHERE hardware_id = ?", (hwid,))
+        return outcome
+
+    def _close_orphans(self) -> None:
+        """Give every unit a process left open when it died its "interrupted" manifest (exactly once)."""
+        orphans = self.state.orphans()
+        if not orphans:
+            return
+        if self._policy is None:
+            raise StateError("the station state has reserved units but no trust policy")
+        version = self._policy.version
+        releases = {
+            row[0]: _ReleaseRef(*row, policy_version=version)
+            for row in self.state.read()
+            .execute("SELECT bundle_id, product, version, security_counter FROM releases")
+            .fetchall()
+        }
+        for bundle_id, unit, hwid, fixture, operator in orphans:
+            with self.state.write() as db:
+                still_open = db.execute(
+                    "SELECT 1 FROM units WHERE bundle_id = ? AND unit = ? AND done = 0", (bundle_id, unit)
+                ).fetchone()
+                if not still_open:
+                    continue
+                serial = db.execute("SELECT serial FROM devices WHERE hardware_id = ?", (hwid,)).fetchone()
+                self._append(
+                    db,
+                    "failed",
+                    hwid,
+                    fixture=fixture,
+                    unit=unit,
+                    serial=serial[0] if serial else None,
+                    failed_step="interrupted",
+                    operator=operator,
+                    release=releases[bundle_id],
+                    detail="the station stopped while this unit was on the fixture; the unit stays counted",
+                )
+                db.execute("UPDATE units SET done = 1 WHERE bundle_id = ? AND unit = ?", (bundle_id, unit))
+                db.execute("UPDATE devices SET state = 'failed' WHERE hardware_id = ? AND state = 'reserved'", (hwid,))
+
+    # --- status, log and export ------------------------------------------------------
+
+    def status(self) -> StationStatus:
+        """Allocations used and left, log size, event counts, last export."""
+        db = self.state.read()
+        releases = tuple(
+            AllocationStatus(bundle_id, product, version, counter, allocation, _used(db, bundle_id), expires)
+            for bundle_id, product, version, counter, allocation, expires in db.execute(
+                "SELECT bundle_id, product, version, security_counter, allocation, expires "
+                "FROM releases ORDER BY loaded"
+            )
+        )
+        events = dict(db.execute("SELECT event, COUNT(*) FROM log GROUP BY event").fetchall())
+        size = int(db.execute("SELECT COUNT(*) FROM log").fetchone()[0])
+        return StationStatus(
+            station_id=self.station_id,
+            policy_version=int(self.state.meta("policy_version", 0)),
+            releases=releases,
+            log_size=size,
+            events=events,
+            last_time=self.state.meta("last_time"),
+            last_export=self._last_export(db),
+        )
+
+    def _last_export(self, db: sqlite3.Connection) -> ExportResult | None:
+        row = db.execute(
+            "SELECT sequence, path, size, root, checkpoint FROM exports ORDER BY sequence DESC LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return None
+        previous = db.execute("SELECT size FROM exports WHERE sequence = ?", (row[0] - 1,)).fetchone()
+        return ExportResult(
+            row[0], Path(row[1]), previous[0] if previous else 0, row[2], bytes(row[3]).hex(), bytes(row[4])
+        )
+
+    def verify_log(self) -> tuple[int, bytes]:
+        """Recompute the log's tree from the stored manifests and check it against the last export.
+
+        Returns:
+            The log's size and root.
+
+        Raises:
+            LogError: a manifest was altered, removed or re-ordered, or the
+                log is no longer an extension of what the last export signed.
+        """
+        db = self.state.read()
+        trusted = {self._signing.key_id: self._signing.public_key}
+        builder = merkle.TreeBuilder()
+        expected = 0
+        for sequence, envelope, leaf in db.execute("SELECT sequence, envelope, leaf_hash FROM log ORDER BY sequence"):
+            if sequence != expected:
+                raise LogError(f"the station log has no entry {expected}: entries were removed")
+            envelope = bytes(envelope)
+            if merkle.leaf_hash(envelope) != bytes(leaf):
+                raise LogError(f"the station log's entry {sequence} was rewritten")
+            try:
+                manifest = open_manifest(envelope, trusted)
+            except VaultError as e:
+                raise LogError(f"the station log's entry {sequence} does not verify: {e}") from e
+            if manifest.sequence != sequence:
+                raise LogError(f"the station log's entry {sequence} is manifest {manifest.sequence} (replayed)")
+            builder.append(bytes(leaf))
+            expected += 1
+        root = builder.root()
+        last = self._last_export(db)
+        if last is not None:
+            self._check_extends(last, expected, root)
+        return expected, root
+
+    def _check_extends(self, last: ExportResult, size: int, root: bytes) -> None:
+        if size < last.to_size:
+            raise LogError(
+                f"the station log has {size} entries but export {last.sequence} signed {last.to_size} (truncated)"
+            )
+        proof = merkle.consistency_proof(last.to_size, size, self._leaf_hashes)
+        merkle.verify_consistency(last.to_size, size, bytes.fromhex(last.root), root, proof)
+
+    def _leaf_hashes(self, start: int, end: int) -> list[bytes]:
+        rows = (
+            self.state.read()
+            .execute("SELECT leaf_hash FROM log WHERE sequence >= ? AND sequence < ? ORDER BY sequence", (start, end))
+            .fetchall()
+        )
+        if len(rows) != end - start:
+            raise LogError(f"the station log is missing entries between {start} and {end}")
+        return [bytes(r[0]) for r in rows]
+
+    def export(self, directory: str | os.PathLike[str]) -> ExportResult:
+        """Write the manifests since the last export, their certificates, a signed checkpoint and a
+        consistency proof from the last export's checkpoint, encrypted to the auditor's key.
+
+        The file is new (never written over), fsynced and read-only, in
+        ``directory`` (made if missing). The log is checked against the last
+        export first, so a truncated or rewritten log is never exported.
+
+        Raises:
+            LogError: the log is not an extension of the last export.
+            PolicyError: the trust policy names no auditor key.
+            InputError: the folder cannot be written or the file exists.
+        """
+        if self._policy is None:
+            raise PolicyError("no trust policy is loaded at this station yet: load a release first")
+        auditor = self._policy.auditor
+        if auditor is None:
+            raise PolicyError(f"trust policy v{self._policy.version} names no auditor key to export evidence to")
+        out = Path(directory)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"cannot make the export folder {out}: {e.strerror or e}") from e
+        db = self.state.read()
+        db.execute("BEGIN")  # one snapshot of the log for the whole export
+        try:
+            size = int(db.execute("SELECT COUNT(*) FROM log").fetchone()[0])
+            last = self._last_export(db)
+            start = last.to_size if last else 0
+            _, root = merkle.root_from_leaf_hashes(
+                bytes(r[0])
+                for r in db.execute("SELECT leaf_hash FROM log WHERE sequence < ? ORDER BY sequence", (size,))
+            )
+            if last is not None:
+                self._check_extends(last, size, root)
+            proof = merkle.consistency_proof(start, size, self._leaf_hashes) if last else []
+            now, _ = self.clock()
+            sequence = (last.sequence if last else 0) + 1
+            with self._token_lock:
+                note = notes.sign_checkpoint(
+                    notes.Checkpoint(log_origin(self.station_id), size, root),
+                    self._signing,
+                    log_origin(self.station_id),
+                )
+            path = out / f"{self.station_id}-{sequence:06d}.vault-evidence"
+            with EvidenceWriter(
+                path,
+                recipient=auditor.public_key,
+                station_id=self.station_id,
+                sequence=sequence,
+                created=format_time(now),
+            ) as writer:
+                writer.add(
+                    canonical_json(
+                        {
+                            "type": "export",
+                            "station_id": self.station_id,
+                            "sequence": sequence,
+                            "from": start,
+                            "to": size,
+                            "created": format_time(now),
+                            "previous_checkpoint": None if last is None else last.checkpoint.decode(),
+                            "policy": base64.b64encode(bytes(self.state.meta("policy"))).decode(),
+                        }
+                    )
+                )
+                for index, envelope, certificate in db.execute(
+                    "SELECT sequence, envelope, certificate FROM log "
+                    "WHERE sequence >= ? AND sequence < ? ORDER BY sequence",
+                    (start, size),
+                ):
+                    writer.add(
+                        canonical_json(
+                            {
+                                "type": "entry",
+                                "sequence": index,
+                                "envelope": bytes(envelope).decode(),
+                                "certificate": None if certificate is None else base64.b64encode(certificate).decode(),
+                            }
+                        )
+                    )
+                writer.add(
+                    canonical_json(
+                        {
+                            "type": "checkpoint",
+                            "checkpoint": note.decode(),
+                            "consistency": [base64.b64encode(h).decode() for h in proof],
+                        }
+                    )
+                )
+                writer.finish()
+        finally:
+            db.execute("ROLLBACK")
+        with self.state.write() as wdb:
+            wdb.execute(
+                "INSERT INTO exports (sequence, size, root, checkpoint, path, created) VALUES (?, ?, ?, ?, ?, ?)",
+                (sequence, size, root, note, str(path), format_time(now)),
+            )
+        return ExportResult(sequence, path, start, size, root.hex(), note)
+
+
+@dataclass(frozen=True)
+class _ReleaseRef:
+    """What a manifest says about the release it was made under."""
+
+    bundle_id: str
+    product: str
+    version: str
+    security_counter: int
+    policy_version: int
+
+    @classmethod
+    def of(cls, loaded: LoadedRelease) -> _ReleaseRef:
+        r = loaded.release
+        return cls(r.bundle_id, r.product, r.version, r.security_counter, loaded.policy.version)
+
+
+def serial_hex(certificate: x509.Certificate) -> str:
+    """A certificate's serial number as manifests write it: its big-endian bytes in hex."""
+    serial = certificate.serial_number
+    return serial.to_bytes(max(1, (serial.bit_length() + 7) // 8), "big").hex()
+
+
+def _used(db: sqlite3.Connection, bundle_id: str) -> int:
+    return int(db.execute("SELECT COUNT(*) FROM units WHERE bundle_id = ?", (bundle_id,)).fetchone()[0])
+
+
+def _label_text(value: str, what: str, limit: int = _MAX_LABEL) -> str:
+    if not isinstance(value, str) or not value or len(value) > limit or not value.isprintable():
+        raise InputError(f"the {what} must be printable text of 1 to {limit} characters")
+    return value
+
+
+def _fingerprint(value: str) -> str:
+    text = value.strip().lower().replace(":", "")
+    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+        raise InputError("a root fingerprint is the certificate's SHA-256 in hex (64 digits, colons allowed)")
+    return text
+
+
+def _root_from_policy(data: bytes, fingerprint: str) -> x509.Certificate:
+    """The root certificate the policy carries, if its SHA-256 is the pinned fingerprint.
+
+    :func:`vault.policy.load_policy` then verifies the policy against it like any pinned root.
+    """
+    envelope = Envelope.from_json(data, max_size=_MAX_POLICY, what="trust policy")
+    statement = parse_json(envelope.payload, max_size=_MAX_POLICY, what="trust policy")
+    try:
+        der = base64.b64decode(statement["predicate"]["root"]["certificate"], validate=True)
+    except (KeyError, TypeError, ValueError) as e:
+        raise FormatError("trust policy: it carries no root certificate") from e
+    if hashlib.sha256(der).hexdigest() != fingerprint:
+        raise PolicyError("trust policy: its root certificate is not the pinned fingerprint")
+    try:
+        return x509.load_der_x509_certificate(der)
+    except ValueError as e:
+        raise FormatError(f"trust policy: its root certificate does not parse: {e}") from e
