@@ -69,11 +69,17 @@ vault ceremony run "$root/policies/enrol-station.yaml" --credentials "$work/cred
   --policy "$work/ceremony-roles/policy-v2.json" --root-cert "$rootca" "${quorum[@]}" \
   --request "$work/station-1-request.json" --out "$work/ceremony-station-1" --rehearsal --yes
 vault ceremony verify "$work/ceremony-station-1/transcript.json" --root-cert "$rootca"
-for cert in "$work"/ceremony-roles/certs/*.pem "$work"/ceremony-station-1/certs/*.pem; do
+
+step "A second station asks to be enrolled, and is: trust policy v4"
+vault station request --token "$(uri vault-station-2)" --station-id station-2 -o "$work/station-2-request.json"
+vault ceremony run "$root/policies/enrol-station-2.yaml" --credentials "$work/credentials-2.yaml" \
+  --policy "$work/ceremony-station-1/policy-v3.json" --root-cert "$rootca" "${quorum[@]}" \
+  --request "$work/station-2-request.json" --out "$work/ceremony-station-2" --rehearsal --yes
+for cert in "$work"/ceremony-roles/certs/*.pem "$work"/ceremony-station-*/certs/*.pem; do
   openssl verify -CAfile "$rootca" "$cert"
 done
 
-step "Release manager: build an encrypted bundle for station-1 (600 of 1000 units)"
+step "Release manager: build an encrypted bundle for both stations (12 and 8 of 20 units)"
 mkdir -p "$work/images"
 head -c 4194304 /dev/urandom > "$work/images/app.bin"
 printf 'serial-prefix=EXD\n' > "$work/images/config.bin"
@@ -84,8 +90,8 @@ security_counter: 7
 not_before: $(date -u +%Y-%m-%dT00:00:00Z)
 expires: $(date -u -d '+180 days' +%Y-%m-%dT00:00:00Z)
 production:
-  total: 1000
-  allocation: {station-1: 600}
+  total: 20
+  allocation: {station-1: 12, station-2: 8}
 images:
   - name: app.bin
     path: images/app.bin
@@ -94,7 +100,7 @@ images:
     path: images/config.bin
     partition: config
 RELEASE
-policy=(--policy "$work/ceremony-station-1/policy-v3.json" --root-cert "$rootca")
+policy=(--policy "$work/ceremony-station-2/policy-v4.json" --root-cert "$rootca")
 vault bundle build "$work/release.yaml" -o "$work/release.vbundle" --log "$work/promotions.log" "${policy[@]}"
 
 step "Approvers inspect it, and two of the three approve it with their own tokens"
@@ -108,9 +114,30 @@ vault bundle promote "$work/release.vbundle" --key "$(key vault-release release-
   --log "$work/promotions.log" "${policy[@]}"
 vault bundle log verify "$work/promotions.log" "${policy[@]}"
 
+step "Each station loads the promoted bundle: policy, approvals, window, counter, its allocation; decrypts in its token"
+station() { local n=$1; shift; vault station "$@" --state "$work/station-$n" --token "$(uri vault-station-$n)" \
+  --station-id "station-$n" --root-cert "$rootca"; }
+for n in 1 2; do
+  station $n load --policy "$work/ceremony-station-2/policy-v4.json" --bundle "$work/release.vbundle"
+done
+
+step "station-1 provisions 10 simulated units on 4 fixtures: unit 4's label is swapped, unit 7 fails to program, unit 2 comes back for rework"
+station 1 provision --count 10 --fixtures 4 --label-mismatch 4 --fail 7:program --rework 2 --operator alice
+
+step "station-2 provisions 8 units on 4 fixtures, then tries one more than its allocation"
+station 2 provision --count 8 --fixtures 4 --operator bob
+station 2 provision --count 1 --fixtures 1 --operator bob
+
+step "Each station shows its count and log, and exports its evidence, encrypted to the auditor (write-once folder)"
+for n in 1 2; do
+  station $n status
+  station $n export --out "$work/evidence"
+done
+ls -l "$work/evidence"
+
 step "Back up the root key: wrapped in the token under a fresh KEK split 2 of 3 among custodians"
 vault ceremony run "$root/policies/backup.yaml" --credentials "$work/credentials-2.yaml" \
-  --policy "$work/ceremony-station-1/policy-v3.json" --root-cert "$rootca" "${quorum[@]}" \
+  --policy "$work/ceremony-station-2/policy-v4.json" --root-cert "$rootca" "${quorum[@]}" \
   --out "$work/ceremony-backup" --rehearsal --yes
 
 step "Demo complete: outputs are in .demo/ (printable transcripts: .demo/ceremony-*/transcript.html)"
