@@ -10,10 +10,11 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pkcs11
 import pkcs11.exceptions as p11e
@@ -31,6 +32,8 @@ from vault.errors import (
 )
 from vault.token._pin import resolve_pin
 from vault.token._uri import Pkcs11Uri
+
+T = TypeVar("T")
 
 MODULE_ENV = "VAULT_PKCS11_MODULE"
 
@@ -174,7 +177,7 @@ def find_token(uri: Pkcs11Uri) -> pkcs11.Token:
     """
     lib = load_module(module_path_for(uri))
     with translate_errors("looking for the token"):
-        tokens = [t for t in _matching_tokens(lib, uri) if t.flags & TokenFlag.TOKEN_INITIALIZED]
+        tokens = _busy_retry(lambda: [t for t in _matching_tokens(lib, uri) if t.flags & TokenFlag.TOKEN_INITIALIZED])
     if not tokens:
         what = f"labelled '{uri.token}'" if uri.token is not None else "matching the URI"
         raise TokenNotFoundError(f"no token {what} in module {module_path_for(uri)}")
@@ -182,6 +185,26 @@ def find_token(uri: Pkcs11Uri) -> pkcs11.Token:
         labels = ", ".join(sorted(_text(t.label) for t in tokens))
         raise TokenNotFoundError(f"the URI matches {len(tokens)} tokens ({labels}); add token=LABEL")
     return tokens[0]
+
+
+_BUSY_TRIES = 8
+
+
+def _busy_retry(call: Callable[[], T]) -> T:
+    """``call()``, tried again a few times when the module answers CKR_GENERAL_ERROR.
+
+    SoftHSM2 keeps each token in files it locks while reading them; a process
+    that lists the tokens while another one reads or writes the same files
+    gets CKR_GENERAL_ERROR now and then (several fixture processes opening
+    one station token at once). The error is transient, so listing is tried
+    again with a short, growing pause before it is reported.
+    """
+    for attempt in range(_BUSY_TRIES - 1):
+        try:
+            return call()
+        except p11e.GeneralError:
+            time.sleep(0.02 * (attempt + 1))
+    return call()
 
 
 @contextlib.contextmanager

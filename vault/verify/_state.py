@@ -95,6 +95,7 @@ class State:
         self.path = self.directory / "station.sqlite"
         self.owner = uuid.uuid4().hex
         self._local = threading.local()
+        self._writing = threading.Lock()
         self._owner_file = open(self.directory / "owners" / f"{self.owner}.lock", "wb")  # noqa: SIM115 (held open)
         fcntl.flock(self._owner_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         try:
@@ -129,19 +130,20 @@ class State:
     def write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction (``BEGIN IMMEDIATE``): commits when the block ends, rolls back on an error."""
         db = self._connection()
-        try:
-            db.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as e:
-            raise StateError(f"cannot lock the station state {self.path}: {e}") from e
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        try:
-            db.execute("COMMIT")
-        except sqlite3.Error as e:
-            raise StateError(f"cannot commit to the station state {self.path}: {e}") from e
+        with self._writing:  # threads queue here; SQLite's own busy wait (sleeps) is left to other processes
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as e:
+                raise StateError(f"cannot lock the station state {self.path}: {e}") from e
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            try:
+                db.execute("COMMIT")
+            except sqlite3.Error as e:
+                raise StateError(f"cannot commit to the station state {self.path}: {e}") from e
 
     def read(self) -> sqlite3.Connection:
         """A connection for reads outside a transaction (each statement sees a consistent snapshot)."""

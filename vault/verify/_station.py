@@ -218,6 +218,7 @@ class Station:
         self._token_lock = threading.Lock()
         self._release: LoadedRelease | None = None
         self._policy: TrustPolicy | None = None
+        self._reader: BundleReader | None = None
 
     # --- opening ----------------------------------------------------------------
 
@@ -353,6 +354,11 @@ class Station:
             used = _used(db, release.bundle_id)
         self._policy = trust
         self._release = LoadedRelease(release, trust, allocation, used, path, tuple(images), data_key)
+        if self._reader is not None:
+            self._reader.close()
+        self._reader = self._stack.enter_context(BundleReader(path))  # read by every unit (pread: thread-safe)
+        if self._reader.header_bytes != reader.header_bytes:
+            raise FormatError(f"{path} changed while it was being loaded")
         return self._release
 
     def resume(self) -> LoadedRelease:
@@ -585,37 +591,37 @@ class Station:
     def _program(self, device: Device, loaded: LoadedRelease) -> tuple[ImageRecord, ...]:
         done: list[ImageRecord] = []
         try:
-            with BundleReader(loaded.path) as reader:
-                for image in loaded.images:
-                    digest = hashlib.sha256()
-                    chunks = reader.image_chunks(image.name, loaded.data_key)
+            reader = self._reader
+            assert reader is not None  # set by load() with the release
+            for image in loaded.images:
+                digest = hashlib.sha256()
+                chunks = reader.image_chunks(image.name, loaded.data_key)
 
-                    def hashed(source: Iterator[bytes] = chunks, d: hashlib._Hash = digest) -> Iterator[bytes]:
-                        for chunk in source:
-                            d.update(chunk)
-                            yield chunk
+                def hashed(source: Iterator[bytes] = chunks, d: hashlib._Hash = digest) -> Iterator[bytes]:
+                    for chunk in source:
+                        d.update(chunk)
+                        yield chunk
 
-                    try:
-                        self._step("program", device.program, image, hashed())
-                    finally:
-                        chunks.close()
-                    if digest.hexdigest() != image.sha256:
-                        raise _UnitFailed(
-                            "program",
-                            AllowlistError(f"image '{image.name}' streamed to the device is not the allowed one"),
-                        )
-                    measurement = self._step("verify", device.read_measurement, image)
-                    if measurement is not None and measurement != image.sha256:
-                        raise _UnitFailed(
-                            "verify",
-                            DeviceError(
-                                f"the device reads back {str(measurement)[:16]} for '{image.name}', "
-                                f"not {image.sha256[:16]}"
-                            ),
-                        )
-                    done.append(
-                        ImageRecord(image.name, image.sha256, measurement if isinstance(measurement, str) else None)
+                try:
+                    self._step("program", device.program, image, hashed())
+                finally:
+                    chunks.close()
+                if digest.hexdigest() != image.sha256:
+                    raise _UnitFailed(
+                        "program",
+                        AllowlistError(f"image '{image.name}' streamed to the device is not the allowed one"),
                     )
+                measurement = self._step("verify", device.read_measurement, image)
+                if measurement is not None and measurement != image.sha256:
+                    raise _UnitFailed(
+                        "verify",
+                        DeviceError(
+                            f"the device reads back {str(measurement)[:16]} for '{image.name}', not {image.sha256[:16]}"
+                        ),
+                    )
+                done.append(
+                    ImageRecord(image.name, image.sha256, measurement if isinstance(measurement, str) else None)
+                )
         except _UnitFailed as failed:
             failed.images = tuple(done)  # type: ignore[attr-defined]
             raise
