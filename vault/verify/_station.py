@@ -328,7 +328,10 @@ class Station:
                 images.append(ImageToProgram(image.name, image.length, image.sha256, dict(image.target)))
         with self.state.write() as db:
             self._check_counter(release, db)
-            if trust.version >= int(self.state.meta("policy_version", 0)):
+            seen = int(State.meta_in(db, "policy_version") or 0)
+            if trust.version < seen:  # another process stored a newer policy since this load began
+                raise RollbackError(f"trust policy v{trust.version} is older than v{seen} seen before (rollback)")
+            if trust.version >= seen:
                 State.set_meta(db, "policy_version", trust.version)
                 State.set_meta(db, "policy", policy)
             State.set_meta(db, "bundle_path", str(path.resolve()))
@@ -693,25 +696,19 @@ class Station:
     ) -> Outcome:
         """Append the unit's last manifest and close the unit, in one transaction."""
         state = "failed" if event == "failed" else "provisioned"
+        bundle_id = self.release.release.bundle_id
         try:
             with self.state.write() as db:
+                closed = db.execute(
+                    "UPDATE units SET done = 1 WHERE bundle_id = ? AND unit = ? AND done = 0 AND owner = ?",
+                    (bundle_id, unit, self.state.owner),
+                )
+                if closed.rowcount != 1:
+                    raise StateError(f"unit {unit} of bundle {bundle_id} was closed by another process meanwhile")
                 outcome = self._append(
-                    db,
-                    event,
-                    hwid,
-                    fixture=fixture,
-                    unit=unit,
-                    serial=serial,
-                    label=label,
-                    images=images,
-                    device_key_id=device_key_id,
-                    certificate=certificate,
-                    failed_step=failed_step,
-                    detail=detail,
-                )
-                db.execute(
-                    "UPDATE units SET done = 1 WHERE bundle_id = ? AND unit = ?", (self.release.release.bundle_id, unit)
-                )
+                    db, event, hwid, fixture=fixture, unit=unit, serial=serial, label=label, images=images,
+                    device_key_id=device_key_id, certificate=certificate, failed_step=failed_step, detail=detail,
+                )  # fmt: skip
                 if device_key_id is not None:
                     db.execute(
                         "UPDATE devices SET state = ?, device_key_id = ? WHERE hardware_id = ?",
@@ -1043,11 +1040,14 @@ class Station:
                 writer.finish()
         finally:
             db.execute("ROLLBACK")
-        with self.state.write() as wdb:
-            wdb.execute(
-                "INSERT INTO exports (sequence, size, root, checkpoint, path, created) VALUES (?, ?, ?, ?, ?, ?)",
-                (sequence, size, root, note, str(path), format_time(now)),
-            )
+        try:
+            with self.state.write() as wdb:
+                wdb.execute(
+                    "INSERT INTO exports (sequence, size, root, checkpoint, path, created) VALUES (?, ?, ?, ?, ?, ?)",
+                    (sequence, size, root, note, str(path), format_time(now)),
+                )
+        except sqlite3.IntegrityError as e:
+            raise StateError(f"another export {sequence} was recorded at the same time; {path} is not recorded") from e
         return ExportResult(sequence, path, start, size, root.hex(), note)
 
 
