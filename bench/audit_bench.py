@@ -1,0 +1,449 @@
+"""Benchmark the auditor: audit one export of N manifests against a bare loop of as many ECDSA P-256 verifications.
+
+Not a test. It sets up fresh SoftHSM2 tokens, runs the ceremonies and builds
+a promoted bundle allocating N units to station-1 exactly as the test suite
+does (``tests/verify``), then:
+
+1. **generate**: N manifests for station-1, made directly (not through
+   ``Station.provision``, far too slow for a million) in two processes that
+   each open their own session on the station's token. Every manifest is a
+   realistic one (unique hardware id, serial, device key id, the release's
+   images with their digests, unit 1..N, log position 0..N-1, times one
+   second apart inside the release window) signed by the REAL station
+   signing key in SoftHSM. With ``--certificates`` (the default) each unit is
+   ``provisioned`` and gets a real device certificate for a fresh P-256 key,
+   laid out by ``vault.pki`` and signed by the station CA key in the token;
+   with ``--no-certificates`` each is a ``failed`` (at ``program``) event
+   without one. One export file is written with ``EvidenceWriter`` to the
+   auditor's key: the export record, every entry in order, and a checkpoint
+   signed by the station key over the Merkle root of the leaves. It is cached
+   in the work folder (``--reuse DIR`` audits it again without generating).
+2. **audit**: ``vault.audit.audit`` in a child process with the auditor's
+   token key and ``--workers`` worker processes; the wall time of the call,
+   the child's peak RSS (``VmHWM`` of the main process; the workers are
+   forked by a forkserver, not by it). No finding may be ``high`` or worse.
+3. **baseline**: in another child, a bare loop of as many ECDSA P-256
+   verifications as the audit performs (one per manifest, plus one per
+   device certificate) with ``cryptography``, split over as many processes,
+   over real signatures of manifest-sized messages.
+
+It prints the audit's wall time against the baseline's (target <= 1.3) and
+its peak RSS (target <= 1 GiB).
+
+Usage::
+
+    python bench/audit_bench.py --manifests 20000
+    python bench/audit_bench.py --manifests 1000000 --no-certificates --dir /var/tmp
+    python bench/audit_bench.py --reuse /var/tmp/vault-audit-bench-XXXX    # audit the cached export again
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+START = datetime.datetime(2026, 6, 1, 6, 0, 0, tzinfo=datetime.UTC)  # the first manifest's time
+SAMPLES = 4096  # distinct signed messages the baseline cycles through
+
+
+def _env(work: Path) -> None:
+    for line in (work / "softhsm" / "env").read_text().splitlines():
+        name, _, value = line.removeprefix("export ").partition("=")
+        os.environ[name] = value
+
+
+def _peak_rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+# --- setup ---------------------------------------------------------------------------------------
+
+
+def setup(work: Path, n: int) -> dict[str, object]:
+    """Fresh tokens, the ceremonies, and a promoted bundle allocating ``n`` units to station-1."""
+    subprocess.run(["bash", str(ROOT / "softhsm" / "setup.sh"), "--dir", str(work / "softhsm"), "--quiet"], check=True)
+    _env(work)
+    from tests.verify.conftest import World, vault
+    from vault.token import format_uri
+
+    world_dir = work / "world"
+    world_dir.mkdir()
+    world = World(world_dir)
+    description = world_dir / "release-bench.yaml"
+    description.write_text(
+        "product: example-sensor\nversion: 1.4.0\nsecurity_counter: 7\n"
+        "not_before: 2026-01-01T00:00:00Z\nexpires: 2099-01-01T00:00:00Z\n"
+        f"production:\n  total: {n}\n  allocation: {{station-1: {n}}}\n"
+        'images:\n  - name: app.bin\n    path: images/app.bin\n    load_address: "0x08000000"\n'
+        "  - name: config.bin\n    path: images/config.bin\n    partition: config\n"
+    )
+    bundle = world_dir / "release-bench.vbundle"
+    policy = ["--policy", str(world.policy_path), "--root-cert", str(world.root_cert_path)]
+    vault("bundle", "build", str(description), "-o", str(bundle), "--log", str(world.promotions), *policy)
+    for i in (1, 3):
+        vault("bundle", "approve", str(bundle), "--key", world.key(f"approver-{i}", "approver-signing"), *policy)
+    vault("bundle", "promote", str(bundle), "--key", world.key("release", "release-signer"),
+          "--log", str(world.promotions), *policy)  # fmt: skip
+    # Load it once at a station: this checks it and gives the release as a station sees it.
+    with world.station(work / "state") as station:
+        loaded = station.load(bundle, world.policy)
+    return {
+        "bundle": str(bundle),
+        "policy": str(world.policy_path),
+        "root": str(world.root_cert_path),
+        "station_token": format_uri(world.tokens["station-1"]),
+        "auditor_token": format_uri(world.tokens["auditor"]),
+        "release": {
+            "bundle_id": loaded.release.bundle_id,
+            "product": loaded.release.product,
+            "version": loaded.release.version,
+            "security_counter": loaded.release.security_counter,
+            "policy_version": loaded.policy.version,
+            "images": [[i.name, i.sha256] for i in loaded.images],
+        },
+    }
+
+
+# --- generation ----------------------------------------------------------------------------------
+
+
+def _generate_part(job: tuple[dict[str, object], int, int, bool, str]) -> tuple[int, float]:
+    """Units ``lo`` to ``hi - 1`` (1-based) as lines ``envelope\\tcertificate-base64-or-empty``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from vault import pki
+    from vault.crypto import key_id
+    from vault.manifest import ImageRecord, Manifest, sign_manifest
+    from vault.policy import load_policy
+    from vault.token import open_token, parse_uri
+
+    meta, lo, hi, certificates, out = job
+    release = meta["release"]
+    assert isinstance(release, dict)
+    root = x509.load_pem_x509_certificate(Path(str(meta["root"])).read_bytes())
+    policy = load_policy(Path(str(meta["policy"])).read_bytes(), root, now=START, allow_expired=True)
+    issuer_certificate = policy.stations["station-1"].issuing_ca.certificate
+    assert issuer_certificate is not None
+    images = tuple(ImageRecord(name, sha256, None) for name, sha256 in release["images"])
+    started = time.perf_counter()
+    with open_token(parse_uri(str(meta["station_token"]))) as session, open(out, "w") as f:
+        signing = session.key(label="station-signing")
+        ca = session.key(label="station-ca")
+        keys = {"signing": signing.key_id, "issuing_ca": ca.key_id}
+        aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+            issuer_certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        )
+        placeholder = ec.generate_private_key(ec.SECP256R1())
+        ca_not_after = issuer_certificate.not_valid_after_utc
+        for unit in range(lo, hi):
+            sequence = unit - 1
+            when = START + datetime.timedelta(seconds=sequence)
+            hardware_id = os.urandom(16)
+            hwid = hardware_id.hex()
+            serial = f"station-1-{release['bundle_id'][:8]}-{unit:07d}"
+            certificate_b64 = ""
+            if certificates:
+                device_key = ec.generate_private_key(ec.SECP256R1()).public_key()
+                profile = pki.device_profile(serial, hardware_id, 1, not_before=when)
+                profile = pki.with_validity(profile, when, min(when + datetime.timedelta(days=36500), ca_not_after))
+                number = pki.random_serial(os.urandom)
+                builder = pki._builder(
+                    device_key, profile, issuer_certificate.subject, aki, number, when, profile.not_after
+                )
+                draft = builder.sign(placeholder, hashes.SHA256())
+                tbs = draft.tbs_certificate_bytes
+                der = pki._assemble(draft.public_bytes(serialization.Encoding.DER), tbs, ca.sign(tbs))
+                certificate_b64 = base64.b64encode(der).decode()
+                fields = dict(
+                    event="provisioned", images=images, device_key_id=key_id(device_key),
+                    certificate_serial=number.to_bytes(max(1, (number.bit_length() + 7) // 8), "big").hex(),
+                    certificate_sha256=hashlib.sha256(der).hexdigest(), failed_step=None, detail=None,
+                )  # fmt: skip
+            else:
+                fields = dict(
+                    event="failed", images=(), device_key_id=None, certificate_serial=None, certificate_sha256=None,
+                    failed_step="program", detail="program failed: the probe lost contact",
+                )  # fmt: skip
+            manifest = Manifest(
+                id=os.urandom(16).hex(), sequence=sequence, station_id="station-1", operator="operator",
+                fixture=1 + unit % 4, bundle_id=release["bundle_id"], product=release["product"],
+                version=release["version"], security_counter=release["security_counter"],
+                policy_version=release["policy_version"], unit=unit, hardware_id=hwid, serial=serial, label=None,
+                keys=keys, time=when, clock="system", **fields,  # type: ignore[arg-type]
+            )  # fmt: skip
+            envelope = sign_manifest(manifest, signing)
+            f.write(envelope.decode())
+            f.write("\t")
+            f.write(certificate_b64)
+            f.write("\n")
+    return hi - lo, time.perf_counter() - started
+
+
+def generate(work: Path, meta: dict[str, object], n: int, certificates: bool, processes: int) -> float:
+    import multiprocessing
+
+    from cryptography import x509
+
+    from vault import checkpoint as notes
+    from vault import merkle
+    from vault.evidence import EvidenceWriter
+    from vault.formats._json import canonical_json
+    from vault.policy import format_time, load_policy
+    from vault.token import open_token, parse_uri
+    from vault.verify import log_origin
+
+    started = time.perf_counter()
+    bounds = [1 + n * i // processes for i in range(processes + 1)]
+    parts = [str(work / f"part-{i}.lines") for i in range(processes)]
+    jobs = [(meta, bounds[i], bounds[i + 1], certificates, parts[i]) for i in range(processes)]
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        for made, seconds in pool.map(_generate_part, jobs):
+            print(f"  {made} manifests signed in {seconds:.1f} s ({made / seconds:.0f}/s in one process)")
+    root = x509.load_pem_x509_certificate(Path(str(meta["root"])).read_bytes())
+    policy_bytes = Path(str(meta["policy"])).read_bytes()
+    policy = load_policy(policy_bytes, root, now=START, allow_expired=True)
+    assert policy.auditor is not None
+    exports = work / "exports"
+    exports.mkdir(exist_ok=True)
+    created = format_time(START + datetime.timedelta(seconds=n + 60))
+    builder = merkle.TreeBuilder()
+    with EvidenceWriter(
+        exports / "station-1-000001.vault-evidence",
+        recipient=policy.auditor.public_key,
+        station_id="station-1",
+        sequence=1,
+        created=created,
+    ) as writer:
+        writer.add(
+            canonical_json(
+                {
+                    "type": "export",
+                    "station_id": "station-1",
+                    "sequence": 1,
+                    "from": 0,
+                    "to": n,
+                    "created": created,
+                    "previous_checkpoint": None,
+                    "policy": base64.b64encode(policy_bytes).decode(),
+                }
+            )
+        )
+        position = 0
+        for part in parts:
+            with open(part) as f:
+                for line in f:
+                    envelope, _, certificate = line.rstrip("\n").partition("\t")
+                    builder.append(merkle.leaf_hash(envelope.encode()))
+                    writer.add(
+                        canonical_json(
+                            {
+                                "type": "entry",
+                                "sequence": position,
+                                "envelope": envelope,
+                                "certificate": certificate or None,
+                            }
+                        )
+                    )
+                    position += 1
+            os.unlink(part)
+        assert position == n == builder.size
+        origin = log_origin("station-1")
+        with open_token(parse_uri(str(meta["station_token"]))) as session:
+            note = notes.sign_checkpoint(
+                notes.Checkpoint(origin, n, builder.root()), session.key(label="station-signing"), origin
+            )
+        writer.add(canonical_json({"type": "checkpoint", "checkpoint": note.decode(), "consistency": []}))
+        writer.finish()
+    return time.perf_counter() - started
+
+
+# --- the audit, in a child -----------------------------------------------------------------------
+
+
+def child_audit(work: Path, workers: int, profile: bool) -> None:
+    _env(work)
+    from cryptography import x509
+
+    from vault.audit import audit, severity_rank
+    from vault.token import open_token, parse_uri
+
+    meta = json.loads((work / "meta.json").read_text())
+    root = x509.load_pem_x509_certificate(Path(meta["root"]).read_bytes())
+    policy = Path(meta["policy"]).read_bytes()
+    exports = sorted((work / "exports").glob("*.vault-evidence"))
+    with open_token(parse_uri(meta["auditor_token"])) as session:
+        key = session.key(label="auditor-decrypt")
+        profiler = None
+        if profile:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
+        started = time.perf_counter()
+        report = audit(
+            exports, policy=policy, root_certificate=root, bundle_path=meta["bundle"], decapsulator=key,
+            workers=workers,
+        )  # fmt: skip
+        wall = time.perf_counter() - started
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(str(work / "audit.prof"))
+    worst = [f for f in report.findings if severity_rank(f.severity) <= severity_rank("high")]
+    result = {
+        "wall": wall,
+        "rss_kib": _peak_rss_kib(),
+        "manifests": report.manifests,
+        "verified": report.verified,
+        "findings": len(report.findings),
+        "by_code": {f"{f.code} ({f.severity})": f.count for f in report.findings},
+        "high": [f"{f.code} ({f.severity}): {f.message}" for f in worst],
+    }
+    print("RESULT " + json.dumps(result))
+
+
+# --- the baseline, in a child --------------------------------------------------------------------
+
+_samples: list[tuple[bytes, bytes]] = []
+_public = None
+
+
+def _init_baseline(public_der: bytes, samples: list[tuple[bytes, bytes]]) -> None:
+    global _samples, _public
+    from cryptography.hazmat.primitives import serialization
+
+    _public = serialization.load_der_public_key(public_der)
+    _samples = samples
+
+
+def _verify_loop(count: int) -> int:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    assert _public is not None
+    algorithm = ec.ECDSA(hashes.SHA256())
+    verify = _public.verify  # type: ignore[union-attr]
+    samples = _samples
+    size = len(samples)
+    for i in range(count):
+        message, signature = samples[i % size]
+        verify(signature, message, algorithm)
+    return count
+
+
+def child_baseline(verifications: int, processes: int) -> None:
+    import multiprocessing
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    algorithm = ec.ECDSA(hashes.SHA256())
+    samples = []
+    for _ in range(SAMPLES):
+        message = base64.b64encode(os.urandom(1500))  # about a manifest's PAE
+        samples.append((message, key.sign(message, algorithm)))
+    public_der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    shares = [verifications * (i + 1) // processes - verifications * i // processes for i in range(processes)]
+    with multiprocessing.get_context("spawn").Pool(processes, _init_baseline, (public_der, samples)) as pool:
+        pool.map(_verify_loop, [1] * processes)  # start-up, not timed
+        started = time.perf_counter()
+        done = sum(pool.map(_verify_loop, shares))
+        wall = time.perf_counter() - started
+    assert done == verifications
+    print("RESULT " + json.dumps({"wall": wall}))
+
+
+def _child(*argv: str) -> dict[str, object]:
+    run = subprocess.run([sys.executable, __file__, *argv], check=True, capture_output=True, text=True)
+    line = next(x for x in run.stdout.splitlines() if x.startswith("RESULT "))
+    return json.loads(line.removeprefix("RESULT "))
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--manifests", type=int, default=20000)
+    parser.add_argument(
+        "--certificates",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="provisioned units with real device certificates (default) or failed units without",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="audit workers, generation and baseline processes")
+    parser.add_argument("--dir", type=Path, default=None, help="where to work (default: a temporary folder)")
+    parser.add_argument("--reuse", type=Path, default=None, help="a work folder of an earlier run: audit it again")
+    parser.add_argument("--profile", action="store_true", help="cProfile the audit's main process (audit.prof)")
+    parser.add_argument("--child-audit", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--child-baseline", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child_audit is not None:
+        return child_audit(args.child_audit, args.workers, args.profile)
+    if args.child_baseline is not None:
+        return child_baseline(args.child_baseline, args.workers)
+
+    if args.reuse is not None:
+        work = args.reuse.resolve()
+        _env(work)
+        meta = json.loads((work / "meta.json").read_text())
+        n, certificates, generation = meta["manifests"], meta["certificates"], meta["generation"]
+        print(f"reusing {work}: {n} manifests, certificates {'on' if certificates else 'off'}")
+    else:
+        n, certificates = args.manifests, args.certificates
+        work = Path(tempfile.mkdtemp(prefix="vault-audit-bench-", dir=args.dir))
+        print(f"setting up: ceremonies, two stations, a promoted bundle of {n} units in {work}")
+        t0 = time.perf_counter()
+        meta = setup(work, n)
+        print(f"  setup {time.perf_counter() - t0:.1f} s")
+        print(f"generating {n} manifests ({'with' if certificates else 'without'} device certificates)")
+        generation = generate(work, meta, n, certificates, args.workers)
+        meta.update(manifests=n, certificates=certificates, generation=generation)
+        (work / "meta.json").write_text(json.dumps(meta, indent=1))
+
+    size = sum(p.stat().st_size for p in (work / "exports").glob("*.vault-evidence"))
+    print(f"auditing ({size / 2**20:.0f} MiB export, {args.workers} workers)")
+    child = ["--child-audit", str(work), "--workers", str(args.workers)] + (["--profile"] if args.profile else [])
+    audited = _child(*child)
+    verifications = n * (2 if certificates else 1)
+    print(f"baseline: {verifications} ECDSA P-256 verifications in {args.workers} processes")
+    base = _child("--child-baseline", str(verifications), "--workers", str(args.workers))
+
+    audit_wall, base_wall = float(audited["wall"]), float(base["wall"])  # type: ignore[arg-type]
+    rss = int(audited["rss_kib"]) / 1024  # type: ignore[call-overload]
+    print(
+        f"manifests    {n} ({'provisioned, with device certificates' if certificates else 'failed, no certificates'})"
+    )
+    print(f"generation   {generation:8.1f} s")
+    print(f"audit        {audit_wall:8.1f} s  ({n / audit_wall:.0f} manifests/s, {audited['verified']} verified)")
+    print(f"baseline     {base_wall:8.1f} s  ({verifications} verifications, {verifications / base_wall:.0f}/s)")
+    print(f"ratio        {audit_wall / base_wall:8.2f}    (target <= 1.3)")
+    print(f"peak RSS     {rss:8.1f} MiB (the audit's main process; target <= 1024)")
+    print(f"findings     {audited['findings']}: {audited['by_code']}")
+    print(f"work folder  {work}  (--reuse it to audit again)")
+    if audited["high"]:
+        raise SystemExit(f"findings at or above high: {audited['high']}")
+
+
+if __name__ == "__main__":
+    main()

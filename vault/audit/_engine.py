@@ -1,0 +1,1024 @@
+"""The audit itself: read every export in order, fan the chunks out to workers, keep each log's state.
+
+Memory stays bounded whatever the exports hold: the main process keeps per
+station a Merkle frontier (at most 64 hashes per export boundary), the last
+time seen and counters; per export at most a window of chunks in flight;
+findings are grouped and capped (:mod:`vault.audit._findings`); every
+identity goes to an on-disk index (:mod:`vault.audit._index`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import multiprocessing
+import os
+import tempfile
+import time as _time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+from cryptography import x509
+
+from vault import merkle
+from vault.audit._findings import MAX_EVIDENCE, Evidence, Findings
+from vault.audit._index import Index
+from vault.audit._report import (
+    BundleSummary,
+    ExportSummary,
+    Quality,
+    Reconciliation,
+    Report,
+    StationReport,
+)
+from vault.audit._worker import (
+    ChunkResult,
+    Context,
+    StationKeys,
+    _epoch,
+    counters_add,
+    init_worker,
+    process_chunk,
+)
+from vault.checkpoint import Checkpoint, open_checkpoint, parse_checkpoint_unverified
+from vault.container import BundleReader
+from vault.crypto import key_id, spki_der
+from vault.errors import (
+    DecryptionError,
+    FormatError,
+    InputError,
+    LogError,
+    SignatureError,
+    VaultError,
+    VerificationError,
+)
+from vault.evidence import EvidenceReader
+from vault.formats import Envelope, Statement
+from vault.hpke import Decapsulator
+from vault.policy import Station as EnrolledStation
+from vault.policy import TrustPolicy, format_time, load_policy
+from vault.release import MAX_ENVELOPE_SIZE, Release, approvals_of, open_release, parse_release
+from vault.verify import log_origin
+
+__all__ = ["AuditProgress", "audit"]
+
+JUMP_SECONDS = 30 * 24 * 3600
+"""A forward step between consecutive entries of one log longer than this is a time-jump finding."""
+
+_COUNTER_KEYS = 256  # distinct failed steps and weeks kept per station before "other"
+_INFO_CODES = frozenset(
+    {"label-mismatch", "break-glass", "unit-failed", "unit-interrupted", "unit-scrapped", "unit-reworked"}
+)
+
+
+@dataclass(frozen=True)
+class AuditProgress:
+    """How far an audit is: bytes of the exports read and manifests checked so far."""
+
+    bytes_done: int
+    bytes_total: int
+    manifests: int
+
+
+# --- inputs ------------------------------------------------------------------------------------
+
+
+def _load_bundle(path: Path, policy: TrustPolicy, now: datetime, findings: Findings) -> tuple[Release, BundleSummary]:
+    with BundleReader(path) as reader:
+        envelope_bytes, header_bytes, header_id = reader.envelope_bytes, reader.header_bytes, reader.header.bundle_id
+    try:
+        release, approvals = open_release(envelope_bytes, header_bytes, policy, now=now, check_window=False)
+        promoted = True
+    except VerificationError as e:
+        envelope = Envelope.from_json(envelope_bytes, max_size=MAX_ENVELOPE_SIZE, what="release envelope")
+        release = parse_release(Statement.from_bytes(envelope.payload, what="release statement"))
+        approvals = approvals_of(envelope, policy)
+        promoted = False
+        findings.add(
+            "bundle-not-promoted",
+            f"bundle {release.bundle_id} ({release.product} {release.version}) does not verify as promoted "
+            f"under trust policy v{policy.version}: {e}",
+        )
+    if release.bundle_id != header_id:
+        raise FormatError(f"{path}: the release statement names another bundle id than the bundle's header")
+    summary = BundleSummary(
+        bundle_id=release.bundle_id,
+        product=release.product,
+        version=release.version,
+        security_counter=release.security_counter,
+        not_before=format_time(release.not_before),
+        expires=format_time(release.expires),
+        total=release.total,
+        allocation=dict(release.allocation),
+        images=tuple((i.name, i.sha256) for i in release.images),
+        promoted=promoted and approvals.promoted,
+        approvers=approvals.approvers,
+        threshold=approvals.threshold,
+        statement_sha256=release.statement_sha256,
+    )
+    return release, summary
+
+
+@dataclass
+class _Export:
+    number: int
+    path: Path
+    name: str  # as shown in findings: the path as given
+    station_id: str
+    sequence: int
+    export_id: str
+    created: str
+    size: int
+    header_sha256: bytes
+    data_key: bytes | None = None
+    status: str = "verified"
+
+
+def _open_exports(
+    paths: Sequence[str | os.PathLike[str]], decapsulator: Decapsulator, findings: Findings
+) -> list[_Export]:
+    auditor = key_id(decapsulator.public_key)
+    exports: list[_Export] = []
+    seen_paths: set[Path] = set()
+    seen_ids: dict[str, _Export] = {}
+    for given in paths:
+        path = Path(given)
+        resolved = path.resolve()
+        if resolved in seen_paths:
+            continue
+        seen_paths.add(resolved)
+        with EvidenceReader(path) as reader:
+            header = reader.header
+            if header.recipient_key_id != auditor:
+                raise DecryptionError(
+                    f"{path} is sealed to key {header.recipient_key_id[:16]}, not to this auditor key "
+                    f"({auditor[:16]}): use the token the exports were written for"
+                )
+            export = _Export(
+                len(exports),
+                path,
+                str(given),
+                header.station_id,
+                header.sequence,
+                header.export_id,
+                header.created,
+                reader.size,
+                header.header_sha256,
+            )
+            exports.append(export)
+            if header.export_id in seen_ids:
+                export.status = "duplicate"
+                continue
+            seen_ids[header.export_id] = export
+            try:
+                export.data_key = reader.open(decapsulator)
+            except DecryptionError as e:
+                export.status = "invalid"
+                findings.add(
+                    "export-invalid",
+                    f"{export.path.name}: the data key does not open: {e}",
+                    stations=[export.station_id],
+                    evidence=[Evidence(export.name, export.station_id)],
+                )
+    exports.sort(key=lambda e: (e.station_id, e.sequence, e.number))
+    return exports
+
+
+# --- one station's log -------------------------------------------------------------------------
+
+
+@dataclass
+class _Log:
+    """What the audit knows of one station's log so far: bounded by the number of exports."""
+
+    station_id: str
+    number: int
+    enrolled: EnrolledStation | None
+    snapshots: dict[int, tuple[bytes, ...]] = field(default_factory=lambda: {0: ()})  # size -> frontier
+    roots: dict[int, tuple[bytes, str]] = field(default_factory=lambda: {0: (merkle.EMPTY_ROOT, "")})
+    sequences: dict[int, str] = field(default_factory=dict)  # export sequence -> export file
+    head_sequence: int | None = None
+    head_size: int | None = None
+    last_time: tuple[str, int, int] | None = None  # (time, epoch, position) of the last verified entry
+    exports: int = 0
+    manifests: int = 0
+    verified: int = 0
+    size: int | None = None
+    root: bytes | None = None
+    events: dict[str, int] = field(default_factory=dict)
+    failed_steps: dict[str, int] = field(default_factory=dict)
+    weeks: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Run:
+    """One export being read: its place in the log and the tree over its entries."""
+
+    export: _Export
+    log: _Log
+    branch: bool = False  # a second export with a sequence already seen: checked, but not followed
+    head: dict[str, Any] | None = None
+    start: int = 0
+    end: int = 0
+    expected: int = 0
+    builder: merkle.TreeBuilder | None = None
+    spool: IO[bytes] | None = None  # leaf hashes, until the proof gives the frontier to start from
+    entries: int = 0
+    broken: str | None = None
+    gap: bool = False
+    disordered: bool = False
+    tail: dict[str, Any] | None = None
+    last_time: tuple[str, int, int] | None = None
+    root: bytes | None = None
+
+
+def _frontier_from_proof(size_old: int, size_new: int, root_old: bytes, proof: Sequence[bytes]) -> tuple[bytes, ...]:
+    """The frontier of the old tree, read from a consistency proof that has been verified.
+
+    Verifying an RFC 9162 consistency proof folds the old tree's complete
+    subtrees, right to left, into its root; those are exactly the frontier,
+    so an export's entries can be hashed onto it without the earlier entries.
+
+    Raises:
+        LogError: the proof does not yield a frontier that hashes to ``root_old``.
+    """
+    if size_old == 0:
+        return ()
+    path = [root_old, *proof] if size_old & (size_old - 1) == 0 else list(proof)
+    fn, sn = size_old - 1, size_new - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    nodes = [path[0]]
+    for c in path[1:]:
+        if sn == 0:
+            break
+        if fn & 1 or fn == sn:
+            nodes.append(c)
+            while not fn & 1 and fn:
+                fn >>= 1
+                sn >>= 1
+        fn >>= 1
+        sn >>= 1
+    frontier = tuple(reversed(nodes))
+    try:
+        if merkle.TreeBuilder.from_frontier(size_old, frontier).root() != root_old:
+            raise LogError("the consistency proof does not give the old tree's frontier")
+    except FormatError as e:
+        raise LogError(f"the consistency proof does not give the old tree's frontier: {e}") from e
+    return frontier
+
+
+# --- the audit ---------------------------------------------------------------------------------
+
+
+class _Audit:
+    def __init__(
+        self,
+        policy: TrustPolicy,
+        release: Release,
+        findings: Findings,
+        index: Index,
+        progress: Callable[[AuditProgress], None] | None,
+        total_bytes: int,
+    ) -> None:
+        self.policy = policy
+        self.release = release
+        self.findings = findings
+        self.index = index
+        self.progress = progress
+        self.total_bytes = total_bytes
+        self.bytes_done = 0
+        self.manifests = 0
+        self.logs: dict[str, _Log] = {}
+        self.summaries: list[ExportSummary] = []
+        self.runs: dict[int, _Run] = {}
+
+    def log(self, station_id: str) -> _Log:
+        log = self.logs.get(station_id)
+        if log is None:
+            log = self.logs[station_id] = _Log(station_id, len(self.logs), self.policy.stations.get(station_id))
+        return log
+
+    # --- findings helpers ----------------------------------------------------------------------
+
+    def finding(
+        self, code: str, run: _Run, message: str, *, position: int | None = None, key: tuple[str, ...] = ()
+    ) -> None:
+        export = run.export
+        self.findings.add(
+            code,
+            f"{export.station_id}: {message} ({export.path.name})",
+            key=key or (export.name,),
+            stations=[export.station_id],
+            evidence=[Evidence(export.name, export.station_id, position)],
+        )
+
+    # --- running -------------------------------------------------------------------------------
+
+    def run(self, exports: list[_Export], context: Context, workers: int) -> None:
+        pool = None
+        if workers > 1:
+            method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+            pool = multiprocessing.get_context(method).Pool(workers, initializer=init_worker, initargs=(context,))
+        else:
+            init_worker(context)
+        window = max(2, 3 * workers)
+        pending: deque[tuple[str, Any]] = deque()
+        in_flight = 0
+        try:
+            for export in exports:
+                pending.append(("begin", export))
+                error: str | None = None
+                if export.status in ("verified", "unknown-station") and export.data_key is not None:
+                    try:
+                        with EvidenceReader(export.path) as reader:
+                            for chunk in reader.raw_chunks():
+                                task = (export.number, export.station_id, export.data_key, export.header_sha256, chunk)
+                                if pool is None:
+                                    pending.append(("chunk", process_chunk(task)))
+                                else:
+                                    pending.append(("chunk", pool.apply_async(process_chunk, (task,))))
+                                in_flight += 1
+                                while in_flight >= window:
+                                    in_flight -= self._drain(pending, until_chunk=True)
+                    except VaultError as e:
+                        error = str(e)
+                pending.append(("end", (export, error)))
+            while pending:
+                self._drain(pending, until_chunk=False)
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+
+    def _drain(self, pending: deque[tuple[str, Any]], *, until_chunk: bool) -> int:
+        """Handle items from the left until one chunk was handled (or the queue is empty)."""
+        while pending:
+            kind, item = pending.popleft()
+            if kind == "begin":
+                self.begin(item)
+            elif kind == "end":
+                self.end(*item)
+            else:
+                result = item if isinstance(item, ChunkResult) else item.get()
+                self.chunk(result)
+                if until_chunk:
+                    return 1
+        return 0
+
+    # --- one export ----------------------------------------------------------------------------
+
+    def begin(self, export: _Export) -> None:
+        log = self.log(export.station_id)
+        log.exports += 1
+        self.runs[export.number] = _Run(export, log)
+        if export.status == "unknown-station":
+            self.findings.add(
+                "unknown-station",
+                f"{export.path.name}: station {export.station_id!r} is not enrolled in trust policy "
+                f"v{self.policy.version}; "
+                "nothing in the export can be verified",
+                stations=[export.station_id],
+                evidence=[Evidence(export.name, export.station_id)],
+            )
+
+    def chunk(self, result: ChunkResult) -> None:
+        run = self.runs[result.export]
+        export = run.export
+        self.bytes_done += result.size
+        if run.broken is not None or export.status != "verified":
+            run.entries += result.count
+            run.log.manifests += result.count
+            self.manifests += result.count
+            return
+        if result.error is not None:
+            run.broken = f"chunk {result.index}: {result.error}"
+            return
+        if result.misplaced:
+            run.broken = "; ".join(result.misplaced[:3])
+        if result.index == 0:
+            if result.head is None:
+                run.broken = run.broken or "it does not start with an export record"
+            else:
+                self.start(run, result.head)
+        if result.last:
+            run.tail = result.tail
+            if result.tail is None:
+                run.broken = run.broken or "it does not end with a checkpoint record"
+        self.entries(run, result)
+
+    def start(self, run: _Run, head: dict[str, Any]) -> None:
+        export, log = run.export, run.log
+        fields = {"type", "station_id", "sequence", "from", "to", "created", "previous_checkpoint", "policy"}
+        if set(head) != fields:
+            run.broken = "its export record does not have exactly the fields " + ", ".join(sorted(fields))
+            return
+        start, end = head["from"], head["to"]
+        if type(start) is not int or type(end) is not int or not 0 <= start <= end:
+            run.broken = "its export record's from and to are not a range of log positions"
+            return
+        if head["station_id"] != export.station_id or head["sequence"] != export.sequence:
+            run.broken = "its export record names another station or sequence than its header"
+            return
+        if head["previous_checkpoint"] is not None and not isinstance(head["previous_checkpoint"], str):
+            run.broken = "its previous checkpoint is not text"
+            return
+        run.head, run.start, run.end, run.expected = head, start, end, start
+        other = log.sequences.get(export.sequence)
+        if other is not None:
+            run.branch = True
+            self.finding(
+                "log-forked",
+                run,
+                f"export {export.sequence} exists twice, as {Path(other).name} and as this file, with other contents",
+            )
+        else:
+            if log.head_sequence is not None and export.sequence > log.head_sequence + 1:
+                missing = f"{log.head_sequence + 1}" + (
+                    f" to {export.sequence - 1}" if export.sequence - 1 > log.head_sequence + 1 else ""
+                )
+                self.finding("log-gap", run, f"export {missing} is missing before export {export.sequence}")
+            elif log.head_size is not None and start > log.head_size:
+                self.finding(
+                    "log-gap", run, f"entries {log.head_size} to {start - 1} were never exported", position=start
+                )
+            elif log.head_size is not None and start < log.head_size:
+                self.finding(
+                    "log-forked",
+                    run,
+                    f"export {export.sequence} starts at entry {start}, inside export {log.head_sequence} "
+                    f"(which ended at {log.head_size})",
+                    position=start,
+                )
+            log.sequences[export.sequence] = export.name
+        frontier = log.snapshots.get(start)
+        if frontier is not None:
+            run.builder = merkle.TreeBuilder.from_frontier(start, frontier)
+        else:
+            run.spool = tempfile.TemporaryFile()
+        if not run.branch:
+            run.last_time = log.last_time
+
+    def entries(self, run: _Run, result: ChunkResult) -> None:
+        export, log = run.export, run.log
+        count = result.count
+        run.entries += count
+        log.manifests += count
+        log.verified += result.verified
+        self.manifests += count
+        if count:
+            seqs = result.seqs
+            if seqs is None:
+                self.position(run, result.first_seq or 0, count)
+            else:
+                for s in seqs:
+                    self.position(run, s, 1)
+            if run.builder is not None:
+                leaves = result.leaves
+                run.builder.extend([leaves[i : i + 32] for i in range(0, len(leaves), 32)])
+            elif run.spool is not None:
+                run.spool.write(result.leaves)
+        # time across chunk and export boundaries (inside a chunk the worker checked it)
+        if result.first_time is not None:
+            first, position = result.first_time
+            previous = run.last_time
+            if previous is not None:
+                if first < previous[0]:
+                    self.issue(
+                        run,
+                        ("time-regression", position, None, None, None, f"{first} is earlier than {previous[0]}"),
+                    )
+                elif _epoch(first) - previous[1] > JUMP_SECONDS:
+                    self.issue(run, ("time-jump", position, None, None, None, f"{first} follows {previous[0]}"))
+        if result.last_time is not None:
+            last, position = result.last_time
+            run.last_time = (last, _epoch(last), position)
+        for issue in result.issues:
+            self.issue(run, issue)
+        if result.rows:
+            self.index.add(log.number, export.number, result.rows)
+        counters_add(log.events, result.events, len(result.events) + len(log.events))
+        counters_add(log.failed_steps, result.failed_steps, _COUNTER_KEYS)
+        counters_add(log.weeks, result.weeks, _COUNTER_KEYS * 4)
+        if self.progress is not None:
+            self.progress(AuditProgress(min(self.bytes_done, self.total_bytes), self.total_bytes, self.manifests))
+
+    def position(self, run: _Run, first: int, count: int) -> None:
+        expected = run.expected
+        if first > expected:
+            run.gap = True
+            last = first - 1
+            shown = f"entry {expected}" if last == expected else f"entries {expected} to {last}"
+            self.finding(
+                "log-gap",
+                run,
+                f"{shown} of export {run.export.sequence} are missing (deleted)",
+                position=expected,
+                key=("gap", run.export.name),
+            )
+        elif first < expected:
+            run.disordered = True
+            self.finding(
+                "manifest-replayed",
+                run,
+                f"entry {first} appears again after entry {expected - 1}",
+                position=first,
+                key=("position", run.export.name),
+            )
+        run.expected = max(expected, first + count)
+
+    def issue(self, run: _Run, issue: tuple[str, int, str | None, str | None, str | None, str]) -> None:
+        code, position, manifest_id, hwid, serial, detail = issue
+        export = run.export
+        station = export.station_id
+        if code in _INFO_CODES:
+            key: tuple[str, ...] = (station,)
+            where = ""
+        else:
+            key = (station, export.name)
+            where = f" in {export.path.name}"
+        what = {
+            "signature-invalid": "manifest signatures that do not verify",
+            "unknown-station": "manifests not from the station's enrolled keys",
+            "manifest-malformed": "signed manifests that are malformed",
+            "manifest-replayed": "manifests at the wrong log position",
+            "certificate-invalid": "device certificates that do not hold",
+            "image-not-allowed": "images programmed that the release does not allow",
+            "bundle-mismatch": "manifests for another bundle",
+            "time-regression": "entries earlier than the entry before them",
+            "time-outside-window": "manifests outside the release's validity window",
+            "time-jump": "implausible jumps forward in time",
+            "label-mismatch": "label mismatches",
+            "break-glass": "break-glass overrides",
+            "unit-failed": "units that failed",
+            "unit-interrupted": "units interrupted by a station stop",
+            "unit-scrapped": "devices scrapped",
+            "unit-reworked": "devices reworked",
+        }.get(code, code)
+        first = f"position {position}" + (f", serial {serial}" if serial else "")
+        self.findings.add(
+            code,
+            f"{station}: {what}{where}; first at {first}: {detail}",
+            key=key,
+            stations=[station],
+            serials=[serial],
+            hardware_ids=[hwid],
+            evidence=[Evidence(export.name, station, position, manifest_id)],
+        )
+
+    def end(self, export: _Export, read_error: str | None) -> None:
+        run = self.runs.pop(export.number)
+        try:
+            self._end(run, read_error)
+        finally:
+            if run.spool is not None:
+                run.spool.close()
+        self.summaries.append(
+            ExportSummary(
+                export.name,
+                export.station_id,
+                export.sequence,
+                export.export_id,
+                export.created,
+                run.start if run.head else None,
+                run.end if run.head else None,
+                run.entries,
+                None if run.root is None else run.root.hex(),
+                export.status,
+            )
+        )
+
+    def _end(self, run: _Run, read_error: str | None) -> None:
+        export, log = run.export, run.log
+        if export.status != "verified":
+            return
+        if read_error is not None:
+            run.broken = run.broken or read_error
+        if run.broken is not None:
+            export.status = "invalid"
+            self.finding("export-invalid", run, f"export {export.sequence} is not intact: {run.broken}")
+            if not run.branch:
+                log.head_sequence, log.head_size, log.last_time = export.sequence, None, None
+            return
+        assert run.head is not None and run.tail is not None and log.enrolled is not None
+        tail = run.tail
+        origin = log_origin(export.station_id)
+        key = log.enrolled.signing.public_key
+        if set(tail) != {"type", "checkpoint", "consistency"} or not isinstance(tail["checkpoint"], str):
+            return self._invalid(run, "its checkpoint record is malformed")
+        proof_text = tail["consistency"]
+        if not isinstance(proof_text, list) or len(proof_text) > merkle.MAX_PROOF_HASHES:
+            return self._invalid(run, "its consistency proof is not a list of hashes")
+        try:
+            proof = [base64.b64decode(h, validate=True) for h in proof_text]
+        except (binascii.Error, ValueError, TypeError):
+            return self._invalid(run, "its consistency proof is not base64")
+        checkpoint, trusted = self._checkpoint(run, tail["checkpoint"], key, origin, "checkpoint")
+        if checkpoint is None:
+            return None
+        run.root = checkpoint.root
+        if checkpoint.size != run.end:
+            return self._invalid(run, f"its checkpoint signs size {checkpoint.size}, the export ends at {run.end}")
+        previous_note = run.head["previous_checkpoint"]
+        previous_trusted = True
+        if previous_note is None:
+            previous: Checkpoint | None = Checkpoint(origin, 0, merkle.EMPTY_ROOT)
+            if run.start != 0:
+                self.finding(
+                    "consistency-proof-invalid",
+                    run,
+                    f"export {export.sequence} starts at entry {run.start} without a previous checkpoint",
+                )
+                previous = None
+        else:
+            previous, previous_trusted = self._checkpoint(run, previous_note, key, origin, "previous checkpoint")
+            if previous is not None and previous.size != run.start:
+                self.finding(
+                    "consistency-proof-invalid",
+                    run,
+                    f"its previous checkpoint has size {previous.size}, the export starts at {run.start}",
+                )
+                previous = None
+        consistent = False
+        if previous is not None:
+            known = log.roots.get(previous.size)
+            if previous_trusted and known is not None and known[0] != previous.root:
+                self.finding(
+                    "log-forked",
+                    run,
+                    f"its previous checkpoint (size {previous.size}) is not the one "
+                    f"{Path(known[1]).name if known[1] else 'the empty log'} signed",
+                )
+            try:
+                merkle.verify_consistency(previous.size, checkpoint.size, previous.root, checkpoint.root, proof)
+                consistent = True
+            except (LogError, FormatError) as e:
+                self.finding(
+                    "consistency-proof-invalid",
+                    run,
+                    f"export {export.sequence} is not proven to extend size {previous.size}: {e}",
+                )
+        known = log.roots.get(checkpoint.size)
+        if trusted and known is not None and known[0] != checkpoint.root and known[1] != export.name:
+            self.finding(
+                "log-forked",
+                run,
+                f"its checkpoint and {Path(known[1]).name}'s sign different roots for the same size {checkpoint.size}",
+            )
+        # recompute the root over the entries
+        builder = run.builder
+        if builder is None and run.spool is not None and consistent and previous_trusted and previous is not None:
+            try:
+                frontier = _frontier_from_proof(previous.size, checkpoint.size, previous.root, proof)
+            except LogError:
+                frontier = None
+            if frontier is not None:
+                builder = merkle.TreeBuilder.from_frontier(previous.size, frontier)
+                run.spool.seek(0)
+                while block := run.spool.read(32 * 4096):
+                    builder.extend([block[i : i + 32] for i in range(0, len(block), 32)])
+        recomputed = False
+        if builder is not None and not run.gap and not run.disordered:
+            if builder.size < checkpoint.size:
+                self.finding(
+                    "log-gap",
+                    run,
+                    f"export {export.sequence} holds {builder.size - run.start} entries, its checkpoint signs "
+                    f"{checkpoint.size - run.start}",
+                    position=builder.size,
+                )
+            elif builder.size > checkpoint.size or builder.root() != checkpoint.root:
+                self.finding(
+                    "log-rewritten",
+                    run,
+                    f"the {builder.size - run.start} entries of export {export.sequence} do not hash to its "
+                    f"signed checkpoint (size {checkpoint.size}, root {checkpoint.root.hex()[:16]})",
+                )
+            else:
+                recomputed = True
+        if run.branch:
+            return None
+        log.head_sequence, log.head_size = export.sequence, checkpoint.size
+        log.size, log.root = checkpoint.size, checkpoint.root
+        log.last_time = run.last_time
+        if recomputed and builder is not None:
+            log.snapshots[checkpoint.size] = builder.frontier
+        if trusted:
+            log.roots.setdefault(checkpoint.size, (checkpoint.root, export.name))
+        return None
+
+    def _invalid(self, run: _Run, why: str) -> None:
+        run.broken = why
+        run.export.status = "invalid"
+        self.finding("export-invalid", run, f"export {run.export.sequence} is not intact: {why}")
+        if not run.branch:
+            run.log.head_sequence, run.log.head_size = run.export.sequence, None
+
+    def _checkpoint(
+        self, run: _Run, note_text: str, key: Any, origin: str, what: str
+    ) -> tuple[Checkpoint | None, bool]:
+        """The checkpoint in a note and whether its signature holds; None after an export-invalid finding."""
+        try:
+            note = note_text.encode("utf-8")
+        except UnicodeEncodeError:
+            self._invalid(run, f"its {what} is not UTF-8")
+            return None, False
+        try:
+            return open_checkpoint(note, key, origin, origin=origin), True
+        except SignatureError as e:
+            self.finding("checkpoint-signature-invalid", run, f"its {what} does not verify: {e}")
+        except (FormatError, InputError, LogError) as e:
+            self._invalid(run, f"its {what} is not valid: {e}")
+            return None, False
+        try:
+            return parse_checkpoint_unverified(note), False
+        except FormatError as e:
+            self._invalid(run, f"its {what} is not valid: {e}")
+            return None, False
+
+    # --- after the last export -----------------------------------------------------------------
+
+    def identities(self, export_names: dict[int, str]) -> None:
+        """The cross-station questions, answered from the index."""
+        index, findings = self.index, self.findings
+        stations = {log.number: log.station_id for log in self.logs.values()}
+
+        def evidence(column: str, value: str) -> tuple[list[Evidence], set[str], set[str], set[str]]:
+            rows = index.rows_where(column, value, MAX_EVIDENCE)
+            items = [Evidence(export_names.get(e), stations.get(s), p, m) for s, e, p, m, _, _, _ in rows]
+            return (
+                items,
+                {stations[s] for s, *_ in rows},
+                {r[6] for r in rows if r[6] is not None},
+                {r[5] for r in rows},
+            )
+
+        limit = 200
+        for manifest_id, places in index.replayed_ids(limit):
+            items, where, serials, hwids = evidence("manifest_id", manifest_id)
+            findings.add(
+                "manifest-replayed",
+                f"manifest {manifest_id} appears at {places} log positions",
+                stations=sorted(where),
+                serials=sorted(serials),
+                hardware_ids=sorted(hwids),
+                evidence=items,
+            )
+        for hwid, count in index.twice_provisioned(limit):
+            items, where, serials, _ = evidence("hardware_id", hwid)
+            findings.add(
+                "duplicate-hardware-id",
+                f"hardware id {hwid} was provisioned {count} times without a rework (clone or ghost)",
+                stations=sorted(where),
+                serials=sorted(serials),
+                hardware_ids=[hwid],
+                evidence=items,
+            )
+        for hwid, count in index.two_keys(limit):
+            items, where, serials, _ = evidence("hardware_id", hwid)
+            findings.add(
+                "duplicate-hardware-id",
+                f"hardware id {hwid} holds {count} different device keys (clone)",
+                stations=sorted(where),
+                serials=sorted(serials),
+                hardware_ids=[hwid],
+                evidence=items,
+            )
+        for serial, count in index.shared("serial", limit):
+            items, where, _, hwids = evidence("serial", serial)
+            findings.add(
+                "duplicate-serial",
+                f"serial {serial!r} is on {count} devices",
+                stations=sorted(where),
+                serials=[serial],
+                hardware_ids=sorted(hwids),
+                evidence=items,
+            )
+        for device_key, count in index.shared("device_key_id", limit):
+            items, where, serials, hwids = evidence("device_key_id", device_key)
+            findings.add(
+                "device-key-reused",
+                f"device key {device_key[:16]} is on {count} devices",
+                stations=sorted(where),
+                serials=sorted(serials),
+                hardware_ids=sorted(hwids),
+                evidence=items,
+            )
+        for (hwid,) in index.reworked_unknown(limit):
+            items, where, serials, _ = evidence("hardware_id", hwid)
+            findings.add(
+                "rework-unknown-device",
+                f"device {hwid} was reworked but no manifest in the evidence shows it provisioned",
+                stations=sorted(where),
+                serials=sorted(serials),
+                hardware_ids=[hwid],
+                evidence=items,
+            )
+
+    def station_reports(self) -> tuple[list[StationReport], Reconciliation, Quality]:
+        units = self.index.units()
+        first_pass = self.index.first_pass()
+        reports = []
+        allocation = self.release.allocation
+        total_failures: dict[str, int] = {}
+        total_weeks: dict[str, int] = {}
+        for log in sorted(self.logs.values(), key=lambda lg: lg.station_id):
+            u = units.get(log.number, {})
+            events = log.events
+            reconciliation = Reconciliation(
+                allocation=allocation.get(log.station_id, 0),
+                reserved=u.get("reserved", 0),
+                provisioned=u.get("provisioned_devices", 0),
+                reworked=events.get("rework", 0),
+                failed=events.get("failed", 0),
+                scrapped=events.get("scrap", 0),
+                label_mismatch=events.get("label-mismatch", 0),
+                break_glass=events.get("break-glass", 0),
+                units_provisioned=u.get("final:provisioned", 0) + u.get("final:rework", 0),
+                units_failed=u.get("final:failed", 0),
+                units_scrapped=u.get("final:scrap", 0),
+                units_open=sum(v for k, v in u.items() if k.startswith("final:"))
+                - u.get("final:provisioned", 0)
+                - u.get("final:rework", 0)
+                - u.get("final:failed", 0)
+                - u.get("final:scrap", 0),
+                highest_unit=u.get("max_unit", 0),
+            )
+            attempted, first = first_pass.get(log.number, (0, 0))
+            quality = Quality.of(attempted, first, log.failed_steps, log.weeks)
+            counters_add(total_failures, log.failed_steps, _COUNTER_KEYS)
+            counters_add(total_weeks, log.weeks, _COUNTER_KEYS * 4)
+            reports.append(
+                StationReport(
+                    log.station_id,
+                    log.enrolled is not None,
+                    log.exports,
+                    log.manifests,
+                    log.verified,
+                    log.size,
+                    None if log.root is None else log.root.hex(),
+                    dict(events),
+                    reconciliation,
+                    quality,
+                )
+            )
+            self.allocation_findings(log.station_id, reconciliation)
+        totals = Reconciliation.sum([r.reconciliation for r in reports], self.release.total)
+        attempted = sum(r.quality.attempted for r in reports)
+        first = sum(r.quality.first_pass for r in reports)
+        if totals.provisioned > self.release.total or totals.reserved > self.release.total:
+            self.findings.add(
+                "over-production",
+                f"the stations provisioned {totals.provisioned} devices and reserved {totals.reserved} units; "
+                f"the release authorises {self.release.total} in total",
+                stations=[r.station_id for r in reports if r.reconciliation.reserved],
+                count=max(totals.provisioned, totals.reserved) - self.release.total,
+            )
+        return reports, totals, Quality.of(attempted, first, total_failures, total_weeks)
+
+    def allocation_findings(self, station_id: str, r: Reconciliation) -> None:
+        over = max(r.provisioned, r.reserved, r.highest_unit) - r.allocation
+        if over > 0:
+            self.findings.add(
+                "over-allocation",
+                f"{station_id}: {r.provisioned} devices provisioned and {r.reserved} units reserved "
+                f"(highest unit {r.highest_unit}) against an allocation of {r.allocation}",
+                stations=[station_id],
+                count=over,
+            )
+
+
+def _context(policy: TrustPolicy, release: Release) -> Context:
+    stations = []
+    for station_id, enrolled in sorted(policy.stations.items()):
+        stations.append(
+            StationKeys(
+                station_id,
+                enrolled.signing.key_id,
+                spki_der(enrolled.signing.public_key),
+                enrolled.issuing_ca.key_id,
+                spki_der(enrolled.issuing_ca.public_key),
+            )
+        )
+    return Context(
+        stations=tuple(stations),
+        bundle_id=release.bundle_id,
+        product=release.product,
+        version=release.version,
+        security_counter=release.security_counter,
+        allowlist=frozenset((i.name, i.sha256) for i in release.images),
+        image_order=tuple((i.name, i.sha256) for i in release.images),
+        not_before=format_time(release.not_before),
+        expires=format_time(release.expires),
+        jump_seconds=JUMP_SECONDS,
+    )
+
+
+def audit(
+    exports: Iterable[str | os.PathLike[str]],
+    *,
+    policy: bytes,
+    root_certificate: x509.Certificate,
+    bundle_path: str | os.PathLike[str],
+    decapsulator: Decapsulator,
+    workers: int | None = None,
+    progress: Callable[[AuditProgress], None] | None = None,
+    now: datetime | None = None,
+) -> Report:
+    """Audit evidence exports against a trust policy and the release they were made under.
+
+    Args:
+        exports: the export files, in any order (they are sorted per station by sequence).
+        policy: the trust policy file's bytes; verified against ``root_certificate``
+            (an expired policy is accepted: evidence is audited after the fact).
+        root_certificate: the pinned root certificate.
+        bundle_path: the release bundle the stations provisioned from.
+        decapsulator: the auditor's decryption key (usually a token key).
+        workers: worker processes (default: one per CPU; 1 runs in this process).
+        progress: called after each chunk with how far the audit is.
+        now: the audit's reference time (default: the host clock).
+
+    Returns:
+        The report. Problems in the evidence are findings in it, never exceptions.
+
+    Raises:
+        InputError: an export or the bundle cannot be read or is not one,
+            or the exports are sealed to another auditor key.
+        PolicyError, SignatureError, FormatError: the trust policy does not verify.
+    """
+    started = _time.monotonic()
+    now = (now or datetime.now(UTC)).replace(microsecond=0)
+    paths = list(exports)
+    if not paths:
+        raise InputError("give at least one evidence export to audit")
+    trust = load_policy(policy, root_certificate, now=now, allow_expired=True)
+    findings = Findings()
+    release, bundle = _load_bundle(Path(bundle_path), trust, now, findings)
+    return _audit(
+        paths,
+        trust,
+        release,
+        bundle,
+        findings,
+        decapsulator,
+        workers=workers,
+        progress=progress,
+        now=now,
+        policy_sha256=hashlib.sha256(policy).hexdigest(),
+        started=started,
+    )
+
+
+def _audit(
+    paths: Sequence[str | os.PathLike[str]],
+    trust: TrustPolicy,
+    release: Release,
+    bundle: BundleSummary,
+    findings: Findings,
+    decapsulator: Decapsulator,
+    *,
+    workers: int | None,
+    progress: Callable[[AuditProgress], None] | None,
+    now: datetime,
+    policy_sha256: str,
+    started: float,
+) -> Report:
+    """The audit once the policy and the release are verified (the benchmark starts here too)."""
+    if workers is None:
+        workers = os.cpu_count() or 1
+    if workers < 1:
+        raise InputError("an audit needs at least one worker")
+    opened = _open_exports(paths, decapsulator, findings)
+    for export in opened:
+        if export.station_id not in trust.stations and export.status == "verified":
+            export.status = "unknown-station"
+    total_bytes = sum(e.size for e in opened)
+    with tempfile.TemporaryDirectory(prefix="vault-audit-") as scratch:
+        with Index(scratch) as index:
+            run = _Audit(trust, release, findings, index, progress, total_bytes)
+            run.run(opened, _context(trust, release), workers)
+            index.finish_loading()
+            run.identities({e.number: e.name for e in opened})
+            stations, totals, quality = run.station_reports()
+            summaries = run.summaries
+    if progress is not None:
+        progress(AuditProgress(total_bytes, total_bytes, run.manifests))
+    return Report(
+        generated=format_time(now),
+        policy_version=trust.version,
+        policy_sha256=policy_sha256,
+        bundle=bundle,
+        exports=tuple(summaries),
+        stations=tuple(stations),
+        totals=(totals, quality),
+        findings=tuple(findings.finish()),
+        manifests=run.manifests,
+        verified=sum(log.verified for log in run.logs.values()),
+        seconds=_time.monotonic() - started,
+    )

@@ -1,0 +1,274 @@
+"""The audit report as one self-contained HTML page: summary, findings, charts.
+
+No network: the CSS is inline, the charts are inline SVG, there are no
+scripts, fonts or links. Every string that comes from the evidence (station
+ids, serials, messages, failed steps) is untrusted and escaped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from html import escape
+
+from vault.audit._findings import SEVERITIES, Finding
+from vault.audit._report import Report
+
+__all__ = ["render"]
+
+_COLOURS = {
+    "critical": "#8b0000",
+    "high": "#c62828",
+    "medium": "#ef6c00",
+    "low": "#9e9d24",
+    "info": "#546e7a",
+}
+
+_CSS = """
+body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;background:#f5f6f8;color:#1d2330}
+main{max-width:1180px;margin:0 auto;padding:24px}
+h1{font-size:24px;margin:0 0 4px}h2{font-size:19px;margin:32px 0 10px}
+.muted{color:#5f6b7a}.mono{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:13px}
+.verdict{border-radius:10px;padding:18px 22px;margin:18px 0;color:#fff;font-size:20px;font-weight:600}
+.pass{background:#2e7d32}.fail{background:#b71c1c}
+.cards{display:flex;flex-wrap:wrap;gap:12px}
+.card{background:#fff;border-radius:10px;padding:12px 16px;min-width:120px;box-shadow:0 1px 2px #0002}
+.card b{display:block;font-size:22px}
+.sev{display:inline-block;border-radius:5px;padding:1px 8px;color:#fff;font-size:12px;font-weight:600;
+text-transform:uppercase;letter-spacing:.03em}
+table{border-collapse:collapse;width:100%;background:#fff;border-radius:10px;overflow:hidden;box-shadow:0 1px 2px #0002}
+th,td{padding:7px 10px;text-align:left;vertical-align:top;border-bottom:1px solid #e6e8ec}
+th{background:#eef0f4;font-size:13px}td.n,th.n{text-align:right}
+details summary{cursor:pointer;color:#1f4fa3}
+.charts{display:flex;flex-wrap:wrap;gap:16px}
+figure{background:#fff;border-radius:10px;padding:12px 16px;margin:0;box-shadow:0 1px 2px #0002}
+figcaption{font-weight:600;margin-bottom:6px}
+"""
+
+
+def _e(value: object) -> str:
+    return escape(str(value), quote=True)
+
+
+def _sev(severity: str) -> str:
+    return f'<span class="sev" style="background:{_COLOURS[severity]}">{_e(severity)}</span>'
+
+
+def _percent(rate: float | None) -> str:
+    return "–" if rate is None else f"{rate * 100:.1f}%"
+
+
+def render(report: Report, fail_on: str = "high") -> str:
+    """The report as an HTML page (see the module docstring)."""
+    passed = report.passed(fail_on)
+    counts = report.counts()
+    bundle = report.bundle
+    parts: list[str] = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width,initial-scale=1">',
+        f"<title>vault audit: {_e(bundle.product)} {_e(bundle.version)}</title>",
+        f"<style>{_CSS}</style></head><body><main>",
+        '<header><h1>Evidence audit</h1><div class="muted">',
+        f"{_e(bundle.product)} {_e(bundle.version)} &middot; bundle <span class=mono>{_e(bundle.bundle_id)}</span>"
+        f" &middot; trust policy v{report.policy_version} &middot; generated {_e(report.generated)}",
+        "</div></header>",
+    ]
+    # --- summary ---
+    worst = [f for f in report.at_or_above(fail_on)]
+    if passed:
+        verdict = f"PASS: no finding at or above {_e(fail_on)}"
+    else:
+        verdict = f"FAIL: {len(worst)} finding{'s' if len(worst) != 1 else ''} at or above {_e(fail_on)}"
+    parts.append(f'<section id="summary"><div class="verdict {"pass" if passed else "fail"}">{verdict}</div>')
+    cards = [
+        ("exports", len(report.exports)),
+        ("stations", len(report.stations)),
+        ("manifests", report.manifests),
+        ("verified", report.verified),
+    ]
+    parts.append('<div class="cards">')
+    for label, value in cards:
+        parts.append(f'<div class="card"><b>{value:,}</b>{_e(label)}</div>')
+    for severity in SEVERITIES:
+        parts.append(f'<div class="card"><b>{counts[severity]}</b>{_sev(severity)}</div>')
+    parts.append("</div>")
+    parts.append(_stations_table(report))
+    parts.append("</section>")
+    # --- findings ---
+    parts.append('<section id="findings"><h2>Findings</h2>')
+    parts.append(_findings_table(report.findings))
+    parts.append("</section>")
+    # --- charts ---
+    parts.append('<section id="charts"><h2>Quality</h2><div class="charts">')
+    yields = [(s.station_id, s.quality.first_pass_yield) for s in report.stations]
+    total_quality = report.totals[1]
+    yields.append(("all stations", total_quality.first_pass_yield))
+    parts.append(_figure("First-pass yield per station", _yield_chart(yields)))
+    parts.append(_figure("Failure Pareto (all stations)", _pareto_chart(total_quality.failures)))
+    parts.append(_figure("Exception events per ISO week", _weeks_chart(total_quality.exceptions_per_week)))
+    parts.append("</div></section>")
+    parts.append(_exports_table(report))
+    parts.append("</main></body></html>\n")
+    return "\n".join(parts)
+
+
+def _stations_table(report: Report) -> str:
+    rows = []
+    heads = ["station", "exports", "manifests", "allocation", "reserved", "provisioned", "reworked", "failed"]
+    heads += ["scrapped", "label mismatch", "break-glass", "first-pass yield"]
+    items = [(s.station_id + ("" if s.enrolled else " (not enrolled)"), s.exports, s.manifests, s.reconciliation,
+              s.quality.first_pass_yield) for s in report.stations]  # fmt: skip
+    totals = report.totals
+    items.append(("all stations", len(report.exports), report.manifests, totals[0], totals[1].first_pass_yield))
+    for name, exports, manifests, r, fpy in items:
+        cells = [exports, manifests, r.allocation, r.reserved, r.provisioned, r.reworked, r.failed, r.scrapped]
+        cells += [r.label_mismatch, r.break_glass]
+        rows.append(
+            f"<tr><td>{_e(name)}</td>"
+            + "".join(f'<td class="n">{int(c):,}</td>' for c in cells)
+            + f'<td class="n">{_percent(fpy)}</td></tr>'
+        )
+    head = "".join(f"<th{'' if i == 0 else ' class=n'}>{_e(h)}</th>" for i, h in enumerate(heads))
+    return f'<h2>Stations</h2><table id="stations"><tr>{head}</tr>{"".join(rows)}</table>'
+
+
+def _findings_table(findings: Sequence[Finding]) -> str:
+    if not findings:
+        return "<p>No findings.</p>"
+    rows = []
+    for f in findings:
+        serials = ", ".join(f.serials[:5]) + (" …" if len(f.serials) > 5 else "")
+        evidence = "".join(
+            f"<tr><td>{_e(item.export or '')}</td><td>{_e(item.station or '')}</td>"
+            f'<td class="n">{"" if item.position is None else item.position}</td>'
+            f'<td class="mono">{_e(item.manifest_id or "")}</td></tr>'
+            for item in f.evidence
+        )
+        more = " (more not listed)" if f.truncated else ""
+        details = (
+            f"<details><summary>{len(f.evidence)} item{'s' if len(f.evidence) != 1 else ''}{more}</summary>"
+            "<table><tr><th>export</th><th>station</th><th class=n>position</th><th>manifest</th></tr>"
+            f"{evidence}</table></details>"
+            if f.evidence
+            else ""
+        )
+        rows.append(
+            f"<tr><td>{_sev(f.severity)}</td><td class=mono>{_e(f.code)}</td><td>{_e(f.message)}{details}</td>"
+            f'<td>{_e(", ".join(f.stations))}</td><td>{_e(serials)}</td><td class="n">{f.count:,}</td></tr>'
+        )
+    head = (
+        "<tr><th>severity</th><th>code</th><th>finding</th><th>stations</th><th>serials</th><th class=n>count</th></tr>"
+    )
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _exports_table(report: Report) -> str:
+    rows = []
+    for x in report.exports:
+        span = "–" if x.from_size is None else f"{x.from_size} to {x.to_size}"
+        rows.append(
+            f"<tr><td class=mono>{_e(x.file)}</td><td>{_e(x.station_id)}</td><td class=n>{x.sequence}</td>"
+            f"<td>{_e(span)}</td><td class=n>{x.entries:,}</td><td>{_e(x.status)}</td>"
+            f"<td class=mono>{_e((x.checkpoint_root or '')[:16])}</td></tr>"
+        )
+    head = "<tr><th>export</th><th>station</th><th class=n>sequence</th><th>log entries</th><th class=n>manifests</th>"
+    head += "<th>status</th><th>checkpoint root</th></tr>"
+    return f'<section id="exports"><h2>Exports</h2><table>{head}{"".join(rows)}</table></section>'
+
+
+def _figure(caption: str, svg: str) -> str:
+    return f"<figure><figcaption>{_e(caption)}</figcaption>{svg}</figure>"
+
+
+def _yield_chart(items: Sequence[tuple[str, float | None]]) -> str:
+    width, label_w, bar_h, gap = 520, 150, 22, 8
+    height = max(1, len(items)) * (bar_h + gap) + 24
+    body = []
+    for i, (name, rate) in enumerate(items):
+        y = i * (bar_h + gap) + 4
+        span = width - label_w - 60
+        w = 0 if rate is None else round(span * rate)
+        colour = "#2e7d32" if rate is not None and rate >= 0.95 else "#ef6c00"
+        body.append(
+            f'<text x="{label_w - 6}" y="{y + 15}" text-anchor="end" font-size="12">{_e(name[:24])}</text>'
+            f'<rect x="{label_w}" y="{y}" width="{span}" height="{bar_h}" fill="#eceff1"/>'
+            f'<rect x="{label_w}" y="{y}" width="{w}" height="{bar_h}" fill="{colour}"/>'
+            f'<text x="{label_w + span + 6}" y="{y + 15}" font-size="12">{_percent(rate)}</text>'
+        )
+    return (
+        f'<svg role="img" aria-label="first-pass yield" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}">{"".join(body)}</svg>'
+    )
+
+
+def _pareto_chart(failures: Sequence[tuple[str, int]]) -> str:
+    width, height, left, bottom, top = 520, 260, 40, 70, 16
+    if not failures:
+        return (
+            f'<svg role="img" aria-label="failure pareto" width="{width}" height="60" viewBox="0 0 {width} 60">'
+            '<text x="10" y="34" font-size="13">No failed units.</text></svg>'
+        )
+    shown = list(failures[:12])
+    rest = sum(c for _, c in failures[12:])
+    if rest:
+        shown.append(("other steps", rest))
+    total = sum(c for _, c in shown)
+    peak = max(c for _, c in shown)
+    plot_w, plot_h = width - left - 40, height - top - bottom
+    slot = plot_w / len(shown)
+    bars, points = [], []
+    running = 0
+    for i, (step, count) in enumerate(shown):
+        x = left + i * slot
+        h = plot_h * count / peak
+        running += count
+        bars.append(
+            f'<rect x="{x + slot * 0.15:.1f}" y="{top + plot_h - h:.1f}" width="{slot * 0.7:.1f}" height="{h:.1f}" '
+            f'fill="#c62828"><title>{_e(step)}: {count}</title></rect>'
+            f'<text x="{x + slot / 2:.1f}" y="{top + plot_h - h - 3:.1f}" text-anchor="middle" font-size="11">'
+            f"{count}</text>"
+            f'<text transform="translate({x + slot / 2:.1f},{top + plot_h + 12}) rotate(35)" font-size="11">'
+            f"{_e(step[:18])}</text>"
+        )
+        points.append(f"{x + slot / 2:.1f},{top + plot_h * (1 - running / total):.1f}")
+    axis = (
+        f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#90a4ae"/>'
+        f'<text x="{left + plot_w + 4}" y="{top + 4}" font-size="11">100%</text>'
+        f'<text x="{left + plot_w + 4}" y="{top + plot_h}" font-size="11">0%</text>'
+    )
+    line = f'<polyline points="{" ".join(points)}" fill="none" stroke="#1f4fa3" stroke-width="2"/>'
+    dots = "".join(f'<circle cx="{p.split(",")[0]}" cy="{p.split(",")[1]}" r="3" fill="#1f4fa3"/>' for p in points)
+    return (
+        f'<svg role="img" aria-label="failure pareto" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}">{axis}{"".join(bars)}{line}{dots}</svg>'
+    )
+
+
+def _weeks_chart(weeks: Sequence[tuple[str, int]]) -> str:
+    width, height, left, bottom, top = 520, 200, 30, 50, 16
+    if not weeks:
+        return (
+            f'<svg role="img" aria-label="exceptions per week" width="{width}" height="60" viewBox="0 0 {width} 60">'
+            '<text x="10" y="34" font-size="13">No exception events.</text></svg>'
+        )
+    shown = list(weeks[-26:])
+    peak = max(c for _, c in shown)
+    plot_w, plot_h = width - left - 10, height - top - bottom
+    slot = plot_w / len(shown)
+    bars = []
+    for i, (week, count) in enumerate(shown):
+        x = left + i * slot
+        h = plot_h * count / peak
+        bars.append(
+            f'<rect x="{x + slot * 0.15:.1f}" y="{top + plot_h - h:.1f}" width="{slot * 0.7:.1f}" height="{h:.1f}" '
+            f'fill="#ef6c00"><title>{_e(week)}: {count}</title></rect>'
+            f'<text x="{x + slot / 2:.1f}" y="{top + plot_h - h - 3:.1f}" text-anchor="middle" font-size="11">'
+            f"{count}</text>"
+            f'<text transform="translate({x + slot / 2:.1f},{top + plot_h + 12}) rotate(35)" font-size="11">'
+            f"{_e(week)}</text>"
+        )
+    axis = f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#90a4ae"/>'
+    return (
+        f'<svg role="img" aria-label="exceptions per week" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}">{axis}{"".join(bars)}</svg>'
+    )

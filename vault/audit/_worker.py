@@ -1,0 +1,840 @@
+"""The audit's per-chunk work: decrypt, split, verify and summarise, in a worker process.
+
+The main process reads each export's chunks in order and hands them here
+(:func:`process_chunk`), one chunk per task; a worker authenticates and
+decrypts it, checks every manifest in it and returns a :class:`ChunkResult`:
+the leaf hashes in log order, one compact row per verified manifest for the
+identity index, per-entry issues, and counters. Nothing here keeps state
+between chunks except the read-only :class:`Context` set once per process.
+
+Speed. An audit is dominated by ECDSA verifications (one per manifest, one
+per device certificate), so the Python work around each must stay small.
+Manifests a station wrote are canonical JSON, and for those a lean path
+checks exactly what :func:`vault.manifest.open_manifest` checks, field by
+field, without building the generic objects; anything the lean path does not
+recognise goes through :func:`~vault.manifest.open_manifest` itself, which
+gives the verdict and the error. The lean path therefore only ever accepts a
+subset of what the generic path accepts, with the same values; the test
+suite cross-checks the two.
+"""
+
+from __future__ import annotations
+
+import binascii
+import datetime as _dt
+import hashlib
+import re
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from vault.crypto import curve_of, load_spki
+from vault.errors import FormatError, SignatureError, ThresholdError, VaultError
+from vault.evidence import MAX_RECORD_SIZE, RawChunk, decrypt_chunk
+from vault.formats import MAX_SIGNATURE_SIZE, PAYLOAD_TYPE_INTOTO, STATEMENT_TYPE
+from vault.formats._json import parse_json
+from vault.manifest import EVENTS, MANIFEST_PREDICATE, MAX_MANIFEST_SIZE, Manifest, open_manifest
+from vault.merkle import leaf_hash
+from vault.policy import format_time
+
+__all__ = [
+    "ChunkResult",
+    "Context",
+    "Issue",
+    "StationKeys",
+    "init_worker",
+    "process_chunk",
+]
+
+# --- what the main process gives and gets back -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class StationKeys:
+    """An enrolled station's public keys, as DER, so they pickle to worker processes."""
+
+    station_id: str
+    signing_key_id: str
+    signing_spki: bytes
+    issuing_ca_key_id: str
+    issuing_ca_spki: bytes
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every worker needs to know, set once per process: keys, the audited release, limits."""
+
+    stations: tuple[StationKeys, ...]
+    bundle_id: str
+    product: str
+    version: str
+    security_counter: int
+    allowlist: frozenset[tuple[str, str]]  # (image name, sha256) the release allows
+    image_order: tuple[tuple[str, str], ...]  # the same, in the release's order
+    not_before: str  # the release's window, "YYYY-MM-DDTHH:MM:SSZ" (compared as strings)
+    expires: str
+    jump_seconds: int  # a forward step between consecutive entries longer than this is implausible
+    max_keys: int = 256  # distinct failed steps and weeks counted per chunk before "other"
+
+
+Issue = tuple[str, int, "str | None", "str | None", "str | None", str]
+"""(code, log position, manifest id, hardware id, serial, detail): one thing wrong or worth listing."""
+
+Row = tuple[int, str, str, str, "str | None", "str | None", "int | None", int, str]
+"""(position, manifest id, event, hardware id, serial, device key id, unit, of the audited bundle, time)."""
+
+
+@dataclass
+class ChunkResult:
+    """What one chunk held, in order. Plain values only: it pickles back to the main process."""
+
+    export: int
+    index: int
+    last: bool
+    size: int  # the chunk's ciphertext bytes, for progress
+    error: str | None = None  # the chunk did not authenticate or split: the export is broken from here
+    head: dict[str, Any] | None = None  # the export record, when the chunk starts with one
+    tail: dict[str, Any] | None = None  # the checkpoint record, when the chunk ends with one
+    misplaced: list[str] = field(default_factory=list)  # records out of their place, one line each
+    first_seq: int | None = None  # the first entry's declared log position
+    count: int = 0  # entries in the chunk
+    seqs: list[int] | None = None  # every declared position, only when they are not consecutive
+    leaves: bytes = b""  # the entries' leaf hashes, 32 bytes each, in order
+    rows: list[Row] = field(default_factory=list)  # one per verified manifest
+    issues: list[Issue] = field(default_factory=list)
+    first_time: tuple[str, int] | None = None  # (time, position) of the first verified entry
+    last_time: tuple[str, int] | None = None
+    verified: int = 0
+    events: dict[str, int] = field(default_factory=dict)
+    failed_steps: dict[str, int] = field(default_factory=dict)
+    weeks: dict[str, int] = field(default_factory=dict)  # ISO week -> exception events
+
+
+# --- per-process state ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Station:
+    station_id: str
+    signing_key_id: str
+    signing_key_id_bytes: bytes
+    expected: tuple[str, str, str, str, int]  # (signing, issuing_ca, product, version, counter) a manifest names
+    signing: ec.EllipticCurvePublicKey
+    signing_alg: ec.ECDSA
+    issuing_ca_key_id: str
+    issuing_ca: ec.EllipticCurvePublicKey
+    issuing_ca_alg: ec.ECDSA
+    issuing_ca_oid: x509.ObjectIdentifier
+
+
+_SIGNATURE_OIDS = {
+    "P-256": x509.SignatureAlgorithmOID.ECDSA_WITH_SHA256,
+    "P-384": x509.SignatureAlgorithmOID.ECDSA_WITH_SHA384,
+}
+
+
+class _State:
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        # The images a manifest of the audited release usually lists: all of them, in order, read back or
+        # not; by their canonical JSON text, so that the usual case is one dictionary look-up.
+        self.usual_images: dict[str, tuple[tuple[str, str, str | None], ...]] = {}
+        names = [name for name, _ in context.image_order]
+        if all(_printable(name) and '"' not in name and "\\" not in name for name in names):
+            for read_back in (True, False):
+                images = tuple((name, sha256, sha256 if read_back else None) for name, sha256 in context.image_order)
+                text = ",".join(
+                    f'{{"measurement":{"null" if m is None else f"{m!r}".replace(chr(39), chr(34))},'
+                    f'"name":"{name}","sha256":"{sha256}"}}'
+                    for name, sha256, m in images
+                )
+                self.usual_images[text] = images
+        self.usual_image_sets = frozenset(self.usual_images.values())
+        self.stations: dict[str, _Station] = {}
+        for keys in context.stations:
+            signing = load_spki(keys.signing_spki, what=f"station {keys.station_id} signing key")
+            ca = load_spki(keys.issuing_ca_spki, what=f"station {keys.station_id} issuing CA key")
+            ca_curve = curve_of(ca)
+            self.stations[keys.station_id] = _Station(
+                keys.station_id,
+                keys.signing_key_id,
+                keys.signing_key_id.encode("ascii"),
+                (
+                    keys.signing_key_id,
+                    keys.issuing_ca_key_id,
+                    context.product,
+                    context.version,
+                    context.security_counter,
+                ),
+                signing,
+                ec.ECDSA(curve_of(signing).hash()),
+                keys.issuing_ca_key_id,
+                ca,
+                ec.ECDSA(ca_curve.hash()),
+                _SIGNATURE_OIDS[ca_curve.name],
+            )
+
+
+_state: _State | None = None
+
+
+def init_worker(context: Context) -> None:
+    """Set the context of this process (the pool's initializer; also called for in-process audits)."""
+    global _state
+    _state = _State(context)
+
+
+# --- the chunk ---------------------------------------------------------------------------------
+
+
+def process_chunk(task: tuple[int, str, bytes, bytes, RawChunk]) -> ChunkResult:
+    """Decrypt one chunk of an export and check every record in it.
+
+    Args:
+        task: (export number, the header's station id, data key, header SHA-256, chunk).
+    """
+    export, station_id, data_key, header_sha256, chunk = task
+    result = ChunkResult(export, chunk.index, chunk.last, len(chunk.ciphertext))
+    try:
+        records = decrypt_chunk(data_key, header_sha256, chunk)
+    except VaultError as e:
+        result.error = str(e)
+        return result
+    assert _state is not None, "init_worker was not called in this process"
+    _Chunk(_state, _state.stations.get(station_id), result).run(records)
+    return result
+
+
+class _Chunk:
+    """The records of one chunk, checked in order into a :class:`ChunkResult`."""
+
+    def __init__(self, state: _State, station: _Station | None, result: ChunkResult) -> None:
+        self.context = state.context
+        self.state_images = state.usual_images
+        self.usual_images = state.usual_image_sets
+        self.station = station
+        self.result = result
+        self.seqs: list[int] = []
+        self.leaves: list[bytes] = []
+        self.events: Counter[str] = Counter()
+        self.steps: Counter[str] = Counter()
+        self.weeks: Counter[str] = Counter()
+        self.previous: tuple[str, int, int] | None = None  # (time, epoch seconds, position) of the last verified
+
+    def run(self, records: list[bytes]) -> None:
+        result = self.result
+        last_index = len(records) - 1
+        fast = self.fast if self.station is not None else None
+        for i, record in enumerate(records):
+            if record.startswith(b'{"certificate":'):
+                if fast is None or not fast(record):
+                    self.entry(record)
+                continue
+            try:
+                value = parse_json(record, max_size=MAX_RECORD_SIZE, what="evidence record")
+            except FormatError as e:
+                result.misplaced.append(f"record {i} of chunk {result.index}: {e}")
+                continue
+            kind = value.get("type") if isinstance(value, dict) else None
+            if kind == "entry":
+                self.entry(record, value)
+            elif kind == "export" and i == 0 and result.index == 0:
+                result.head = value
+            elif kind == "checkpoint" and i == last_index and result.last:
+                result.tail = value
+            else:
+                shown = kind if isinstance(kind, str) else "untyped"
+                result.misplaced.append(f"a {shown[:32]!r} record out of place (record {i} of chunk {result.index})")
+        seqs = self.seqs
+        if seqs:
+            result.first_seq = seqs[0]
+            result.count = len(seqs)
+            if seqs[-1] - seqs[0] != len(seqs) - 1 or any(b - a != 1 for a, b in zip(seqs, seqs[1:], strict=False)):
+                result.seqs = seqs
+        result.leaves = b"".join(self.leaves)
+        result.events = dict(self.events)
+        result.failed_steps = dict(self.steps)
+        result.weeks = dict(self.weeks)
+
+    # --- one entry, as a station writes it ---------------------------------------------------
+
+    def fast(self, record: bytes) -> bool:
+        """Check an entry in the exact form a station writes, in one pass; False to take the generic path.
+
+        The record is canonical JSON whose ``envelope`` string is the
+        canonical one-signature envelope, so its parts are found by position
+        and every byte is accounted for: the fixed text is compared, the
+        base64 is decoded strictly, the key id must be the station's and the
+        sequence is plain digits. Anything else returns False before any
+        state changes, and :meth:`entry` decides.
+        """
+        station = self.station
+        assert station is not None
+        if record[15:19] == b"null":
+            certificate: bytes | None = None
+            at = 19
+        elif record[15:16] == b'"':
+            close = record.find(b'"', 16)
+            if close < 0:
+                return False
+            certificate = _b64_bytes(record[16:close])
+            if certificate is None:
+                return False
+            at = close + 1
+        else:
+            return False
+        if not record.startswith(_R_ENVELOPE, at):
+            return False
+        payload_start = at + len(_R_ENVELOPE)
+        payload_end = record.find(b"\\", payload_start)
+        if payload_end < 0 or not record.startswith(_R_KEYID, payload_end):
+            return False
+        keyid_start = payload_end + len(_R_KEYID)
+        keyid = record[keyid_start : keyid_start + 64]
+        if keyid != station.signing_key_id_bytes or not record.startswith(_R_SIG, keyid_start + 64):
+            return False
+        sig_start = keyid_start + 64 + len(_R_SIG)
+        sig_end = record.find(b"\\", sig_start)
+        if sig_end < 0 or not record.startswith(_R_SEQUENCE, sig_end) or not record.endswith(_R_TAIL):
+            return False
+        digits = record[sig_end + len(_R_SEQUENCE) : -len(_R_TAIL)]
+        if not digits.isdigit() or len(digits) > 19 or (digits[0] == 48 and len(digits) > 1):
+            return False
+        position = int(digits)
+        payload_b64 = record[payload_start:payload_end]
+        sig_b64 = record[sig_start:sig_end]
+        if position > _MAX_POSITION or len(payload_b64) + len(sig_b64) + _E_FIXED > MAX_MANIFEST_SIZE:
+            return False
+        payload = _b64_bytes(payload_b64)
+        signature = _b64_bytes(sig_b64)
+        if payload is None or signature is None or not 0 < len(signature) <= MAX_SIGNATURE_SIZE:
+            return False
+        try:
+            station.signing.verify(signature, _PAE_HEAD + b"%d %s" % (len(payload), payload), station.signing_alg)
+            text = payload.decode("utf-8")
+        except (InvalidSignature, UnicodeDecodeError):
+            return False  # the generic path names what is wrong
+        fields = _statement_fields(text, self.state_images)
+        if fields is None:
+            return False
+        # The envelope's bytes, unescaped, are the Merkle leaf.
+        self.leaves.append(
+            _sha256(b"".join((b"\x00", _E_HEAD, payload_b64, _E_KEYID, keyid, _E_SIG, sig_b64, _E_END))).digest()
+        )
+        self.seqs.append(position)
+        self.manifest(fields, position, certificate, certificate is not None, station)
+        return True
+
+    # --- one entry, any spelling -------------------------------------------------------------
+
+    def entry(self, record: bytes, value: Any = None) -> None:
+        """Check one entry record read strictly: its leaf, its manifest's signature and fields, its certificate."""
+        result = self.result
+        try:
+            position, envelope, encoded = _generic_record(record if value is None else value)
+        except FormatError as e:
+            # Without an envelope there is no leaf: the log cannot be recomputed past here.
+            result.misplaced.append(f"an entry record that does not parse: {e}")
+            return
+        self.seqs.append(position)
+        envelope_bytes = envelope.encode("utf-8", "surrogatepass")
+        self.leaves.append(leaf_hash(envelope_bytes))
+        station = self.station
+        if station is None:
+            return  # an unknown station: nothing can be verified (the main process reports the export)
+        issues = result.issues
+        try:
+            manifest = open_manifest(envelope_bytes, {station.signing_key_id: station.signing})
+        except SignatureError as e:
+            issues.append(("signature-invalid", position, None, None, None, str(e)))
+            return
+        except ThresholdError:
+            shown = f"not signed by station '{station.station_id}''s enrolled signing key"
+            issues.append(("unknown-station", position, None, None, None, shown))
+            return
+        except FormatError as e:
+            issues.append(("manifest-malformed", position, None, None, None, str(e)))
+            return
+        certificate = None if encoded is None else _b64(encoded)
+        self.manifest(_Fields.of(manifest), position, certificate, encoded is not None, station)
+
+    # --- what a verified manifest says -------------------------------------------------------
+
+    def manifest(
+        self, m: _Fields, position: int, certificate: bytes | None, has_certificate: bool, station: _Station
+    ) -> None:
+        """Everything a verified manifest says, checked and counted."""
+        result = self.result
+        issues = result.issues
+        context = self.context
+        mid, hwid, serial, event, time = m.id, m.hardware_id, m.serial, m.event, m.time
+        if m.station_id != station.station_id:
+            issues.append(("unknown-station", position, mid, hwid, serial, f"it names station {m.station_id[:64]!r}"))
+            return
+        if m.sequence != position:
+            shown = f"manifest {m.sequence} of the log sits at position {position}"
+            issues.append(("manifest-replayed", position, mid, hwid, serial, shown))
+            return
+        result.verified += 1
+        in_bundle = m.bundle_id == context.bundle_id
+        if (m.signing, m.issuing_ca, m.product, m.version, m.security_counter) != station.expected or (
+            in_bundle and m.images not in self.usual_images
+        ):
+            self.unusual(m, position, in_bundle, station)
+        elif not in_bundle:
+            issues.append(("bundle-mismatch", position, mid, hwid, serial, f"bundle {m.bundle_id}"))
+        # the certificate
+        if has_certificate or m.certificate_sha256 is not None or event in ("provisioned", "rework"):
+            problem = _check_certificate(m, certificate, has_certificate, station)
+            if problem is not None:
+                issues.append(("certificate-invalid", position, mid, hwid, serial, problem))
+        # time: per station monotonic, inside the window, no implausible jump
+        previous = self.previous
+        if previous is None:
+            result.first_time = (time, position)
+            epoch = _epoch(time)
+        elif time[:10] == previous[0][:10] and time >= previous[0]:
+            epoch = previous[1]  # the same day, forward: no jump possible (epoch kept at the day's first)
+        else:
+            epoch = _epoch(time)
+            if time < previous[0]:
+                shown = f"{time} is earlier than {previous[0]} at position {previous[2]}"
+                issues.append(("time-regression", position, mid, hwid, serial, shown))
+            elif epoch - previous[1] > context.jump_seconds:
+                shown = f"{time} follows {previous[0]} at position {previous[2]}"
+                issues.append(("time-jump", position, mid, hwid, serial, shown))
+        self.previous = (time, epoch, position)
+        result.last_time = (time, position)
+        if in_bundle and not context.not_before <= time < context.expires:
+            shown = f"{time} is outside {context.not_before} to {context.expires}"
+            issues.append(("time-outside-window", position, mid, hwid, serial, shown))
+        # events and the quality figures
+        self.events[event] += 1
+        if event != "provisioned":
+            self.exception(m, event, position)
+        result.rows.append((position, mid, event, hwid, serial, m.device_key_id, m.unit, int(in_bundle), time))
+
+    def unusual(self, m: _Fields, position: int, in_bundle: bool, station: _Station) -> None:
+        """The slower checks, for a manifest whose keys, release or images are not the usual ones."""
+        issues = self.result.issues
+        context = self.context
+        mid, hwid, serial = m.id, m.hardware_id, m.serial
+        if m.signing != station.signing_key_id or m.issuing_ca != station.issuing_ca_key_id:
+            shown = "it names keys that are not the station's enrolled keys"
+            issues.append(("unknown-station", position, mid, hwid, serial, shown))
+        if not in_bundle:
+            issues.append(("bundle-mismatch", position, mid, hwid, serial, f"bundle {m.bundle_id}"))
+            return
+        if (m.product, m.version, m.security_counter) != (context.product, context.version, context.security_counter):
+            shown = f"it names {m.product[:64]} {m.version[:64]} counter {m.security_counter} for the audited bundle"
+            issues.append(("bundle-mismatch", position, mid, hwid, serial, shown))
+        # images: every digest programmed (and read back) is one the release allows
+        allow = context.allowlist
+        for name, sha256, measurement in m.images:
+            if (name, sha256) not in allow:
+                shown = f"image {name[:64]!r} {sha256[:16]}"
+                issues.append(("image-not-allowed", position, mid, hwid, serial, shown))
+            elif measurement is not None and measurement != sha256:
+                shown = f"image {name[:64]!r} reads back {measurement[:16]}"
+                issues.append(("image-not-allowed", position, mid, hwid, serial, shown))
+
+    def exception(self, m: _Fields, event: str, position: int) -> None:
+        issues = self.result.issues
+        limit = self.context.max_keys
+        week = _week(m.time)
+        if week in self.weeks or len(self.weeks) < limit:
+            self.weeks[week] += 1
+        else:
+            self.weeks["other"] += 1
+        detail = (m.detail or "")[:200]
+        if event == "failed":
+            step = m.failed_step or "unknown"
+            if step in self.steps or len(self.steps) < limit:
+                self.steps[step] += 1
+            else:
+                self.steps["other"] += 1
+            code = "unit-interrupted" if step == "interrupted" else "unit-failed"
+            issues.append((code, position, m.id, m.hardware_id, m.serial, f"at {step[:64]}: {detail}".rstrip(": ")))
+        elif event == "label-mismatch":
+            issues.append(("label-mismatch", position, m.id, m.hardware_id, m.serial, detail or f"label {m.label!r}"))
+        elif event == "break-glass":
+            issues.append(("break-glass", position, m.id, m.hardware_id, m.serial, detail or "no reason given"))
+        elif event == "rework":
+            issues.append(("unit-reworked", position, m.id, m.hardware_id, m.serial, "provisioned again"))
+        elif event == "scrap":
+            issues.append(("unit-scrapped", position, m.id, m.hardware_id, m.serial, detail or "scrapped"))
+
+
+# --- records -----------------------------------------------------------------------------------
+
+_ENTRY_FIELDS = frozenset({"type", "sequence", "envelope", "certificate"})
+_MAX_POSITION = 2**63 - 1
+
+
+def _generic_record(value: Any) -> tuple[int, str, str | None]:
+    """An entry record read strictly (any spelling), or FormatError."""
+    if isinstance(value, bytes):
+        value = parse_json(value, max_size=MAX_RECORD_SIZE, what="evidence entry")
+    if not isinstance(value, dict) or set(value) != _ENTRY_FIELDS or value["type"] != "entry":
+        raise FormatError("an entry record has exactly the fields type, sequence, envelope and certificate")
+    position, envelope, certificate = value["sequence"], value["envelope"], value["certificate"]
+    if type(position) is not int or not 0 <= position <= _MAX_POSITION:
+        raise FormatError("an entry's sequence is a whole number")
+    if not isinstance(envelope, str):
+        raise FormatError("an entry's envelope is a string")
+    if certificate is not None and not isinstance(certificate, str):
+        raise FormatError("an entry's certificate is base64 text or null")
+    return position, envelope, certificate
+
+
+# --- the manifest, lean ------------------------------------------------------------------------
+
+
+class _Fields(NamedTuple):
+    """The manifest fields the audit uses."""
+
+    id: str
+    sequence: int
+    event: str
+    station_id: str
+    bundle_id: str
+    product: str
+    version: str
+    security_counter: int
+    unit: int | None
+    hardware_id: str
+    serial: str | None
+    label: str | None
+    images: tuple[tuple[str, str, str | None], ...]
+    device_key_id: str | None
+    certificate_serial: str | None
+    certificate_sha256: str | None
+    signing: str
+    issuing_ca: str
+    failed_step: str | None
+    detail: str | None
+    time: str
+
+    @classmethod
+    def of(cls, m: Manifest) -> _Fields:
+        return cls(
+            m.id,
+            m.sequence,
+            m.event,
+            m.station_id,
+            m.bundle_id,
+            m.product,
+            m.version,
+            m.security_counter,
+            m.unit,
+            m.hardware_id,
+            m.serial,
+            m.label,
+            tuple((i.name, i.sha256, i.measurement) for i in m.images),
+            m.device_key_id,
+            m.certificate_serial,
+            m.certificate_sha256,
+            m.keys["signing"],
+            m.keys["issuing_ca"],
+            m.failed_step,
+            m.detail,
+            format_time(m.time),
+        )
+
+
+# A canonical one-signature envelope, and the same inside a canonical entry record (quotes escaped).
+_E_HEAD = b'{"payload":"'
+_E_KEYID = b'","payloadType":"' + PAYLOAD_TYPE_INTOTO.encode() + b'","signatures":[{"keyid":"'
+_E_SIG = b'","sig":"'
+_E_END = b'"}]}'
+_R_ENVELOPE = b',"envelope":"' + _E_HEAD.replace(b'"', b'\\"')
+_R_KEYID = _E_KEYID.replace(b'"', b'\\"')
+_R_SIG = _E_SIG.replace(b'"', b'\\"')
+_R_SEQUENCE = _E_END.replace(b'"', b'\\"') + b'","sequence":'
+_R_TAIL = b',"type":"entry"}'
+_E_FIXED = len(_E_HEAD) + len(_E_KEYID) + 64 + len(_E_SIG) + len(_E_END)  # an envelope's bytes but its base64
+_sha256 = hashlib.sha256
+_PAE_HEAD = b"DSSEv1 %d %s " % (len(PAYLOAD_TYPE_INTOTO), PAYLOAD_TYPE_INTOTO.encode())
+_MAX_COUNT = 2**63
+
+
+def _canonical_statement() -> re.Pattern[str]:
+    """The manifest statement exactly as a station serialises it: canonical JSON, keys sorted.
+
+    Text values are matched without escapes (a value holding a quote or a
+    backslash takes the generic path); lengths, printability, integer ranges,
+    dates and the subject digest are checked after the match.
+    """
+    text = r'"([^"\\\x00-\x1f]+)"'
+    optional_text = r'(?:null|"([^"\\\x00-\x1f]+)")'
+    sha256 = r'"([0-9a-f]{64})"'
+    optional_sha256 = r'(?:null|"([0-9a-f]{64})")'
+    count = r"(0|[1-9][0-9]{0,18})"
+    image = r'\{"measurement":(?:null|"[0-9a-f]{64}"),"name":"[^"\\\x00-\x1f]+","sha256":"[0-9a-f]{64}"\}'
+    events = "|".join(re.escape(e) for e in EVENTS)
+    fields = [
+        ("bundle_id", r'"([0-9a-f]{32})"'),
+        ("certificate_serial", r'(?:null|"((?:[0-9a-f]{2}){1,20})")'),
+        ("certificate_sha256", optional_sha256),
+        ("clock", text),
+        ("detail", optional_text),
+        ("device_key_id", optional_sha256),
+        ("event", f'"({events})"'),
+        ("failed_step", optional_text),
+        ("fixture", count),
+        ("hardware_id", r'"((?:[0-9a-f]{2}){1,32})"'),
+        ("id", r'"([0-9a-f]{32})"'),
+        ("images", rf"\[((?:{image}(?:,{image}){{0,63}})?)\]"),
+        ("keys", r'\{"issuing_ca":' + sha256 + ',"signing":' + sha256 + r"\}"),
+        ("label", optional_text),
+        ("operator", text),
+        ("policy_version", count),
+        ("product", text),
+        ("security_counter", count),
+        ("sequence", count),
+        ("serial", optional_text),
+        ("station_id", text),
+        ("time", r'"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z)"'),
+        ("unit", r"(null|0|[1-9][0-9]{0,18})"),
+        ("version", text),
+    ]
+    assert [name for name, _ in fields] == sorted(_PREDICATE_FIELDS)
+    predicate = ",".join(f'"{name}":{value}' for name, value in fields)
+    return re.compile(
+        re.escape('{"_type":"' + STATEMENT_TYPE + '","predicate":{')
+        + predicate
+        + re.escape('},"predicateType":"' + MANIFEST_PREDICATE + '","subject":[{"digest":{"sha256":"')
+        + r'([0-9a-f]{64})"\},"name":"hwid:([0-9a-f]+)"\}\]\}'
+    )
+
+
+_PREDICATE_FIELDS = frozenset(
+    {
+        "id", "sequence", "event", "station_id", "operator", "fixture", "bundle_id", "product", "version",
+        "security_counter", "policy_version", "unit", "hardware_id", "serial", "label", "images", "device_key_id",
+        "certificate_serial", "certificate_sha256", "keys", "failed_step", "detail", "time", "clock",
+    }
+)  # fmt: skip
+_STATEMENT = _canonical_statement()
+_IMAGE = re.compile(
+    r'\{"measurement":(?:null|"([0-9a-f]{64})"),"name":"([^"\\\x00-\x1f]+)","sha256":"([0-9a-f]{64})"\}'
+)
+
+
+def _b64_bytes(data: bytes) -> bytes | None:
+    """Standard, padded, canonical base64 (one spelling per byte string), or None."""
+    try:
+        decoded = binascii.a2b_base64(data, strict_mode=True)
+    except (ValueError, binascii.Error):
+        return None
+    # Strict mode checks the alphabet and the padding. Canonical also means no stray bits in a padded
+    # last quantum: spelling its bytes again must give the same four characters.
+    tail = len(decoded) % 3
+    if tail and binascii.b2a_base64(decoded[-tail:], newline=False) != data[-4:]:
+        return None
+    return decoded
+
+
+def _b64(text: str) -> bytes | None:
+    """:func:`_b64_bytes` of base64 text (None if it is not ASCII)."""
+    try:
+        return _b64_bytes(text.encode("ascii"))
+    except UnicodeEncodeError:
+        return None
+
+
+def _printable(text: str) -> bool:
+    return 0 < len(text) <= 256 and text.isprintable()
+
+
+def _statement_fields(text: str, usual_images: Mapping[str, tuple[tuple[str, str, str | None], ...]]) -> _Fields | None:
+    """The fields of a canonical manifest statement, checked as :func:`vault.manifest.parse_manifest` does."""
+    match = _STATEMENT.fullmatch(text)
+    if match is None:
+        return None
+    (
+        bundle_id, certificate_serial, certificate_sha256, clock, detail, device_key_id, event, failed_step,
+        fixture, hwid, mid, images_text, issuing_ca, signing, label, operator, policy_version, product,
+        security_counter, sequence, serial, station_id, time, unit, version, subject_digest, subject_hwid,
+    ) = match.groups()  # fmt: skip
+    if subject_hwid != hwid or hashlib.sha256(bytes.fromhex(hwid)).hexdigest() != subject_digest:
+        return None
+    texts = [clock, operator, product, station_id, version]
+    texts += [t for t in (detail, failed_step, label, serial) if t is not None]
+    images = usual_images.get(images_text)
+    if images is None:
+        images = tuple((name, sha256, measurement or None) for measurement, name, sha256 in _IMAGE.findall(images_text))
+        texts += [name for name, _, _ in images]
+    if max(map(len, texts)) > 256 or not "".join(texts).isprintable():
+        return None
+    counts = (int(sequence), int(fixture), int(security_counter), int(policy_version))
+    unit_value = None if unit == "null" else int(unit)
+    if max(counts) >= _MAX_COUNT or (unit_value is not None and unit_value >= _MAX_COUNT):
+        return None
+    try:  # on the strict form above, fromisoformat accepts exactly what parse_time's strptime does
+        _dt.datetime.fromisoformat(time)
+    except ValueError:
+        return None
+    return _Fields(
+        mid,
+        counts[0],
+        event,
+        station_id,
+        bundle_id,
+        product,
+        version,
+        counts[2],
+        unit_value,
+        hwid,
+        serial,
+        label,
+        images,
+        device_key_id,
+        certificate_serial,
+        certificate_sha256,
+        signing,
+        issuing_ca,
+        failed_step,
+        detail,
+        time,
+    )
+
+
+# --- the device certificate --------------------------------------------------------------------
+
+
+def _tlv(der: bytes, offset: int) -> tuple[int, int]:
+    """(content start, end) of the DER element at ``offset`` (the certificate already parsed strictly)."""
+    length = der[offset + 1]
+    if length < 0x80:
+        return offset + 2, offset + 2 + length
+    count = length & 0x7F
+    start = offset + 2 + count
+    return start, start + int.from_bytes(der[offset + 2 : start], "big")
+
+
+def _walk(der: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+    """The to-be-signed bytes, the serial number's content, the subject's content and the SubjectPublicKeyInfo."""
+    body = _tlv(der, 0)[0]
+    offset, tbs_end = _tlv(der, body)
+    if der[offset] == 0xA0:  # [0] version
+        offset = _tlv(der, offset)[1]
+    serial_start, serial_end = _tlv(der, offset)  # serialNumber
+    offset = _tlv(der, serial_end)[1]  # signature
+    offset = _tlv(der, offset)[1]  # issuer
+    offset = _tlv(der, offset)[1]  # validity
+    subject_start, subject_end = _tlv(der, offset)
+    spki_end = _tlv(der, subject_end)[1]
+    return der[body:tbs_end], der[serial_start:serial_end], der[subject_start:subject_end], der[subject_end:spki_end]
+
+
+def _der(tag: int, content: bytes) -> bytes:
+    length = len(content)
+    if length < 0x80:
+        return bytes((tag, length)) + content
+    size = (length.bit_length() + 7) // 8
+    return bytes((tag, 0x80 | size)) + length.to_bytes(size, "big") + content
+
+
+def _rdn(oid: bytes, tag: int, value: bytes) -> bytes:
+    """One relative distinguished name holding one attribute, DER-encoded."""
+    return _der(0x31, _der(0x30, _der(0x06, oid) + _der(tag, value)))
+
+
+_CN = b"\x55\x04\x03"  # id-at-commonName
+_SERIAL_NUMBER = b"\x55\x04\x05"  # id-at-serialNumber
+_ORGANIZATION = b"\x06\x03\x55\x04\x0a"  # the OID element of id-at-organizationName
+
+
+def _subject_is(subject: bytes, serial: str | None, hardware_id: str) -> bool:
+    """Whether a subject is exactly what a station issues: [O=...,] CN=serial, serialNumber=hardware id.
+
+    Only the common encoding (UTF8String CN, PrintableString serialNumber, an
+    optional organisation first) is recognised; False means "not shown here".
+    """
+    if serial is None:
+        return False
+    cn, sn = serial.encode("utf-8"), hardware_id.encode("ascii")
+    if len(cn) < 100 and len(sn) < 100:  # short-form lengths throughout: spell it in one go
+        tail = b"1%c0%c\x06\x03U\x04\x03\x0c%c%b1%c0%c\x06\x03U\x04\x05\x13%c%b" % (
+            len(cn) + 9, len(cn) + 7, len(cn), cn, len(sn) + 9, len(sn) + 7, len(sn), sn,
+        )  # fmt: skip
+    else:
+        tail = _rdn(_CN, 0x0C, cn) + _rdn(_SERIAL_NUMBER, 0x13, sn)
+    if not subject.endswith(tail):
+        return False
+    head = subject[: len(subject) - len(tail)]
+    if not head:
+        return True
+    # one RDN holding one organizationName attribute, and nothing else
+    if head[0] != 0x31 or _tlv(head, 0)[1] != len(head):
+        return False
+    atv_start = _tlv(head, 0)[0]
+    atv_content, atv_end = _tlv(head, atv_start)
+    return atv_end == len(head) and head.startswith(_ORGANIZATION, atv_content)
+
+
+def _check_certificate(m: _Fields, der: bytes | None, present: bool, station: _Station) -> str | None:
+    """Why the device certificate does not hold, or None when it does (``present``: the export has one)."""
+    if not present:
+        return "the export carries no device certificate for it"
+    if m.certificate_sha256 is None:
+        return "the export carries a certificate the manifest does not name"
+    if der is None:
+        return "the certificate is not canonical base64"
+    if hashlib.sha256(der).hexdigest() != m.certificate_sha256:
+        return "the certificate is not the one the manifest names (SHA-256 differs)"
+    try:
+        certificate = x509.load_der_x509_certificate(der)  # strict DER first: the walk below trusts the framing
+        tbs, serial, subject, spki = _walk(der)
+        usual_subject = _subject_is(subject, m.serial, m.hardware_id)
+    except (ValueError, IndexError):
+        return "the certificate does not parse"
+    if hashlib.sha256(spki).hexdigest() != m.device_key_id:
+        return "the certificate's key is not the device key the manifest names"
+    if certificate.signature_algorithm_oid != station.issuing_ca_oid:
+        return "the certificate is not signed with the station CA's algorithm"
+    try:
+        station.issuing_ca.verify(certificate.signature, tbs, station.issuing_ca_alg)
+    except InvalidSignature:
+        return f"the certificate is not issued by station '{station.station_id}''s issuing CA"
+    # the serial as manifests write it: its big-endian bytes, without the sign byte DER adds (never negative)
+    if serial[0] & 0x80 or (serial[1:] if serial[0] == 0 and len(serial) > 1 else serial).hex() != m.certificate_serial:
+        return "the certificate's serial number is not the one the manifest names"
+    if usual_subject:
+        return None
+    name = certificate.subject  # any other encoding: cryptography reads it
+    if [a.value for a in name.get_attributes_for_oid(NameOID.SERIAL_NUMBER)] != [m.hardware_id]:
+        return "the certificate's subject serialNumber is not the device's hardware id"
+    if [a.value for a in name.get_attributes_for_oid(NameOID.COMMON_NAME)] != [m.serial]:
+        return "the certificate's subject CN is not the device's serial"
+    return None
+
+
+# --- time --------------------------------------------------------------------------------------
+
+
+def _epoch(time: str) -> int:
+    """Seconds since 1970 of a checked "YYYY-MM-DDTHH:MM:SSZ" time."""
+    return int(_dt.datetime.fromisoformat(time).timestamp())
+
+
+def _week(time: str) -> str:
+    """The ISO week of a time: "2026-W05"."""
+    year, week, _ = _dt.date.fromisoformat(time[:10]).isocalendar()
+    return f"{year:04d}-W{week:02d}"
+
+
+def counters_add(total: dict[str, int], more: Mapping[str, int], limit: int) -> None:
+    """Add ``more`` into ``total``, folding new keys into "other" once ``total`` has ``limit`` keys."""
+    for key, count in more.items():
+        if key in total or len(total) < limit:
+            total[key] = total.get(key, 0) + count
+        else:
+            total["other"] = total.get("other", 0) + count
