@@ -269,9 +269,9 @@ def release(world: World) -> Release:  # noqa: F811
     return read_release(world, world.bundle_path)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # not longer: an open session would keep other tests' leaked sessions alive
 def station_keys(world: World) -> Iterator[dict[str, tuple[TokenKey, TokenKey]]]:  # noqa: F811
-    """Each station's signing and issuing CA keys, from its token (one session for the test run)."""
+    """Each station's signing and issuing CA keys, from its token (one session per test module)."""
     with open_token(world.tokens["station-1"]) as one, open_token(world.tokens["station-2"]) as two:
         yield {
             "station-1": (one.key(label=SIGNING_LABEL), one.key(label=ISSUING_CA_LABEL)),
@@ -285,7 +285,7 @@ def forge(world: World, release: Release, station_keys: dict[str, tuple[TokenKey
     return Forge(world, release, "station-1", *station_keys["station-1"])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def auditor_key(world: World) -> Iterator[TokenKey]:  # noqa: F811
     with open_token(world.tokens["auditor"]) as session:
         yield session.key(label="auditor-decrypt")
