@@ -192,6 +192,48 @@ def _open_exports(
 # --- one station's log -------------------------------------------------------------------------
 
 
+_UNIT_EVENTS = {"provisioned": 1, "rework": 2, "failed": 3, "scrap": 4}
+_MAX_STRAY_UNITS = 65536
+
+
+class _Units:
+    """The units of the audited release one station used, and how each ended, in memory bounded by
+    the allocation: one byte per allocated unit, and a capped map of units outside it."""
+
+    def __init__(self, allocation: int) -> None:
+        self.allocation = allocation
+        self.state = bytearray(allocation + 1)  # unit -> code of the event of its last manifest (0: never used)
+        self.stray: dict[int, int] = {}  # units outside 1..allocation: the same, up to _MAX_STRAY_UNITS
+        self.stray_overflow = False
+        self.provisioned = 0  # provisioned manifests under the release
+        self.highest = 0
+
+    def add(self, pairs: Iterable[tuple[int, str]]) -> None:
+        state, stray, allocation, codes = self.state, self.stray, self.allocation, _UNIT_EVENTS
+        for unit, event in pairs:
+            code = codes.get(event, 0)
+            if code == 1:
+                self.provisioned += 1
+            if unit > self.highest:
+                self.highest = unit
+            if 0 < unit <= allocation:
+                if code:
+                    state[unit] = code
+                elif not state[unit]:
+                    state[unit] = 5  # used, by another event
+            elif unit in stray or len(stray) < _MAX_STRAY_UNITS:
+                stray[unit] = code or stray.get(unit, 5)
+            else:
+                self.stray_overflow = True
+
+    def final(self) -> dict[int, int]:
+        """How many units ended in each event code (reserved units only)."""
+        counts = {code: self.state.count(code) for code in range(1, 6)}
+        for code in self.stray.values():
+            counts[code] += 1
+        return counts
+
+
 @dataclass
 class _Log:
     """What the audit knows of one station's log so far: bounded by the number of exports."""
@@ -205,6 +247,7 @@ class _Log:
     head_sequence: int | None = None
     head_size: int | None = None
     last_time: tuple[str, int, int] | None = None  # (time, epoch, position) of the last verified entry
+    units: _Units = field(default_factory=lambda: _Units(0))
     exports: int = 0
     manifests: int = 0
     verified: int = 0
@@ -303,6 +346,7 @@ class _Audit:
         log = self.logs.get(station_id)
         if log is None:
             log = self.logs[station_id] = _Log(station_id, len(self.logs), self.policy.stations.get(station_id))
+            log.units = _Units(self.release.allocation.get(station_id, 0))
         return log
 
     # --- findings helpers ----------------------------------------------------------------------
@@ -503,6 +547,8 @@ class _Audit:
             self.issue(run, issue)
         if result.rows:
             self.index.add(log.number, export.number, result.rows)
+        if result.units:
+            log.units.add(result.units)
         counters_add(log.events, result.events, len(result.events) + len(log.events))
         counters_add(log.failed_steps, result.failed_steps, _COUNTER_KEYS)
         counters_add(log.weeks, result.weeks, _COUNTER_KEYS * 4)
@@ -749,7 +795,7 @@ class _Audit:
         index, findings = self.index, self.findings
         stations = {log.number: log.station_id for log in self.logs.values()}
 
-        def evidence(column: str, value: str) -> tuple[list[Evidence], set[str], set[str], set[str]]:
+        def evidence(column: str, value: str) -> tuple[list[Evidence], set[str], set[str], set[str], list[Any]]:
             rows = index.rows_where(column, value, MAX_EVIDENCE)
             items = [Evidence(export_names.get(e), stations.get(s), p, m) for s, e, p, m, _, _, _ in rows]
             return (
@@ -757,11 +803,15 @@ class _Audit:
                 {stations[s] for s, *_ in rows},
                 {r[6] for r in rows if r[6] is not None},
                 {r[5] for r in rows},
+                rows,
             )
 
         limit = 200
-        for manifest_id, places in index.replayed_ids(limit):
-            items, where, serials, hwids = evidence("manifest_id", manifest_id)
+        for manifest_id, _ in index.replayed_ids(limit):
+            items, where, serials, hwids, rows = evidence("manifest_id", manifest_id)
+            places = len({(r[0], r[2]) for r in rows})
+            if places < 2:
+                continue  # one manifest, exported twice: the log checks speak about that
             findings.add(
                 "manifest-replayed",
                 f"manifest {manifest_id} appears at {places} log positions",
@@ -770,28 +820,38 @@ class _Audit:
                 hardware_ids=sorted(hwids),
                 evidence=items,
             )
-        for hwid, count in index.twice_provisioned(limit):
-            items, where, serials, _ = evidence("hardware_id", hwid)
-            findings.add(
-                "duplicate-hardware-id",
-                f"hardware id {hwid} was provisioned {count} times without a rework (clone or ghost)",
-                stations=sorted(where),
-                serials=sorted(serials),
-                hardware_ids=[hwid],
-                evidence=items,
-            )
-        for hwid, count in index.two_keys(limit):
-            items, where, serials, _ = evidence("hardware_id", hwid)
-            findings.add(
-                "duplicate-hardware-id",
-                f"hardware id {hwid} holds {count} different device keys (clone)",
-                stations=sorted(where),
-                serials=sorted(serials),
-                hardware_ids=[hwid],
-                evidence=items,
-            )
+        for hwid, provisioned, keys, reworked in index.devices(limit):
+            items, where, serials, _, rows = evidence("hardware_id", hwid)
+            provisioned = len({r[3] for r in rows if r[4] == "provisioned"})
+            if provisioned > 1:
+                findings.add(
+                    "duplicate-hardware-id",
+                    f"hardware id {hwid} was provisioned {provisioned} times without a rework (clone or ghost)",
+                    stations=sorted(where),
+                    serials=sorted(serials),
+                    hardware_ids=[hwid],
+                    evidence=items,
+                )
+            elif keys > 1:
+                findings.add(
+                    "duplicate-hardware-id",
+                    f"hardware id {hwid} holds {keys} different device keys (clone)",
+                    stations=sorted(where),
+                    serials=sorted(serials),
+                    hardware_ids=[hwid],
+                    evidence=items,
+                )
+            if reworked and not provisioned:
+                findings.add(
+                    "rework-unknown-device",
+                    f"device {hwid} was reworked but no manifest in the evidence shows it provisioned",
+                    stations=sorted(where),
+                    serials=sorted(serials),
+                    hardware_ids=[hwid],
+                    evidence=items,
+                )
         for serial, count in index.shared("serial", limit):
-            items, where, _, hwids = evidence("serial", serial)
+            items, where, _, hwids, _ = evidence("serial", serial)
             findings.add(
                 "duplicate-serial",
                 f"serial {serial!r} is on {count} devices",
@@ -801,7 +861,7 @@ class _Audit:
                 evidence=items,
             )
         for device_key, count in index.shared("device_key_id", limit):
-            items, where, serials, hwids = evidence("device_key_id", device_key)
+            items, where, serials, hwids, _ = evidence("device_key_id", device_key)
             findings.add(
                 "device-key-reused",
                 f"device key {device_key[:16]} is on {count} devices",
@@ -810,45 +870,30 @@ class _Audit:
                 hardware_ids=sorted(hwids),
                 evidence=items,
             )
-        for (hwid,) in index.reworked_unknown(limit):
-            items, where, serials, _ = evidence("hardware_id", hwid)
-            findings.add(
-                "rework-unknown-device",
-                f"device {hwid} was reworked but no manifest in the evidence shows it provisioned",
-                stations=sorted(where),
-                serials=sorted(serials),
-                hardware_ids=[hwid],
-                evidence=items,
-            )
 
     def station_reports(self) -> tuple[list[StationReport], Reconciliation, Quality]:
-        units = self.index.units()
         first_pass = self.index.first_pass()
         reports = []
         allocation = self.release.allocation
         total_failures: dict[str, int] = {}
         total_weeks: dict[str, int] = {}
         for log in sorted(self.logs.values(), key=lambda lg: lg.station_id):
-            u = units.get(log.number, {})
-            events = log.events
+            units = log.units
+            final = units.final()
             reconciliation = Reconciliation(
                 allocation=allocation.get(log.station_id, 0),
-                reserved=u.get("reserved", 0),
-                provisioned=u.get("provisioned_devices", 0),
-                reworked=events.get("rework", 0),
-                failed=events.get("failed", 0),
-                scrapped=events.get("scrap", 0),
-                label_mismatch=events.get("label-mismatch", 0),
-                break_glass=events.get("break-glass", 0),
-                units_provisioned=u.get("final:provisioned", 0) + u.get("final:rework", 0),
-                units_failed=u.get("final:failed", 0),
-                units_scrapped=u.get("final:scrap", 0),
-                units_open=sum(v for k, v in u.items() if k.startswith("final:"))
-                - u.get("final:provisioned", 0)
-                - u.get("final:rework", 0)
-                - u.get("final:failed", 0)
-                - u.get("final:scrap", 0),
-                highest_unit=u.get("max_unit", 0),
+                reserved=sum(final.values()),
+                provisioned=units.provisioned,
+                reworked=log.events.get("rework", 0),
+                failed=log.events.get("failed", 0),
+                scrapped=log.events.get("scrap", 0),
+                label_mismatch=log.events.get("label-mismatch", 0),
+                break_glass=log.events.get("break-glass", 0),
+                units_provisioned=final[1] + final[2],
+                units_failed=final[3],
+                units_scrapped=final[4],
+                units_open=final[5],
+                highest_unit=units.highest,
             )
             attempted, first = first_pass.get(log.number, (0, 0))
             quality = Quality.of(attempted, first, log.failed_steps, log.weeks)
@@ -863,7 +908,7 @@ class _Audit:
                     log.verified,
                     log.size,
                     None if log.root is None else log.root.hex(),
-                    dict(events),
+                    dict(log.events),
                     reconciliation,
                     quality,
                 )

@@ -31,10 +31,7 @@ CREATE TABLE entries (
     event TEXT NOT NULL,
     hardware_id TEXT NOT NULL,
     serial TEXT,
-    device_key_id TEXT,
-    unit INTEGER,
-    in_bundle INTEGER NOT NULL,    -- 1 when the manifest is for the audited bundle
-    time TEXT NOT NULL
+    device_key_id TEXT
 )
 """
 
@@ -65,7 +62,7 @@ class Index:
         """Append the rows of one chunk."""
         # station and export are this audit's own integers, so they can be spelled into the statement
         self._db.executemany(
-            f"INSERT INTO entries VALUES ({int(station)}, {int(export)}, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+            f"INSERT INTO entries VALUES ({int(station)}, {int(export)}, ?, ?, ?, ?, ?, ?)", rows
         )
 
     def finish_loading(self) -> None:
@@ -78,26 +75,20 @@ class Index:
     # --- identities ----------------------------------------------------------------------------
 
     def replayed_ids(self, limit: int) -> Iterator[tuple[str, int]]:
-        """Manifest ids at more than one log position: (id, positions)."""
+        """Manifest ids in more than one row: (id, rows); the same manifest exported twice is one of them."""
         return self._query(
-            "SELECT manifest_id, COUNT(DISTINCT station || ':' || position) AS n FROM entries "
-            "GROUP BY manifest_id HAVING n > 1 LIMIT ?",
-            limit,
+            "SELECT manifest_id, COUNT(*) AS n FROM entries GROUP BY manifest_id HAVING n > 1 LIMIT ?", limit
         )
 
-    def twice_provisioned(self, limit: int) -> Iterator[tuple[str, int]]:
-        """Hardware ids with more than one 'provisioned' manifest: (hardware id, manifests)."""
+    def devices(self, limit: int) -> Iterator[tuple[str, int, int, int]]:
+        """Hardware ids that are suspect, in one pass: provisioned by more than one manifest, holding more
+        than one device key, or reworked but never provisioned: (hardware id, provisioned manifests, 2 when it
+        has several keys, reworks). The same manifest exported twice counts twice here; the caller looks closer."""
+        key = f"CASE WHEN event IN {_ASSIGNING} THEN device_key_id END"
         return self._query(
-            "SELECT hardware_id, COUNT(DISTINCT manifest_id) AS n FROM entries WHERE event = 'provisioned' "
-            "GROUP BY hardware_id HAVING n > 1 LIMIT ?",
-            limit,
-        )
-
-    def two_keys(self, limit: int) -> Iterator[tuple[str, int]]:
-        """Hardware ids provisioned or reworked with more than one device key: (hardware id, keys)."""
-        return self._query(
-            f"SELECT hardware_id, COUNT(DISTINCT device_key_id) AS n FROM entries WHERE event IN {_ASSIGNING} "
-            "AND device_key_id IS NOT NULL GROUP BY hardware_id HAVING n > 1 LIMIT ?",
+            f"SELECT hardware_id, SUM(event = 'provisioned') AS p, 1 + (MIN({key}) <> MAX({key})) AS k, "
+            "SUM(event = 'rework') AS r FROM entries GROUP BY hardware_id HAVING p > 1 OR k > 1 OR (r > 0 AND p = 0) "
+            "LIMIT ?",
             limit,
         )
 
@@ -108,14 +99,6 @@ class Index:
         return self._query(
             f"SELECT {column}, COUNT(DISTINCT hardware_id) AS n FROM entries WHERE event IN {_ASSIGNING} "
             f"AND {column} IS NOT NULL GROUP BY {column} HAVING n > 1 LIMIT ?",
-            limit,
-        )
-
-    def reworked_unknown(self, limit: int) -> Iterator[tuple[str]]:
-        """Hardware ids reworked but never provisioned in the evidence."""
-        return self._query(
-            "SELECT hardware_id FROM entries WHERE event = 'rework' "
-            "EXCEPT SELECT hardware_id FROM entries WHERE event = 'provisioned' LIMIT ?",
             limit,
         )
 
@@ -133,24 +116,6 @@ class Index:
         )
 
     # --- counts --------------------------------------------------------------------------------
-
-    def units(self) -> dict[int, dict[str, int]]:
-        """Per station, for the audited bundle: units reserved, the highest unit, devices provisioned,
-        and how many units ended in each event (the event of the unit's last manifest)."""
-        out: dict[int, dict[str, int]] = {}
-        for station, reserved, highest, devices in self._query(
-            "SELECT station, COUNT(DISTINCT unit), MAX(unit), "
-            "COUNT(DISTINCT CASE WHEN event = 'provisioned' THEN hardware_id END) "
-            "FROM entries WHERE in_bundle = 1 GROUP BY station"
-        ):
-            out[station] = {"reserved": reserved, "max_unit": highest or 0, "provisioned_devices": devices}
-        # SQLite returns the other columns of the row that holds MAX(position)
-        for station, event, count in self._query(
-            "SELECT station, event, COUNT(*) FROM (SELECT station, unit, event, MAX(position) FROM entries "
-            "WHERE in_bundle = 1 AND unit IS NOT NULL GROUP BY station, unit) GROUP BY station, event"
-        ):
-            out.setdefault(station, {"reserved": 0, "max_unit": 0, "provisioned_devices": 0})[f"final:{event}"] = count
-        return out
 
     def first_pass(self) -> dict[int, tuple[int, int]]:
         """Per station: (devices attempted, devices provisioned at their first attempt)."""

@@ -86,8 +86,8 @@ class Context:
 Issue = tuple[str, int, "str | None", "str | None", "str | None", str]
 """(code, log position, manifest id, hardware id, serial, detail): one thing wrong or worth listing."""
 
-Row = tuple[int, str, str, str, "str | None", "str | None", "int | None", int, str]
-"""(position, manifest id, event, hardware id, serial, device key id, unit, of the audited bundle, time)."""
+Row = tuple[int, str, str, str, "str | None", "str | None"]
+"""(position, manifest id, event, hardware id, serial, device key id) of a verified manifest."""
 
 
 @dataclass
@@ -107,6 +107,7 @@ class ChunkResult:
     seqs: list[int] | None = None  # every declared position, only when they are not consecutive
     leaves: bytes = b""  # the entries' leaf hashes, 32 bytes each, in order
     rows: list[Row] = field(default_factory=list)  # one per verified manifest
+    units: list[tuple[int, str]] = field(default_factory=list)  # (unit, event) of the audited release's manifests
     issues: list[Issue] = field(default_factory=list)
     first_time: tuple[str, int] | None = None  # (time, position) of the first verified entry
     last_time: tuple[str, int] | None = None
@@ -418,7 +419,9 @@ class _Chunk:
         self.events[event] += 1
         if event != "provisioned":
             self.exception(m, event, position)
-        result.rows.append((position, mid, event, hwid, serial, m.device_key_id, m.unit, int(in_bundle), time))
+        result.rows.append((position, mid, event, hwid, serial, m.device_key_id))
+        if in_bundle and m.unit is not None:
+            result.units.append((m.unit, event))
 
     def unusual(self, m: _Fields, position: int, in_bundle: bool, station: _Station) -> None:
         """The slower checks, for a manifest whose keys, release or images are not the usual ones."""
