@@ -21,7 +21,8 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.verify.conftest import World, world  # noqa: F401  (the session-scoped world fixture)
+from tests.verify import conftest as verify_conftest
+from tests.verify.conftest import World
 from vault import checkpoint as notes
 from vault import merkle, pki
 from vault.audit import Report, audit
@@ -36,6 +37,7 @@ from vault.token import TokenKey, open_token
 from vault.verify import ISSUING_CA_LABEL, SIGNING_LABEL, log_origin
 from vault.verify._station import serial_hex
 
+world = verify_conftest.world  # the station tests' session-scoped enrolled world, shared
 START = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
 
 
@@ -108,7 +110,9 @@ class Forge:
         issuer = self.enrolled.issuing_ca.certificate
         assert issuer is not None
         profile = pki.device_profile(device.serial, device.hardware_id, 1, not_before=when)
-        profile = pki.with_validity(profile, when, min(when + datetime.timedelta(days=3650), issuer.not_valid_after_utc))
+        profile = pki.with_validity(
+            profile, when, min(when + datetime.timedelta(days=3650), issuer.not_valid_after_utc)
+        )
         certificate = pki.issue_certificate(
             device.key.public_key(), profile, self.ca, issuer_certificate=issuer,
             serial=pki.random_serial(os.urandom), now=when,
@@ -265,12 +269,12 @@ def read_release(world: World, bundle: Path) -> Release:
 
 
 @pytest.fixture(scope="session")
-def release(world: World) -> Release:  # noqa: F811
+def release(world: World) -> Release:
     return read_release(world, world.bundle_path)
 
 
 @pytest.fixture(scope="module")  # not longer: an open session would keep other tests' leaked sessions alive
-def station_keys(world: World) -> Iterator[dict[str, tuple[TokenKey, TokenKey]]]:  # noqa: F811
+def station_keys(world: World) -> Iterator[dict[str, tuple[TokenKey, TokenKey]]]:
     """Each station's signing and issuing CA keys, from its token (one session per test module)."""
     with open_token(world.tokens["station-1"]) as one, open_token(world.tokens["station-2"]) as two:
         yield {
@@ -280,19 +284,19 @@ def station_keys(world: World) -> Iterator[dict[str, tuple[TokenKey, TokenKey]]]
 
 
 @pytest.fixture
-def forge(world: World, release: Release, station_keys: dict[str, tuple[TokenKey, TokenKey]]) -> Forge:  # noqa: F811
+def forge(world: World, release: Release, station_keys: dict[str, tuple[TokenKey, TokenKey]]) -> Forge:
     """station-1's forge, against the world's bundle (allocation: station-1 20, station-2 10)."""
     return Forge(world, release, "station-1", *station_keys["station-1"])
 
 
 @pytest.fixture(scope="module")
-def auditor_key(world: World) -> Iterator[TokenKey]:  # noqa: F811
+def auditor_key(world: World) -> Iterator[TokenKey]:
     with open_token(world.tokens["auditor"]) as session:
         yield session.key(label="auditor-decrypt")
 
 
 @pytest.fixture
-def run_audit(world: World, auditor_key: TokenKey) -> Callable[..., Report]:  # noqa: F811
+def run_audit(world: World, auditor_key: TokenKey) -> Callable[..., Report]:
     """``run_audit(paths, bundle=..., workers=1)``: audit exports against the world's policy."""
 
     def run(paths: list[Path], *, bundle: Path | None = None, workers: int = 1) -> Report:

@@ -11,7 +11,6 @@ import pytest
 from tests.audit.conftest import Forge, Report, SoftSigner, serious
 from tests.verify.conftest import World
 from vault.manifest import ImageRecord
-from vault.verify import Station
 from vault.verify._simulate import run_simulation
 
 Audit = Callable[..., Report]
@@ -197,3 +196,54 @@ def test_label_mismatch_is_listed_but_not_serious(forge: Forge, tmp_path: Path, 
     assert report.codes() == {"label-mismatch"} and serious(report) == set()
     (finding,) = report.findings
     assert finding.severity == "low" and finding.evidence[0].position == 1
+
+
+# --- beyond one finding per type ---------------------------------------------------------------
+
+
+def test_an_incremental_audit_still_recomputes_the_log(forge: Forge, tmp_path: Path, run_audit: Audit) -> None:
+    forge.provision(3)
+    forge.export(tmp_path / "old")  # audited last month, not handed over again
+    forge.provision(3)
+    second = forge.export(tmp_path / "new")
+    assert serious(run_audit([second])) == set()
+    forge.provision(2)
+    other = forge.manifest("provisioned", sequence=7, unit=8, when=forge.log[7].manifest.time)
+    third = forge.export(tmp_path / "newer", entries=lambda listed: [(i, other if i == 7 else e) for i, e in listed])
+    assert serious(run_audit([third])) == {"log-rewritten"}  # the frontier comes from the consistency proof
+
+
+def test_an_altered_export_is_reported_and_the_rest_audited(forge: Forge, tmp_path: Path, run_audit: Audit) -> None:
+    forge.provision(40)
+    path = forge.export(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 1
+    altered = tmp_path / "altered" / path.name
+    altered.parent.mkdir()
+    altered.write_bytes(bytes(data))
+    report = run_audit([altered])
+    assert serious(report) == {"export-invalid"}
+    assert report.exports[0].status == "invalid" and 0 < report.exports[0].entries < 40
+
+
+def test_a_bundle_that_is_not_promoted(world: World, forge: Forge, tmp_path: Path, run_audit: Audit) -> None:
+    unpromoted = world.bundle(allocation="{station-1: 5}", promote=False)
+    forge.provision(1)
+    report = run_audit([forge.export(tmp_path)], bundle=unpromoted)
+    assert "bundle-not-promoted" in serious(report) and not report.bundle.promoted
+
+
+def test_time_jump_and_window(forge: Forge, tmp_path: Path, run_audit: Audit) -> None:
+    forge.provision(1)
+    forge.time += datetime.timedelta(days=29)
+    forge.provision(1)
+    first = forge.export(tmp_path)
+    assert serious(run_audit([first])) == set()
+    forge.time += datetime.timedelta(days=31)
+    forge.provision(1)
+    second = forge.export(tmp_path)
+    assert serious(run_audit([first, second])) == {"time-jump"}  # across the two exports
+    early = datetime.datetime(2025, 12, 1, tzinfo=datetime.UTC)  # before the release's not_before
+    forge.add("failed", failed_step="program", when=early, unit=4)
+    report = run_audit([first, second, forge.export(tmp_path)])
+    assert serious(report) == {"time-jump", "time-outside-window", "time-regression"}

@@ -21,8 +21,8 @@ made under:
 
 It streams: the main process reads each export's chunks in order while a
 pool of worker processes decrypts and verifies them, and memory stays
-bounded however many manifests there are (see ``docs/audit-report.md`` for
-the report and ADR-worthy details). Problems in the evidence never raise:
+bounded however many manifests there are. ``docs/audit-report.md`` documents
+every check, finding code and report field. Problems in the evidence never raise:
 each is a :class:`Finding` with a code from :data:`CODES`, a severity, the
 stations, serials and hardware ids involved and the evidence (export file,
 log position, manifest id). The :class:`Report` serialises to JSON

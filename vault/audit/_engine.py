@@ -70,6 +70,7 @@ __all__ = ["AuditProgress", "audit"]
 JUMP_SECONDS = 30 * 24 * 3600
 """A forward step between consecutive entries of one log longer than this is a time-jump finding."""
 
+_FINDINGS_PER_QUESTION = 200  # suspects each identity question returns (each may become a finding)
 _COUNTER_KEYS = 256  # distinct failed steps and weeks kept per station before "other"
 _INFO_CODES = frozenset(
     {"label-mismatch", "break-glass", "unit-failed", "unit-interrupted", "unit-scrapped", "unit-reworked"}
@@ -194,6 +195,7 @@ def _open_exports(
 
 _UNIT_EVENTS = {"provisioned": 1, "rework": 2, "failed": 3, "scrap": 4}
 _MAX_STRAY_UNITS = 65536
+_MAX_UNIT_BYTES = 16 * 1024 * 1024  # units past this many are counted like strays (a bundle may allocate more)
 
 
 class _Units:
@@ -201,8 +203,8 @@ class _Units:
     the allocation: one byte per allocated unit, and a capped map of units outside it."""
 
     def __init__(self, allocation: int) -> None:
-        self.allocation = allocation
-        self.state = bytearray(allocation + 1)  # unit -> code of the event of its last manifest (0: never used)
+        self.allocation = min(allocation, _MAX_UNIT_BYTES)
+        self.state = bytearray(self.allocation + 1)  # unit -> code of the event of its last manifest (0: never used)
         self.stray: dict[int, int] = {}  # units outside 1..allocation: the same, up to _MAX_STRAY_UNITS
         self.stray_overflow = False
         self.provisioned = 0  # provisioned manifests under the release
@@ -790,89 +792,52 @@ class _Audit:
 
     # --- after the last export -----------------------------------------------------------------
 
-    def identities(self, export_names: dict[int, str]) -> None:
-        """The cross-station questions, answered from the index."""
+    def identities(self, answers: dict[str, list[Any]], export_names: dict[int, str]) -> None:
+        """The cross-station findings, from the index's answers."""
         index, findings = self.index, self.findings
         stations = {log.number: log.station_id for log in self.logs.values()}
 
-        def evidence(column: str, value: str) -> tuple[list[Evidence], set[str], set[str], set[str], list[Any]]:
-            rows = index.rows_where(column, value, MAX_EVIDENCE)
-            items = [Evidence(export_names.get(e), stations.get(s), p, m) for s, e, p, m, _, _, _ in rows]
-            return (
-                items,
-                {stations[s] for s, *_ in rows},
-                {r[6] for r in rows if r[6] is not None},
-                {r[5] for r in rows},
-                rows,
+        def report(code: str, message: str, rows: list[Any], **names: Iterable[str]) -> None:
+            findings.add(
+                code,
+                message,
+                stations=sorted({stations[r[0]] for r in rows}),
+                serials=names.get("serials", sorted({r[6] for r in rows if r[6] is not None})),
+                hardware_ids=names.get("hardware_ids", sorted({r[5] for r in rows})),
+                evidence=[Evidence(export_names.get(r[1]), stations.get(r[0]), r[2], r[3]) for r in rows],
             )
 
-        limit = 200
-        for manifest_id, _ in index.replayed_ids(limit):
-            items, where, serials, hwids, rows = evidence("manifest_id", manifest_id)
+        replayed = [value for value, _ in answers["replayed"]]
+        for manifest_id, rows in index.rows_for("manifest_id", replayed, MAX_EVIDENCE).items():
             places = len({(r[0], r[2]) for r in rows})
-            if places < 2:
-                continue  # one manifest, exported twice: the log checks speak about that
-            findings.add(
-                "manifest-replayed",
-                f"manifest {manifest_id} appears at {places} log positions",
-                stations=sorted(where),
-                serials=sorted(serials),
-                hardware_ids=sorted(hwids),
-                evidence=items,
-            )
-        for hwid, provisioned, keys, reworked in index.devices(limit):
-            items, where, serials, _, rows = evidence("hardware_id", hwid)
+            if places > 1:  # else one manifest exported twice: the log checks speak about that
+                report("manifest-replayed", f"manifest {manifest_id} appears at {places} log positions", rows)
+        suspects = {hwid: (keys, reworked) for hwid, _, keys, reworked in answers["devices"]}
+        for hwid, rows in index.rows_for("hardware_id", list(suspects), MAX_EVIDENCE).items():
+            keys, reworked = suspects[hwid]
             provisioned = len({r[3] for r in rows if r[4] == "provisioned"})
             if provisioned > 1:
-                findings.add(
-                    "duplicate-hardware-id",
-                    f"hardware id {hwid} was provisioned {provisioned} times without a rework (clone or ghost)",
-                    stations=sorted(where),
-                    serials=sorted(serials),
-                    hardware_ids=[hwid],
-                    evidence=items,
-                )
+                message = f"hardware id {hwid} was provisioned {provisioned} times without a rework (clone or ghost)"
+                report("duplicate-hardware-id", message, rows, hardware_ids=[hwid])
             elif keys > 1:
-                findings.add(
-                    "duplicate-hardware-id",
-                    f"hardware id {hwid} holds {keys} different device keys (clone)",
-                    stations=sorted(where),
-                    serials=sorted(serials),
-                    hardware_ids=[hwid],
-                    evidence=items,
-                )
+                message = f"hardware id {hwid} holds different device keys (clone)"
+                report("duplicate-hardware-id", message, rows, hardware_ids=[hwid])
             if reworked and not provisioned:
-                findings.add(
-                    "rework-unknown-device",
-                    f"device {hwid} was reworked but no manifest in the evidence shows it provisioned",
-                    stations=sorted(where),
-                    serials=sorted(serials),
-                    hardware_ids=[hwid],
-                    evidence=items,
-                )
-        for serial, count in index.shared("serial", limit):
-            items, where, _, hwids, _ = evidence("serial", serial)
-            findings.add(
-                "duplicate-serial",
-                f"serial {serial!r} is on {count} devices",
-                stations=sorted(where),
-                serials=[serial],
-                hardware_ids=sorted(hwids),
-                evidence=items,
-            )
-        for device_key, count in index.shared("device_key_id", limit):
-            items, where, serials, hwids, _ = evidence("device_key_id", device_key)
-            findings.add(
-                "device-key-reused",
-                f"device key {device_key[:16]} is on {count} devices",
-                stations=sorted(where),
-                serials=sorted(serials),
-                hardware_ids=sorted(hwids),
-                evidence=items,
-            )
+                message = f"device {hwid} was reworked but no manifest in the evidence shows it provisioned"
+                report("rework-unknown-device", message, rows, hardware_ids=[hwid])
+        shared = [value for value, _ in answers["serials"]]
+        for serial, rows in index.rows_for("serial", shared, MAX_EVIDENCE).items():
+            devices = len({r[5] for r in rows})
+            report("duplicate-serial", f"serial {serial!r} is on {devices} devices", rows, serials=[serial])
+        shared = [value for value, _ in answers["keys"]]
+        for key, rows in index.rows_for("device_key_id", shared, MAX_EVIDENCE).items():
+            devices = len({r[5] for r in rows})
+            report("device-key-reused", f"device key {key[:16]} is on {devices} devices", rows)
 
-    def station_reports(self) -> tuple[list[StationReport], Reconciliation, Quality]:
-        first_pass = self.index.first_pass()
+    def station_reports(self, answers: dict[str, list[Any]]) -> tuple[list[StationReport], Reconciliation, Quality]:
+        for station_id in self.release.allocation:  # an allocated station that sent nothing shows as such
+            self.log(station_id)
+        first_pass = {station: (attempted, first) for station, attempted, first in answers["first_pass"]}
         reports = []
         allocation = self.release.allocation
         total_failures: dict[str, int] = {}
@@ -1049,8 +1014,9 @@ def _audit(
             run = _Audit(trust, release, findings, index, progress, total_bytes)
             run.run(opened, _context(trust, release), workers)
             index.finish_loading()
-            run.identities({e.number: e.name for e in opened})
-            stations, totals, quality = run.station_reports()
+            answers = index.grouped(_FINDINGS_PER_QUESTION, parallel=workers)
+            run.identities(answers, {e.number: e.name for e in opened})
+            stations, totals, quality = run.station_reports(answers)
             summaries = run.summaries
     if progress is not None:
         progress(AuditProgress(total_bytes, total_bytes, run.manifests))

@@ -4,8 +4,8 @@ The main process appends rows as chunks come back from the workers (no
 index is maintained while loading, so each insert is cheap); the questions
 that span all stations and exports (the same hardware id provisioned twice,
 one serial or one device key on two devices, a manifest id seen twice, the
-units each station reserved and how each ended, the first-pass yield) are
-answered by a handful of grouped queries over the whole table at the end.
+first-pass yield) are answered by a handful of grouped queries over the
+whole table at the end, run side by side.
 SQLite sorts on disk, so memory stays bounded however many manifests there are.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -36,6 +37,38 @@ CREATE TABLE entries (
 """
 
 _ASSIGNING = "('provisioned', 'rework')"  # events after which the device holds its serial and key
+_PRAGMAS = "PRAGMA temp_store = FILE; PRAGMA cache_size = -32768;"
+_KEY = f"CASE WHEN event IN {_ASSIGNING} THEN device_key_id END"
+
+QUESTIONS = {
+    # (station, devices attempted, devices whose first attempt was provisioned): the first-pass yield.
+    # SQLite returns the other columns of the row that holds MIN(position).
+    "first_pass": (
+        "SELECT station, COUNT(*), SUM(event = 'provisioned') FROM ("
+        "SELECT station, hardware_id, event, MIN(position) FROM entries "
+        "WHERE event IN ('provisioned', 'failed', 'label-mismatch') GROUP BY station, hardware_id"
+        ") GROUP BY station"
+    ),
+    # (hardware id, provisioned rows, 2 when it holds several device keys, reworks): suspect devices. The
+    # same manifest exported twice counts twice here; the caller looks at the rows.
+    "devices": (
+        f"SELECT hardware_id, SUM(event = 'provisioned') AS p, 1 + (MIN({_KEY}) <> MAX({_KEY})) AS k, "
+        "SUM(event = 'rework') AS r FROM entries GROUP BY hardware_id HAVING p > 1 OR k > 1 OR (r > 0 AND p = 0) "
+        "LIMIT ?"
+    ),
+    # (device key id, devices) and (serial, devices): one key or one serial on several devices
+    "keys": (
+        f"SELECT device_key_id, COUNT(DISTINCT hardware_id) AS n FROM entries WHERE event IN {_ASSIGNING} "
+        "AND device_key_id IS NOT NULL GROUP BY device_key_id HAVING n > 1 LIMIT ?"
+    ),
+    # (manifest id, rows): a manifest id in several rows (one manifest exported twice is one of them)
+    "replayed": "SELECT manifest_id, COUNT(*) AS n FROM entries GROUP BY manifest_id HAVING n > 1 LIMIT ?",
+    "serials": (
+        f"SELECT serial, COUNT(DISTINCT hardware_id) AS n FROM entries WHERE event IN {_ASSIGNING} "
+        "AND serial IS NOT NULL GROUP BY serial HAVING n > 1 LIMIT ?"
+    ),
+}
+"""The questions asked of the whole index at the end, longest first."""
 
 
 class Index:
@@ -44,10 +77,7 @@ class Index:
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.path = Path(directory) / "audit-index.sqlite"
         self._db = sqlite3.connect(self.path, isolation_level=None)
-        self._db.executescript(
-            "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; PRAGMA temp_store = FILE;"
-            "PRAGMA cache_size = -32768;" + _SCHEMA
-        )
+        self._db.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;" + _PRAGMAS + _SCHEMA)
         self._db.execute("BEGIN")
 
     def __enter__(self) -> Index:
@@ -61,9 +91,7 @@ class Index:
     def add(self, station: int, export: int, rows: Sequence[Row]) -> None:
         """Append the rows of one chunk."""
         # station and export are this audit's own integers, so they can be spelled into the statement
-        self._db.executemany(
-            f"INSERT INTO entries VALUES ({int(station)}, {int(export)}, ?, ?, ?, ?, ?, ?)", rows
-        )
+        self._db.executemany(f"INSERT INTO entries VALUES ({int(station)}, {int(export)}, ?, ?, ?, ?, ?, ?)", rows)
 
     def finish_loading(self) -> None:
         """Commit what was loaded; queries may follow."""
@@ -72,59 +100,45 @@ class Index:
     def _query(self, sql: str, *args: Any) -> Iterator[tuple[Any, ...]]:
         yield from self._db.execute(sql, args)
 
-    # --- identities ----------------------------------------------------------------------------
+    # --- the grouped questions ---------------------------------------------------------------
 
-    def replayed_ids(self, limit: int) -> Iterator[tuple[str, int]]:
-        """Manifest ids in more than one row: (id, rows); the same manifest exported twice is one of them."""
-        return self._query(
-            "SELECT manifest_id, COUNT(*) AS n FROM entries GROUP BY manifest_id HAVING n > 1 LIMIT ?", limit
-        )
+    def grouped(self, limit: int, parallel: int = 1) -> dict[str, list[tuple[Any, ...]]]:
+        """Answer every question of :data:`QUESTIONS`, each capped at ``limit`` answers.
 
-    def devices(self, limit: int) -> Iterator[tuple[str, int, int, int]]:
-        """Hardware ids that are suspect, in one pass: provisioned by more than one manifest, holding more
-        than one device key, or reworked but never provisioned: (hardware id, provisioned manifests, 2 when it
-        has several keys, reworks). The same manifest exported twice counts twice here; the caller looks closer."""
-        key = f"CASE WHEN event IN {_ASSIGNING} THEN device_key_id END"
-        return self._query(
-            f"SELECT hardware_id, SUM(event = 'provisioned') AS p, 1 + (MIN({key}) <> MAX({key})) AS k, "
-            "SUM(event = 'rework') AS r FROM entries GROUP BY hardware_id HAVING p > 1 OR k > 1 OR (r > 0 AND p = 0) "
-            "LIMIT ?",
-            limit,
-        )
+        Each sorts the whole table once; they run ``parallel`` at a time, each
+        on its own connection (SQLite works outside the GIL), longest first.
+        """
 
-    def shared(self, column: str, limit: int) -> Iterator[tuple[str, int]]:
-        """Serials or device keys held by more than one hardware id: (value, devices)."""
-        if column not in ("serial", "device_key_id"):
-            raise ValueError(column)
-        return self._query(
-            f"SELECT {column}, COUNT(DISTINCT hardware_id) AS n FROM entries WHERE event IN {_ASSIGNING} "
-            f"AND {column} IS NOT NULL GROUP BY {column} HAVING n > 1 LIMIT ?",
-            limit,
-        )
+        def ask(name: str) -> tuple[str, list[tuple[Any, ...]]]:
+            db = sqlite3.connect(self.path, isolation_level=None)
+            try:
+                db.executescript(_PRAGMAS)
+                sql = QUESTIONS[name]
+                return name, db.execute(sql, (limit,) if "?" in sql else ()).fetchall()
+            finally:
+                db.close()
 
-    def rows_where(self, column: str, value: str, limit: int) -> list[tuple[Any, ...]]:
-        """(station, export, position, manifest id, event, hardware id, serial) of the rows with ``column = value``."""
+        if parallel <= 1:
+            return dict(map(ask, QUESTIONS))
+        with ThreadPoolExecutor(parallel, thread_name_prefix="audit-index") as pool:
+            return dict(pool.map(ask, QUESTIONS))
+
+    def rows_for(self, column: str, values: Sequence[str], limit: int) -> dict[str, list[tuple[Any, ...]]]:
+        """For each of ``values``, the first ``limit`` rows (station, export, position, manifest id, event,
+        hardware id, serial) with ``column`` equal to it, in log order; one pass over the table for all."""
         if column not in ("manifest_id", "hardware_id", "serial", "device_key_id"):
             raise ValueError(column)
-        return list(
-            self._query(
-                "SELECT station, export, position, manifest_id, event, hardware_id, serial FROM entries "
-                f"WHERE {column} = ? ORDER BY station, position LIMIT ?",
-                value,
-                limit,
-            )
-        )
-
-    # --- counts --------------------------------------------------------------------------------
-
-    def first_pass(self) -> dict[int, tuple[int, int]]:
-        """Per station: (devices attempted, devices provisioned at their first attempt)."""
-        return {
-            station: (attempted, first)
-            for station, attempted, first in self._query(
-                "SELECT station, COUNT(*), SUM(event = 'provisioned') FROM ("
-                "SELECT station, hardware_id, event, MIN(position) FROM entries "
-                "WHERE event IN ('provisioned', 'failed', 'label-mismatch') GROUP BY station, hardware_id"
-                ") GROUP BY station"
-            )
-        }
+        found: dict[str, list[tuple[Any, ...]]] = {value: [] for value in values}
+        if not values:
+            return found
+        self._db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (value TEXT PRIMARY KEY)")
+        self._db.execute("DELETE FROM wanted")
+        self._db.executemany("INSERT OR IGNORE INTO wanted VALUES (?)", [(v,) for v in values])
+        for row in self._query(
+            f"SELECT {column}, station, export, position, manifest_id, event, hardware_id, serial FROM entries "
+            f"WHERE {column} IN (SELECT value FROM wanted) ORDER BY station, position"
+        ):
+            rows = found[row[0]]
+            if len(rows) < limit:
+                rows.append(row[1:])
+        return found

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import click
 
 from vault import __version__
-from vault.cli import _bundle, _ceremony, _station, _token
+from vault.cli import _audit, _bundle, _ceremony, _station, _token
 from vault.errors import VaultError
 
 __all__ = ["cli", "main"]
@@ -36,6 +36,7 @@ cli.add_command(_ceremony.ceremony)
 cli.add_command(_ceremony.shares)
 cli.add_command(_station.station)
 cli.add_command(_bundle.bundle)
+cli.add_command(_audit.audit)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,0 +1,188 @@
+"""``vault audit``: check evidence exports against the trust policy and the release, and report.
+
+Exit status: 0 when no finding is at or above ``--fail-on`` (default: high),
+3 when at least one is, 1 when the input cannot be audited at all (a file
+that is not an export, the wrong token, a policy that does not verify), and
+2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from cryptography import x509
+
+from vault._files import write_new
+from vault.cli._options import PKCS11_URI, force_option
+from vault.errors import InputError
+from vault.token import Pkcs11Uri
+
+EXIT_FINDINGS = 3
+"""The exit status when a finding is at or above ``--fail-on``."""
+
+AUDITOR_LABEL = "auditor-decrypt"
+_SEVERITIES = ("critical", "high", "medium", "low", "info")  # vault.audit.SEVERITIES, without importing it here
+_EXPORT_SUFFIX = ".vault-evidence"
+_PATH = click.Path(exists=True, dir_okay=False, path_type=Path)
+_NEW = click.Path(dir_okay=False, path_type=Path)
+_TOP = 8  # findings shown in the summary
+
+
+def _exports(given: tuple[Path, ...]) -> list[Path]:
+    """The export files: each file given, and every ``*.vault-evidence`` in each folder given."""
+    paths: list[Path] = []
+    for path in given:
+        if path.is_dir():
+            found = sorted(path.glob(f"*{_EXPORT_SUFFIX}"))
+            if not found:
+                raise InputError(f"{path} holds no {_EXPORT_SUFFIX} files")
+            paths.extend(found)
+        else:
+            paths.append(path)
+    return paths
+
+
+def _root(path: Path) -> x509.Certificate:
+    data = path.read_bytes()
+    try:
+        return x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
+    except ValueError as e:
+        raise InputError(f"{path} is not an X.509 certificate") from e
+
+
+def _shown(text: str, limit: int = 110) -> str:
+    """Evidence text made safe for a terminal: no control characters, one line, cut to ``limit``."""
+    clean = "".join(c if c.isprintable() else "?" for c in text)
+    return clean if len(clean) <= limit else clean[: limit - 1] + "…"
+
+
+@click.command("audit")
+@click.argument("exports", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--root-cert", type=_PATH, required=True, help="The pinned root certificate (PEM or DER).")
+@click.option("--policy", "policy_file", type=_PATH, required=True, help="The trust policy to audit against.")
+@click.option("--bundle", "bundle_file", type=_PATH, required=True, help="The release bundle the stations used.")
+@click.option(
+    "--token",
+    "uri",
+    type=PKCS11_URI,
+    required=True,
+    help=f"The auditor's token, with its PIN source; its key '{AUDITOR_LABEL}' unless the URI names one.",
+)
+@click.option("--json", "json_out", type=_NEW, help="Write the JSON report to this new file.")
+@click.option("--html", "html_out", type=_NEW, help="Write the HTML report to this new file.")
+@click.option(
+    "--fail-on",
+    type=click.Choice(_SEVERITIES),
+    default="high",
+    show_default=True,
+    help=f"Exit {EXIT_FINDINGS} when a finding is at this severity or worse.",
+)
+@click.option("--workers", type=click.IntRange(1, 1024), help="Worker processes (default: one per CPU).")
+@force_option
+def audit(
+    exports: tuple[Path, ...],
+    root_cert: Path,
+    policy_file: Path,
+    bundle_file: Path,
+    uri: Pkcs11Uri,
+    json_out: Path | None,
+    html_out: Path | None,
+    fail_on: str,
+    workers: int | None,
+    force: bool,
+) -> None:
+    """Audit evidence EXPORTS (files, or folders of *.vault-evidence) from the factory stations.
+
+    Decrypts them with the auditor's token key and checks every manifest,
+    certificate and log against the trust policy and the release bundle;
+    prints a summary and writes the reports. Exit status: 0 when no finding
+    is at or above --fail-on, 3 when one is, 1 when the input cannot be audited.
+    """
+    from vault.audit import audit as run_audit
+    from vault.token import open_token
+
+    paths = _exports(exports)
+    for out in (json_out, html_out):
+        if out is not None and out.exists() and not force:
+            raise InputError(f"{out} exists; vault does not write over files (remove it, or pass --force)")
+    root = _root(root_cert)
+    policy = policy_file.read_bytes()
+    with open_token(uri) as session, _progress() as progress:
+        key = session.key_for(uri) if uri.object or uri.id else session.key(label=AUDITOR_LABEL)
+        report = run_audit(
+            paths,
+            policy=policy,
+            root_certificate=root,
+            bundle_path=bundle_file,
+            decapsulator=key,
+            workers=workers,
+            progress=progress,
+        )
+    if json_out is not None:
+        write_new(json_out, report.to_json(fail_on).encode("utf-8"), overwrite=force)
+    if html_out is not None:
+        write_new(html_out, report.to_html(fail_on).encode("utf-8"), overwrite=force)
+    _summary(report, fail_on, json_out, html_out)
+    if not report.passed(fail_on):
+        click.get_current_context().exit(EXIT_FINDINGS)
+
+
+def _summary(report: Any, fail_on: str, json_out: Path | None, html_out: Path | None) -> None:
+    bundle = report.bundle
+    click.echo(
+        f"audited     {len(report.exports)} export(s) from {len(report.stations)} station(s): "
+        f"{report.manifests:,} manifests, {report.verified:,} verified, in {report.seconds:.1f} s"
+    )
+    promoted = "promoted" if bundle.promoted else "NOT promoted"
+    click.echo(f"release     {_shown(bundle.product)} {_shown(bundle.version)}, bundle {bundle.bundle_id} ({promoted})")
+    counts = report.counts()
+    click.echo("findings    " + ", ".join(f"{counts[s]} {s}" for s in _SEVERITIES))
+    for finding in report.findings[:_TOP]:
+        click.echo(f"  {finding.severity:<9}{finding.code:<29}{_shown(finding.message)}")
+    if len(report.findings) > _TOP:
+        click.echo(f"  ... and {len(report.findings) - _TOP} more in the report")
+    if json_out is not None:
+        click.echo(f"json report {json_out}")
+    if html_out is not None:
+        click.echo(f"html report {html_out}")
+    failing = report.at_or_above(fail_on)
+    if failing:
+        click.echo(f"FAIL: {len(failing)} finding(s) at or above {fail_on}")
+    else:
+        click.echo(f"PASS: no finding at or above {fail_on}")
+
+
+class _progress:
+    """A progress bar on stderr while the audit runs, when stderr is a terminal; otherwise nothing."""
+
+    def __enter__(self) -> Any:
+        if not sys.stderr.isatty():
+            self._bar = None
+            return None
+        from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(
+            TextColumn("auditing"),
+            BarColumn(),
+            DownloadColumn(),
+            TextColumn("{task.fields[manifests]:,} manifests"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=True,
+        )
+        self._bar.__enter__()
+        self._task = self._bar.add_task("audit", total=None, manifests=0)
+        bar, task = self._bar, self._task
+
+        def update(state: Any) -> None:
+            bar.update(task, completed=state.bytes_done, total=state.bytes_total, manifests=state.manifests)
+
+        return update
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
