@@ -135,6 +135,12 @@ for n in 1 2; do
 done
 ls -l "$work/evidence"
 
+step "The auditor decrypts both stations' evidence with the auditor key and checks it against the policy and the bundle"
+vault audit "$work/evidence" --root-cert "$rootca" --policy "$work/ceremony-station-2/policy-v4.json" \
+  --bundle "$work/release.vbundle" --token "$(uri vault-auditor)" \
+  --json "$work/audit.json" --html "$work/audit.html"
+echo "HTML report: $work/audit.html"
+
 step "Back up the root key: wrapped in the token under a fresh KEK split 2 of 3 among custodians"
 vault ceremony run "$root/policies/backup.yaml" --credentials "$work/credentials-2.yaml" \
   --policy "$work/ceremony-station-2/policy-v4.json" --root-cert "$rootca" "${quorum[@]}" \
