@@ -164,10 +164,11 @@ class ExportResult:
 class _UnitFailed(Exception):
     """Internal: a step failed; carries the step and the error to record and raise."""
 
-    def __init__(self, step: str, error: VaultError) -> None:
+    def __init__(self, step: str, error: VaultError, images: tuple[ImageRecord, ...] = ()) -> None:
         super().__init__(str(error))
         self.step = step
         self.error = error
+        self.images = images  # the images programmed before the step failed
 
 
 class Station:
@@ -468,7 +469,6 @@ class Station:
             )
             self._step("lock", device.lock)
         except _UnitFailed as failed:
-            images_done = getattr(failed, "images", ())
             self._finish(
                 "failed",
                 hwid,
@@ -476,7 +476,7 @@ class Station:
                 serial,
                 label,
                 fixture,
-                images_done,
+                failed.images,
                 None,
                 None,
                 failed_step=failed.step,
@@ -570,14 +570,14 @@ class Station:
                         )
                     return unit, serial, known.device_key_id if known else None
         assert refusal is not None
-        event, error, serial = refusal
+        event, error, bound_serial = refusal
         step = "allocation" if isinstance(error, AllocationError) else "identity"
         self._record(
             event,
             hwid,
             fixture=fixture,
             label=label,
-            serial=serial,
+            serial=bound_serial,
             failed_step=None if event != "failed" else step,
             detail=str(error),
         )
@@ -626,18 +626,15 @@ class Station:
                     ImageRecord(image.name, image.sha256, measurement if isinstance(measurement, str) else None)
                 )
         except _UnitFailed as failed:
-            failed.images = tuple(done)  # type: ignore[attr-defined]
-            raise
+            raise _UnitFailed(failed.step, failed.error, tuple(done)) from failed.error
         except VaultError as e:  # the bundle changed or vanished since it was loaded
-            failed = _UnitFailed("program", e)
-            failed.images = tuple(done)  # type: ignore[attr-defined]
-            raise failed from e
+            raise _UnitFailed("program", e, tuple(done)) from e
         return tuple(done)
 
     def _device_key(self, device: Device, hwid: str, known_key: str | None) -> tuple[object, str]:
         der = self._step("generate-key", device.generate_key)
         try:
-            csr = x509.load_der_x509_csr(bytes(der))  # type: ignore[arg-type]
+            csr = x509.load_der_x509_csr(der if isinstance(der, bytes) else b"")
             public_key = pki.check_csr(csr)
         except (ValueError, TypeError, VaultError) as e:
             raise _UnitFailed("generate-key", IdentityError(f"device {hwid}'s key request is not valid: {e}")) from e
@@ -832,8 +829,8 @@ class Station:
             raise StateError("the station state has reserved units but no trust policy")
         version = self._policy.version
         releases = {
-            row[0]: _ReleaseRef(*row, policy_version=version)
-            for row in self.state.read()
+            bundle_id: _ReleaseRef(bundle_id, product, release_version, counter, version)
+            for bundle_id, product, release_version, counter in self.state.read()
             .execute("SELECT bundle_id, product, version, security_counter FROM releases")
             .fetchall()
         }
