@@ -115,6 +115,10 @@ def test_a_failing_step_is_recorded_and_the_unit_stays_counted(station: Station)
         station.provision(SimulatedDevice(flip_flash=True))
     assert manifests(station)[-1].failed_step == "verify"
     assert station.status().releases[0].used == 2
+    with pytest.raises(DeviceError, match="fails at lock"):
+        station.provision(SimulatedDevice(fail_at="lock"))
+    locked = manifests(station)[-1]
+    assert locked.failed_step == "lock" and [i.name for i in locked.images] == ["app.bin", "config.bin"]
 
 
 def test_scrap_ends_a_device(station: Station) -> None:

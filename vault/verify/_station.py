@@ -460,6 +460,7 @@ class Station:
                 "break-glass", hwid, fixture=fixture, label=label, detail=_label_text(break_glass, "reason", 256)
             )
         unit, serial, known_key = self._reserve(hwid, label, fixture, rework)
+        images: tuple[ImageRecord, ...] = ()
         try:
             images = self._program(device, loaded)
             public_key, device_key_id = self._device_key(device, hwid, known_key)
@@ -476,7 +477,7 @@ class Station:
                 serial,
                 label,
                 fixture,
-                failed.images,
+                failed.images or images,  # a step after programming still records what reached the device
                 None,
                 None,
                 failed_step=failed.step,
