@@ -27,7 +27,7 @@ from pkcs11.util.ec import encode_named_curve_parameters
 from vault.crypto import CURVES, Curve, curve_by_name, curve_of, spki_der, verify_signature
 from vault.crypto import key_id as compute_key_id
 from vault.errors import InputError, KeyExistsError, KeyNotFoundError, TokenOperationError
-from vault.token import _quirks
+from vault.token import _heads, _quirks
 from vault.token._session import _text, open_session, translate_errors
 from vault.token._uri import Pkcs11Uri
 
@@ -449,6 +449,19 @@ class TokenSession:
             extractable=_quirks.read_bool(obj, Attribute.EXTRACTABLE) if is_key else None,
             sensitive=_quirks.read_bool(obj, Attribute.SENSITIVE) if is_key else None,
         )
+
+    # --- head records -------------------------------------------------------
+
+    def head(self, name: str) -> _heads.Head | None:
+        """The head record ``name`` this token holds, if any (see :mod:`vault.token._heads`)."""
+        return _heads.read_head(self._session, name, self.label)
+
+    def write_head(self, name: str, value: dict[str, Any], *, after: _heads.Head | None) -> _heads.Head:
+        """Advance the head record ``name`` from ``after`` (what the caller read) to ``value``.
+
+        The session must be read-write.
+        """
+        return _heads.write_head(self._session, name, value, self.label, after=after)
 
     def change_pin(self, old_pin: str, new_pin: str) -> None:
         """Replace the logged-in user's PIN (C_SetPIN). Neither PIN is shown or kept."""

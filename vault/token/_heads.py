@@ -1,0 +1,168 @@
+"""Head records: the last value of a sequence that must never go back, kept in a token.
+
+A head record is a private PKCS#11 data object (CKO_DATA, CKA_TOKEN and
+CKA_PRIVATE true, CKA_APPLICATION ``vault-head``) whose CKA_LABEL names the
+sequence (``station-log``, ``root-policy``, ``release-signer``) and whose
+CKA_VALUE is canonical JSON::
+
+    {"generation": 12, "name": "station-log", "value": {...}}
+
+A record is never modified in place: writing creates the next generation as
+a new object and then destroys the older ones. A module that writes an
+object file and dies halfway leaves the older generation intact, and a
+reader always takes the highest generation that parses. Two objects of one
+name and one generation with different values cannot come from vault; they
+are refused rather than chosen between.
+
+Only a logged-in user can read or write a private object, so a head is as
+safe as the token's PIN: an insider with the PIN and a raw PKCS#11 tool can
+still destroy or rewrite it (see docs/adr/0005-token-heads.md).
+
+Example::
+
+    with open_token(uri, rw=True) as token:
+        head = token.head("station-log")
+        token.write_head("station-log", {"size": 3, "root": "..."}, after=head)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pkcs11
+import pkcs11.exceptions as p11e
+from pkcs11 import Attribute, ObjectClass
+
+from vault.errors import MechanismNotSupportedError, StateError, TokenOperationError
+
+APPLICATION = "vault-head"
+MAX_HEAD = 64 * 1024
+
+__all__ = ["APPLICATION", "Head", "read_head", "write_head"]
+
+
+@dataclass(frozen=True)
+class Head:
+    """One head record as the token holds it."""
+
+    name: str
+    generation: int
+    value: dict[str, Any]
+
+
+def _encode(head: Head) -> bytes:
+    return json.dumps(
+        {"generation": head.generation, "name": head.name, "value": head.value},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=True,
+    ).encode()
+
+
+def _decode(data: bytes, name: str) -> Head | None:
+    if len(data) > MAX_HEAD:
+        return None
+    try:
+        doc = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(doc, dict) or set(doc) != {"generation", "name", "value"} or doc["name"] != name:
+        return None
+    generation, value = doc["generation"], doc["value"]
+    if not isinstance(generation, int) or isinstance(generation, bool) or generation < 1 or not isinstance(value, dict):
+        return None
+    return Head(name, generation, value)
+
+
+def _objects(session: pkcs11.Session, name: str) -> list[pkcs11.Object]:
+    return list(
+        session.get_objects(
+            {Attribute.CLASS: ObjectClass.DATA, Attribute.APPLICATION: APPLICATION, Attribute.LABEL: name}
+        )
+    )
+
+
+def _current(session: pkcs11.Session, name: str, token_label: str) -> tuple[Head | None, list[pkcs11.Object]]:
+    found: list[tuple[Head, pkcs11.Object]] = []
+    objects = _objects(session, name)
+    for obj in objects:
+        head = _decode(bytes(obj[Attribute.VALUE]), name)
+        if head is not None:
+            found.append((head, obj))
+    if not found:
+        return None, objects
+    top = max(h.generation for h, _ in found)
+    values = {json.dumps(h.value, sort_keys=True) for h, _ in found if h.generation == top}
+    if len(values) > 1:
+        raise StateError(
+            f"token '{token_label}' holds two different '{name}' head records of generation {top}: "
+            "they were not written by vault; the token's head cannot be trusted"
+        )
+    return next(h for h, _ in found if h.generation == top), objects
+
+
+def read_head(session: pkcs11.Session, name: str, token_label: str) -> Head | None:
+    """The highest generation of the head ``name`` on the token, or ``None`` if it has none."""
+    try:
+        head, _ = _current(session, name, token_label)
+    except p11e.PKCS11Error as e:
+        raise TokenOperationError(
+            f"reading the '{name}' head record on token '{token_label}' failed: the token reported {type(e).__name__}"
+        ) from e
+    return head
+
+
+def write_head(
+    session: pkcs11.Session, name: str, value: dict[str, Any], token_label: str, *, after: Head | None
+) -> Head:
+    """Write the next generation of ``name`` and destroy the older ones.
+
+    Args:
+        after: the head the caller read and built ``value`` on; if the token
+            holds another one now, nothing is written (someone else advanced it).
+
+    Raises:
+        StateError: the token's head is no longer ``after``.
+        MechanismNotSupportedError: the module cannot store data objects.
+        TokenOperationError: the token failed.
+    """
+    try:
+        current, objects = _current(session, name, token_label)
+        if current != after:
+            have = "none" if current is None else f"generation {current.generation}"
+            want = "none" if after is None else f"generation {after.generation}"
+            raise StateError(
+                f"the '{name}' head on token '{token_label}' changed meanwhile ({have}, expected {want}); try again"
+            )
+        head = Head(name, (current.generation if current else 0) + 1, value)
+        data = _encode(head)
+        if len(data) > MAX_HEAD:
+            raise StateError(f"the '{name}' head record would be {len(data)} bytes, over the {MAX_HEAD}-byte limit")
+        session.create_object(
+            {
+                Attribute.CLASS: ObjectClass.DATA,
+                Attribute.TOKEN: True,
+                Attribute.PRIVATE: True,
+                Attribute.MODIFIABLE: False,
+                Attribute.APPLICATION: APPLICATION,
+                Attribute.LABEL: name,
+                Attribute.VALUE: data,
+            }
+        )
+    except (p11e.AttributeTypeInvalid, p11e.AttributeValueInvalid, p11e.TemplateIncomplete,
+            p11e.TemplateInconsistent, p11e.FunctionNotSupported) as e:  # fmt: skip
+        raise MechanismNotSupportedError(
+            f"token '{token_label}' cannot store vault's head records (PKCS#11 data objects: {type(e).__name__}); "
+            "vault refuses to keep this sequence's head in a file instead"
+        ) from e
+    except p11e.PKCS11Error as e:
+        raise TokenOperationError(
+            f"writing the '{name}' head record on token '{token_label}' failed: the token reported {type(e).__name__}"
+        ) from e
+    for obj in objects:  # the new generation is stored; older ones (and unreadable ones) go
+        with contextlib.suppress(p11e.PKCS11Error):
+            obj.destroy()
+    return head
