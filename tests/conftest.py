@@ -94,3 +94,30 @@ def so_uri(uri: Pkcs11Uri) -> Pkcs11Uri:
     """The same token, with its security officer's PIN file (``LABEL.so-pin`` beside ``LABEL.pin``)."""
     assert uri.pin_source is not None
     return Pkcs11Uri(token=uri.token, pin_source=uri.pin_source.replace(".pin", ".so-pin"))
+
+
+def forget_heads(uri: Pkcs11Uri) -> None:
+    """Destroy every head record on a token, as an insider with a raw PKCS#11 tool could.
+
+    Tests that share one enrolled station token across many fresh state
+    folders call this so that each starts from a station that never ran.
+    """
+    from pkcs11 import Attribute, ObjectClass
+
+    from vault.token import open_token
+    from vault.token._heads import APPLICATION
+
+    with open_token(uri, rw=True) as token:
+        session = token._session
+        for obj in list(session.get_objects({Attribute.CLASS: ObjectClass.DATA, Attribute.APPLICATION: APPLICATION})):
+            obj.destroy()
+
+
+@pytest.fixture(autouse=True)
+def _stations_start_unused(request: pytest.FixtureRequest) -> None:
+    """Each test using the shared enrolled world starts with station tokens that hold no head."""
+    if "world" not in request.fixturenames:
+        return
+    world = request.getfixturevalue("world")
+    for name in ("station-1", "station-2"):
+        forget_heads(world.tokens[name])

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from tests.conftest import forget_heads
 from tests.verify.conftest import World, fixed_clock, vault
 from vault.container import BundleReader, replace_envelope
 from vault.errors import (
@@ -200,6 +201,7 @@ def test_the_root_pinned_by_its_fingerprint(world: World, bundles: Bundles, tmp_
         assert station.load(bundles.one_station, world.policy).left == 5
         assert station.provision(SimulatedDevice()).event == "provisioned"
     wrong = hashlib.sha256(b"another root").hexdigest()
+    forget_heads(token)
     with Station(tmp_path / "w", token=token, station_id="station-1", root=wrong) as station:
         refused_untouched(station, PolicyError, "not the pinned fingerprint", bundles.one_station, world.policy)
 
@@ -281,6 +283,7 @@ def test_provisioning_stops_when_the_release_or_the_policy_expires(
         assert device.flash == {} and device.certificate is None  # never touched
         assert snapshot(tmp_path / "s") == before  # no unit reserved, no manifest
     clock.now = start
+    forget_heads(world.tokens["station-1"])
     with world.station(tmp_path / "p", clock=clock) as station:
         station.load(bundles.one_station, world.policy)
         clock.now = policy_expiry(world)

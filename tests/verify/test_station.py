@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.conftest import forget_heads
 from tests.verify.conftest import World, fixed_clock
 from vault import merkle
 from vault.errors import (
@@ -170,7 +171,10 @@ def test_the_log_verifies_and_a_rewritten_or_truncated_log_fails(world: World, t
     db = sqlite3.connect(tmp_path / "s" / "station.sqlite")
     db.execute("DELETE FROM log WHERE sequence >= 4")
     db.commit()
-    with world.station(tmp_path / "s") as station:
+    with pytest.raises(StateError, match="is behind the station token.*6 log entries"):
+        world.station(tmp_path / "s").__enter__()  # the token's head names 6 entries
+    forget_heads(world.tokens["station-1"])  # an insider who also destroyed the token's head...
+    with world.station(tmp_path / "s") as station:  # ...is still caught by the last export's checkpoint
         with pytest.raises(LogError, match="truncated"):
             station.verify_log()
         with pytest.raises(LogError, match="truncated"):

@@ -12,7 +12,21 @@ fixture process on the station:
 - ``units``: the units reserved from each release's allocation, with the
   process that reserved them and whether their manifest is written;
 - ``log``: the manifests in log order (the Merkle tree's leaves);
-- ``exports``: each evidence export's tree size, root and checkpoint.
+- ``exports``: each evidence export's tree size, root and checkpoint;
+- ``reserved``: units reserved per release (units recovered without a
+  manifest count here too, see :mod:`vault.verify._recover`).
+
+**The head in the token.** The log's size and root and the units reserved
+per release are also kept in the station token (a head record, see
+:mod:`vault.token._heads`). Every write transaction runs under one
+cross-process lock (``head.lock``); inside it the token's head is read and
+checked against the database *before* the caller's changes, and the new head
+is written to the token *after* the commit. So the database is never behind
+the token except when it is an older copy or another folder, and it is
+ahead of it only after a crash between the commit and the token write, which
+the next transaction repairs: the database then extends the token's head
+(the root the token names is the root of the database's log at that size,
+and no release has fewer units). See docs/adr/0005-token-heads.md.
 
 A unit is reserved in its own ``BEGIN IMMEDIATE`` transaction, committed
 before the device is touched, so the allocation is never exceeded however
@@ -31,15 +45,16 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from vault import merkle
 from vault.errors import StateError
 
-__all__ = ["DeviceRecord", "State"]
+__all__ = ["Anchor", "DeviceRecord", "LogHead", "State"]
 
-_SCHEMA_VERSION = "1"
+_SCHEMA_VERSION = "2"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS products (product TEXT PRIMARY KEY, security_counter INTEGER NOT NULL);
@@ -57,7 +72,8 @@ CREATE TABLE IF NOT EXISTS units (
 CREATE TABLE IF NOT EXISTS log (
     sequence INTEGER PRIMARY KEY, manifest_id TEXT NOT NULL UNIQUE, event TEXT NOT NULL,
     hardware_id TEXT NOT NULL, time TEXT NOT NULL, envelope BLOB NOT NULL, leaf_hash BLOB NOT NULL,
-    certificate BLOB);
+    certificate BLOB, root BLOB);
+CREATE TABLE IF NOT EXISTS reserved (bundle_id TEXT PRIMARY KEY, count INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS exports (
     sequence INTEGER PRIMARY KEY, size INTEGER NOT NULL, root BLOB NOT NULL, checkpoint BLOB NOT NULL,
     path TEXT NOT NULL, created TEXT NOT NULL);
@@ -74,6 +90,62 @@ class DeviceRecord:
     state: str  # reserved, provisioned, failed, scrapped
 
 
+@dataclass(frozen=True)
+class LogHead:
+    """What the station token vouches for: the log's size and root, and the units reserved per release."""
+
+    size: int
+    root: bytes
+    reserved: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def empty(self) -> bool:
+        """Nothing was ever logged or reserved."""
+        return self.size == 0 and not any(self.reserved.values())
+
+    def to_value(self) -> dict[str, Any]:
+        """The head record's value."""
+        return {"size": self.size, "root": self.root.hex(), "reserved": dict(sorted(self.reserved.items()))}
+
+    @classmethod
+    def from_value(cls, value: dict[str, Any]) -> LogHead:
+        """The head a record holds.
+
+        Raises:
+            StateError: the record is not a station log head.
+        """
+        try:
+            size, root, reserved = value["size"], bytes.fromhex(value["root"]), value["reserved"]
+            if not (isinstance(size, int) and size >= 0 and len(root) == merkle.HASH_SIZE):
+                raise ValueError("out of range")
+            if not isinstance(reserved, dict):
+                raise ValueError("no reserved counts")
+            counts = {str(k): int(v) for k, v in reserved.items() if isinstance(v, int) and v >= 0}
+            if len(counts) != len(reserved):
+                raise ValueError("bad count")
+        except (KeyError, TypeError, ValueError) as e:
+            raise StateError(f"the station token's head record is malformed ({e})") from e
+        return cls(size, root, counts)
+
+    def describe(self) -> str:
+        """One line for people: ``12 log entries (root 3fa4…), 9 units reserved``."""
+        units = sum(self.reserved.values())
+        return f"{self.size} log entries (root {self.root.hex()[:12]}), {units} units reserved"
+
+
+class Anchor(Protocol):
+    """Where a state folder's head is kept outside the folder (the station token)."""
+
+    def read(self) -> LogHead | None:
+        """The head the anchor holds, if any."""
+
+    def check(self, db: sqlite3.Connection, held: LogHead | None, mine: LogHead) -> None:
+        """Refuse (StateError) a database that is not the anchored one; ``mine`` is its head before any change."""
+
+    def advance(self, held: LogHead | None, new: LogHead) -> None:
+        """Record ``new`` (after the commit); ``held`` is what :meth:`read` returned under the same lock."""
+
+
 class State:
     """The station's state folder: the database and the lock files of the processes using it.
 
@@ -87,6 +159,9 @@ class State:
 
     def __init__(self, directory: str | os.PathLike[str], *, station_id: str, root_sha256: str) -> None:
         self.directory = Path(directory)
+        self.made_directory = not self.directory.exists()
+        self.created = not (self.directory / "station.sqlite").exists()
+        self.anchor: Anchor | None = None
         try:
             self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             (self.directory / "owners").mkdir(mode=0o700, exist_ok=True)
@@ -98,8 +173,11 @@ class State:
         self._writing = threading.Lock()
         self._owner_file = open(self.directory / "owners" / f"{self.owner}.lock", "wb")  # noqa: SIM115 (held open)
         fcntl.flock(self._owner_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._head_lock = open(self.directory / "head.lock", "ab")  # noqa: SIM115 (held open)
         try:
             with self.write() as db:
+                if State.meta_in_if_any(db, "schema") == "1":
+                    _migrate_from_1(db)
                 for statement in filter(str.strip, _SCHEMA.split(";")):
                     db.execute(statement)
                 self._pin(db, "schema", _SCHEMA_VERSION, "state schema version")
@@ -128,22 +206,39 @@ class State:
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (``BEGIN IMMEDIATE``): commits when the block ends, rolls back on an error."""
+        """A write transaction (``BEGIN IMMEDIATE``): commits when the block ends, rolls back on an error.
+
+        With an :attr:`anchor`, the anchor's head is checked against the
+        database's before the block runs, and advanced after the commit, all
+        under the folder's head lock (one writer at a time across processes).
+        """
         db = self._connection()
-        with self._writing:  # threads queue here; SQLite's own busy wait (sleeps) is left to other processes
+        with self._writing:  # threads queue here, processes on the head lock below
+            fcntl.flock(self._head_lock, fcntl.LOCK_EX)
             try:
-                db.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as e:
-                raise StateError(f"cannot lock the station state {self.path}: {e}") from e
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            try:
-                db.execute("COMMIT")
-            except sqlite3.Error as e:
-                raise StateError(f"cannot commit to the station state {self.path}: {e}") from e
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                except sqlite3.Error as e:
+                    raise StateError(f"cannot lock the station state {self.path}: {e}") from e
+                anchor = self.anchor
+                try:
+                    if anchor is not None:
+                        held = anchor.read()
+                        before = self.head_in(db)
+                        anchor.check(db, held, before)
+                    yield db
+                    after = self.head_in(db) if anchor is not None else None
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                try:
+                    db.execute("COMMIT")
+                except sqlite3.Error as e:
+                    raise StateError(f"cannot commit to the station state {self.path}: {e}") from e
+                if anchor is not None and after is not None and (held is None or held != after):
+                    anchor.advance(held, after)
+            finally:
+                fcntl.flock(self._head_lock, fcntl.LOCK_UN)
 
     def read(self) -> sqlite3.Connection:
         """A connection for reads outside a transaction (each statement sees a consistent snapshot)."""
@@ -156,10 +251,58 @@ class State:
                 db.close()
         self.__dict__["_connections"] = []
         self._local = threading.local()
+        if not self._head_lock.closed:
+            self._head_lock.close()
         if not self._owner_file.closed:
             self._owner_file.close()
             with contextlib.suppress(OSError):
                 (self.directory / "owners" / f"{self.owner}.lock").unlink()
+
+    # --- the log's head ---------------------------------------------------------
+
+    @staticmethod
+    def head_in(db: sqlite3.Connection) -> LogHead:
+        """The database's head inside the caller's transaction."""
+        row = db.execute("SELECT sequence, root FROM log ORDER BY sequence DESC LIMIT 1").fetchone()
+        size, root = (0, merkle.EMPTY_ROOT) if row is None else (int(row[0]) + 1, bytes(row[1]))
+        reserved = dict(db.execute("SELECT bundle_id, count FROM reserved WHERE count > 0").fetchall())
+        return LogHead(size, root, reserved)
+
+    @staticmethod
+    def root_at(db: sqlite3.Connection, size: int) -> bytes | None:
+        """The log's root when it had ``size`` entries, if it has that many."""
+        if size == 0:
+            return merkle.EMPTY_ROOT
+        row = db.execute("SELECT root FROM log WHERE sequence = ?", (size - 1,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    @staticmethod
+    def append_leaf(db: sqlite3.Connection, sequence: int, leaf: bytes) -> bytes:
+        """Grow the stored tree by the leaf at ``sequence`` (the next one); returns the new root."""
+        frontier = State.meta_in(db, "log_frontier")
+        hashes = bytes(frontier or b"")
+        tree = merkle.TreeBuilder.from_frontier(
+            sequence, [hashes[i : i + merkle.HASH_SIZE] for i in range(0, len(hashes), merkle.HASH_SIZE)]
+        )
+        tree.append(leaf)
+        State.set_meta(db, "log_frontier", b"".join(tree.frontier))
+        return tree.root()
+
+    @staticmethod
+    def used(db: sqlite3.Connection, bundle_id: str) -> int:
+        """Units reserved from a release's allocation."""
+        row = db.execute("SELECT count FROM reserved WHERE bundle_id = ?", (bundle_id,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    @staticmethod
+    def reserve_next(db: sqlite3.Connection, bundle_id: str) -> int:
+        """Count one more unit of the release; returns its number (from 1)."""
+        db.execute(
+            "INSERT INTO reserved (bundle_id, count) VALUES (?, 1) "
+            "ON CONFLICT(bundle_id) DO UPDATE SET count = count + 1",
+            (bundle_id,),
+        )
+        return State.used(db, bundle_id)
 
     # --- meta ----------------------------------------------------------------
 
@@ -170,6 +313,14 @@ class State:
             db.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (key, value))
         elif row[0] != value:
             raise StateError(f"the station state folder was made for another {what} ({row[0][:16]}, not {value[:16]})")
+
+    @staticmethod
+    def meta_in_if_any(db: sqlite3.Connection, key: str) -> Any:
+        """A value from ``meta``, or ``None`` when the folder is new (no table yet)."""
+        try:
+            return State.meta_in(db, key)
+        except sqlite3.OperationalError:
+            return None
 
     def meta(self, key: str, default: Any = None) -> Any:
         """A value from ``meta``."""
@@ -239,3 +390,16 @@ class State:
         with contextlib.suppress(OSError):
             path.unlink()
         return False
+
+
+def _migrate_from_1(db: sqlite3.Connection) -> None:
+    """Schema 1 had no per-entry roots, no stored frontier and counted units by rows."""
+    db.execute("ALTER TABLE log ADD COLUMN root BLOB")
+    tree = merkle.TreeBuilder()
+    for sequence, leaf in db.execute("SELECT sequence, leaf_hash FROM log ORDER BY sequence").fetchall():
+        tree.append(bytes(leaf))
+        db.execute("UPDATE log SET root = ? WHERE sequence = ?", (tree.root(), sequence))
+    State.set_meta(db, "log_frontier", b"".join(tree.frontier))
+    db.execute("CREATE TABLE reserved (bundle_id TEXT PRIMARY KEY, count INTEGER NOT NULL)")
+    db.execute("INSERT INTO reserved SELECT bundle_id, COUNT(*) FROM units GROUP BY bundle_id")
+    db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (_SCHEMA_VERSION,))

@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import os
 import sqlite3
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -46,9 +47,9 @@ from vault.manifest import ImageRecord, Manifest, open_manifest, sign_manifest
 from vault.policy import Station as EnrolledStation
 from vault.policy import TrustPolicy, format_time, load_policy
 from vault.release import Release, open_release
-from vault.token import Pkcs11Uri, TokenSession, open_token
+from vault.token import Head, Pkcs11Uri, TokenSession, open_token
 from vault.verify._device import Device, ImageToProgram
-from vault.verify._state import State
+from vault.verify._state import LogHead, State
 
 __all__ = [
     "DECRYPTION_LABEL",
@@ -224,20 +225,26 @@ class Station:
     # --- opening ----------------------------------------------------------------
 
     def __enter__(self) -> Station:
+        state: State | None = None
         try:
-            self.state = State(self._state_dir, station_id=self.station_id, root_sha256=self.root_sha256)
-            self._stack.callback(self.state.close)
-            session: TokenSession = self._stack.enter_context(open_token(self._token_uri))
+            session: TokenSession = self._stack.enter_context(open_token(self._token_uri, rw=True))
             self._signing = session.key(label=SIGNING_LABEL)
             self._issuing_ca = session.key(label=ISSUING_CA_LABEL)
             self._decryption = session.key(label=DECRYPTION_LABEL)
             self._session = session
+            state = self.state = State(self._state_dir, station_id=self.station_id, root_sha256=self.root_sha256)
+            self._stack.callback(self.state.close)
+            self.state.anchor = TokenAnchor(session, self.station_id, self._state_dir, self._token_lock)
+            with self.state.write():  # checks the folder against the token's head (and repairs a crash's lag)
+                pass
             stored = self.state.meta("policy")
             if stored is not None:
                 self._policy = self._verify_policy(bytes(stored), highest_seen=0, allow_expired=True)
             self._close_orphans()
         except BaseException:
             self._stack.close()
+            if state is not None and state.created and isinstance(sys.exc_info()[1], StateError):
+                _remove_new_folder(state)  # a refused new folder is not left behind
             raise
         return self
 
@@ -355,7 +362,7 @@ class Station:
                     format_time(now),
                 ),
             )
-            used = _used(db, release.bundle_id)
+            used = State.used(db, release.bundle_id)
         self._policy = trust
         self._release = LoadedRelease(release, trust, allocation, used, path, tuple(images), data_key)
         if self._reader is not None:
@@ -545,7 +552,7 @@ class Station:
                         (self.state.owner, fixture, self.operator, bundle_id, unit),
                     )
                 else:
-                    used = _used(db, bundle_id)
+                    used = State.used(db, bundle_id)
                     if used >= loaded.allocation:
                         refusal = (
                             "failed",
@@ -556,7 +563,7 @@ class Station:
                             known.serial if known else None,
                         )
                     else:
-                        unit = used + 1
+                        unit = State.reserve_next(db, bundle_id)
                         db.execute(
                             "INSERT INTO units (bundle_id, unit, hardware_id, owner, fixture, operator) "
                             "VALUES (?, ?, ?, ?, ?, ?)",
@@ -787,10 +794,12 @@ class Station:
         )
         with self._token_lock:
             envelope = sign_manifest(manifest, self._signing)
+        leaf = merkle.leaf_hash(envelope)
+        root = State.append_leaf(db, sequence, leaf)
         db.execute(
-            "INSERT INTO log (sequence, manifest_id, event, hardware_id, time, envelope, leaf_hash, certificate) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (sequence, manifest.id, event, hwid, when, envelope, merkle.leaf_hash(envelope), certificate_der),
+            "INSERT INTO log (sequence, manifest_id, event, hardware_id, time, envelope, leaf_hash, certificate, root) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (sequence, manifest.id, event, hwid, when, envelope, leaf, certificate_der, root),
         )
         State.set_meta(db, "last_time", when)
         return Outcome(event, hwid, serial, unit, sequence, manifest.id, certificate)
@@ -864,7 +873,7 @@ class Station:
         """Allocations used and left, log size, event counts, last export."""
         db = self.state.read()
         releases = tuple(
-            AllocationStatus(bundle_id, product, version, counter, allocation, _used(db, bundle_id), expires)
+            AllocationStatus(bundle_id, product, version, counter, allocation, State.used(db, bundle_id), expires)
             for bundle_id, product, version, counter, allocation, expires in db.execute(
                 "SELECT bundle_id, product, version, security_counter, allocation, expires "
                 "FROM releases ORDER BY loaded"
@@ -1071,8 +1080,62 @@ def serial_hex(certificate: x509.Certificate) -> str:
     return serial.to_bytes(max(1, (serial.bit_length() + 7) // 8), "big").hex()
 
 
-def _used(db: sqlite3.Connection, bundle_id: str) -> int:
-    return int(db.execute("SELECT COUNT(*) FROM units WHERE bundle_id = ?", (bundle_id,)).fetchone()[0])
+class TokenAnchor:
+    """The station token's head record of a station's log: the :class:`~vault.verify._state.Anchor` of its state.
+
+    A state folder is accepted only if its log and counts are the token's,
+    or extend them (a crash between the commit and the token write); a new,
+    older, copied or other folder is refused with both heads named.
+    """
+
+    def __init__(self, session: TokenSession, station_id: str, folder: Path, lock: threading.Lock) -> None:
+        self.name = f"station-log:{station_id}"
+        self._session = session
+        self._station_id = station_id
+        self._folder = folder
+        self._lock = lock
+        self._record: Head | None = None
+
+    def read(self) -> LogHead | None:
+        with self._lock:
+            self._record = self._session.head(self.name)
+        return None if self._record is None else LogHead.from_value(self._record.value)
+
+    def check(self, db: sqlite3.Connection, held: LogHead | None, mine: LogHead) -> None:
+        if held is None or held == mine:
+            return
+        way_out = "use the station's current state folder, or rebuild one with 'vault station recover'"
+        token = f"the station token '{self._session.label}'"
+        if mine.empty:
+            raise StateError(
+                f"the state folder {self._folder} is new, but {token} holds the head of station "
+                f"'{self._station_id}': {held.describe()}; {way_out}"
+            )
+        if mine.size < held.size or any(mine.reserved.get(b, 0) < n for b, n in held.reserved.items()):
+            raise StateError(
+                f"the state folder {self._folder} is behind {token}: it holds {mine.describe()}, "
+                f"the token {held.describe()} (an older copy or another folder); {way_out}"
+            )
+        if State.root_at(db, held.size) != held.root:
+            raise StateError(
+                f"the state folder {self._folder} diverges from {token}: it holds {mine.describe()}, "
+                f"the token {held.describe()} of another log; {way_out}"
+            )
+
+    def advance(self, held: LogHead | None, new: LogHead) -> None:
+        with self._lock:
+            self._record = self._session.write_head(self.name, new.to_value(), after=self._record)
+
+
+def _remove_new_folder(state: State) -> None:
+    """Remove a state folder this process made and that was refused before anything was recorded in it."""
+    for name in ("station.sqlite", "station.sqlite-wal", "station.sqlite-shm", "head.lock"):
+        with contextlib.suppress(OSError):
+            (state.directory / name).unlink()
+    with contextlib.suppress(OSError):
+        (state.directory / "owners").rmdir()
+        if state.made_directory:
+            state.directory.rmdir()
 
 
 def _label_text(value: str, what: str, limit: int = _MAX_LABEL) -> str:
