@@ -10,7 +10,8 @@ library only, never pytest or the CLI. The JSON argument names::
      "devices": 8,          # race: how many devices to try
      "fixture": 1,          # the fixture slot recorded in the manifests
      "delay": 0.0,          # loop: seconds each image takes to program
-     "hang_at": null}       # loop: the device number whose programming never ends
+     "hang_at": null,       # loop: the device number whose programming never ends
+     "limit": null}         # loop: stop after this many devices (prints {"done": true})
 
 It prints one JSON line per event, flushed as soon as it is known:
 ``{"ready": true}`` once the bundle is loaded; then per device
@@ -108,6 +109,18 @@ class Child:
         self.lines.append(json.loads(line))
         return self.lines[-1]
 
+    def drain(self) -> list[dict[str, Any]]:
+        """Every line printed so far, without waiting."""
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                return self.lines
+            if line is None:
+                self._queue.put(None)  # the end stays for next_line and wait
+                return self.lines
+            self.lines.append(json.loads(line))
+
     def send(self, text: str) -> None:
         assert self.process.stdin is not None
         self.process.stdin.write(text)
@@ -164,6 +177,9 @@ def main(config: dict[str, Any]) -> int:
             return 0
         number = 0
         while True:
+            if number == config.get("limit"):
+                say({"done": True})
+                return 0
             number += 1
             device = SlowDevice(delay=float(config.get("delay", 0.0)), hang=number == config.get("hang_at"))
             result = attempt(station, device, fixture)

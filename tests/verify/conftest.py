@@ -86,7 +86,7 @@ class World:
 
     def bundle(
         self, *, allocation: str, counter: int = 7, version: str = "1.4.0", expires: str = "2099-01-01T00:00:00Z",
-        promote: bool = True, approvers: tuple[int, ...] = (1, 3),
+        promote: bool = True, approvers: tuple[int, ...] = (1, 3), total: int = 1000,
     ) -> Path:  # fmt: skip
         """Build, approve and (by default) promote a bundle; returns its path."""
         self._count += 1
@@ -94,7 +94,7 @@ class World:
         description.write_text(
             f"product: example-sensor\nversion: {version}\nsecurity_counter: {counter}\n"
             f"not_before: 2026-01-01T00:00:00Z\nexpires: {expires}\n"
-            f"production:\n  total: 1000\n  allocation: {allocation}\n"
+            f"production:\n  total: {total}\n  allocation: {allocation}\n"
             "images:\n  - name: app.bin\n    path: images/app.bin\n    load_address: \"0x08000000\"\n"
             "  - name: config.bin\n    path: images/config.bin\n    partition: config\n"
         )

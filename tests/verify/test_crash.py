@@ -11,7 +11,7 @@ from pathlib import Path
 from tests.verify._station_child import Child
 from tests.verify.conftest import World
 from vault.manifest import Manifest, open_manifest
-from vault.token import format_uri
+from vault.token import format_uri, open_token
 from vault.verify import SimulatedDevice, Station
 
 ALLOCATION = 250
@@ -141,3 +141,87 @@ def test_a_live_process_keeps_its_unit_while_another_opens_the_station(world: Wo
         assert station.release.left == 1
     with world.station(state) as station:
         assert len(logged(station)) == 2  # closed exactly once
+
+
+KILL_ROUNDS = 200
+FIXTURES = 4
+
+
+def test_200_kills_across_four_fixture_processes_never_over_count_lose_or_falsely_refuse(
+    world: World, tmp_path: Path
+) -> None:
+    """SIGKILL lands anywhere: in a reservation, a manifest append, the token head write, an open."""
+    allocation = 100000  # not used up while the kills go on: each kill lands on a process at work
+    bundle = world.bundle(allocation=f"{{station-1: {allocation}, station-2: 3}}", total=allocation + 3)
+    state = tmp_path / "state"
+    base = {
+        "mode": "loop",
+        "state": str(state),
+        "token": format_uri(world.tokens["station-1"]),
+        "station_id": "station-1",
+        "root": str(world.root_cert_path),
+        "bundle": str(bundle),
+        "policy": str(world.policy_path),
+        "delay": 0.01,
+    }
+    rng = random.Random(SEED + 1)
+    runs: list[Child] = []
+    fixtures: dict[int, Child] = {}
+    kills = 0
+    try:
+        for n in range(1, FIXTURES + 1):
+            fixtures[n] = Child({**base, "fixture": n})
+            runs.append(fixtures[n])
+        while kills < KILL_ROUNDS:
+            at_work = [n for n, child in fixtures.items() if child.drain()]
+            if rng.random() < 0.1:  # some kills while a process opens the station (or closes orphans)
+                n = rng.randint(1, FIXTURES)
+                time.sleep(rng.uniform(0.0, 0.3))
+            else:  # most while it provisions
+                if not at_work:
+                    n = rng.randint(1, FIXTURES)
+                    assert fixtures[n].next_line() == {"ready": True}, fixtures[n].stderr
+                    at_work = [n]
+                n = rng.choice(at_work)
+                time.sleep(rng.uniform(0.0, 0.1))
+            assert fixtures[n].kill() == -signal.SIGKILL, (fixtures[n].lines[-3:], fixtures[n].stderr[-2000:])
+            kills += 1
+            fixtures[n] = Child({**base, "fixture": n})
+            runs.append(fixtures[n])
+        for child in fixtures.values():
+            child.kill()
+        last = Child({**base, "delay": 0.0, "fixture": FIXTURES + 1, "limit": 20})  # the restart
+        runs.append(last)
+        assert last.wait(timeout=120) == 0, last.stderr
+        assert last.lines[-1] == {"done": True}
+    finally:
+        for r in runs:
+            if r.process.poll() is None:
+                r.kill()
+
+    assert not [r.stderr[-3000:] for r in runs if "Error" in r.stderr]  # never a refusal of the folder, of any kind
+    assert not [line for r in runs for line in r.lines if "error" in line]
+    printed = [line for r in runs for line in r.lines if "manifest" in line]
+    killed = [r for r in runs if r.process.returncode == -signal.SIGKILL]
+    at_work = [r for r in killed if {"ready": True} in r.lines]
+    assert len(killed) >= KILL_ROUNDS and len(at_work) >= KILL_ROUNDS * 3 // 4  # most kills land while units are done
+
+    with world.station(state) as station:
+        release = station.load(bundle, world.policy)
+        manifests = logged(station)
+        size, root = station.verify_log()
+        units = station.state.read().execute("SELECT unit, hardware_id, done FROM units ORDER BY unit").fetchall()
+    with open_token(world.tokens["station-1"]) as token:
+        head = token.head("station-log:station-1")
+    assert head is not None and head.value["size"] == size and head.value["root"] == root.hex()
+    assert head.value["reserved"] == {release.release.bundle_id: release.used}
+
+    by_id = {m.id: m for m in manifests}
+    assert all(by_id[line["manifest"]].unit == line["unit"] for line in printed)  # no committed manifest lost
+    used = release.used
+    assert used >= len(printed) + 20  # every unit a process reported, and the restart's 20
+    assert [u[0] for u in units] == list(range(1, used + 1)) and all(u[2] == 1 for u in units)
+    closing = Counter(m.unit for m in manifests if m.event in ("provisioned", "failed") and m.unit is not None)
+    assert closing == Counter(range(1, used + 1))  # no unit counted twice, none left open
+    provisioned = Counter(m.hardware_id for m in manifests if m.event == "provisioned")
+    assert provisioned.most_common(1)[0][1] == 1

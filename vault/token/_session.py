@@ -176,8 +176,17 @@ def find_token(uri: Pkcs11Uri) -> pkcs11.Token:
         TokenNotFoundError: no token, or more than one, matches.
     """
     lib = load_module(module_path_for(uri))
+    def initialised() -> list[pkcs11.Token]:
+        found = [t for t in _matching_tokens(lib, uri) if t.flags & TokenFlag.TOKEN_INITIALIZED]
+        if not found:  # SoftHSM2 leaves out a token whose files another process is writing: ask again
+            raise _NotListed
+        return found
+
     with translate_errors("looking for the token"):
-        tokens = _busy_retry(lambda: [t for t in _matching_tokens(lib, uri) if t.flags & TokenFlag.TOKEN_INITIALIZED])
+        try:
+            tokens = _busy_retry(initialised)
+        except _NotListed:
+            tokens = []
     if not tokens:
         what = f"labelled '{uri.token}'" if uri.token is not None else "matching the URI"
         raise TokenNotFoundError(f"no token {what} in module {module_path_for(uri)}")
@@ -187,7 +196,11 @@ def find_token(uri: Pkcs11Uri) -> pkcs11.Token:
     return tokens[0]
 
 
-_BUSY_TRIES = 8
+_BUSY_TRIES = 20
+
+
+class _NotListed(Exception):
+    """Internal: no token matched; maybe only for the moment (see :func:`_busy_retry`)."""
 
 
 def _busy_retry(call: Callable[[], T]) -> T:
@@ -197,13 +210,16 @@ def _busy_retry(call: Callable[[], T]) -> T:
     that lists the tokens while another one reads or writes the same files
     gets CKR_GENERAL_ERROR now and then (several fixture processes opening
     one station token at once). The error is transient, so listing is tried
-    again with a short, growing pause before it is reported.
+    again with a short, growing pause before it is reported. A token whose
+    files are being written (or were left half-written by a process killed in
+    a write, until SoftHSM2 reads them again) is also left out of the list for
+    a moment, so an empty answer is asked again the same way.
     """
     for attempt in range(_BUSY_TRIES - 1):
         try:
             return call()
-        except p11e.GeneralError:
-            time.sleep(0.02 * (attempt + 1))
+        except (p11e.GeneralError, _NotListed):
+            time.sleep(min(0.02 * (attempt + 1), 0.2))
     return call()
 
 
