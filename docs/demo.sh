@@ -109,10 +109,10 @@ key() { echo "pkcs11:token=$1;object=$2?pin-source=file:$pins/$1.pin"; }
 vault bundle approve "$work/release.vbundle" --key "$(key vault-approver-1 approver-signing)" "${policy[@]}"
 vault bundle approve "$work/release.vbundle" --key "$(key vault-approver-3 approver-signing)" "${policy[@]}"
 
-step "Promote: the release signer signs (threshold met), and the promotion is logged"
+step "Promote: the release signer signs (threshold met); the promotion is logged and its head kept in the release token"
 vault bundle promote "$work/release.vbundle" --key "$(key vault-release release-signer)" \
   --log "$work/promotions.log" "${policy[@]}"
-vault bundle log verify "$work/promotions.log" "${policy[@]}"
+vault bundle log verify "$work/promotions.log" --token "$(uri vault-release)" "${policy[@]}"
 
 step "Each station loads the promoted bundle: policy, approvals, window, counter, its allocation; decrypts in its token"
 station() { local n=$1; shift; vault station "$@" --state "$work/station-$n" --token "$(uri vault-station-$n)" \

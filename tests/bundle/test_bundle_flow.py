@@ -4,101 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import pytest
 
-from tests.ceremony.test_quorum_ceremonies import POLICIES, Setup, assert_one_line_error, setup  # noqa: F401
-from tests.cli.test_token_cli import run
+from tests.bundle.conftest import Release
+from tests.ceremony.test_quorum_ceremonies import assert_one_line_error
 from vault import container
 from vault.formats import Envelope
-from vault.token import Pkcs11Uri, format_uri, open_token
+from vault.token import open_token
 
 SIGSTORE = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "sigstore"
 WHEEL = "rfc8785-0.1.2-py3-none-any.whl"
 IDENTITY = "https://github.com/trailofbits/rfc8785.py/.github/workflows/release.yml@refs/tags/v0.1.2"
 ISSUER = "https://token.actions.githubusercontent.com"
-
-
-class Release:
-    """A root, roles and one enrolled station, and a helper to run bundle commands against them."""
-
-    def __init__(self, setup: Setup) -> None:  # noqa: F811
-        self.setup = setup
-        code, _, err = setup.ceremony(POLICIES / "roles.yaml", setup.root / "policy-v1.json", "roles")
-        assert code == 0, err
-        request = setup.tmp / "request.json"
-        code, _, err = run(
-            setup.capsys, "station", "request", "--token", format_uri(setup.tokens["station"]),
-            "--station-id", "station-1", "-o", str(request),
-        )  # fmt: skip
-        assert code == 0, err
-        code, _, err = setup.ceremony(
-            POLICIES / "enrol-station.yaml", setup.tmp / "roles" / "policy-v2.json", "enrol",
-            extra=("--request", str(request)),
-        )  # fmt: skip
-        assert code == 0, err
-        self.policy = setup.tmp / "enrol" / "policy-v3.json"
-        self.log = setup.tmp / "promotions.log"
-        images = setup.tmp / "images"
-        images.mkdir()
-        (images / "app.bin").write_bytes(os.urandom(3 * 1024 * 1024 + 17))
-        (images / "config.bin").write_bytes(b"")
-
-    def description(self, name: str = "release.yaml", **changes: str) -> Path:
-        fields = {
-            "product": "example-sensor",
-            "version": "1.4.0",
-            "security_counter": "7",
-            "not_before": "2026-01-01T00:00:00Z",
-            "expires": "2099-01-01T00:00:00Z",
-            "allocation": "{station-1: 600}",
-            "total": "1000",
-            **changes,
-        }
-        text = "\n".join(
-            [
-                f"product: {fields['product']}",
-                f"version: {fields['version']}",
-                f"security_counter: {fields['security_counter']}",
-                f"not_before: {fields['not_before']}",
-                f"expires: {fields['expires']}",
-                "production:",
-                f"  total: {fields['total']}",
-                f"  allocation: {fields['allocation']}",
-                "images:",
-                "  - name: app.bin",
-                "    path: images/app.bin",
-                '    load_address: "0x08000000"',
-                "  - name: config.bin",
-                "    path: images/config.bin",
-                "    partition: config",
-                fields.get("extra", ""),
-            ]
-        )
-        path = self.setup.tmp / name
-        path.write_text(text + "\n")
-        return path
-
-    def key(self, holder: str, label: str) -> str:
-        uri = self.setup.tokens[holder]
-        return format_uri(Pkcs11Uri(token=uri.token, object=label, pin_source=uri.pin_source))
-
-    def bundle(self, *argv: str) -> tuple[int, str, str]:
-        policy = ["--policy", str(self.policy), "--root-cert", str(self.setup.root / "root-ca.pem")]
-        return run(self.setup.capsys, "bundle", *argv, *policy)
-
-    def approve(self, path: Path, approver: int) -> tuple[int, str, str]:
-        return self.bundle("approve", str(path), "--key", self.key(f"approver-{approver}", "approver-signing"))
-
-    def promote(self, path: Path) -> tuple[int, str, str]:
-        return self.bundle("promote", str(path), "--key", self.key("release", "release-signer"), "--log", str(self.log))
-
-
-@pytest.fixture
-def release(setup: Setup) -> Release:  # noqa: F811
-    return Release(setup)
 
 
 def test_build_approve_two_of_three_promote_inspect(release: Release) -> None:
@@ -134,7 +53,7 @@ def test_build_approve_two_of_three_promote_inspect(release: Release) -> None:
     code, stdout, _ = release.bundle("inspect", str(out))
     assert "promoted      yes" in stdout and "2 of 2 needed: approver-1, approver-3" in stdout
     code, stdout, err = release.bundle("log", "verify", str(release.log))
-    assert code == 0 and "1 entries" in stdout
+    assert code == 0 and "1 entry," in stdout
 
     # the station decrypts it with the key in its token, and gets the same image
     with container.BundleReader(out) as reader, open_token(release.setup.tokens["station"]) as token:

@@ -21,6 +21,8 @@ from cryptography.hazmat.primitives import serialization
 
 from tests.conftest import forget_heads
 from tests.verify.conftest import World, fixed_clock, vault
+from vault.bundle import verify_bundle
+from vault.bundle._approval import with_signature
 from vault.container import BundleReader, replace_envelope
 from vault.errors import (
     DecryptionError,
@@ -44,11 +46,14 @@ from vault.verify import SimulatedDevice, Station
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 
-def with_private_log(world: World, folder: Path, *, counter: int, version: str) -> Path:
-    """A promoted bundle for station-1 whose promotion goes to its own log, not the session world's.
+def signed_beside_the_log(world: World, folder: Path, *, counter: int, version: str) -> Path:
+    """A bundle for station-1 signed by the release signer without ``vault bundle promote``.
 
-    Promoting a higher security counter into the world's log would make every later
-    ``world.bundle()`` (counter 7) a rollback for ``vault bundle build``.
+    Promoting a higher security counter would raise the world's release token to it:
+    the token refuses a lower counter whatever log is passed, so every later
+    ``world.bundle()`` (counter 7) would be a rollback. A station checks the
+    bundle's signatures, not the promotion log, so the release signer's signature
+    added directly gives it what a promotion would.
     """
     description = folder / f"release-{counter}.yaml"
     description.write_text(
@@ -58,12 +63,14 @@ def with_private_log(world: World, folder: Path, *, counter: int, version: str) 
         f"images:\n  - name: app.bin\n    path: {world.images / 'app.bin'}\n"
         f"  - name: config.bin\n    path: {world.images / 'config.bin'}\n"
     )
-    out, log = folder / f"release-{counter}.vbundle", folder / "promotions.log"
+    out = folder / f"release-{counter}.vbundle"
     policy = ["--policy", str(world.policy_path), "--root-cert", str(world.root_cert_path)]
-    vault("bundle", "build", str(description), "-o", str(out), "--log", str(log), *policy)
+    vault("bundle", "build", str(description), "-o", str(out), *policy)
     for i in (1, 2):
         vault("bundle", "approve", str(out), "--key", world.key(f"approver-{i}", "approver-signing"), *policy)
-    vault("bundle", "promote", str(out), "--key", world.key("release", "release-signer"), "--log", str(log), *policy)
+    trust = load_policy(world.policy, world.root_cert, now=NOW)
+    with open_token(world.tokens["release"]) as token:
+        with_signature(verify_bundle(out, trust), token.key("release-signer"), trust)
     return out
 
 
@@ -73,7 +80,7 @@ class Bundles:
     def __init__(self, world: World, folder: Path) -> None:
         self.one_station = world.bundle(allocation="{station-1: 5}")
         self.counter_7 = world.bundle(allocation="{station-1: 5}", counter=7, version="1.4.1")
-        self.counter_8 = with_private_log(world, folder, counter=8, version="1.5.0")
+        self.counter_8 = signed_beside_the_log(world, folder, counter=8, version="1.5.0")
         self.soon_expired = world.bundle(allocation="{station-1: 5}", expires=format_time(NOW + timedelta(days=30)))
         self.other_station = world.bundle(allocation="{station-2: 5}")
         self.unpromoted = world.bundle(allocation="{station-1: 5}", promote=False)

@@ -1,5 +1,9 @@
 """Release bundles: build, inspect, approve m of n, promote, and the promotion log.
 
+Promotion is guarded by the release signer's token, which holds the
+promotion log's head and the highest security counter per product
+(:mod:`vault.bundle._promotion`).
+
 Example::
 
     from datetime import UTC, datetime
@@ -12,16 +16,25 @@ Example::
     build_bundle(description, policy, Path("release.vbundle"))
 """
 
-from vault.bundle._approval import BundleView, approve_bundle, promote_bundle, verify_bundle
+from vault.bundle._approval import BundleView, approve_bundle, verify_bundle
 from vault.bundle._build import BuildResult, build_bundle
 from vault.bundle._description import ReleaseDescription, load_release_description
 from vault.bundle._log import LogEntry, LogReport, verify_log
+from vault.bundle._promotion import (
+    Promotion,
+    PromotionHead,
+    promote_bundle,
+    verify_log_against_digest,
+    verify_log_against_token,
+)
 
 __all__ = [
     "BuildResult",
     "BundleView",
     "LogEntry",
     "LogReport",
+    "Promotion",
+    "PromotionHead",
     "ReleaseDescription",
     "approve_bundle",
     "build_bundle",
@@ -29,4 +42,6 @@ __all__ = [
     "promote_bundle",
     "verify_bundle",
     "verify_log",
+    "verify_log_against_digest",
+    "verify_log_against_token",
 ]

@@ -1,10 +1,11 @@
-"""Verify, inspect, approve and promote a bundle against the trust policy.
+"""Verify, inspect and approve a bundle against the trust policy.
 
 Approvers sign the statement's bytes with their own tokens; the release
-signer signs last, and only once the approvers' threshold is met. Every
-command verifies the whole bundle first: the header against the statement,
-every image's ciphertext against its digest, and every signature present, so
-a statement that changed since someone approved it is refused, never signed.
+signer signs last, and only once the approvers' threshold is met
+(:mod:`vault.bundle._promotion`). Every command verifies the whole bundle
+first: the header against the statement, every image's ciphertext against
+its digest, and every signature present, so a statement that changed since
+someone approved it is refused, never signed.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from datetime import datetime
 from pathlib import Path
 
 from vault import container
-from vault.bundle._log import LogEntry, append_promotion, last_counter, release_signer_ids, verify_log
 from vault.crypto import Signer
-from vault.errors import FormatError, PolicyError, SignatureError, ThresholdError
-from vault.formats import Envelope, Statement, add_signature, verify_envelope
+from vault.errors import FormatError, PolicyError, SignatureError
+from vault.formats import Envelope, Statement, add_signature
 from vault.policy import TrustPolicy
 from vault.release import MAX_ENVELOPE_SIZE, Approvals, Release, approvals_of, check_allocation, parse_release
 
@@ -81,7 +81,7 @@ def verify_bundle(path: Path, policy: TrustPolicy) -> BundleView:
     return BundleView(path, release, approvals, envelope, header, size)
 
 
-def _with_signature(view: BundleView, key: Signer, policy: TrustPolicy) -> BundleView:
+def with_signature(view: BundleView, key: Signer, policy: TrustPolicy) -> BundleView:
     """Add ``key``'s signature to the verified bundle; only the envelope changes, so nothing is hashed again."""
     signed = add_signature(view.envelope, key)
     container.replace_envelope(view.path, signed.to_json())
@@ -90,7 +90,7 @@ def _with_signature(view: BundleView, key: Signer, policy: TrustPolicy) -> Bundl
     )
 
 
-def _refuse_expired(release: Release, now: datetime) -> None:
+def refuse_expired(release: Release, now: datetime) -> None:
     """Approving or promoting ahead of ``not_before`` is fine; after ``expires`` it is not."""
     if now >= release.expires:
         raise PolicyError(
@@ -123,43 +123,5 @@ def approve_bundle(path: Path, key: Signer, policy: TrustPolicy, *, now: datetim
         raise PolicyError(f"{holder} has already approved this release; an approver counts once")
     if view.approvals.promoted:
         raise PolicyError("this release is already promoted")
-    _refuse_expired(view.release, now)
-    return _with_signature(view, key, policy)
-
-
-def promote_bundle(
-    path: Path, key: Signer, policy: TrustPolicy, log: Path, *, now: datetime
-) -> tuple[BundleView, LogEntry]:
-    """Sign the bundle as the release signer, once the approvers' threshold is met, and log it.
-
-    Raises:
-        PolicyError: not the release signer; expired; a security counter below the last promoted.
-        ThresholdError: too few approvals (says how many are missing).
-        VaultError: the bundle or the promotion log does not verify.
-    """
-    view = verify_bundle(path, policy)
-    signer = policy.release_signer
-    if signer is None or key.key_id != signer.key_id:
-        raise PolicyError(f"key {key.key_id[:16]} is not the release signer of trust policy v{policy.version}")
-    if view.approvals.promoted:
-        raise PolicyError("this release is already promoted")
-    if view.approvals.missing:
-        present = ", ".join(view.approvals.approvers) or "none"
-        raise ThresholdError(
-            f"{view.approvals.threshold} approvals are needed, {len(view.approvals.approvers)} present ({present}): "
-            f"{view.approvals.missing} more missing"
-        )
-    verify_envelope(view.envelope, policy.trusted(policy.approvers), policy.approvers_threshold, what="approvals")
-    _refuse_expired(view.release, now)
-    report = verify_log(log, release_signer_ids(policy))
-    last = last_counter(report, view.release.product)
-    if last is not None and view.release.security_counter < last:
-        raise PolicyError(
-            f"security counter {view.release.security_counter} is lower than {last}, "
-            f"the last promoted for {view.release.product} (rollback)"
-        )
-    if any(e.bundle_id == view.release.bundle_id for e in report.entries):
-        raise PolicyError(f"bundle {view.release.bundle_id} is already in the promotion log")
-    promoted = _with_signature(view, key, policy)
-    entry = append_promotion(log, report, view.release, view.approvals.approvers, key, now)
-    return promoted, entry
+    refuse_expired(view.release, now)
+    return with_signature(view, key, policy)

@@ -10,7 +10,10 @@ Each line is canonical JSON::
 
 Removing, inserting, reordering or editing a line breaks the chain or a
 signature. ``vault bundle log verify`` checks the whole file; promotion
-checks it before appending, so a tampered log stops promotions.
+checks it before appending, so a tampered log stops promotions. A log cut
+back to an earlier entry, emptied or swapped for another still chains: the
+release signer's token holds the log's head, and both commands check the
+log against it (:mod:`vault.bundle._promotion`).
 """
 
 from __future__ import annotations

@@ -144,15 +144,35 @@ def approve(path: Path, key: Pkcs11Uri, policy_file: Path, root_cert: Path) -> N
 @click.option("--log", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The promotion log.")
 @_policy_options
 def promote(path: Path, key: Pkcs11Uri, log: Path, policy_file: Path, root_cert: Path) -> None:
-    """Promote the bundle at PATH once the approvers' threshold is met; append it to the promotion log."""
+    """Promote the bundle at PATH once the approvers' threshold is met; log it; advance the release token's head.
+
+    Run the same command again after an interruption: it finishes what was left.
+    """
     from vault.bundle import promote_bundle
     from vault.token import open_token
 
     policy = _load_policy(policy_file, root_cert)
-    with open_token(key) as token:
-        view, entry = promote_bundle(path, token.key_for(key), policy, log, now=datetime.now(UTC))
-    click.echo(f"promoted {view.release.product} {view.release.version} (approved by {', '.join(entry.approvers)})")
-    click.echo(f"log entry {entry.index}  {entry.hash}")
+    with open_token(key, rw=True) as token:
+        done = promote_bundle(path, token.key_for(key), token, policy, log, now=datetime.now(UTC))
+        label = token.label
+    r, entry, head = done.view.release, done.entry, done.head
+    if done.started == "adopted":
+        adopted = _entries(done.adopted_entries)
+        click.echo(f"token '{label}' held no promotion head: it adopts {log} ({adopted} verified)")
+    elif done.started == "genesis":
+        click.echo(f"token '{label}' held no promotion head and {log} did not exist: a new promotion log starts")
+    approved = f"(approved by {', '.join(entry.approvers)})"
+    click.echo(
+        {
+            "promoted": f"promoted {r.product} {r.version} {approved}",
+            "recorded": f"recorded {r.product} {r.version} {approved}: it was signed but missing from the log",
+            "finished": f"finished the interrupted promotion of {r.product} {r.version} {approved}",
+            "already": f"{r.product} {r.version} is already promoted; nothing left to do",
+        }[done.outcome]
+    )
+    click.echo(f"log entry   {entry.index}  {entry.hash}")
+    click.echo(f"log head    {head.log_head}  ({_entries(head.entries)})")
+    click.echo(f"token       '{label}' holds this head; highest counter for {r.product}: {head.counters[r.product]}")
 
 
 @bundle.group("log")
@@ -162,12 +182,43 @@ def log_group() -> None:
 
 @log_group.command("verify")
 @click.argument("log", type=_PATH)
+@click.option(
+    "--token",
+    "--key",
+    "token_uri",
+    type=PKCS11_URI,
+    help="The release signer's token: the log must be the one whose head it holds.",
+)
+@click.option("--head", "digest", metavar="HEX", help="A log head printed by promote: the log must hold it.")
 @_policy_options
-def log_verify(log: Path, policy_file: Path, root_cert: Path) -> None:
-    """Check every entry of the promotion LOG: chain, hashes, release signer signatures."""
-    from vault.bundle._log import release_signer_ids, verify_log
+def log_verify(log: Path, token_uri: Pkcs11Uri | None, digest: str | None, policy_file: Path, root_cert: Path) -> None:
+    """Check the promotion LOG: chain, hashes, signatures, and that it is the latest (with --token or --head)."""
+    from vault.bundle import verify_log, verify_log_against_digest, verify_log_against_token
+    from vault.bundle._log import release_signer_ids
+    from vault.token import open_token
 
-    report = verify_log(log, release_signer_ids(_load_policy(policy_file, root_cert)))
+    ids = release_signer_ids(_load_policy(policy_file, root_cert))
+    checked: list[str] = []
+    if token_uri is not None:
+        with open_token(token_uri) as token:
+            report, _ = verify_log_against_token(log, ids, token)
+            checked.append(f"it is the log whose head token '{token.label}' holds")
+    if digest is not None:
+        report, later = verify_log_against_digest(log, ids, digest)
+        checked.append("it ends at the given head" if not later else f"it holds the given head, then {_entries(later)}")
+    if not checked:
+        report = verify_log(log, ids)
     for entry in report.entries:
         click.echo(f"{entry.index:>4}  {entry.time}  {entry.product} {entry.version}  counter {entry.security_counter}")
-    click.echo(f"promotion log OK: {len(report.entries)} entries, head {report.head}")
+    click.echo(f"promotion log OK: {_entries(len(report.entries))}, head {report.head}")
+    for line in checked:
+        click.echo(f"  {line}")
+    if not checked:
+        click.echo(
+            "  only the chain was checked, not that this is the latest log: "
+            "pass --token (the release signer's token) or --head HEX"
+        )
+
+
+def _entries(n: int) -> str:
+    return f"{n} entr{'y' if n == 1 else 'ies'}"
