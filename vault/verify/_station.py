@@ -52,6 +52,7 @@ from vault.verify._device import Device, ImageToProgram
 from vault.verify._state import LogHead, State
 
 __all__ = [
+    "COPY_SUFFIX",
     "DECRYPTION_LABEL",
     "ISSUING_CA_LABEL",
     "SIGNING_LABEL",
@@ -69,6 +70,8 @@ __all__ = [
 SIGNING_LABEL = "station-signing"
 ISSUING_CA_LABEL = "station-ca"
 DECRYPTION_LABEL = "station-decrypt"
+COPY_SUFFIX = ".station-copy"
+"""The station's own copy of each export, sealed to its decryption key, beside the auditor's."""
 
 Clock = Callable[[], tuple[datetime, str]]
 """Returns the current UTC time and where it comes from ("system", "ntp", "gps", "rtc")."""
@@ -999,14 +1002,28 @@ class Station:
                     log_origin(self.station_id),
                 )
             path = out / f"{self.station_id}-{sequence:06d}.vault-evidence"
-            with EvidenceWriter(
-                path,
-                recipient=auditor.public_key,
-                station_id=self.station_id,
-                sequence=sequence,
-                created=format_time(now),
-            ) as writer:
-                writer.add(
+            copy = path.with_suffix(COPY_SUFFIX)
+            with contextlib.ExitStack() as writers:
+                # the auditor's export, and the station's own copy (sealed to its decryption key) that
+                # 'vault station recover' rebuilds a lost state folder from
+                sinks = [
+                    writers.enter_context(
+                        EvidenceWriter(
+                            target,
+                            recipient=recipient,
+                            station_id=self.station_id,
+                            sequence=sequence,
+                            created=format_time(now),
+                        )
+                    )
+                    for target, recipient in ((path, auditor.public_key), (copy, self._decryption.public_key))
+                ]
+
+                def add(record: bytes) -> None:
+                    for sink in sinks:
+                        sink.add(record)
+
+                add(
                     canonical_json(
                         {
                             "type": "export",
@@ -1025,7 +1042,7 @@ class Station:
                     "WHERE sequence >= ? AND sequence < ? ORDER BY sequence",
                     (start, size),
                 ):
-                    writer.add(
+                    add(
                         canonical_json(
                             {
                                 "type": "entry",
@@ -1035,7 +1052,7 @@ class Station:
                             }
                         )
                     )
-                writer.add(
+                add(
                     canonical_json(
                         {
                             "type": "checkpoint",
@@ -1044,7 +1061,14 @@ class Station:
                         }
                     )
                 )
-                writer.finish()
+                sinks[1].finish()  # the copy first: an auditor's export never exists without it
+                try:
+                    sinks[0].finish()
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.chmod(copy, 0o600)
+                        copy.unlink()
+                    raise
         finally:
             db.execute("ROLLBACK")
         try:
