@@ -306,7 +306,7 @@ def test_backup_and_recovery_onto_a_fresh_token(setup: Setup) -> None:
     secret = quorum_secret(policy, [share_text(setup.share(i).read_text()) for i in (1, 2)])
     user_pin, _ = root_pins(secret)
     with open_token(Pkcs11Uri(token=setup.tokens["recovery"].token, pin_value=user_pin)) as token:
-        key = token.key_by_public(root_public)
+        key = token.key_by_public(root_public, backupable=True, unwrapped=True)  # vault unwrapped it here
         assert key.key_id == key_id(root_public)
         signature = key.sign(b"signed by the recovered root")
     verify_signature(root_public, b"signed by the recovered root", signature)

@@ -91,8 +91,12 @@ class Ceremony:
             yield token
 
     def root_key(self, token: TokenSession) -> TokenKey:
-        """The root key in ``token``; it must be the one the policy names."""
-        return token.key_by_public(self.policy.root.public_key)
+        """The root key in ``token``; it must be the one the policy names.
+
+        The root key alone may be extractable wrapped under a trusted key (its
+        backup path), and may have been unwrapped onto this token by a recovery.
+        """
+        return token.key_by_public(self.policy.root.public_key, backupable=True, unwrapped=True)
 
     def issue(
         self, token: TokenSession, public_key: ec.EllipticCurvePublicKey, profile: pki.CertProfile, name: str

@@ -215,7 +215,7 @@ def run_root_ceremony(
         transcript.record(officer, "check-share", details={"member": check.member_index}, now=now())
 
     with open_token(with_pin(credentials.root, quorum_pin)) as root_token:
-        root_key = root_token.key(label=script.root_key_label)
+        root_key = root_token.key(label=script.root_key_label, backupable=True)
         transcript.record(
             "officers", "quorum-login", details={"shares_used": script.threshold, "key_id": root_key.key_id}, now=now()
         )
