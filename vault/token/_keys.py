@@ -103,6 +103,14 @@ class TokenKey:
         """The key's curve."""
         return self._curve
 
+    @property
+    def backupable(self) -> bool:
+        """Whether the key may leave its token wrapped under a trusted key (as a root key must, for backups)."""
+        return bool(
+            _quirks.read_bool(self._private, Attribute.EXTRACTABLE)
+            and _quirks.read_bool(self._private, Attribute.WRAP_WITH_TRUSTED)
+        )
+
     def sign(self, data: bytes) -> bytes:
         """Sign ``data`` in the token; returns a DER ECDSA signature.
 
