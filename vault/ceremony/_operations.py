@@ -436,7 +436,7 @@ def recover_root(backup_data: bytes, kek_shares: Sequence[str]) -> tuple[Callabl
             key = _left_by_recovery(c, token)
             found: dict[str, Any] = {}
             if key is None:
-                c.confirm(f"write the root key onto token {target.token} and give it the quorum's PINs")
+                c.confirm(f"write the root key onto token {target.token}")
                 label = f"recovery-kek-{uuid.uuid4().hex[:12]}"
                 wrapping = token.import_kek(kek, label)
                 try:
@@ -444,13 +444,11 @@ def recover_root(backup_data: bytes, kek_shares: Sequence[str]) -> tuple[Callabl
                 finally:
                     token.destroy(wrapping)
             else:
-                c.confirm(
-                    f"use the root key a recovery that stopped left on token {target.token} "
-                    "and give the token the quorum's PINs"
-                )
+                c.confirm(f"use the root key a recovery that stopped left on token {target.token}")
                 found = {"found": "left by a recovery that stopped before the PINs changed"}
             challenge = f"vault recovery check {uuid.uuid4()}".encode()
             verify_signature(c.root_certificate.public_key(), challenge, key.sign(challenge))  # type: ignore[arg-type]
+            c.confirm(f"give token {target.token} the PINs the officers' shares open, for good")
             # The recovered token carries the head on: the policy the recovery runs with (never older than
             # the backup's). Recording it and changing both PINs run together; Ctrl-C waits for them.
             with uninterrupted():
