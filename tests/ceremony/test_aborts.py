@@ -23,10 +23,11 @@ from vault.ceremony import (
     share_text,
     verify_transcript,
 )
-from vault.ceremony._common import uninterrupted
+from vault.ceremony._common import root_pins, uninterrupted
+from vault.ceremony._shares import ShareSetRecord, combine_shares
 from vault.errors import InputError, PinIncorrectError
 from vault.formats import Envelope
-from vault.token import Pkcs11Uri, open_token
+from vault.token import Pkcs11Uri, format_uri, open_token
 
 FreshTokens = Callable[[list[str]], dict[str, Pkcs11Uri]]
 RENEW = POLICIES / "renew-policy.yaml"
@@ -236,3 +237,30 @@ def test_ctrl_c_waits_for_the_steps_that_must_land_together() -> None:
             landed.append("file")
     assert landed == ["head", "file"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_officers_may_delete_the_key_a_stopped_root_ceremony_left_instead(
+    fresh_tokens: FreshTokens, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tokens = fresh_tokens(["root", "officer-1", "officer-2", "officer-3"])
+    creds = load_credentials(write_credentials(tmp_path / "creds.yaml", tokens))
+    script = load_root_script(SCRIPT)
+    out = tmp_path / "root"
+    with pytest.raises(InputError):
+        run_root_ceremony(script, creds, out, rehearsal=True, confirm=stop_at("replace", typed_no("replace")))
+    root_key = format_uri(tokens["root"].with_object("root"), redact_pin=False)
+    code, stdout, err = run(capsys, "token", "delete", root_key, "--yes")
+    assert code == 0, err
+    assert "deleted key 'root'" in stdout
+    result = run_root_ceremony(script, creds, out, rehearsal=True)
+    assert "generate-root-key" in transcript_steps(result.transcript)
+
+    # once a root ceremony finished, the token's keys are not vault's to delete, even with the quorum's PIN
+    shares = [share_text((out / "shares" / f"officer-{i}.txt").read_text()) for i in (1, 2)]
+    split = transcript_steps(result.transcript)["split-root-pin"]
+    record = ShareSetRecord.from_dict(split["share_set"])  # type: ignore[arg-type]
+    pin = root_pins(combine_shares(shares, record))[0]
+    quorum_uri = Pkcs11Uri(token=tokens["root"].token, object="root", pin_value=pin)
+    code, _, err = run(capsys, "token", "delete", format_uri(quorum_uri, redact_pin=False), "--yes")
+    assert code == 1
+    assert_one_line_error(err, "holds a root that signed trust policy v1; vault deletes no key from it")

@@ -35,7 +35,14 @@ from pkcs11.util.ec import encode_named_curve_parameters
 
 from vault.crypto import CURVES, Curve, curve_by_name, curve_of, spki_der, verify_signature
 from vault.crypto import key_id as compute_key_id
-from vault.errors import InputError, KeyExistsError, KeyNotFoundError, KeyProtectionError, TokenOperationError
+from vault.errors import (
+    InputError,
+    KeyExistsError,
+    KeyNotFoundError,
+    KeyProtectionError,
+    StateError,
+    TokenOperationError,
+)
 from vault.token import _heads, _quirks
 from vault.token._session import _text, open_session, translate_errors
 from vault.token._uri import Pkcs11Uri
@@ -330,6 +337,45 @@ class TokenSession:
         fault = _protection_fault(private, backupable=backupable, unwrapped=unwrapped)
         if fault is not None:
             raise KeyProtectionError(f"key '{label}' on token '{self.label}' {fault}")
+
+    def delete_key(self, label: str | None = None, id: bytes | None = None) -> ObjectInfo:
+        """Destroy the key pair with this label and/or CKA_ID (private half and public half), for good.
+
+        The key is not checked first: removing a key vault would refuse, or
+        one a stopped ceremony left, is what this is for. A token that holds
+        a root (a ``root-policy`` head record) is refused: its keys go only
+        with the token.
+
+        Returns:
+            What the private half was (label, key id), for the caller to say.
+
+        Raises:
+            KeyNotFoundError: no such private key, or more than one matches.
+            StateError: the token holds a root.
+        """
+        if label is None and id is None:
+            raise KeyNotFoundError("name a key: the URI needs object=LABEL or id=...")
+        what = f"labelled '{label}'" if label is not None else f"with id {id.hex() if id else ''}"
+        found = self._private_keys(label=label, id=id)
+        if not found:
+            raise KeyNotFoundError(f"no private key {what} on token '{self.label}'")
+        if len(found) > 1:
+            raise KeyNotFoundError(f"{len(found)} private keys {what} on token '{self.label}'; name it by id")
+        root = self.head("root-policy")
+        if root is not None:
+            raise StateError(
+                f"token '{self.label}' holds a root that signed trust policy v{root.value.get('version')}; "
+                "vault deletes no key from it"
+            )
+        private = found[0]
+        info = self._describe(private)
+        raw_id = bytes(private[Attribute.ID]) if _has(private, Attribute.ID) else None
+        publics = self._find({Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.ID: raw_id}) if raw_id else []
+        with translate_errors(f"deleting key {what}", self.label):
+            private.destroy()
+            for public in publics:
+                public.destroy()
+        return info
 
     def import_kek(self, value: bytes, label: str, *, trusted: bool = False) -> pkcs11.SecretKey:
         """Store the AES key ``value`` on the token as a key-encryption key.
