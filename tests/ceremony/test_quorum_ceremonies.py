@@ -12,6 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.ceremony import conftest
 from tests.ceremony.conftest import NOW, POLICIES, Setup, assert_one_line_error
 from tests.cli.test_token_cli import run
 from tests.conftest import so_uri
@@ -22,6 +23,8 @@ from vault.errors import PolicyError, SignatureError, ThresholdError
 from vault.formats import Envelope
 from vault.policy import load_policy
 from vault.token import Pkcs11Uri, format_uri, open_token
+
+setup = conftest.setup  # tests/bundle takes the root ceremony fixture from here
 
 
 def _openssl_verify(root: Path, cert: Path) -> None:
