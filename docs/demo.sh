@@ -79,6 +79,14 @@ for cert in "$work"/ceremony-roles/certs/*.pem "$work"/ceremony-station-*/certs/
   openssl verify -CAfile "$rootca" "$cert"
 done
 
+step "A stale policy is refused: the root token recorded v4, so nobody signs a second v4 from v3"
+if vault ceremony run "$root/policies/renew-policy.yaml" --credentials "$work/credentials-2.yaml" \
+  --policy "$work/ceremony-station-1/policy-v3.json" --root-cert "$rootca" "${quorum[@]}" \
+  --out "$work/ceremony-stale" --rehearsal --yes; then
+  echo "demo: a stale policy was accepted" >&2; exit 1
+fi
+test ! -e "$work/ceremony-stale"
+
 step "Release manager: build an encrypted bundle for both stations (12 and 8 of 20 units)"
 mkdir -p "$work/images"
 head -c 4194304 /dev/urandom > "$work/images/app.bin"

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from cryptography.hazmat.primitives.asymmetric import ec
+from collections.abc import Mapping
 
-from vault.crypto import Signer
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from pkcs11 import Attribute, KeyType, ObjectClass
+from pkcs11.util.ec import encode_named_curve_parameters
+
+from vault.crypto import Signer, key_id
+from vault.token import TokenSession
+from vault.token._quirks import wrap_ec_point
+
+# What a key pasted in from software looks like to the token (C_CreateObject, CKA_LOCAL false).
+SOFTWARE_COPY = {Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True}
 
 
 class CountingSigner:
@@ -25,3 +35,30 @@ class CountingSigner:
     def sign(self, data: bytes) -> bytes:
         self.calls += 1
         return self.inner.sign(data)
+
+
+def import_software_key(
+    token: TokenSession, label: str, attrs: Mapping[Attribute, object] = SOFTWARE_COPY, *, usage: str = "sign"
+) -> ec.EllipticCurvePrivateKey:
+    """Put a P-256 key made in software onto the token, as another tool would (C_CreateObject).
+
+    Its CKA_ID is its key id, as vault would set it, so every vault lookup finds it.
+    """
+    session = token._session
+    software = ec.generate_private_key(ec.SECP256R1())
+    public = software.public_key()
+    ident = bytes.fromhex(key_id(public))
+    params = encode_named_curve_parameters("secp256r1")
+    session.create_object(
+        {Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.KEY_TYPE: KeyType.EC, Attribute.TOKEN: True,
+         Attribute.PRIVATE: True, Attribute.LABEL: label, Attribute.ID: ident, Attribute.EC_PARAMS: params,
+         Attribute.SIGN: usage == "sign", Attribute.DERIVE: usage == "derive",
+         Attribute.VALUE: software.private_numbers().private_value.to_bytes(32, "big"), **attrs}
+    )  # fmt: skip
+    point = public.public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+    session.create_object(
+        {Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.KEY_TYPE: KeyType.EC, Attribute.TOKEN: True,
+         Attribute.LABEL: label, Attribute.ID: ident, Attribute.VERIFY: True, Attribute.EC_PARAMS: params,
+         Attribute.EC_POINT: wrap_ec_point(point)}
+    )  # fmt: skip
+    return software

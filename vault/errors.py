@@ -28,6 +28,7 @@ __all__ = [
     "InputError",
     "KeyExistsError",
     "KeyNotFoundError",
+    "KeyProtectionError",
     "MechanismNotSupportedError",
     "ModuleLoadError",
     "PinIncorrectError",
@@ -103,6 +104,10 @@ class KeyNotFoundError(TokenError):
 
 class KeyExistsError(TokenError):
     """A key with that label already exists; vault never makes a second."""
+
+
+class KeyProtectionError(TokenError):
+    """A key found on a token could leave it (extractable, not sensitive) or was not made inside it."""
 
 
 class MechanismNotSupportedError(TokenError):

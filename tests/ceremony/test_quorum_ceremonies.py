@@ -5,8 +5,6 @@ from __future__ import annotations
 import datetime
 import json
 import subprocess
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.cli.test_token_cli import assert_one_line_error as _one_line
+from tests.ceremony import conftest
+from tests.ceremony.conftest import NOW, POLICIES, Setup, assert_one_line_error
 from tests.cli.test_token_cli import run
 from tests.conftest import so_uri
 from vault.ceremony import verify_transcript
@@ -22,88 +21,10 @@ from vault.ceremony._lint import require_clean
 from vault.crypto import key_id, verify_signature
 from vault.errors import PolicyError, SignatureError, ThresholdError
 from vault.formats import Envelope
-from vault.policy import TrustPolicy, load_policy
+from vault.policy import load_policy
 from vault.token import Pkcs11Uri, format_uri, open_token
 
-POLICIES = Path(__file__).resolve().parents[2] / "policies"
-NOW = datetime.datetime.now(datetime.UTC)
-TOKENS = ["root", "officer-1", "officer-2", "officer-3", "release", "approver-1", "approver-2", "approver-3"]
-TOKENS += ["auditor", "station", "recovery"]
-
-
-@dataclass
-class Setup:
-    """A root ceremony's outputs and the tokens around it."""
-
-    tmp: Path
-    tokens: dict[str, Pkcs11Uri]
-    root: Path  # the root ceremony's folder
-    capsys: pytest.CaptureFixture[str]
-
-    @property
-    def root_cert(self) -> x509.Certificate:
-        return x509.load_pem_x509_certificate((self.root / "root-ca.pem").read_bytes())
-
-    def share(self, officer: int) -> Path:
-        """officer-3 keeps their share sealed to their token (policies/root-ceremony.yaml)."""
-        if officer == 3:
-            return self.root / "shares" / "officer-3.sealed.json"
-        return self.root / "shares" / f"officer-{officer}.txt"
-
-    def credentials(self, name: str, officers: tuple[int, ...] = (1, 2), **extra: Pkcs11Uri) -> Path:
-        lines = [f'root: "{format_uri(Pkcs11Uri(token=self.tokens["root"].token))}"', "officers:"]
-        lines += [f'  officer-{i}: "{format_uri(self.tokens[f"officer-{i}"])}"' for i in officers]
-        lines += [f'release: "{format_uri(self.tokens["release"])}"', "approvers:"]
-        lines += [f'  approver-{i}: "{format_uri(self.tokens[f"approver-{i}"])}"' for i in (1, 2, 3)]
-        lines += [f'auditor: "{format_uri(self.tokens["auditor"])}"']
-        lines += [f'{field}: "{format_uri(uri)}"' for field, uri in extra.items()]
-        path = self.tmp / f"creds-{name}.yaml"
-        path.write_text("\n".join(lines) + "\n")
-        return path
-
-    def ceremony(
-        self,
-        script: Path,
-        policy: Path,
-        out: str,
-        *,
-        shares: tuple[int, ...] = (1, 3),
-        creds: Path | None = None,
-        extra: tuple[str, ...] = (),
-    ) -> tuple[int, str, str]:
-        # the officers present are the custodians who bring their shares (a sealed one opens in its token)
-        present = shares if len(shares) >= 2 else (1, 2)
-        argv = ["ceremony", "run", str(script), "--credentials", str(creds or self.credentials(out, present))]
-        argv += ["--policy", str(policy), "--root-cert", str(self.root / "root-ca.pem"), "--out", str(self.tmp / out)]
-        for i in shares:
-            argv += ["--share", str(self.share(i))]
-        return run(self.capsys, *argv, *extra, "--rehearsal", "--yes")
-
-    def policy(self, path: Path, highest_seen: int = 0) -> TrustPolicy:
-        return load_policy(path.read_bytes(), self.root_cert, now=NOW, highest_seen=highest_seen)
-
-
-@pytest.fixture
-def setup(
-    fresh_tokens: Callable[[list[str]], dict[str, Pkcs11Uri]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> Setup:
-    tokens = fresh_tokens(TOKENS)
-    creds = tmp_path / "root-creds.yaml"
-    lines = [f'root: "{format_uri(tokens["root"])}"', f'root_so: "{format_uri(so_uri(tokens["root"]))}"', "officers:"]
-    lines += [f'  officer-{i}: "{format_uri(tokens[f"officer-{i}"])}"' for i in (1, 2, 3)]
-    creds.write_text("\n".join(lines) + "\n")
-    out = tmp_path / "root"
-    code, _, err = run(
-        capsys, "ceremony", "run", str(POLICIES / "root-ceremony.yaml"), "--credentials", str(creds),
-        "--out", str(out), "--rehearsal", "--yes",
-    )  # fmt: skip
-    assert code == 0, err
-    return Setup(tmp_path, tokens, out, capsys)
-
-
-def assert_one_line_error(err: str, expected: str) -> None:
-    """One error line, after the rehearsal banner a rehearsal always prints."""
-    _one_line("\n".join(line for line in err.splitlines() if not line.startswith("*** REHEARSAL")), expected)
+setup = conftest.setup  # tests/bundle takes the root ceremony fixture from here
 
 
 def _openssl_verify(root: Path, cert: Path) -> None:
@@ -248,8 +169,9 @@ def test_quorum_refusals(setup: Setup, tmp_path: Path) -> None:
     code, _, err = setup.ceremony(renew, changed, "changed")
     assert code == 1
     assert_one_line_error(err, "forged or altered")
-    # nothing was written by any refused run, except folders it had to make first
-    assert not (tmp_path / "one" / "policy-v2.json").exists()
+    # a refused run leaves no output folder behind
+    for out in ("one", "alt", "foreign", "alone", "changed"):
+        assert not (tmp_path / out).exists(), out
 
 
 def test_a_policy_the_officers_did_not_sign_is_refused(setup: Setup) -> None:
@@ -306,7 +228,7 @@ def test_backup_and_recovery_onto_a_fresh_token(setup: Setup) -> None:
     secret = quorum_secret(policy, [share_text(setup.share(i).read_text()) for i in (1, 2)])
     user_pin, _ = root_pins(secret)
     with open_token(Pkcs11Uri(token=setup.tokens["recovery"].token, pin_value=user_pin)) as token:
-        key = token.key_by_public(root_public)
+        key = token.key_by_public(root_public, backupable=True, unwrapped=True)  # vault unwrapped it here
         assert key.key_id == key_id(root_public)
         signature = key.sign(b"signed by the recovered root")
     verify_signature(root_public, b"signed by the recovered root", signature)

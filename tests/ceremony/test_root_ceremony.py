@@ -134,7 +134,7 @@ def test_root_pin_is_replaced_and_only_a_quorum_of_shares_opens_the_token(
         with open_token(Pkcs11Uri(token=tokens["root"].token, pin_value=so_pin), rw=True, so=True):
             pass  # the quorum also holds the security officer's PIN
         with open_token(Pkcs11Uri(token=tokens["root"].token, pin_value=pin)) as root:
-            key = root.key(label="root")
+            key = root.key(label="root", backupable=True)  # the root key alone has a backup path
             private = root._session.get_key(object_class=ObjectClass.PRIVATE_KEY, label="root")
             assert private[Attribute.SENSITIVE] is True
             assert private[Attribute.WRAP_WITH_TRUSTED] is True  # leaves only wrapped under an SO-trusted KEK

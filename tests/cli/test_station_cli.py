@@ -14,6 +14,7 @@ from pkcs11 import Attribute, KeyType, MechanismFlag
 from pkcs11.util.ec import encode_named_curve_parameters
 
 from tests.cli.test_token_cli import assert_one_line_error, run
+from tests.helpers import import_software_key
 from vault._words import readable_digest
 from vault.enrolment import open_enrolment_request
 from vault.errors import VaultError
@@ -172,6 +173,24 @@ def test_an_existing_signing_key_that_cannot_sign_is_refused(
     assert code == 1
     assert_one_line_error(err, "key 'station-ca' on token")
     assert "cannot sign" in err
+
+
+@pytest.mark.parametrize("label", list(LABELS.values()))
+def test_a_key_imported_from_software_is_refused_not_shown_as_existing(
+    capsys: pytest.CaptureFixture[str], station_uri: Pkcs11Uri, tmp_path: Path, label: str
+) -> None:
+    """A key someone pasted in with another tool (not sensitive, extractable, not made on the token)."""
+    with open_token(station_uri, rw=True) as token:
+        import_software_key(token, label, usage="derive" if label == "station-decrypt" else "sign")
+    code, out, err = request(capsys, station_uri, tmp_path / "request.json")
+    assert code == 1
+    assert "(existing)" not in out
+    assert_one_line_error(
+        err,
+        f"key '{label}' on token '{station_uri.token}' is extractable (CKA_EXTRACTABLE); "
+        "vault only uses keys that can never leave their token",
+    )
+    assert not (tmp_path / "request.json").exists()
 
 
 @pytest.mark.parametrize(

@@ -178,3 +178,33 @@ def test_cli_as_a_process_gives_one_line_and_no_traceback(softhsm_dir: Path) -> 
     )
     assert result.returncode == 1
     assert result.stderr == "vault: error: wrong PIN for token 'vault-root'\n"
+
+
+def test_delete_removes_a_key_pair_only_when_told_to(
+    capsys: pytest.CaptureFixture[str], fresh_tokens: Callable[[list[str]], dict[str, Pkcs11Uri]]
+) -> None:
+    from tests.helpers import import_software_key
+    from vault.token import open_token
+
+    token = fresh_tokens(["delete"])["delete"]
+    with open_token(token, rw=True) as session:
+        import_software_key(session, "pasted")  # a key vault refuses: the officer removes it
+        keep = session.generate_ec_key("keep")
+    pasted = format_uri(token.with_object("pasted"), redact_pin=False)
+
+    code, _, err = run(capsys, "token", "delete", pasted)  # no terminal to type the label on
+    assert code == 1
+    assert_one_line_error(err, "needs its label (object=) typed on a terminal; or pass --yes")
+    code, _, err = run(capsys, "token", "delete", format_uri(token, redact_pin=False), "--yes")
+    assert code == 1
+    assert_one_line_error(err, "name the key to delete with object=LABEL or id=")
+
+    code, out, err = run(capsys, "token", "delete", pasted, "--yes")
+    assert code == 0, err
+    assert out.startswith("deleted key 'pasted' (key id ") and f"from token '{token.token}'" in out
+    with open_token(token) as session:
+        assert sorted((o.label, o.type) for o in session.objects()) == [("keep", "private"), ("keep", "public")]
+        assert session.key(label="keep").key_id == keep.key_id
+    code, _, err = run(capsys, "token", "delete", pasted, "--yes")
+    assert code == 1
+    assert_one_line_error(err, "no private key labelled 'pasted'")

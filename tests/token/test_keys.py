@@ -9,13 +9,16 @@ import pkcs11
 import pkcs11.exceptions as p11e
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
-from pkcs11 import Attribute, ObjectClass
+from pkcs11 import Attribute, KeyType, ObjectClass
+from pkcs11.util.ec import encode_named_curve_parameters
 
+from tests.helpers import import_software_key
 from vault.crypto import key_id, verify_signature
 from vault.errors import (
     InputError,
     KeyExistsError,
     KeyNotFoundError,
+    KeyProtectionError,
     SignatureError,
     TokenOperationError,
 )
@@ -132,7 +135,9 @@ def test_backup_wraps_only_under_a_trusted_kek_and_recovers_onto_another_token(
         officer.import_kek(kek_value, label + "-kek", trusted=True)
     with open_token(token_uri("vault-root"), rw=True) as token:
         kek = token.aes_key(label + "-kek")
-        wrapped = token.wrap(kek, token.key(label=label))
+        with pytest.raises(KeyProtectionError, match=r"is extractable \(CKA_EXTRACTABLE\)"):
+            token.key(label=label)  # only the root key's lookups accept the backup path
+        wrapped = token.wrap(kek, token.key(label=label, backupable=True))
         token.destroy(kek)
         assert not [o for o in token.objects() if o.label.startswith(label + "-")]
     assert len(wrapped) > 32
@@ -143,6 +148,10 @@ def test_backup_wraps_only_under_a_trusted_kek_and_recovers_onto_another_token(
         fresh.destroy(kek)
         assert recovered.key_id == original.key_id
         signature = recovered.sign(b"signed after recovery")
+        # found again later, it was not made on this token: only a lookup that names that accepts it
+        with pytest.raises(KeyProtectionError, match=r"was not generated on the token \(CKA_LOCAL false\)"):
+            fresh.key(label=label, backupable=True)
+        assert fresh.key_by_public(original.public_key, backupable=True, unwrapped=True).key_id == original.key_id
     verify_signature(original.public_key, b"signed after recovery", signature)
 
 
@@ -176,3 +185,49 @@ def test_a_key_used_against_its_usage_gives_a_token_error(token_uri: TokenUri, l
             derive.sign(b"x")
         with pytest.raises(TokenOperationError, match="not a key-agreement key"):
             signing.ecdh(peer)
+
+
+@pytest.mark.parametrize(
+    ("attrs", "named"),
+    [
+        ({Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True}, r"is extractable \(CKA_EXTRACTABLE\)"),
+        ({Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: False}, r"is not sensitive \(CKA_SENSITIVE false\)"),
+        (
+            {Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False},
+            r"was not generated on the token \(CKA_LOCAL false\)",
+        ),
+    ],
+    ids=["software-copy", "readable", "imported-then-locked"],
+)
+def test_a_key_imported_from_software_is_refused_wherever_it_is_found(
+    fresh_tokens: Callable[[list[str]], dict[str, Pkcs11Uri]], attrs: dict[Attribute, bool], named: str
+) -> None:
+    uri = fresh_tokens(["imported"])["imported"]
+    with open_token(uri, rw=True) as token:
+        software = import_software_key(token, "station-signing", attrs)
+        for lookup in (
+            lambda: token.key(label="station-signing"),
+            lambda: token.key_by_public(software.public_key()),
+            lambda: token.key_for(uri.with_object("station-signing")),
+            lambda: token.key(label="station-signing", backupable=True),  # the root's exception is not this one
+        ):
+            with pytest.raises(KeyProtectionError, match=f"^key 'station-signing' on token '{uri.token}' {named}"):
+                lookup()
+        info = {(o.label, o.type): o for o in token.objects()}[("station-signing", "private")]
+        assert info.sensitive is attrs[Attribute.SENSITIVE]  # listing still shows it, for the officer to see
+
+
+def test_a_key_made_extractable_and_locked_later_is_refused(
+    fresh_tokens: Callable[[list[str]], dict[str, Pkcs11Uri]],
+) -> None:
+    uri = fresh_tokens(["once"])["once"]
+    with open_token(uri, rw=True) as token:
+        token._session.generate_keypair(
+            KeyType.EC, id=b"once", label="once", store=True,
+            public_template={Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")},
+            private_template={Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: True},
+        )  # fmt: skip
+        private = _raw_private(token, "once")
+        private[Attribute.EXTRACTABLE] = False  # a copy may have been wrapped out before
+        with pytest.raises(KeyProtectionError, match=r"was extractable once \(CKA_NEVER_EXTRACTABLE false\)"):
+            token.key(label="once")

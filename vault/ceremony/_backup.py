@@ -51,6 +51,7 @@ class BackupFile:
     curve: str
     wrapped: bytes
     custody: ShareSetRecord
+    policy_version: int  # the trust policy version the backup was made under
 
 
 def make_backup(c: Ceremony, root_key: TokenKey, wrapped: bytes, custody: ShareSetRecord) -> Path:
@@ -107,10 +108,14 @@ def open_backup(data: bytes, policy: TrustPolicy) -> BackupFile:
         raise FormatError("key backup: the wrapped key is not base64") from e
     if not isinstance(key["label"], str) or not isinstance(key["curve"], str):
         raise FormatError("key backup: label and curve must be text")
+    version = document["policy_version"]
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise FormatError("key backup: policy_version must be a positive whole number")
     return BackupFile(
         key_id=key["key_id"],
         label=key["label"],
         curve=key["curve"],
         wrapped=wrapped,
         custody=ShareSetRecord.from_dict(document["custody"]),
+        policy_version=version,
     )

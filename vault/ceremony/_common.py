@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import hmac
-from collections.abc import Callable, Mapping, Sequence
+import shutil
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType, TracebackType
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -66,6 +71,97 @@ class Credentials:
             raise InputError(f"this ceremony needs '{name}' in the credentials file")
         assert isinstance(uri, Pkcs11Uri)
         return uri
+
+
+class OutputFolder:
+    """A ceremony's ``--out`` folder: new, made by this run, and gone again if the run stops before it commits.
+
+    A ceremony that stops (a typed "no", Ctrl-C, too few shares, a refused
+    input, a token error) before its point of no return leaves nothing
+    behind: the folder it made (and any parent folders it made for it) is
+    removed with what this run wrote into it, so the same ``--out`` can be
+    given again. Once the ceremony commits (it changed a PIN, or a token
+    recorded a new policy version), the folder is kept whatever happens next:
+    it holds what the officers need. A folder that existed is never used.
+
+    Example::
+
+        with OutputFolder(out) as folder:
+            ...                 # write outputs; a failure here removes them
+            folder.commit()     # from here on they stay
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.committed = False
+        self._made: list[Path] = []  # the folders this run made, deepest first
+
+    def __enter__(self) -> OutputFolder:
+        if self.path.exists():
+            raise InputError(f"{self.path} exists; a ceremony writes into a new folder only")
+        missing = []
+        folder = self.path
+        while not folder.exists():
+            missing.append(folder)
+            folder = folder.parent
+        try:
+            for each in reversed(missing):
+                each.mkdir()
+                self._made.insert(0, each)
+        except FileExistsError as e:  # made by someone else meanwhile: not this run's
+            self._remove()
+            raise InputError(f"{e.filename} appeared while this ceremony was starting; start again") from e
+        except OSError as e:
+            self._remove()
+            raise InputError(f"cannot make {self.path}: {e.strerror}") from e
+        return self
+
+    def commit(self) -> None:
+        """The ceremony passed its point of no return: keep the folder from now on."""
+        self.committed = True
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if kind is not None and not self.committed:
+            self._remove()
+
+    def _remove(self) -> None:
+        if self._made:
+            shutil.rmtree(self._made[0], ignore_errors=True)
+        for folder in self._made[1:]:  # parents this run made, if nothing else went into them
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        self._made = []
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block ends, then raise it.
+
+    For the few steps that must land together once begun: a token recording
+    a new policy version and the policy file reaching the disk, a token's
+    PINs being replaced. A crash can still stop them; a stray key press
+    cannot. Outside the main thread (where Python delivers no signals) this
+    does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        held.append(signum)
+
+    previous = signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+    if held:
+        raise KeyboardInterrupt
 
 
 def root_pins(secret: bytes) -> tuple[str, str]:

@@ -13,10 +13,11 @@ lists its keys, so every verifier refuses them from then on.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,9 +37,11 @@ from vault.ceremony._common import (
     find_or_make,
     no_confirm,
     root_pins,
+    uninterrupted,
     write_share_files,
 )
 from vault.ceremony._custody import share_text
+from vault.ceremony._policy_head import POLICY_HEAD, check_policy_head
 from vault.ceremony._quorum import (
     Ceremony,
     CeremonyInputs,
@@ -49,9 +52,9 @@ from vault.ceremony._quorum import (
 )
 from vault.crypto import key_id, verify_signature
 from vault.enrolment import open_enrolment_request
-from vault.errors import InputError, PolicyError
+from vault.errors import InputError, PinIncorrectError, PolicyError, RollbackError
 from vault.policy import RoleKey, key_entry
-from vault.token import Pkcs11Uri, open_token
+from vault.token import Pkcs11Uri, TokenKey, TokenSession, open_token
 from vault.token._pin import resolve_pin
 
 if TYPE_CHECKING:
@@ -409,6 +412,11 @@ def recover_root(backup_data: bytes, kek_shares: Sequence[str]) -> tuple[Callabl
 
     def prepare(c: Ceremony) -> None:
         backup: BackupFile = open_backup(backup_data, c.policy)
+        if c.policy.version < backup.policy_version:
+            raise RollbackError(
+                f"the backup was made under trust policy v{backup.policy_version}: recover with the current "
+                f"policy (v{backup.policy_version} or later), not v{c.policy.version}"
+            )
         kek = _shares.combine_shares(list(kek_shares), backup.custody)
         target = c.credentials.need("recovery")
         target_so = c.credentials.need("recovery_so")
@@ -416,28 +424,48 @@ def recover_root(backup_data: bytes, kek_shares: Sequence[str]) -> tuple[Callabl
             "vault",
             "check-backup",
             inputs={"root-key-backup.json": backup_data},
-            details={"key_id": backup.key_id, "kek_shares_given": len(kek_shares)},
+            details={
+                "key_id": backup.key_id,
+                "kek_shares_given": len(kek_shares),
+                "policy_version": backup.policy_version,
+            },
         )
-        c.confirm(f"write the root key onto token {target.token} and give it the quorum's PINs")
         user_pin, so_pin = root_pins(c.secret)
-        with open_token(target, rw=True) as token:
-            if any(o.type == "private" for o in token.objects()):
-                raise InputError(f"token '{token.label}' already holds private keys; recover onto an empty token")
-            label = f"recovery-kek-{uuid.uuid4().hex[:12]}"
-            wrapping = token.import_kek(kek, label)
-            try:
-                key = token.unwrap_ec_key(wrapping, backup.wrapped, backup.label, c.policy.root.public_key)
-            finally:
-                token.destroy(wrapping)
+        with contextlib.ExitStack() as session:
+            token = session.enter_context(_open_recovery_token(target))
+            key = _left_by_recovery(c, token)
+            found: dict[str, Any] = {}
+            if key is None:
+                c.confirm(f"write the root key onto token {target.token}")
+                label = f"recovery-kek-{uuid.uuid4().hex[:12]}"
+                wrapping = token.import_kek(kek, label)
+                try:
+                    key = token.unwrap_ec_key(wrapping, backup.wrapped, backup.label, c.policy.root.public_key)
+                finally:
+                    token.destroy(wrapping)
+            else:
+                c.confirm(f"use the root key a recovery that stopped left on token {target.token}")
+                found = {"found": "left by a recovery that stopped before the PINs changed"}
             challenge = f"vault recovery check {uuid.uuid4()}".encode()
             verify_signature(c.root_certificate.public_key(), challenge, key.sign(challenge))  # type: ignore[arg-type]
-            token.change_pin(resolve_pin(target, token.label), user_pin)
-        with open_token(target_so, rw=True, so=True) as officer:
-            officer.change_pin(resolve_pin(target_so, officer.label), so_pin)
+            c.confirm(f"give token {target.token} the PINs the officers' shares open, for good")
+            # The recovered token carries the head on: the policy the recovery runs with (never older than
+            # the backup's). Recording it and changing both PINs run together; Ctrl-C waits for them.
+            with uninterrupted():
+                c.policy_head, matched = check_policy_head(token, c.policy.version, c.policy.digest)
+                token.change_pin(resolve_pin(target, token.label), user_pin)
+                session.close()  # the security officer logs in only once the user's session is closed
+                with open_token(target_so, rw=True, so=True) as officer:
+                    officer.change_pin(resolve_pin(target_so, officer.label), so_pin)
         c.record(
             "root-token",
             "recover-root-key",
-            details={"key_id": key.key_id, "token": target.token, "verified_against": "root certificate"},
+            details={"key_id": key.key_id, "token": target.token, "verified_against": "root certificate", **found},
+        )
+        c.record(
+            "root-token",
+            "policy-head",
+            details={"head": POLICY_HEAD, "version": c.policy.version, "sha256": c.policy.digest, "matched": matched},
         )
         c.credentials = dataclasses.replace(c.credentials, root=target)
 
@@ -445,6 +473,33 @@ def recover_root(backup_data: bytes, kek_shares: Sequence[str]) -> tuple[Callabl
         return OperationResult(None)
 
     return prepare, run
+
+
+@contextlib.contextmanager
+def _open_recovery_token(target: Pkcs11Uri) -> Iterator[TokenSession]:
+    try:
+        with open_token(target, rw=True) as token:
+            yield token
+    except PinIncorrectError as e:
+        raise PinIncorrectError(
+            f"token '{target.token}' refused the PIN the credentials give for 'recovery': if a recovery onto it "
+            "finished, the officers' shares open it now; name it as the root token instead"
+        ) from e
+
+
+def _left_by_recovery(c: Ceremony, token: TokenSession) -> TokenKey | None:
+    """The root key a recovery that stopped before the PINs changed left on ``token``; ``None`` if it is empty.
+
+    A recovery is resumed, not redone: the key it unwrapped is used again
+    once it passes the checks of any found root key. Any other private key
+    makes the token unfit for a recovery.
+    """
+    private = [o for o in token.objects() if o.type == "private"]
+    if not private:
+        return None
+    if len(private) == 1 and private[0].key_id == c.policy.root.key_id:
+        return token.key_by_public(c.policy.root.public_key, backupable=True, unwrapped=True)
+    raise InputError(f"token '{token.label}' already holds private keys; recover onto an empty token")
 
 
 # --- dispatch ---------------------------------------------------------------------

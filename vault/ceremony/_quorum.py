@@ -11,11 +11,17 @@ keys and backing up the root all run in the same frame:
 3. at least m custodian shares are checked one by one against the share set
    the policy records (a mistyped, altered or foreign share is refused with
    its position and the reason) and combined into the root token's PINs;
-4. the root key is found in the root token and must be the policy's;
+4. the root key is found in the root token and must be the policy's; the
+   policy must not be older than the last one the root token signed (its
+   ``root-policy`` head, :mod:`vault.ceremony._policy_head`);
 5. the ceremony's own operation runs (see :mod:`vault.ceremony._operations`);
 6. when it changes the policy, version n+1 is signed by the root and every
-   officer present, and checked by the same verifier stations use;
+   officer present, and checked by the same verifier stations use; the root
+   token records it as its head, and only then is the file written;
 7. the transcript is signed by the root and every officer present.
+
+A ceremony that stops before step 6 leaves no ``--out`` folder behind; after
+it, the folder is kept (:class:`vault.ceremony._common.OutputFolder`).
 """
 
 from __future__ import annotations
@@ -34,14 +40,25 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from vault import pki
 from vault._files import write_new
 from vault.ceremony import _lint, _shares
-from vault.ceremony._common import REHEARSAL_MARK, Confirm, Credentials, b64, cosign, root_pins, with_pin
+from vault.ceremony._common import (
+    REHEARSAL_MARK,
+    Confirm,
+    Credentials,
+    OutputFolder,
+    b64,
+    cosign,
+    root_pins,
+    uninterrupted,
+    with_pin,
+)
 from vault.ceremony._html import render_transcript
+from vault.ceremony._policy_head import POLICY_HEAD, advance_policy_head, check_policy_head, check_unchanged
 from vault.ceremony._transcript import PAYLOAD_TYPE, Transcript
 from vault.crypto import key_id
 from vault.errors import InputError, PolicyError, ShareError, ThresholdError
 from vault.formats import sign_envelope, sign_statement
 from vault.policy import TrustPolicy, format_time, load_policy, policy_statement
-from vault.token import TokenKey, TokenSession, open_token
+from vault.token import Head, TokenKey, TokenSession, open_token
 
 
 @dataclass(frozen=True)
@@ -67,8 +84,10 @@ class Ceremony:
     rehearsal: bool
     confirm: Confirm
     clock: Callable[[], datetime]
+    folder: OutputFolder
     present: dict[str, Any] = field(default_factory=dict)  # officer id -> token URI
     secret: bytes = b""
+    policy_head: Head | None = None  # the root token's, as this ceremony last read or wrote it
 
     @property
     def mark(self) -> str:
@@ -91,8 +110,12 @@ class Ceremony:
             yield token
 
     def root_key(self, token: TokenSession) -> TokenKey:
-        """The root key in ``token``; it must be the one the policy names."""
-        return token.key_by_public(self.policy.root.public_key)
+        """The root key in ``token``; it must be the one the policy names.
+
+        The root key alone may be extractable wrapped under a trusted key (its
+        backup path), and may have been unwrapped onto this token by a recovery.
+        """
+        return token.key_by_public(self.policy.root.public_key, backupable=True, unwrapped=True)
 
     def issue(
         self, token: TokenSession, public_key: ec.EllipticCurvePublicKey, profile: pki.CertProfile, name: str
@@ -171,8 +194,9 @@ def run_quorum_ceremony(
     key is looked for: recovery uses it to put the root key onto a new token.
 
     Raises:
-        VaultError: a check failed (policy, officers, shares, root key) or the
-            operation refused; what was written so far stays in ``out``.
+        VaultError: a check failed (policy, officers, shares, root key, the
+            root token's policy head) or the operation refused; ``out`` is
+            removed unless the root token already recorded the new policy.
     """
     policy = load_policy(inputs.policy, inputs.root_certificate, now=clock(), allow_expired=True)
     if policy.rehearsal != rehearsal:
@@ -182,10 +206,32 @@ def run_quorum_ceremony(
             else "the trust policy is a production one: a rehearsal must start from a rehearsal policy"
         )
     _check_present(policy, credentials)
-    if out.exists():
-        raise InputError(f"{out} exists; a ceremony writes into a new folder only")
-    out.mkdir(parents=True)
+    with OutputFolder(out) as folder:
+        return _run(
+            kind, name, script_digest, credentials, inputs, folder, operation, policy,
+            rehearsal=rehearsal, confirm=confirm, clock=clock, header=header, prepare=prepare,
+            policy_expires_days=policy_expires_days,
+        )  # fmt: skip
 
+
+def _run(
+    kind: str,
+    name: str,
+    script_digest: str,
+    credentials: Credentials,
+    inputs: CeremonyInputs,
+    folder: OutputFolder,
+    operation: Operation,
+    policy: TrustPolicy,
+    *,
+    rehearsal: bool,
+    confirm: Confirm,
+    clock: Callable[[], datetime],
+    header: Mapping[str, Any] | None,
+    prepare: Callable[[Ceremony], None] | None,
+    policy_expires_days: int | None,
+) -> CeremonyResult:
+    out = folder.path
     start = clock()
     transcript = Transcript.start(
         {
@@ -212,6 +258,7 @@ def run_quorum_ceremony(
         rehearsal=rehearsal,
         confirm=confirm,
         clock=clock,
+        folder=folder,
         present=dict(credentials.officers),
     )
     details: dict[str, Any] = {"rehearsal": rehearsal, "policy_version": policy.version}
@@ -229,6 +276,13 @@ def run_quorum_ceremony(
             "root-token",
             "root-key",
             details={"key_id": root_key.key_id, "spki": b64(root_key.spki_der), "token": token.label},
+        )
+        # Before anything irreversible: the policy given must be the last one this root token signed.
+        ceremony.policy_head, matched = check_policy_head(token, policy.version, policy.digest)
+        ceremony.record(
+            "root-token",
+            "policy-head",
+            details={"head": POLICY_HEAD, "version": policy.version, "sha256": policy.digest, "matched": matched},
         )
 
     result = operation(ceremony)
@@ -304,17 +358,33 @@ def _sign_next_policy(ceremony: Ceremony, predicate: dict[str, Any], expires_day
     ceremony.confirm(f"sign trust policy v{version} with the root and the officers present")
     statement = policy_statement(predicate, ceremony.root_certificate)
     with ceremony.root_session() as token:
+        check_unchanged(token, ceremony.policy_head)
         envelope = sign_statement(statement, [ceremony.root_key(token)])
     signed = cosign(envelope, ceremony.present, _officer_keys(current, ceremony.present))
     # The same check a station makes: the new version must verify, with the quorum, as the next one.
     new = load_policy(signed, ceremony.root_certificate, now=issued, highest_seen=current.version)
     if new.version != current.version + 1:
         raise PolicyError(f"a new trust policy must be v{current.version + 1}, not v{new.version}")
-    path = write_new(ceremony.out / f"policy-v{version}.json", signed)
+    # The token records the version before the file exists, so no second v(n+1) can ever be signed;
+    # the two steps run together (Ctrl-C waits), and from here the output folder is kept.
+    with ceremony.root_session() as token, uninterrupted():
+        ceremony.policy_head = advance_policy_head(token, version, new.digest, after=ceremony.policy_head)
+        ceremony.folder.commit()
+        path = write_new(ceremony.out / f"policy-v{version}.json", signed)
     ceremony.record(
         "officers",
         "sign-trust-policy",
         outputs={path.name: signed},
         details={"version": version, "previous_sha256": current.digest, "expires": predicate["expires"]},
+    )
+    ceremony.record(
+        "root-token",
+        "policy-head",
+        details={
+            "head": POLICY_HEAD,
+            "version": version,
+            "sha256": new.digest,
+            "generation": ceremony.policy_head.generation,
+        },
     )
     return path

@@ -12,15 +12,23 @@ Steps, each recorded in the hash-chained transcript:
    shares, one file per officer, written before anything depends on them;
 6. trust policy v1 (with the share set's public record) is signed by the
    root and by every officer present;
-7. the root token's user PIN and security-officer PIN are both replaced by
-   PINs derived from the secret, so nobody sees either whole;
+7. the root token records v1 and its digest (its ``root-policy`` head), the
+   policy file is written, and the token's user PIN and security-officer PIN
+   are both replaced by PINs derived from the secret, so nobody sees either
+   whole: the point of no return;
 8. m shares are combined to log in again (the quorum works), and every
    custodian's share is checked against the record (none is lost on day one);
 9. the transcript is signed by the root and by every officer present.
+
+A ceremony that stops before step 7 (a typed "no", Ctrl-C, a refused input)
+removes its output folder and leaves the root key on the token; run again,
+it finds that key, checks it like any key found on a token, and goes on.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -39,21 +47,24 @@ from vault.ceremony._common import (
     Confirm,
     Credentials,
     Officer,
+    OutputFolder,
     b64,
     cosign,
     find_or_make,
     no_confirm,
     root_pins,
+    uninterrupted,
     with_pin,
     write_share_files,
 )
 from vault.ceremony._custody import read_share
 from vault.ceremony._html import render_transcript
+from vault.ceremony._policy_head import POLICY_HEAD, advance_policy_head, head_policy, short
 from vault.ceremony._transcript import PAYLOAD_TYPE, Transcript
-from vault.errors import InputError
+from vault.errors import InputError, KeyExistsError, KeyNotFoundError, PinIncorrectError, StateError
 from vault.formats import sign_envelope, sign_statement
 from vault.policy import format_time, key_entry, policy_statement
-from vault.token import TokenKey, open_token
+from vault.token import Pkcs11Uri, TokenKey, TokenSession, open_token
 from vault.token._pin import resolve_pin
 
 
@@ -111,14 +122,28 @@ def run_root_ceremony(
         now: the clock.
 
     Raises:
-        VaultError: any check or token operation failed; the outputs written so
-            far stay in ``out`` for the record.
+        VaultError: any check or token operation failed. If it stopped before
+            the PINs changed, ``out`` is removed and the root key (if made) is
+            left on the token, where running the ceremony again finds and uses
+            it; after that, ``out`` is kept.
     """
     check_officers(script.officers, credentials)
     root_so = credentials.need("root_so")
-    if out.exists():
-        raise InputError(f"{out} exists; a ceremony writes into a new folder only")
-    out.mkdir(parents=True)
+    with OutputFolder(out) as folder:
+        return _run(script, credentials, root_so, folder, rehearsal=rehearsal, confirm=confirm, now=now)
+
+
+def _run(
+    script: RootScript,
+    credentials: Credentials,
+    root_so: Pkcs11Uri,
+    folder: OutputFolder,
+    *,
+    rehearsal: bool,
+    confirm: Confirm,
+    now: Callable[[], datetime],
+) -> RootCeremonyResult:
+    out = folder.path
     mark = f"{REHEARSAL_MARK} " if rehearsal else ""
 
     transcript = Transcript.start(
@@ -139,21 +164,15 @@ def run_root_ceremony(
     officer_keys, seal_keys = _officer_keys(script, credentials, transcript, now)
     present = {o.id: credentials.officers[o.id] for o in script.officers}
 
-    confirm("generate the root key inside the root token")
-    with open_token(credentials.root, rw=True) as root_token:
-        root_key = root_token.generate_ec_key(script.root_key_label, curve=script.curve, backupable=True)
-        transcript.record(
-            "root-token",
-            "generate-root-key",
-            outputs={"root.spki": root_key.spki_der},
-            details={
-                "label": script.root_key_label,
-                "curve": script.curve,
-                "key_id": root_key.key_id,
-                "spki": b64(root_key.spki_der),
-            },
-            now=now(),
-        )
+    with contextlib.ExitStack() as session:
+        try:
+            root_token = session.enter_context(open_token(credentials.root, rw=True))
+        except PinIncorrectError as e:
+            raise PinIncorrectError(
+                f"{e} (if a root ceremony finished on it, the officers' shares hold its PINs now; "
+                "a new root needs a new token)"
+            ) from e
+        root_key = _root_key(script, root_token, transcript, confirm, now)
 
         not_before = now().replace(microsecond=0)
         profile = pki.root_ca_profile(
@@ -192,15 +211,28 @@ def run_root_ceremony(
         predicate = _policy_v1(script, root_key, root_cert, officer_keys, share_set.record, rehearsal, now())
         statement = policy_statement(predicate, root_cert)
         policy_bytes = cosign(sign_statement(statement, [root_key]), present, officer_keys)
-        write_new(out / "policy-v1.json", policy_bytes)
-        transcript.record(
-            "officers", "sign-trust-policy", outputs={"policy-v1.json": policy_bytes}, details={"version": 1}, now=now()
-        )
+        digest = hashlib.sha256(policy_bytes).hexdigest()
 
+        # The point of no return: the token records policy v1, the file lands, both PINs change.
+        # These run together (Ctrl-C waits for them); from here on the output folder is kept.
         user_pin, so_pin = root_pins(secret)
-        root_token.change_pin(resolve_pin(credentials.root, root_token.label), user_pin)
-    with open_token(root_so, rw=True, so=True) as officer_session:
-        officer_session.change_pin(resolve_pin(root_so, officer_session.label), so_pin)
+        with uninterrupted():
+            head = advance_policy_head(root_token, 1, digest, after=None)
+            folder.commit()
+            write_new(out / "policy-v1.json", policy_bytes)
+            root_token.change_pin(resolve_pin(credentials.root, root_token.label), user_pin)
+            session.close()  # the security officer logs in only once the user's session is closed
+            with open_token(root_so, rw=True, so=True) as officer_session:
+                officer_session.change_pin(resolve_pin(root_so, officer_session.label), so_pin)
+    transcript.record(
+        "officers", "sign-trust-policy", outputs={"policy-v1.json": policy_bytes}, details={"version": 1}, now=now()
+    )
+    transcript.record(
+        "root-token",
+        "policy-head",
+        details={"head": POLICY_HEAD, "version": 1, "sha256": digest, "generation": head.generation},
+        now=now(),
+    )
     transcript.record(
         "root-token",
         "split-root-pin",
@@ -215,7 +247,7 @@ def run_root_ceremony(
         transcript.record(officer, "check-share", details={"member": check.member_index}, now=now())
 
     with open_token(with_pin(credentials.root, quorum_pin)) as root_token:
-        root_key = root_token.key(label=script.root_key_label)
+        root_key = root_token.key(label=script.root_key_label, backupable=True)
         transcript.record(
             "officers", "quorum-login", details={"shares_used": script.threshold, "key_id": root_key.key_id}, now=now()
         )
@@ -231,6 +263,68 @@ def run_root_ceremony(
         html=out / "transcript.html",
         shares=share_files,
     )
+
+
+def _root_key(
+    script: RootScript,
+    token: TokenSession,
+    transcript: Transcript,
+    confirm: Confirm,
+    now: Callable[[], datetime],
+) -> TokenKey:
+    """The root key: generated now, or the one a root ceremony that stopped early left on the token.
+
+    A root ceremony stopped before the PINs changed leaves its root key on the
+    token (nothing else: its folder is removed). Running the ceremony again
+    uses that key, once it passes every check a found key gets and is
+    backupable as a root key must be; the transcript says it was found, not
+    made. A token on which a root ceremony got as far as signing policy v1
+    is refused: it has a root already.
+    """
+    head = token.head(POLICY_HEAD)
+    if head is not None:
+        version, digest = head_policy(head, token.label)
+        raise StateError(
+            f"the root token already signed trust policy v{version} (sha256 {short(digest)}): it holds a root "
+            "from an earlier root ceremony; a new root needs a new token"
+        )
+    label = script.root_key_label
+    try:
+        left = token.key(label=label, backupable=True)
+    except KeyNotFoundError:
+        left = None
+    if left is None:
+        confirm("generate the root key inside the root token")
+        key = token.generate_ec_key(label, curve=script.curve, backupable=True)
+        action, found = "generate-root-key", {}
+    else:
+        if left.curve.name != script.curve or not left.backupable:
+            what = f"is {left.curve.name}, not {script.curve}" if left.curve.name != script.curve else (
+                "cannot be backed up (no CKA_WRAP_WITH_TRUSTED)"
+            )  # fmt: skip
+            raise KeyExistsError(
+                f"a key labelled '{label}' on token '{token.label}' {what}: a root ceremony did not make it; "
+                f"remove it (vault token delete) or use another token"
+            )
+        confirm(
+            f"use the root key {left.key_id[:16]}… that a root ceremony which stopped left on token '{token.label}'"
+        )
+        key = left
+        action, found = "root-key", {"found": "left by a root ceremony that stopped before the PINs changed"}
+    transcript.record(
+        "root-token",
+        action,
+        outputs={"root.spki": key.spki_der},
+        details={
+            "label": label,
+            "curve": script.curve,
+            "key_id": key.key_id,
+            "spki": b64(key.spki_der),
+            **found,
+        },
+        now=now(),
+    )
+    return key
 
 
 def check_officers(officers: tuple[Officer, ...], credentials: Credentials) -> None:

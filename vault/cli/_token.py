@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
 import click
@@ -110,6 +111,33 @@ def sign(uri: Pkcs11Uri, file: Path, output: Path, force: bool) -> None:
         signature = key.sign(data)
     write_new(output, signature, overwrite=force)
     click.echo(f"signed {file} with key {key.key_id[:16]}... -> {output}", err=True)
+
+
+@token.command("delete")
+@click.argument("uri", type=PKCS11_URI)
+@click.option("--yes", is_flag=True, help="Do not ask for the key's label to be typed (non-interactive runs).")
+def delete(uri: Pkcs11Uri, yes: bool) -> None:
+    """Delete the key pair URI names (object= or id=) from its token, for good.
+
+    For a key vault refuses to use (made outside the token, extractable), or
+    one a stopped ceremony left that the officers choose not to use. Asks
+    for the key's label to be typed first; a token holding a root is refused.
+    """
+    if uri.object is None and uri.id is None:
+        raise InputError("name the key to delete with object=LABEL or id=... in the URI")
+    with open_token(uri, rw=True) as session:
+        if not yes:
+            if not sys.stdin.isatty() or uri.object is None:
+                raise InputError("deleting a key needs its label (object=) typed on a terminal; or pass --yes")
+            typed = click.prompt(
+                f"Delete key '{uri.object}' from token '{session.label}' for good? Type its label to go on",
+                default="",
+                show_default=False,
+            )
+            if typed.strip() != uri.object:
+                raise InputError("the label typed is not the key's: nothing was deleted")
+        info = session.delete_key(label=uri.object, id=uri.id)
+    click.echo(f"deleted key '{info.label}' (key id {_short(info.key_id)}) from token '{session.label}'")
 
 
 def _short(value: str | None) -> str:

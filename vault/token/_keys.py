@@ -5,6 +5,15 @@ with CKA_ID set to the SHA-256 of their SubjectPublicKeyInfo so that the
 key id vault prints is the id the token stores. The one exception is a key
 generated ``backupable``: it is extractable only wrapped, and only under a
 key the token trusts (CKA_WRAP_WITH_TRUSTED).
+
+A key *found* on a token is held to the same rules as a key vault makes,
+wherever it is found (:meth:`TokenSession.key` and the lookups built on it):
+sensitive and always so, not extractable and never so, and generated on the
+token (CKA_LOCAL), each checked where the module reports the attribute. A key
+imported from software, or one that was extractable once, is refused with
+the attribute that gives it away. Two callers widen this, by name: the root
+key may be ``backupable``, and a root key vault itself ``unwrapped`` from a
+backup onto a new token is not CKA_LOCAL by nature.
 """
 
 from __future__ import annotations
@@ -26,7 +35,14 @@ from pkcs11.util.ec import encode_named_curve_parameters
 
 from vault.crypto import CURVES, Curve, curve_by_name, curve_of, spki_der, verify_signature
 from vault.crypto import key_id as compute_key_id
-from vault.errors import InputError, KeyExistsError, KeyNotFoundError, TokenOperationError
+from vault.errors import (
+    InputError,
+    KeyExistsError,
+    KeyNotFoundError,
+    KeyProtectionError,
+    StateError,
+    TokenOperationError,
+)
 from vault.token import _heads, _quirks
 from vault.token._session import _text, open_session, translate_errors
 from vault.token._uri import Pkcs11Uri
@@ -93,6 +109,14 @@ class TokenKey:
     def curve(self) -> Curve:
         """The key's curve."""
         return self._curve
+
+    @property
+    def backupable(self) -> bool:
+        """Whether the key may leave its token wrapped under a trusted key (as a root key must, for backups)."""
+        return bool(
+            _quirks.read_bool(self._private, Attribute.EXTRACTABLE)
+            and _quirks.read_bool(self._private, Attribute.WRAP_WITH_TRUSTED)
+        )
 
     def sign(self, data: bytes) -> bytes:
         """Sign ``data`` in the token; returns a DER ECDSA signature.
@@ -169,11 +193,29 @@ class TokenSession:
             attrs[Attribute.ID] = id
         return self._find(attrs)
 
-    def key(self, label: str | None = None, id: bytes | None = None) -> TokenKey:
-        """The EC key pair with this label and/or CKA_ID.
+    def key(
+        self,
+        label: str | None = None,
+        id: bytes | None = None,
+        *,
+        backupable: bool = False,
+        unwrapped: bool = False,
+    ) -> TokenKey:
+        """The EC key pair with this label and/or CKA_ID, checked like a key vault makes.
+
+        Args:
+            backupable: accept a key that is extractable, but only wrapped
+                under a key the token trusts (CKA_WRAP_WITH_TRUSTED): the
+                root key's backup path, and nothing else.
+            unwrapped: accept a key that was not generated on this token
+                (CKA_LOCAL, CKA_ALWAYS_SENSITIVE and CKA_NEVER_EXTRACTABLE
+                false): a root key vault unwrapped from its backup in a
+                recovery, and nothing else.
 
         Raises:
             KeyNotFoundError: no such key, or more than one matches.
+            KeyProtectionError: the key could leave the token, or was not
+                made inside it; the message names the attribute.
         """
         if label is None and id is None:
             raise KeyNotFoundError("name a key: the URI needs object=LABEL or id=...")
@@ -186,18 +228,22 @@ class TokenSession:
         private = found[0]
         if private[Attribute.KEY_TYPE] != KeyType.EC:
             raise KeyNotFoundError(f"the key {what} on token '{self.label}' is not an EC key")
+        found_label = _text(private[Attribute.LABEL])
+        self._check_protection(private, found_label, backupable=backupable, unwrapped=unwrapped)
         public_key = self._public_key_for(private, what)
-        return TokenKey(private, public_key, _text(private[Attribute.LABEL]))
+        return TokenKey(private, public_key, found_label)
 
     def key_for(self, uri: Pkcs11Uri) -> TokenKey:
-        """The key ``uri`` names with ``object=`` and/or ``id=``."""
+        """The key ``uri`` names with ``object=`` and/or ``id=`` (checked as :meth:`key` does)."""
         if uri.type not in (None, "private"):
             raise InputError(f"the URI names type={uri.type}; a signing key needs type=private or none")
         return self.key(label=uri.object, id=uri.id)
 
-    def key_by_public(self, public_key: ec.EllipticCurvePublicKey) -> TokenKey:
-        """The key pair whose public half is ``public_key`` (found through CKA_ID)."""
-        return self.key(id=bytes.fromhex(compute_key_id(public_key)))
+    def key_by_public(
+        self, public_key: ec.EllipticCurvePublicKey, *, backupable: bool = False, unwrapped: bool = False
+    ) -> TokenKey:
+        """The key pair whose public half is ``public_key`` (found through CKA_ID; checked as :meth:`key` does)."""
+        return self.key(id=bytes.fromhex(compute_key_id(public_key)), backupable=backupable, unwrapped=unwrapped)
 
     def _public_key_for(self, private: pkcs11.Object, what: str) -> ec.EllipticCurvePublicKey:
         params = private[Attribute.EC_PARAMS]
@@ -264,7 +310,9 @@ class TokenSession:
         with translate_errors(f"generating key '{label}'", self.label):
             public, private = _quirks.generate_with_fallback(generate, private_template)
             try:
-                self._check_protection(private, label, backupable)
+                fault = _protection_fault(private, backupable=backupable, unwrapped=False)
+                if fault is not None:
+                    raise TokenOperationError(f"token '{self.label}' made key '{label}' that {fault}; destroyed it")
                 point = _quirks.ec_point_from_attribute(bytes(public[Attribute.EC_POINT]), spec)
                 public_key = ec.EllipticCurvePublicKey.from_encoded_point(spec.curve(), point)
                 key = TokenKey(private, public_key, label)
@@ -284,13 +332,50 @@ class TokenSession:
         if self._find({Attribute.LABEL: label}):
             raise KeyExistsError(f"a key labelled '{label}' already exists on token '{self.label}'")
 
-    def _check_protection(self, private: pkcs11.Object, label: str, backupable: bool) -> None:
-        sensitive = _quirks.read_bool(private, Attribute.SENSITIVE)
-        extractable = _quirks.read_bool(private, Attribute.EXTRACTABLE)
-        if sensitive is not True:
-            raise TokenOperationError(f"token '{self.label}' made key '{label}' without CKA_SENSITIVE; destroyed it")
-        if extractable and not backupable:
-            raise TokenOperationError(f"token '{self.label}' made key '{label}' extractable; destroyed it")
+    def _check_protection(self, private: pkcs11.Object, label: str, *, backupable: bool, unwrapped: bool) -> None:
+        """Refuse a found key that could leave the token or was not made in it (see :func:`_protection_fault`)."""
+        fault = _protection_fault(private, backupable=backupable, unwrapped=unwrapped)
+        if fault is not None:
+            raise KeyProtectionError(f"key '{label}' on token '{self.label}' {fault}")
+
+    def delete_key(self, label: str | None = None, id: bytes | None = None) -> ObjectInfo:
+        """Destroy the key pair with this label and/or CKA_ID (private half and public half), for good.
+
+        The key is not checked first: removing a key vault would refuse, or
+        one a stopped ceremony left, is what this is for. A token that holds
+        a root (a ``root-policy`` head record) is refused: its keys go only
+        with the token.
+
+        Returns:
+            What the private half was (label, key id), for the caller to say.
+
+        Raises:
+            KeyNotFoundError: no such private key, or more than one matches.
+            StateError: the token holds a root.
+        """
+        if label is None and id is None:
+            raise KeyNotFoundError("name a key: the URI needs object=LABEL or id=...")
+        what = f"labelled '{label}'" if label is not None else f"with id {id.hex() if id else ''}"
+        found = self._private_keys(label=label, id=id)
+        if not found:
+            raise KeyNotFoundError(f"no private key {what} on token '{self.label}'")
+        if len(found) > 1:
+            raise KeyNotFoundError(f"{len(found)} private keys {what} on token '{self.label}'; name it by id")
+        root = self.head("root-policy")
+        if root is not None:
+            raise StateError(
+                f"token '{self.label}' holds a root that signed trust policy v{root.value.get('version')}; "
+                "vault deletes no key from it"
+            )
+        private = found[0]
+        info = self._describe(private)
+        raw_id = bytes(private[Attribute.ID]) if _has(private, Attribute.ID) else None
+        publics = self._find({Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.ID: raw_id}) if raw_id else []
+        with translate_errors(f"deleting key {what}", self.label):
+            private.destroy()
+            for public in publics:
+                public.destroy()
+        return info
 
     def import_kek(self, value: bytes, label: str, *, trusted: bool = False) -> pkcs11.SecretKey:
         """Store the AES key ``value`` on the token as a key-encryption key.
@@ -472,6 +557,40 @@ class TokenSession:
         """``nbytes`` from the token's random generator."""
         with translate_errors("reading random bytes", self.label):
             return bytes(self._session.generate_random(8 * nbytes))
+
+
+_LEAVES = "vault only uses keys that can never leave their token"
+
+
+def _protection_fault(private: pkcs11.Object, *, backupable: bool, unwrapped: bool) -> str | None:
+    """What makes ``private`` unfit for vault, as the end of a sentence naming the attribute; ``None`` if nothing.
+
+    An attribute the module does not report (``None``) is not held against
+    the key; one it reports must say the key never left, and never could.
+    """
+
+    def flag(attribute: Attribute) -> bool | None:
+        return _quirks.read_bool(private, attribute)
+
+    if flag(Attribute.EXTRACTABLE):
+        if not backupable:
+            return f"is extractable (CKA_EXTRACTABLE); {_LEAVES}"
+        if flag(Attribute.WRAP_WITH_TRUSTED) is not True:
+            return (
+                "is extractable (CKA_EXTRACTABLE) without CKA_WRAP_WITH_TRUSTED; "
+                "vault only uses keys that can leave their token wrapped under a trusted key, or not at all"
+            )
+    if flag(Attribute.SENSITIVE) is not True:
+        return f"is not sensitive (CKA_SENSITIVE false); {_LEAVES}"
+    if unwrapped:
+        return None  # a key unwrapped onto the token was made elsewhere, and not always sensitive there
+    if flag(Attribute.LOCAL) is False:
+        return "was not generated on the token (CKA_LOCAL false); vault only uses keys made inside their token"
+    if flag(Attribute.ALWAYS_SENSITIVE) is False:
+        return f"was not always sensitive (CKA_ALWAYS_SENSITIVE false); {_LEAVES}"
+    if not backupable and flag(Attribute.NEVER_EXTRACTABLE) is False:
+        return f"was extractable once (CKA_NEVER_EXTRACTABLE false); {_LEAVES}"
+    return None
 
 
 def _check_pair(key: TokenKey, usage: str) -> None:
