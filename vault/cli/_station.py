@@ -46,6 +46,19 @@ def _station_options(f: Any) -> Any:
     return f
 
 
+def _root(root_cert: Path | None, root_fingerprint: str | None) -> x509.Certificate | str:
+    if (root_cert is None) == (root_fingerprint is None):
+        raise InputError("pin the root with exactly one of --root-cert and --root-fingerprint")
+    if root_cert is None:
+        assert root_fingerprint is not None
+        return root_fingerprint
+    data = root_cert.read_bytes()
+    try:
+        return x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
+    except ValueError as e:
+        raise InputError(f"{root_cert} is not an X.509 certificate") from e
+
+
 def _open_station(
     state_dir: Path,
     uri: Pkcs11Uri,
@@ -54,20 +67,7 @@ def _open_station(
     root_fingerprint: str | None,
     operator: str = "operator",
 ) -> Station:
-    if (root_cert is None) == (root_fingerprint is None):
-        raise InputError("pin the root with exactly one of --root-cert and --root-fingerprint")
-    root: x509.Certificate | str
-    if root_cert is not None:
-        data = root_cert.read_bytes()
-        try:
-            root = (
-                x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
-            )
-        except ValueError as e:
-            raise InputError(f"{root_cert} is not an X.509 certificate") from e
-    else:
-        assert root_fingerprint is not None
-        root = root_fingerprint
+    root = _root(root_cert, root_fingerprint)
     return Station(state_dir, token=uri, station_id=station_id, root=root, operator=operator)
 
 
@@ -263,6 +263,44 @@ def export(
     )
     click.echo(f"checkpoint   size {result.to_size}, root {result.root}")
     click.echo(f"written      {result.path} (read-only, encrypted to the auditor key)")
+
+
+@station.command("recover")
+@_station_options
+@click.option(
+    "--from",
+    "sources",
+    type=click.Path(exists=True, path_type=Path),
+    multiple=True,
+    required=True,
+    help="An export folder (its *.station-copy files), one copy, or an older or damaged state folder; repeatable.",
+)
+@json_option
+def recover(
+    state_dir: Path,
+    uri: Pkcs11Uri,
+    station_id: str,
+    root_cert: Path | None,
+    root_fingerprint: str | None,
+    sources: tuple[Path, ...],
+    as_json: bool,
+) -> None:
+    """Rebuild a lost or damaged state folder (--state, a new one) from the station's own export copies and
+    older folders; accepted only if it is exactly the log and counts the station token holds."""
+    from vault.verify import recover_state
+
+    result = recover_state(
+        state_dir, token=uri, station_id=station_id, root=_root(root_cert, root_fingerprint), sources=sources
+    )
+    if as_json:
+        echo_json({"state": str(result.state_dir), "size": result.size, "root": result.root,
+                   "reserved": result.reserved, "exports": result.exports, "devices": result.devices})  # fmt: skip
+        return
+    click.echo(f"recovered    {result.state_dir}: {result.size} log entries, root {result.root}")
+    click.echo(f"             the station token's head, exactly; {result.exports} exports, {result.devices} devices")
+    for bundle_id, count in sorted(result.reserved.items()):
+        click.echo(f"reserved     {count} units of bundle {bundle_id}")
+    click.echo("next         load the release again: vault station load --state ... --bundle ... --policy ...")
 
 
 @station.command("request")

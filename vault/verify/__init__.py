@@ -17,7 +17,13 @@ those two packages alone. A station:
    issuing CA in the token, and ends with a manifest signed by the station
    key and appended to the station's Merkle log, whatever the outcome;
 3. exports the new manifests, their certificates, a signed checkpoint and a
-   consistency proof from the last export, encrypted to the auditor's key.
+   consistency proof from the last export, encrypted to the auditor's key
+   (and a copy for itself, sealed to its own decryption key).
+
+The log's head and the units reserved per release live in the station token
+as well as in the state folder: a new, older, copied or diverging folder is
+refused, and :func:`recover_state` rebuilds a lost one from the station's
+export copies and older folders, checked against the token's head.
 
 Every refusal is a typed :class:`vault.errors.VaultError` with a one-line
 reason; :mod:`vault.errors` lists them.
@@ -39,7 +45,9 @@ Example (with the development tokens and an enrolled station, as in ``make demo`
 """
 
 from vault.verify._device import STEPS, Device, ImageToProgram, SimulatedDevice
+from vault.verify._recover import RecoveryResult, recover_state
 from vault.verify._station import (
+    COPY_SUFFIX,
     DECRYPTION_LABEL,
     ISSUING_CA_LABEL,
     SIGNING_LABEL,
@@ -55,6 +63,7 @@ from vault.verify._station import (
 )
 
 __all__ = [
+    "COPY_SUFFIX",
     "DECRYPTION_LABEL",
     "ISSUING_CA_LABEL",
     "SIGNING_LABEL",
@@ -66,9 +75,11 @@ __all__ = [
     "ImageToProgram",
     "LoadedRelease",
     "Outcome",
+    "RecoveryResult",
     "SimulatedDevice",
     "Station",
     "StationStatus",
     "log_origin",
+    "recover_state",
     "system_clock",
 ]

@@ -52,7 +52,7 @@ from vault.manifest import Manifest, open_manifest
 from vault.policy import format_time
 from vault.token import Pkcs11Uri, TokenKey, open_token
 from vault.verify._state import LogHead, State
-from vault.verify._station import COPY_SUFFIX, DECRYPTION_LABEL, SIGNING_LABEL, log_origin
+from vault.verify._station import COPY_SUFFIX, DECRYPTION_LABEL, SIGNING_LABEL, Station, log_origin
 
 __all__ = ["RecoveryResult", "recover_state"]
 
@@ -94,7 +94,7 @@ def recover_state(
     *,
     token: Pkcs11Uri,
     station_id: str,
-    root: x509.Certificate,
+    root: x509.Certificate | str,
     sources: Sequence[str | os.PathLike[str]],
 ) -> RecoveryResult:
     """Write a new state folder whose log and counts are exactly the station token's head.
@@ -103,7 +103,8 @@ def recover_state(
         state_dir: the folder to make; it must not hold a station state yet.
         token: the station token (the same one the lost folder was used with).
         station_id: the station's enrolled id.
-        root: the pinned root certificate (recorded in the folder, checked when it is opened).
+        root: the pinned root certificate, or its SHA-256 fingerprint (recorded in the folder;
+            the policy is checked against it when the folder is opened).
         sources: station copies of exports (files or folders of ``*.station-copy``) and
             older or damaged state folders, in any order.
 
@@ -120,35 +121,38 @@ def recover_state(
         signing = session.key(label=SIGNING_LABEL)
         decryption = session.key(label=DECRYPTION_LABEL)
         record = session.head(f"station-log:{station_id}")
-    if record is None:
-        raise StateError(
-            f"the station token '{session.label}' holds no head for station '{station_id}': "
-            "it never recorded a unit, so there is nothing to recover (start with a new state folder)"
-        )
-    head = LogHead.from_value(record.value)
-    entries: dict[int, _Entry] = {}
-    exports: dict[int, _Export] = {}
-    policy: tuple[int, bytes] | None = None  # (export sequence or -1, policy bytes) newest wins
-    used: list[Path] = []
-    for source in _expand(sources, station_id):
-        if source.is_dir():
-            found_policy = _from_folder(source, entries, exports)
-        else:
-            found_policy = _from_copy(source, station_id, decryption, entries, exports)
-        used.append(source)
-        if found_policy is not None and (policy is None or found_policy[0] >= policy[0]):
-            policy = found_policy
-    manifests = _check_log(entries, head, signing, station_id, session.label)
-    for export in exports.values():  # every checkpoint a source claims must be this log's
-        if export.size > head.size or _root(entries, export.size) != export.root:
-            raise LogError(f"export {export.sequence} names a log of {export.size} entries that is not this one")
-        notes.open_checkpoint(export.checkpoint, signing.public_key, log_origin(station_id))
-    units = _units(manifests, head, session.label)
+        if record is None:
+            raise StateError(
+                f"the station token '{session.label}' holds no head for station '{station_id}': "
+                "it never recorded a unit, so there is nothing to recover (start with a new state folder)"
+            )
+        head = LogHead.from_value(record.value)
+        entries: dict[int, _Entry] = {}
+        exports: dict[int, _Export] = {}
+        policy: tuple[int, bytes] | None = None  # (export sequence or -1, policy bytes) newest wins
+        used: list[Path] = []
+        for source in _expand(sources, station_id):
+            if source.is_dir():
+                found_policy = _from_folder(source, entries, exports)
+            else:
+                found_policy = _from_copy(source, station_id, decryption, entries, exports)
+            used.append(source)
+            if found_policy is not None and (policy is None or found_policy[0] >= policy[0]):
+                policy = found_policy
+        manifests = _check_log(entries, head, signing, station_id, session.label)
+        roots = _roots_at(entries, {e.size for e in exports.values() if e.size <= head.size})
+        for export in exports.values():  # every checkpoint a source claims must be this log's
+            if roots.get(export.size) != export.root:
+                raise LogError(f"export {export.sequence} names a log of {export.size} entries that is not this one")
+            notes.open_checkpoint(export.checkpoint, signing.public_key, log_origin(station_id))
+        units = _units(manifests, head, session.label)
     if policy is None:
         raise StateError("no source carries the station's trust policy: give at least one station copy of an export")
     made_dir = not target.exists()
     try:
         _write(target, station_id, root, head, manifests, entries, exports, units, policy[1])
+        with Station(target, token=token, station_id=station_id, root=root):
+            pass  # opens as any station folder does: the policy, the keys and the token's head, checked again
     except BaseException:
         _remove(target, made_dir)
         raise
@@ -250,8 +254,15 @@ def _from_folder(folder: Path, entries: dict[int, _Entry], exports: dict[int, _E
 # --- checking against the token's head -----------------------------------------------------
 
 
-def _root(entries: dict[int, _Entry], size: int) -> bytes:
-    return merkle.root_from_leaf_hashes(merkle.leaf_hash(entries[i].envelope) for i in range(size))[1]
+def _roots_at(entries: dict[int, _Entry], sizes: set[int]) -> dict[int, bytes]:
+    """The log's root at each of ``sizes``, in one pass."""
+    tree = merkle.TreeBuilder()
+    roots = {0: merkle.EMPTY_ROOT} if 0 in sizes else {}
+    for i in range(max(sizes, default=0)):
+        tree.append(merkle.leaf_hash(entries[i].envelope))
+        if tree.size in sizes:
+            roots[tree.size] = tree.root()
+    return roots
 
 
 def _check_log(
@@ -281,7 +292,7 @@ def _check_log(
         ):
             raise LogError(f"{entry.where}: entry {sequence}'s certificate is not the one its manifest names")
         manifests.append(manifest)
-    if _root(entries, head.size) != head.root:
+    if _roots_at(entries, {head.size})[head.size] != head.root:
         raise StateError(
             f"the sources' log of {head.size} entries has another root than the station token '{token_label}' "
             f"holds ({head.root.hex()[:12]}): they are not this station's log; nothing was written"
@@ -310,7 +321,7 @@ def _units(manifests: list[Manifest], head: LogHead, token_label: str) -> dict[t
 def _write(
     target: Path,
     station_id: str,
-    root: x509.Certificate,
+    root: x509.Certificate | str,
     head: LogHead,
     manifests: list[Manifest],
     entries: dict[int, _Entry],
@@ -318,7 +329,10 @@ def _write(
     units: dict[tuple[str, int], Manifest],
     policy: bytes,
 ) -> None:
-    root_sha256 = hashlib.sha256(root.public_bytes(serialization.Encoding.DER)).hexdigest()
+    if isinstance(root, x509.Certificate):
+        root_sha256 = hashlib.sha256(root.public_bytes(serialization.Encoding.DER)).hexdigest()
+    else:
+        root_sha256 = root.strip().lower().replace(":", "")
     state = State(target, station_id=station_id, root_sha256=root_sha256)
     try:
         with state.write() as db:

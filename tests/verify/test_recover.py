@@ -1,0 +1,163 @@
+"""``vault station recover``: a lost state folder rebuilt from the station's export copies and older folders,
+exactly to the station token's head, or refused without writing anything."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.cli.test_token_cli import assert_one_line_error, run
+from tests.verify.conftest import World
+from vault.errors import IdentityError, LogError, StateError
+from vault.token import format_uri
+from vault.verify import COPY_SUFFIX, ImageToProgram, SimulatedDevice, Station, recover_state
+
+
+def snapshot(station: Station) -> tuple[object, ...]:
+    db = station.state.read()
+    return (
+        db.execute("SELECT sequence, envelope, leaf_hash, certificate, root FROM log ORDER BY sequence").fetchall(),
+        db.execute("SELECT * FROM devices ORDER BY hardware_id").fetchall(),
+        db.execute("SELECT bundle_id, unit, hardware_id, done FROM units ORDER BY bundle_id, unit").fetchall(),
+        db.execute("SELECT * FROM reserved ORDER BY bundle_id").fetchall(),
+        db.execute("SELECT sequence, size, root, checkpoint FROM exports ORDER BY sequence").fetchall(),
+        db.execute("SELECT * FROM products").fetchall(),
+        station.state.meta("last_time"),
+        station.state.meta("policy_version"),
+    )
+
+
+def work(world: World, state: Path, units: int, *, export: Path | None = None) -> None:
+    with world.station(state) as station:
+        station.load(world.bundle_path, world.policy)
+        for _ in range(units):
+            station.provision(SimulatedDevice())
+        if export is not None:
+            station.export(export)
+
+
+def recover(world: World, state: Path, *sources: Path, station_id: str = "station-1") -> object:
+    return recover_state(
+        state, token=world.tokens[station_id], station_id=station_id, root=world.root_cert, sources=sources
+    )
+
+
+def test_a_lost_folder_comes_back_exactly_from_the_export_copies_and_the_station_goes_on(
+    world: World, tmp_path: Path
+) -> None:
+    state, evidence = tmp_path / "state", tmp_path / "evidence"
+    work(world, state, 3, export=evidence)
+    with world.station(state) as station:
+        station.load(world.bundle_path, world.policy)
+        known = SimulatedDevice()
+        station.provision(known)
+        station.scrap(known.hardware_id, reason="cracked")
+        station.provision(SimulatedDevice(), label="SN-LABEL-1")
+        station.export(evidence)
+        before = snapshot(station)
+        size, root = station.verify_log()
+    assert sorted(p.suffix for p in evidence.iterdir()) == [COPY_SUFFIX] * 2 + [".vault-evidence"] * 2
+    shutil.rmtree(state)
+
+    result = recover(world, state, evidence)
+    assert (result.size, result.root, result.exports) == (size, root.hex(), 2)  # type: ignore[attr-defined]
+    with world.station(state) as station:
+        assert snapshot(station) == before  # the log, bindings, units, counts and exports, exactly
+        release = station.load(world.bundle_path, world.policy)
+        assert release.used == 5
+        with pytest.raises(IdentityError, match="scrapped"):
+            station.provision(known, rework=True)
+        assert station.provision(SimulatedDevice()).unit == 6
+        third = station.export(evidence)  # the chain of exports goes on from the recovered checkpoint
+        assert (third.sequence, third.from_size) == (3, size)
+        assert station.verify_log()[0] == third.to_size
+
+
+def test_entries_never_exported_are_taken_from_an_older_or_damaged_folder(world: World, tmp_path: Path) -> None:
+    state, evidence = tmp_path / "state", tmp_path / "evidence"
+    work(world, state, 2, export=evidence)
+    work(world, state, 2)
+    shutil.copytree(state, tmp_path / "damaged")
+    with world.station(state) as station:
+        before = snapshot(station)
+    shutil.rmtree(state)
+    with pytest.raises(StateError, match=r"reach log entry 2, .* 4 log entries.*entries 2 to 3 were never exported"):
+        recover(world, state, evidence)
+    assert not state.exists()  # nothing written
+    (tmp_path / "damaged" / "station.sqlite-wal").unlink(missing_ok=True)
+    recover(world, state, evidence, tmp_path / "damaged")
+    with world.station(state) as station:
+        assert snapshot(station) == before
+
+
+def test_a_unit_reserved_without_a_manifest_stays_counted(world: World, tmp_path: Path) -> None:
+    class PowerCut(SimulatedDevice):
+        def program(self, image: ImageToProgram, chunks: object) -> None:
+            raise KeyboardInterrupt  # the process stops with the unit on the fixture
+
+    state, evidence = tmp_path / "state", tmp_path / "evidence"
+    work(world, state, 1, export=evidence)
+    with world.station(state) as station:
+        station.load(world.bundle_path, world.policy)
+        with pytest.raises(KeyboardInterrupt):
+            station.provision(PowerCut())
+    shutil.rmtree(state)  # lost before any station closed the unit
+    result = recover(world, state, evidence)
+    assert list(result.reserved.values()) == [2]  # type: ignore[attr-defined]
+    with world.station(state) as station:
+        assert station.load(world.bundle_path, world.policy).used == 2
+        assert station.provision(SimulatedDevice()).unit == 3
+
+
+def test_sources_that_are_not_the_tokens_log_are_refused_and_nothing_is_written(
+    world: World, tmp_path: Path
+) -> None:
+    state, evidence = tmp_path / "state", tmp_path / "evidence"
+    work(world, state, 2, export=evidence)
+    with world.station(tmp_path / "two", "station-2") as other:
+        other.load(world.bundle_path, world.policy)
+        other.provision(SimulatedDevice())
+        other.export(tmp_path / "other-evidence")
+    copy = next((tmp_path / "other-evidence").glob(f"*{COPY_SUFFIX}"))
+    shutil.copy(copy, evidence / "station-1-000009.station-copy")
+    with pytest.raises(StateError, match="is a copy of station 'station-2'"):
+        recover(world, tmp_path / "new", evidence)
+    (evidence / "station-1-000009.station-copy").unlink()
+
+    with pytest.raises(StateError, match="already holds a station state"):
+        recover(world, state, evidence)
+
+    shutil.copytree(state, tmp_path / "fork")
+    with world.station(tmp_path / "fork") as fork:  # a folder that went its own way, without the token
+        fork.load(world.bundle_path, world.policy)
+        fork.state.anchor = None
+        fork.provision(SimulatedDevice())
+    work(world, state, 1)
+    shutil.rmtree(state)
+    with pytest.raises((LogError, StateError), match="disagree|another root"):
+        recover(world, state, tmp_path / "fork", evidence)
+    assert not state.exists()
+
+
+def test_recover_from_the_command_line(world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state, evidence = tmp_path / "state", tmp_path / "evidence"
+    work(world, state, 2, export=evidence)
+    shutil.rmtree(state)
+    common = ["--token", format_uri(world.tokens["station-1"], redact_pin=False), "--station-id", "station-1",
+              "--root-cert", str(world.root_cert_path)]  # fmt: skip
+    code, out, err = run(capsys, "station", "load", "--state", str(state), *common,
+                         "--bundle", str(world.bundle_path), "--policy", str(world.policy_path))  # fmt: skip
+    assert code != 0
+    assert_one_line_error(err, "is new, but the station token")
+    code, out, err = run(capsys, "station", "recover", "--state", str(state), *common, "--from", str(tmp_path))
+    assert code != 0
+    assert_one_line_error(err, "holds neither a station state nor copies")
+    code, out, err = run(capsys, "station", "recover", "--state", str(state), *common, "--from", str(evidence))
+    assert code == 0, err
+    assert "recovered" in out and "2 log entries" in out and "vault station load" in out
+    code, out, err = run(capsys, "station", "load", "--state", str(state), *common,
+                         "--bundle", str(world.bundle_path), "--policy", str(world.policy_path))  # fmt: skip
+    assert code == 0, err
+    assert "2 used" in out
