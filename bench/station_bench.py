@@ -17,6 +17,13 @@ It prints units per second against commits per second (target >= 0.5: a
 unit needs two durable commits, one before the device is touched and one for
 its manifest) and the per-unit latency p50/p99.
 
+With threads (the default) it also measures, in the same run, what the
+station token's head record costs: the same units are provisioned in
+alternating rounds by station-1 (its state anchored in its token: each
+commit reads the token's head and writes the next one) and by station-2
+with the anchor switched off (a bare state folder, as before the head
+existed). It prints both rates and the difference per unit.
+
 Usage::
 
     python bench/station_bench.py                # 400 units, 4 fixtures
@@ -91,14 +98,14 @@ def main() -> None:
         os.environ[name] = value
 
     from tests.verify.conftest import World
-    from vault.verify import SimulatedDevice
 
     print(f"setting up: ceremonies, two stations, a promoted bundle ({args.image_kib} KiB image) in {work}")
     world_dir = work / "world"
     world_dir.mkdir()
     world = World(world_dir)
     (world.images / "app.bin").write_bytes(os.urandom(args.image_kib * 1024))
-    bundle = world.bundle(allocation=f"{{station-1: {args.units + args.fixtures}}}")  # + the warm-up units
+    n = args.units + args.fixtures  # + the warm-up units
+    bundle = world.bundle(allocation=f"{{station-1: {n}, station-2: {n}}}", total=2 * n)
 
     per_commit = baseline(work, max(200, args.units))
     if args.processes:
@@ -118,35 +125,55 @@ def main() -> None:
             wall = time.perf_counter() - start
         report(per_commit, share * args.fixtures, args.fixtures, wall, durations, "processes")
         return
-    durations: list[float] = []
-    lock = threading.Lock()
-    with world.station(work / "state") as station:
+    anchored: list[float] = []
+    bare: list[float] = []
+    walls = {"anchored": 0.0, "bare": 0.0}
+    rounds = max(1, args.units // 100)
+    with world.station(work / "state") as station, world.station(work / "bare", "station-2") as plain:
         station.load(bundle, world.policy)
-        remaining = list(range(args.units))
-
-        def fixture(slot: int) -> None:
-            while True:
-                with lock:
-                    if not remaining:
-                        return
-                    remaining.pop()
-                device = SimulatedDevice()
-                t0 = time.perf_counter()
-                station.provision(device, fixture=slot)
-                elapsed = time.perf_counter() - t0
-                with lock:
-                    durations.append(elapsed)
-
-        threads = [threading.Thread(target=fixture, args=(i + 1,)) for i in range(args.fixtures)]
-        start = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        wall = time.perf_counter() - start
+        plain.load(bundle, world.policy)
+        plain.state.anchor = None  # the same library without the token head record
+        for r in range(rounds):
+            share = args.units // rounds + (1 if r < args.units % rounds else 0)
+            for name, opened, sink in (("anchored", station, anchored), ("bare", plain, bare))[:: 1 if r % 2 else -1]:
+                walls[name] += run_threads(opened, share, args.fixtures, sink)
         assert station.status().releases[-1].used == args.units
+        assert plain.status().releases[-1].used == args.units
 
-    report(per_commit, args.units, args.fixtures, wall, durations, "threads")
+    report(per_commit, args.units, args.fixtures, walls["anchored"], anchored, "threads")
+    bare_rate, head_rate = args.units / walls["bare"], args.units / walls["anchored"]
+    extra = (walls["anchored"] - walls["bare"]) / args.units * 1000
+    print(f"no head      {bare_rate:8.1f} units/s    (station-2, state not anchored in its token, same run)")
+    print(f"token head   {extra:+8.2f} ms per unit  ({head_rate / bare_rate:.2f}x the rate without it)")
+
+
+def run_threads(station: object, units: int, fixtures: int, durations: list[float]) -> float:
+    """Provision ``units`` simulated devices on ``fixtures`` threads; returns the wall time."""
+    from vault.verify import SimulatedDevice, Station
+
+    assert isinstance(station, Station)
+    lock = threading.Lock()
+    remaining = list(range(units))
+
+    def fixture(slot: int) -> None:
+        while True:
+            with lock:
+                if not remaining:
+                    return
+                remaining.pop()
+            t0 = time.perf_counter()
+            station.provision(SimulatedDevice(), fixture=slot)
+            elapsed = time.perf_counter() - t0
+            with lock:
+                durations.append(elapsed)
+
+    threads = [threading.Thread(target=fixture, args=(i + 1,)) for i in range(fixtures)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start
 
 
 def report(per_commit: float, units: int, fixtures: int, wall: float, durations: list[float], how: str) -> None:
