@@ -184,7 +184,7 @@ def find_token(uri: Pkcs11Uri) -> pkcs11.Token:
 
     with translate_errors("looking for the token"):
         try:
-            tokens = _busy_retry(initialised)
+            tokens = _busy_retry(initialised, lambda: _reload_if_idle(module_path_for(uri)))
         except _NotListed:
             tokens = []
     if not tokens:
@@ -203,7 +203,7 @@ class _NotListed(Exception):
     """Internal: no token matched; maybe only for the moment (see :func:`_busy_retry`)."""
 
 
-def _busy_retry(call: Callable[[], T]) -> T:
+def _busy_retry(call: Callable[[], T], reload: Callable[[], None] | None = None) -> T:
     """``call()``, tried again a few times when the module answers CKR_GENERAL_ERROR.
 
     SoftHSM2 keeps each token in files it locks while reading them; a process
@@ -214,13 +214,27 @@ def _busy_retry(call: Callable[[], T]) -> T:
     files are being written (or were left half-written by a process killed in
     a write, until SoftHSM2 reads them again) is also left out of the list for
     a moment, so an empty answer is asked again the same way.
+
+    A process that met such a token while first reading the token folder may
+    keep it as unusable; from the third try on, ``reload`` (if given)
+    reinitialises the module so that it reads the folder afresh.
     """
     for attempt in range(_BUSY_TRIES - 1):
         try:
             return call()
         except (p11e.GeneralError, _NotListed):
             time.sleep(min(0.02 * (attempt + 1), 0.2))
+            if reload is not None and attempt >= 2:
+                reload()
     return call()
+
+
+def _reload_if_idle(path: str) -> None:
+    """Reinitialise the module at ``path`` if this process has no session open on it."""
+    with _modules_lock:
+        if _open_sessions.get(path, 0) == 0 and path in _modules:
+            with contextlib.suppress(p11e.PKCS11Error):
+                _modules[path].reinitialize()
 
 
 @contextlib.contextmanager
@@ -301,7 +315,4 @@ def _drop_leaked_session(path: str) -> None:
     handle to give back). A leaked read-only session would later stop a security
     officer's login, so when no other session is open, reinitialise the module,
     which closes it."""
-    with _modules_lock:
-        if _open_sessions.get(path, 0) == 0 and path in _modules:
-            with contextlib.suppress(p11e.PKCS11Error):
-                _modules[path].reinitialize()
+    _reload_if_idle(path)
