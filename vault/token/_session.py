@@ -285,14 +285,25 @@ def open_session(uri: Pkcs11Uri, *, rw: bool = False, login: bool = True, so: bo
             pin = resolve_pin(uri, label)
     path = module_path_for(uri)
     with translate_errors("opening a session", label):
-        try:
-            session = _login(token, rw=rw, pin=pin, so=so)
-        except p11e.UserAlreadyLoggedIn:
-            # Login state is shared by every session of this process on the token.
-            session = token.open(rw=rw)
-        except p11e.PKCS11Error:
-            _drop_leaked_session(path)
-            raise
+        for attempt in range(_BUSY_TRIES):
+            try:
+                session = _login(token, rw=rw, pin=pin, so=so)
+                break
+            except p11e.UserAlreadyLoggedIn:
+                # Login state is shared by every session of this process on the token.
+                session = token.open(rw=rw)
+                break
+            except (p11e.GeneralError, p11e.UserPinNotInitialized):
+                # SoftHSM2 read the token's own file while another process wrote it (its flags
+                # come back empty): no PIN was checked, so trying again costs no PIN try.
+                _drop_leaked_session(path)
+                if attempt == _BUSY_TRIES - 1:
+                    raise
+                time.sleep(min(0.02 * (attempt + 1), 0.2))
+                token = find_token(uri)  # the module may have been reloaded
+            except p11e.PKCS11Error:
+                _drop_leaked_session(path)
+                raise
     with _modules_lock:
         _open_sessions[path] = _open_sessions.get(path, 0) + 1
     try:
