@@ -143,6 +143,18 @@ for n in 1 2; do
 done
 ls -l "$work/evidence"
 
+step "station-2's allocation is used up; a second state folder would start from zero, but the count is in its token"
+if vault station load --state "$work/station-2-again" --token "$(uri vault-station-2)" --station-id station-2 \
+    --root-cert "$rootca" --policy "$work/ceremony-station-2/policy-v4.json" --bundle "$work/release.vbundle"; then
+  echo "demo: a second state folder was accepted" >&2; exit 1
+fi
+
+step "station-1's state folder is lost; it is rebuilt from its export copies, exactly to the token's head"
+mv "$work/station-1" "$work/station-1.lost"
+station 1 recover --from "$work/evidence"
+station 1 load --policy "$work/ceremony-station-2/policy-v4.json" --bundle "$work/release.vbundle"
+station 1 status
+
 step "The auditor decrypts both stations' evidence with the auditor key and checks it against the policy and the bundle"
 vault audit "$work/evidence" --root-cert "$rootca" --policy "$work/ceremony-station-2/policy-v4.json" \
   --bundle "$work/release.vbundle" --token "$(uri vault-auditor)" \
