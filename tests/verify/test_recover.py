@@ -3,6 +3,7 @@ exactly to the station token's head, or refused without writing anything."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -161,3 +162,10 @@ def test_recover_from_the_command_line(world: World, tmp_path: Path, capsys: pyt
                          "--bundle", str(world.bundle_path), "--policy", str(world.policy_path))  # fmt: skip
     assert code == 0, err
     assert "2 used" in out
+    code, out, err = run(capsys, "station", "status", "--state", str(state), *common, "--json")
+    assert code == 0, err
+    shown = json.loads(out)
+    assert shown["token_head"] == {"size": shown["log_size"], "root": shown["root"],
+                                   "reserved": {shown["releases"][0]["bundle_id"]: 2}}  # fmt: skip
+    code, out, err = run(capsys, "station", "status", "--state", str(state), *common)
+    assert "token        holds this folder's head: 2 log entries" in out

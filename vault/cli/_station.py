@@ -198,6 +198,7 @@ def status(
                 "root": root.hex(),
                 "events": st.events,
                 "last_time": st.last_time,
+                "token_head": None if st.token_head is None else st.token_head.to_value(),
                 "releases": [
                     {
                         "bundle_id": a.bundle_id,
@@ -230,6 +231,8 @@ def status(
         )
     counts = ", ".join(f"{n} {event}" for event, n in sorted(st.events.items())) or "empty"
     click.echo(f"log          {size} manifests ({counts}); root {root.hex()[:16]}; verified")
+    if st.token_head is not None:
+        click.echo(f"token        holds this folder's head: {st.token_head.describe()}")
     if last is None:
         click.echo("checkpoint   none exported yet")
     else:

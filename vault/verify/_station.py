@@ -151,6 +151,7 @@ class StationStatus:
     events: dict[str, int]
     last_time: str | None
     last_export: ExportResult | None
+    token_head: LogHead | None = None  # what the station token holds (the folder was checked against it)
 
 
 @dataclass(frozen=True)
@@ -892,6 +893,7 @@ class Station:
             events=events,
             last_time=self.state.meta("last_time"),
             last_export=self._last_export(db),
+            token_head=None if self.state.anchor is None else self.state.anchor.read(),
         )
 
     def _last_export(self, db: sqlite3.Connection) -> ExportResult | None:
