@@ -199,3 +199,25 @@ def test_the_command_knows_the_severities_of_the_library() -> None:
     from vault.cli._audit import _SEVERITIES
 
     assert _SEVERITIES == SEVERITIES
+
+
+def test_a_station_folder_given_file_by_file_skips_the_stations_own_copies(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vault.verify import SimulatedDevice
+
+    with world.station(tmp_path / "state") as station:
+        station.load(world.bundle_path, world.policy)
+        station.provision(SimulatedDevice())
+        station.export(tmp_path / "evidence")
+    files = sorted((tmp_path / "evidence").iterdir())  # as a shell expands evidence/*
+    assert [f.suffix for f in files] == [".station-copy", ".vault-evidence"]
+    with pytest.raises(SystemExit) as exited:
+        main(_argv(world, *files))
+    out, err = capsys.readouterr()
+    assert exited.value.code == 0, out + err
+    assert "skipped" in err and "station-1-000001.station-copy" in err and "not evidence" in err
+    assert "PASS" in out
+    with pytest.raises(SystemExit) as exited:
+        main(_argv(world, files[0]))
+    assert exited.value.code == 1 and "only station copies" in capsys.readouterr().err

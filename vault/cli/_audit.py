@@ -26,13 +26,19 @@ EXIT_FINDINGS = 3
 AUDITOR_LABEL = "auditor-decrypt"
 _SEVERITIES = ("critical", "high", "medium", "low", "info")  # vault.audit.SEVERITIES, without importing it here
 _EXPORT_SUFFIX = ".vault-evidence"
+_STATION_COPY_SUFFIX = ".station-copy"  # vault.verify.COPY_SUFFIX, without importing the station library here
 _PATH = click.Path(exists=True, dir_okay=False, path_type=Path)
 _NEW = click.Path(dir_okay=False, path_type=Path)
 _TOP = 8  # findings shown in the summary
 
 
 def _exports(given: tuple[Path, ...]) -> list[Path]:
-    """The export files: each file given, and every ``*.vault-evidence`` in each folder given."""
+    """The export files: each file given, and every ``*.vault-evidence`` in each folder given.
+
+    A station's own copy of an export (``*.station-copy``, sealed to the station for
+    ``vault station recover``) travels in the same folder; given by name (``evidence/*``),
+    it is left out with a note rather than reported as evidence the auditor cannot open.
+    """
     paths: list[Path] = []
     for path in given:
         if path.is_dir():
@@ -40,8 +46,13 @@ def _exports(given: tuple[Path, ...]) -> list[Path]:
             if not found:
                 raise InputError(f"{path} holds no {_EXPORT_SUFFIX} files")
             paths.extend(found)
+        elif path.suffix == _STATION_COPY_SUFFIX:
+            note = "a station's own copy (for 'vault station recover'), not evidence"
+            click.echo(f"skipped      {path}: {note}", err=True)
         else:
             paths.append(path)
+    if given and not paths:
+        raise InputError("no evidence exports given (only station copies)")
     return paths
 
 
