@@ -3,6 +3,7 @@ exactly to the station token's head, or refused without writing anything."""
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from tests.cli.test_token_cli import assert_one_line_error, run
 from tests.verify.conftest import World
-from vault.errors import IdentityError, LogError, StateError
+from vault.errors import IdentityError, LogError, RollbackError, StateError
 from vault.token import format_uri
 from vault.verify import COPY_SUFFIX, ImageToProgram, SimulatedDevice, Station, recover_state
 
@@ -166,6 +167,83 @@ def test_recover_from_the_command_line(world: World, tmp_path: Path, capsys: pyt
     assert code == 0, err
     shown = json.loads(out)
     assert shown["token_head"] == {"size": shown["log_size"], "root": shown["root"],
-                                   "reserved": {shown["releases"][0]["bundle_id"]: 2}}  # fmt: skip
+                                   "reserved": {shown["releases"][0]["bundle_id"]: 2},
+                                   "counters": {"example-sensor": 7}, "policy_version": 4}  # fmt: skip
     code, out, err = run(capsys, "station", "status", "--state", str(state), *common)
     assert "token        holds this folder's head: 2 log entries" in out
+
+
+def test_an_entry_the_lost_folder_committed_after_the_tokens_head_is_kept(world: World, tmp_path: Path) -> None:
+    state, evidence = tmp_path / "state", tmp_path / "evidence"
+    work(world, state, 2, export=evidence)
+    with world.station(state) as station:
+        station.load(world.bundle_path, world.policy)
+        station.state.anchor = None  # the power went after this unit's commits, before the token writes
+        kept = station.provision(SimulatedDevice())
+        before = snapshot(station)
+    shutil.move(state, tmp_path / "lost")
+    result = recover(world, state, evidence, tmp_path / "lost")
+    assert result.size == 3  # type: ignore[attr-defined]
+    with world.station(state) as station:
+        assert snapshot(station) == before
+        assert station.state.read().execute(
+            "SELECT manifest_id FROM log WHERE sequence = 2"
+        ).fetchone() == (kept.manifest_id,)
+        assert station.status().token_head.size == 3  # type: ignore[union-attr]  # the token caught up
+
+
+def test_a_unit_left_open_in_the_lost_folder_is_closed_as_interrupted(world: World, tmp_path: Path) -> None:
+    class PowerCut(SimulatedDevice):
+        def program(self, image: ImageToProgram, chunks: object) -> None:
+            raise KeyboardInterrupt
+
+    state, evidence = tmp_path / "state", tmp_path / "evidence"
+    work(world, state, 1, export=evidence)
+    device = PowerCut()
+    with world.station(state) as station:
+        station.load(world.bundle_path, world.policy)
+        with pytest.raises(KeyboardInterrupt):
+            station.provision(device)
+    shutil.move(state, tmp_path / "lost")  # lost before a station opened it again
+    recover(world, state, evidence, tmp_path / "lost")
+    with world.station(state) as station:
+        rows = station.state.read().execute("SELECT event, hardware_id, envelope FROM log ORDER BY sequence").fetchall()
+        assert [(r[0], r[1]) for r in rows][-1] == ("failed", device.hardware_id.hex())
+        assert b"interrupted" in base64.b64decode(json.loads(bytes(rows[-1][2]))["payload"])
+        assert station.state.read().execute("SELECT COUNT(*) FROM units WHERE done = 0").fetchone() == (0,)
+        assert station.load(world.bundle_path, world.policy).used == 2
+
+
+def test_the_recovered_folder_keeps_the_highest_counter_and_policy_the_token_saw(world: World, tmp_path: Path) -> None:
+    from tests.verify.test_load_threats import signed_beside_the_log
+
+    newer = signed_beside_the_log(world, tmp_path, counter=12, version="2.0.0")
+    state, evidence = tmp_path / "state", tmp_path / "evidence"
+    work(world, state, 1, export=evidence)
+    with world.station(state) as station:
+        station.load(newer, world.policy)  # loaded, nothing provisioned under it yet
+    shutil.rmtree(state)
+    recover(world, state, evidence)  # the copies know counter 7 only; the token knows 12
+    with world.station(state) as station:
+        with pytest.raises(RollbackError, match="counter 12"):
+            station.load(world.bundle_path, world.policy)
+
+
+def test_sources_in_any_order_and_by_any_path_agree(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state, evidence = tmp_path / "state", tmp_path / "evidence"
+    work(world, state, 2, export=evidence)
+    shutil.move(state, tmp_path / "lost")
+    monkeypatch.chdir(tmp_path)
+    recover(world, state, Path("lost"), Path("evidence"))  # relative paths, the folder first
+    assert recover is not None and (state / "station.sqlite").exists()
+
+
+def test_recover_never_writes_into_an_evidence_folder(world: World, tmp_path: Path) -> None:
+    state, evidence = tmp_path / "state", tmp_path / "evidence"
+    work(world, state, 1, export=evidence)
+    shutil.rmtree(state)
+    with pytest.raises(StateError, match="is an evidence folder"):
+        recover(world, evidence, evidence)
+    assert not (evidence / "station.sqlite").exists()

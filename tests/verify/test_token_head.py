@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.verify._station_child import Child
 from tests.verify.conftest import World
-from vault.errors import StateError
-from vault.token import open_token
+from vault.errors import PolicyError, StateError
+from vault.token import format_uri, open_token
 from vault.verify import SimulatedDevice, Station
 from vault.verify._state import LogHead, State
 
@@ -127,3 +128,73 @@ def test_each_station_of_a_token_pair_keeps_its_own_head(world: World, tmp_path:
         station.provision(SimulatedDevice())
     assert token_head(world, "station-2").size == 1  # type: ignore[union-attr]
     assert token_head(world).size == 1  # type: ignore[union-attr]
+
+
+def test_two_copies_provisioning_at_once_never_exceed_the_allocation(world: World, tmp_path: Path) -> None:
+    """The token's head is shared by every folder: one lock per token, and a second writer withdraws."""
+    allocation = 4
+    bundle = world.bundle(allocation=f"{{station-1: {allocation}, station-2: 1}}")
+    with world.station(tmp_path / "a") as a:
+        a.load(bundle, world.policy)
+        a.provision(SimulatedDevice())
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    base = {"mode": "race", "token": format_uri(world.tokens["station-1"]), "station_id": "station-1",
+            "root": str(world.root_cert_path), "bundle": str(bundle), "policy": str(world.policy_path),
+            "devices": allocation}  # fmt: skip
+    children = [Child({**base, "state": str(tmp_path / s), "fixture": n}, stdin=True) for n, s in ((1, "a"), (2, "b"))]
+    try:
+        for child in children:
+            assert child.next_line() == {"ready": True}
+        for child in children:
+            child.send("go\n")
+        for child in children:
+            child.wait(timeout=120)
+    finally:
+        for child in children:
+            if child.process.poll() is None:
+                child.kill()
+    done = [line for child in children for line in child.lines if line.get("event") == "provisioned"]
+    assert len(done) + 1 <= allocation  # never more devices certified than allocated, across both folders
+    errors = {line["error"] for child in children for line in child.lines if "error" in line}
+    assert errors <= {"StateError", "AllocationError"} and "StateError" in errors
+    head = token_head(world)
+    assert head is not None and sum(head.reserved.values()) <= allocation
+    opened = 0
+    for name in ("a", "b"):
+        try:
+            with world.station(tmp_path / name):
+                opened += 1
+        except StateError:
+            pass
+    assert opened == 1  # exactly one folder is the token's; the other is refused
+
+
+def test_a_line_running_on_a_stale_copy_stops_at_the_first_refusal(world: World, tmp_path: Path) -> None:
+    from vault.verify._simulate import run_simulation
+
+    provision(world, tmp_path / "a", 1)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    with world.station(tmp_path / "a") as a, world.station(tmp_path / "b") as b:
+        a.load(world.bundle_path, world.policy)
+        b.load(world.bundle_path, world.policy)
+        a.provision(SimulatedDevice())
+        before = db_head(b)
+        with pytest.raises(StateError, match="is behind the station token"):
+            run_simulation(b, count=6, fixtures=2)
+        assert db_head(b) == before
+
+
+def test_a_refused_new_folder_and_the_parents_it_made_are_removed(world: World, tmp_path: Path) -> None:
+    provision(world, tmp_path / "s", 1)
+    with pytest.raises(StateError, match="is new"):
+        world.station(tmp_path / "typo" / "a" / "b").__enter__()
+    assert not (tmp_path / "typo").exists()
+
+
+def test_the_wrong_token_is_refused_before_any_head_is_written_to_it(world: World, tmp_path: Path) -> None:
+    provision(world, tmp_path / "s", 1)
+    wrong = Station(tmp_path / "s", token=world.tokens["station-2"], station_id="station-1", root=world.root_cert)
+    with pytest.raises(PolicyError, match="is not the one trust policy"):
+        wrong.__enter__()
+    with open_token(world.tokens["station-2"]) as token:
+        assert token.head("station-log:station-1") is None

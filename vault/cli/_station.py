@@ -297,12 +297,15 @@ def recover(
     )
     if as_json:
         echo_json({"state": str(result.state_dir), "size": result.size, "root": result.root,
-                   "reserved": result.reserved, "exports": result.exports, "devices": result.devices})  # fmt: skip
+                   "reserved": result.reserved, "exports": result.exports, "devices": result.devices,
+                   "notes": list(result.notes)})  # fmt: skip
         return
     click.echo(f"recovered    {result.state_dir}: {result.size} log entries, root {result.root}")
     click.echo(f"             the station token's head, exactly; {result.exports} exports, {result.devices} devices")
     for bundle_id, count in sorted(result.reserved.items()):
         click.echo(f"reserved     {count} units of bundle {bundle_id}")
+    for note in result.notes:
+        click.echo(f"note         {note}")
     click.echo("next         load the release again: vault station load --state ... --bundle ... --policy ...")
 
 

@@ -89,7 +89,10 @@ def _current(session: pkcs11.Session, name: str, token_label: str) -> tuple[Head
     found: list[tuple[Head, pkcs11.Object]] = []
     objects = _objects(session, name)
     for obj in objects:
-        head = _decode(bytes(obj[Attribute.VALUE]), name)
+        try:
+            head = _decode(bytes(obj[Attribute.VALUE]), name)
+        except p11e.ObjectHandleInvalid:  # an older generation another writer just destroyed
+            continue
         if head is not None:
             found.append((head, obj))
     if not found:
@@ -113,6 +116,32 @@ def read_head(session: pkcs11.Session, name: str, token_label: str) -> Head | No
             f"reading the '{name}' head record on token '{token_label}' failed: the token reported {type(e).__name__}"
         ) from e
     return head
+
+
+def _check_alone(session: pkcs11.Session, name: str, head: Head, mine: pkcs11.Object, token_label: str) -> None:
+    """Read back: if another writer made the same generation meanwhile, withdraw ours and refuse.
+
+    Reading and creating are two calls, so two writers that do not share a
+    lock can both build on one generation. Each reads back after its create;
+    whoever finds a second record of its generation withdraws its own. At
+    least one of two racing writers sees the other (the later create is
+    visible to the later read-back), so at most one goes on.
+    """
+    rivals = []
+    for obj in _objects(session, name):
+        try:
+            other = _decode(bytes(obj[Attribute.VALUE]), name)
+        except p11e.ObjectHandleInvalid:  # destroyed meanwhile by the writer that went on
+            continue
+        if other is not None and other.generation == head.generation and other.value != head.value:
+            rivals.append(other)
+    if rivals:
+        with contextlib.suppress(p11e.PKCS11Error):
+            mine.destroy()
+        raise StateError(
+            f"another writer advanced the '{name}' head on token '{token_label}' to generation {head.generation} "
+            "at the same moment (a second state folder or copy in use?); nothing of this write counts"
+        )
 
 
 def write_head(
@@ -141,7 +170,7 @@ def write_head(
         data = _encode(head)
         if len(data) > MAX_HEAD:
             raise StateError(f"the '{name}' head record would be {len(data)} bytes, over the {MAX_HEAD}-byte limit")
-        session.create_object(
+        mine = session.create_object(
             {
                 Attribute.CLASS: ObjectClass.DATA,
                 Attribute.TOKEN: True,
@@ -152,6 +181,7 @@ def write_head(
                 Attribute.VALUE: data,
             }
         )
+        _check_alone(session, name, head, mine, token_label)
     except (p11e.AttributeTypeInvalid, p11e.AttributeValueInvalid, p11e.TemplateIncomplete,
             p11e.TemplateInconsistent, p11e.FunctionNotSupported) as e:  # fmt: skip
         raise MechanismNotSupportedError(

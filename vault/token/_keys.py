@@ -178,6 +178,7 @@ class TokenSession:
         self._session = session
         self.uri = uri
         self.label = _text(session.token.label)
+        self.serial = _text(session.token.serial)
 
     # --- finding ------------------------------------------------------------
 

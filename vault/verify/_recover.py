@@ -34,11 +34,13 @@ import base64
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import sqlite3
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -47,7 +49,7 @@ from vault import checkpoint as notes
 from vault import merkle
 from vault.errors import LogError, StateError, VaultError
 from vault.evidence import EvidenceReader
-from vault.formats import parse_json
+from vault.formats import Envelope, parse_json
 from vault.manifest import Manifest, open_manifest
 from vault.policy import format_time
 from vault.token import Pkcs11Uri, TokenKey, open_token
@@ -70,6 +72,7 @@ class RecoveryResult:
     exports: int
     devices: int
     sources: tuple[Path, ...]
+    notes: tuple[str, ...] = ()  # what a source could not give (an unreadable table), for people to read
 
 
 @dataclass
@@ -81,12 +84,41 @@ class _Entry:
 
 @dataclass(frozen=True)
 class _Export:
+    """One export as a source records it; two sources agree on it if all but the path agree."""
+
     sequence: int
     size: int
     root: bytes
     checkpoint: bytes
-    path: str
-    created: str
+    path: str = field(compare=False)
+    created: str = field(compare=False)
+
+
+@dataclass
+class _Open:
+    """A unit a lost folder reserved and never closed (its device was on a fixture)."""
+
+    bundle_id: str
+    unit: int
+    hardware_id: str
+    serial: str
+    fixture: int
+    operator: str
+
+
+@dataclass
+class _Found:
+    """Everything the sources gave."""
+
+    entries: dict[int, _Entry] = field(default_factory=dict)
+    exports: dict[int, _Export] = field(default_factory=dict)
+    policies: list[bytes] = field(default_factory=list)
+    policy_version: int = 0
+    reserved: dict[str, int] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+    open_units: dict[tuple[str, int], _Open] = field(default_factory=dict)
+    releases: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # rows of a lost folder's releases table
+    notes: list[str] = field(default_factory=list)
 
 
 def recover_state(
@@ -97,7 +129,11 @@ def recover_state(
     root: x509.Certificate | str,
     sources: Sequence[str | os.PathLike[str]],
 ) -> RecoveryResult:
-    """Write a new state folder whose log and counts are exactly the station token's head.
+    """Write a new state folder whose log and counts are the station token's head (or extend it).
+
+    A folder given as a source may be one step ahead of the token (the power
+    went between its commit and the token write): its entries after the
+    token's head are kept when they extend it, as opening that folder would.
 
     Args:
         state_dir: the folder to make; it must not hold a station state yet.
@@ -117,6 +153,10 @@ def recover_state(
     target = Path(state_dir)
     if (target / "station.sqlite").exists():
         raise StateError(f"{target} already holds a station state; recover writes a new folder, never over one")
+    if target.is_dir() and (any(target.glob(f"*{COPY_SUFFIX}")) or any(target.glob("*.vault-evidence"))):
+        raise StateError(f"{target} is an evidence folder; recover into a new state folder")
+    found = _Found()
+    used: list[Path] = []
     with open_token(token) as session:
         signing = session.key(label=SIGNING_LABEL)
         decryption = session.key(label=DECRYPTION_LABEL)
@@ -127,38 +167,35 @@ def recover_state(
                 "it never recorded a unit, so there is nothing to recover (start with a new state folder)"
             )
         head = LogHead.from_value(record.value)
-        entries: dict[int, _Entry] = {}
-        exports: dict[int, _Export] = {}
-        policy: tuple[int, bytes] | None = None  # (export sequence or -1, policy bytes) newest wins
-        used: list[Path] = []
         for source in _expand(sources, station_id):
+            if source.resolve() == target.resolve():
+                raise StateError(f"{source} is the folder to recover into; give the lost folder's copies instead")
             if source.is_dir():
-                found_policy = _from_folder(source, entries, exports)
+                _from_folder(source, found)
             else:
-                found_policy = _from_copy(source, station_id, decryption, entries, exports)
+                _from_copy(source, station_id, decryption, found)
             used.append(source)
-            if found_policy is not None and (policy is None or found_policy[0] >= policy[0]):
-                policy = found_policy
-        manifests = _check_log(entries, head, signing, station_id, session.label)
-        roots = _roots_at(entries, {e.size for e in exports.values() if e.size <= head.size})
-        for export in exports.values():  # every checkpoint a source claims must be this log's
+        manifests = _check_log(found, head, signing, station_id, session.label)
+        size = len(manifests)
+        roots = _roots_at(found.entries, {e.size for e in found.exports.values() if e.size <= size})
+        for export in found.exports.values():  # every checkpoint a source claims must be this log's
             if roots.get(export.size) != export.root:
                 raise LogError(f"export {export.sequence} names a log of {export.size} entries that is not this one")
             notes.open_checkpoint(export.checkpoint, signing.public_key, log_origin(station_id))
-        units = _units(manifests, head, session.label)
-    if policy is None:
+        units = _units(manifests, head, found, session.label)
+    if not found.policies:
         raise StateError("no source carries the station's trust policy: give at least one station copy of an export")
     made_dir = not target.exists()
     try:
-        _write(target, station_id, root, head, manifests, entries, exports, units, policy[1])
+        rebuilt = _write(target, station_id, root, head, manifests, found, units)
         with Station(target, token=token, station_id=station_id, root=root):
             pass  # opens as any station folder does: the policy, the keys and the token's head, checked again
     except BaseException:
         _remove(target, made_dir)
         raise
     return RecoveryResult(
-        target, head.size, head.root.hex(), dict(head.reserved), len(exports),
-        len({m.hardware_id for m in manifests if m.unit is not None}), tuple(used),
+        target, rebuilt.size, rebuilt.root.hex(), dict(rebuilt.reserved), len(found.exports),
+        len({m.hardware_id for m in manifests if m.unit is not None}), tuple(used), tuple(found.notes),
     )  # fmt: skip
 
 
@@ -166,12 +203,13 @@ def recover_state(
 
 
 def _expand(sources: Sequence[str | os.PathLike[str]], station_id: str) -> Iterator[Path]:
+    pattern = re.compile(rf"{re.escape(station_id)}-[0-9]{{6}}{re.escape(COPY_SUFFIX)}")
     for given in sources:
         path = Path(given)
         if not path.exists():
             raise StateError(f"{path}: no such file or folder to recover from")
         if path.is_dir() and not (path / "station.sqlite").exists():
-            copies = sorted(path.glob(f"{station_id}-*{COPY_SUFFIX}"))
+            copies = sorted(p for p in path.iterdir() if pattern.fullmatch(p.name))
             if not copies:
                 raise StateError(f"{path} holds neither a station state nor copies of station '{station_id}'s exports")
             yield from copies
@@ -189,9 +227,25 @@ def _add(entries: dict[int, _Entry], sequence: int, entry: _Entry) -> None:
         have.certificate = entry.certificate
 
 
-def _from_copy(
-    path: Path, station_id: str, key: TokenKey, entries: dict[int, _Entry], exports: dict[int, _Export]
-) -> tuple[int, bytes]:
+def _add_export(found: _Found, export: _Export, where: Path) -> None:
+    if found.exports.setdefault(export.sequence, export) != export:
+        raise StateError(f"{where} records another export {export.sequence} than the other sources")
+
+
+def _policy_version(policy: bytes) -> int:
+    """The version a stored policy names (read only to choose the newest; the station verifies it on open)."""
+    try:
+        envelope = Envelope.from_json(policy, max_size=_MAX_RECORD, what="trust policy")
+        statement = parse_json(envelope.payload, max_size=_MAX_RECORD, what="trust policy")
+        version = statement["predicate"]["version"]
+    except (VaultError, KeyError, TypeError) as e:
+        raise StateError(f"a source's trust policy does not parse: {e}") from e
+    if not isinstance(version, int):
+        raise StateError("a source's trust policy has no version")
+    return version
+
+
+def _from_copy(path: Path, station_id: str, key: TokenKey, found: _Found) -> None:
     with EvidenceReader(path) as reader:
         if reader.header.station_id != station_id:
             raise StateError(f"{path} is a copy of station '{reader.header.station_id}', not '{station_id}'")
@@ -208,7 +262,7 @@ def _from_copy(
             raise ValueError("entries out of order")
         for r in body:
             certificate = None if r["certificate"] is None else base64.b64decode(r["certificate"], validate=True)
-            _add(entries, int(r["sequence"]), _Entry(str(r["envelope"]).encode(), certificate, path))
+            _add(found.entries, int(r["sequence"]), _Entry(str(r["envelope"]).encode(), certificate, path))
         note = str(tail["checkpoint"]).encode()
         checkpoint = notes.parse_checkpoint_unverified(note)
         if checkpoint.size != last:
@@ -217,38 +271,61 @@ def _from_copy(
     except (KeyError, TypeError, ValueError) as e:
         raise StateError(f"{path} is not a well-formed copy of a station export ({e})") from e
     sequence = reader.header.sequence
-    export = _Export(
-        sequence, last, checkpoint.root, note, str(path.with_suffix(".vault-evidence")), str(head["created"])
+    _add_export(
+        found,
+        _Export(sequence, last, checkpoint.root, note, str(path.with_suffix(".vault-evidence")), str(head["created"])),
+        path,
     )
-    if exports.setdefault(sequence, export) != export:
-        raise StateError(f"two different copies of export {sequence} were given ({path})")
-    return sequence, policy
+    found.policies.append(policy)
 
 
-def _from_folder(folder: Path, entries: dict[int, _Entry], exports: dict[int, _Export]) -> tuple[int, bytes] | None:
-    """Whatever an older or damaged folder's database still reads; unreadable rows are skipped."""
+def _from_folder(folder: Path, found: _Found) -> None:
+    """Whatever an older or damaged folder's database still reads; what does not is noted, not guessed."""
     try:
         db = sqlite3.connect(f"file:{folder / 'station.sqlite'}?mode=ro", uri=True)
     except sqlite3.Error as e:
         raise StateError(f"{folder}: the state database does not open: {e}") from e
-    policy: tuple[int, bytes] | None = None
+
+    def rows(what: str, query: str) -> list[tuple[Any, ...]]:
+        try:
+            return db.execute(query).fetchall()
+        except sqlite3.Error as e:
+            found.notes.append(f"{folder}: its {what} could not be read ({e})")
+            return []
+
     try:
-        with contextlib.suppress(sqlite3.Error):
-            for sequence, envelope, certificate in db.execute("SELECT sequence, envelope, certificate FROM log"):
-                cert = None if certificate is None else bytes(certificate)
-                _add(entries, int(sequence), _Entry(bytes(envelope), cert, folder))
-        with contextlib.suppress(sqlite3.Error):
-            for row in db.execute("SELECT sequence, size, root, checkpoint, path, created FROM exports"):
-                export = _Export(int(row[0]), int(row[1]), bytes(row[2]), bytes(row[3]), str(row[4]), str(row[5]))
-                if exports.setdefault(export.sequence, export).checkpoint != export.checkpoint:
-                    raise StateError(f"{folder} records another export {export.sequence} than the other sources")
-        with contextlib.suppress(sqlite3.Error):
-            row = db.execute("SELECT value FROM meta WHERE key = 'policy'").fetchone()
-            if row is not None:
-                policy = (-1, bytes(row[0]))
+        for sequence, envelope, certificate in rows("log", "SELECT sequence, envelope, certificate FROM log"):
+            cert = None if certificate is None else bytes(certificate)
+            _add(found.entries, int(sequence), _Entry(bytes(envelope), cert, folder))
+        for row in rows("exports", "SELECT sequence, size, root, checkpoint, path, created FROM exports"):
+            export = _Export(int(row[0]), int(row[1]), bytes(row[2]), bytes(row[3]), str(row[4]), str(row[5]))
+            _add_export(found, export, folder)
+        meta = dict(rows("settings", "SELECT key, value FROM meta WHERE key IN ('policy', 'policy_version')"))
+        if meta.get("policy") is not None:
+            found.policies.append(bytes(meta["policy"]))
+        found.policy_version = max(found.policy_version, int(meta.get("policy_version") or 0))
+        for product, counter in rows("security counters", "SELECT product, security_counter FROM products"):
+            found.counters[str(product)] = max(found.counters.get(str(product), 0), int(counter))
+        reserved = rows("reserved counts", "SELECT bundle_id, count FROM reserved")
+        if not reserved:  # a folder from before the reserved table: its units
+            reserved = rows("units", "SELECT bundle_id, MAX(unit) FROM units GROUP BY bundle_id")
+        for bundle_id, count in reserved:
+            found.reserved[str(bundle_id)] = max(found.reserved.get(str(bundle_id), 0), int(count or 0))
+        for row in rows(
+            "releases",
+            "SELECT bundle_id, product, version, security_counter, allocation, not_before, expires, "
+            "statement_sha256, loaded FROM releases",
+        ):
+            found.releases.setdefault(str(row[0]), tuple(row))
+        for bundle_id, unit, hwid, fixture, operator, serial in rows(
+            "open units",
+            "SELECT u.bundle_id, u.unit, u.hardware_id, u.fixture, u.operator, d.serial FROM units u "
+            "JOIN devices d ON d.hardware_id = u.hardware_id WHERE u.done = 0",
+        ):
+            key = (str(bundle_id), int(unit))
+            found.open_units[key] = _Open(key[0], key[1], str(hwid), str(serial), int(fixture), str(operator))
     finally:
         db.close()
-    return policy
 
 
 # --- checking against the token's head -----------------------------------------------------
@@ -265,18 +342,24 @@ def _roots_at(entries: dict[int, _Entry], sizes: set[int]) -> dict[int, bytes]:
     return roots
 
 
-def _check_log(
-    entries: dict[int, _Entry], head: LogHead, signing: TokenKey, station_id: str, token_label: str
-) -> list[Manifest]:
+def _check_log(found: _Found, head: LogHead, signing: TokenKey, station_id: str, token_label: str) -> list[Manifest]:
+    """The manifests of the log the token's head names, and the entries after it that extend it."""
+    entries = found.entries
     have = next((i for i in range(head.size) if i not in entries), head.size)
     if have < head.size:
+        unread = "; ".join(found.notes)
         raise StateError(
             f"the sources reach log entry {have}, but the station token '{token_label}' holds {head.describe()}: "
-            f"entries {have} to {head.size - 1} were never exported and no folder given has them; nothing was written"
+            f"entries {have} to {head.size - 1} were never exported and no folder given has them"
+            + (f" ({unread})" if unread else "")
+            + "; nothing was written"
         )
+    size = head.size
+    while size in entries:  # a folder one step ahead of the token (its last commit, before the token write)
+        size += 1
     trusted = {signing.key_id: signing.public_key}
     manifests = []
-    for sequence in range(head.size):
+    for sequence in range(size):
         entry = entries[sequence]
         try:
             manifest = open_manifest(entry.envelope, trusted)
@@ -286,10 +369,8 @@ def _check_log(
             raise LogError(
                 f"{entry.where}: entry {sequence} is manifest {manifest.sequence} of '{manifest.station_id}'"
             )
-        if (
-            entry.certificate is not None
-            and manifest.certificate_sha256 != hashlib.sha256(entry.certificate).hexdigest()
-        ):
+        certificate = entry.certificate
+        if certificate is not None and manifest.certificate_sha256 != hashlib.sha256(certificate).hexdigest():
             raise LogError(f"{entry.where}: entry {sequence}'s certificate is not the one its manifest names")
         manifests.append(manifest)
     if _roots_at(entries, {head.size})[head.size] != head.root:
@@ -300,14 +381,17 @@ def _check_log(
     return manifests
 
 
-def _units(manifests: list[Manifest], head: LogHead, token_label: str) -> dict[tuple[str, int], Manifest]:
-    """The last manifest of each unit the log names, checked against the token's reserved counts."""
+def _units(
+    manifests: list[Manifest], head: LogHead, found: _Found, token_label: str
+) -> dict[tuple[str, int], Manifest]:
+    """The last manifest of each unit the log names, checked against the reserved counts."""
     units: dict[tuple[str, int], Manifest] = {}
     for manifest in manifests:
         if manifest.unit is not None:
             units[(manifest.bundle_id, manifest.unit)] = manifest
     for bundle_id, unit in units:
-        if unit > head.reserved.get(bundle_id, 0):
+        counted = max(head.reserved.get(bundle_id, 0), found.reserved.get(bundle_id, 0))
+        if unit > counted:
             raise StateError(
                 f"the log names unit {unit} of bundle {bundle_id[:16]}, but the station token '{token_label}' "
                 f"counts {head.reserved.get(bundle_id, 0)} reserved: they disagree; nothing was written"
@@ -324,23 +408,24 @@ def _write(
     root: x509.Certificate | str,
     head: LogHead,
     manifests: list[Manifest],
-    entries: dict[int, _Entry],
-    exports: dict[int, _Export],
+    found: _Found,
     units: dict[tuple[str, int], Manifest],
-    policy: bytes,
-) -> None:
+) -> LogHead:
     if isinstance(root, x509.Certificate):
         root_sha256 = hashlib.sha256(root.public_bytes(serialization.Encoding.DER)).hexdigest()
     else:
         root_sha256 = root.strip().lower().replace(":", "")
+    policy = max(found.policies, key=_policy_version)
     state = State(target, station_id=station_id, root_sha256=root_sha256)
     try:
         with state.write() as db:
             tree = merkle.TreeBuilder()
             last_time = None
-            counters: dict[str, int] = {}
+            counters = dict(head.counters)
+            for product, counter in found.counters.items():
+                counters[product] = max(counters.get(product, 0), counter)
             for manifest in manifests:
-                entry = entries[manifest.sequence]
+                entry = found.entries[manifest.sequence]
                 leaf = merkle.leaf_hash(entry.envelope)
                 tree.append(leaf)
                 when = format_time(manifest.time)
@@ -357,7 +442,11 @@ def _write(
             if last_time is not None:
                 State.set_meta(db, "last_time", last_time)
             State.set_meta(db, "policy", policy)
-            State.set_meta(db, "policy_version", max((m.policy_version for m in manifests), default=0))
+            version = max(
+                head.policy_version, found.policy_version, _policy_version(policy),
+                max((m.policy_version for m in manifests), default=0),
+            )  # fmt: skip
+            State.set_meta(db, "policy_version", version)
             for product, counter in counters.items():
                 db.execute("INSERT INTO products (product, security_counter) VALUES (?, ?)", (product, counter))
             for (bundle_id, unit), manifest in units.items():
@@ -366,17 +455,34 @@ def _write(
                     "VALUES (?, ?, ?, 'recovered', ?, ?, 1)",
                     (bundle_id, unit, manifest.hardware_id, manifest.fixture, manifest.operator),
                 )
-            for bundle_id, count in head.reserved.items():
+            for key, open_unit in found.open_units.items():
+                if key in units:
+                    continue  # closed by a manifest the log has
+                db.execute(  # left open: the station closes it as interrupted when it opens the folder
+                    "INSERT INTO units (bundle_id, unit, hardware_id, owner, fixture, operator, done) "
+                    "VALUES (?, ?, ?, 'recovered', ?, ?, 0)",
+                    (key[0], key[1], open_unit.hardware_id, open_unit.fixture, open_unit.operator),
+                )
+                db.execute(
+                    "INSERT OR IGNORE INTO devices (hardware_id, serial, state) VALUES (?, ?, 'reserved')",
+                    (open_unit.hardware_id, open_unit.serial),
+                )
+            for row in found.releases.values():  # as the lost folder loaded them (allocations included)
+                db.execute("INSERT INTO releases VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+            for bundle_id in {*head.reserved, *found.reserved}:
+                count = max(head.reserved.get(bundle_id, 0), found.reserved.get(bundle_id, 0))
                 db.execute("INSERT INTO reserved (bundle_id, count) VALUES (?, ?)", (bundle_id, count))
-            for export in sorted(exports.values(), key=lambda e: e.sequence):
+            for export in sorted(found.exports.values(), key=lambda e: e.sequence):
                 db.execute(
                     "INSERT INTO exports (sequence, size, root, checkpoint, path, created) VALUES (?, ?, ?, ?, ?, ?)",
                     (export.sequence, export.size, export.root, export.checkpoint, export.path, export.created),
                 )
-            if State.head_in(db) != head:
-                raise StateError("the rebuilt folder's head is not the token's; nothing was written")
+            rebuilt = State.head_in(db)
+            if rebuilt.behind(head) or State.root_at(db, head.size) != head.root:
+                raise StateError("the rebuilt folder does not reach the token's head; nothing was written")
     finally:
         state.close()
+    return rebuilt
 
 
 def _bind(db: sqlite3.Connection, manifest: Manifest) -> None:

@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from vault.errors import InputError, VaultError
+from vault.errors import InputError, StateError, TokenError, VaultError
 from vault.verify._device import STEPS, SimulatedDevice
 from vault.verify._station import Station
 
@@ -91,24 +91,41 @@ def run_simulation(
         assert scanned is not None
         try:
             outcome = station.provision(device, label=scanned, fixture=fixture, rework=again)
+        except (StateError, TokenError):
+            raise
         except VaultError as e:
             event = getattr(e, "event", None) or _event_of(e)
             return UnitResult(n, fixture, device.hardware_id.hex(), scanned, event, None, str(e))
         return UnitResult(n, fixture, device.hardware_id.hex(), scanned, outcome.event, outcome.serial)
 
+    stopping = threading.Event()
+    stopped: list[VaultError] = []
+
     def fixture_loop(fixture: int) -> None:
-        while True:
+        while not stopping.is_set():
             try:
                 n = work.get_nowait()
             except queue.Empty:
                 return
-            results[n] = run(n, fixture)
+            try:
+                results[n] = run(n, fixture)
+            except (StateError, TokenError) as e:  # the station itself cannot go on: stop the line
+                stopped.append(e)
+                stopping.set()
 
     threads = [threading.Thread(target=fixture_loop, args=(f,), name=f"fixture-{f}") for f in range(1, fixtures + 1)]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join()
+    try:
+        for thread in threads:
+            thread.join()
+    except KeyboardInterrupt:  # Ctrl-C: no new unit starts; the units on the fixtures finish and are logged
+        stopping.set()
+        for thread in threads:
+            thread.join()
+        raise
+    if stopped:
+        raise stopped[0]
     ordered = [results[n] for n in sorted(results)]
     for n in rework or []:
         devices[n].unlock_for_rework()

@@ -97,15 +97,32 @@ class LogHead:
     size: int
     root: bytes
     reserved: dict[str, int] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)  # the highest security counter loaded per product
+    policy_version: int = 0  # the highest trust policy version loaded
 
     @property
     def empty(self) -> bool:
-        """Nothing was ever logged or reserved."""
-        return self.size == 0 and not any(self.reserved.values())
+        """Nothing was ever logged, reserved or loaded."""
+        return self.size == 0 and not any(self.reserved.values()) and not self.counters and not self.policy_version
 
     def to_value(self) -> dict[str, Any]:
         """The head record's value."""
-        return {"size": self.size, "root": self.root.hex(), "reserved": dict(sorted(self.reserved.items()))}
+        return {
+            "size": self.size,
+            "root": self.root.hex(),
+            "reserved": dict(sorted(self.reserved.items())),
+            "counters": dict(sorted(self.counters.items())),
+            "policy_version": self.policy_version,
+        }
+
+    def behind(self, other: LogHead) -> bool:
+        """Whether this head lacks something ``other`` has: log entries, units, a counter or a policy version."""
+        return (
+            self.size < other.size
+            or any(self.reserved.get(b, 0) < n for b, n in other.reserved.items())
+            or any(self.counters.get(p, -1) < c for p, c in other.counters.items())
+            or self.policy_version < other.policy_version
+        )
 
     @classmethod
     def from_value(cls, value: dict[str, Any]) -> LogHead:
@@ -120,17 +137,28 @@ class LogHead:
                 raise ValueError("out of range")
             if not isinstance(reserved, dict):
                 raise ValueError("no reserved counts")
-            counts = {str(k): int(v) for k, v in reserved.items() if isinstance(v, int) and v >= 0}
-            if len(counts) != len(reserved):
-                raise ValueError("bad count")
+            counts = _counts(reserved)
+            counters = _counts(value.get("counters", {}))
+            policy_version = value.get("policy_version", 0)
+            if not isinstance(policy_version, int) or policy_version < 0:
+                raise ValueError("bad policy version")
         except (KeyError, TypeError, ValueError) as e:
             raise StateError(f"the station token's head record is malformed ({e})") from e
-        return cls(size, root, counts)
+        return cls(size, root, counts, counters, policy_version)
 
     def describe(self) -> str:
         """One line for people: ``12 log entries (root 3fa4…), 9 units reserved``."""
         units = sum(self.reserved.values())
         return f"{self.size} log entries (root {self.root.hex()[:12]}), {units} units reserved"
+
+
+def _counts(value: object) -> dict[str, int]:
+    if not isinstance(value, dict):
+        raise ValueError("counts are not a mapping")
+    counts = {str(k): v for k, v in value.items() if isinstance(v, int) and not isinstance(v, bool) and v >= 0}
+    if len(counts) != len(value):
+        raise ValueError("bad count")
+    return counts
 
 
 class Anchor(Protocol):
@@ -144,6 +172,9 @@ class Anchor(Protocol):
 
     def advance(self, held: LogHead | None, new: LogHead) -> None:
         """Record ``new`` (after the commit); ``held`` is what :meth:`read` returned under the same lock."""
+
+    def exclusive(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the anchor for one write: shared by every folder and process that writes to it."""
 
 
 class State:
@@ -159,7 +190,7 @@ class State:
 
     def __init__(self, directory: str | os.PathLike[str], *, station_id: str, root_sha256: str) -> None:
         self.directory = Path(directory)
-        self.made_directory = not self.directory.exists()
+        self.made_directories = [p for p in (*reversed(self.directory.parents), self.directory) if not p.exists()]
         self.created = not (self.directory / "station.sqlite").exists()
         self.anchor: Anchor | None = None
         try:
@@ -210,7 +241,8 @@ class State:
 
         With an :attr:`anchor`, the anchor's head is checked against the
         database's before the block runs, and advanced after the commit, all
-        under the folder's head lock (one writer at a time across processes).
+        under the folder's head lock and the anchor's own lock (one writer at
+        a time across processes, and across folders using one token).
         """
         db = self._connection()
         with self._writing:  # threads queue here, processes on the head lock below
@@ -221,22 +253,24 @@ class State:
                 except sqlite3.Error as e:
                     raise StateError(f"cannot lock the station state {self.path}: {e}") from e
                 anchor = self.anchor
-                try:
-                    if anchor is not None:
-                        held = anchor.read()
-                        before = self.head_in(db)
-                        anchor.check(db, held, before)
-                    yield db
-                    after = self.head_in(db) if anchor is not None else None
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
-                try:
-                    db.execute("COMMIT")
-                except sqlite3.Error as e:
-                    raise StateError(f"cannot commit to the station state {self.path}: {e}") from e
-                if anchor is not None and after is not None and (held is None or held != after):
-                    anchor.advance(held, after)
+                with anchor.exclusive() if anchor is not None else contextlib.nullcontext():
+                    try:
+                        if anchor is not None:
+                            held = anchor.read()
+                            before = self.head_in(db)
+                            anchor.check(db, held, before)
+                        yield db
+                        after = self.head_in(db) if anchor is not None else None
+                    except BaseException:
+                        db.execute("ROLLBACK")
+                        raise
+                    try:
+                        db.execute("COMMIT")
+                    except sqlite3.Error as e:
+                        raise StateError(f"cannot commit to the station state {self.path}: {e}") from e
+                    changed = after is not None and held != after and not (held is None and after.empty)
+                    if anchor is not None and after is not None and changed:
+                        anchor.advance(held, after)
             finally:
                 fcntl.flock(self._head_lock, fcntl.LOCK_UN)
 
@@ -266,7 +300,9 @@ class State:
         row = db.execute("SELECT sequence, root FROM log ORDER BY sequence DESC LIMIT 1").fetchone()
         size, root = (0, merkle.EMPTY_ROOT) if row is None else (int(row[0]) + 1, bytes(row[1]))
         reserved = dict(db.execute("SELECT bundle_id, count FROM reserved WHERE count > 0").fetchall())
-        return LogHead(size, root, reserved)
+        counters = dict(db.execute("SELECT product, security_counter FROM products").fetchall())
+        version = db.execute("SELECT value FROM meta WHERE key = 'policy_version'").fetchone()
+        return LogHead(size, root, reserved, counters, 0 if version is None else int(version[0]))
 
     @staticmethod
     def root_at(db: sqlite3.Connection, size: int) -> bytes | None:

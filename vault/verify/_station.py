@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
 import hashlib
 import os
 import sqlite3
-import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -238,17 +238,19 @@ class Station:
             self._session = session
             state = self.state = State(self._state_dir, station_id=self.station_id, root_sha256=self.root_sha256)
             self._stack.callback(self.state.close)
-            self.state.anchor = TokenAnchor(session, self.station_id, self._state_dir, self._token_lock)
+            stored = self.state.meta("policy")
+            if stored is not None:  # first: the token's keys are the ones enrolled for this station
+                self._policy = self._verify_policy(bytes(stored), highest_seen=0, allow_expired=True)
+            anchor = TokenAnchor(session, self.station_id, self._state_dir, self._token_lock)
+            self._stack.callback(anchor.close)
+            self.state.anchor = anchor
             with self.state.write():  # checks the folder against the token's head (and repairs a crash's lag)
                 pass
-            stored = self.state.meta("policy")
-            if stored is not None:
-                self._policy = self._verify_policy(bytes(stored), highest_seen=0, allow_expired=True)
             self._close_orphans()
         except BaseException:
             self._stack.close()
-            if state is not None and state.created and isinstance(sys.exc_info()[1], StateError):
-                _remove_new_folder(state)  # a refused new folder is not left behind
+            if state is not None and state.created:
+                _remove_new_folder(state)  # a folder made by this open holds nothing yet: it is not left behind
             raise
         return self
 
@@ -849,6 +851,8 @@ class Station:
             .fetchall()
         }
         for bundle_id, unit, hwid, fixture, operator in orphans:
+            if bundle_id not in releases:  # a recovered folder whose release is not loaded again yet
+                releases[bundle_id] = self._release_from_log(bundle_id, version)
             with self.state.write() as db:
                 still_open = db.execute(
                     "SELECT 1 FROM units WHERE bundle_id = ? AND unit = ? AND done = 0", (bundle_id, unit)
@@ -870,6 +874,17 @@ class Station:
                 )
                 db.execute("UPDATE units SET done = 1 WHERE bundle_id = ? AND unit = ?", (bundle_id, unit))
                 db.execute("UPDATE devices SET state = 'failed' WHERE hardware_id = ? AND state = 'reserved'", (hwid,))
+
+    def _release_from_log(self, bundle_id: str, policy_version: int) -> _ReleaseRef:
+        """What a manifest says of a release, taken from the last manifest the log has of it."""
+        trusted = {self._signing.key_id: self._signing.public_key}
+        for (envelope,) in self.state.read().execute("SELECT envelope FROM log ORDER BY sequence DESC"):
+            manifest = open_manifest(bytes(envelope), trusted)
+            if manifest.bundle_id == bundle_id:
+                return _ReleaseRef(
+                    bundle_id, manifest.product, manifest.version, manifest.security_counter, policy_version
+                )
+        raise StateError(f"a unit of bundle {bundle_id[:16]} is open but the release is unknown: load it first")
 
     # --- status, log and export ------------------------------------------------------
 
@@ -1121,6 +1136,24 @@ class TokenAnchor:
         self._folder = folder
         self._lock = lock
         self._record: Head | None = None
+        self.lock_path = _token_lock_path(session, station_id)
+        try:
+            self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise StateError(f"cannot use the station token's lock file {self.lock_path}: {e.strerror or e}") from e
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """Release the lock file."""
+        with contextlib.suppress(OSError):
+            os.close(self._lock_fd)
 
     def read(self) -> LogHead | None:
         with self._lock:
@@ -1137,7 +1170,7 @@ class TokenAnchor:
                 f"the state folder {self._folder} is new, but {token} holds the head of station "
                 f"'{self._station_id}': {held.describe()}; {way_out}"
             )
-        if mine.size < held.size or any(mine.reserved.get(b, 0) < n for b, n in held.reserved.items()):
+        if mine.behind(held):
             raise StateError(
                 f"the state folder {self._folder} is behind {token}: it holds {mine.describe()}, "
                 f"the token {held.describe()} (an older copy or another folder); {way_out}"
@@ -1153,15 +1186,34 @@ class TokenAnchor:
             self._record = self._session.write_head(self.name, new.to_value(), after=self._record)
 
 
+_LOCK_DIRS = ("/run/lock", "/var/lock", "/tmp")
+
+
+def _token_lock_path(session: TokenSession, station_id: str) -> Path:
+    """The machine-wide lock file of one station's head on one token.
+
+    Every folder and process that writes the head takes it, so two state
+    folders used at once on one token cannot both build on one head (the
+    head record itself also refuses a second writer it catches, see
+    :func:`vault.token._heads.write_head`).
+    """
+    key = hashlib.sha256(f"{session.serial}\0{session.label}\0{station_id}".encode()).hexdigest()[:24]
+    for directory in _LOCK_DIRS:
+        if os.access(directory, os.W_OK | os.X_OK):
+            return Path(directory) / f"vault-station-{key}.lock"
+    raise StateError(f"no folder for the station token's lock file: none of {', '.join(_LOCK_DIRS)} is writable")
+
+
 def _remove_new_folder(state: State) -> None:
-    """Remove a state folder this process made and that was refused before anything was recorded in it."""
+    """Remove a state folder this open made, refused or stopped before anything was recorded in it."""
     for name in ("station.sqlite", "station.sqlite-wal", "station.sqlite-shm", "head.lock"):
         with contextlib.suppress(OSError):
             (state.directory / name).unlink()
     with contextlib.suppress(OSError):
         (state.directory / "owners").rmdir()
-        if state.made_directory:
-            state.directory.rmdir()
+    for directory in reversed(state.made_directories):  # the folder and any parents this open made
+        with contextlib.suppress(OSError):
+            directory.rmdir()
 
 
 def _label_text(value: str, what: str, limit: int = _MAX_LABEL) -> str:
