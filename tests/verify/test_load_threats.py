@@ -257,6 +257,7 @@ def test_a_release_with_a_lower_security_counter_is_refused(world: World, bundle
     with world.station(tmp_path / "s") as station:  # the highest counter survives a restart
         refused_untouched(station, RollbackError, "rollback", bundles.counter_7, world.policy)
         assert station.load(bundles.counter_8, world.policy).release.security_counter == 8
+    forget_heads(world.tokens["station-1"])  # another station that never ran: its own floor
     with world.station(tmp_path / "fresh") as station:
         station.load(bundles.counter_8, world.policy)
         refused_untouched(station, RollbackError, "rollback", bundles.counter_7, world.policy)

@@ -149,7 +149,11 @@ class LogHead:
     def describe(self) -> str:
         """One line for people: ``12 log entries (root 3fa4…), 9 units reserved``."""
         units = sum(self.reserved.values())
-        return f"{self.size} log entries (root {self.root.hex()[:12]}), {units} units reserved"
+        text = f"{self.size} log entries (root {self.root.hex()[:12]}), {units} units reserved"
+        if self.size == 0 and not units and (self.counters or self.policy_version):
+            seen = ", ".join(f"{product} {counter}" for product, counter in sorted(self.counters.items()))
+            text += f", trust policy v{self.policy_version} and security counters {seen or 'none'} loaded"
+        return text
 
 
 def _counts(value: object) -> dict[str, int]:
