@@ -235,10 +235,15 @@ def test_an_unfinished_promotion_holds_back_the_next_until_its_command_runs_agai
     code, _, err = release.promote(r8)
     assert code == 1
     assert_one_line_error(err, "entry 1 (example-sensor 1.7.0, bundle")
-    assert "run that bundle's promote command again" in err and not is_promoted(release, r8)
+    assert "holds back every other promotion" in err and not is_promoted(release, r8)
+    assert "'vault bundle promote' on that bundle's file (wherever it is now)" in err
     code, _, err = log_verify(release, release.log, *by_token(release))
     assert code == 1
-    assert_one_line_error(err, "is past the head token")
+    assert_one_line_error(err, "entry 1 (example-sensor 1.7.0, bundle")
+    assert "recorded it, past its head" in err
+    moved = release.setup.tmp / "moved"  # the bundle's file, wherever it is now, finishes it
+    moved.mkdir()
+    r7 = r7.rename(moved / r7.name)
     code, stdout, err = release.promote(r7)
     assert code == 0 and "finished the interrupted promotion of example-sensor 1.7.0" in stdout, err
     code, _, err = release.promote(r8)

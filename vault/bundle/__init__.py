@@ -21,14 +21,17 @@ from vault.bundle._build import BuildResult, build_bundle
 from vault.bundle._description import ReleaseDescription, load_release_description
 from vault.bundle._log import LogEntry, LogReport, verify_log
 from vault.bundle._promotion import (
+    Abandoned,
     Promotion,
     PromotionHead,
+    abandon_promotion,
     promote_bundle,
     verify_log_against_digest,
     verify_log_against_token,
 )
 
 __all__ = [
+    "Abandoned",
     "BuildResult",
     "BundleView",
     "LogEntry",
@@ -36,6 +39,7 @@ __all__ = [
     "Promotion",
     "PromotionHead",
     "ReleaseDescription",
+    "abandon_promotion",
     "approve_bundle",
     "build_bundle",
     "load_release_description",

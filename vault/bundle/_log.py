@@ -14,13 +14,24 @@ checks it before appending, so a tampered log stops promotions. A log cut
 back to an earlier entry, emptied or swapped for another still chains: the
 release signer's token holds the log's head, and both commands check the
 log against it (:mod:`vault.bundle._promotion`).
+
+An append writes the whole line or nothing: a short write goes on with the
+rest, and a failed one (a full disk) cuts the log back before the error is
+raised. Only a power cut during the append can leave a last line without
+its newline; :func:`verify_log` refuses it unless asked to report it
+(``allow_torn``), so that promotion can remove it when the release signer's
+token shows it was never promoted.
+
+Example::
+
+    report = verify_log(Path("promotions.log"), release_signer_ids(policy))
+    print(len(report.entries), report.head)
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,8 +40,9 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from vault._files import append_whole, cut_back
 from vault.crypto import Signer, key_id, load_spki, spki_der, verify_signature
-from vault.errors import FormatError, InputError, PolicyError, SignatureError
+from vault.errors import FormatError, InputError, LogError, PolicyError, SignatureError
 from vault.formats import canonical_json, parse_json
 from vault.formats._json import check_fields
 from vault.policy import TrustPolicy, format_time
@@ -74,14 +86,25 @@ class LogEntry:
 
 
 @dataclass(frozen=True)
+class TornLine:
+    """A last line without its newline: what a power cut during an append leaves. It is not verified."""
+
+    number: int
+    offset: int  # where it starts: the length of the log's whole lines
+    length: int
+
+
+@dataclass(frozen=True)
 class LogReport:
-    """What a verified log holds."""
+    """What a verified log holds; ``torn`` is a cut-short last line, when one was allowed."""
 
     entries: tuple[LogEntry, ...]
     head: str
+    torn: TornLine | None = None
 
 
-def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+def _lines(path: Path) -> Iterator[tuple[int, bytes, bool]]:
+    """Each line's number, its bytes without the newline, and whether it had one (only the last may not)."""
     try:
         if path.stat().st_size > MAX_LOG:
             raise FormatError(f"{path}: the promotion log is larger than {MAX_LOG // (1024 * 1024)} MiB")
@@ -89,21 +112,28 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
             for number, line in enumerate(f, 1):
                 if len(line) > MAX_LINE:
                     raise FormatError(f"{path}:{number}: line longer than {MAX_LINE} bytes")
-                if not line.endswith(b"\n"):
-                    raise FormatError(f"{path}:{number}: the last line is cut short (no newline)")
-                yield number, line[:-1]
+                whole = line.endswith(b"\n")
+                yield number, line[:-1] if whole else line, whole
     except OSError as e:
         raise InputError(f"cannot read the promotion log {path}: {e.strerror}") from e
 
 
-def verify_log(path: Path, signer_key_ids: Sequence[str]) -> LogReport:
+def verify_log(path: Path, signer_key_ids: Sequence[str], *, allow_torn: bool = False) -> LogReport:
     """Check every line's chain, hash and signature; signers must be among ``signer_key_ids``.
 
     Pass the current release signer's key id and those of earlier release
     signers (revoked ones keep their past promotions valid).
 
+    Args:
+        path: the promotion log; a missing file is an empty log.
+        signer_key_ids: the key ids that may have signed its entries.
+        allow_torn: report a last line without its newline in
+            :attr:`LogReport.torn` (unverified, not an entry) instead of
+            refusing it. Only the release signer's token can tell whether
+            such a line was ever promoted (:mod:`vault.bundle._promotion`).
+
     Raises:
-        FormatError: a malformed line.
+        FormatError: a malformed line, or a cut-short last line without ``allow_torn``.
         SignatureError: a line's hash or signature does not verify, or the chain is broken.
         PolicyError: a line signed by a key that was never the release signer.
     """
@@ -111,7 +141,17 @@ def verify_log(path: Path, signer_key_ids: Sequence[str]) -> LogReport:
         return LogReport((), GENESIS)
     entries: list[LogEntry] = []
     head = GENESIS
-    for number, line in _lines(path):
+    offset = 0
+    for number, line, whole in _lines(path):
+        if not whole:
+            if not allow_torn:
+                raise FormatError(
+                    f"{path}:{number}: the last line is cut short (no newline), as an append cut off part-way "
+                    "(a power cut) leaves it; run 'vault bundle log verify' with --token (the release "
+                    "signer's token) to learn whether it was promoted and what to do"
+                )
+            return LogReport(tuple(entries), head, TornLine(number, offset, len(line)))
+        offset += len(line) + 1
         where = f"{path}:{number}"
         doc = check_fields(parse_json(line, max_size=MAX_LINE, what=where), _FIELDS, what=where)
         body = {k: doc[k] for k in _BODY}
@@ -166,7 +206,16 @@ def last_counter(report: LogReport, product: str) -> int | None:
 def append_promotion(
     path: Path, report: LogReport, release: Release, approvers: Sequence[str], signer: Signer, now: datetime
 ) -> LogEntry:
-    """Append a promotion signed by ``signer`` after the verified ``report``; fsynced before returning."""
+    """Append a promotion signed by ``signer`` after the verified ``report``; fsynced before returning.
+
+    The line is written whole or not at all: on a failed write (a full disk)
+    the log is cut back to what it was before the error is raised.
+
+    Raises:
+        InputError: the log could not be written; nothing was appended.
+    """
+    if report.torn is not None:
+        raise ValueError(f"{path}: remove the cut-short last line before appending")
     body: dict[str, Any] = {
         "index": len(report.entries),
         "time": format_time(now),
@@ -183,12 +232,10 @@ def append_promotion(
     digest = hashlib.sha256(canonical_json(body)).hexdigest()
     signature = signer.sign(bytes.fromhex(digest))
     line = canonical_json({**body, "hash": digest, "signature": base64.b64encode(signature).decode()}) + b"\n"
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        append_whole(path, line)
+    except OSError as e:
+        raise InputError(f"cannot append to the promotion log {path}: {e.strerror}; nothing was promoted") from e
     return LogEntry(
         index=body["index"],
         time=body["time"],
@@ -201,6 +248,54 @@ def append_promotion(
         signer_key_id=signer.key_id,
         hash=digest,
     )
+
+
+def remove_torn(path: Path, report: LogReport) -> TornLine:
+    """Cut the log back to its whole lines, removing the cut-short last line ``report`` found.
+
+    The caller decides that the line may go (no token head covers it) and
+    holds the log's lock.
+
+    Raises:
+        InputError: the log could not be cut back; nothing was removed.
+    """
+    torn = report.torn
+    if torn is None:
+        raise ValueError("the log has no cut-short last line")
+    try:
+        cut_back(path, torn.offset)
+    except OSError as e:
+        raise InputError(f"cannot remove the cut-short last line of the promotion log {path}: {e.strerror}") from e
+    return torn
+
+
+def last_line(path: Path, report: LogReport) -> tuple[int, bytes]:
+    """Where the log's last whole line starts, and its bytes (with the newline); the log must be ``report``'s.
+
+    Raises:
+        InputError: the log cannot be read.
+        LogError: the last whole line is not ``report``'s last entry (the log changed since it was verified).
+    """
+    if not report.entries:
+        raise ValueError("the log holds no entry")
+    try:
+        end = report.torn.offset if report.torn is not None else path.stat().st_size
+        start = max(0, end - MAX_LINE - 1)
+        with path.open("rb") as f:
+            f.seek(start)
+            chunk = f.read(end - start)
+    except OSError as e:
+        raise InputError(f"cannot read the promotion log {path}: {e.strerror}") from e
+    at = chunk.rfind(b"\n", 0, len(chunk) - 1) + 1
+    line = chunk[at:]
+    try:
+        doc = parse_json(line[:-1], max_size=MAX_LINE, what=str(path))
+    except FormatError:
+        doc = None
+    digest = doc.get("hash") if isinstance(doc, dict) else None
+    if not line.endswith(b"\n") or digest != report.entries[-1].hash:
+        raise LogError(f"{path} changed while it was being read; try again")
+    return start + at, line
 
 
 def _public_key(value: object, where: str) -> ec.EllipticCurvePublicKey:

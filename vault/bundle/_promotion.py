@@ -21,19 +21,27 @@ A promotion has three writes, in this order:
    file renamed over it, :func:`vault.container.replace_envelope`).
 
 Only the last write lets stations load the bundle, so a promoted bundle is
-always in the log and in the token's head. Each write is atomic on its own
-(one ``write`` of one line, one new token object, one rename), and a process
-killed between two of them leaves a state that the same command, run again,
-recognises and completes:
+always in the log and in the token's head. Each write is whole or nothing on
+its own (one appended line, cut back again if the write fails, say on a full
+disk; one new token object; one rename), and a process killed between two of
+them leaves a state that the same command, run again, recognises and
+completes:
 
 - killed before 1: nothing changed;
+- killed during 1 (a power cut): the log may end in a cut-short line, past
+  the token's head, so never promoted: the run again removes it, says so,
+  and promotes;
 - killed after 1: the log holds one entry past the token's head, for this
-  bundle: the run again writes the head and the bundle (an entry past the
-  head for another bundle stops every other promotion until that bundle's
-  command is run again);
+  bundle: the run again writes the head and the bundle;
 - killed after 2: the log and the token hold the entry, the bundle is not
   signed: the run again finds the entry and rewrites the bundle;
 - killed after 3: done; the run again says so and exits 0.
+
+An entry past the head for another bundle stops every other promotion until
+that bundle's command is run again, or, if that bundle is gone for good,
+:func:`abandon_promotion` (``vault bundle log abandon``) takes the entry out
+of the log, keeping its line in ``<log>.abandoned``. Nothing the token's head
+covers is ever removed: such an entry is permanent and its counter used.
 
 The token's head is written after the log, not before, so that it only ever
 names a log that exists on disk: ``vault bundle log verify --token`` never
@@ -63,8 +71,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from vault._files import append_whole, cut_back
 from vault.bundle._approval import BundleView, refuse_expired, verify_bundle, with_signature
-from vault.bundle._log import GENESIS, LogEntry, LogReport, append_promotion, release_signer_ids, verify_log
+from vault.bundle._log import (
+    GENESIS,
+    LogEntry,
+    LogReport,
+    TornLine,
+    append_promotion,
+    last_line,
+    release_signer_ids,
+    remove_torn,
+    verify_log,
+)
 from vault.crypto import Signer
 from vault.errors import InputError, LogError, PolicyError, RollbackError, StateError, ThresholdError, VaultError
 from vault.formats import verify_envelope
@@ -77,9 +96,11 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 __all__ = [
     "HEAD_NAME",
+    "Abandoned",
     "HeadStore",
     "Promotion",
     "PromotionHead",
+    "abandon_promotion",
     "promote_bundle",
     "verify_log_against_digest",
     "verify_log_against_token",
@@ -155,6 +176,8 @@ class Promotion:
     completed) or ``already`` (nothing was left to do). ``started`` says how
     a token without a head began: ``adopted`` the head of the log it was
     given (``adopted_entries`` long), or ``genesis`` (no log yet).
+    ``removed`` is the cut-short last line it removed first, if the log
+    ended in one that the token's head did not cover.
     """
 
     view: BundleView
@@ -163,6 +186,22 @@ class Promotion:
     outcome: Literal["promoted", "recorded", "finished", "already"]
     started: Literal["adopted", "genesis"] | None
     adopted_entries: int = 0
+    removed: TornLine | None = None
+
+
+@dataclass(frozen=True)
+class Abandoned:
+    """What :func:`abandon_promotion` did.
+
+    ``entry`` is the entry taken out of the log, whose line is now kept in
+    ``kept``; ``head`` is the token's head, which the log ends at again;
+    ``removed`` a cut-short line after the entry, removed with it.
+    """
+
+    entry: LogEntry
+    kept: Path
+    head: PromotionHead
+    removed: TornLine | None = None
 
 
 def promote_bundle(
@@ -181,6 +220,7 @@ def promote_bundle(
         ThresholdError: too few approvals (says how many are missing).
         LogError: the log is not the one the token names, or holds another bundle's unfinished promotion.
         StateError: another promotion is running on this log, or the token's head changed meanwhile.
+        InputError: the log could not be appended to (a full disk): it is as it was, and nothing was promoted.
         VaultError: the bundle or the promotion log does not verify.
     """
     _check_writable(path, log)
@@ -204,7 +244,7 @@ def promote_bundle(
         problem: VaultError | None = None
         pending: LogEntry | None = None
         try:
-            report = verify_log(log, release_signer_ids(policy))
+            report = verify_log(log, release_signer_ids(policy), allow_torn=True)
             if held is not None:
                 pending = _check_against_head(report, held, log, token.label)
         except VaultError as e:  # a counter below the token's is named first, whatever the log
@@ -216,11 +256,7 @@ def promote_bundle(
             raise problem
         assert report is not None
         if pending is not None and pending.bundle_id != release.bundle_id:
-            raise LogError(
-                f"{log}: entry {pending.index} ({pending.product} {pending.version}, bundle {pending.bundle_id}) "
-                f"is a promotion that stopped before token '{token.label}' recorded it; "
-                "run that bundle's promote command again to finish it first"
-            )
+            raise _pending_error(pending, log, token.label, "; it holds back every other promotion")
         base = held if held is not None else NO_HEAD
         started: Literal["adopted", "genesis"] | None = None
         adopted_entries = 0
@@ -230,6 +266,12 @@ def promote_bundle(
 
         if recorded is None:
             refuse_expired(release, now)
+        removed: TornLine | None = None
+        if report.torn is not None:
+            # 0. a cut-short line past everything the token's head covers (checked above): never promoted
+            removed = remove_torn(log, report)
+            report = LogReport(report.entries, report.head)
+        if recorded is None:
             # 1. append: the log holds the entry before anything else vouches for it
             recorded = append_promotion(log, report, release, view.approvals.approvers, key, now)
             report = LogReport((*report.entries, recorded), recorded.hash)
@@ -249,7 +291,61 @@ def promote_bundle(
             view = with_signature(view, key, policy)
             if outcome == "already":
                 outcome = "finished"
-        return Promotion(view, recorded, head, outcome, started, adopted_entries)
+        return Promotion(view, recorded, head, outcome, started, adopted_entries, removed)
+
+
+def abandon_promotion(log: Path, bundle_id: str, token: HeadStore, policy: TrustPolicy) -> Abandoned:
+    """Give up a promotion that stopped before the token recorded it, and whose bundle is gone for good.
+
+    Only the one entry past the token's head can go, named by its bundle id:
+    the token never recorded it, so the release signer never signed its
+    bundle (no station can load it) and its security counter was never
+    used. Its line is first appended to ``<log>.abandoned`` (kept for the
+    record), then the log is cut back to the token's head. An entry the
+    token's head covers is permanent, and its counter stays used: refused.
+
+    Raises:
+        LogError: no entry for the bundle past the token's head (or it is
+            in the head: permanent); the log is not the one the token names.
+        StateError: the token holds no promotion head; another promotion is running on this log.
+        InputError: the log or the record could not be written; nothing was removed.
+        VaultError: the log does not verify.
+    """
+    if not log.is_file():
+        raise InputError(f"the promotion log {log} is not a file")
+    if not (os.access(log, os.W_OK) and os.access(log.parent, os.W_OK)):
+        raise InputError(f"cannot write the promotion log {log} or its folder: permission denied")
+    with _lock(log):
+        record = token.head(HEAD_NAME)
+        if record is None:
+            raise _no_head(token.label)
+        held = PromotionHead.from_record(record, token.label)
+        report = verify_log(log, release_signer_ids(policy), allow_torn=True)
+        pending = _check_against_head(report, held, log, token.label)
+        found = [e for e in report.entries if e.bundle_id == bundle_id]
+        if found and found[0].index < held.entries:
+            entry = found[0]
+            raise LogError(
+                f"{log}: entry {entry.index} ({entry.product} {entry.version}, bundle {bundle_id}) is in the head "
+                f"token '{token.label}' holds: it is permanent and security counter {entry.security_counter} "
+                f"stays used for {entry.product}; nothing was removed (if the bundle turns up, promote it to sign it)"
+            )
+        if pending is None or pending.bundle_id != bundle_id:
+            there = f"entry {pending.index} is bundle {pending.bundle_id}'s" if pending else "there is none"
+            raise LogError(
+                f"{log}: no promotion of bundle {bundle_id} stopped past the head token '{token.label}' holds "
+                f"({there}); nothing was removed"
+            )
+        start, line = last_line(log, report)
+        kept = log.with_name(f"{log.name}.abandoned")
+        try:
+            # kept once, also when a stopped abandon is run again
+            if not (kept.is_file() and kept.read_bytes().endswith(line)):
+                append_whole(kept, line)
+            cut_back(log, start)
+        except OSError as e:
+            raise InputError(f"cannot abandon entry {pending.index} of {log}: {e.strerror}; nothing was removed") from e
+        return Abandoned(pending, kept, held, report.torn)
 
 
 def verify_log_against_token(
@@ -259,25 +355,25 @@ def verify_log_against_token(
 
     Raises:
         LogError: the log is emptied, truncated, older, replaced or another log;
-            it holds a promotion the token has not recorded; or the token's
-            counters are not the log's.
+            it holds a promotion the token has not recorded, or a cut-short
+            last line; or the token's counters are not the log's.
         StateError: the token holds no promotion head.
         VaultError: the log does not verify.
     """
     record = token.head(HEAD_NAME)
     if record is None:
-        raise StateError(
-            f"token '{token.label}' holds no promotion head: it has not promoted anything yet, "
-            "or it is not the release signer's token"
-        )
+        raise _no_head(token.label)
     held = PromotionHead.from_record(record, token.label)
-    report = verify_log(log, signer_key_ids)
+    report = verify_log(log, signer_key_ids, allow_torn=True)
     pending = _check_against_head(report, held, log, token.label)
     if pending is not None:
+        raise _pending_error(pending, log, token.label, ", past its head")
+    if report.torn is not None:
         raise LogError(
-            f"{log}: entry {pending.index} ({pending.product} {pending.version}, bundle {pending.bundle_id}) "
-            f"is past the head token '{token.label}' holds: a promotion that stopped before the token recorded "
-            "it; run its promote command again to finish it"
+            f"{log}:{report.torn.number}: the last line is cut short ({report.torn.length} bytes, no newline), "
+            f"as an append cut off part-way (a power cut) leaves it; token '{token.label}' holds the log "
+            f"without it ({_entries(held.entries)}, head {held.log_head}), so it was never promoted: "
+            "run the promote command again, which removes it and goes on"
         )
     derived = NO_HEAD.advanced(report).counters
     if dict(derived) != dict(held.counters):
@@ -327,9 +423,33 @@ def _check_against_head(report: LogReport, held: PromotionHead, log: Path, token
     else:
         why = "it is a replaced or another log"
     state = "no file" if not log.exists() else f"{_entries(m)}, head {report.head}"
+    if report.torn is not None:
+        state += f", and a cut-short line {report.torn.number}"
+    if report.torn is not None and at_head != held.log_head:
+        why += (
+            "; the cut-short line may hold what the token covers, so vault does not remove it: "
+            "if only its newline is missing, add it back, else restore the log from a copy that holds the token's head"
+        )
     raise LogError(
         f"{log} ({state}) is not the promotion log token '{token_label}' names "
         f"({_entries(n)}, head {held.log_head}): {why}"
+    )
+
+
+def _pending_error(pending: LogEntry, log: Path, token_label: str, where: str) -> LogError:
+    """The way out of a promotion stopped after its append: finish it, or abandon it if its bundle is gone."""
+    return LogError(
+        f"{log}: entry {pending.index} ({pending.product} {pending.version}, bundle {pending.bundle_id}) is a "
+        f"promotion that stopped before token '{token_label}' recorded it{where}; finish it by running "
+        "'vault bundle promote' on that bundle's file (wherever it is now), or, if the bundle is gone for good, "
+        f"give it up with 'vault bundle log abandon {log} {pending.bundle_id} --token ...'"
+    )
+
+
+def _no_head(token_label: str) -> StateError:
+    return StateError(
+        f"token '{token_label}' holds no promotion head: it has not promoted anything yet, "
+        "or it is not the release signer's token"
     )
 
 

@@ -156,11 +156,16 @@ def promote(path: Path, key: Pkcs11Uri, log: Path, policy_file: Path, root_cert:
         done = promote_bundle(path, token.key_for(key), token, policy, log, now=datetime.now(UTC))
         label = token.label
     r, entry, head = done.view.release, done.entry, done.head
+    if done.removed is not None:
+        click.echo(
+            f"removed the cut-short last line of {log} (line {done.removed.number}, {done.removed.length} bytes): "
+            f"an append that stopped part-way; token '{label}' never held it, so it was never promoted"
+        )
     if done.started == "adopted":
         adopted = _entries(done.adopted_entries)
         click.echo(f"token '{label}' held no promotion head: it adopts {log} ({adopted} verified)")
     elif done.started == "genesis":
-        click.echo(f"token '{label}' held no promotion head and {log} did not exist: a new promotion log starts")
+        click.echo(f"token '{label}' held no promotion head and {log} holds no entry yet: a new promotion log starts")
     approved = f"(approved by {', '.join(entry.approvers)})"
     click.echo(
         {
@@ -218,6 +223,45 @@ def log_verify(log: Path, token_uri: Pkcs11Uri | None, digest: str | None, polic
             "  only the chain was checked, not that this is the latest log: "
             "pass --token (the release signer's token) or --head HEX"
         )
+
+
+@log_group.command("abandon")
+@click.argument("log", type=_PATH)
+@click.argument("bundle_id")
+@click.option(
+    "--token",
+    "--key",
+    "token_uri",
+    type=PKCS11_URI,
+    required=True,
+    help="The release signer's token: its head shows the entry was never promoted.",
+)
+@_policy_options
+def log_abandon(log: Path, bundle_id: str, token_uri: Pkcs11Uri, policy_file: Path, root_cert: Path) -> None:
+    """Give up the promotion of BUNDLE_ID that stopped before the release token recorded it (its bundle is gone).
+
+    Only the one entry past the token's head can go: its bundle was never
+    signed, so no station can load it. Its line is kept in LOG.abandoned and
+    the log ends at the token's head again. An entry the token holds is
+    permanent and its security counter stays used: refused. If the bundle
+    file still exists, run 'vault bundle promote' on it instead.
+    """
+    from vault.bundle import abandon_promotion
+    from vault.token import open_token
+
+    policy = _load_policy(policy_file, root_cert)
+    with open_token(token_uri) as token:
+        done = abandon_promotion(log, bundle_id, token, policy)
+        label = token.label
+    e = done.entry
+    click.echo(
+        f"abandoned entry {e.index} ({e.product} {e.version}, bundle {e.bundle_id}): token '{label}' never held it, "
+        f"so it was never promoted and security counter {e.security_counter} was not used"
+    )
+    click.echo(f"kept its line in {done.kept}; {log} no longer holds it")
+    if done.removed is not None:
+        click.echo(f"removed too: the cut-short line {done.removed.number} after it ({done.removed.length} bytes)")
+    click.echo(f"log head    {done.head.log_head}  ({_entries(done.head.entries)}), the head token '{label}' holds")
 
 
 def _entries(n: int) -> str:
