@@ -27,10 +27,9 @@ def logged(station: Station) -> list[Manifest]:
     return [open_manifest(bytes(r[1]), trusted) for r in rows]
 
 
-def test_sigkill_at_random_moments_loses_nothing_committed(world: World, tmp_path: Path) -> None:
-    bundle = world.bundle(allocation=f"{{station-1: {ALLOCATION}, station-2: 3}}")
-    state = tmp_path / "state"
-    base = {
+def loop_config(world: World, bundle: Path, state: Path, *, delay: float) -> dict[str, object]:
+    """A fixture process in "loop" mode on station-1 (see tests/verify/_station_child.py)."""
+    return {
         "mode": "loop",
         "state": str(state),
         "token": format_uri(world.tokens["station-1"]),
@@ -38,8 +37,14 @@ def test_sigkill_at_random_moments_loses_nothing_committed(world: World, tmp_pat
         "root": str(world.root_cert_path),
         "bundle": str(bundle),
         "policy": str(world.policy_path),
-        "delay": DELAY,
+        "delay": delay,
     }
+
+
+def test_sigkill_at_random_moments_loses_nothing_committed(world: World, tmp_path: Path) -> None:
+    bundle = world.bundle(allocation=f"{{station-1: {ALLOCATION}, station-2: 3}}")
+    state = tmp_path / "state"
+    base = loop_config(world, bundle, state, delay=DELAY)
     rng = random.Random(SEED)
     runs: list[Child] = []
     try:
@@ -154,16 +159,7 @@ def test_200_kills_across_four_fixture_processes_never_over_count_lose_or_falsel
     allocation = 100000  # not used up while the kills go on: each kill lands on a process at work
     bundle = world.bundle(allocation=f"{{station-1: {allocation}, station-2: 3}}", total=allocation + 3)
     state = tmp_path / "state"
-    base = {
-        "mode": "loop",
-        "state": str(state),
-        "token": format_uri(world.tokens["station-1"]),
-        "station_id": "station-1",
-        "root": str(world.root_cert_path),
-        "bundle": str(bundle),
-        "policy": str(world.policy_path),
-        "delay": 0.01,
-    }
+    base = loop_config(world, bundle, state, delay=0.01)
     rng = random.Random(SEED + 1)
     runs: list[Child] = []
     fixtures: dict[int, Child] = {}

@@ -218,6 +218,16 @@ class TokenSession:
             KeyProtectionError: the key could leave the token, or was not
                 made inside it; the message names the attribute.
         """
+        private, what = self._one_private(label, id)
+        if private[Attribute.KEY_TYPE] != KeyType.EC:
+            raise KeyNotFoundError(f"the key {what} on token '{self.label}' is not an EC key")
+        found_label = _text(private[Attribute.LABEL])
+        self._check_protection(private, found_label, backupable=backupable, unwrapped=unwrapped)
+        public_key = self._public_key_for(private, what)
+        return TokenKey(private, public_key, found_label)
+
+    def _one_private(self, label: str | None, id: bytes | None) -> tuple[pkcs11.Object, str]:
+        """The one private key with this label and/or id, and how to name it in a message."""
         if label is None and id is None:
             raise KeyNotFoundError("name a key: the URI needs object=LABEL or id=...")
         what = f"labelled '{label}'" if label is not None else f"with id {id.hex() if id else ''}"
@@ -226,13 +236,7 @@ class TokenSession:
             raise KeyNotFoundError(f"no private key {what} on token '{self.label}'")
         if len(found) > 1:
             raise KeyNotFoundError(f"{len(found)} private keys {what} on token '{self.label}'; name it by id")
-        private = found[0]
-        if private[Attribute.KEY_TYPE] != KeyType.EC:
-            raise KeyNotFoundError(f"the key {what} on token '{self.label}' is not an EC key")
-        found_label = _text(private[Attribute.LABEL])
-        self._check_protection(private, found_label, backupable=backupable, unwrapped=unwrapped)
-        public_key = self._public_key_for(private, what)
-        return TokenKey(private, public_key, found_label)
+        return found[0], what
 
     def key_for(self, uri: Pkcs11Uri) -> TokenKey:
         """The key ``uri`` names with ``object=`` and/or ``id=`` (checked as :meth:`key` does)."""
@@ -354,21 +358,13 @@ class TokenSession:
             KeyNotFoundError: no such private key, or more than one matches.
             StateError: the token holds a root.
         """
-        if label is None and id is None:
-            raise KeyNotFoundError("name a key: the URI needs object=LABEL or id=...")
-        what = f"labelled '{label}'" if label is not None else f"with id {id.hex() if id else ''}"
-        found = self._private_keys(label=label, id=id)
-        if not found:
-            raise KeyNotFoundError(f"no private key {what} on token '{self.label}'")
-        if len(found) > 1:
-            raise KeyNotFoundError(f"{len(found)} private keys {what} on token '{self.label}'; name it by id")
+        private, what = self._one_private(label, id)
         root = self.head("root-policy")
         if root is not None:
             raise StateError(
                 f"token '{self.label}' holds a root that signed trust policy v{root.value.get('version')}; "
                 "vault deletes no key from it"
             )
-        private = found[0]
         info = self._describe(private)
         raw_id = bytes(private[Attribute.ID]) if _has(private, Attribute.ID) else None
         publics = self._find({Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.ID: raw_id}) if raw_id else []
