@@ -1,5 +1,5 @@
 """``python -m vault`` runs the command line."""
 
-from vault.cli import main
+from vault._entry import main
 
 main()

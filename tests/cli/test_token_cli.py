@@ -208,3 +208,23 @@ def test_delete_removes_a_key_pair_only_when_told_to(
     code, _, err = run(capsys, "token", "delete", pasted, "--yes")
     assert code == 1
     assert_one_line_error(err, "no private key labelled 'pasted'")
+
+
+def test_ctrl_c_while_the_cli_still_loads_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import types
+
+    from vault import _entry
+
+    loading = types.ModuleType("vault.cli")
+
+    def interrupted(name: str) -> object:
+        raise KeyboardInterrupt
+
+    loading.__getattr__ = interrupted  # type: ignore[method-assign]
+    monkeypatch.setitem(sys.modules, "vault.cli", loading)
+    with pytest.raises(SystemExit) as exited:
+        _entry.main()
+    assert exited.value.code == 130
+    assert capsys.readouterr().err == "vault: interrupted\n"

@@ -1,0 +1,19 @@
+"""The ``vault`` command's entry point: the CLI, with Ctrl-C one line even while it is still loading.
+
+Importing the CLI takes a moment (cryptography, click, rich); a Ctrl-C in
+that moment would otherwise end in a Python traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    """Load and run the CLI (:func:`vault.cli.main`)."""
+    try:
+        from vault.cli import main as run
+    except KeyboardInterrupt:
+        sys.stderr.write("vault: interrupted\n")
+        sys.exit(130)
+    run()
