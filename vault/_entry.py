@@ -6,6 +6,7 @@ that moment would otherwise end in a Python traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -15,5 +16,8 @@ def main() -> None:
         from vault.cli import main as run
     except KeyboardInterrupt:
         sys.stderr.write("vault: interrupted\n")
-        sys.exit(130)
+        sys.stderr.flush()
+        # Nothing has run yet, so there is nothing to clean up; a half-imported module could
+        # otherwise turn interpreter shutdown into a second KeyboardInterrupt (exit -SIGINT).
+        os._exit(130)
     run()

@@ -210,21 +210,18 @@ def test_delete_removes_a_key_pair_only_when_told_to(
     assert_one_line_error(err, "no private key labelled 'pasted'")
 
 
-def test_ctrl_c_while_the_cli_still_loads_is_one_line(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    import types
+def test_ctrl_c_while_the_cli_still_loads_is_one_line() -> None:
+    import subprocess
 
-    from vault import _entry
-
-    loading = types.ModuleType("vault.cli")
-
-    def interrupted(name: str) -> object:
-        raise KeyboardInterrupt
-
-    loading.__getattr__ = interrupted  # type: ignore[method-assign]
-    monkeypatch.setitem(sys.modules, "vault.cli", loading)
-    with pytest.raises(SystemExit) as exited:
-        _entry.main()
-    assert exited.value.code == 130
-    assert capsys.readouterr().err == "vault: interrupted\n"
+    script = (
+        "import sys, types\n"
+        "loading = types.ModuleType('vault.cli')\n"
+        "def interrupted(name):\n"
+        "    raise KeyboardInterrupt\n"
+        "loading.__getattr__ = interrupted\n"
+        "sys.modules['vault.cli'] = loading\n"
+        "from vault._entry import main\n"
+        "main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (130, "vault: interrupted\n")

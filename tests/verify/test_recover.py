@@ -168,7 +168,7 @@ def test_recover_from_the_command_line(world: World, tmp_path: Path, capsys: pyt
     shown = json.loads(out)
     assert shown["token_head"] == {"size": shown["log_size"], "root": shown["root"],
                                    "reserved": {shown["releases"][0]["bundle_id"]: 2},
-                                   "counters": {"example-sensor": 7}, "policy_version": 4}  # fmt: skip
+                                   "counters": {"example-sensor": 7}, "policy_version": 4, "exports": 1}  # fmt: skip
     code, out, err = run(capsys, "station", "status", "--state", str(state), *common)
     assert "token        holds this folder's head: 2 log entries" in out
 
@@ -247,3 +247,47 @@ def test_recover_never_writes_into_an_evidence_folder(world: World, tmp_path: Pa
     with pytest.raises(StateError, match="is an evidence folder"):
         recover(world, evidence, evidence)
     assert not (evidence / "station.sqlite").exists()
+
+
+def test_a_folder_still_in_use_is_not_a_source(world: World, tmp_path: Path) -> None:
+    state, evidence = tmp_path / "state", tmp_path / "evidence"
+    work(world, state, 1, export=evidence)
+    with world.station(state):  # a station is running on it
+        with pytest.raises(StateError, match="is open in a running station"):
+            recover(world, tmp_path / "new", evidence, state)
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_missing_export_copy_is_named(world: World, tmp_path: Path) -> None:
+    state, evidence = tmp_path / "state", tmp_path / "evidence"
+    work(world, state, 1, export=evidence)
+    with world.station(state) as station:
+        station.export(evidence)  # export 2: no new manifests
+    copies = sorted(evidence.glob(f"*{COPY_SUFFIX}"))
+    shutil.move(copies[1], tmp_path / "kept-aside")
+    shutil.rmtree(state)
+    with pytest.raises(StateError, match=r"counts 2 evidence exports, the sources give 1.*station-1-000002"):
+        recover(world, state, evidence)
+    assert not state.exists()
+    shutil.move(tmp_path / "kept-aside", copies[1])
+    assert recover(world, state, evidence).exports == 2  # type: ignore[attr-defined]
+
+
+def test_a_counted_unit_whose_manifest_was_only_in_the_lost_folder_is_named(world: World, tmp_path: Path) -> None:
+    state, evidence = tmp_path / "state", tmp_path / "evidence"
+    work(world, state, 1, export=evidence)
+    with world.station(state) as station:
+        station.load(world.bundle_path, world.policy)
+
+        class PowerCutAfterManifest(SimulatedDevice):
+            def lock(self) -> None:  # the reservation reached the token; the manifest will not
+                super().lock()
+                station.state.anchor = None
+
+        station.provision(PowerCutAfterManifest())
+    shutil.rmtree(state)  # lost, and its last manifest was never exported
+    result = recover(world, state, evidence)
+    (note,) = result.notes  # type: ignore[attr-defined]
+    assert "1 unit(s) of bundle" in note and "(unit 2)" in note and "tell the auditor" in note
+    with world.station(state) as station:
+        assert station.load(world.bundle_path, world.policy).used == 2  # it stays counted

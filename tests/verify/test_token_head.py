@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -198,3 +199,45 @@ def test_the_wrong_token_is_refused_before_any_head_is_written_to_it(world: Worl
         wrong.__enter__()
     with open_token(world.tokens["station-2"]) as token:
         assert token.head("station-log:station-1") is None
+
+
+@pytest.mark.parametrize("after", [0.8, 1.2, 1.6])
+def test_ctrl_c_during_provisioning_finishes_the_units_on_the_fixtures(
+    world: World, tmp_path: Path, after: float
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    with world.station(tmp_path / "s") as station:
+        station.load(world.bundle_path, world.policy)
+    argv = [sys.executable, "-m", "vault", "station", "provision", "--state", str(tmp_path / "s"),
+            "--token", format_uri(world.tokens["station-1"], redact_pin=False), "--station-id", "station-1",
+            "--root-cert", str(world.root_cert_path), "--count", "19", "--fixtures", "2"]  # fmt: skip
+    run = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    time.sleep(after)
+    run.send_signal(signal.SIGINT)
+    out, err = run.communicate(timeout=60)
+    assert "Traceback" not in err and "Exception in thread" not in err, err
+    if run.returncode != 0:  # interrupted (it may also have finished first)
+        assert run.returncode == 130 and err.strip().splitlines()[-1] in ("vault: interrupted", "vault: aborted"), err
+    db = sqlite3.connect(tmp_path / "s" / "station.sqlite")  # as the process left it, before any reopening
+    try:
+        assert db.execute("SELECT COUNT(*) FROM units WHERE done = 0").fetchone() == (0,)  # none left on a fixture
+    finally:
+        db.close()
+    with world.station(tmp_path / "s") as station:
+        assert station.verify_log()[0] == len(station.state.read().execute("SELECT 1 FROM log").fetchall())
+
+
+def test_an_export_from_a_copy_is_refused_and_its_files_removed(world: World, tmp_path: Path) -> None:
+    provision(world, tmp_path / "a", 2)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    with world.station(tmp_path / "a") as a, world.station(tmp_path / "b") as b:
+        a.export(tmp_path / "ex-a")
+        with pytest.raises(StateError, match="is behind the station token"):
+            b.export(tmp_path / "ex-b")
+    assert list((tmp_path / "ex-b").iterdir()) == []  # no second "export 1" for an auditor to find
+    assert token_head(world).exports == 1  # type: ignore[union-attr]

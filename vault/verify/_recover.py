@@ -53,7 +53,7 @@ from vault.formats import Envelope, parse_json
 from vault.manifest import Manifest, open_manifest
 from vault.policy import format_time
 from vault.token import Pkcs11Uri, TokenKey, open_token
-from vault.verify._state import LogHead, State
+from vault.verify._state import LogHead, State, folder_in_use
 from vault.verify._station import COPY_SUFFIX, DECRYPTION_LABEL, SIGNING_LABEL, Station, log_origin
 
 __all__ = ["RecoveryResult", "recover_state"]
@@ -183,6 +183,7 @@ def recover_state(
                 raise LogError(f"export {export.sequence} names a log of {export.size} entries that is not this one")
             notes.open_checkpoint(export.checkpoint, signing.public_key, log_origin(station_id))
         units = _units(manifests, head, found, session.label)
+        _note_silent_units(head, found, units)
     if not found.policies:
         raise StateError("no source carries the station's trust policy: give at least one station copy of an export")
     made_dir = not target.exists()
@@ -273,7 +274,14 @@ def _from_copy(path: Path, station_id: str, key: TokenKey, found: _Found) -> Non
     sequence = reader.header.sequence
     _add_export(
         found,
-        _Export(sequence, last, checkpoint.root, note, str(path.with_suffix(".vault-evidence")), str(head["created"])),
+        _Export(
+            sequence,
+            last,
+            checkpoint.root,
+            note,
+            str(path.resolve().with_suffix(".vault-evidence")),
+            str(head["created"]),
+        ),
         path,
     )
     found.policies.append(policy)
@@ -281,6 +289,11 @@ def _from_copy(path: Path, station_id: str, key: TokenKey, found: _Found) -> Non
 
 def _from_folder(folder: Path, found: _Found) -> None:
     """Whatever an older or damaged folder's database still reads; what does not is noted, not guessed."""
+    if folder_in_use(folder):
+        raise StateError(
+            f"{folder} is open in a running station (a fixture holds it): that folder is not lost; "
+            "stop the station and use it, or recover from its copies once it is stopped"
+        )
     try:
         db = sqlite3.connect(f"file:{folder / 'station.sqlite'}?mode=ro", uri=True)
     except sqlite3.Error as e:
@@ -399,6 +412,22 @@ def _units(
     return units
 
 
+def _note_silent_units(head: LogHead, found: _Found, units: dict[tuple[str, int], Manifest]) -> None:
+    """Say which counted units no source closes: their devices may have been provisioned."""
+    for bundle_id in sorted({*head.reserved, *found.reserved}):
+        counted = max(head.reserved.get(bundle_id, 0), found.reserved.get(bundle_id, 0))
+        silent = [
+            n for n in range(1, counted + 1) if (bundle_id, n) not in units and (bundle_id, n) not in found.open_units
+        ]
+        if silent:
+            shown = ", ".join(map(str, silent[:10])) + (" …" if len(silent) > 10 else "")
+            found.notes.append(
+                f"{len(silent)} unit(s) of bundle {bundle_id[:16]} are counted but no source has their manifest "
+                f"(unit {shown}): their devices may have been provisioned with the manifest only in the lost "
+                "folder; they stay counted; tell the auditor"
+            )
+
+
 # --- writing the new folder ---------------------------------------------------------------------
 
 
@@ -478,6 +507,12 @@ def _write(
                     (export.sequence, export.size, export.root, export.checkpoint, export.path, export.created),
                 )
             rebuilt = State.head_in(db)
+            if rebuilt.exports < head.exports:
+                raise StateError(
+                    f"the station token counts {head.exports} evidence exports, the sources give {rebuilt.exports}: "
+                    f"give the station copy of export {head.exports} ({station_id}-{head.exports:06d}{COPY_SUFFIX}) "
+                    "too; nothing was written"
+                )
             if rebuilt.behind(head) or State.root_at(db, head.size) != head.root:
                 raise StateError("the rebuilt folder does not reach the token's head; nothing was written")
     finally:

@@ -101,28 +101,36 @@ def run_simulation(
     stopping = threading.Event()
     stopped: list[VaultError] = []
 
+    finished = [threading.Event() for _ in range(fixtures)]
+
     def fixture_loop(fixture: int) -> None:
-        while not stopping.is_set():
-            try:
-                n = work.get_nowait()
-            except queue.Empty:
-                return
-            try:
-                results[n] = run(n, fixture)
-            except (StateError, TokenError) as e:  # the station itself cannot go on: stop the line
-                stopped.append(e)
-                stopping.set()
+        try:
+            while not stopping.is_set():
+                try:
+                    n = work.get_nowait()
+                except queue.Empty:
+                    return
+                try:
+                    results[n] = run(n, fixture)
+                except (StateError, TokenError) as e:  # the station itself cannot go on: stop the line
+                    stopped.append(e)
+                    stopping.set()
+        finally:
+            finished[fixture - 1].set()
 
     threads = [threading.Thread(target=fixture_loop, args=(f,), name=f"fixture-{f}") for f in range(1, fixtures + 1)]
     for thread in threads:
         thread.start()
     try:
-        for thread in threads:
-            thread.join()
+        _wait(finished)
     except KeyboardInterrupt:  # Ctrl-C: no new unit starts; the units on the fixtures finish and are logged
         stopping.set()
-        for thread in threads:
-            thread.join()
+        while True:
+            try:
+                _wait(finished)  # (a Thread.join interrupted by Ctrl-C may return early; these events do not)
+                break
+            except KeyboardInterrupt:  # again: the units on the fixtures still finish first
+                continue
         raise
     if stopped:
         raise stopped[0]
@@ -132,6 +140,13 @@ def run_simulation(
         devices[n].fail_at = None
         ordered.append(run(n, 1, again=True))
     return ordered
+
+
+def _wait(events: list[threading.Event]) -> None:
+    """Wait until every event is set, in short steps so that Ctrl-C is seen at once."""
+    for event in events:
+        while not event.wait(0.1):
+            pass
 
 
 def _event_of(error: VaultError) -> str:

@@ -99,11 +99,13 @@ class LogHead:
     reserved: dict[str, int] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)  # the highest security counter loaded per product
     policy_version: int = 0  # the highest trust policy version loaded
+    exports: int = 0  # the last evidence export's sequence
 
     @property
     def empty(self) -> bool:
         """Nothing was ever logged, reserved or loaded."""
-        return self.size == 0 and not any(self.reserved.values()) and not self.counters and not self.policy_version
+        loaded = self.counters or self.policy_version or self.exports
+        return self.size == 0 and not any(self.reserved.values()) and not loaded
 
     def to_value(self) -> dict[str, Any]:
         """The head record's value."""
@@ -113,6 +115,7 @@ class LogHead:
             "reserved": dict(sorted(self.reserved.items())),
             "counters": dict(sorted(self.counters.items())),
             "policy_version": self.policy_version,
+            "exports": self.exports,
         }
 
     def behind(self, other: LogHead) -> bool:
@@ -122,6 +125,7 @@ class LogHead:
             or any(self.reserved.get(b, 0) < n for b, n in other.reserved.items())
             or any(self.counters.get(p, -1) < c for p, c in other.counters.items())
             or self.policy_version < other.policy_version
+            or self.exports < other.exports
         )
 
     @classmethod
@@ -139,12 +143,14 @@ class LogHead:
                 raise ValueError("no reserved counts")
             counts = _counts(reserved)
             counters = _counts(value.get("counters", {}))
-            policy_version = value.get("policy_version", 0)
+            policy_version, exports = value.get("policy_version", 0), value.get("exports", 0)
             if not isinstance(policy_version, int) or policy_version < 0:
                 raise ValueError("bad policy version")
+            if not isinstance(exports, int) or exports < 0:
+                raise ValueError("bad export count")
         except (KeyError, TypeError, ValueError) as e:
             raise StateError(f"the station token's head record is malformed ({e})") from e
-        return cls(size, root, counts, counters, policy_version)
+        return cls(size, root, counts, counters, policy_version, exports)
 
     def describe(self) -> str:
         """One line for people: ``12 log entries (root 3fa4…), 9 units reserved``."""
@@ -197,19 +203,19 @@ class State:
         self.made_directories = [p for p in (*reversed(self.directory.parents), self.directory) if not p.exists()]
         self.created = not (self.directory / "station.sqlite").exists()
         self.anchor: Anchor | None = None
-        try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            (self.directory / "owners").mkdir(mode=0o700, exist_ok=True)
-        except OSError as e:
-            raise StateError(f"cannot use the station state folder {self.directory}: {e.strerror or e}") from e
-        self.path = self.directory / "station.sqlite"
-        self.owner = uuid.uuid4().hex
         self._local = threading.local()
         self._writing = threading.Lock()
-        self._owner_file = open(self.directory / "owners" / f"{self.owner}.lock", "wb")  # noqa: SIM115 (held open)
-        fcntl.flock(self._owner_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        self._head_lock = open(self.directory / "head.lock", "ab")  # noqa: SIM115 (held open)
+        self.path = self.directory / "station.sqlite"
+        self.owner = uuid.uuid4().hex
         try:
+            try:
+                self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+                (self.directory / "owners").mkdir(mode=0o700, exist_ok=True)
+                self._owner_file = open(self.directory / "owners" / f"{self.owner}.lock", "wb")  # noqa: SIM115
+                fcntl.flock(self._owner_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self._head_lock = open(self.directory / "head.lock", "ab")  # noqa: SIM115 (held open)
+            except OSError as e:
+                raise StateError(f"cannot use the station state folder {self.directory}: {e.strerror or e}") from e
             with self.write() as db:
                 if State.meta_in_if_any(db, "schema") == "1":
                     _migrate_from_1(db)
@@ -218,9 +224,28 @@ class State:
                 self._pin(db, "schema", _SCHEMA_VERSION, "state schema version")
                 self._pin(db, "station_id", station_id, "station id")
                 self._pin(db, "root_sha256", root_sha256, "root certificate")
-        except BaseException:
+        except BaseException:  # a refusal, an error or Ctrl-C: a folder this call made is not left behind
             self.close()
+            if self.created:
+                self.discard_new()
             raise
+
+    def discard_new(self) -> None:
+        """Remove what opening a new folder made (call after :meth:`close`, before anything was recorded).
+
+        Nothing is removed while another process has the folder open (several
+        fixture processes may be opening one new folder at once).
+        """
+        if folder_in_use(self.directory):
+            return
+        for name in ("station.sqlite", "station.sqlite-wal", "station.sqlite-shm", "head.lock"):
+            with contextlib.suppress(OSError):
+                (self.directory / name).unlink()
+        with contextlib.suppress(OSError):
+            (self.directory / "owners").rmdir()
+        for directory in reversed(self.made_directories):  # the folder and any parents this open made
+            with contextlib.suppress(OSError):
+                directory.rmdir()
 
     # --- connections and transactions ---------------------------------------
 
@@ -289,10 +314,14 @@ class State:
                 db.close()
         self.__dict__["_connections"] = []
         self._local = threading.local()
-        if not self._head_lock.closed:
-            self._head_lock.close()
-        if not self._owner_file.closed:
-            self._owner_file.close()
+        head_lock = self.__dict__.get("_head_lock")
+        if head_lock is not None and not head_lock.closed:
+            head_lock.close()
+        owner_file = self.__dict__.get("_owner_file")
+        if owner_file is None:
+            return
+        if not owner_file.closed:
+            owner_file.close()
             with contextlib.suppress(OSError):
                 (self.directory / "owners" / f"{self.owner}.lock").unlink()
 
@@ -306,7 +335,8 @@ class State:
         reserved = dict(db.execute("SELECT bundle_id, count FROM reserved WHERE count > 0").fetchall())
         counters = dict(db.execute("SELECT product, security_counter FROM products").fetchall())
         version = db.execute("SELECT value FROM meta WHERE key = 'policy_version'").fetchone()
-        return LogHead(size, root, reserved, counters, 0 if version is None else int(version[0]))
+        exports = db.execute("SELECT COALESCE(MAX(sequence), 0) FROM exports").fetchone()[0]
+        return LogHead(size, root, reserved, counters, 0 if version is None else int(version[0]), int(exports))
 
     @staticmethod
     def root_at(db: sqlite3.Connection, size: int) -> bytes | None:
@@ -430,6 +460,22 @@ class State:
         with contextlib.suppress(OSError):
             path.unlink()
         return False
+
+
+def folder_in_use(folder: Path) -> bool:
+    """Whether a live process has a state folder open (each holds its owner lock while it runs).
+
+    It only tests the locks: unlike :meth:`State.orphans` it removes nothing.
+    """
+    for owner in (folder / "owners").glob("*.lock"):
+        try:
+            with open(owner, "rb") as f:
+                fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            continue
+    return False
 
 
 def _migrate_from_1(db: sqlite3.Connection) -> None:

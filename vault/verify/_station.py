@@ -250,7 +250,7 @@ class Station:
         except BaseException:
             self._stack.close()
             if state is not None and state.created:
-                _remove_new_folder(state)  # a folder made by this open holds nothing yet: it is not left behind
+                state.discard_new()  # a folder made by this open holds nothing yet: it is not left behind
             raise
         return self
 
@@ -1089,13 +1089,23 @@ class Station:
         finally:
             db.execute("ROLLBACK")
         try:
-            with self.state.write() as wdb:
+            with self.state.write() as wdb:  # the token's head counts exports: a copy of this folder cannot make it too
                 wdb.execute(
                     "INSERT INTO exports (sequence, size, root, checkpoint, path, created) VALUES (?, ?, ?, ?, ?, ?)",
-                    (sequence, size, root, note, str(path), format_time(now)),
+                    (sequence, size, root, note, str(path.resolve()), format_time(now)),
                 )
-        except sqlite3.IntegrityError as e:
-            raise StateError(f"another export {sequence} was recorded at the same time; {path} is not recorded") from e
+        except BaseException as e:
+            recorded = self.state.read().execute(
+                "SELECT 1 FROM exports WHERE sequence = ? AND checkpoint = ?", (sequence, note)
+            ).fetchone()
+            if recorded:  # committed; only the token write after it failed (the next write repairs that)
+                raise
+            for written in (path, copy):  # not recorded: it is not evidence, so it does not stay
+                with contextlib.suppress(OSError):
+                    written.unlink()
+            if isinstance(e, sqlite3.IntegrityError):
+                raise StateError(f"another export {sequence} was recorded at the same time; {path} was removed") from e
+            raise
         return ExportResult(sequence, path, start, size, root.hex(), note)
 
 
@@ -1202,18 +1212,6 @@ def _token_lock_path(session: TokenSession, station_id: str) -> Path:
         if os.access(directory, os.W_OK | os.X_OK):
             return Path(directory) / f"vault-station-{key}.lock"
     raise StateError(f"no folder for the station token's lock file: none of {', '.join(_LOCK_DIRS)} is writable")
-
-
-def _remove_new_folder(state: State) -> None:
-    """Remove a state folder this open made, refused or stopped before anything was recorded in it."""
-    for name in ("station.sqlite", "station.sqlite-wal", "station.sqlite-shm", "head.lock"):
-        with contextlib.suppress(OSError):
-            (state.directory / name).unlink()
-    with contextlib.suppress(OSError):
-        (state.directory / "owners").rmdir()
-    for directory in reversed(state.made_directories):  # the folder and any parents this open made
-        with contextlib.suppress(OSError):
-            directory.rmdir()
 
 
 def _label_text(value: str, what: str, limit: int = _MAX_LABEL) -> str:
