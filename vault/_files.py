@@ -23,7 +23,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from vault.errors import InputError
+from vault.errors import FormatError, InputError
 
 __all__ = ["append_whole", "cut_back", "ends_with", "open_to_read", "read_capped", "size_text", "write_new"]
 
@@ -85,7 +85,8 @@ def read_capped(path: str | os.PathLike[str], cap: int, what: str) -> bytes:
         what: names the file's role in errors ("trust policy").
 
     Raises:
-        InputError: the file cannot be opened or read, is a folder, or is larger than ``cap``.
+        InputError: the file cannot be opened or read, or is a folder.
+        FormatError: it holds more than ``cap`` bytes.
     """
     name = os.fspath(path)
     try:
@@ -97,7 +98,7 @@ def read_capped(path: str | os.PathLike[str], cap: int, what: str) -> bytes:
         if stat.S_ISDIR(info.st_mode):
             raise InputError(f"{name}: {what} is a folder, not a file")
         if stat.S_ISREG(info.st_mode) and info.st_size > cap:
-            raise InputError(f"{name}: {what} is larger than the {size_text(cap)} limit ({info.st_size} bytes)")
+            raise FormatError(f"{name}: {what} is larger than the {size_text(cap)} limit ({info.st_size} bytes)")
         parts: list[bytes] = []
         got = 0
         while got <= cap:
@@ -111,7 +112,7 @@ def read_capped(path: str | os.PathLike[str], cap: int, what: str) -> bytes:
     finally:
         os.close(fd)
     if got > cap:
-        raise InputError(f"{name}: {what} is larger than the {size_text(cap)} limit")
+        raise FormatError(f"{name}: {what} is larger than the {size_text(cap)} limit")
     return b"".join(parts)
 
 

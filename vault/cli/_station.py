@@ -84,8 +84,9 @@ def load(
     as_json: bool,
 ) -> None:
     """Verify a promoted bundle for this station and decrypt every image against its allowlist."""
+    policy = read_capped(policy_file, MAX_POLICY_SIZE, "trust policy")
     with _open_station(state_dir, uri, station_id, root_cert, root_fingerprint) as opened:
-        loaded = opened.load(bundle_file, read_capped(policy_file, MAX_POLICY_SIZE, "trust policy"))
+        loaded = opened.load(bundle_file, policy)
     r = loaded.release
     if as_json:
         echo_json(
