@@ -55,22 +55,29 @@ json_values = st.recursive(
 )
 
 
+def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every value's path in a JSON document, the document itself first."""
+    found = [prefix]
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found += _paths(value, (*prefix, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found += _paths(value, (*prefix, index))
+    return found
+
+
 @st.composite
 def mutated_json(draw: st.DrawFn, document: Any) -> Any:
-    """``document`` with one to three of its values replaced, removed or joined by another."""
+    """``document`` with one to three of its values (any one, at any depth) replaced, removed or joined by another."""
     doc = json.loads(json.dumps(document))
     for _ in range(draw(st.integers(1, 3))):
-        path: list[Any] = []
-        node = doc
-        while isinstance(node, dict | list) and node and draw(st.booleans()):
-            key = draw(st.sampled_from(sorted(node) if isinstance(node, dict) else range(len(node))))
-            path.append(key)
-            node = node[key]
+        path = draw(st.sampled_from(_paths(doc)))
         if not path:
             if isinstance(doc, dict) and draw(st.booleans()):
                 doc[draw(st.text(max_size=8))] = draw(json_values)
-            else:
-                doc = draw(json_values) if draw(st.integers(0, 9)) == 0 else doc
+            elif draw(st.integers(0, 9)) == 0:
+                doc = draw(json_values)
             continue
         parent = doc
         for key in path[:-1]:
