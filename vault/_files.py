@@ -1,16 +1,119 @@
-"""Writing files the safe way: atomically, durably, never over an existing file unless asked."""
+"""Files the safe way: read in bounded memory; written atomically, durably, never over an existing file unless asked.
+
+Every whole file vault reads goes through :func:`read_capped`, which reads at
+most the file's cap plus one byte from any kind of file (a regular file, a
+pipe, ``/dev/zero``), so no input can make vault hold more than its cap.
+
+Example:
+    >>> import os, tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = os.path.join(d, "policy.json")
+    ...     _ = write_new(path, b"{}")
+    ...     read_capped(path, 16, "trust policy")
+    b'{}'
+"""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
+import stat
 import tempfile
 from pathlib import Path
 
-from vault.errors import InputError
+from vault.errors import FormatError, InputError
 
-__all__ = ["append_whole", "cut_back", "write_new"]
+__all__ = ["append_whole", "cut_back", "ends_with", "open_to_read", "read_capped", "size_text", "write_new"]
+
+_BLOCK = 64 * 1024
+
+
+def size_text(size: int) -> str:
+    """``size`` bytes in words a person reads at a glance: ``4 MiB``, ``256 KiB``, ``1000 bytes``."""
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor} {unit}"
+    return f"{size} bytes"
+
+
+def open_to_read(path: str | os.PathLike[str]) -> int:
+    """A read-only file descriptor for ``path``, opened without waiting (a FIFO with no writer, a tty).
+
+    The descriptor is in blocking mode once open; the caller closes it.
+
+    Raises:
+        OSError: it cannot be opened.
+    """
+    fd = os.open(os.fspath(path), os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def ends_with(path: str | os.PathLike[str], data: bytes) -> bool:
+    """Whether the regular file ``path`` ends with ``data`` (only its last ``len(data)`` bytes are read).
+
+    Raises:
+        OSError: it cannot be opened or read.
+    """
+    fd = open_to_read(path)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size < len(data):
+            return False
+        return os.pread(fd, len(data), info.st_size - len(data)) == data
+    finally:
+        os.close(fd)
+
+
+def read_capped(path: str | os.PathLike[str], cap: int, what: str) -> bytes:
+    """The whole of ``path``, refused when it holds more than ``cap`` bytes.
+
+    At most ``cap + 1`` bytes are ever read, whatever ``path`` is: a regular
+    file larger than ``cap`` is refused from its size alone, and a pipe or a
+    device (``/dev/zero``) is read only until it has given one byte too many.
+    Opening never waits for a writer (a FIFO nobody writes to reads as empty).
+
+    Args:
+        path: the file to read.
+        cap: the largest size accepted, in bytes.
+        what: names the file's role in errors ("trust policy").
+
+    Raises:
+        InputError: the file cannot be opened or read, or is a folder.
+        FormatError: it holds more than ``cap`` bytes.
+    """
+    name = os.fspath(path)
+    try:
+        fd = open_to_read(name)
+    except OSError as e:
+        raise InputError(f"cannot read {what} {name}: {e.strerror}") from e
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise InputError(f"{name}: {what} is a folder, not a file")
+        if stat.S_ISREG(info.st_mode) and info.st_size > cap:
+            raise FormatError(f"{name}: {what} is larger than the {size_text(cap)} limit ({info.st_size} bytes)")
+        parts: list[bytes] = []
+        got = 0
+        while got <= cap:
+            block = os.read(fd, min(_BLOCK, cap + 1 - got))
+            if not block:
+                break
+            parts.append(block)
+            got += len(block)
+    except OSError as e:
+        raise InputError(f"cannot read {what} {name}: {e.strerror}") from e
+    finally:
+        os.close(fd)
+    if got > cap:
+        raise FormatError(f"{name}: {what} is larger than the {size_text(cap)} limit")
+    return b"".join(parts)
 
 
 def write_new(path: str | os.PathLike[str], data: bytes, *, overwrite: bool = False, mode: int = 0o644) -> Path:

@@ -111,7 +111,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from vault import formats, hpke
-from vault._files import fsync_dir
+from vault._files import fsync_dir, open_to_read
 from vault.crypto import key_id
 from vault.errors import DecryptionError, FormatError, InputError
 from vault.formats import canonical_json, parse_json
@@ -970,7 +970,7 @@ class BundleReader:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         try:
-            self._file = open(self.path, "rb", buffering=0)
+            self._file = os.fdopen(open_to_read(self.path), "rb", buffering=0)
         except OSError as e:
             raise InputError(f"cannot read bundle {self.path}: {e.strerror or e}") from e
         self._fd = self._file.fileno()

@@ -19,7 +19,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from cryptography.exceptions import InvalidSignature
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -30,6 +31,7 @@ __all__ = [
     "Curve",
     "Signer",
     "curve_by_name",
+    "certificate_key",
     "key_id",
     "load_spki",
     "spki_der",
@@ -92,14 +94,37 @@ def load_spki(der: bytes, *, what: str) -> ec.EllipticCurvePublicKey:
     """The EC public key in a DER SubjectPublicKeyInfo; ``what`` names it in the error.
 
     Raises:
-        FormatError: not a public key, or not an EC one.
+        FormatError: not a public key, not an EC one, or on a curve vault does not support.
     """
     try:
         public = serialization.load_der_public_key(der)
+    except UnsupportedAlgorithm as e:
+        raise FormatError(f"{what} names a key type or curve vault does not support") from e
     except (ValueError, TypeError) as e:
         raise FormatError(f"{what} is not a public key") from e
+    return _supported(public, what)
+
+
+def certificate_key(certificate: x509.Certificate, *, what: str) -> ec.EllipticCurvePublicKey:
+    """The EC public key a certificate holds; ``what`` names the certificate in the error.
+
+    Raises:
+        FormatError: the key does not parse, is not an EC key, or is on a curve vault does not support.
+    """
+    try:
+        public = certificate.public_key()
+    except UnsupportedAlgorithm as e:
+        raise FormatError(f"{what} holds a key type or curve vault does not support") from e
+    except (ValueError, TypeError) as e:
+        raise FormatError(f"{what} holds a public key that does not parse") from e
+    return _supported(public, what)
+
+
+def _supported(public: object, what: str) -> ec.EllipticCurvePublicKey:
     if not isinstance(public, ec.EllipticCurvePublicKey):
         raise FormatError(f"{what} is not an EC key")
+    if not any(isinstance(public.curve, c.curve) for c in CURVES.values()):
+        raise FormatError(f"{what} is on curve {public.curve.name}, which vault does not support ({', '.join(CURVES)})")
     return public
 
 

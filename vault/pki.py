@@ -42,6 +42,7 @@ Example:
 from __future__ import annotations
 
 import datetime
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 
@@ -51,11 +52,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
 
-from vault.crypto import CURVES, Curve, Signer, curve_of, key_id, spki_der, verify_signature
+from vault._files import read_capped
+from vault.crypto import CURVES, Curve, Signer, certificate_key, curve_of, key_id, spki_der, verify_signature
 from vault.errors import CertificateError, InputError, SignatureError
 
 __all__ = [
     "KEY_USAGES",
+    "MAX_CERTIFICATE_FILE",
     "MAX_ROOT_YEARS",
     "CertProfile",
     "build_csr",
@@ -64,12 +67,16 @@ __all__ = [
     "issue_certificate",
     "key_agreement_profile",
     "random_serial",
+    "read_certificate",
     "root_ca_profile",
     "signing_profile",
     "subordinate_ca_profile",
     "verify_issued_by",
     "with_validity",
 ]
+
+MAX_CERTIFICATE_FILE = 64 * 1024
+"""Largest certificate file (PEM or DER) vault reads: a root certificate is about 1 KiB."""
 
 MAX_ROOT_YEARS = 25
 """A self-signed root may be valid for at most this many years."""
@@ -373,7 +380,10 @@ def _check_issuer(
     not_after: datetime.datetime,
 ) -> None:
     issuer_name = issuer_certificate.subject.rfc4514_string()
-    certified = issuer_certificate.public_key()
+    try:
+        certified: object = issuer_certificate.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        certified = None
     if not isinstance(certified, ec.EllipticCurvePublicKey) or spki_der(certified) != spki_der(issuer.public_key):
         raise CertificateError(
             f"the issuer certificate '{issuer_name}' is not for the signing key {issuer.key_id[:16]}"
@@ -706,3 +716,23 @@ def _der_oid(oid: x509.ObjectIdentifier) -> bytes:
             arc >>= 7
         body += bytes(reversed(septets))
     return _der(0x06, body)
+
+
+def read_certificate(path: str | os.PathLike[str], *, what: str = "root certificate") -> x509.Certificate:
+    """The X.509 certificate (PEM or DER) in the file ``path``, read in bounded memory.
+
+    Raises:
+        InputError: the file cannot be read, is larger than :data:`MAX_CERTIFICATE_FILE`,
+            or is not a certificate.
+        FormatError: its key is not an EC key on a curve vault supports.
+    """
+    data = read_capped(path, MAX_CERTIFICATE_FILE, what)
+    try:
+        if b"-----BEGIN" in data:
+            certificate = x509.load_pem_x509_certificate(data)
+        else:
+            certificate = x509.load_der_x509_certificate(data)
+    except ValueError as e:
+        raise InputError(f"{os.fspath(path)} is not an X.509 certificate") from e
+    certificate_key(certificate, what=f"{os.fspath(path)}: the {what}")
+    return certificate

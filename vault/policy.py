@@ -44,7 +44,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from vault.crypto import key_id, load_spki, spki_der
+from vault.crypto import certificate_key, key_id, load_spki, spki_der
 from vault.errors import FormatError, PolicyError, RollbackError, SignatureError, ValidityError, VaultError
 from vault.formats import Envelope, Statement, Subject, open_statement, verify_envelope
 from vault.formats._json import check_fields, quote
@@ -230,9 +230,7 @@ def load_policy(
         SignatureError, ThresholdError: the root or the officers' quorum did not sign.
         PolicyError: rollback, expiry, a role key the root did not certify, a revoked key in a role.
     """
-    root_public = root_certificate.public_key()
-    if not isinstance(root_public, ec.EllipticCurvePublicKey):
-        raise PolicyError("the pinned root certificate does not hold an EC key")
+    root_public = certificate_key(root_certificate, what="the pinned root certificate")
     root_id = key_id(root_public)
     envelope = Envelope.from_json(data, max_size=MAX_POLICY_SIZE)
     statement, _ = open_statement(
@@ -336,9 +334,7 @@ def _certified(value: object, root: RoleKey, what: str) -> RoleKey:
         certificate = x509.load_der_x509_certificate(_b64(entry["certificate"], f"{what} certificate"))
     except ValueError as e:
         raise FormatError(f"trust policy: {what} certificate does not parse") from e
-    public = certificate.public_key()
-    if not isinstance(public, ec.EllipticCurvePublicKey):
-        raise FormatError(f"trust policy: {what} certificate does not hold an EC key")
+    public = certificate_key(certificate, what=f"trust policy: {what} certificate")
     try:
         verify_issued_by(certificate, root.public_key)
     except (SignatureError, VaultError) as e:

@@ -115,3 +115,13 @@ def test_id_is_binary_and_printed_fully_escaped() -> None:
     uri = Pkcs11Uri(token="vault root", id=b"AB\x00")
     assert format_uri(uri) == "pkcs11:token=vault%20root;id=%41%42%00"
     assert parse_uri(format_uri(uri)).id == b"AB\x00"
+
+
+@pytest.mark.parametrize(
+    "text", ["\n", "pkcs11:tok\nen=x", "pkcs11:token=x?pin\r-source=file:/p", "pkcs11:token=%0\n", "x" * 30 + "\x1b[2J"]
+)
+def test_an_error_never_carries_a_line_break_or_a_control_character(text: str) -> None:
+    with pytest.raises(UriError) as refused:
+        parse_uri(text)
+    message = str(refused.value)
+    assert message.isprintable(), message

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vault import container
+from vault._files import read_capped
 from vault.bundle._description import ReleaseDescription
 from vault.bundle._log import last_counter, release_signer_ids, verify_log
 from vault.errors import InputError, PolicyError
@@ -149,13 +150,9 @@ _MAX_PROVENANCE_FILE = 16 * 1024 * 1024
 
 def _provenance_inputs(image: Any) -> tuple[bytes, bytes, str, str]:
     p = image.provenance
-    try:
-        for path in (p.sigstore_bundle, p.trusted_root):
-            if path.stat().st_size > _MAX_PROVENANCE_FILE:
-                raise InputError(f"image {image.name}: {path} is larger than {_MAX_PROVENANCE_FILE // 2**20} MiB")
-        return p.sigstore_bundle.read_bytes(), p.trusted_root.read_bytes(), p.identity, p.issuer
-    except OSError as e:
-        raise InputError(f"image {image.name}: cannot read its provenance files: {e.strerror}") from e
+    bundle = read_capped(p.sigstore_bundle, _MAX_PROVENANCE_FILE, f"image {image.name}'s Sigstore bundle")
+    root = read_capped(p.trusted_root, _MAX_PROVENANCE_FILE, f"image {image.name}'s trusted root")
+    return bundle, root, p.identity, p.issuer
 
 
 def _gate(name: str, digest: str, bundle: bytes, root: bytes, identity: str, issuer: str) -> dict[str, Any]:

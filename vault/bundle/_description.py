@@ -31,8 +31,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from vault._files import read_capped
 from vault._yaml import DateTime, Field, Int, List, Map, Record, Str, load_yaml
-from vault.errors import InputError, ScriptError
+from vault.errors import ScriptError
 
 MAX_DESCRIPTION = 256 * 1024
 IMAGE_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"  # a plain file name: nothing can escape a folder
@@ -123,12 +124,7 @@ def load_release_description(path: Path) -> ReleaseDescription:
     Raises:
         ScriptError: a field is unknown, missing, mistyped or inconsistent (with its line).
     """
-    try:
-        if path.stat().st_size > MAX_DESCRIPTION:
-            raise ScriptError(f"{path}: a release description is limited to {MAX_DESCRIPTION // 1024} KiB")
-        data = path.read_bytes()
-    except OSError as e:
-        raise InputError(f"cannot read release description {path}: {e.strerror}") from e
+    data = read_capped(path, MAX_DESCRIPTION, "release description")
     doc: dict[str, Any] = load_yaml(data, _SCHEMA, source=str(path))
     base = path.resolve().parent
     if doc["expires"] <= doc["not_before"]:

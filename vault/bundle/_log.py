@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,7 +41,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from vault._files import append_whole, cut_back
+from vault._files import append_whole, cut_back, open_to_read
 from vault.crypto import Signer, key_id, load_spki, spki_der, verify_signature
 from vault.errors import FormatError, InputError, LogError, PolicyError, SignatureError
 from vault.formats import canonical_json, parse_json
@@ -105,13 +106,20 @@ class LogReport:
 
 def _lines(path: Path) -> Iterator[tuple[int, bytes, bool]]:
     """Each line's number, its bytes without the newline, and whether it had one (only the last may not)."""
+    too_large = f"{path}: the promotion log is larger than {MAX_LOG // (1024 * 1024)} MiB"
     try:
-        if path.stat().st_size > MAX_LOG:
-            raise FormatError(f"{path}: the promotion log is larger than {MAX_LOG // (1024 * 1024)} MiB")
-        with path.open("rb") as f:
-            for number, line in enumerate(f, 1):
+        with os.fdopen(open_to_read(path), "rb") as f:
+            if os.fstat(f.fileno()).st_size > MAX_LOG:
+                raise FormatError(too_large)
+            total = 0
+            number = 0
+            while line := f.readline(MAX_LINE + 1):  # never more than one line's cap in memory
+                number += 1
+                total += len(line)
                 if len(line) > MAX_LINE:
                     raise FormatError(f"{path}:{number}: line longer than {MAX_LINE} bytes")
+                if total > MAX_LOG:  # a pipe or a device has no size to check first
+                    raise FormatError(too_large)
                 whole = line.endswith(b"\n")
                 yield number, line[:-1] if whole else line, whole
     except OSError as e:

@@ -71,7 +71,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from vault._files import append_whole, cut_back
+from vault._files import append_whole, cut_back, ends_with
 from vault.bundle._approval import BundleView, refuse_expired, verify_bundle, with_signature
 from vault.bundle._log import (
     GENESIS,
@@ -340,7 +340,7 @@ def abandon_promotion(log: Path, bundle_id: str, token: HeadStore, policy: Trust
         kept = log.with_name(f"{log.name}.abandoned")
         try:
             # kept once, also when a stopped abandon is run again
-            if not (kept.is_file() and kept.read_bytes().endswith(line)):
+            if not (kept.is_file() and ends_with(kept, line)):
                 append_whole(kept, line)
             cut_back(log, start)
         except OSError as e:

@@ -17,16 +17,20 @@ Example (a rehearsal on the SoftHSM2 development tokens)::
     verify_transcript(result.transcript.read_bytes(), root_certificate=result.root_certificate)
 """
 
+from vault.ceremony._backup import MAX_BACKUP
 from vault.ceremony._common import Credentials, Officer
-from vault.ceremony._custody import check_share_against_transcript, read_share, share_text
+from vault.ceremony._custody import MAX_SHARE_FILE, check_share_against_transcript, read_share, share_text
 from vault.ceremony._operations import run_operation_ceremony
 from vault.ceremony._quorum import CeremonyInputs, CeremonyResult
 from vault.ceremony._root import RootCeremonyResult, RootScript, run_root_ceremony
 from vault.ceremony._script import OperationScript, load_credentials, load_root_script, load_script
-from vault.ceremony._transcript import Transcript
+from vault.ceremony._transcript import MAX_TRANSCRIPT, Transcript
 from vault.ceremony._verify import TranscriptReport, verify_transcript
 
 __all__ = [
+    "MAX_BACKUP",
+    "MAX_SHARE_FILE",
+    "MAX_TRANSCRIPT",
     "CeremonyInputs",
     "CeremonyResult",
     "Credentials",

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 from cryptography import x509
 
-from vault.ceremony._sealed import is_sealed_share, read_sealed_share
+from vault.ceremony._sealed import MAX_SEALED_SHARE, is_sealed_share, read_sealed_share
 from vault.ceremony._shares import ShareCheck, ShareSetRecord, check_share
 from vault.ceremony._transcript import Transcript
 from vault.ceremony._verify import verify_transcript
@@ -15,6 +15,8 @@ from vault.formats import Envelope
 from vault.token import Pkcs11Uri, open_token
 
 SHARE_FILE_MARK = "vault custodian share"
+MAX_SHARE_FILE = MAX_SEALED_SHARE
+"""Largest share file read: a sealed share's cap (a paper share of 33 words is far smaller)."""
 
 
 def share_text(file_text: str) -> str:
@@ -55,7 +57,6 @@ def check_share_against_transcript(
         VaultError: the transcript does not verify, or the share is not one of its set.
     """
     verify_transcript(transcript, root_certificate=root_certificate)
-    record = ShareSetRecord.from_dict(
-        Transcript.from_bytes(Envelope.from_json(transcript).payload).find("split-root-pin").details["share_set"]
-    )
+    split = Transcript.from_bytes(Envelope.from_json(transcript).payload).find("split-root-pin")
+    record = ShareSetRecord.from_dict(split.details.get("share_set", {}))
     return check_share(mnemonic, record)

@@ -27,9 +27,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from vault import pki
+from vault._files import read_capped
 from vault._words import readable_digest
 from vault.ceremony import _shares
-from vault.ceremony._backup import BackupFile, make_backup, open_backup
+from vault.ceremony._backup import MAX_BACKUP, BackupFile, make_backup, open_backup
 from vault.ceremony._common import (
     Confirm,
     Credentials,
@@ -40,7 +41,7 @@ from vault.ceremony._common import (
     uninterrupted,
     write_share_files,
 )
-from vault.ceremony._custody import share_text
+from vault.ceremony._custody import MAX_SHARE_FILE, share_text
 from vault.ceremony._policy_head import POLICY_HEAD, check_policy_head
 from vault.ceremony._quorum import (
     Ceremony,
@@ -394,11 +395,12 @@ def backup_root(spec: Backup) -> Operation:
         c.record(
             "root-token",
             "backup-root-key",
-            outputs={backup.name: backup.read_bytes()},
+            outputs={backup.name: read_capped(backup, MAX_BACKUP, "key backup")},
             details={"mechanism": "CKM_AES_KEY_WRAP_PAD", "kek_bits": 256, "share_set": share_set.record.to_dict()},
         )
         for custodian, path in shares.items():
-            check = _shares.check_share(share_text(path.read_text()), share_set.record)
+            written = read_capped(path, MAX_SHARE_FILE, "share").decode("utf-8", errors="replace")
+            check = _shares.check_share(share_text(written), share_set.record)
             c.record(custodian, "check-share", details={"member": check.member_index, "share_set": "backup KEK"})
         return OperationResult(
             None, outputs={"root key backup": backup, **{f"KEK share {k}": v for k, v in shares.items()}}

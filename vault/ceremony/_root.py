@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from vault import pki
-from vault._files import write_new
+from vault._files import read_capped, write_new
 from vault.ceremony import _lint, _shares
 from vault.ceremony._common import (
     REHEARSAL_MARK,
@@ -57,7 +57,7 @@ from vault.ceremony._common import (
     with_pin,
     write_share_files,
 )
-from vault.ceremony._custody import read_share
+from vault.ceremony._custody import MAX_SHARE_FILE, read_share
 from vault.ceremony._html import render_transcript
 from vault.ceremony._policy_head import POLICY_HEAD, advance_policy_head, head_policy, short
 from vault.ceremony._transcript import PAYLOAD_TYPE, Transcript
@@ -243,7 +243,8 @@ def _run(
     quorum = [share_set.mnemonics[i] for i in range(script.threshold)]
     quorum_pin = root_pins(_shares.combine_shares(quorum, share_set.record))[0]
     for officer, path in share_files.items():
-        check = _shares.check_share(read_share(path.read_bytes(), credentials.officers), share_set.record)
+        written = read_share(read_capped(path, MAX_SHARE_FILE, "share"), credentials.officers)
+        check = _shares.check_share(written, share_set.record)
         transcript.record(officer, "check-share", details={"member": check.member_index}, now=now())
 
     with open_token(with_pin(credentials.root, quorum_pin)) as root_token:

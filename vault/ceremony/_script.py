@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vault._files import read_capped
 from vault._yaml import Enum, Field, Int, List, Map, Record, Str, Tagged, load_yaml
 from vault.ceremony._common import Credentials, Officer
 from vault.ceremony._operations import (
@@ -27,7 +28,7 @@ from vault.ceremony._operations import (
 )
 from vault.ceremony._root import RootScript
 from vault.crypto import CURVES
-from vault.errors import InputError, ScriptError, UriError
+from vault.errors import ScriptError, UriError
 from vault.policy import ROLES
 from vault.token import Pkcs11Uri, parse_uri
 
@@ -214,13 +215,7 @@ class OperationScript:
 
 
 def _read(path: Path, what: str) -> bytes:
-    try:
-        size = path.stat().st_size
-        if size > MAX_SCRIPT:
-            raise ScriptError(f"{path}: {what} is larger than {MAX_SCRIPT // 1024} KiB")
-        return path.read_bytes()
-    except OSError as e:
-        raise InputError(f"cannot read {what} {path}: {e.strerror}") from e
+    return read_capped(path, MAX_SCRIPT, what)
 
 
 def load_script(path: Path) -> RootScript | OperationScript:

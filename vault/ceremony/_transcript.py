@@ -25,6 +25,7 @@ from typing import Any
 
 from vault.errors import FormatError, TranscriptError
 from vault.formats import canonical_json, parse_json
+from vault.formats._json import check_fields
 
 FORMAT = "vault-ceremony-transcript/v1"
 PAYLOAD_TYPE = "application/vnd.vault.transcript+json"
@@ -35,6 +36,29 @@ _GENESIS_DOMAIN = b"vault-transcript-v1\x00"
 def sha256_hex(data: bytes) -> str:
     """Lower-case hex SHA-256 of ``data``."""
     return hashlib.sha256(data).hexdigest()
+
+
+_DOCUMENT_FIELDS = frozenset({"header", "steps"})
+_STEP_FIELDS = frozenset({"index", "time", "actor", "action", "inputs", "outputs", "details", "prev", "hash"})
+
+
+def _step(value: object, position: int) -> Step:
+    """One step read back from a transcript document, every field of the type it is written with."""
+    what = f"transcript step {position}"
+    fields = check_fields(value, _STEP_FIELDS, what=what)
+    index = fields["index"]
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise FormatError(f"{what}: index is not a whole number")
+    for name in ("time", "actor", "action", "prev", "hash"):
+        if not isinstance(fields[name], str):
+            raise FormatError(f"{what}: {name} is not text")
+    for name in ("inputs", "outputs"):
+        digests = fields[name]
+        if not isinstance(digests, dict) or not all(isinstance(v, str) for v in digests.values()):
+            raise FormatError(f"{what}: {name} is not an object of SHA-256 digests")
+    if not isinstance(fields["details"], dict):
+        raise FormatError(f"{what}: details is not an object")
+    return Step(**fields)
 
 
 def _time(now: datetime) -> str:
@@ -131,15 +155,15 @@ class Transcript:
         Raises:
             FormatError: it is not a transcript.
         """
-        doc = parse_json(data, max_size=MAX_TRANSCRIPT, what="transcript")
-        try:
-            header = doc["header"]
-            steps = [Step(**s) for s in doc["steps"]]
-        except (KeyError, TypeError) as e:
-            raise FormatError(f"not a vault ceremony transcript: {e}") from e
+        doc = check_fields(
+            parse_json(data, max_size=MAX_TRANSCRIPT, what="transcript"), _DOCUMENT_FIELDS, what="transcript"
+        )
+        header = doc["header"]
         if not isinstance(header, dict) or header.get("format") != FORMAT:
             raise FormatError(f"not a vault ceremony transcript (format is not {FORMAT})")
-        return cls(header=header, steps=steps)
+        if not isinstance(doc["steps"], list):
+            raise FormatError("transcript: steps is not a list")
+        return cls(header=header, steps=[_step(value, position) for position, value in enumerate(doc["steps"])])
 
     def check_chain(self) -> None:
         """Check every step's index, hash and link to the one before.

@@ -9,7 +9,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from vault.ceremony._transcript import MAX_TRANSCRIPT, PAYLOAD_TYPE, Transcript
-from vault.crypto import key_id, load_spki
+from vault.crypto import certificate_key, key_id, load_spki
 from vault.errors import FormatError, TranscriptError
 from vault.formats import Envelope, verify_envelope
 
@@ -32,8 +32,10 @@ class TranscriptReport:
 
 
 def _public_key(b64_spki: object, what: str) -> ec.EllipticCurvePublicKey:
+    if not isinstance(b64_spki, str):
+        raise FormatError(f"transcript: {what} is missing (no spki text)")
     try:
-        der = base64.b64decode(str(b64_spki), validate=True)
+        der = base64.b64decode(b64_spki, validate=True)
     except ValueError as e:
         raise FormatError(f"transcript: {what} is not base64") from e
     return load_spki(der, what=f"transcript: {what}")
@@ -59,8 +61,8 @@ def verify_transcript(data: bytes, *, root_certificate: x509.Certificate | None 
         raise TranscriptError("transcript names no root key")
     root_public = _public_key(root_steps[0].details.get("spki"), "the root key")
     if root_certificate is not None:
-        pinned = root_certificate.public_key()
-        if not isinstance(pinned, ec.EllipticCurvePublicKey) or key_id(pinned) != key_id(root_public):
+        pinned = certificate_key(root_certificate, what="the pinned root certificate")
+        if key_id(pinned) != key_id(root_public):
             raise TranscriptError("the transcript's root key is not the pinned root certificate's key")
     verify_envelope(envelope, {key_id(root_public): root_public}, 1, what="transcript root signature")
     officers = {}

@@ -15,7 +15,7 @@ from typing import Any
 import click
 from cryptography import x509
 
-from vault._files import write_new
+from vault._files import read_capped, write_new
 from vault.cli._options import PKCS11_URI, force_option
 from vault.errors import InputError
 from vault.token import Pkcs11Uri
@@ -57,11 +57,9 @@ def _exports(given: tuple[Path, ...]) -> list[Path]:
 
 
 def _root(path: Path) -> x509.Certificate:
-    data = path.read_bytes()
-    try:
-        return x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
-    except ValueError as e:
-        raise InputError(f"{path} is not an X.509 certificate") from e
+    from vault.pki import read_certificate
+
+    return read_certificate(path)
 
 
 def _shown(text: str, limit: int = 110) -> str:
@@ -113,6 +111,7 @@ def audit(
     is at or above --fail-on, 3 when one is, 1 when the input cannot be audited.
     """
     from vault.audit import audit as run_audit
+    from vault.policy import MAX_POLICY_SIZE
     from vault.token import open_token
 
     paths = _exports(exports)
@@ -120,7 +119,7 @@ def audit(
         if out is not None and out.exists() and not force:
             raise InputError(f"{out} exists; vault does not write over files (remove it, or pass --force)")
     root = _root(root_cert)
-    policy = policy_file.read_bytes()
+    policy = read_capped(policy_file, MAX_POLICY_SIZE, "trust policy")
     with open_token(uri) as session, _progress() as progress:
         key = session.key_for(uri) if uri.object or uri.id else session.key(label=AUDITOR_LABEL)
         report = run_audit(

@@ -8,11 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import click
-from cryptography import x509
 
 from vault._words import readable_digest
 from vault.cli._options import PKCS11_URI, echo_json, json_option
-from vault.errors import InputError
 from vault.token import Pkcs11Uri
 
 _PATH = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -25,14 +23,12 @@ def _policy_options(f: Any) -> Any:
 
 
 def _load_policy(policy_file: Path, root_cert: Path) -> Any:
-    from vault.policy import load_policy
+    from vault._files import read_capped
+    from vault.pki import read_certificate
+    from vault.policy import MAX_POLICY_SIZE, load_policy
 
-    data = root_cert.read_bytes()
-    try:
-        root = x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
-    except ValueError as e:
-        raise InputError(f"{root_cert} is not an X.509 certificate") from e
-    return load_policy(policy_file.read_bytes(), root, now=datetime.now(UTC))
+    root = read_certificate(root_cert)
+    return load_policy(read_capped(policy_file, MAX_POLICY_SIZE, "trust policy"), root, now=datetime.now(UTC))
 
 
 @click.group()

@@ -101,7 +101,7 @@ def run(
             raise InputError(f"a '{parsed.kind}' ceremony needs the current --policy and the pinned --root-cert")
         inputs = CeremonyInputs(
             root_certificate=_load_cert(root_cert),
-            policy=_read(policy_file),
+            policy=_read(policy_file, "trust policy"),
             shares=_shares_from(share_files, "root token share", creds.officers),
         )
         outcome = run_operation_ceremony(
@@ -111,8 +111,8 @@ def run(
             out,
             rehearsal=rehearsal,
             confirm=_confirmer(yes),
-            request=_read(request) if request else None,
-            backup=_read(backup) if backup else None,
+            request=_read(request, "enrolment request") if request else None,
+            backup=_read(backup, "key backup") if backup else None,
             backup_shares=_shares_from(backup_share_files, "backup KEK share", {}) if backup else (),
         )
         for what, path in outcome.outputs.items():
@@ -129,7 +129,7 @@ def _shares_from(files: tuple[Path, ...], what: str, tokens: Mapping[str, Pkcs11
     from vault.ceremony import read_share
 
     if files:
-        return [read_share(_read(f), tokens) for f in files]
+        return [read_share(_read(f, "share"), tokens) for f in files]
     if not sys.stdin.isatty():
         return []
     typed: list[str] = []
@@ -151,7 +151,7 @@ def verify(transcript: Path, root_cert: Path | None, as_json: bool) -> None:
     from vault.ceremony import verify_transcript
 
     pinned = _load_cert(root_cert) if root_cert else None
-    report = verify_transcript(_read(transcript), root_certificate=pinned)
+    report = verify_transcript(_read(transcript, "transcript"), root_certificate=pinned)
     if as_json:
         echo_json(dataclasses.asdict(report))
         return
@@ -181,7 +181,7 @@ def check(transcript: Path, share_file: Path | None, token: Pkcs11Uri | None, ro
     from vault.ceremony._sealed import is_sealed_share, read_sealed_share
 
     if share_file is not None:
-        data = _read(share_file)
+        data = _read(share_file, "share")
         tokens = {}
         if is_sealed_share(data):
             if token is None:
@@ -193,20 +193,28 @@ def check(transcript: Path, share_file: Path | None, token: Pkcs11Uri | None, ro
     else:
         raise InputError("give the share with --share FILE, or run on a terminal to type it")
     pinned = _load_cert(root_cert) if root_cert else None
-    result = check_share_against_transcript(_read(transcript), text, root_certificate=pinned)
+    result = check_share_against_transcript(_read(transcript, "transcript"), text, root_certificate=pinned)
     click.echo(f"share OK: {result}")
 
 
-def _read(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as e:
-        raise InputError(f"cannot read {path}: {e.strerror}") from e
+def _read(path: Path, what: str) -> bytes:
+    """A whole input file, read in bounded memory (each kind of input has its cap)."""
+    from vault._files import read_capped
+    from vault.ceremony import MAX_BACKUP, MAX_SHARE_FILE, MAX_TRANSCRIPT
+    from vault.enrolment import MAX_REQUEST_SIZE
+    from vault.policy import MAX_POLICY_SIZE
+
+    caps = {
+        "trust policy": MAX_POLICY_SIZE,
+        "enrolment request": MAX_REQUEST_SIZE,
+        "key backup": MAX_BACKUP,
+        "share": MAX_SHARE_FILE,
+        "transcript": MAX_TRANSCRIPT,
+    }
+    return read_capped(path, caps[what], what)
 
 
 def _load_cert(path: Path) -> x509.Certificate:
-    data = _read(path)
-    try:
-        return x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
-    except ValueError as e:
-        raise InputError(f"{path} is not an X.509 certificate") from e
+    from vault.pki import read_certificate
+
+    return read_certificate(path)

@@ -11,12 +11,13 @@ import click
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from vault._files import write_new
+from vault._files import read_capped, write_new
 from vault._words import readable_digest
 from vault.cli._options import PKCS11_URI, echo_json, force_option, json_option
 from vault.crypto import CURVES, verify_signature
 from vault.errors import InputError, KeyNotFoundError, SignatureError, TokenError, TokenOperationError
-from vault.policy import format_time
+from vault.pki import read_certificate
+from vault.policy import MAX_POLICY_SIZE, format_time
 from vault.token import Pkcs11Uri, TokenKey, TokenSession, open_token
 from vault.verify import DECRYPTION_LABEL, ISSUING_CA_LABEL, SIGNING_LABEL, STEPS, Station
 
@@ -52,11 +53,7 @@ def _root(root_cert: Path | None, root_fingerprint: str | None) -> x509.Certific
     if root_cert is None:
         assert root_fingerprint is not None
         return root_fingerprint
-    data = root_cert.read_bytes()
-    try:
-        return x509.load_pem_x509_certificate(data) if b"-----BEGIN" in data else x509.load_der_x509_certificate(data)
-    except ValueError as e:
-        raise InputError(f"{root_cert} is not an X.509 certificate") from e
+    return read_certificate(root_cert)
 
 
 def _open_station(
@@ -87,8 +84,9 @@ def load(
     as_json: bool,
 ) -> None:
     """Verify a promoted bundle for this station and decrypt every image against its allowlist."""
+    policy = read_capped(policy_file, MAX_POLICY_SIZE, "trust policy")
     with _open_station(state_dir, uri, station_id, root_cert, root_fingerprint) as opened:
-        loaded = opened.load(bundle_file, policy_file.read_bytes())
+        loaded = opened.load(bundle_file, policy)
     r = loaded.release
     if as_json:
         echo_json(

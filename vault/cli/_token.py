@@ -10,7 +10,7 @@ import click
 from cryptography.hazmat.primitives import serialization
 from rich.table import Table
 
-from vault._files import write_new
+from vault._files import read_capped, write_new
 from vault.cli._options import PKCS11_URI, console, echo_json, force_option, json_option
 from vault.errors import InputError
 from vault.token import Pkcs11Uri, list_tokens, open_token
@@ -103,9 +103,7 @@ def pubkey(uri: Pkcs11Uri, output: Path | None, force: bool) -> None:
 @force_option
 def sign(uri: Pkcs11Uri, file: Path, output: Path, force: bool) -> None:
     """Sign FILE with the token key URI names (DER ECDSA, the curve's hash)."""
-    if file.stat().st_size > MAX_SIGN_INPUT:
-        raise InputError(f"{file} is larger than {MAX_SIGN_INPUT // (1024 * 1024)} MiB")
-    data = file.read_bytes()
+    data = read_capped(file, MAX_SIGN_INPUT, "file to sign")
     with open_token(uri) as session:
         key = session.key_for(uri)
         signature = key.sign(data)

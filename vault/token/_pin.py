@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from vault._files import open_to_read
 from vault.errors import PinSourceError
 from vault.token._uri import Pkcs11Uri
 
@@ -60,7 +61,7 @@ def _read_source(source: str) -> str:
 
 def _read_pin_file(path: Path) -> str:
     try:
-        with path.open("rb") as f:
+        with os.fdopen(open_to_read(path), "rb") as f:  # a FIFO with no writer reads empty, never waits
             data = f.read(MAX_PIN_FILE + 1)
     except OSError as e:
         raise PinSourceError(f"cannot read PIN file {path}: {e.strerror}") from e

@@ -140,11 +140,11 @@ def _parse_part(
             raise UriError(f"malformed {where} attribute {_shorten(item)!r}: expected name=value")
         if name not in known:
             if name in other:
-                raise UriError(f"attribute '{name}' belongs in the URI's {_other(where)}, not its {where}")
-            raise UriError(f"unknown PKCS#11 URI attribute '{name}'")
+                raise UriError(f"attribute '{_shorten(name)}' belongs in the URI's {_other(where)}, not its {where}")
+            raise UriError(f"unknown PKCS#11 URI attribute '{_shorten(name)}'")
         field = known[name]
         if field in values:
-            raise UriError(f"attribute '{name}' appears twice in the URI")
+            raise UriError(f"attribute '{_shorten(name)}' appears twice in the URI")
         raw_bytes = _percent_decode(raw, allowed, name)
         values[field] = _convert(name, raw_bytes)
 
@@ -161,7 +161,7 @@ def _percent_decode(raw: str, allowed: frozenset[str], name: str) -> bytes:
         if ch == "%":
             pair = raw[i + 1 : i + 3]
             if len(pair) != 2 or any(c not in string.hexdigits for c in pair):
-                raise UriError(f"bad percent-escape '%{pair}' in attribute '{name}'")
+                raise UriError(f"bad percent-escape '%{_shorten(pair)}' in attribute '{name}'")
             out.append(int(pair, 16))
             i += 3
             continue
@@ -238,4 +238,6 @@ def format_uri(uri: Pkcs11Uri, *, redact_pin: bool = True) -> str:
 
 
 def _shorten(text: str, limit: int = 60) -> str:
-    return text if len(text) <= limit else text[:limit] + "..."
+    """``text`` cut to ``limit`` and made one printable line (control characters as escapes)."""
+    cut = text if len(text) <= limit else text[:limit] + "..."
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
