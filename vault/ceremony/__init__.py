@@ -19,7 +19,7 @@ Example (a rehearsal on the SoftHSM2 development tokens)::
 
 from vault.ceremony._common import Credentials, Officer
 from vault.ceremony._custody import check_share_against_transcript, read_share, share_text
-from vault.ceremony._operations import run_operation_ceremony
+from vault.ceremony._operations import check_ceremony_inputs, run_operation_ceremony
 from vault.ceremony._quorum import CeremonyInputs, CeremonyResult
 from vault.ceremony._root import RootCeremonyResult, RootScript, run_root_ceremony
 from vault.ceremony._script import OperationScript, load_credentials, load_root_script, load_script
@@ -36,6 +36,7 @@ __all__ = [
     "RootScript",
     "Transcript",
     "TranscriptReport",
+    "check_ceremony_inputs",
     "check_share_against_transcript",
     "load_credentials",
     "load_root_script",

@@ -24,12 +24,17 @@ def ceremony() -> None:
 
 
 def _confirmer(yes: bool) -> Callable[[str], None]:
-    def confirm(step: str) -> None:
+    def confirm(message: str) -> None:
+        step, *shown = message.splitlines()
         if yes:
             click.echo(f"-> {step}", err=True)
+            for line in shown:
+                click.echo(f"   {line}", err=True)
             return
         if not sys.stdin.isatty():
             raise InputError("this ceremony step needs a typed confirmation; run on a terminal or pass --yes")
+        for line in shown:
+            click.echo(line, err=True)
         typed = click.prompt(f"About to {step}. Type 'yes' to go on", default="", show_default=False)
         if typed.strip() != "yes":
             raise InputError(f"stopped before: {step}")
@@ -47,6 +52,7 @@ def _confirmer(yes: bool) -> Callable[[str], None]:
     "--share", "share_files", type=_PATH, multiple=True, help="A custodian's root share file (repeat m times)."
 )
 @click.option("--request", type=_PATH, help="The station's enrolment request (enrol-station).")
+@click.option("--station-id", help="The station the request must be for (enrol-station; default: the request's).")
 @click.option("--backup", type=_PATH, help="The root key backup file (recover).")
 @click.option("--backup-share", "backup_share_files", type=_PATH, multiple=True, help="A backup KEK share (recover).")
 @click.option("--rehearsal", is_flag=True, help="Mark every output as a rehearsal (required on SoftHSM2).")
@@ -59,6 +65,7 @@ def run(
     root_cert: Path | None,
     share_files: tuple[Path, ...],
     request: Path | None,
+    station_id: str | None,
     backup: Path | None,
     backup_share_files: tuple[Path, ...],
     rehearsal: bool,
@@ -74,6 +81,7 @@ def run(
     from vault.ceremony import (
         CeremonyInputs,
         RootScript,
+        check_ceremony_inputs,
         load_credentials,
         load_script,
         run_operation_ceremony,
@@ -90,6 +98,13 @@ def run(
             "*** REHEARSAL: outputs are marked REHEARSAL and must never be trusted ***", fg="red", bold=True, err=True
         )
     if isinstance(parsed, RootScript):
+        given = {
+            "--policy": policy_file, "--root-cert": root_cert, "--share": share_files, "--request": request,
+            "--station-id": station_id, "--backup": backup, "--backup-share": backup_share_files,
+        }  # fmt: skip
+        unused = [option for option, value in given.items() if value]
+        if unused:
+            raise InputError(f"the root ceremony takes no {', '.join(unused)}; it starts from the script alone")
         result = run_root_ceremony(parsed, creds, out, rehearsal=rehearsal, confirm=_confirmer(yes))
         click.echo(f"root certificate   {result.out / 'root-ca.pem'}")
         click.echo(f"trust policy v1    {result.policy}")
@@ -99,6 +114,13 @@ def run(
     else:
         if policy_file is None or root_cert is None:
             raise InputError(f"a '{parsed.kind}' ceremony needs the current --policy and the pinned --root-cert")
+        request_data = _read(request) if request else None
+        backup_data = _read(backup) if backup else None
+        # Refused before anyone types a share: an input this ceremony does not take, a request for another station.
+        check_ceremony_inputs(
+            parsed, request=request_data, station_id=station_id, backup=backup_data,
+            backup_shares=[str(f) for f in backup_share_files],
+        )  # fmt: skip
         inputs = CeremonyInputs(
             root_certificate=_load_cert(root_cert),
             policy=_read(policy_file),
@@ -111,9 +133,10 @@ def run(
             out,
             rehearsal=rehearsal,
             confirm=_confirmer(yes),
-            request=_read(request) if request else None,
-            backup=_read(backup) if backup else None,
-            backup_shares=_shares_from(backup_share_files, "backup KEK share", {}) if backup else (),
+            request=request_data,
+            backup=backup_data,
+            backup_shares=_shares_from(backup_share_files, "backup KEK share", {}) if backup_data else (),
+            station_id=station_id,
         )
         for what, path in outcome.outputs.items():
             click.echo(f"{what:<34} {path}")
