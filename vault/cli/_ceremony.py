@@ -153,16 +153,57 @@ def _shares_from(files: tuple[Path, ...], what: str, tokens: Mapping[str, Pkcs11
 
     if files:
         return [read_share(_read(f), tokens) for f in files]
-    if not sys.stdin.isatty():
+    if not _on_terminal():
         return []
     typed: list[str] = []
     while True:
-        text = click.prompt(
-            f"{what} {len(typed) + 1} (hidden; empty when done)", hide_input=True, default="", show_default=False
-        )
-        if not text.strip():
+        text = _type_share(f"{what} {len(typed) + 1}", first=not typed)
+        if text is None:
             return typed
         typed.append(text)
+
+
+def _on_terminal() -> bool:
+    return sys.stdin.isatty()
+
+
+def _type_share(what: str, *, first: bool = True) -> str | None:
+    """One share typed hidden, word by word, each word checked against the SLIP-39 list as it is typed.
+
+    Nothing typed is shown or repeated: a word off the list is named by its
+    position only. Several words, or the whole share, may be typed on one
+    line. An empty entry at word 1 means no more shares (``None``); an empty
+    entry later ends the share early, and the check then says how many words
+    are missing. A share whose checksum fails is typed again from word 1.
+    """
+    from vault.ceremony._shares import SHARE_WORDS, check_typed_word, check_words
+    from vault.errors import ShareError
+
+    words: list[str] = []
+    while len(words) < SHARE_WORDS:
+        hint = "; empty when done" if not words and not first else ("; or the whole share" if not words else "")
+        entry = click.prompt(
+            f"{what}, word {len(words) + 1} of {SHARE_WORDS} (hidden{hint})",
+            hide_input=True, default="", show_default=False, err=True,
+        )  # fmt: skip
+        typed = entry.split()
+        if not typed:
+            if not words:
+                return None
+            break
+        for word in typed:
+            try:
+                words.append(check_typed_word(word, len(words) + 1))
+            except ShareError as e:
+                click.echo(f"  {e}; type word {len(words) + 1} again", err=True)
+                break
+        if len(words) == SHARE_WORDS:
+            try:
+                check_words(" ".join(words))
+            except ShareError as e:
+                click.echo(f"  {e}; type the share again from word 1", err=True)
+                words = []
+    return " ".join(words)
 
 
 @ceremony.command("verify")
@@ -211,13 +252,33 @@ def check(transcript: Path, share_file: Path | None, token: Pkcs11Uri | None, ro
                 raise InputError("this share is sealed to a token: give the token with --token URI")
             tokens[read_sealed_share(data).custodian] = token
         text = read_share(data, tokens)
-    elif sys.stdin.isatty():
-        text = click.prompt("Type your share (hidden)", hide_input=True)
+    elif _on_terminal():
+        typed = _type_share("your share")
+        if typed is None:
+            raise InputError("no share typed")
+        text = typed
     else:
-        raise InputError("give the share with --share FILE, or run on a terminal to type it")
+        text = _piped_share()
     pinned = _load_cert(root_cert) if root_cert else None
     result = check_share_against_transcript(_read(transcript), text, root_certificate=pinned)
     click.echo(f"share OK: {result}")
+
+
+def _piped_share() -> str:
+    """A whole share piped on stdin (``echo WORDS | vault shares check T``)."""
+    from vault.ceremony._shares import MAX_SHARE_INPUT
+
+    try:
+        text = sys.stdin.read(MAX_SHARE_INPUT + 1)
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError("give the share with --share FILE, pipe it on stdin, or run on a terminal to type it") from e
+    if not text.strip():
+        raise InputError("no share on stdin: give it with --share FILE, or run on a terminal to type it")
+    if len(text) > MAX_SHARE_INPUT:
+        raise InputError(f"stdin holds more than {MAX_SHARE_INPUT} characters; a share is far shorter")
+    from vault.ceremony import share_text
+
+    return share_text(text)
 
 
 def _read(path: Path) -> bytes:
