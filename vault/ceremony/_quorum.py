@@ -247,6 +247,8 @@ def _run(
             "policy_sha256": policy.digest,
             "officers_present": sorted(credentials.officers),
             "threshold": policy.officers_threshold,
+            "officers_total": len(policy.officers),
+            **_organization(inputs.root_certificate),
             **(header or {}),
         },
         now=start,
@@ -349,6 +351,13 @@ def _officers_present(ceremony: Ceremony) -> None:
         ceremony.record(
             officer, "officer-present", details={"key_id": key.key_id, "spki": b64(key.spki_der), "token": token.label}
         )
+
+
+def _organization(root: x509.Certificate) -> dict[str, str]:
+    """``{"organization": O}`` from the root certificate's subject, if it names one."""
+    names = root.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATION_NAME)
+    value = names[0].value if names else None
+    return {"organization": value} if isinstance(value, str) else {}
 
 
 def _statement_sha256(policy: bytes) -> str:
