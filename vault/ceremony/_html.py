@@ -33,7 +33,7 @@ code{font-family:ui-monospace,monospace;font-size:8pt;overflow-wrap:anywhere;wor
 .words{color:#036;overflow-wrap:anywhere}
 table{border-collapse:collapse;width:100%;table-layout:fixed;margin-top:1em}
 th,td{border:1px solid #999;padding:.25em .4em;vertical-align:top;text-align:left;overflow-wrap:anywhere}
-th{background:#eee} col.n{width:2.2em} col.t{width:11.5em} col.a{width:8.5em}
+th{background:#eee} col.n{width:2.2em} col.t{width:13em} col.a{width:8em}
 tbody{break-inside:avoid;page-break-inside:avoid}
 td.more{border-top:none;padding-left:1.2em}
 dl{margin:0;display:grid;grid-template-columns:minmax(6em,max-content) minmax(0,1fr);column-gap:.6em;row-gap:.15em}
