@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup tokens lint clean
+.PHONY: demo test setup tokens clean-tokens lint clean
 
 setup: $(VENV)/.installed tokens
 
@@ -24,6 +24,10 @@ $(VENV)/.installed: pyproject.toml
 
 tokens:
 	@bash softhsm/setup.sh --quiet
+
+# Remove the development tokens in .softhsm/ and make them again (new keys, new PINs).
+clean-tokens:
+	@bash softhsm/setup.sh --reset
 
 demo: setup
 	@PATH="$(CURDIR)/$(BIN):$$PATH" bash docs/demo.sh

@@ -62,7 +62,8 @@ vault ceremony run "$root/policies/roles.yaml" --credentials "$work/credentials-
   --out "$work/ceremony-roles" --rehearsal --yes
 
 step "The station makes its keys in its own token and writes an enrolment request"
-vault station request --token "$(uri vault-station-1)" --station-id station-1 -o "$work/station-1-request.json"
+vault station request --token "$(uri vault-station-1)" --station-id station-1 --name "Contract manufacturer line 1" \
+  -o "$work/station-1-request.json"
 
 step "Station enrolment ceremony: signing key, decryption key, issuing CA (path length 0) -> trust policy v3"
 vault ceremony run "$root/policies/enrol-station.yaml" --credentials "$work/credentials-2.yaml" \
@@ -71,10 +72,12 @@ vault ceremony run "$root/policies/enrol-station.yaml" --credentials "$work/cred
 vault ceremony verify "$work/ceremony-station-1/transcript.json" --root-cert "$rootca"
 
 step "A second station asks to be enrolled, and is: trust policy v4"
-vault station request --token "$(uri vault-station-2)" --station-id station-2 -o "$work/station-2-request.json"
-vault ceremony run "$root/policies/enrol-station-2.yaml" --credentials "$work/credentials-2.yaml" \
+vault station request --token "$(uri vault-station-2)" --station-id station-2 --name "Contract manufacturer line 2" \
+  -o "$work/station-2-request.json"
+vault ceremony run "$root/policies/enrol-station.yaml" --credentials "$work/credentials-2.yaml" \
   --policy "$work/ceremony-station-1/policy-v3.json" --root-cert "$rootca" "${quorum[@]}" \
-  --request "$work/station-2-request.json" --out "$work/ceremony-station-2" --rehearsal --yes
+  --request "$work/station-2-request.json" --station-id station-2 --out "$work/ceremony-station-2" --rehearsal --yes
+vault policy diff "$work/ceremony-station-1/policy-v3.json" "$work/ceremony-station-2/policy-v4.json" --root-cert "$rootca"
 for cert in "$work"/ceremony-roles/certs/*.pem "$work"/ceremony-station-*/certs/*.pem; do
   openssl verify -CAfile "$rootca" "$cert"
 done

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up SoftHSM2 and vault's development tokens in a project-local folder.
 #
-#   bash softhsm/setup.sh [--dir DIR] [--quiet]
+#   bash softhsm/setup.sh [--dir DIR] [--reset] [--quiet]
 #
 # 1. installs SoftHSM2 when it is missing (Debian/Ubuntu: apt-get; elsewhere
 #    it says what to install);
@@ -11,20 +11,26 @@
 # 3. writes DIR/env and prints the SOFTHSM2_CONF and VAULT_PKCS11_MODULE to use.
 #
 # Running it again changes nothing. It never touches the system token folder.
+# --reset first removes DIR's tokens, PIN files, softhsm2.conf and env (after a
+# ceremony changed a token's PINs, say), then makes them all again; it refuses
+# a DIR outside the project folder or one this script did not make.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
 dir="$root/.softhsm"
 quiet=0
+reset=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --dir) dir=$2; shift 2 ;;
     --quiet) quiet=1; shift ;;
-    -h|--help) sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --reset) reset=1; shift ;;
+    -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "setup.sh: unknown option '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
+[ -n "$dir" ] || { echo "setup.sh: --dir needs a folder" >&2; exit 2; }
 
 TOKENS="vault-root vault-release vault-officer-1 vault-officer-2 vault-officer-3 vault-approver-1 vault-approver-2 vault-approver-3 vault-station-1 vault-station-2 vault-auditor"
 
@@ -61,6 +67,28 @@ find_module() {
 
 random_pin() { od -An -N8 -tx1 /dev/urandom | tr -d ' \n'; }
 
+# --reset: remove only what this script made, only inside the project folder.
+reset_tokens() {
+  local project target
+  project=$(cd "$root" && pwd -P)
+  target=$(realpath -m -- "$dir")
+  case "$target" in
+    "$project"/?*) ;;
+    *) echo "setup.sh: --reset removes development tokens only inside the project folder $project; '$dir' is not inside it" >&2; exit 1 ;;
+  esac
+  [ -e "$target" ] || return 0
+  local made=""
+  [ -f "$target/softhsm2.conf" ] && made=$(sed -n 's/^directories\.tokendir = //p' "$target/softhsm2.conf" | head -n1)
+  if [ -z "$made" ] || [ "$(realpath -m -- "$made")" != "$target/tokens" ]; then
+    echo "setup.sh: --reset: $target is not a token folder this script made (no softhsm2.conf naming $target/tokens); nothing removed" >&2
+    exit 1
+  fi
+  rm -rf -- "$target/tokens" "$target/pins"
+  rm -f -- "$target/softhsm2.conf" "$target/env"
+  say "removed the development tokens and PIN files in $target"
+}
+
+[ "$reset" = 1 ] && reset_tokens
 install_softhsm
 module=$(find_module)
 

@@ -58,6 +58,7 @@ __all__ = [
     "RoleKey",
     "Station",
     "TrustPolicy",
+    "embedded_root_certificate",
     "format_time",
     "key_entry",
     "load_policy",
@@ -401,3 +402,27 @@ def _check_not_revoked(policy: TrustPolicy) -> None:
     for holder, key in in_roles:
         if policy.revocation(key.key_id):
             raise PolicyError(f"trust policy: {holder} holds key {key.key_id[:16]} which is revoked")
+
+
+def embedded_root_certificate(data: bytes) -> x509.Certificate:
+    """The root certificate a policy file names for itself, read without verifying anything.
+
+    For showing a policy when the caller has no root to pin: verify the file
+    against this certificate with :func:`load_policy`, and say that the root
+    was not pinned. Never a trust anchor.
+
+    Raises:
+        FormatError: not a trust policy, or its root entry is malformed.
+    """
+    envelope = Envelope.from_json(data, max_size=MAX_POLICY_SIZE)
+    statement = Statement.from_bytes(envelope.payload, max_size=MAX_POLICY_SIZE, what="trust policy")
+    if statement.predicate_type != POLICY_PREDICATE:
+        raise FormatError(f"trust policy: predicate type is {quote(statement.predicate_type, 80)}, not a trust policy")
+    p = statement.predicate
+    if not isinstance(p.get("root"), dict):
+        raise FormatError("trust policy: it names no root")
+    entry = check_fields(p["root"], _ROOT_FIELDS, what="trust policy root")
+    try:
+        return x509.load_der_x509_certificate(_b64(entry["certificate"], "root certificate"))
+    except ValueError as e:
+        raise FormatError("trust policy: its root certificate does not parse") from e

@@ -20,7 +20,7 @@ Example (a rehearsal on the SoftHSM2 development tokens)::
 from vault.ceremony._backup import MAX_BACKUP
 from vault.ceremony._common import Credentials, Officer
 from vault.ceremony._custody import MAX_SHARE_FILE, check_share_against_transcript, read_share, share_text
-from vault.ceremony._operations import run_operation_ceremony
+from vault.ceremony._operations import check_ceremony_inputs, run_operation_ceremony
 from vault.ceremony._quorum import CeremonyInputs, CeremonyResult
 from vault.ceremony._root import RootCeremonyResult, RootScript, run_root_ceremony
 from vault.ceremony._script import OperationScript, load_credentials, load_root_script, load_script
@@ -40,6 +40,7 @@ __all__ = [
     "RootScript",
     "Transcript",
     "TranscriptReport",
+    "check_ceremony_inputs",
     "check_share_against_transcript",
     "load_credentials",
     "load_root_script",

@@ -28,6 +28,8 @@ REHEARSAL_MARK = "REHEARSAL"
 ROOT_PIN_CHARS = 32  # 128 bits as hex: within the PIN length limits of common HSMs and smart cards
 
 Confirm = Callable[[str], None]
+"""Asked before each irreversible step: the first line names the step; any further lines are what
+the officers check before they agree (a policy diff, a digest to read aloud). Raises to stop."""
 
 
 def no_confirm(_: str) -> None:

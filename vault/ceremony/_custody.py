@@ -10,7 +10,7 @@ from vault.ceremony._sealed import MAX_SEALED_SHARE, is_sealed_share, read_seale
 from vault.ceremony._shares import ShareCheck, ShareSetRecord, check_share
 from vault.ceremony._transcript import Transcript
 from vault.ceremony._verify import verify_transcript
-from vault.errors import InputError
+from vault.errors import InputError, KeyNotFoundError
 from vault.formats import Envelope
 from vault.token import Pkcs11Uri, open_token
 
@@ -45,7 +45,13 @@ def read_share(data: bytes, tokens: Mapping[str, Pkcs11Uri]) -> str:
     if uri is None:
         raise InputError(f"the share is sealed to {sealed.custodian}'s token, which the credentials do not name")
     with open_token(uri) as token:
-        return sealed.open_in(token)
+        try:
+            return sealed.open_in(token)
+        except KeyNotFoundError as e:
+            raise InputError(
+                f"this share is sealed to {sealed.custodian}'s token (key {sealed.recipient_key_id[:16]}), "
+                f"and token '{token.label}' does not hold that key"
+            ) from e
 
 
 def check_share_against_transcript(

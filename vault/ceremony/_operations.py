@@ -52,7 +52,7 @@ from vault.ceremony._quorum import (
     run_quorum_ceremony,
 )
 from vault.crypto import key_id, verify_signature
-from vault.enrolment import open_enrolment_request
+from vault.enrolment import EnrolmentRequest, open_enrolment_request
 from vault.errors import InputError, PinIncorrectError, PolicyError, RollbackError
 from vault.policy import RoleKey, key_entry
 from vault.token import Pkcs11Uri, TokenKey, TokenSession, open_token
@@ -66,10 +66,15 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class EnrolStation:
-    """``ceremony: enrol-station``: certify a station's three keys from its enrolment request."""
+    """``ceremony: enrol-station``: certify a station's three keys from its enrolment request.
 
-    station_id: str
-    station_name: str
+    One script serves every station: the station id comes from the request
+    (checked against ``--station-id`` when given), the name from the request
+    or else the id. A script may still pin one station's id (and name).
+    """
+
+    station_id: str | None
+    station_name: str | None
     validity_days: int
 
 
@@ -159,13 +164,23 @@ def _refuse_revoked(c: Ceremony, public_key: ec.EllipticCurvePublicKey, what: st
 # --- enrol a station ------------------------------------------------------------
 
 
-def enrol_station(spec: EnrolStation, request_data: bytes) -> Operation:
-    """The operation that enrols (or re-enrols, rotating its keys) the station ``spec`` names."""
+def _enrolled_station(spec: EnrolStation, request: EnrolmentRequest, station_id: str | None) -> tuple[str, str]:
+    """``(id, name)`` of the station to enrol: the request's, checked against the script and ``--station-id``."""
+    for expected, where in ((spec.station_id, "the script"), (station_id, "--station-id")):
+        if expected is not None and request.station_id != expected:
+            raise InputError(
+                f"the enrolment request is for station '{request.station_id}', but {where} names '{expected}'"
+            )
+    name = spec.station_name if spec.station_id is not None and spec.station_name else request.name
+    return request.station_id, name or request.station_id
+
+
+def enrol_station(spec: EnrolStation, request_data: bytes, station_id: str | None = None) -> Operation:
+    """The operation that enrols (or re-enrols, rotating its keys) the station the request names."""
 
     def run(c: Ceremony) -> OperationResult:
         request = open_enrolment_request(request_data)
-        if request.station_id != spec.station_id:
-            raise InputError(f"the enrolment request is for station '{request.station_id}', not '{spec.station_id}'")
+        sid, station_name = _enrolled_station(spec, request, station_id)
         keys = {
             "signing": request.signing_public_key,
             "decryption": request.decryption_public_key,
@@ -184,10 +199,10 @@ def enrol_station(spec: EnrolStation, request_data: bytes) -> Operation:
                 **{f"{part}_key_id": key_id(public) for part, public in keys.items()},
             },
         )
-        c.confirm(f"enrol station {spec.station_id}: request {readable_digest(request.digest)}")
+        c.confirm(f"enrol station {sid} ({station_name}): request {readable_digest(request.digest)}")
 
         predicate = _predicate(c)
-        old = c.policy.stations.get(spec.station_id)
+        old = c.policy.stations.get(sid)
         if old is not None:
             for part, held in (
                 ("signing", old.signing),
@@ -195,8 +210,8 @@ def enrol_station(spec: EnrolStation, request_data: bytes) -> Operation:
                 ("issuing_ca", old.issuing_ca),
             ):
                 if held.key_id != key_id(keys[part]):
-                    _revoke(c, predicate, held, "station", spec.station_id, f"rotated: station re-enrolled ({part})")
-        mark, org, days, sid = c.mark, _organization(c), spec.validity_days, spec.station_id
+                    _revoke(c, predicate, held, "station", sid, f"rotated: station re-enrolled ({part})")
+        mark, org, days = c.mark, _organization(c), spec.validity_days
         with c.root_session() as token:
             signing = c.issue(
                 token,
@@ -217,7 +232,7 @@ def enrol_station(spec: EnrolStation, request_data: bytes) -> Operation:
                 f"{sid}-issuing-ca",
             )
         predicate["stations"][sid] = {
-            "name": spec.station_name,
+            "name": station_name,
             "signing": key_entry(keys["signing"], signing),
             "decryption": key_entry(keys["decryption"], decryption),
             "issuing_ca": key_entry(keys["issuing_ca"], issuing_ca),
@@ -507,6 +522,40 @@ def _left_by_recovery(c: Ceremony, token: TokenSession) -> TokenKey | None:
 # --- dispatch ---------------------------------------------------------------------
 
 
+def check_ceremony_inputs(
+    script: OperationScript,
+    *,
+    request: bytes | None = None,
+    station_id: str | None = None,
+    backup: bytes | None = None,
+    backup_shares: Sequence[str] = (),
+) -> str | None:
+    """Refuse an input the ceremony does not take (naming the one that does), before any share is asked for.
+
+    Returns:
+        For ``enrol-station``, the id of the station the request is for
+        (checked against the script and ``station_id``); else ``None``.
+
+    Raises:
+        InputError: an input given to a ceremony that takes none, a request
+            missing or for another station.
+    """
+    given = {
+        "--request": (request is not None, "enrol-station"),
+        "--station-id": (station_id is not None, "enrol-station"),
+        "--backup": (backup is not None, "recover"),
+        "--backup-share": (bool(backup_shares), "recover"),
+    }
+    for option, (present, taker) in given.items():
+        if present and script.kind != taker:
+            raise InputError(f"a '{script.kind}' ceremony takes no {option} (only '{taker}' does); leave it out")
+    if not isinstance(script.spec, EnrolStation):
+        return None
+    if request is None:
+        raise InputError("enrolling a station needs its enrolment request (--request FILE)")
+    return _enrolled_station(script.spec, open_enrolment_request(request), station_id)[0]
+
+
 def run_operation_ceremony(
     script: OperationScript,
     credentials: Credentials,
@@ -518,6 +567,7 @@ def run_operation_ceremony(
     request: bytes | None = None,
     backup: bytes | None = None,
     backup_shares: Sequence[str] = (),
+    station_id: str | None = None,
     clock: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> CeremonyResult:
     """Run the ceremony ``script`` describes inside the quorum frame.
@@ -531,18 +581,24 @@ def run_operation_ceremony(
         confirm: asked before each irreversible step.
         request: the station's enrolment request (``enrol-station``).
         backup: the backup file and ``backup_shares`` its KEK's shares (``recover``).
+        station_id: the station the officers expect the request to be for (``enrol-station``).
         clock: the time source.
 
     Raises:
+        InputError: an input this ceremony does not take (a request to a renewal) is refused, not ignored.
         VaultError: a check or an operation failed; outputs so far stay in ``out``.
     """
     spec = script.spec
+    station = check_ceremony_inputs(
+        script, request=request, station_id=station_id, backup=backup, backup_shares=backup_shares
+    )
     prepare = None
     operation: Operation
+    header: dict[str, Any] = {"witnesses": list(script.witnesses)}
     if isinstance(spec, EnrolStation):
-        if request is None:
-            raise InputError("enrolling a station needs its enrolment request (--request FILE)")
-        operation = enrol_station(spec, request)
+        assert request is not None and station is not None
+        header["station"] = station
+        operation = enrol_station(spec, request, station_id)
     elif isinstance(spec, IssueRoles):
         operation = issue_roles(spec)
     elif isinstance(spec, RenewPolicy):
@@ -568,7 +624,7 @@ def run_operation_ceremony(
         rehearsal=rehearsal,
         confirm=confirm,
         clock=clock,
-        header={"witnesses": list(script.witnesses)},
+        header=header,
         prepare=prepare,
         policy_expires_days=script.policy_expires_days,
     )

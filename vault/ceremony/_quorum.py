@@ -27,6 +27,7 @@ it, the folder is kept (:class:`vault.ceremony._common.OutputFolder`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -39,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from vault import pki
 from vault._files import write_new
+from vault._words import readable_digest
 from vault.ceremony import _lint, _shares
 from vault.ceremony._common import (
     REHEARSAL_MARK,
@@ -53,11 +55,12 @@ from vault.ceremony._common import (
 )
 from vault.ceremony._html import render_transcript
 from vault.ceremony._policy_head import POLICY_HEAD, advance_policy_head, check_policy_head, check_unchanged
+from vault.ceremony._policy_view import diff_policies, policy_view
 from vault.ceremony._transcript import PAYLOAD_TYPE, Transcript
 from vault.crypto import key_id
 from vault.errors import InputError, PolicyError, ShareError, ThresholdError
-from vault.formats import sign_envelope, sign_statement
-from vault.policy import TrustPolicy, format_time, load_policy, policy_statement
+from vault.formats import Envelope, sign_envelope, sign_statement
+from vault.policy import MAX_POLICY_SIZE, TrustPolicy, format_time, load_policy, policy_statement
 from vault.token import Head, TokenKey, TokenSession, open_token
 
 
@@ -88,6 +91,7 @@ class Ceremony:
     present: dict[str, Any] = field(default_factory=dict)  # officer id -> token URI
     secret: bytes = b""
     policy_head: Head | None = None  # the root token's, as this ceremony last read or wrote it
+    policy_statement_sha256: str = ""  # SHA-256 of the current policy's signed statement
 
     @property
     def mark(self) -> str:
@@ -243,6 +247,8 @@ def _run(
             "policy_sha256": policy.digest,
             "officers_present": sorted(credentials.officers),
             "threshold": policy.officers_threshold,
+            "officers_total": len(policy.officers),
+            **_organization(inputs.root_certificate),
             **(header or {}),
         },
         now=start,
@@ -260,6 +266,7 @@ def _run(
         clock=clock,
         folder=folder,
         present=dict(credentials.officers),
+        policy_statement_sha256=_statement_sha256(inputs.policy),
     )
     details: dict[str, Any] = {"rehearsal": rehearsal, "policy_version": policy.version}
     if start >= policy.expires:
@@ -346,6 +353,29 @@ def _officers_present(ceremony: Ceremony) -> None:
         )
 
 
+def _organization(root: x509.Certificate) -> dict[str, str]:
+    """``{"organization": O}`` from the root certificate's subject, if it names one."""
+    names = root.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATION_NAME)
+    value = names[0].value if names else None
+    return {"organization": value} if isinstance(value, str) else {}
+
+
+def _statement_sha256(policy: bytes) -> str:
+    return hashlib.sha256(Envelope.from_json(policy, max_size=MAX_POLICY_SIZE).payload).hexdigest()
+
+
+def _signing_step(ceremony: Ceremony, predicate: dict[str, Any], statement_sha256: str) -> str:
+    """The confirmation before the root signs: the step, what changes, and the digest to read aloud."""
+    current = ceremony.policy
+    old = policy_view(current.predicate, statement_sha256=ceremony.policy_statement_sha256)
+    new = policy_view(predicate, statement_sha256=statement_sha256)
+    lines = [f"sign trust policy v{new.version} with the root and the officers present"]
+    lines += diff_policies(old, new).lines()
+    lines.append(f"new policy statement sha256 {statement_sha256}")
+    lines.append(f"read aloud: {readable_digest(statement_sha256)}")
+    return "\n".join(lines)
+
+
 def _sign_next_policy(ceremony: Ceremony, predicate: dict[str, Any], expires_days: int | None) -> Path:
     current = ceremony.policy
     predicate = dict(predicate)
@@ -355,8 +385,9 @@ def _sign_next_policy(ceremony: Ceremony, predicate: dict[str, Any], expires_day
     predicate.update(
         {"version": version, "issued": format_time(issued), "expires": format_time(issued + timedelta(days=days))}
     )
-    ceremony.confirm(f"sign trust policy v{version} with the root and the officers present")
     statement = policy_statement(predicate, ceremony.root_certificate)
+    statement_sha256 = hashlib.sha256(statement.to_bytes()).hexdigest()
+    ceremony.confirm(_signing_step(ceremony, predicate, statement_sha256))
     with ceremony.root_session() as token:
         check_unchanged(token, ceremony.policy_head)
         envelope = sign_statement(statement, [ceremony.root_key(token)])
@@ -375,7 +406,12 @@ def _sign_next_policy(ceremony: Ceremony, predicate: dict[str, Any], expires_day
         "officers",
         "sign-trust-policy",
         outputs={path.name: signed},
-        details={"version": version, "previous_sha256": current.digest, "expires": predicate["expires"]},
+        details={
+            "version": version,
+            "previous_sha256": current.digest,
+            "statement_sha256": statement_sha256,
+            "expires": predicate["expires"],
+        },
     )
     ceremony.record(
         "root-token",

@@ -116,8 +116,8 @@ _SCHEMA = Tagged(
                 "station": Field(
                     Record(
                         {
-                            "id": Field(Str(pattern=_ID)),
-                            "name": Field(Str(max_len=200)),
+                            "id": Field(Str(pattern=_ID), required=False),
+                            "name": Field(Str(max_len=200), required=False),
                             "validity_days": Field(_DAYS),
                         }
                     )
@@ -291,6 +291,8 @@ def _root_script(doc: dict[str, Any], path: Path, digest: str) -> RootScript:
 def _operation_spec(kind: str, doc: dict[str, Any], path: Path) -> Any:
     if kind == "enrol-station":
         station = doc["station"]
+        if station["name"] is not None and station["id"] is None:
+            raise ScriptError(f"{path}: station.name: a name needs an id; leave both out to take them from the request")
         return EnrolStation(station["id"], station["name"], station["validity_days"])
     if kind == "roles":
         approvers = doc["approvers"]

@@ -46,18 +46,22 @@ __all__ = [
     "ShareSet",
     "ShareSetRecord",
     "check_share",
+    "check_typed_word",
+    "check_words",
     "combine_shares",
     "normalise_mnemonic",
     "split_secret",
 ]
 
 SCHEME = "slip39"
+SHARE_WORDS = 33  # the secrets vault splits (a PIN secret, a KEK) are 32 bytes: 33-word shares
 MAX_SHARES = 16  # SLIP-39 encodes the member index and count in 4 bits
 MIN_SECRET_BYTES = 16  # SLIP-39's floor: 128 bits
 
 # Sizes capped before anything is parsed. A 32-byte secret is a 33-word
 # mnemonic of about 250 characters; these limits leave ample room.
 _MAX_MNEMONIC_CHARS = 4096
+MAX_SHARE_INPUT = 16 * 1024  # a share file or piped share: heading lines and the words
 _MAX_SHARES_GIVEN = 4 * MAX_SHARES
 
 _SHARE_DIGEST_DOMAIN = b"vault-share-v1\0"
@@ -278,9 +282,33 @@ def check_share(mnemonic: str, record: ShareSetRecord) -> ShareCheck:
     Raises:
         ShareError: the share is mistyped, altered, or from another set.
     """
-    normalised, share = _parse(mnemonic, None)
+    normalised, share = _parse(mnemonic, None, SHARE_WORDS)
     _check_against_record(normalised, share, record, None)
     return ShareCheck(share.index + 1, share.member_threshold, record.count, share.identifier)
+
+
+def check_typed_word(word: str, position: int) -> str:
+    """One word of a share typed hidden, checked against the SLIP-39 list at once; normalised.
+
+    The error names the word's position only, never the word: it was typed
+    hidden and may be nearly right.
+
+    Raises:
+        ShareError: not a SLIP-39 word.
+    """
+    normalised = word.strip().lower()
+    if normalised not in shamir_mnemonic.wordlist.WORD_INDEX_MAP:
+        raise ShareError(f"word {position} is not a SLIP-39 word")
+    return normalised
+
+
+def check_words(mnemonic: str) -> None:
+    """Check a whole share's words, length and checksum, without any record (for typed entry).
+
+    Raises:
+        ShareError: a word off the list, words missing, or a failed checksum.
+    """
+    _parse(mnemonic, None, SHARE_WORDS)
 
 
 def combine_shares(mnemonics: Sequence[str], record: ShareSetRecord | None = None) -> bytes:
@@ -302,7 +330,8 @@ def combine_shares(mnemonics: Sequence[str], record: ShareSetRecord | None = Non
     if len(mnemonics) > _MAX_SHARES_GIVEN:
         raise ShareError(f"{len(mnemonics)} shares given; a share set has at most {MAX_SHARES}")
 
-    parsed = [_parse(m, position) for position, m in enumerate(mnemonics, start=1)]
+    words = _expected_words(mnemonics)
+    parsed = [_parse(m, position, words) for position, m in enumerate(mnemonics, start=1)]
 
     if record is not None:
         for position, (normalised, share) in enumerate(parsed, start=1):
@@ -348,8 +377,26 @@ def combine_shares(mnemonics: Sequence[str], record: ShareSetRecord | None = Non
 # --- helpers ----------------------------------------------------------------
 
 
-def _parse(mnemonic: str, position: int | None) -> tuple[str, Any]:
-    """Normalise and decode one mnemonic, refusing it with a reason that names it."""
+def _expected_words(mnemonics: Sequence[str]) -> int:
+    """How many words each share should have: what most of the shares given have, else :data:`SHARE_WORDS`."""
+    counts = Counter(len(m.split()) for m in mnemonics if isinstance(m, str) and len(m) <= _MAX_MNEMONIC_CHARS)
+    ranked = counts.most_common()
+    if not ranked:
+        return SHARE_WORDS
+    if len(ranked) == 1:  # all alike: one share alone is held to vault's length
+        return ranked[0][0] if len(mnemonics) > 1 else SHARE_WORDS
+    if ranked[0][1] > ranked[1][1]:
+        return ranked[0][0]
+    tied = [words for words, n in ranked if n == ranked[0][1]]
+    return SHARE_WORDS if SHARE_WORDS in tied else max(tied)
+
+
+def _parse(mnemonic: str, position: int | None, expected_words: int) -> tuple[str, Any]:
+    """Normalise and decode one mnemonic, refusing it with a reason that names it.
+
+    A share that does not decode and has other than ``expected_words`` words
+    is refused as cut short (or overlong), saying how many words are missing.
+    """
     name = f"share {position}" if position is not None else "the share"
     if not isinstance(mnemonic, str):
         raise ShareError(f"{name} is not text")
@@ -364,6 +411,15 @@ def _parse(mnemonic: str, position: int | None) -> tuple[str, Any]:
     try:
         share = shamir_mnemonic.Share.from_mnemonic(normalised)
     except shamir_mnemonic.MnemonicError as e:
+        words = len(normalised.split())
+        if words < expected_words:
+            raise ShareError(
+                f"{name} is cut short: {words} of {expected_words} words, {expected_words - words} missing"
+            ) from e
+        if words > expected_words:
+            raise ShareError(
+                f"{name} has {words} words, {words - expected_words} more than the {expected_words} of a share"
+            ) from e
         if "checksum" in str(e):
             raise ShareError(
                 f"{name} fails its checksum: a word is mistyped or was altered; it is refused, not corrected"

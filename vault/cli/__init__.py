@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import click
 
 from vault import __version__
-from vault.cli import _audit, _bundle, _ceremony, _station, _token
+from vault.cli import _audit, _bundle, _ceremony, _policy, _station, _token
 from vault.errors import VaultError
 
 __all__ = ["cli", "main"]
@@ -34,6 +34,7 @@ def cli(verbose: bool) -> None:
 cli.add_command(_token.token)
 cli.add_command(_ceremony.ceremony)
 cli.add_command(_ceremony.shares)
+cli.add_command(_policy.policy)
 cli.add_command(_station.station)
 cli.add_command(_bundle.bundle)
 cli.add_command(_audit.audit)

@@ -24,12 +24,17 @@ def ceremony() -> None:
 
 
 def _confirmer(yes: bool) -> Callable[[str], None]:
-    def confirm(step: str) -> None:
+    def confirm(message: str) -> None:
+        step, *shown = message.splitlines()
         if yes:
             click.echo(f"-> {step}", err=True)
+            for line in shown:
+                click.echo(f"   {line}", err=True)
             return
         if not sys.stdin.isatty():
             raise InputError("this ceremony step needs a typed confirmation; run on a terminal or pass --yes")
+        for line in shown:
+            click.echo(line, err=True)
         typed = click.prompt(f"About to {step}. Type 'yes' to go on", default="", show_default=False)
         if typed.strip() != "yes":
             raise InputError(f"stopped before: {step}")
@@ -47,6 +52,7 @@ def _confirmer(yes: bool) -> Callable[[str], None]:
     "--share", "share_files", type=_PATH, multiple=True, help="A custodian's root share file (repeat m times)."
 )
 @click.option("--request", type=_PATH, help="The station's enrolment request (enrol-station).")
+@click.option("--station-id", help="The station the request must be for (enrol-station; default: the request's).")
 @click.option("--backup", type=_PATH, help="The root key backup file (recover).")
 @click.option("--backup-share", "backup_share_files", type=_PATH, multiple=True, help="A backup KEK share (recover).")
 @click.option("--rehearsal", is_flag=True, help="Mark every output as a rehearsal (required on SoftHSM2).")
@@ -59,6 +65,7 @@ def run(
     root_cert: Path | None,
     share_files: tuple[Path, ...],
     request: Path | None,
+    station_id: str | None,
     backup: Path | None,
     backup_share_files: tuple[Path, ...],
     rehearsal: bool,
@@ -74,6 +81,7 @@ def run(
     from vault.ceremony import (
         CeremonyInputs,
         RootScript,
+        check_ceremony_inputs,
         load_credentials,
         load_script,
         run_operation_ceremony,
@@ -90,6 +98,13 @@ def run(
             "*** REHEARSAL: outputs are marked REHEARSAL and must never be trusted ***", fg="red", bold=True, err=True
         )
     if isinstance(parsed, RootScript):
+        given = {
+            "--policy": policy_file, "--root-cert": root_cert, "--share": share_files, "--request": request,
+            "--station-id": station_id, "--backup": backup, "--backup-share": backup_share_files,
+        }  # fmt: skip
+        unused = [option for option, value in given.items() if value]
+        if unused:
+            raise InputError(f"the root ceremony takes no {', '.join(unused)}; it starts from the script alone")
         result = run_root_ceremony(parsed, creds, out, rehearsal=rehearsal, confirm=_confirmer(yes))
         click.echo(f"root certificate   {result.out / 'root-ca.pem'}")
         click.echo(f"trust policy v1    {result.policy}")
@@ -99,6 +114,13 @@ def run(
     else:
         if policy_file is None or root_cert is None:
             raise InputError(f"a '{parsed.kind}' ceremony needs the current --policy and the pinned --root-cert")
+        request_data = _read(request, "enrolment request") if request else None
+        backup_data = _read(backup, "key backup") if backup else None
+        # Refused before anyone types a share: an input this ceremony does not take, a request for another station.
+        check_ceremony_inputs(
+            parsed, request=request_data, station_id=station_id, backup=backup_data,
+            backup_shares=[str(f) for f in backup_share_files],
+        )  # fmt: skip
         inputs = CeremonyInputs(
             root_certificate=_load_cert(root_cert),
             policy=_read(policy_file, "trust policy"),
@@ -111,9 +133,10 @@ def run(
             out,
             rehearsal=rehearsal,
             confirm=_confirmer(yes),
-            request=_read(request, "enrolment request") if request else None,
-            backup=_read(backup, "key backup") if backup else None,
-            backup_shares=_shares_from(backup_share_files, "backup KEK share", {}) if backup else (),
+            request=request_data,
+            backup=backup_data,
+            backup_shares=_shares_from(backup_share_files, "backup KEK share", {}) if backup_data else (),
+            station_id=station_id,
         )
         for what, path in outcome.outputs.items():
             click.echo(f"{what:<34} {path}")
@@ -130,16 +153,57 @@ def _shares_from(files: tuple[Path, ...], what: str, tokens: Mapping[str, Pkcs11
 
     if files:
         return [read_share(_read(f, "share"), tokens) for f in files]
-    if not sys.stdin.isatty():
+    if not _on_terminal():
         return []
     typed: list[str] = []
     while True:
-        text = click.prompt(
-            f"{what} {len(typed) + 1} (hidden; empty when done)", hide_input=True, default="", show_default=False
-        )
-        if not text.strip():
+        text = _type_share(f"{what} {len(typed) + 1}", first=not typed)
+        if text is None:
             return typed
         typed.append(text)
+
+
+def _on_terminal() -> bool:
+    return sys.stdin.isatty()
+
+
+def _type_share(what: str, *, first: bool = True) -> str | None:
+    """One share typed hidden, word by word, each word checked against the SLIP-39 list as it is typed.
+
+    Nothing typed is shown or repeated: a word off the list is named by its
+    position only. Several words, or the whole share, may be typed on one
+    line. An empty entry at word 1 means no more shares (``None``); an empty
+    entry later ends the share early, and the check then says how many words
+    are missing. A share whose checksum fails is typed again from word 1.
+    """
+    from vault.ceremony._shares import SHARE_WORDS, check_typed_word, check_words
+    from vault.errors import ShareError
+
+    words: list[str] = []
+    while len(words) < SHARE_WORDS:
+        hint = "; empty when done" if not words and not first else ("; or the whole share" if not words else "")
+        entry = click.prompt(
+            f"{what}, word {len(words) + 1} of {SHARE_WORDS} (hidden{hint})",
+            hide_input=True, default="", show_default=False, err=True,
+        )  # fmt: skip
+        typed = entry.split()
+        if not typed:
+            if not words:
+                return None
+            break
+        for word in typed:
+            try:
+                words.append(check_typed_word(word, len(words) + 1))
+            except ShareError as e:
+                click.echo(f"  {e}; type word {len(words) + 1} again", err=True)
+                break
+        if len(words) == SHARE_WORDS:
+            try:
+                check_words(" ".join(words))
+            except ShareError as e:
+                click.echo(f"  {e}; type the share again from word 1", err=True)
+                words = []
+    return " ".join(words)
 
 
 @ceremony.command("verify")
@@ -188,13 +252,33 @@ def check(transcript: Path, share_file: Path | None, token: Pkcs11Uri | None, ro
                 raise InputError("this share is sealed to a token: give the token with --token URI")
             tokens[read_sealed_share(data).custodian] = token
         text = read_share(data, tokens)
-    elif sys.stdin.isatty():
-        text = click.prompt("Type your share (hidden)", hide_input=True)
+    elif _on_terminal():
+        typed = _type_share("your share")
+        if typed is None:
+            raise InputError("no share typed")
+        text = typed
     else:
-        raise InputError("give the share with --share FILE, or run on a terminal to type it")
+        text = _piped_share()
     pinned = _load_cert(root_cert) if root_cert else None
     result = check_share_against_transcript(_read(transcript, "transcript"), text, root_certificate=pinned)
     click.echo(f"share OK: {result}")
+
+
+def _piped_share() -> str:
+    """A whole share piped on stdin (``echo WORDS | vault shares check T``)."""
+    from vault.ceremony._shares import MAX_SHARE_INPUT
+
+    try:
+        text = sys.stdin.read(MAX_SHARE_INPUT + 1)
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError("give the share with --share FILE, pipe it on stdin, or run on a terminal to type it") from e
+    if not text.strip():
+        raise InputError("no share on stdin: give it with --share FILE, or run on a terminal to type it")
+    if len(text) > MAX_SHARE_INPUT:
+        raise InputError(f"stdin holds more than {MAX_SHARE_INPUT} characters; a share is far shorter")
+    from vault.ceremony import share_text
+
+    return share_text(text)
 
 
 def _read(path: Path, what: str) -> bytes:
