@@ -142,9 +142,12 @@ def _approvals_line(a: Any, policy: Any) -> str:
     from vault.bundle._approval import approval_count
 
     pending = sorted(set(policy.approvers) - set(a.approvers))
-    return f"{approval_count(a)}; approved by {', '.join(a.approvers) or 'nobody yet'}" + (
-        f"; not yet: {', '.join(pending)}" if pending else ""
-    )
+    line = approval_count(a)
+    if a.approvers:
+        line += f"; approved by {', '.join(a.approvers)}"
+    if pending and a.missing:
+        line += f"; not yet: {', '.join(pending)}"
+    return line
 
 
 def _show_release(r: Any, *, err: bool) -> None:
@@ -267,7 +270,7 @@ def approve(
     if out is not None:
         click.echo(
             f"wrote {out}: {request.holder} approves {r.product} {r.version} "
-            f"(statement {readable_digest(r.statement_sha256)}); {path} is unchanged"
+            f"(statement {readable_digest(r.statement_sha256)})" + ("; the bundle is unchanged" if request.view else "")
         )
         click.echo(f"give it to the release manager: vault bundle add-approvals BUNDLE {out} ...")
     else:
