@@ -309,7 +309,7 @@ def test_a_bundle_for_another_station_is_refused(world: World, bundles: Bundles,
 
 def test_an_unpromoted_release_is_refused(world: World, bundles: Bundles, tmp_path: Path) -> None:
     with world.station(tmp_path / "s") as station:
-        refused_untouched(station, ThresholdError, "not promoted", bundles.unpromoted, world.policy)
+        refused_untouched(station, ThresholdError, "never promoted", bundles.unpromoted, world.policy)
 
 
 def signed_again(world: World, bundle: Path, out: Path, *signers: tuple[str, str]) -> Path:
