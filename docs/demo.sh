@@ -114,11 +114,17 @@ RELEASE
 policy=(--policy "$work/ceremony-station-2/policy-v4.json" --root-cert "$rootca")
 vault bundle build "$work/release.yaml" -o "$work/release.vbundle" --log "$work/promotions.log" "${policy[@]}"
 
-step "Approvers inspect it, and two of the three approve it with their own tokens"
-vault bundle inspect "$work/release.vbundle" "${policy[@]}"
+step "Approvers inspect it; two of the three approve it in parallel, each from the exported statement alone"
+vault bundle inspect "$work/release.vbundle" --export-statement "$work/release.statement.json" "${policy[@]}"
+statement=$(vault bundle inspect "$work/release.vbundle" --json "${policy[@]}" \
+  | python3 -c 'import json, sys; print(json.load(sys.stdin)["statement_sha256"])')
 key() { echo "pkcs11:token=$1;object=$2?pin-source=file:$pins/$1.pin"; }
-vault bundle approve "$work/release.vbundle" --key "$(key vault-approver-1 approver-signing)" "${policy[@]}"
-vault bundle approve "$work/release.vbundle" --key "$(key vault-approver-3 approver-signing)" "${policy[@]}"
+# --yes because the demo has no one to type 'yes'; --expect-statement signs only the statement inspected
+for n in 1 3; do
+  vault bundle approve "$work/release.statement.json" --detached -o "$work/approval-$n.json" \
+    --key "$(key vault-approver-$n approver-signing)" --expect-statement "$statement" --yes "${policy[@]}"
+done
+vault bundle add-approvals "$work/release.vbundle" "$work/approval-1.json" "$work/approval-3.json" "${policy[@]}"
 
 step "Promote: the release signer signs (threshold met); the promotion is logged and its head kept in the release token"
 vault bundle promote "$work/release.vbundle" --key "$(key vault-release release-signer)" \

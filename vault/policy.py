@@ -45,7 +45,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from vault.crypto import certificate_key, key_id, load_spki, spki_der
-from vault.errors import FormatError, PolicyError, RollbackError, SignatureError, ValidityError, VaultError
+from vault.errors import (
+    FormatError,
+    PolicyError,
+    RollbackError,
+    SignatureError,
+    ThresholdError,
+    ValidityError,
+    VaultError,
+)
 from vault.formats import Envelope, Statement, Subject, open_statement, verify_envelope
 from vault.formats._json import check_fields, quote
 from vault.pki import verify_issued_by
@@ -234,6 +242,12 @@ def load_policy(
     root_public = certificate_key(root_certificate, what="the pinned root certificate")
     root_id = key_id(root_public)
     envelope = Envelope.from_json(data, max_size=MAX_POLICY_SIZE)
+    if root_id not in envelope.keyids:
+        signers = ", ".join(k[:16] for k in dict.fromkeys(envelope.keyids)) or "no key"
+        raise ThresholdError(
+            f"trust policy: not signed by the pinned root (key {root_id[:16]}); it is signed by {signers}: "
+            "pin the root certificate of the root ceremony that made this policy"
+        )
     statement, _ = open_statement(
         envelope, {root_id: root_public}, 1, what="trust policy", predicate_type=POLICY_PREDICATE
     )

@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from vault.errors import FormatError, PolicyError, ThresholdError, ValidityError
-from vault.formats import Envelope, Statement, VerificationResult, inspect_signatures, open_statement, verify_envelope
+from vault.errors import FormatError, PolicyError, SignatureError, ThresholdError, ValidityError
+from vault.formats import Envelope, Statement, VerificationResult, inspect_signatures, open_statement
 from vault.formats._json import check_fields, quote
 from vault.policy import TrustPolicy, parse_time
 
@@ -233,21 +233,33 @@ def open_release(
         PolicyError: an unknown station, an over-allocation, outside the validity window.
     """
     envelope = Envelope.from_json(envelope_bytes, max_size=MAX_ENVELOPE_SIZE, what="release envelope")
-    statement, _ = open_statement(
-        envelope,
-        policy.trusted(policy.approvers),
-        policy.approvers_threshold,
-        what="release approvals",
-        predicate_type=RELEASE_PREDICATE,
-    )
+    trusted = policy.trusted(policy.approvers)
+    names = {key.key_id: holder for holder, key in policy.approvers.items()}
+    found = inspect_signatures(envelope, trusted, threshold=policy.approvers_threshold, what="release approvals")
+    if found.invalid:
+        raise SignatureError(
+            f"release approvals: the signature of {names[found.invalid[0]]} does not verify (forged or altered)"
+        )
     if require_promoted:
         if policy.release_signer is None:
             raise PolicyError(f"trust policy v{policy.version} names no release signer")
-        signer = policy.release_signer
-        try:
-            verify_envelope(envelope, {signer.key_id: signer.public_key}, 1, what="release signature")
-        except ThresholdError as e:
-            raise ThresholdError("the release is not promoted: the release signer has not signed it") from e
+        signer = {policy.release_signer.key_id: policy.release_signer.public_key}
+        promotion = inspect_signatures(envelope, signer, what="release signature")
+        if promotion.invalid:
+            raise SignatureError(
+                "release signature: the release signer's signature does not verify (forged or altered)"
+            )
+        if not promotion.valid:
+            raise ThresholdError(
+                "the release was never promoted: the release signer "
+                f"(key {policy.release_signer.key_id[:16]} in trust policy v{policy.version}) has not signed it; "
+                f"release approvals: {_approval_line(found, names)}"
+            )
+    if not found.met:
+        raise ThresholdError(f"release approvals: {_approval_line(found, names)}")
+    statement, _ = open_statement(
+        envelope, trusted, policy.approvers_threshold, what="release approvals", predicate_type=RELEASE_PREDICATE
+    )
     release = parse_release(statement)
     if hashlib.sha256(header_bytes).hexdigest() != release.header_sha256:
         raise FormatError("the bundle's header is not the one the release statement was signed over")
@@ -255,6 +267,22 @@ def open_release(
     if check_window:
         release.check_window(now)
     return release, approvals_of(envelope, policy)
+
+
+def _approval_line(found: VerificationResult, names: Mapping[str, str]) -> str:
+    """``1 of 2 required, by approver-1; not yet: approver-2, approver-3``: approvers by their policy names."""
+    valid = sorted(names[k] for k in found.valid)
+    if len(valid) < found.threshold:
+        line = f"{len(valid)} of {found.threshold} required"
+    else:
+        line = f"{len(valid)} approval{'' if len(valid) == 1 else 's'}, {found.threshold} required"
+    line += f", by {', '.join(valid)}" if valid else ", none yet"
+    pending = sorted(names[k] for k in found.missing)
+    if pending and len(valid) < found.threshold:
+        line += f"; not yet: {', '.join(pending)}"
+    if found.unknown:
+        line += f"; {len(found.unknown)} signature(s) by keys that are not approvers, not counted"
+    return line
 
 
 def check_allocation(release: Release, policy: TrustPolicy) -> None:

@@ -81,7 +81,7 @@ class Release:
         return run(self.setup.capsys, "bundle", *argv, *policy)
 
     def approve(self, path: Path, approver: int) -> tuple[int, str, str]:
-        return self.bundle("approve", str(path), "--key", self.key(f"approver-{approver}", "approver-signing"))
+        return self.bundle("approve", str(path), "--yes", "--key", self.key(f"approver-{approver}", "approver-signing"))
 
     def promote(self, path: Path, log: Path | None = None) -> tuple[int, str, str]:
         return run(self.setup.capsys, *self.promote_argv(path, log))

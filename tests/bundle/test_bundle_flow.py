@@ -51,7 +51,8 @@ def test_build_approve_two_of_three_promote_inspect(release: Release) -> None:
     assert code == 0, err
     assert "approver-1, approver-3" in stdout
     code, stdout, _ = release.bundle("inspect", str(out))
-    assert "promoted      yes" in stdout and "2 of 2 needed: approver-1, approver-3" in stdout
+    assert "promoted      yes" in stdout
+    assert "approvals     2 approvals, 2 required: enough to promote; approved by approver-1, approver-3" in stdout
     code, stdout, err = release.bundle("log", "verify", str(release.log))
     assert code == 0 and "1 entry," in stdout
 

@@ -102,7 +102,8 @@ class World:
         policy = ["--policy", str(self.policy_path), "--root-cert", str(self.root_cert_path)]
         vault("bundle", "build", str(description), "-o", str(out), "--log", str(self.promotions), *policy)
         for i in approvers:
-            vault("bundle", "approve", str(out), "--key", self.key(f"approver-{i}", "approver-signing"), *policy)
+            key = self.key(f"approver-{i}", "approver-signing")
+            vault("bundle", "approve", str(out), "--yes", "--key", key, *policy)
         if promote:
             vault("bundle", "promote", str(out), "--key", self.key("release", "release-signer"),
                   "--log", str(self.promotions), *policy)  # fmt: skip

@@ -67,7 +67,7 @@ def signed_beside_the_log(world: World, folder: Path, *, counter: int, version: 
     policy = ["--policy", str(world.policy_path), "--root-cert", str(world.root_cert_path)]
     vault("bundle", "build", str(description), "-o", str(out), *policy)
     for i in (1, 2):
-        vault("bundle", "approve", str(out), "--key", world.key(f"approver-{i}", "approver-signing"), *policy)
+        vault("bundle", "approve", str(out), "--yes", "--key", world.key(f"approver-{i}", "approver-signing"), *policy)
     trust = load_policy(world.policy, world.root_cert, now=NOW)
     with open_token(world.tokens["release"]) as token:
         with_signature(verify_bundle(out, trust), token.key("release-signer"), trust)
@@ -309,7 +309,7 @@ def test_a_bundle_for_another_station_is_refused(world: World, bundles: Bundles,
 
 def test_an_unpromoted_release_is_refused(world: World, bundles: Bundles, tmp_path: Path) -> None:
     with world.station(tmp_path / "s") as station:
-        refused_untouched(station, ThresholdError, "not promoted", bundles.unpromoted, world.policy)
+        refused_untouched(station, ThresholdError, "never promoted", bundles.unpromoted, world.policy)
 
 
 def signed_again(world: World, bundle: Path, out: Path, *signers: tuple[str, str]) -> Path:

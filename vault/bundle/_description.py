@@ -1,15 +1,17 @@
 """The release description (``release.yaml``): strict YAML, errors naming the field and its line.
 
-Example (``policies/release.yaml``)::
+The format (every field, its type, examples and every refusal) is
+documented in ``docs/release-description.md``; a complete example, which
+the tests build, is ``policies/release.yaml``::
 
     product: example-sensor
     version: 1.4.0
     security_counter: 7
-    not_before: 2026-11-21T00:00:00Z
-    expires: 2027-05-21T00:00:00Z
+    not_before: 2026-01-01T00:00:00Z
+    expires: 2031-01-01T00:00:00Z
     production:
       total: 1000
-      allocation: {station-1: 600, station-2: 400}
+      allocation: {station-1: 600}
     images:
       - name: app.bin
         path: images/app.bin          # relative to this file's folder

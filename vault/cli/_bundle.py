@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import click
 
 from vault._words import readable_digest
 from vault.cli._options import PKCS11_URI, echo_json, json_option
+from vault.errors import InputError
 from vault.token import Pkcs11Uri
 
 _PATH = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -41,12 +43,24 @@ def bundle() -> None:
 @click.option("-o", "--out", type=_NEW, required=True, help="The new bundle file.")
 @click.option("--log", type=click.Path(dir_okay=False, path_type=Path), help="Promotion log (refuses a rollback).")
 @_policy_options
-def build(release: Path, out: Path, log: Path | None, policy_file: Path, root_cert: Path) -> None:
-    """Build a bundle from the RELEASE description (YAML) for the stations the policy enrols."""
+@json_option
+def build(release: Path, out: Path, log: Path | None, policy_file: Path, root_cert: Path, as_json: bool) -> None:
+    """Build a bundle from the RELEASE description (YAML; see docs/release-description.md)."""
     from vault.bundle import build_bundle, load_release_description
 
     description = load_release_description(release)
     result = build_bundle(description, _load_policy(policy_file, root_cert), out, log=log)
+    if as_json:
+        echo_json(
+            {
+                "bundle": str(result.path),
+                "bundle_id": result.bundle_id,
+                "images": [{"name": n, "sha256": d, "length": length} for n, d, length in result.images],
+                "statement_sha256": result.statement_sha256,
+                "statement_words": readable_digest(result.statement_sha256),
+            }
+        )
+        return
     click.echo(f"bundle      {result.path}")
     click.echo(f"bundle id   {result.bundle_id}")
     for name, digest, length in result.images:
@@ -57,81 +71,234 @@ def build(release: Path, out: Path, log: Path | None, policy_file: Path, root_ce
 
 @bundle.command("inspect")
 @click.argument("path", type=_PATH)
+@click.option(
+    "--export-statement",
+    type=_NEW,
+    metavar="FILE",
+    help="Also write the statement (and the signatures so far) to FILE, for detached approvals.",
+)
 @_policy_options
 @json_option
-def inspect(path: Path, policy_file: Path, root_cert: Path, as_json: bool) -> None:
+def inspect(path: Path, export_statement: Path | None, policy_file: Path, root_cert: Path, as_json: bool) -> None:
     """Show everything a reviewer must see before approving (verifies the whole bundle first)."""
     from vault.bundle import verify_bundle
+    from vault.bundle._approval import export_statement as write_statement
 
     policy = _load_policy(policy_file, root_cert)
     view = verify_bundle(path, policy)
+    if export_statement is not None:
+        write_statement(view, export_statement)
     r, a = view.release, view.approvals
+    if as_json:
+        echo_json(
+            {
+                **_release_json(r),
+                "approvals": _approvals_json(a, policy),
+                "promoted": a.promoted,
+                "policy_version": r.policy_version,
+                "size": view.size,
+                "exported_statement": None if export_statement is None else str(export_statement),
+            }
+        )
+        return
+    _show_release(r, err=False)
+    click.echo(f"  (bundle of {view.size} bytes, built under policy v{r.policy_version})")
+    click.echo(f"approvals     {_approvals_line(a, policy)}")
+    click.echo("promoted      " + ("yes, signed by the release signer" if a.promoted else "no"))
+    if export_statement is not None:
+        click.echo(f"statement written to {export_statement}: approvers can approve it with --detached")
+
+
+def _release_json(r: Any) -> dict[str, Any]:
+    return {
+        "bundle_id": r.bundle_id,
+        "product": r.product,
+        "version": r.version,
+        "security_counter": r.security_counter,
+        "not_before": f"{r.not_before:%Y-%m-%dT%H:%M:%SZ}",
+        "expires": f"{r.expires:%Y-%m-%dT%H:%M:%SZ}",
+        "production": {"total": r.total, "allocation": dict(r.allocation)},
+        "images": [dataclasses.asdict(i) for i in r.images],
+        "recipients": dict(r.recipients),
+        "provenance": dict(r.provenance),
+        "statement_sha256": r.statement_sha256,
+        "statement_words": readable_digest(r.statement_sha256),
+    }
+
+
+def _approvals_json(a: Any, policy: Any) -> dict[str, Any]:
+    return {
+        "threshold": a.threshold,
+        "present": list(a.approvers),
+        "missing": a.missing,
+        "pending": sorted(set(policy.approvers) - set(a.approvers)),
+    }
+
+
+def _approvals_line(a: Any, policy: Any) -> str:
+    from vault.bundle._approval import approval_count
+
+    pending = sorted(set(policy.approvers) - set(a.approvers))
+    line = approval_count(a)
+    if a.approvers:
+        line += f"; approved by {', '.join(a.approvers)}"
+    if pending and a.missing:
+        line += f"; not yet: {', '.join(pending)}"
+    return line
+
+
+def _show_release(r: Any, *, err: bool) -> None:
+    """What a statement says, as a reviewer reads it: the same lines for inspect and approve."""
+
+    def echo(line: str) -> None:
+        click.echo(line, err=err)
+
+    echo(f"release       {r.product} {r.version}   security counter {r.security_counter}")
+    echo(f"valid         {r.not_before:%Y-%m-%dT%H:%M:%SZ} to {r.expires:%Y-%m-%dT%H:%M:%SZ}")
+    echo(f"bundle id     {r.bundle_id}")
+    echo(f"production    {r.total} units in total")
+    for station, count in sorted(r.allocation.items()):
+        echo(f"  {station:<12}{count:>10} units   decryption key {r.recipients[station]}")
+    for image in r.images:
+        target = ", ".join(f"{k} {v}" for k, v in image.target.items()) or "no target given"
+        echo(f"image         {image.name}   {image.length} bytes   {target}")
+        echo(f"  sha256      {image.sha256}")
+        echo(f"              {readable_digest(image.sha256)}")
+        proof = r.provenance.get(image.name)
+        if proof:
+            echo(f"  provenance  verified offline: {proof.get('identity')} ({proof.get('issuer')})")
+        else:
+            echo("  provenance  none required")
+    echo(f"statement     {r.statement_sha256}")
+    echo(f"              {readable_digest(r.statement_sha256)}")
+
+
+@bundle.command("approve")
+@click.argument("path", type=_PATH)
+@click.option("--key", type=PKCS11_URI, required=True, help="Your approver key (URI with object= and a PIN source).")
+@click.option(
+    "--expect-statement",
+    metavar="SHA256",
+    help="The statement digest you inspected: any other statement is refused.",
+)
+@click.option(
+    "--detached", is_flag=True, help="Write the approval to a file of its own (-o); the bundle is not changed."
+)
+@click.option("-o", "--out", type=_NEW, help="The approval file to write (with --detached).")
+@click.option("--yes", is_flag=True, help="Sign without the typed confirmation (for scripts).")
+@_policy_options
+@json_option
+def approve(
+    path: Path,
+    key: Pkcs11Uri,
+    expect_statement: str | None,
+    detached: bool,
+    out: Path | None,
+    yes: bool,
+    policy_file: Path,
+    root_cert: Path,
+    as_json: bool,
+) -> None:
+    """Approve the bundle (or the exported statement) at PATH with your own token: sign its statement.
+
+    Shows what is signed and asks you to type 'yes' first. With --detached
+    -o FILE the signature goes to FILE (for 'vault bundle add-approvals'),
+    and PATH may be the statement 'vault bundle inspect --export-statement'
+    wrote instead of the bundle.
+    """
+    from vault.bundle._approval import approve_detached, approve_in_place, prepare_approval
+    from vault.bundle._detached import write_approval
+    from vault.token import open_token
+
+    if detached and out is None:
+        raise InputError("--detached writes the approval to a file of its own: name it with -o FILE")
+    if out is not None and not detached:
+        raise InputError("-o names a detached approval's file: add --detached (or leave -o out to sign the bundle)")
+    if out is not None and out.exists():
+        raise InputError(f"{out} exists; vault does not write over files")
+    policy = _load_policy(policy_file, root_cert)
+    with open_token(key) as token:
+        signer = token.key_for(key)
+        request = prepare_approval(
+            path, signer.key_id, policy, now=datetime.now(UTC), expect_statement=expect_statement, detached=detached
+        )
+        r = request.release
+        if not yes and not sys.stdin.isatty():
+            raise InputError(
+                "approving needs a typed confirmation on a terminal; or pass --yes "
+                "(with --expect-statement SHA256 to sign only the statement you inspected)"
+            )
+        if not yes:
+            click.echo(f"You are about to approve, as {request.holder} (key {signer.key_id}):", err=as_json)
+            _show_release(r, err=as_json)
+            click.echo(f"approvals     {_approvals_line(request.approvals, policy)}", err=as_json)
+            where = f"into {out}" if out is not None else f"into {path}"
+            typed = click.prompt(
+                f"Type 'yes' to sign statement {readable_digest(r.statement_sha256)} {where}",
+                default="",
+                show_default=False,
+                err=as_json,
+            )
+            if typed.strip() != "yes":
+                raise InputError("not approved: nothing was signed")
+        if out is not None:
+            signature = approve_detached(request, signer)
+            write_approval(request, signature, out)
+            approvals = request.approvals
+        else:
+            approvals = approve_in_place(request, signer, policy).approvals
+    if as_json:
+        echo_json(
+            {
+                "approver": request.holder,
+                "key_id": signer.key_id,
+                "bundle_id": r.bundle_id,
+                "product": r.product,
+                "version": r.version,
+                "security_counter": r.security_counter,
+                "statement_sha256": r.statement_sha256,
+                "statement_words": readable_digest(r.statement_sha256),
+                "detached": out is not None,
+                "approval_file": None if out is None else str(out),
+                "approvals": _approvals_json(approvals, policy),
+            }
+        )
+        return
+    if out is not None:
+        click.echo(
+            f"wrote {out}: {request.holder} approves {r.product} {r.version} "
+            f"(statement {readable_digest(r.statement_sha256)})" + ("; the bundle is unchanged" if request.view else "")
+        )
+        click.echo(f"give it to the release manager: vault bundle add-approvals BUNDLE {out} ...")
+    else:
+        click.echo(f"approved {r.product} {r.version} as {request.holder}: {_approvals_line(approvals, policy)}")
+
+
+@bundle.command("add-approvals")
+@click.argument("path", type=_PATH)
+@click.argument("approvals", nargs=-1, required=True, type=_PATH)
+@_policy_options
+@json_option
+def add_approvals(path: Path, approvals: tuple[Path, ...], policy_file: Path, root_cert: Path, as_json: bool) -> None:
+    """Merge the detached APPROVALS (files from 'approve --detached') into the bundle at PATH: all or none."""
+    from vault.bundle._detached import add_approvals as merge
+
+    policy = _load_policy(policy_file, root_cert)
+    done = merge(path, list(approvals), policy, now=datetime.now(UTC))
+    r, a = done.view.release, done.view.approvals
     if as_json:
         echo_json(
             {
                 "bundle_id": r.bundle_id,
                 "product": r.product,
                 "version": r.version,
-                "security_counter": r.security_counter,
-                "not_before": f"{r.not_before:%Y-%m-%dT%H:%M:%SZ}",
-                "expires": f"{r.expires:%Y-%m-%dT%H:%M:%SZ}",
-                "production": {"total": r.total, "allocation": dict(r.allocation)},
-                "images": [dataclasses.asdict(i) for i in r.images],
-                "recipients": dict(r.recipients),
-                "provenance": dict(r.provenance),
-                "statement_sha256": r.statement_sha256,
-                "approvals": {
-                    "threshold": a.threshold,
-                    "present": list(a.approvers),
-                    "missing": a.missing,
-                    "pending": sorted(set(policy.approvers) - set(a.approvers)),
-                },
-                "promoted": a.promoted,
-                "policy_version": r.policy_version,
-                "size": view.size,
+                "added": list(done.added),
+                "approvals": _approvals_json(a, policy),
             }
         )
         return
-    click.echo(f"release       {r.product} {r.version}   security counter {r.security_counter}")
-    click.echo(f"valid         {r.not_before:%Y-%m-%dT%H:%M:%SZ} to {r.expires:%Y-%m-%dT%H:%M:%SZ}")
-    click.echo(f"bundle id     {r.bundle_id}   ({view.size} bytes, built under policy v{r.policy_version})")
-    click.echo(f"production    {r.total} units in total")
-    for station, count in sorted(r.allocation.items()):
-        click.echo(f"  {station:<12}{count:>10} units   decryption key {r.recipients[station][:16]}...")
-    for image in r.images:
-        target = ", ".join(f"{k} {v}" for k, v in image.target.items()) or "no target given"
-        click.echo(f"image         {image.name}   {image.length} bytes   {target}")
-        click.echo(f"  sha256      {image.sha256}")
-        click.echo(f"              {readable_digest(image.sha256)}")
-        proof = r.provenance.get(image.name)
-        if proof:
-            click.echo(f"  provenance  verified offline: {proof.get('identity')} ({proof.get('issuer')})")
-        else:
-            click.echo("  provenance  none required")
-    click.echo(f"statement     {r.statement_sha256}")
-    click.echo(f"              {readable_digest(r.statement_sha256)}")
-    pending = sorted(set(policy.approvers) - set(a.approvers))
-    click.echo(
-        f"approvals     {len(a.approvers)} of {a.threshold} needed: {', '.join(a.approvers) or 'none yet'}"
-        + (f"; not yet: {', '.join(pending)}" if pending else "")
-    )
-    click.echo("promoted      " + ("yes, signed by the release signer" if a.promoted else "no"))
-
-
-@bundle.command("approve")
-@click.argument("path", type=_PATH)
-@click.option("--key", type=PKCS11_URI, required=True, help="Your approver key (URI with object= and a PIN source).")
-@_policy_options
-def approve(path: Path, key: Pkcs11Uri, policy_file: Path, root_cert: Path) -> None:
-    """Approve the bundle at PATH with your own token: sign its statement."""
-    from vault.bundle import approve_bundle
-    from vault.token import open_token
-
-    policy = _load_policy(policy_file, root_cert)
-    with open_token(key) as token:
-        view = approve_bundle(path, token.key_for(key), policy, now=datetime.now(UTC))
-    a = view.approvals
-    click.echo(f"approved {view.release.product} {view.release.version}: {len(a.approvers)} of {a.threshold} approvals")
+    click.echo(f"added the approvals of {', '.join(done.added)} to {r.product} {r.version}")
+    click.echo(f"approvals     {_approvals_line(a, policy)}")
 
 
 @bundle.command("promote")
@@ -139,7 +306,8 @@ def approve(path: Path, key: Pkcs11Uri, policy_file: Path, root_cert: Path) -> N
 @click.option("--key", type=PKCS11_URI, required=True, help="The release signer's key (in the release token).")
 @click.option("--log", type=click.Path(dir_okay=False, path_type=Path), required=True, help="The promotion log.")
 @_policy_options
-def promote(path: Path, key: Pkcs11Uri, log: Path, policy_file: Path, root_cert: Path) -> None:
+@json_option
+def promote(path: Path, key: Pkcs11Uri, log: Path, policy_file: Path, root_cert: Path, as_json: bool) -> None:
     """Promote the bundle at PATH once the approvers' threshold is met; log it; advance the release token's head.
 
     Run the same command again after an interruption: it finishes what was left.
@@ -152,6 +320,30 @@ def promote(path: Path, key: Pkcs11Uri, log: Path, policy_file: Path, root_cert:
         done = promote_bundle(path, token.key_for(key), token, policy, log, now=datetime.now(UTC))
         label = token.label
     r, entry, head = done.view.release, done.entry, done.head
+    if as_json:
+        echo_json(
+            {
+                "outcome": done.outcome,
+                "started": done.started,
+                "adopted_entries": done.adopted_entries,
+                "removed_torn_line": None
+                if done.removed is None
+                else {"line": done.removed.number, "bytes": done.removed.length},
+                "bundle_id": r.bundle_id,
+                "product": r.product,
+                "version": r.version,
+                "security_counter": r.security_counter,
+                "statement_sha256": r.statement_sha256,
+                "approvers": list(entry.approvers),
+                "log": str(log),
+                "log_entry": {"index": entry.index, "hash": entry.hash},
+                "log_head": head.log_head,
+                "log_entries": head.entries,
+                "token": label,
+                "counters": dict(head.counters),
+            }
+        )
+        return
     if done.removed is not None:
         click.echo(
             f"removed the cut-short last line of {log} (line {done.removed.number}, {done.removed.length} bytes): "
@@ -192,7 +384,10 @@ def log_group() -> None:
 )
 @click.option("--head", "digest", metavar="HEX", help="A log head printed by promote: the log must hold it.")
 @_policy_options
-def log_verify(log: Path, token_uri: Pkcs11Uri | None, digest: str | None, policy_file: Path, root_cert: Path) -> None:
+@json_option
+def log_verify(
+    log: Path, token_uri: Pkcs11Uri | None, digest: str | None, policy_file: Path, root_cert: Path, as_json: bool
+) -> None:
     """Check the promotion LOG: chain, hashes, signatures, and that it is the latest (with --token or --head)."""
     from vault.bundle import verify_log, verify_log_against_digest, verify_log_against_token
     from vault.bundle._log import release_signer_ids
@@ -209,6 +404,32 @@ def log_verify(log: Path, token_uri: Pkcs11Uri | None, digest: str | None, polic
         checked.append("it ends at the given head" if not later else f"it holds the given head, then {_entries(later)}")
     if not checked:
         report = verify_log(log, ids)
+    if as_json:
+        echo_json(
+            {
+                "ok": True,
+                "entries": [
+                    {
+                        "index": e.index,
+                        "time": e.time,
+                        "product": e.product,
+                        "version": e.version,
+                        "security_counter": e.security_counter,
+                        "bundle_id": e.bundle_id,
+                        "statement_sha256": e.statement_sha256,
+                        "approvers": list(e.approvers),
+                        "hash": e.hash,
+                    }
+                    for e in report.entries
+                ],
+                "head": report.head,
+                "checked_token": token_uri is not None,
+                "checked_head": digest,
+                "latest_checked": bool(checked),
+                "notes": checked,
+            }
+        )
+        return
     for entry in report.entries:
         click.echo(f"{entry.index:>4}  {entry.time}  {entry.product} {entry.version}  counter {entry.security_counter}")
     click.echo(f"promotion log OK: {_entries(len(report.entries))}, head {report.head}")
