@@ -101,7 +101,7 @@ def inspect(path: Path, policy_file: Path, root_cert: Path, as_json: bool) -> No
     click.echo(f"bundle id     {r.bundle_id}   ({view.size} bytes, built under policy v{r.policy_version})")
     click.echo(f"production    {r.total} units in total")
     for station, count in sorted(r.allocation.items()):
-        click.echo(f"  {station:<12}{count:>10} units   decryption key {r.recipients[station][:16]}...")
+        click.echo(f"  {station:<12}{count:>10} units   decryption key {r.recipients[station]}")
     for image in r.images:
         target = ", ".join(f"{k} {v}" for k, v in image.target.items()) or "no target given"
         click.echo(f"image         {image.name}   {image.length} bytes   {target}")
