@@ -200,9 +200,10 @@ def test_a_label_swap_on_unit_1_is_refused_in_one_line(
     assert_one_line_error(err, "--label-mismatch N gives unit N the label of unit N-1: unit 1 has none before it")
     assert log_size(state) == 0
 
-    code, out, _ = station(capsys, world, "provision", state, "--count", "3", "--label-mismatch", "2")
+    code, out, _ = station(capsys, world, "provision", state, "--count", "3", "--label-mismatch", "2", "--rework", "3")
     assert code == 0
     assert " unit    2  " in out and "label-mismatch: label " in out
+    assert out.splitlines()[-2].startswith("fixture 1  unit    3  ") and out.splitlines()[-2].endswith(" rework")
 
 
 def test_provision_chooses_a_loaded_release_by_bundle_id(

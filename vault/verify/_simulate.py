@@ -128,6 +128,9 @@ def run_simulation(
     def run(n: int, fixture: int, *, again: bool = False) -> UnitResult:
         device = devices[n]
         assert device.label is not None
+        if again:  # back on the fixture for rework: unlocked, and without the fault it had
+            device.unlock_for_rework()
+            device.fail_at = None
         scanned = devices[n - 1].label if n in label_mismatch and not again else device.label
         assert scanned is not None
         try:
