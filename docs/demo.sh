@@ -143,7 +143,9 @@ station 1 provision --count 10 --fixtures 4 --label-mismatch 4 --fail 7:program 
 
 step "station-2 provisions 8 units on 4 fixtures, then tries one more than its allocation"
 station 2 provision --count 8 --fixtures 4 --operator bob
-station 2 provision --count 1 --fixtures 1 --operator bob
+status=0
+station 2 provision --count 1 --fixtures 1 --operator bob || status=$?   # refused: exit 4
+[ "$status" = 4 ] || { echo "demo: provisioning past the allocation exited $status, not 4" >&2; exit 1; }
 
 step "Each station shows its count and log, and exports its evidence, encrypted to the auditor (write-once folder)"
 for n in 1 2; do

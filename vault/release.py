@@ -215,6 +215,7 @@ def open_release(
     now: datetime,
     require_promoted: bool = True,
     check_window: bool = True,
+    station: str | None = None,
 ) -> tuple[Release, Approvals]:
     """Verify a bundle's release statement against the trust policy, then parse it.
 
@@ -224,7 +225,10 @@ def open_release(
     enrolled and a recipient, that the allocation fits the total, and the
     validity window unless ``check_window`` is false (an auditor checks
     evidence against a release after it expired, and compares each
-    manifest's time with the window itself).
+    manifest's time with the window itself). A station passes its own id as
+    ``station``: only its own enrolment and recipient key are checked then,
+    so a station revoked or re-enrolled since the release was signed does
+    not stop the others from loading their allocations.
 
     Raises:
         SignatureError: a signature by an approver or the release signer does not verify.
@@ -263,7 +267,7 @@ def open_release(
     release = parse_release(statement)
     if hashlib.sha256(header_bytes).hexdigest() != release.header_sha256:
         raise FormatError("the bundle's header is not the one the release statement was signed over")
-    check_allocation(release, policy)
+    check_allocation(release, policy, station=station)
     if check_window:
         release.check_window(now)
     return release, approvals_of(envelope, policy)
@@ -285,8 +289,9 @@ def _approval_line(found: VerificationResult, names: Mapping[str, str]) -> str:
     return line
 
 
-def check_allocation(release: Release, policy: TrustPolicy) -> None:
-    """Every allocated station is enrolled and a recipient with its current key; the counts fit the total.
+def check_allocation(release: Release, policy: TrustPolicy, *, station: str | None = None) -> None:
+    """Every allocated station (or only ``station``) is enrolled and a recipient with its current key;
+    the counts fit the total.
 
     Raises:
         PolicyError: the first problem found.
@@ -294,11 +299,12 @@ def check_allocation(release: Release, policy: TrustPolicy) -> None:
     allocated = sum(release.allocation.values())
     if allocated > release.total:
         raise PolicyError(f"the allocation ({allocated} units) is larger than the production count ({release.total})")
-    for station_id in release.allocation:
-        station = policy.stations.get(station_id)
-        if station is None:
+    checked = list(release.allocation) if station is None else [s for s in release.allocation if s == station]
+    for station_id in checked:
+        enrolled = policy.stations.get(station_id)
+        if enrolled is None:
             raise PolicyError(f"station '{station_id}' is not enrolled in trust policy v{policy.version}")
-        if release.recipients.get(station_id) != station.decryption.key_id:
+        if release.recipients.get(station_id) != enrolled.decryption.key_id:
             raise PolicyError(f"station '{station_id}' is not a recipient with its enrolled decryption key")
 
 

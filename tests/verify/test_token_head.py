@@ -220,14 +220,17 @@ def test_ctrl_c_during_provisioning_finishes_the_units_on_the_fixtures(
     time.sleep(after)
     run.send_signal(signal.SIGINT)
     out, err = run.communicate(timeout=60)
-    assert "Traceback" not in err and "Exception in thread" not in err, err
-    if run.returncode != 0:  # interrupted (it may also have finished first)
-        assert run.returncode == 130 and err.strip().splitlines()[-1] in ("vault: interrupted", "vault: aborted"), err
     db = sqlite3.connect(tmp_path / "s" / "station.sqlite")  # as the process left it, before any reopening
     try:
         assert db.execute("SELECT COUNT(*) FROM units WHERE done = 0").fetchone() == (0,)  # none left on a fixture
+        started = db.execute("SELECT COUNT(*) FROM units").fetchone()[0]
     finally:
         db.close()
+    if run.returncode == -signal.SIGINT and not started:
+        return  # a loaded machine: the signal came while Python itself was still starting, before vault ran
+    assert "Traceback" not in err and "Exception in thread" not in err, err
+    if run.returncode != 0:  # interrupted (it may also have finished first)
+        assert run.returncode == 130 and err.strip().splitlines()[-1] in ("vault: interrupted", "vault: aborted"), err
     with world.station(tmp_path / "s") as station:
         assert station.verify_log()[0] == len(station.state.read().execute("SELECT 1 FROM log").fetchall())
 

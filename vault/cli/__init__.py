@@ -8,6 +8,7 @@ reaches :func:`main`, which prints its one-line diagnosis and exits non-zero;
 
 from __future__ import annotations
 
+import inspect
 import sys
 import traceback
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ __all__ = ["cli", "main"]
 _state = {"verbose": False}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
 @click.version_option(__version__, prog_name="vault")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks with errors.")
 def cli(verbose: bool) -> None:
@@ -38,6 +39,29 @@ cli.add_command(_policy.policy)
 cli.add_command(_station.station)
 cli.add_command(_bundle.bundle)
 cli.add_command(_audit.audit)
+
+
+def _first_sentence(text: str) -> str:
+    """A command's summary for its group's ``--help``: the first sentence of its help, whole."""
+    paragraph = inspect.cleandoc(text).split("\n\n")[0].replace("\b", "")
+    words: list[str] = []
+    for word in paragraph.split():
+        words.append(word)
+        if word.endswith("."):
+            break
+    return " ".join(words).rstrip(".")
+
+
+def _full_summaries(group: click.Group) -> None:
+    """Give every command a summary click wraps instead of cutting short with '...'."""
+    for command in group.commands.values():
+        if command.short_help is None and command.help:
+            command.short_help = _first_sentence(command.help)
+        if isinstance(command, click.Group):
+            _full_summaries(command)
+
+
+_full_summaries(cli)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

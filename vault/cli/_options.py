@@ -50,4 +50,4 @@ def echo_json(value: Any) -> None:
 
 def console() -> Console:
     """A rich console for tables; wide when stdout is a file or pipe so nothing is cut."""
-    return Console(width=None if sys.stdout.isatty() else 200)
+    return Console(width=None if sys.stdout.isatty() else 250)

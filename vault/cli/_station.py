@@ -63,8 +63,13 @@ def _open_station(
     root_cert: Path | None,
     root_fingerprint: str | None,
     operator: str = "operator",
+    *,
+    new: bool = False,
 ) -> Station:
+    """The station on ``state_dir``; only ``load`` (``new``) may start a folder, the others need one."""
     root = _root(root_cert, root_fingerprint)
+    if not new and not (state_dir / "station.sqlite").is_file():
+        raise InputError(f"no station state in {state_dir}: run 'vault station load' first")
     return Station(state_dir, token=uri, station_id=station_id, root=root, operator=operator)
 
 
@@ -85,7 +90,7 @@ def load(
 ) -> None:
     """Verify a promoted bundle for this station and decrypt every image against its allowlist."""
     policy = read_capped(policy_file, MAX_POLICY_SIZE, "trust policy")
-    with _open_station(state_dir, uri, station_id, root_cert, root_fingerprint) as opened:
+    with _open_station(state_dir, uri, station_id, root_cert, root_fingerprint, new=True) as opened:
         loaded = opened.load(bundle_file, policy)
     r = loaded.release
     if as_json:
@@ -112,12 +117,26 @@ def load(
     click.echo(f"allocation   {loaded.allocation} units for {station_id}: {loaded.used} used, {loaded.left} left")
 
 
+EXIT_REFUSED = 4
+"""``vault station provision``'s exit status when units were refused because the allocation was used up."""
+
+EXIT_INTERRUPTED = 130
+"""The exit status after Ctrl-C (128 + SIGINT), as shells report it."""
+
+_REFUSALS = {"allocation": "over the allocation", "identity": "identity", "clone": "clone"}
+
+
 @station.command("provision")
 @_station_options
 @click.option("--count", type=click.IntRange(1, 100000), required=True, help="Simulated devices to provision.")
 @click.option("--fixtures", type=click.IntRange(1, 64), default=4, show_default=True, help="Fixtures working at once.")
 @click.option("--operator", default="operator", show_default=True, help="Who runs the station (in every manifest).")
-@click.option("--label-mismatch", type=int, multiple=True, metavar="N", help="Unit N's scanner reads unit N-1's label.")
+@click.option(
+    "--bundle-id", help="The loaded release to provision from: its bundle id or a prefix (default: the last loaded)."
+)
+@click.option(
+    "--label-mismatch", type=int, multiple=True, metavar="N", help="Unit N's scanner reads unit N-1's label (N >= 2)."
+)
 @click.option("--fail", "failures", multiple=True, metavar="N:STEP", help=f"Unit N fails at STEP ({', '.join(STEPS)}).")
 @click.option("--rework", type=int, multiple=True, metavar="N", help="Unit N comes back for rework after the run.")
 @click.option("--label-prefix", default="SN-", show_default=True, help="Simulated labels: prefix and 8 hex digits.")
@@ -131,44 +150,99 @@ def provision(
     count: int,
     fixtures: int,
     operator: str,
+    bundle_id: str | None,
     label_mismatch: tuple[int, ...],
     failures: tuple[str, ...],
     rework: tuple[int, ...],
     label_prefix: str,
     as_json: bool,
 ) -> None:
-    """Provision simulated devices from the loaded release over several fixtures at once.
+    """Provision simulated devices from a loaded release over several fixtures at once.
 
     Faults can be injected to see them refused and logged: a label swap, a
     failing step, a rework. Every unit ends with a signed manifest in the
-    station log, whatever happened to it.
+    station log, whatever happened to it. Exit status: 0 when the run
+    ended, 4 when units were refused because the allocation is used up,
+    130 after Ctrl-C (the units on the fixtures finish and are logged first).
     """
-    from vault.verify._simulate import parse_failures, run_simulation
+    from vault.verify._simulate import ProvisioningInterrupted, parse_failures, run_simulation
 
     plan = parse_failures(failures, count)
     for n in (*label_mismatch, *rework):
         if not 1 <= n <= count:
             raise InputError(f"unit {n} is not among the {count} simulated units")
-    with _open_station(state_dir, uri, station_id, root_cert, root_fingerprint, operator) as opened:
-        opened.resume()
-        results = run_simulation(
-            opened,
-            count=count,
-            fixtures=fixtures,
-            fail=plan,
-            label_mismatch=set(label_mismatch),
-            rework=list(rework),
-            label_prefix=label_prefix,
+    if 1 in label_mismatch:
+        raise InputError(
+            "--label-mismatch N gives unit N the label of unit N-1: unit 1 has none before it (use 2 or more)"
         )
+    stop: ProvisioningInterrupted | None = None
+    with _open_station(state_dir, uri, station_id, root_cert, root_fingerprint, operator) as opened:
+        loaded = opened.resume(bundle_id)
+        try:
+            results = run_simulation(
+                opened,
+                count=count,
+                fixtures=fixtures,
+                fail=plan,
+                label_mismatch=set(label_mismatch),
+                rework=list(rework),
+                label_prefix=label_prefix,
+            )
+        except ProvisioningInterrupted as e:
+            stop, results = e, e.results
         status = opened.status()
+    left = next((a.left for a in status.releases if a.bundle_id == loaded.release.bundle_id), 0)
+    over = [r for r in results if r.refusal == "allocation"]
+    in_flight = [] if stop is None else [r for r in results if r.unit in stop.in_flight]
     if as_json:
-        echo_json({"units": [r.to_json() for r in results], "events": status.events})
-        return
+        echo_json({
+            "bundle_id": loaded.release.bundle_id, "units": [r.to_json() for r in results], "events": status.events,
+            "refused": status.refused, "left": left,
+            "interrupted": None if stop is None else {"in_flight": stop.in_flight, "not_started": stop.not_started},
+        })  # fmt: skip
+    else:
+        r0 = loaded.release
+        click.echo(f"release      {r0.product} {r0.version} (bundle {r0.bundle_id})")
+        for r in results:
+            click.echo(r.line())
+        click.echo(f"log          {status.log_size} manifests: {_event_counts(status.events, status.refused)}; "
+                   f"{left} units left")  # fmt: skip
+    ctx = click.get_current_context()
+    if stop is not None:
+        for r in in_flight:
+            click.echo(f"vault: on a fixture at Ctrl-C: {r.line()}", err=True)
+        said = _run_counts(in_flight)
+        counted = sum(1 for r in in_flight if r.event in ("provisioned", "rework", "failed"))
+        click.echo(
+            f"vault: interrupted: {len(in_flight)} units were on the fixtures and finished"
+            + (f"; their manifests say {said} ({counted} counted against the allocation)" if in_flight else "")
+            + f"; {stop.not_started} units were not started (nothing counted or logged)",
+            err=True,
+        )
+        ctx.exit(EXIT_INTERRUPTED)
+    if over:
+        click.echo(f"vault: {len(over)} of {len(results)} units were refused: {over[0].error}", err=True)
+        ctx.exit(EXIT_REFUSED)
+
+
+def _event_counts(events: dict[str, int], refused: dict[str, int]) -> str:
+    """``20 provisioned, 4 refused: 4 over the allocation``: refusals apart from the failures they are logged as."""
+    shown = dict(events)
+    if refused:
+        shown["failed"] = shown.get("failed", 0) - sum(refused.values())
+    parts = [f"{n} {event}" for event, n in sorted(shown.items()) if n > 0]
+    if refused:
+        why = ", ".join(f"{n} {_REFUSALS.get(step, step)}" for step, n in sorted(refused.items()))
+        parts.append(f"{sum(refused.values())} refused: {why}")
+    return ", ".join(parts) or "empty"
+
+
+def _run_counts(results: list[Any]) -> str:
+    """``2 provisioned, 1 refused``: what a list of unit results say."""
+    counts: dict[str, int] = {}
     for r in results:
-        click.echo(r.line())
-    left = next((a.left for a in status.releases if a.bundle_id == opened.release.release.bundle_id), 0)
-    counts = ", ".join(f"{n} {event}" for event, n in sorted(status.events.items()))
-    click.echo(f"log          {status.log_size} manifests ({counts}); {left} units left")
+        counts[r.event] = counts.get(r.event, 0) + 1
+    return ", ".join(f"{n} {event}" for event, n in sorted(counts.items()))
 
 
 @station.command("status")
@@ -195,6 +269,7 @@ def status(
                 "log_size": size,
                 "root": root.hex(),
                 "events": st.events,
+                "refused": st.refused,
                 "last_time": st.last_time,
                 "token_head": None if st.token_head is None else st.token_head.to_value(),
                 "releases": [
@@ -224,17 +299,16 @@ def status(
     click.echo(f"station      {st.station_id} (trust policy v{st.policy_version})")
     for a in st.releases:
         click.echo(
-            f"release      {a.product} {a.version} ({a.bundle_id[:16]}): "
+            f"release      {a.product} {a.version} (bundle {a.bundle_id}): "
             f"{a.used} of {a.allocation} used, {a.left} left; until {a.expires}"
         )
-    counts = ", ".join(f"{n} {event}" for event, n in sorted(st.events.items())) or "empty"
-    click.echo(f"log          {size} manifests ({counts}); root {root.hex()[:16]}; verified")
+    click.echo(f"log          {size} manifests: {_event_counts(st.events, st.refused)}; root {root.hex()}; verified")
     if st.token_head is not None:
         click.echo(f"token        holds this folder's head: {st.token_head.describe()}")
     if last is None:
         click.echo("checkpoint   none exported yet")
     else:
-        click.echo(f"checkpoint   size {last.to_size}, root {last.root[:16]}, export {last.sequence}: {last.path}")
+        click.echo(f"checkpoint   size {last.to_size}, root {last.root}, export {last.sequence}: {last.path}")
 
 
 @station.command("export")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 from cryptography.hazmat.primitives import serialization
+from rich.measure import Measurement
 from rich.table import Table
 
 from vault._files import read_capped, write_new
@@ -40,26 +42,31 @@ def list_(module_path: str | None, as_json: bool) -> None:
 
 @token.command("keys")
 @click.argument("uri", type=PKCS11_URI)
+@click.option("--full", is_flag=True, help="Show whole ids even if the table is wider than the terminal.")
 @json_option
-def keys(uri: Pkcs11Uri, as_json: bool) -> None:
-    """List the objects on the token URI names (never key material)."""
+def keys(uri: Pkcs11Uri, full: bool, as_json: bool) -> None:
+    """List the objects on the token URI names (never key material); ids are whole when they fit."""
     with open_token(uri) as session:
         objects = session.objects()
     if as_json:
         echo_json([dataclasses.asdict(o) for o in objects])
         return
-    table = Table("label", "type", "key type", "id", "key id", "extractable", "sensitive", title=session.label)
-    for o in objects:
-        table.add_row(
-            o.label,
-            o.type,
-            o.key_type or "-",
-            _short(o.id),
-            _short(o.key_id),
-            _flag(o.extractable),
-            _flag(o.sensitive),
-        )
-    console().print(table)
+    out = console()
+
+    def table(cut: Callable[[str | None], str]) -> Table:
+        made = Table("label", "type", "key type", "id", "key id", "extractable", "sensitive", title=session.label)
+        for column in made.columns[3:5]:
+            column.overflow = "fold"  # an id too wide for the terminal goes on over lines, never cut
+        for o in objects:
+            made.add_row(o.label, o.type, o.key_type or "-", cut(o.id), cut(o.key_id), _flag(o.extractable),
+                         _flag(o.sensitive))  # fmt: skip
+        return made
+
+    whole = table(lambda value: value or "-")
+    fits = Measurement.get(out, out.options.update(width=100_000), whole).maximum <= out.width
+    out.print(whole if full or fits else table(_short))
+    if not (full or fits):
+        click.echo("ids cut to 16 digits to fit the terminal: --full or --json shows them whole", err=True)
 
 
 @token.command("keygen")
@@ -108,7 +115,7 @@ def sign(uri: Pkcs11Uri, file: Path, output: Path, force: bool) -> None:
         key = session.key_for(uri)
         signature = key.sign(data)
     write_new(output, signature, overwrite=force)
-    click.echo(f"signed {file} with key {key.key_id[:16]}... -> {output}", err=True)
+    click.echo(f"signed {file} with key {key.key_id} -> {output}", err=True)
 
 
 @token.command("delete")
@@ -135,7 +142,7 @@ def delete(uri: Pkcs11Uri, yes: bool) -> None:
             if typed.strip() != uri.object:
                 raise InputError("the label typed is not the key's: nothing was deleted")
         info = session.delete_key(label=uri.object, id=uri.id)
-    click.echo(f"deleted key '{info.label}' (key id {_short(info.key_id)}) from token '{session.label}'")
+    click.echo(f"deleted key '{info.label}' (key id {info.key_id or '-'}) from token '{session.label}'")
 
 
 def _short(value: str | None) -> str:

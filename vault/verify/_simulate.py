@@ -12,16 +12,32 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from vault.errors import InputError, StateError, TokenError, VaultError
+from vault.errors import (
+    AllocationError,
+    AlreadyProvisionedError,
+    CloneError,
+    IdentityError,
+    InputError,
+    LabelMismatchError,
+    StateError,
+    TokenError,
+    VaultError,
+)
 from vault.verify._device import STEPS, SimulatedDevice
 from vault.verify._station import Station
 
-__all__ = ["UnitResult", "parse_failures", "run_simulation"]
+__all__ = ["ProvisioningInterrupted", "UnitResult", "parse_failures", "run_simulation"]
 
 
 @dataclass(frozen=True)
 class UnitResult:
-    """What happened to one simulated unit."""
+    """What happened to one simulated unit.
+
+    ``event`` is the manifest's event, or "refused" for a unit the station
+    refused (``refusal`` says why: "allocation" when no unit was left,
+    "identity" for a known, scrapped or unknown device, both before anything
+    was reserved; "clone" for a device key that belongs to another device).
+    """
 
     unit: int
     fixture: int
@@ -30,16 +46,33 @@ class UnitResult:
     event: str
     serial: str | None = None
     error: str | None = None
+    refusal: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "unit": self.unit, "fixture": self.fixture, "hardware_id": self.hardware_id, "label": self.label,
-            "event": self.event, "serial": self.serial, "error": self.error,
+            "event": self.event, "serial": self.serial, "error": self.error, "refusal": self.refusal,
         }  # fmt: skip
 
     def line(self) -> str:
         text = f"fixture {self.fixture}  unit {self.unit:>4}  {self.label:<14} {self.event}"
         return f"{text}: {self.error}" if self.error else text
+
+
+class ProvisioningInterrupted(KeyboardInterrupt):
+    """Ctrl-C during :func:`run_simulation`: no new unit started; the units on the fixtures finished and were logged.
+
+    Attributes:
+        results: every unit that ended, in unit order (those in flight included).
+        in_flight: the unit numbers that were on a fixture when Ctrl-C came.
+        not_started: how many units never started (nothing was reserved or logged for them).
+    """
+
+    def __init__(self, results: list[UnitResult], in_flight: list[int], not_started: int) -> None:
+        super().__init__("interrupted")
+        self.results = results
+        self.in_flight = in_flight
+        self.not_started = not_started
 
 
 def parse_failures(values: tuple[str, ...] | list[str], count: int) -> dict[int, str]:
@@ -72,87 +105,124 @@ def run_simulation(
     """Provision ``count`` simulated devices over ``fixtures`` threads; then rework the units in ``rework``.
 
     A refused or failed unit does not stop the run: each outcome is
-    returned, and the station has logged a manifest for it.
+    returned, and the station has logged a manifest for it. Unit ``n`` in
+    ``label_mismatch`` is scanned with unit ``n - 1``'s label (so ``n`` is 2
+    or more).
+
+    Raises:
+        InputError: a label swap asked for unit 1 (there is no unit before it).
+        ProvisioningInterrupted: Ctrl-C (a ``KeyboardInterrupt``); the units
+            on the fixtures finished first, and it says which they were.
+        StateError, TokenError: the station cannot go on; the line stopped.
     """
     fail = fail or {}
     label_mismatch = label_mismatch or set()
+    if 1 in label_mismatch:
+        raise InputError("a label swap gives unit N the label of unit N-1: unit 1 has none before it (use 2 or more)")
     devices = {n: SimulatedDevice(os.urandom(8), fail_at=fail.get(n)) for n in range(1, count + 1)}
     for device in devices.values():
         device.label = f"{label_prefix}{device.hardware_id.hex()[:8].upper()}"
-    work: queue.Queue[int] = queue.Queue()
-    for n in devices:
-        work.put(n)
     results: dict[int, UnitResult] = {}
+    reworked: list[UnitResult] = []
 
     def run(n: int, fixture: int, *, again: bool = False) -> UnitResult:
         device = devices[n]
         assert device.label is not None
-        scanned = devices[n - 1].label if n in label_mismatch and n > 1 and not again else device.label
+        if again:  # back on the fixture for rework: unlocked, and without the fault it had
+            device.unlock_for_rework()
+            device.fail_at = None
+        scanned = devices[n - 1].label if n in label_mismatch and not again else device.label
         assert scanned is not None
         try:
             outcome = station.provision(device, label=scanned, fixture=fixture, rework=again)
         except (StateError, TokenError):
             raise
         except VaultError as e:
-            event = getattr(e, "event", None) or _event_of(e)
-            return UnitResult(n, fixture, device.hardware_id.hex(), scanned, event, None, str(e))
+            event, refusal = _event_of(e)
+            return UnitResult(n, fixture, device.hardware_id.hex(), scanned, event, None, str(e), refusal)
         return UnitResult(n, fixture, device.hardware_id.hex(), scanned, outcome.event, outcome.serial)
 
+    first: queue.Queue[int] = queue.Queue()
+    for n in devices:
+        first.put(n)
+    again: queue.Queue[int] = queue.Queue()
+    for n in rework or []:
+        again.put(n)
     stopping = threading.Event()
     stopped: list[VaultError] = []
+    in_flight: dict[int, int] = {}  # unit -> fixture, while the unit is on it
+    guard = threading.Lock()
 
-    finished = [threading.Event() for _ in range(fixtures)]
-
-    def fixture_loop(fixture: int) -> None:
-        try:
-            while not stopping.is_set():
-                try:
-                    n = work.get_nowait()
-                except queue.Empty:
-                    return
-                try:
-                    results[n] = run(n, fixture)
-                except (StateError, TokenError) as e:  # the station itself cannot go on: stop the line
-                    stopped.append(e)
-                    stopping.set()
-        finally:
-            finished[fixture - 1].set()
-
-    threads = [threading.Thread(target=fixture_loop, args=(f,), name=f"fixture-{f}") for f in range(1, fixtures + 1)]
-    for thread in threads:
-        thread.start()
-    try:
-        _wait(finished)
-    except KeyboardInterrupt:  # Ctrl-C: no new unit starts; the units on the fixtures finish and are logged
-        stopping.set()
-        while True:
+    def fixture_loop(fixture: int, work: queue.Queue[int], redo: bool) -> None:
+        while not stopping.is_set():
             try:
-                _wait(finished)  # (a Thread.join interrupted by Ctrl-C may return early; these events do not)
-                break
-            except KeyboardInterrupt:  # again: the units on the fixtures still finish first
-                continue
-        raise
-    if stopped:
-        raise stopped[0]
-    ordered = [results[n] for n in sorted(results)]
-    for n in rework or []:
-        devices[n].unlock_for_rework()
-        devices[n].fail_at = None
-        ordered.append(run(n, 1, again=True))
-    return ordered
+                n = work.get_nowait()
+            except queue.Empty:
+                return
+            with guard:
+                in_flight[n] = fixture
+            try:
+                result = run(n, fixture, again=redo)
+                if redo:
+                    reworked.append(result)
+                else:
+                    results[n] = result
+            except (StateError, TokenError) as e:  # the station itself cannot go on: stop the line
+                stopped.append(e)
+                stopping.set()
+            finally:
+                with guard:
+                    del in_flight[n]
+
+    def phase(loops: list[tuple[int, queue.Queue[int], bool]]) -> None:
+        """Run one thread per fixture; on Ctrl-C start no new unit, and wait for the ones on the fixtures.
+
+        The threads are waited for through events, not ``Thread.join``: on Python 3.11 a join that
+        Ctrl-C interrupts can mark a running thread as stopped (bpo-45274), and the unit on its
+        fixture would be cut off by the station closing under it.
+        """
+        ended = [threading.Event() for _ in loops]
+
+        def fixture(args: tuple[int, queue.Queue[int], bool], finished: threading.Event) -> None:
+            try:
+                fixture_loop(*args)
+            finally:
+                finished.set()
+
+        for args, finished in zip(loops, ended, strict=True):
+            threading.Thread(target=fixture, args=(args, finished), name=f"fixture-{args[0]}").start()
+        try:
+            for finished in ended:
+                finished.wait()
+        except KeyboardInterrupt:
+            stopping.set()
+            with guard:
+                interrupted = sorted(in_flight)
+            while not all(finished.is_set() for finished in ended):
+                try:  # a second Ctrl-C does not abandon a unit on a fixture: it is being logged
+                    for finished in ended:
+                        finished.wait()
+                except KeyboardInterrupt:
+                    continue
+            done = [results[n] for n in sorted(results)] + reworked
+            raise ProvisioningInterrupted(done, interrupted, count + len(rework or []) - len(done)) from None
+        if stopped:
+            raise stopped[0]
+
+    # the rework runs after the first pass, on fixture 1, in a thread too: Ctrl-C never lands inside a unit
+    phase([(f, first, False) for f in range(1, fixtures + 1)])
+    phase([(1, again, True)])
+    return [results[n] for n in sorted(results)] + reworked
 
 
-def _wait(events: list[threading.Event]) -> None:
-    """Wait until every event is set, in short steps so that Ctrl-C is seen at once."""
-    for event in events:
-        while not event.wait(0.1):
-            pass
-
-
-def _event_of(error: VaultError) -> str:
-    name = type(error).__name__
-    if name == "LabelMismatchError":
-        return "label-mismatch"
-    return (
-        "refused" if name in ("AllocationError", "AlreadyProvisionedError", "CloneError", "IdentityError") else "failed"
-    )
+def _event_of(error: VaultError) -> tuple[str, str | None]:
+    """The event to show for a unit that raised, and the refusal kind when nothing was reserved for it."""
+    if isinstance(error, LabelMismatchError):
+        return "label-mismatch", None
+    if isinstance(error, AllocationError):
+        return "refused", "allocation"
+    if isinstance(error, CloneError):
+        return "refused", "clone"
+    if isinstance(error, (AlreadyProvisionedError, IdentityError)):
+        return "refused", "identity"
+    return "failed", None

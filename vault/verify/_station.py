@@ -152,6 +152,9 @@ class StationStatus:
     last_time: str | None
     last_export: ExportResult | None
     token_head: LogHead | None = None  # what the station token holds (the folder was checked against it)
+    refused: dict[str, int] = field(default_factory=dict)
+    """Of the "failed" manifests, those of devices refused before any unit was reserved, by the step
+    that refused them ("allocation": none was left; "identity": a known, scrapped or unknown device)."""
 
 
 @dataclass(frozen=True)
@@ -257,7 +260,22 @@ class Station:
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
+        state = getattr(self, "state", None)
+        unused = kind is not None and state is not None and state.created and self._nothing_recorded()
         self._stack.close()
+        if unused:  # a load into a new folder failed: the folder holds nothing, so it is not left behind
+            assert state is not None
+            state.discard_new()
+
+    def _nothing_recorded(self) -> bool:
+        """Whether this station's folder holds nothing yet: no policy, release, log entry or unit."""
+        try:
+            db = self.state.read()
+            head = State.head_in(db)
+            loaded = db.execute("SELECT COUNT(*) FROM releases").fetchone()[0]
+        except (sqlite3.Error, OSError, VaultError):
+            return False
+        return head.empty and not loaded and self.state.meta("policy") is None  # discard_new checks other users
 
     def _verify_policy(self, data: bytes, *, highest_seen: int, allow_expired: bool = False) -> TrustPolicy:
         now, _ = self.clock()
@@ -265,6 +283,15 @@ class Station:
         policy = load_policy(data, root, now=now, highest_seen=highest_seen, allow_expired=allow_expired)
         enrolled = policy.stations.get(self.station_id)
         if enrolled is None:
+            revoked = policy.revocation(self._signing.key_id) or next(
+                (r for r in policy.revoked if r.role == "station" and r.holder == self.station_id), None
+            )
+            if revoked is not None:
+                why = f" ({revoked.reason})" if revoked.reason else ""
+                raise NotRecipientError(
+                    f"station '{self.station_id}' was revoked in trust policy v{revoked.version}{why}: "
+                    "it can load no release under this policy"
+                )
             raise NotRecipientError(f"station '{self.station_id}' is not enrolled in trust policy v{policy.version}")
         for role, mine, theirs in (
             ("signing", self._signing, enrolled.signing),
@@ -311,7 +338,9 @@ class Station:
         trust = self._verify_policy(policy, highest_seen=highest)
         path = Path(bundle)
         with BundleReader(path) as reader:
-            release, _ = open_release(reader.envelope_bytes, reader.header_bytes, trust, now=now)
+            release, _ = open_release(
+                reader.envelope_bytes, reader.header_bytes, trust, now=now, station=self.station_id
+            )
             if release.bundle_id != reader.header.bundle_id:
                 raise FormatError("the release statement names another bundle id than the bundle's header")
             allocation = release.allocation.get(self.station_id, 0)
@@ -349,6 +378,7 @@ class Station:
                 State.set_meta(db, "policy_version", trust.version)
                 State.set_meta(db, "policy", policy)
             State.set_meta(db, "bundle_path", str(path.resolve()))
+            State.set_meta(db, f"bundle_path:{release.bundle_id}", str(path.resolve()))
             db.execute(
                 "INSERT INTO products (product, security_counter) VALUES (?, ?) ON CONFLICT(product) "
                 "DO UPDATE SET security_counter = MAX(security_counter, excluded.security_counter)",
@@ -378,17 +408,37 @@ class Station:
             raise FormatError(f"{path} changed while it was being loaded")
         return self._release
 
-    def resume(self) -> LoadedRelease:
-        """Load again the bundle this station loaded last, with the policy it holds (both verified again).
+    def resume(self, bundle_id: str | None = None) -> LoadedRelease:
+        """Load again a bundle this station loaded, with the policy it holds (both verified again).
+
+        Args:
+            bundle_id: the release's bundle id, or a prefix of it naming one
+                release loaded here; by default the one loaded last.
 
         Raises:
-            InputError: no bundle was loaded at this station yet.
+            InputError: no bundle was loaded at this station yet; no loaded
+                release, or more than one, has that bundle id prefix; or the
+                station does not know where that release's bundle is.
             As :meth:`load`.
         """
         bundle = self.state.meta("bundle_path")
         policy = self.state.meta("policy")
         if bundle is None or policy is None:
             raise InputError("this station has loaded no bundle yet: run 'vault station load' first")
+        if bundle_id is not None:
+            prefix = bundle_id.strip().lower()
+            loaded = [r[0] for r in self.state.read().execute("SELECT bundle_id FROM releases ORDER BY loaded")]
+            matches = [b for b in loaded if b.startswith(prefix)]
+            if len(matches) != 1:
+                which = "no loaded release has" if not matches else f"{len(matches)} loaded releases have"
+                raise InputError(
+                    f"{which} a bundle id starting with {prefix[:64]!r} (loaded here: {', '.join(loaded) or 'none'})"
+                )
+            bundle = self.state.meta(f"bundle_path:{matches[0]}")
+            if bundle is None:
+                raise InputError(
+                    f"this station does not know where bundle {matches[0]} is: load it again with 'vault station load'"
+                )
         return self.load(bundle, bytes(policy))
 
     def _check_counter(self, release: Release, db: sqlite3.Connection | None = None) -> None:
@@ -900,6 +950,12 @@ class Station:
         )
         events = dict(db.execute("SELECT event, COUNT(*) FROM log GROUP BY event").fetchall())
         size = int(db.execute("SELECT COUNT(*) FROM log").fetchone()[0])
+        refused: dict[str, int] = {}
+        trusted = {self._signing.key_id: self._signing.public_key}
+        for (envelope,) in db.execute("SELECT envelope FROM log WHERE event = 'failed'").fetchall():
+            manifest = open_manifest(bytes(envelope), trusted)
+            if manifest.unit is None and manifest.failed_step is not None:
+                refused[manifest.failed_step] = refused.get(manifest.failed_step, 0) + 1
         return StationStatus(
             station_id=self.station_id,
             policy_version=int(self.state.meta("policy_version", 0)),
@@ -909,6 +965,7 @@ class Station:
             last_time=self.state.meta("last_time"),
             last_export=self._last_export(db),
             token_head=None if self.state.anchor is None else self.state.anchor.read(),
+            refused=refused,
         )
 
     def _last_export(self, db: sqlite3.Connection) -> ExportResult | None:
@@ -956,6 +1013,57 @@ class Station:
             self._check_extends(last, expected, root)
         return expected, root
 
+    def _recheck(self, db: sqlite3.Connection, last: ExportResult | None, size: int, held: LogHead | None) -> bytes:
+        """Check every entry written since the last export before an export seals it; returns the log's root.
+
+        Each new entry must be a manifest signed by this station's key, at
+        the position it names, with its stored leaf hash and the root stored
+        after it; the log must have the root the station token holds at the
+        token's size (when the token is not ahead of this snapshot), and
+        extend the last export's checkpoint.
+
+        Raises:
+            LogError: the first entry that fails, and that nothing was exported.
+        """
+        start = last.to_size if last else 0
+        trusted = {self._signing.key_id: self._signing.public_key}
+        builder = merkle.TreeBuilder()
+        nothing = "nothing was exported"
+        rows = db.execute("SELECT sequence, envelope, leaf_hash, root FROM log WHERE sequence < ? ORDER BY sequence",
+                          (size,))  # fmt: skip
+        for sequence, envelope, leaf, stored_root in rows:
+            if sequence != builder.size:
+                raise LogError(f"the station log has no entry {builder.size}: entries were removed; {nothing}")
+            if sequence >= start:
+                envelope = bytes(envelope)
+                if merkle.leaf_hash(envelope) != bytes(leaf):
+                    raise LogError(f"the station log's entry {sequence} was rewritten (its leaf hash); {nothing}")
+                try:
+                    manifest = open_manifest(envelope, trusted)
+                except VaultError as e:
+                    raise LogError(f"the station log's entry {sequence} does not verify ({e}); {nothing}") from e
+                if manifest.sequence != sequence:
+                    raise LogError(
+                        f"the station log's entry {sequence} is manifest {manifest.sequence} (replayed); {nothing}"
+                    )
+            builder.append(bytes(leaf))
+            if sequence >= start and (stored_root is None or bytes(stored_root) != builder.root()):
+                raise LogError(f"the station log's entry {sequence} was rewritten (the root after it); {nothing}")
+            if held is not None and held.size == builder.size and held.root != builder.root():
+                raise LogError(
+                    f"the station log's first {held.size} entries are not the ones the station token holds "
+                    f"(root {builder.root().hex()[:16]}, the token's {held.root.hex()[:16]}): rewritten; {nothing}"
+                )
+        if builder.size != size:
+            raise LogError(f"the station log has no entry {builder.size}: entries were removed; {nothing}")
+        root = builder.root()
+        if last is not None:
+            try:
+                self._check_extends(last, size, root)
+            except VaultError as e:
+                raise LogError(f"{e}; {nothing}") from e
+        return root
+
     def _check_extends(self, last: ExportResult, size: int, root: bytes) -> None:
         if size < last.to_size:
             raise LogError(
@@ -979,11 +1087,15 @@ class Station:
         consistency proof from the last export's checkpoint, encrypted to the auditor's key.
 
         The file is new (never written over), fsynced and read-only, in
-        ``directory`` (made if missing). The log is checked against the last
-        export first, so a truncated or rewritten log is never exported.
+        ``directory`` (made if missing). Every entry since the last export is
+        checked first (its signature by the station key, leaf hash, position
+        and the root after it), and the log against the station token's head
+        and the last export's checkpoint, so a truncated, rewritten or
+        replayed log is never exported.
 
         Raises:
-            LogError: the log is not an extension of the last export.
+            LogError: an entry fails those checks, or the log is not an
+                extension of the last export; nothing is written.
             PolicyError: the trust policy names no auditor key.
             InputError: the folder cannot be written or the file exists.
         """
@@ -993,22 +1105,18 @@ class Station:
         if auditor is None:
             raise PolicyError(f"trust policy v{self._policy.version} names no auditor key to export evidence to")
         out = Path(directory)
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise InputError(f"cannot make the export folder {out}: {e.strerror or e}") from e
+        held = None if self.state.anchor is None else self.state.anchor.read()
         db = self.state.read()
         db.execute("BEGIN")  # one snapshot of the log for the whole export
         try:
             size = int(db.execute("SELECT COUNT(*) FROM log").fetchone()[0])
             last = self._last_export(db)
             start = last.to_size if last else 0
-            _, root = merkle.root_from_leaf_hashes(
-                bytes(r[0])
-                for r in db.execute("SELECT leaf_hash FROM log WHERE sequence < ? ORDER BY sequence", (size,))
-            )
-            if last is not None:
-                self._check_extends(last, size, root)
+            root = self._recheck(db, last, size, held)
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise InputError(f"cannot make the export folder {out}: {e.strerror or e}") from e
             proof = merkle.consistency_proof(start, size, self._leaf_hashes) if last else []
             now, _ = self.clock()
             sequence = (last.sequence if last else 0) + 1
