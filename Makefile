@@ -1,13 +1,14 @@
 # vault: the two quick-start commands are `make demo` and `make test`.
 # Both install what they need: a virtual environment with vault, SoftHSM2,
-# and the development tokens (softhsm/setup.sh).
+# and the development tokens (softhsm/setup.sh); `make test` also installs
+# headless Chromium, which renders the printable transcripts in a test.
 
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup tokens clean-tokens lint clean
+.PHONY: demo test setup tokens browser clean-tokens lint clean
 
 setup: $(VENV)/.installed tokens
 
@@ -25,6 +26,15 @@ $(VENV)/.installed: pyproject.toml
 tokens:
 	@bash softhsm/setup.sh --quiet
 
+# Headless Chromium (Debian's package) for the transcript print test.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  echo "installing headless Chromium (apt-get install chromium) for the transcript print test"; \
+	  DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium >/dev/null 2>&1 \
+	    || { $$sudo apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium >/dev/null; } \
+	    || { echo "could not install chromium: install it with your package manager" >&2; exit 1; }; }
+
 # Remove the development tokens in .softhsm/ and make them again (new keys, new PINs).
 clean-tokens:
 	@bash softhsm/setup.sh --reset
@@ -32,7 +42,7 @@ clean-tokens:
 demo: setup
 	@PATH="$(CURDIR)/$(BIN):$$PATH" bash docs/demo.sh
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest
 
 lint: setup
