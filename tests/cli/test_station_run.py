@@ -112,7 +112,7 @@ def test_a_failed_load_into_a_new_folder_leaves_no_folder(
     unpromoted = world.bundle(allocation="{station-1: 2}", version="1.5.0", promote=False)
     code, _, err = load(capsys, world, state, unpromoted)
     assert code == 1
-    assert_one_line_error(err, "not promoted")
+    assert_one_line_error(err, "never promoted")
     assert not (tmp_path / "new").exists()
 
     # an existing folder is never removed by a failed load
