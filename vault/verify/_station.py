@@ -17,6 +17,7 @@ from types import TracebackType
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from vault import checkpoint as notes
 from vault import merkle, pki
@@ -996,15 +997,7 @@ class Station:
         for sequence, envelope, leaf in db.execute("SELECT sequence, envelope, leaf_hash FROM log ORDER BY sequence"):
             if sequence != expected:
                 raise LogError(f"the station log has no entry {expected}: entries were removed")
-            envelope = bytes(envelope)
-            if merkle.leaf_hash(envelope) != bytes(leaf):
-                raise LogError(f"the station log's entry {sequence} was rewritten")
-            try:
-                manifest = open_manifest(envelope, trusted)
-            except VaultError as e:
-                raise LogError(f"the station log's entry {sequence} does not verify: {e}") from e
-            if manifest.sequence != sequence:
-                raise LogError(f"the station log's entry {sequence} is manifest {manifest.sequence} (replayed)")
+            _check_entry(sequence, bytes(envelope), bytes(leaf), trusted)
             builder.append(bytes(leaf))
             expected += 1
         root = builder.root()
@@ -1035,17 +1028,7 @@ class Station:
             if sequence != builder.size:
                 raise LogError(f"the station log has no entry {builder.size}: entries were removed; {nothing}")
             if sequence >= start:
-                envelope = bytes(envelope)
-                if merkle.leaf_hash(envelope) != bytes(leaf):
-                    raise LogError(f"the station log's entry {sequence} was rewritten (its leaf hash); {nothing}")
-                try:
-                    manifest = open_manifest(envelope, trusted)
-                except VaultError as e:
-                    raise LogError(f"the station log's entry {sequence} does not verify ({e}); {nothing}") from e
-                if manifest.sequence != sequence:
-                    raise LogError(
-                        f"the station log's entry {sequence} is manifest {manifest.sequence} (replayed); {nothing}"
-                    )
+                _check_entry(sequence, bytes(envelope), bytes(leaf), trusted, then=f"; {nothing}")
             builder.append(bytes(leaf))
             if sequence >= start and (stored_root is None or bytes(stored_root) != builder.root()):
                 raise LogError(f"the station log's entry {sequence} was rewritten (the root after it); {nothing}")
@@ -1231,6 +1214,24 @@ class _ReleaseRef:
     def of(cls, loaded: LoadedRelease) -> _ReleaseRef:
         r = loaded.release
         return cls(r.bundle_id, r.product, r.version, r.security_counter, loaded.policy.version)
+
+
+def _check_entry(
+    sequence: int, envelope: bytes, leaf: bytes, trusted: dict[str, ec.EllipticCurvePublicKey], then: str = ""
+) -> None:
+    """One stored log entry: its leaf hash, its signature by the station key, the position it names.
+
+    Raises:
+        LogError: the entry was rewritten, does not verify, or was replayed from another position.
+    """
+    if merkle.leaf_hash(envelope) != leaf:
+        raise LogError(f"the station log's entry {sequence} was rewritten (its leaf hash){then}")
+    try:
+        manifest = open_manifest(envelope, trusted)
+    except VaultError as e:
+        raise LogError(f"the station log's entry {sequence} does not verify ({e}){then}") from e
+    if manifest.sequence != sequence:
+        raise LogError(f"the station log's entry {sequence} is manifest {manifest.sequence} (replayed){then}")
 
 
 def serial_hex(certificate: x509.Certificate) -> str:
