@@ -19,7 +19,9 @@ into the log a second time sits at the wrong position. Its predicate::
      "failed_step": null, "detail": null,
      "time": "2026-11-21T10:00:00Z", "clock": "system"}
 
-Events: ``provisioned`` (a new device, certified), ``rework`` (a known
+Events: ``provisioned`` (a new device, certified), ``retry`` (a device whose
+earlier attempts at this station all failed, certified on a new attempt; under
+the same release it keeps its unit), ``rework`` (a provisioned
 device provisioned again, same identity and key), ``failed`` (stopped at
 ``failed_step``), ``scrap`` (taken out of production), ``label-mismatch``
 (the scanned label is not the device's) and ``break-glass`` (an operator
@@ -88,7 +90,7 @@ MANIFEST_PREDICATE = "https://vault.dev/manifest/v1"
 MAX_MANIFEST_SIZE = 64 * 1024
 """Largest manifest envelope accepted, in bytes; a real one is about 2 KiB."""
 
-EVENTS = ("provisioned", "rework", "failed", "scrap", "label-mismatch", "break-glass")
+EVENTS = ("provisioned", "retry", "rework", "failed", "scrap", "label-mismatch", "break-glass")
 """Every event a manifest can record."""
 
 _FIELDS = frozenset(

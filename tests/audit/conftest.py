@@ -138,7 +138,7 @@ class Forge:
         """A manifest for the next log position, signed by the station (or ``signer``)."""
         device = device or self.device()
         when = when or self.tick()
-        certified = event in ("provisioned", "rework")
+        certified = event in ("provisioned", "retry", "rework")
         if unit is None and event in ("provisioned", "failed"):
             self.units += 1
             unit = self.units

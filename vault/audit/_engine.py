@@ -193,7 +193,7 @@ def _open_exports(
 # --- one station's log -------------------------------------------------------------------------
 
 
-_UNIT_EVENTS = {"provisioned": 1, "rework": 2, "failed": 3, "scrap": 4}
+_UNIT_EVENTS = {"provisioned": 1, "retry": 1, "rework": 2, "failed": 3, "scrap": 4}
 _MAX_STRAY_UNITS = 65536
 _MAX_UNIT_BYTES = 16 * 1024 * 1024  # units past this many are counted like strays (a bundle may allocate more)
 
@@ -815,7 +815,7 @@ class _Audit:
         suspects = {hwid: (keys, reworked) for hwid, _, keys, reworked in answers["devices"]}
         for hwid, rows in index.rows_for("hardware_id", list(suspects), MAX_EVIDENCE).items():
             keys, reworked = suspects[hwid]
-            provisioned = len({r[3] for r in rows if r[4] == "provisioned"})
+            provisioned = len({r[3] for r in rows if r[4] in ("provisioned", "retry")})
             if provisioned > 1:
                 message = f"hardware id {hwid} was provisioned {provisioned} times without a rework (clone or ghost)"
                 report("duplicate-hardware-id", message, rows, hardware_ids=[hwid])
@@ -825,6 +825,10 @@ class _Audit:
             if reworked and not provisioned:
                 message = f"device {hwid} was reworked but no manifest in the evidence shows it provisioned"
                 report("rework-unknown-device", message, rows, hardware_ids=[hwid])
+            for at, row in enumerate(rows):  # a retry follows a failure of the device at its own station
+                if row[4] == "retry" and not any(r[0] == row[0] and r[4] == "failed" for r in rows[:at]):
+                    message = f"device {hwid} was retried but no earlier manifest of its station shows it failed"
+                    report("retry-without-failure", message, [row], hardware_ids=[hwid])
         shared = [value for value, _ in answers["serials"]]
         for serial, rows in index.rows_for("serial", shared, MAX_EVIDENCE).items():
             devices = len({r[5] for r in rows})

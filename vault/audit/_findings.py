@@ -56,6 +56,7 @@ CODES: dict[str, tuple[str, str]] = {
     "time-outside-window": ("high", "a manifest outside the release's validity window"),
     "time-jump": ("medium", "an implausible jump forward between consecutive log entries"),
     "rework-unknown-device": ("medium", "a rework of a device no manifest shows provisioned"),
+    "retry-without-failure": ("medium", "a retry of a device no earlier manifest of its station shows failed"),
     "break-glass": ("medium", "an operator override was used"),
     "label-mismatch": ("low", "a scanned label did not belong to the device"),
     "unit-interrupted": ("low", "a unit was left open when the station stopped"),

@@ -36,7 +36,7 @@ CREATE TABLE entries (
 )
 """
 
-_ASSIGNING = "('provisioned', 'rework')"  # events after which the device holds its serial and key
+_ASSIGNING = "('provisioned', 'retry', 'rework')"  # events after which the device holds its serial and key
 _PRAGMAS = "PRAGMA temp_store = FILE; PRAGMA cache_size = -32768;"
 _KEY = f"CASE WHEN event IN {_ASSIGNING} THEN device_key_id END"
 
@@ -49,12 +49,13 @@ QUESTIONS = {
         "WHERE event IN ('provisioned', 'failed', 'label-mismatch') GROUP BY station, hardware_id"
         ") GROUP BY station"
     ),
-    # (hardware id, provisioned rows, 2 when it holds several device keys, reworks): suspect devices. The
-    # same manifest exported twice counts twice here; the caller looks at the rows.
+    # (hardware id, provisioned or retried rows, 2 when it holds several device keys, reworks): suspect
+    # devices, and every retried one (the caller checks a retry follows a failure). The same manifest
+    # exported twice counts twice here; the caller looks at the rows.
     "devices": (
-        f"SELECT hardware_id, SUM(event = 'provisioned') AS p, 1 + (MIN({_KEY}) <> MAX({_KEY})) AS k, "
-        "SUM(event = 'rework') AS r FROM entries GROUP BY hardware_id HAVING p > 1 OR k > 1 OR (r > 0 AND p = 0) "
-        "LIMIT ?"
+        f"SELECT hardware_id, SUM(event IN ('provisioned', 'retry')) AS p, 1 + (MIN({_KEY}) <> MAX({_KEY})) AS k, "
+        "SUM(event = 'rework') AS r FROM entries GROUP BY hardware_id "
+        "HAVING p > 1 OR k > 1 OR (r > 0 AND p = 0) OR SUM(event = 'retry') > 0 LIMIT ?"
     ),
     # (device key id, devices) and (serial, devices): one key or one serial on several devices
     "keys": (

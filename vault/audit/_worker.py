@@ -405,7 +405,7 @@ class _Chunk:
             issues.append(("time-outside-window", position, mid, hwid, serial, shown))
         # events and the quality figures
         self.events[event] += 1
-        if event != "provisioned":
+        if event not in ("provisioned", "retry"):  # a retry's failure was the exception
             self.exception(m, event, position)
         result.rows.append((position, mid, event, hwid, serial, m.device_key_id))
         if in_bundle and m.unit is not None:
@@ -475,7 +475,7 @@ class _Ready(NamedTuple):
     station: _Station
 
 
-_CERTIFIED = frozenset({"provisioned", "rework"})  # events after which the device holds a certificate
+_CERTIFIED = frozenset({"provisioned", "retry", "rework"})  # events after which the device holds a certificate
 
 
 def _canonical_entry(record: bytes, keyid: bytes) -> tuple[int, bytes, bytes, bytes, bytes | None] | None:

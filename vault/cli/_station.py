@@ -139,6 +139,13 @@ _REFUSALS = {"allocation": "over the allocation", "identity": "identity", "clone
 )
 @click.option("--fail", "failures", multiple=True, metavar="N:STEP", help=f"Unit N fails at STEP ({', '.join(STEPS)}).")
 @click.option("--rework", type=int, multiple=True, metavar="N", help="Unit N comes back for rework after the run.")
+@click.option(
+    "--retry",
+    type=int,
+    multiple=True,
+    metavar="N",
+    help="Unit N, which failed, is tried again after the run.",
+)
 @click.option("--label-prefix", default="SN-", show_default=True, help="Simulated labels: prefix and 8 hex digits.")
 @json_option
 def provision(
@@ -154,13 +161,14 @@ def provision(
     label_mismatch: tuple[int, ...],
     failures: tuple[str, ...],
     rework: tuple[int, ...],
+    retry: tuple[int, ...],
     label_prefix: str,
     as_json: bool,
 ) -> None:
     """Provision simulated devices from a loaded release over several fixtures at once.
 
     Faults can be injected to see them refused and logged: a label swap, a
-    failing step, a rework. Every unit ends with a signed manifest in the
+    failing step, a retry of a failed unit, a rework. Every unit ends with a signed manifest in the
     station log, whatever happened to it. Exit status: 0 when the run
     ended, 4 when units were refused because the allocation is used up,
     130 after Ctrl-C (the units on the fixtures finish and are logged first).
@@ -168,7 +176,7 @@ def provision(
     from vault.verify._simulate import ProvisioningInterrupted, parse_failures, run_simulation
 
     plan = parse_failures(failures, count)
-    for n in (*label_mismatch, *rework):
+    for n in (*label_mismatch, *rework, *retry):
         if not 1 <= n <= count:
             raise InputError(f"unit {n} is not among the {count} simulated units")
     if 1 in label_mismatch:
@@ -186,6 +194,7 @@ def provision(
                 fail=plan,
                 label_mismatch=set(label_mismatch),
                 rework=list(rework),
+                retry=list(retry),
                 label_prefix=label_prefix,
             )
         except ProvisioningInterrupted as e:
@@ -212,7 +221,7 @@ def provision(
         for r in in_flight:
             click.echo(f"vault: on a fixture at Ctrl-C: {r.line()}", err=True)
         said = _run_counts(in_flight)
-        counted = sum(1 for r in in_flight if r.event in ("provisioned", "rework", "failed"))
+        counted = sum(1 for r in in_flight if r.event in ("provisioned", "retry", "rework", "failed"))
         click.echo(
             f"vault: interrupted: {len(in_flight)} units were on the fixtures and finished"
             + (f"; their manifests say {said} ({counted} counted against the allocation)" if in_flight else "")

@@ -533,7 +533,7 @@ def _bind(db: sqlite3.Connection, manifest: Manifest) -> None:
         db.execute(
             "INSERT INTO devices (hardware_id, serial, state) VALUES (?, ?, 'reserved')", (hwid, manifest.serial)
         )
-    if manifest.event in ("provisioned", "rework") and manifest.device_key_id is not None:
+    if manifest.event in ("provisioned", "retry", "rework") and manifest.device_key_id is not None:
         db.execute(
             "UPDATE devices SET state = 'provisioned', device_key_id = ? WHERE hardware_id = ?",
             (manifest.device_key_id, hwid),

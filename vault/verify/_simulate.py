@@ -100,9 +100,11 @@ def run_simulation(
     fail: dict[int, str] | None = None,
     label_mismatch: set[int] | None = None,
     rework: list[int] | None = None,
+    retry: list[int] | None = None,
     label_prefix: str = "SN-",
 ) -> list[UnitResult]:
-    """Provision ``count`` simulated devices over ``fixtures`` threads; then rework the units in ``rework``.
+    """Provision ``count`` simulated devices over ``fixtures`` threads; then rework the units in ``rework``
+    and try the units in ``retry`` again (without the fault they had).
 
     A refused or failed unit does not stop the run: each outcome is
     returned, and the station has logged a manifest for it. Unit ``n`` in
@@ -128,13 +130,13 @@ def run_simulation(
     def run(n: int, fixture: int, *, again: bool = False) -> UnitResult:
         device = devices[n]
         assert device.label is not None
-        if again:  # back on the fixture for rework: unlocked, and without the fault it had
+        if again:  # back on the fixture for rework or a retry: unlocked, and without the fault it had
             device.unlock_for_rework()
             device.fail_at = None
         scanned = devices[n - 1].label if n in label_mismatch and not again else device.label
         assert scanned is not None
         try:
-            outcome = station.provision(device, label=scanned, fixture=fixture, rework=again)
+            outcome = station.provision(device, label=scanned, fixture=fixture, rework=again and n not in retrying)
         except (StateError, TokenError):
             raise
         except VaultError as e:
@@ -146,7 +148,8 @@ def run_simulation(
     for n in devices:
         first.put(n)
     again: queue.Queue[int] = queue.Queue()
-    for n in rework or []:
+    retrying = set(retry or [])
+    for n in [*(rework or []), *(retry or [])]:
         again.put(n)
     stopping = threading.Event()
     stopped: list[VaultError] = []
@@ -205,11 +208,12 @@ def run_simulation(
                 except KeyboardInterrupt:
                     continue
             done = [results[n] for n in sorted(results)] + reworked
-            raise ProvisioningInterrupted(done, interrupted, count + len(rework or []) - len(done)) from None
+            planned = count + len(rework or []) + len(retry or [])
+            raise ProvisioningInterrupted(done, interrupted, planned - len(done)) from None
         if stopped:
             raise stopped[0]
 
-    # the rework runs after the first pass, on fixture 1, in a thread too: Ctrl-C never lands inside a unit
+    # the reworks and retries run after the first pass, on fixture 1, in a thread: Ctrl-C never lands inside a unit
     phase([(f, first, False) for f in range(1, fixtures + 1)])
     phase([(1, again, True)])
     return [results[n] for n in sorted(results)] + reworked

@@ -474,6 +474,11 @@ class Station:
     ) -> Outcome:
         """Provision one device from the loaded release, recording a signed manifest whatever happens.
 
+        A device this station knows, whose attempts all failed (a step, or a
+        power cut) and that was neither provisioned nor scrapped, is retried
+        without any flag: the new attempt keeps its serial and, under the same
+        release, its unit (no new unit is counted); a success is a ``retry``.
+
         Args:
             device: the device on the fixture, behind its adapter.
             label: the serial scanned from its label; it must be the device's
@@ -481,12 +486,13 @@ class Station:
                 Without one, the station assigns ``<station>-<unit>``.
             fixture: the fixture slot, recorded in the manifest.
             rework: the device was provisioned before and is being done
-                again; it keeps its identity, serial and key.
+                again; it keeps its identity, serial and key. A device whose
+                attempts all failed is never reworked: it is retried.
             break_glass: DANGEROUS: a reason to provision although the clock
                 is behind the log. It is recorded as a break-glass event.
 
         Returns:
-            The outcome, for a provisioned or reworked device.
+            The outcome, for a provisioned, retried or reworked device.
 
         Raises:
             LabelMismatchError, AlreadyProvisionedError, CloneError, IdentityError:
@@ -523,7 +529,7 @@ class Station:
             self._record(
                 "break-glass", hwid, fixture=fixture, label=label, detail=_label_text(break_glass, "reason", 256)
             )
-        unit, serial, known_key = self._reserve(hwid, label, fixture, rework)
+        unit, serial, known_key, event = self._reserve(hwid, label, fixture, rework)
         images: tuple[ImageRecord, ...] = ()
         try:
             images = self._program(device, loaded)
@@ -549,7 +555,7 @@ class Station:
             )
             raise failed.error from failed
         return self._finish(
-            "rework" if rework else "provisioned",
+            event,
             hwid,
             unit,
             serial,
@@ -560,8 +566,14 @@ class Station:
             certificate,
         )
 
-    def _reserve(self, hwid: str, label: str | None, fixture: int, rework: bool) -> tuple[int, str, str | None]:
-        """Check the identity and reserve one unit, durably, before the device is touched."""
+    def _reserve(self, hwid: str, label: str | None, fixture: int, rework: bool) -> tuple[int, str, str | None, str]:
+        """Check the identity and reserve one unit, durably, before the device is touched.
+
+        Returns the unit, the serial, the device key id a known device holds,
+        and the event a success records: "provisioned" for a new device,
+        "retry" for a known one whose attempts all failed, "rework" for a
+        provisioned one.
+        """
         loaded = self.release
         bundle_id = loaded.release.bundle_id
         refusal: tuple[str, VaultError, str | None] | None = None
@@ -582,7 +594,7 @@ class Station:
                 )
             elif known is not None and known.state == "scrapped":
                 refusal = ("failed", IdentityError(f"device {hwid} ('{known.serial}') was scrapped"), known.serial)
-            elif known is not None and not rework:
+            elif known is not None and known.state != "failed" and not rework:
                 refusal = (
                     "failed",
                     AlreadyProvisionedError(
@@ -601,7 +613,7 @@ class Station:
                 row = db.execute(
                     "SELECT unit FROM units WHERE bundle_id = ? AND hardware_id = ?", (bundle_id, hwid)
                 ).fetchone()
-                if row is not None:  # a rework under the release that already counted this device
+                if row is not None:  # a retry or rework under the release that already counted this device: its unit
                     unit = int(row[0])
                     db.execute(
                         "UPDATE units SET done = 0, owner = ?, fixture = ?, operator = ? "
@@ -633,7 +645,13 @@ class Station:
                             "INSERT INTO devices (hardware_id, serial, state) VALUES (?, ?, 'reserved')",
                             (hwid, serial),
                         )
-                    return unit, serial, known.device_key_id if known else None
+                    if known is None:
+                        event = "provisioned"
+                    elif known.state == "failed":  # never provisioned: a new attempt, never a rework
+                        event = "retry"
+                    else:
+                        event = "rework"
+                    return unit, serial, known.device_key_id if known else None, event
         assert refusal is not None
         event, error, bound_serial = refusal
         step = "allocation" if isinstance(error, AllocationError) else "identity"
