@@ -138,8 +138,8 @@ for n in 1 2; do
   station $n load --policy "$work/ceremony-station-2/policy-v4.json" --bundle "$work/release.vbundle"
 done
 
-step "station-1 provisions 10 simulated units on 4 fixtures: unit 4's label is swapped, unit 7 fails to program, unit 2 comes back for rework"
-station 1 provision --count 10 --fixtures 4 --label-mismatch 4 --fail 7:program --rework 2 --operator alice
+step "station-1 provisions 10 simulated units on 4 fixtures: unit 4's label is swapped, unit 7 fails to program and is retried, unit 2 comes back for rework"
+station 1 provision --count 10 --fixtures 4 --label-mismatch 4 --fail 7:program --retry 7 --rework 2 --operator alice
 
 step "station-2 provisions 8 units on 4 fixtures, then tries one more than its allocation"
 station 2 provision --count 8 --fixtures 4 --operator bob
