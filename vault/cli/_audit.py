@@ -1,9 +1,9 @@
 """``vault audit``: check evidence exports against the trust policy and the release, and report.
 
 Exit status: 0 when no finding is at or above ``--fail-on`` (default: high),
-3 when at least one is, 1 when the input cannot be audited at all (a file
-that is not an export, the wrong token, a policy that does not verify), and
-2 for a usage error.
+3 when at least one is, 1 when the audit cannot start at all (the wrong
+token, a policy or bundle that does not verify; one unreadable export is a
+finding, not an error), and 2 for a usage error.
 """
 
 from __future__ import annotations
