@@ -879,6 +879,16 @@ class _Audit:
         for station_id in self.release.allocation:  # an allocated station that sent nothing shows as such
             self.log(station_id)
         first_pass = {station: (attempted, first) for station, attempted, first in answers["first_pass"]}
+        # each distinct manifest once, whatever forks, replays or re-sealed copies repeat it
+        events: dict[int, dict[str, int]] = {}
+        provisioned: dict[int, int] = {}
+        repeated: dict[int, int] = {}
+        for station, event, _has_unit, rows, distinct, in_release in answers["counts"]:
+            counts = events.setdefault(station, {})
+            counts[event] = counts.get(event, 0) + distinct
+            if event == "provisioned":
+                provisioned[station] = provisioned.get(station, 0) + in_release
+            repeated[station] = repeated.get(station, 0) + rows - distinct
         reports = []
         allocation = self.release.allocation
         total_failures: dict[str, int] = {}
@@ -886,10 +896,19 @@ class _Audit:
         for log in sorted(self.logs.values(), key=lambda lg: lg.station_id):
             units = log.units
             final = units.final()
+            log.events = events.get(log.number, {})
+            if repeated.get(log.number):
+                self.findings.add(
+                    "manifest-duplicated",
+                    f"{log.station_id}: {repeated[log.number]} manifest(s) appear in more than one export file "
+                    "(forked, replayed or re-sealed exports); each is counted once",
+                    stations=[log.station_id],
+                    count=repeated[log.number],
+                )
             reconciliation = Reconciliation(
                 allocation=allocation.get(log.station_id, 0),
                 reserved=sum(final.values()),
-                provisioned=units.provisioned,
+                provisioned=provisioned.get(log.number, 0),
                 reworked=log.events.get("rework", 0),
                 failed=log.events.get("failed", 0),
                 scrapped=log.events.get("scrap", 0),

@@ -32,7 +32,9 @@ CREATE TABLE entries (
     event TEXT NOT NULL,
     hardware_id TEXT NOT NULL,
     serial TEXT,
-    device_key_id TEXT
+    device_key_id TEXT,
+    has_unit INTEGER NOT NULL,     -- 1 when the manifest names a unit
+    in_bundle INTEGER NOT NULL     -- 1 when it is for the audited release
 )
 """
 
@@ -48,6 +50,13 @@ QUESTIONS = {
         "SELECT station, hardware_id, event, MIN(position) FROM entries "
         "WHERE event IN ('provisioned', 'failed', 'label-mismatch') GROUP BY station, hardware_id"
         ") GROUP BY station"
+    ),
+    # (station, event, names a unit, rows, distinct manifests, distinct manifests of the release naming a
+    # unit): the reconciliation's counts, each manifest once whatever forks or replays repeat it
+    "counts": (
+        "SELECT station, event, has_unit, COUNT(*), COUNT(DISTINCT manifest_id), "
+        "COUNT(DISTINCT CASE WHEN in_bundle AND has_unit THEN manifest_id END) FROM entries "
+        "GROUP BY station, event, has_unit"
     ),
     # (hardware id, provisioned rows, 2 when it holds several device keys, reworks): suspect devices. The
     # same manifest exported twice counts twice here; the caller looks at the rows.
@@ -91,7 +100,8 @@ class Index:
     def add(self, station: int, export: int, rows: Sequence[Row]) -> None:
         """Append the rows of one chunk."""
         # station and export are this audit's own integers, so they can be spelled into the statement
-        self._db.executemany(f"INSERT INTO entries VALUES ({int(station)}, {int(export)}, ?, ?, ?, ?, ?, ?)", rows)
+        values = f"{int(station)}, {int(export)}, ?, ?, ?, ?, ?, ?, ?, ?"
+        self._db.executemany(f"INSERT INTO entries VALUES ({values})", rows)
 
     def finish_loading(self) -> None:
         """Commit what was loaded; queries may follow."""
