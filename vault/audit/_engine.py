@@ -883,9 +883,12 @@ class _Audit:
         events: dict[int, dict[str, int]] = {}
         provisioned: dict[int, int] = {}
         repeated: dict[int, int] = {}
-        for station, event, _has_unit, rows, distinct, in_release in answers["counts"]:
+        refused: dict[int, int] = {}
+        for station, event, has_unit, rows, distinct, in_release in answers["counts"]:
             counts = events.setdefault(station, {})
             counts[event] = counts.get(event, 0) + distinct
+            if event == "failed" and not has_unit:  # a refusal: no unit was used, no device failed
+                refused[station] = refused.get(station, 0) + distinct
             if event == "provisioned":
                 provisioned[station] = provisioned.get(station, 0) + in_release
             repeated[station] = repeated.get(station, 0) + rows - distinct
@@ -910,10 +913,11 @@ class _Audit:
                 reserved=sum(final.values()),
                 provisioned=provisioned.get(log.number, 0),
                 reworked=log.events.get("rework", 0),
-                failed=log.events.get("failed", 0),
+                failed=log.events.get("failed", 0) - refused.get(log.number, 0),
                 scrapped=log.events.get("scrap", 0),
                 label_mismatch=log.events.get("label-mismatch", 0),
                 break_glass=log.events.get("break-glass", 0),
+                refused=refused.get(log.number, 0),
                 units_provisioned=final[1] + final[2],
                 units_failed=final[3],
                 units_scrapped=final[4],

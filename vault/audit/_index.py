@@ -43,12 +43,14 @@ _PRAGMAS = "PRAGMA temp_store = FILE; PRAGMA cache_size = -32768;"
 _KEY = f"CASE WHEN event IN {_ASSIGNING} THEN device_key_id END"
 
 QUESTIONS = {
-    # (station, devices attempted, devices whose first attempt was provisioned): the first-pass yield.
+    # (station, devices attempted, devices whose first attempt was provisioned): the first-pass yield; a
+    # refusal (a failed manifest that names no unit: no unit was left, or the device was not taken) is no attempt.
     # SQLite returns the other columns of the row that holds MIN(position).
     "first_pass": (
         "SELECT station, COUNT(*), SUM(event = 'provisioned') FROM ("
         "SELECT station, hardware_id, event, MIN(position) FROM entries "
-        "WHERE event IN ('provisioned', 'failed', 'label-mismatch') GROUP BY station, hardware_id"
+        "WHERE event IN ('provisioned', 'label-mismatch') OR (event = 'failed' AND has_unit) "
+        "GROUP BY station, hardware_id"
         ") GROUP BY station"
     ),
     # (station, event, names a unit, rows, distinct manifests, distinct manifests of the release naming a

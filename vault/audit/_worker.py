@@ -447,7 +447,9 @@ class _Chunk:
         detail = (m.detail or "")[:200]
         if event == "failed":
             step = m.failed_step or "unknown"
-            if step in self.steps or len(self.steps) < limit:
+            if m.unit is None:  # a refusal (no unit left, or a device the station would not take): no failed unit
+                pass
+            elif step in self.steps or len(self.steps) < limit:
                 self.steps[step] += 1
             else:
                 self.steps["other"] += 1
