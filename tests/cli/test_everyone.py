@@ -62,7 +62,7 @@ def test_shell_completion_is_clicks() -> None:
 def test_a_usage_error_is_clicks_exit_2_and_a_vault_error_is_one_line_exit_1(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    """docs/audit-report.md: 2 for a usage error (a path that does not exist), 1 for input the audit cannot start from."""
+    """docs/audit-report.md: 2 for a usage error (a path that does not exist), 1 when the audit cannot start."""
     missing = tmp_path / "no-such-evidence"
     not_a_cert = tmp_path / "policy.json"
     not_a_cert.write_text("{}")
