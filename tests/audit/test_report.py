@@ -161,14 +161,20 @@ def test_the_command_writes_the_reports_and_never_over_a_file(world: World, mixe
     assert again.exit_code == 1 and "exists" in str(again.exception)
 
 
-def test_bad_input_is_one_line_and_exit_1(world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    bogus = tmp_path / "not-an-export.vault-evidence"
-    bogus.write_bytes(b"hello, this is not an export at all")
+def test_bad_input_is_one_line_and_exit_1(
+    world: World, forge: Forge, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    forge.provision(1)
+    export = forge.export(tmp_path / "evidence")
+    bogus = tmp_path / "policy.yaml"
+    bogus.write_bytes(b"hello, this is not a trust policy at all")
+    argv = _argv(world, export)
+    argv[argv.index("--policy") + 1] = str(bogus)
     with pytest.raises(SystemExit) as exited:
-        main(_argv(world, bogus))
+        main(argv)
     assert exited.value.code == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("vault: error:") and "not a vault evidence export" in err and "\n" not in err
+    assert err.startswith("vault: error:") and "\n" not in err
 
 
 def test_progress_shows_on_a_terminal_only(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -62,7 +62,7 @@ def test_shell_completion_is_clicks() -> None:
 def test_a_usage_error_is_clicks_exit_2_and_a_vault_error_is_one_line_exit_1(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    """docs/audit-report.md: 2 for a usage error (a path that does not exist), 1 for input that cannot be audited."""
+    """docs/audit-report.md: 2 for a usage error (a path that does not exist), 1 when the audit cannot start."""
     missing = tmp_path / "no-such-evidence"
     not_a_cert = tmp_path / "policy.json"
     not_a_cert.write_text("{}")
@@ -77,7 +77,7 @@ def test_a_usage_error_is_clicks_exit_2_and_a_vault_error_is_one_line_exit_1(
     assert code == 1 and out == ""
     assert_one_line_error(err, f"vault: error: {tmp_path} holds no .vault-evidence files")
     doc = (Path(__file__).resolve().parents[2] / "docs" / "audit-report.md").read_text()
-    assert "| 1 | the input cannot be audited" in doc and "| 2 | a usage error" in doc
+    assert "| 1 | the audit cannot start" in doc and "| 2 | a usage error" in doc
 
 
 def test_token_keys_shows_whole_key_ids_unless_the_terminal_is_too_narrow(

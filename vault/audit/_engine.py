@@ -140,26 +140,45 @@ class _Export:
     status: str = "verified"
 
 
+def _full(path: Path) -> str:
+    """A file's full path, as findings name it."""
+    return str(path.absolute())
+
+
 def _open_exports(
     paths: Sequence[str | os.PathLike[str]], decapsulator: Decapsulator, findings: Findings
-) -> list[_Export]:
+) -> tuple[list[_Export], list[ExportSummary]]:
+    """The exports whose header reads, sorted per station by sequence; and a summary of each file that
+    does not read as an export at all (each also an ``export-invalid`` finding).
+
+    Raises:
+        DecryptionError: every export is sealed to another auditor key (the wrong token was given).
+    """
     auditor = key_id(decapsulator.public_key)
     exports: list[_Export] = []
+    unreadable: list[ExportSummary] = []
     seen_paths: set[Path] = set()
     seen_ids: dict[str, _Export] = {}
+    claims: dict[tuple[str, int], list[_Export]] = {}
+    foreign: list[str] = []
     for given in paths:
         path = Path(given)
         resolved = path.resolve()
         if resolved in seen_paths:
             continue
         seen_paths.add(resolved)
-        with EvidenceReader(path) as reader:
+        try:
+            reader = EvidenceReader(path)
+        except VaultError as e:
+            unreadable.append(ExportSummary(str(given), "", 0, "", "", None, None, 0, None, "invalid"))
+            findings.add(
+                "export-invalid",
+                f"{_full(path)} cannot be read as an evidence export: {e}",
+                evidence=[Evidence(str(given), None)],
+            )
+            continue
+        with reader:
             header = reader.header
-            if header.recipient_key_id != auditor:
-                raise DecryptionError(
-                    f"{path} is sealed to key {header.recipient_key_id[:16]}, not to this auditor key "
-                    f"({auditor[:16]}): use the token the exports were written for"
-                )
             export = _Export(
                 len(exports),
                 path,
@@ -172,22 +191,49 @@ def _open_exports(
                 header.header_sha256,
             )
             exports.append(export)
-            if header.export_id in seen_ids:
-                export.status = "duplicate"
-                continue
-            seen_ids[header.export_id] = export
-            try:
-                export.data_key = reader.open(decapsulator)
-            except DecryptionError as e:
+            if header.recipient_key_id != auditor:
                 export.status = "invalid"
+                foreign.append(
+                    f"{path} is sealed to key {header.recipient_key_id[:16]}, not to this auditor key "
+                    f"({auditor[:16]}): use the token the exports were written for"
+                )
                 findings.add(
                     "export-invalid",
-                    f"{export.path.name}: the data key does not open: {e}",
+                    f"{_full(path)}: sealed to key {header.recipient_key_id[:16]}, not to this auditor's key "
+                    f"{auditor[:16]}; nothing in it can be read",
                     stations=[export.station_id],
                     evidence=[Evidence(export.name, export.station_id)],
                 )
+                continue
+            same = seen_ids.get(header.export_id)
+            if same is not None and same.header_sha256 == header.header_sha256:
+                export.status = "duplicate"  # the same file twice (a copy): read once
+                continue
+            seen_ids.setdefault(header.export_id, export)
+            claims.setdefault((export.station_id, export.sequence), []).append(export)
+            try:
+                export.data_key = reader.open(decapsulator)
+            except (DecryptionError, FormatError) as e:
+                export.status = "invalid"
+                findings.add(
+                    "export-invalid",
+                    f"{_full(path)}: the data key does not open: {e}",
+                    stations=[export.station_id],
+                    evidence=[Evidence(export.name, export.station_id)],
+                )
+    if foreign and len(foreign) == len(exports) and not unreadable:
+        raise DecryptionError(foreign[0])
+    for (station_id, sequence), claimants in claims.items():
+        if len(claimants) > 1:  # never choose silently: both are audited, one as a branch, and this is said
+            shown = " and ".join(_full(e.path) for e in claimants)
+            findings.add(
+                "log-forked",
+                f"{station_id}: {len(claimants)} files with other contents claim export {sequence}: {shown}",
+                stations=[station_id],
+                evidence=[Evidence(e.name, station_id) for e in claimants],
+            )
     exports.sort(key=lambda e: (e.station_id, e.sequence, e.number))
-    return exports
+    return exports, unreadable
 
 
 # --- one station's log -------------------------------------------------------------------------
@@ -478,12 +524,7 @@ class _Audit:
         run.head, run.start, run.end, run.expected = head, start, end, start
         other = log.sequences.get(export.sequence)
         if other is not None:
-            run.branch = True
-            self.finding(
-                "log-forked",
-                run,
-                f"export {export.sequence} exists twice, as {Path(other).name} and as this file, with other contents",
-            )
+            run.branch = True  # the finding naming both files came when they were opened
         else:
             if log.head_sequence is not None and export.sequence > log.head_sequence + 1:
                 missing = f"{log.head_sequence + 1}" + (
@@ -842,6 +883,19 @@ class _Audit:
         for station_id in self.release.allocation:  # an allocated station that sent nothing shows as such
             self.log(station_id)
         first_pass = {station: (attempted, first) for station, attempted, first in answers["first_pass"]}
+        # each distinct manifest once, whatever forks, replays or re-sealed copies repeat it
+        events: dict[int, dict[str, int]] = {}
+        provisioned: dict[int, int] = {}
+        repeated: dict[int, int] = {}
+        refused: dict[int, int] = {}
+        for station, event, has_unit, rows, distinct, in_release in answers["counts"]:
+            counts = events.setdefault(station, {})
+            counts[event] = counts.get(event, 0) + distinct
+            if event == "failed" and not has_unit:  # a refusal: no unit was used, no device failed
+                refused[station] = refused.get(station, 0) + distinct
+            if event in ("provisioned", "retry"):  # a retry ends its unit provisioned, like a first success
+                provisioned[station] = provisioned.get(station, 0) + in_release
+            repeated[station] = repeated.get(station, 0) + rows - distinct
         reports = []
         allocation = self.release.allocation
         total_failures: dict[str, int] = {}
@@ -849,15 +903,25 @@ class _Audit:
         for log in sorted(self.logs.values(), key=lambda lg: lg.station_id):
             units = log.units
             final = units.final()
+            log.events = events.get(log.number, {})
+            if repeated.get(log.number):
+                self.findings.add(
+                    "manifest-duplicated",
+                    f"{log.station_id}: {repeated[log.number]} manifest(s) appear in more than one export file "
+                    "(forked, replayed or re-sealed exports); each is counted once",
+                    stations=[log.station_id],
+                    count=repeated[log.number],
+                )
             reconciliation = Reconciliation(
                 allocation=allocation.get(log.station_id, 0),
                 reserved=sum(final.values()),
-                provisioned=units.provisioned,
+                provisioned=provisioned.get(log.number, 0),
                 reworked=log.events.get("rework", 0),
-                failed=log.events.get("failed", 0),
+                failed=log.events.get("failed", 0) - refused.get(log.number, 0),
                 scrapped=log.events.get("scrap", 0),
                 label_mismatch=log.events.get("label-mismatch", 0),
                 break_glass=log.events.get("break-glass", 0),
+                refused=refused.get(log.number, 0),
                 units_provisioned=final[1] + final[2],
                 units_failed=final[3],
                 units_scrapped=final[4],
@@ -962,8 +1026,9 @@ def audit(
         The report. Problems in the evidence are findings in it, never exceptions.
 
     Raises:
-        InputError: an export or the bundle cannot be read or is not one,
-            or the exports are sealed to another auditor key.
+        InputError: the bundle cannot be read or is not one; no export was given.
+        DecryptionError: every export is sealed to another auditor key (an export
+            that cannot be read, or one sealed to another key among others, is a finding).
         PolicyError, SignatureError, FormatError: the trust policy does not verify.
     """
     started = _time.monotonic()
@@ -1008,7 +1073,7 @@ def _audit(
         workers = os.cpu_count() or 1
     if workers < 1:
         raise InputError("an audit needs at least one worker")
-    opened = _open_exports(paths, decapsulator, findings)
+    opened, unreadable = _open_exports(paths, decapsulator, findings)
     for export in opened:
         if export.station_id not in trust.stations and export.status == "verified":
             export.status = "unknown-station"
@@ -1021,7 +1086,7 @@ def _audit(
             answers = index.grouped(_FINDINGS_PER_QUESTION, parallel=workers)
             run.identities(answers, {e.number: e.name for e in opened})
             stations, totals, quality = run.station_reports(answers)
-            summaries = run.summaries
+            summaries = run.summaries + unreadable
     if progress is not None:
         progress(AuditProgress(total_bytes, total_bytes, run.manifests))
     return Report(

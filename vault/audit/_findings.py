@@ -43,6 +43,7 @@ CODES: dict[str, tuple[str, str]] = {
     "log-gap": ("critical", "log entries or whole exports are missing"),
     "consistency-proof-invalid": ("critical", "an export is not proven to extend the previous checkpoint"),
     "manifest-replayed": ("critical", "a manifest at the wrong log position, or seen twice"),
+    "manifest-duplicated": ("medium", "a manifest carried by more than one export file; counted once"),
     "over-allocation": ("critical", "a station provisioned more units than its allocation"),
     "over-production": ("critical", "the stations together provisioned more than the production count"),
     "duplicate-hardware-id": ("critical", "one hardware id provisioned twice without rework, or with two keys"),

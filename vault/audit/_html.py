@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from html import escape
 
 from vault.audit._findings import SEVERITIES, Finding
-from vault.audit._report import Report
+from vault.audit._report import Report, percent
 
 __all__ = ["render"]
 
@@ -54,7 +54,7 @@ def _sev(severity: str) -> str:
 
 
 def _percent(rate: float | None) -> str:
-    return "–" if rate is None else f"{rate * 100:.1f}%"
+    return percent(rate)
 
 
 def render(report: Report, fail_on: str = "high") -> str:
@@ -115,13 +115,14 @@ def render(report: Report, fail_on: str = "high") -> str:
 def _stations_table(report: Report) -> str:
     rows = []
     heads = ["station", "exports", "manifests", "allocation", "reserved", "provisioned", "reworked", "failed"]
-    heads += ["scrapped", "label mismatch", "break-glass", "first-pass yield"]
+    heads += ["refused", "scrapped", "label mismatch", "break-glass", "first-pass yield"]
     items = [(s.station_id + ("" if s.enrolled else " (not enrolled)"), s.exports, s.manifests, s.reconciliation,
               s.quality.first_pass_yield) for s in report.stations]  # fmt: skip
     totals = report.totals
     items.append(("all stations", len(report.exports), report.manifests, totals[0], totals[1].first_pass_yield))
     for name, exports, manifests, r, fpy in items:
-        cells = [exports, manifests, r.allocation, r.reserved, r.provisioned, r.reworked, r.failed, r.scrapped]
+        cells = [exports, manifests, r.allocation, r.reserved, r.provisioned, r.reworked, r.failed, r.refused]
+        cells += [r.scrapped]
         cells += [r.label_mismatch, r.break_glass]
         rows.append(
             f"<tr><td>{_e(name)}</td>"

@@ -32,7 +32,9 @@ CREATE TABLE entries (
     event TEXT NOT NULL,
     hardware_id TEXT NOT NULL,
     serial TEXT,
-    device_key_id TEXT
+    device_key_id TEXT,
+    has_unit INTEGER NOT NULL,     -- 1 when the manifest names a unit
+    in_bundle INTEGER NOT NULL     -- 1 when it is for the audited release
 )
 """
 
@@ -41,13 +43,22 @@ _PRAGMAS = "PRAGMA temp_store = FILE; PRAGMA cache_size = -32768;"
 _KEY = f"CASE WHEN event IN {_ASSIGNING} THEN device_key_id END"
 
 QUESTIONS = {
-    # (station, devices attempted, devices whose first attempt was provisioned): the first-pass yield.
+    # (station, devices attempted, devices whose first attempt was provisioned): the first-pass yield; a
+    # refusal (a failed manifest that names no unit: no unit was left, or the device was not taken) is no attempt.
     # SQLite returns the other columns of the row that holds MIN(position).
     "first_pass": (
         "SELECT station, COUNT(*), SUM(event = 'provisioned') FROM ("
         "SELECT station, hardware_id, event, MIN(position) FROM entries "
-        "WHERE event IN ('provisioned', 'failed', 'label-mismatch') GROUP BY station, hardware_id"
+        "WHERE event IN ('provisioned', 'label-mismatch') OR (event = 'failed' AND has_unit) "
+        "GROUP BY station, hardware_id"
         ") GROUP BY station"
+    ),
+    # (station, event, names a unit, rows, distinct manifests, distinct manifests of the release naming a
+    # unit): the reconciliation's counts, each manifest once whatever forks or replays repeat it
+    "counts": (
+        "SELECT station, event, has_unit, COUNT(*), COUNT(DISTINCT manifest_id), "
+        "COUNT(DISTINCT CASE WHEN in_bundle AND has_unit THEN manifest_id END) FROM entries "
+        "GROUP BY station, event, has_unit"
     ),
     # (hardware id, provisioned or retried rows, 2 when it holds several device keys, reworks): suspect
     # devices, and every retried one (the caller checks a retry follows a failure). The same manifest
@@ -92,7 +103,8 @@ class Index:
     def add(self, station: int, export: int, rows: Sequence[Row]) -> None:
         """Append the rows of one chunk."""
         # station and export are this audit's own integers, so they can be spelled into the statement
-        self._db.executemany(f"INSERT INTO entries VALUES ({int(station)}, {int(export)}, ?, ?, ?, ?, ?, ?)", rows)
+        values = f"{int(station)}, {int(export)}, ?, ?, ?, ?, ?, ?, ?, ?"
+        self._db.executemany(f"INSERT INTO entries VALUES ({values})", rows)
 
     def finish_loading(self) -> None:
         """Commit what was loaded; queries may follow."""

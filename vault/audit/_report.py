@@ -7,6 +7,7 @@ The JSON schema (``vault-audit-report/v1``) is documented field by field in
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,6 +105,7 @@ class Reconciliation:
     scrapped: int
     label_mismatch: int
     break_glass: int
+    refused: int
     units_provisioned: int
     units_failed: int
     units_scrapped: int
@@ -126,6 +128,7 @@ class Reconciliation:
             "scrapped": self.scrapped,
             "label_mismatch": self.label_mismatch,
             "break_glass": self.break_glass,
+            "refused": self.refused,
             "units": {
                 "provisioned": self.units_provisioned,
                 "failed": self.units_failed,
@@ -149,12 +152,27 @@ class Reconciliation:
             total("scrapped"),
             total("label_mismatch"),
             total("break_glass"),
+            total("refused"),
             total("units_provisioned"),
             total("units_failed"),
             total("units_scrapped"),
             total("units_open"),
             max((p.highest_unit for p in parts), default=0),
         )
+
+
+def percent(rate: float | None) -> str:
+    """A rate as a percentage with one decimal, floored: below 100% is never shown as 100.0%."""
+    if rate is None:
+        return "–"
+    if rate >= 1:
+        return "100.0%"
+    return f"{min(math.floor(rate * 1000 + 1e-9), 999) / 10:.1f}%"
+
+
+def _share(rate: float) -> float:
+    """A rate with four decimals for the JSON report, floored: below 1 is never written as 1.0."""
+    return 1.0 if rate >= 1 else min(math.floor(rate * 10000 + 1e-9), 9999) / 10000
 
 
 @dataclass(frozen=True)
@@ -177,13 +195,13 @@ class Quality:
         pareto = []
         for step, count in self.failures:
             running += count
-            pareto.append({"step": step, "count": count, "cumulative_share": round(running / total, 4)})
+            pareto.append({"step": step, "count": count, "cumulative_share": _share(running / total)})
         fpy = self.first_pass_yield
         return {
             "first_pass_yield": {
                 "attempted": self.attempted,
                 "first_pass": self.first_pass,
-                "rate": None if fpy is None else round(fpy, 4),
+                "rate": None if fpy is None else _share(fpy),
             },
             "failure_pareto": pareto,
             "exceptions_per_week": [{"week": w, "count": c} for w, c in self.exceptions_per_week],

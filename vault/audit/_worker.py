@@ -90,8 +90,9 @@ class Context:
 Issue = tuple[str, int, "str | None", "str | None", "str | None", str]
 """(code, log position, manifest id, hardware id, serial, detail): one thing wrong or worth listing."""
 
-Row = tuple[int, str, str, str, "str | None", "str | None"]
-"""(position, manifest id, event, hardware id, serial, device key id) of a verified manifest."""
+Row = tuple[int, str, str, str, "str | None", "str | None", int, int]
+"""(position, manifest id, event, hardware id, serial, device key id, whether it names a unit, whether it is
+for the audited release) of a verified manifest."""
 
 
 @dataclass
@@ -407,7 +408,7 @@ class _Chunk:
         self.events[event] += 1
         if event not in ("provisioned", "retry"):  # a retry's failure was the exception
             self.exception(m, event, position)
-        result.rows.append((position, mid, event, hwid, serial, m.device_key_id))
+        result.rows.append((position, mid, event, hwid, serial, m.device_key_id, m.unit is not None, in_bundle))
         if in_bundle and m.unit is not None:
             result.units.append((m.unit, event))
 
@@ -446,7 +447,9 @@ class _Chunk:
         detail = (m.detail or "")[:200]
         if event == "failed":
             step = m.failed_step or "unknown"
-            if step in self.steps or len(self.steps) < limit:
+            if m.unit is None:  # a refusal (no unit left, or a device the station would not take): no failed unit
+                pass
+            elif step in self.steps or len(self.steps) < limit:
                 self.steps[step] += 1
             else:
                 self.steps["other"] += 1

@@ -1,14 +1,16 @@
 """``vault audit``: check evidence exports against the trust policy and the release, and report.
 
 Exit status: 0 when no finding is at or above ``--fail-on`` (default: high),
-3 when at least one is, 1 when the input cannot be audited at all (a file
-that is not an export, the wrong token, a policy that does not verify), and
-2 for a usage error.
+3 when at least one is, 1 when the audit cannot start at all (the wrong
+token, a policy or bundle that does not verify; one unreadable export is a
+finding, not an error), and 2 for a usage error.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ _STATION_COPY_SUFFIX = ".station-copy"  # vault.verify.COPY_SUFFIX, without impo
 _PATH = click.Path(exists=True, dir_okay=False, path_type=Path)
 _NEW = click.Path(dir_okay=False, path_type=Path)
 _TOP = 8  # findings shown in the summary
+_STDOUT = Path("-")
 
 
 def _exports(given: tuple[Path, ...]) -> list[Path]:
@@ -62,6 +65,14 @@ def _root(path: Path) -> x509.Certificate:
     return read_certificate(path)
 
 
+def _wrapped(head: str, text: str, width: int) -> str:
+    """A finding's whole message after ``head``, made safe for a terminal and wrapped under itself."""
+    clean = "".join(c if c.isprintable() else "?" for c in text)
+    indent = " " * len(head)
+    lines = textwrap.wrap(clean, width - len(head), break_long_words=True, break_on_hyphens=False) or [""]
+    return "\n".join((head if i == 0 else indent) + line for i, line in enumerate(lines))
+
+
 def _shown(text: str, limit: int = 110) -> str:
     """Evidence text made safe for a terminal: no control characters, one line, cut to ``limit``."""
     clean = "".join(c if c.isprintable() else "?" for c in text)
@@ -80,7 +91,7 @@ def _shown(text: str, limit: int = 110) -> str:
     required=True,
     help=f"The auditor's token, with its PIN source; its key '{AUDITOR_LABEL}' unless the URI names one.",
 )
-@click.option("--json", "json_out", type=_NEW, help="Write the JSON report to this new file.")
+@click.option("--json", "json_out", type=_NEW, help="Write the JSON report to this new file ('-': standard output).")
 @click.option("--html", "html_out", type=_NEW, help="Write the HTML report to this new file.")
 @click.option(
     "--fail-on",
@@ -115,7 +126,8 @@ def audit(
     from vault.token import open_token
 
     paths = _exports(exports)
-    for out in (json_out, html_out):
+    to_stdout = json_out == _STDOUT
+    for out in (None if to_stdout else json_out, html_out):
         if out is not None and out.exists() and not force:
             raise InputError(f"{out} exists; vault does not write over files (remove it, or pass --force)")
     root = _root(root_cert)
@@ -131,38 +143,47 @@ def audit(
             workers=workers,
             progress=progress,
         )
-    if json_out is not None:
+    if to_stdout:
+        click.echo(report.to_json(fail_on), nl=False)
+    elif json_out is not None:
         write_new(json_out, report.to_json(fail_on).encode("utf-8"), overwrite=force)
     if html_out is not None:
         write_new(html_out, report.to_html(fail_on).encode("utf-8"), overwrite=force)
-    _summary(report, fail_on, json_out, html_out)
+    _summary(report, fail_on, None if to_stdout else json_out, html_out, err=to_stdout)
     if not report.passed(fail_on):
         click.get_current_context().exit(EXIT_FINDINGS)
 
 
-def _summary(report: Any, fail_on: str, json_out: Path | None, html_out: Path | None) -> None:
+def _summary(report: Any, fail_on: str, json_out: Path | None, html_out: Path | None, *, err: bool = False) -> None:
+    """The summary, on standard output (on standard error when the JSON report goes to standard output)."""
+
+    def echo(line: str) -> None:
+        click.echo(line, err=err)
+
     bundle = report.bundle
-    click.echo(
+    echo(
         f"audited     {len(report.exports)} export(s) from {len(report.stations)} station(s): "
         f"{report.manifests:,} manifests, {report.verified:,} verified, in {report.seconds:.1f} s"
     )
     promoted = "promoted" if bundle.promoted else "NOT promoted"
-    click.echo(f"release     {_shown(bundle.product)} {_shown(bundle.version)}, bundle {bundle.bundle_id} ({promoted})")
+    echo(f"release     {_shown(bundle.product)} {_shown(bundle.version)}, bundle {bundle.bundle_id} ({promoted})")
     counts = report.counts()
-    click.echo("findings    " + ", ".join(f"{counts[s]} {s}" for s in _SEVERITIES))
+    echo("findings    " + ", ".join(f"{counts[s]} {s}" for s in _SEVERITIES))
+    width = max(80, shutil.get_terminal_size((100, 24)).columns)
     for finding in report.findings[:_TOP]:
-        click.echo(f"  {finding.severity:<9}{finding.code:<29}{_shown(finding.message)}")
+        head = f"  {finding.severity:<9}{finding.code:<29}"
+        echo(_wrapped(head, finding.message, width))
     if len(report.findings) > _TOP:
-        click.echo(f"  ... and {len(report.findings) - _TOP} more in the report")
+        echo(f"  ... and {len(report.findings) - _TOP} more in the report")
     if json_out is not None:
-        click.echo(f"json report {json_out}")
+        echo(f"json report {json_out}")
     if html_out is not None:
-        click.echo(f"html report {html_out}")
+        echo(f"html report {html_out}")
     failing = report.at_or_above(fail_on)
     if failing:
-        click.echo(f"FAIL: {len(failing)} finding(s) at or above {fail_on}")
+        echo(f"FAIL: {len(failing)} finding(s) at or above {fail_on}")
     else:
-        click.echo(f"PASS: no finding at or above {fail_on}")
+        echo(f"PASS: no finding at or above {fail_on}")
 
 
 class _progress:
