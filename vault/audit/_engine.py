@@ -643,6 +643,7 @@ class _Audit:
             "time-regression": "entries earlier than the entry before them",
             "time-outside-window": "manifests outside the release's validity window",
             "time-jump": "implausible jumps forward in time",
+            "unit-missing": "devices provisioned with no unit number",
             "label-mismatch": "label mismatches",
             "break-glass": "break-glass overrides",
             "unit-failed": "units that failed",

@@ -46,6 +46,7 @@ CODES: dict[str, tuple[str, str]] = {
     "manifest-duplicated": ("medium", "a manifest carried by more than one export file; counted once"),
     "over-allocation": ("critical", "a station provisioned more units than its allocation"),
     "over-production": ("critical", "the stations together provisioned more than the production count"),
+    "unit-missing": ("high", "a device provisioned, retried or reworked with no unit number (counted anyway)"),
     "duplicate-hardware-id": ("critical", "one hardware id provisioned twice without rework, or with two keys"),
     "duplicate-serial": ("critical", "one serial on two devices"),
     "device-key-reused": ("critical", "one device key on two devices"),

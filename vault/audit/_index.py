@@ -53,11 +53,12 @@ QUESTIONS = {
         "GROUP BY station, hardware_id"
         ") GROUP BY station"
     ),
-    # (station, event, names a unit, rows, distinct manifests, distinct manifests of the release naming a
-    # unit): the reconciliation's counts, each manifest once whatever forks or replays repeat it
+    # (station, event, names a unit, rows, distinct manifests, distinct manifests of the release): the
+    # reconciliation's counts, each manifest once whatever forks or replays repeat it (a provisioned manifest
+    # that names no unit still consumed a device: it is counted)
     "counts": (
         "SELECT station, event, has_unit, COUNT(*), COUNT(DISTINCT manifest_id), "
-        "COUNT(DISTINCT CASE WHEN in_bundle AND has_unit THEN manifest_id END) FROM entries "
+        "COUNT(DISTINCT CASE WHEN in_bundle THEN manifest_id END) FROM entries "
         "GROUP BY station, event, has_unit"
     ),
     # (hardware id, provisioned or retried rows, 2 when it holds several device keys, reworks): suspect

@@ -409,8 +409,11 @@ class _Chunk:
         if event not in ("provisioned", "retry"):  # a retry's failure was the exception
             self.exception(m, event, position)
         result.rows.append((position, mid, event, hwid, serial, m.device_key_id, m.unit is not None, in_bundle))
-        if in_bundle and m.unit is not None:
-            result.units.append((m.unit, event))
+        if m.unit is not None:
+            if in_bundle:
+                result.units.append((m.unit, event))
+        elif event in ("provisioned", "retry", "rework"):  # hardware was used: counted, and named as evasion
+            issues.append(("unit-missing", position, mid, hwid, serial, f"a {event} manifest names no unit"))
 
     def unusual(self, m: _Fields, position: int, in_bundle: bool, station: _Station) -> None:
         """The slower checks, for a manifest whose keys, release or images are not the usual ones."""
