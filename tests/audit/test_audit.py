@@ -72,9 +72,11 @@ def test_forged_signature(forge: Forge, tmp_path: Path, run_audit: Audit) -> Non
     forged = forge.add("provisioned", forge_as_station=True)
     forge.provision(1)
     report = run_audit([forge.export(tmp_path)])
-    assert serious(report) == {"signature-invalid"}
-    (finding,) = report.at_or_above("medium")
+    assert serious(report) == {"signature-invalid", "unit-hole"}  # unit 3 has no manifest that holds
+    (finding,) = [f for f in report.findings if f.code == "signature-invalid"]
     assert finding.severity == "critical" and finding.evidence[0].position == 2
+    (hole,) = [f for f in report.findings if f.code == "unit-hole"]
+    assert hole.message.endswith("no manifest: 3")
     assert forged.manifest.serial not in {s for f in report.findings for s in f.serials}
 
 
@@ -96,8 +98,10 @@ def test_deleted_manifest(forge: Forge, tmp_path: Path, run_audit: Audit) -> Non
     forge.provision(4)
     path = forge.export(tmp_path, entries=lambda listed: [e for e in listed if e[0] != 2])
     report = run_audit([path])
-    assert serious(report) == {"log-gap"}
+    assert serious(report) == {"log-gap", "unit-hole"}
     assert report.at_or_above("medium")[0].evidence[0].position == 2
+    (hole,) = [f for f in report.findings if f.code == "unit-hole"]
+    assert hole.message.endswith("no manifest: 3")  # the deleted entry's unit is named
 
 
 def test_missing_export_between_two(forge: Forge, tmp_path: Path, run_audit: Audit) -> None:

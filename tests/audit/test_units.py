@@ -1,4 +1,5 @@
-"""Every device event that consumed hardware is counted, whatever optional fields it carries."""
+"""Every device event that consumed hardware is counted, whatever optional fields it carries; unit numbers
+are one device each and leave no hole."""
 
 from __future__ import annotations
 
@@ -6,15 +7,15 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from tests.audit.conftest import Entry, Forge, Report, serious
+from tests.audit.conftest import Device, Entry, Forge, Report, serious
 from vault.manifest import sign_manifest
 
 Audit = Callable[..., Report]
 
 
-def unitless(forge: Forge, event: str = "provisioned") -> Entry:
-    """An insider's manifest: a device provisioned under the station's real key, naming no unit."""
-    entry = forge.manifest(event)
+def unitless(forge: Forge, event: str = "provisioned", device: Device | None = None, **kwargs: object) -> Entry:
+    """A manifest signed with the station's real key that names no unit (an insider's, or a refusal)."""
+    entry = forge.manifest(event, device, **kwargs)  # type: ignore[arg-type]
     if entry.manifest.unit is not None:
         forge.units -= 1  # the number was never used: the next honest unit takes it
     manifest = replace(entry.manifest, unit=None)
@@ -79,3 +80,50 @@ def test_the_clean_twin_gives_nothing(forge: Forge, run_audit: Audit, tmp_path: 
     assert serious(report) == set()
     (station,) = [s for s in report.stations if s.station_id == "station-1"]
     assert station.reconciliation.provisioned == 4
+
+
+def test_one_unit_on_two_devices_is_a_finding_naming_both(forge: Forge, run_audit: Audit, tmp_path: Path) -> None:
+    first, _ = forge.provision(2)
+    other = forge.device()
+    forge.add("provisioned", other, unit=1)
+    report = run_audit([forge.export(tmp_path)])
+    assert serious(report) == {"unit-shared"}
+    (finding,) = [f for f in report.findings if f.code == "unit-shared"]
+    assert finding.severity == "critical"
+    assert "unit 1 " in finding.message
+    assert set(finding.hardware_ids) == {first.hwid, other.hwid}
+    assert [(e.station, e.position) for e in finding.evidence] == [("station-1", 0), ("station-1", 2)]
+
+
+def test_a_hole_in_the_unit_numbers_is_a_finding_naming_the_units(
+    forge: Forge, run_audit: Audit, tmp_path: Path
+) -> None:
+    forge.provision(2)
+    forge.units += 2  # units 3 and 4 were used by devices the evidence does not show
+    forge.provision(1)
+    report = run_audit([forge.export(tmp_path)])
+    assert serious(report) == {"unit-hole"}
+    (finding,) = [f for f in report.findings if f.code == "unit-hole"]
+    assert finding.severity == "high" and finding.count == 2
+    assert "have no manifest: 3, 4 (" in finding.message and finding.stations == ("station-1",)
+
+
+def test_retries_reworks_refusals_and_interruptions_leave_no_shared_unit_or_hole(
+    forge: Forge, run_audit: Audit, tmp_path: Path
+) -> None:
+    retried, reworked, refused, cut = (forge.device() for _ in range(4))
+    forge.add("failed", retried, failed_step="program")  # unit 1
+    forge.add("retry", retried, unit=1)
+    forge.add("provisioned", reworked)  # unit 2
+    forge.add("rework", reworked, unit=2)
+    unitless(forge, "failed", refused, failed_step="allocation")  # a refusal names no unit
+    forge.add("failed", cut, failed_step="interrupted")  # unit 3, closed after a power cut
+    forge.provision(1)  # unit 4
+    first = forge.export(tmp_path / "a")
+    forge.provision(2)  # units 5 and 6
+    second = forge.export(tmp_path / "b")
+    report = run_audit([first, second])
+    assert serious(report) == set()
+    (station,) = [s for s in report.stations if s.station_id == "station-1"]
+    assert station.reconciliation.highest_unit == 6 and station.reconciliation.reserved == 6
+    assert serious(run_audit([second])) == set()  # an audit picked up inside the log sees no hole below it

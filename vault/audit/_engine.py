@@ -296,6 +296,7 @@ class _Log:
     head_size: int | None = None
     last_time: tuple[str, int, int] | None = None  # (time, epoch, position) of the last verified entry
     units: _Units = field(default_factory=lambda: _Units(0))
+    partial: bool = False  # picked up inside the log (earlier entries not audited): holes cannot be told
     exports: int = 0
     manifests: int = 0
     verified: int = 0
@@ -549,6 +550,7 @@ class _Audit:
             run.builder = merkle.TreeBuilder.from_frontier(start, frontier)
         else:
             run.spool = tempfile.TemporaryFile()
+            log.partial = True
         if not run.branch:
             run.last_time = log.last_time
 
@@ -871,6 +873,12 @@ class _Audit:
                 if row[4] == "retry" and not any(r[0] == row[0] and r[4] == "failed" for r in rows[:at]):
                     message = f"device {hwid} was retried but no earlier manifest of its station shows it failed"
                     report("retry-without-failure", message, [row], hardware_ids=[hwid])
+        for (station, unit), rows in index.rows_for_units(
+            [(s, u) for s, u, _ in answers["units"]], MAX_EVIDENCE
+        ).items():
+            holders = sorted({r[5] for r in rows})
+            message = f"{stations[station]}: unit {unit} is on {len(holders)} devices: " + ", ".join(holders[:8])
+            report("unit-shared", message, rows)
         shared = [value for value, _ in answers["serials"]]
         for serial, rows in index.rows_for("serial", shared, MAX_EVIDENCE).items():
             devices = len({r[5] for r in rows})
@@ -948,6 +956,8 @@ class _Audit:
                 )
             )
             self.allocation_findings(log.station_id, reconciliation)
+            if not log.partial:
+                self.hole_findings(log.station_id, units)
         totals = Reconciliation.sum([r.reconciliation for r in reports], self.release.total)
         attempted = sum(r.quality.attempted for r in reports)
         first = sum(r.quality.first_pass for r in reports)
@@ -960,6 +970,22 @@ class _Audit:
                 count=max(totals.provisioned, totals.reserved) - self.release.total,
             )
         return reports, totals, Quality.of(attempted, first, total_failures, total_weeks)
+
+    def hole_findings(self, station_id: str, units: _Units) -> None:
+        """Unit numbers below the highest used that no manifest names: each a ghost until proven otherwise."""
+        top = min(units.highest, units.allocation)
+        holes = [unit for unit in range(1, top + 1) if not units.state[unit]]
+        count = len(holes)
+        if units.highest > units.allocation and not units.stray_overflow:
+            count += sum(1 for unit in range(units.allocation + 1, units.highest) if unit not in units.stray)
+        if count:
+            shown = ", ".join(map(str, holes[:MAX_EVIDENCE])) + (" ..." if count > len(holes[:MAX_EVIDENCE]) else "")
+            self.findings.add(
+                "unit-hole",
+                f"{station_id}: {count} unit number(s) below the highest ({units.highest}) have no manifest: {shown}",
+                stations=[station_id],
+                count=count,
+            )
 
     def allocation_findings(self, station_id: str, r: Reconciliation) -> None:
         over = max(r.provisioned, r.reserved, r.highest_unit) - r.allocation

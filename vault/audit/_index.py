@@ -34,7 +34,8 @@ CREATE TABLE entries (
     serial TEXT,
     device_key_id TEXT,
     has_unit INTEGER NOT NULL,     -- 1 when the manifest names a unit
-    in_bundle INTEGER NOT NULL     -- 1 when it is for the audited release
+    in_bundle INTEGER NOT NULL,    -- 1 when it is for the audited release
+    unit INTEGER                   -- the unit it names, or NULL
 )
 """
 
@@ -74,6 +75,11 @@ QUESTIONS = {
         f"SELECT device_key_id, COUNT(DISTINCT hardware_id) AS n FROM entries WHERE event IN {_ASSIGNING} "
         "AND device_key_id IS NOT NULL GROUP BY device_key_id HAVING n > 1 LIMIT ?"
     ),
+    # (station, unit, devices): one unit number of the audited release on several devices
+    "units": (
+        "SELECT station, unit, COUNT(DISTINCT hardware_id) AS n FROM entries WHERE in_bundle AND unit IS NOT NULL "
+        "GROUP BY station, unit HAVING n > 1 LIMIT ?"
+    ),
     # (manifest id, rows): a manifest id in several rows (one manifest exported twice is one of them)
     "replayed": "SELECT manifest_id, COUNT(*) AS n FROM entries GROUP BY manifest_id HAVING n > 1 LIMIT ?",
     "serials": (
@@ -104,7 +110,7 @@ class Index:
     def add(self, station: int, export: int, rows: Sequence[Row]) -> None:
         """Append the rows of one chunk."""
         # station and export are this audit's own integers, so they can be spelled into the statement
-        values = f"{int(station)}, {int(export)}, ?, ?, ?, ?, ?, ?, ?, ?"
+        values = f"{int(station)}, {int(export)}, ?, ?, ?, ?, ?, ?, ?, ?, ?"
         self._db.executemany(f"INSERT INTO entries VALUES ({values})", rows)
 
     def finish_loading(self) -> None:
@@ -136,6 +142,25 @@ class Index:
             return dict(map(ask, QUESTIONS))
         with ThreadPoolExecutor(parallel, thread_name_prefix="audit-index") as pool:
             return dict(pool.map(ask, QUESTIONS))
+
+    def rows_for_units(self, units: Sequence[tuple[int, int]], limit: int) -> dict[tuple[int, int], list[Any]]:
+        """For each (station, unit) of the audited release, its first ``limit`` rows in the form of
+        :meth:`rows_for` (station, export, position, manifest id, event, hardware id, serial), in log order."""
+        found: dict[tuple[int, int], list[Any]] = {(int(s), int(u)): [] for s, u in units}
+        if not found:
+            return found
+        self._db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted_units (station INTEGER, unit INTEGER)")
+        self._db.execute("DELETE FROM wanted_units")
+        self._db.executemany("INSERT INTO wanted_units VALUES (?, ?)", list(found))
+        for row in self._query(
+            "SELECT e.unit, e.station, e.export, e.position, e.manifest_id, e.event, e.hardware_id, e.serial "
+            "FROM entries e JOIN wanted_units w ON e.station = w.station AND e.unit = w.unit "
+            "WHERE e.in_bundle ORDER BY e.station, e.position"
+        ):
+            rows = found[(row[1], row[0])]
+            if len(rows) < limit:
+                rows.append(row[1:])
+        return found
 
     def rows_for(self, column: str, values: Sequence[str], limit: int) -> dict[str, list[tuple[Any, ...]]]:
         """For each of ``values``, the first ``limit`` rows (station, export, position, manifest id, event,

@@ -90,9 +90,9 @@ class Context:
 Issue = tuple[str, int, "str | None", "str | None", "str | None", str]
 """(code, log position, manifest id, hardware id, serial, detail): one thing wrong or worth listing."""
 
-Row = tuple[int, str, str, str, "str | None", "str | None", int, int]
+Row = tuple[int, str, str, str, "str | None", "str | None", int, int, "int | None"]
 """(position, manifest id, event, hardware id, serial, device key id, whether it names a unit, whether it is
-for the audited release) of a verified manifest."""
+for the audited release, the unit) of a verified manifest."""
 
 
 @dataclass
@@ -408,7 +408,7 @@ class _Chunk:
         self.events[event] += 1
         if event not in ("provisioned", "retry"):  # a retry's failure was the exception
             self.exception(m, event, position)
-        result.rows.append((position, mid, event, hwid, serial, m.device_key_id, m.unit is not None, in_bundle))
+        result.rows.append((position, mid, event, hwid, serial, m.device_key_id, m.unit is not None, in_bundle, m.unit))
         if m.unit is not None:
             if in_bundle:
                 result.units.append((m.unit, event))
