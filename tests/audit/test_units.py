@@ -108,6 +108,17 @@ def test_a_hole_in_the_unit_numbers_is_a_finding_naming_the_units(
     assert "have no manifest: 3, 4 (" in finding.message and finding.stations == ("station-1",)
 
 
+def test_a_unit_number_far_past_the_allocation_is_counted_not_walked(
+    forge: Forge, run_audit: Audit, tmp_path: Path
+) -> None:
+    forge.provision(2)
+    forge.add("provisioned", unit=10**15)
+    report = run_audit([forge.export(tmp_path)])  # returns at once: the holes past the allocation are counted
+    assert serious(report) == {"over-allocation", "unit-hole"}
+    (hole,) = [f for f in report.findings if f.code == "unit-hole"]
+    assert hole.count == 10**15 - 3 and "no manifest: 3, 4, 5, " in hole.message
+
+
 def test_retries_reworks_refusals_and_interruptions_leave_no_shared_unit_or_hole(
     forge: Forge, run_audit: Audit, tmp_path: Path
 ) -> None:

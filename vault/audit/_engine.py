@@ -973,13 +973,17 @@ class _Audit:
 
     def hole_findings(self, station_id: str, units: _Units) -> None:
         """Unit numbers below the highest used that no manifest names: each a ghost until proven otherwise."""
-        top = min(units.highest, units.allocation)
-        holes = [unit for unit in range(1, top + 1) if not units.state[unit]]
-        count = len(holes)
-        if units.highest > units.allocation and not units.stray_overflow:
-            count += sum(1 for unit in range(units.allocation + 1, units.highest) if unit not in units.stray)
+        state, top = units.state, min(units.highest, units.allocation)
+        count = state.count(0, 1, top + 1)  # bounded by the allocation, never by a forged unit number
+        holes: list[int] = []
+        at = state.find(0, 1, top + 1)
+        while at != -1 and len(holes) < MAX_EVIDENCE:
+            holes.append(at)
+            at = state.find(0, at + 1, top + 1)
+        if units.highest > units.allocation and not units.stray_overflow:  # past the allocation: counted only
+            count += units.highest - units.allocation - sum(1 for unit in units.stray if unit > units.allocation)
         if count:
-            shown = ", ".join(map(str, holes[:MAX_EVIDENCE])) + (" ..." if count > len(holes[:MAX_EVIDENCE]) else "")
+            shown = ", ".join(map(str, holes)) + (" ..." if count > len(holes) else "")
             self.findings.add(
                 "unit-hole",
                 f"{station_id}: {count} unit number(s) below the highest ({units.highest}) have no manifest: {shown}",
