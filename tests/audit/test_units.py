@@ -138,3 +138,35 @@ def test_retries_reworks_refusals_and_interruptions_leave_no_shared_unit_or_hole
     (station,) = [s for s in report.stations if s.station_id == "station-1"]
     assert station.reconciliation.highest_unit == 6 and station.reconciliation.reserved == 6
     assert serious(run_audit([second])) == set()  # an audit picked up inside the log sees no hole below it
+
+
+def test_a_unit_on_a_fixture_when_the_station_exports_is_no_hole(
+    world: object, run_audit: Audit, tmp_path: Path
+) -> None:
+    import threading
+
+    from vault.verify import ImageToProgram, SimulatedDevice
+
+    on_fixture, release = threading.Event(), threading.Event()
+
+    class Slow(SimulatedDevice):
+        def program(self, image: ImageToProgram, chunks: object) -> None:
+            on_fixture.set()
+            release.wait(60)
+            super().program(image, chunks)  # type: ignore[arg-type]
+
+    evidence = tmp_path / "evidence"
+    with world.station(tmp_path / "s") as station:  # type: ignore[attr-defined]
+        station.load(world.bundle_path, world.policy)  # type: ignore[attr-defined]
+        station.provision(SimulatedDevice())
+        slow = threading.Thread(target=station.provision, args=(Slow(),), kwargs={"fixture": 2})
+        slow.start()
+        assert on_fixture.wait(60)  # unit 2 is on fixture 2 ...
+        station.provision(SimulatedDevice())  # ... while unit 3 is done
+        first = station.export(evidence).path  # the export says unit 2 is still on a fixture
+        release.set()
+        slow.join(60)
+        second = station.export(evidence).path
+    report = run_audit([first])
+    assert serious(report) == set(), [f.message for f in report.findings]
+    assert serious(run_audit([first, second])) == set()

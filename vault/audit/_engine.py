@@ -282,6 +282,9 @@ class _Units:
         return counts
 
 
+_MAX_OPEN_UNITS = 4096  # units an export may declare still on fixtures
+
+
 @dataclass
 class _Log:
     """What the audit knows of one station's log so far: bounded by the number of exports."""
@@ -297,6 +300,7 @@ class _Log:
     last_time: tuple[str, int, int] | None = None  # (time, epoch, position) of the last verified entry
     units: _Units = field(default_factory=lambda: _Units(0))
     partial: bool = False  # picked up inside the log (earlier entries not audited): holes cannot be told
+    open_units: dict[int, frozenset[tuple[str, int]]] = field(default_factory=dict)  # export -> units on fixtures
     exports: int = 0
     manifests: int = 0
     verified: int = 0
@@ -509,9 +513,16 @@ class _Audit:
     def start(self, run: _Run, head: dict[str, Any]) -> None:
         export, log = run.export, run.log
         fields = {"type", "station_id", "sequence", "from", "to", "created", "previous_checkpoint", "policy"}
-        if set(head) != fields:
+        if set(head) not in (fields, fields | {"open_units"}):
             run.broken = "its export record does not have exactly the fields " + ", ".join(sorted(fields))
             return
+        opened = head.get("open_units", [])
+        if not isinstance(opened, list) or len(opened) > _MAX_OPEN_UNITS or not all(
+            isinstance(u, list) and len(u) == 2 and isinstance(u[0], str) and type(u[1]) is int for u in opened
+        ):
+            run.broken = "its open_units are not a list of [bundle id, unit] pairs"
+            return
+        log.open_units[export.sequence] = frozenset((str(b), int(n)) for b, n in opened)
         start, end = head["from"], head["to"]
         if type(start) is not int or type(end) is not int or not 0 <= start <= end:
             run.broken = "its export record's from and to are not a range of log positions"
@@ -957,7 +968,9 @@ class _Audit:
             )
             self.allocation_findings(log.station_id, reconciliation)
             if not log.partial:
-                self.hole_findings(log.station_id, units)
+                last = log.open_units[max(log.open_units)] if log.open_units else frozenset()
+                still_open = {n for b, n in last if b == self.release.bundle_id}
+                self.hole_findings(log.station_id, units, still_open)
         totals = Reconciliation.sum([r.reconciliation for r in reports], self.release.total)
         attempted = sum(r.quality.attempted for r in reports)
         first = sum(r.quality.first_pass for r in reports)
@@ -971,14 +984,19 @@ class _Audit:
             )
         return reports, totals, Quality.of(attempted, first, total_failures, total_weeks)
 
-    def hole_findings(self, station_id: str, units: _Units) -> None:
-        """Unit numbers below the highest used that no manifest names: each a ghost until proven otherwise."""
+    def hole_findings(self, station_id: str, units: _Units, still_open: set[int]) -> None:
+        """Unit numbers below the highest used that no manifest names: each a ghost until proven otherwise.
+
+        The units the station's last export declares still on a fixture (``open_units``) are not holes:
+        their manifests come in the next export, which must then carry them.
+        """
         state, top = units.state, min(units.highest, units.allocation)
-        count = state.count(0, 1, top + 1)  # bounded by the allocation, never by a forged unit number
+        count = state.count(0, 1, top + 1) - sum(1 for n in still_open if 0 < n <= top and not state[n])
         holes: list[int] = []
         at = state.find(0, 1, top + 1)
         while at != -1 and len(holes) < MAX_EVIDENCE:
-            holes.append(at)
+            if at not in still_open:
+                holes.append(at)
             at = state.find(0, at + 1, top + 1)
         if units.highest > units.allocation and not units.stray_overflow:  # past the allocation: counted only
             count += units.highest - units.allocation - sum(1 for unit in units.stray if unit > units.allocation)

@@ -1160,6 +1160,13 @@ class Station:
                             "created": format_time(now),
                             "previous_checkpoint": None if last is None else last.checkpoint.decode(),
                             "policy": base64.b64encode(bytes(self.state.meta("policy"))).decode(),
+                            # units on a fixture right now: their manifests come in a later export
+                            "open_units": [
+                                [bundle_id, unit]
+                                for bundle_id, unit in db.execute(
+                                    "SELECT bundle_id, unit FROM units WHERE done = 0 ORDER BY bundle_id, unit"
+                                )
+                            ],
                         }
                     )
                 )
