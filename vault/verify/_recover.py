@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from vault import checkpoint as notes
 from vault import merkle
@@ -53,8 +52,8 @@ from vault.formats import Envelope, parse_json
 from vault.manifest import Manifest, open_manifest
 from vault.policy import format_time
 from vault.token import Pkcs11Uri, TokenKey, open_token
-from vault.verify._state import LogHead, State, folder_in_use
-from vault.verify._station import COPY_SUFFIX, DECRYPTION_LABEL, SIGNING_LABEL, Station, log_origin
+from vault.verify._state import STATE_FILES, LogHead, State, folder_in_use
+from vault.verify._station import COPY_SUFFIX, DECRYPTION_LABEL, SIGNING_LABEL, Station, log_origin, root_sha256
 
 __all__ = ["RecoveryResult", "recover_state"]
 
@@ -440,12 +439,8 @@ def _write(
     found: _Found,
     units: dict[tuple[str, int], Manifest],
 ) -> LogHead:
-    if isinstance(root, x509.Certificate):
-        root_sha256 = hashlib.sha256(root.public_bytes(serialization.Encoding.DER)).hexdigest()
-    else:
-        root_sha256 = root.strip().lower().replace(":", "")
     policy = max(found.policies, key=_policy_version)
-    state = State(target, station_id=station_id, root_sha256=root_sha256)
+    state = State(target, station_id=station_id, root_sha256=root_sha256(root))
     try:
         with state.write() as db:
             tree = merkle.TreeBuilder()
@@ -550,7 +545,7 @@ def _remove(target: Path, made_dir: bool) -> None:
     if made_dir:
         shutil.rmtree(target, ignore_errors=True)
         return
-    for name in ("station.sqlite", "station.sqlite-wal", "station.sqlite-shm", "head.lock"):
+    for name in STATE_FILES:
         with contextlib.suppress(OSError):
             (target / name).unlink()
     with contextlib.suppress(OSError):

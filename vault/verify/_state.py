@@ -18,8 +18,9 @@ fixture process on the station:
 
 **The head in the token.** The log's size and root and the units reserved
 per release are also kept in the station token (a head record, see
-:mod:`vault.token._heads`). Every write transaction runs under one
-cross-process lock (``head.lock``); inside it the token's head is read and
+:mod:`vault.token._heads`). Every write transaction runs under the folder's
+lock (``head.lock``) and the anchor's own (one per token on the machine);
+inside them the token's head is read and
 checked against the database *before* the caller's changes, and the new head
 is written to the token *after* the commit. So the database is never behind
 the token except when it is an older copy or another folder, and it is
@@ -52,9 +53,10 @@ from typing import Any, Protocol
 from vault import merkle
 from vault.errors import StateError
 
-__all__ = ["Anchor", "DeviceRecord", "LogHead", "State"]
+__all__ = ["STATE_FILES", "Anchor", "DeviceRecord", "LogHead", "State"]
 
 _SCHEMA_VERSION = "2"
+STATE_FILES = ("station.sqlite", "station.sqlite-wal", "station.sqlite-shm", "head.lock")  # beside owners/
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS products (product TEXT PRIMARY KEY, security_counter INTEGER NOT NULL);
@@ -139,8 +141,6 @@ class LogHead:
             size, root, reserved = value["size"], bytes.fromhex(value["root"]), value["reserved"]
             if not (isinstance(size, int) and size >= 0 and len(root) == merkle.HASH_SIZE):
                 raise ValueError("out of range")
-            if not isinstance(reserved, dict):
-                raise ValueError("no reserved counts")
             counts = _counts(reserved)
             counters = _counts(value.get("counters", {}))
             policy_version, exports = value.get("policy_version", 0), value.get("exports", 0)
@@ -238,7 +238,7 @@ class State:
         """
         if folder_in_use(self.directory):
             return
-        for name in ("station.sqlite", "station.sqlite-wal", "station.sqlite-shm", "head.lock"):
+        for name in STATE_FILES:
             with contextlib.suppress(OSError):
                 (self.directory / name).unlink()
         with contextlib.suppress(OSError):

@@ -213,12 +213,8 @@ class Station:
         clock: Clock = system_clock,
         operator: str = "operator",
     ) -> None:
-        if isinstance(root, x509.Certificate):
-            self._root: x509.Certificate | None = root
-            self.root_sha256 = hashlib.sha256(root.public_bytes(serialization.Encoding.DER)).hexdigest()
-        else:
-            self._root = None
-            self.root_sha256 = _fingerprint(root)
+        self._root: x509.Certificate | None = root if isinstance(root, x509.Certificate) else None
+        self.root_sha256 = root_sha256(root)
         self.station_id = station_id
         self.operator = _label_text(operator, "operator")
         self.clock = clock
@@ -1354,8 +1350,11 @@ def _label_text(value: str, what: str, limit: int = _MAX_LABEL) -> str:
     return value
 
 
-def _fingerprint(value: str) -> str:
-    text = value.strip().lower().replace(":", "")
+def root_sha256(root: x509.Certificate | str) -> str:
+    """The pinned root's SHA-256 in hex: of the certificate, or the fingerprint given (checked)."""
+    if isinstance(root, x509.Certificate):
+        return hashlib.sha256(root.public_bytes(serialization.Encoding.DER)).hexdigest()
+    text = root.strip().lower().replace(":", "")
     if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
         raise InputError("a root fingerprint is the certificate's SHA-256 in hex (64 digits, colons allowed)")
     return text
