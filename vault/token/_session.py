@@ -223,10 +223,15 @@ def _busy_retry(call: Callable[[], T], reload: Callable[[], None] | None = None)
         try:
             return call()
         except (p11e.GeneralError, _NotListed):
-            time.sleep(min(0.02 * (attempt + 1), 0.2))
+            _pause(attempt)
             if reload is not None and attempt >= 2:
                 reload()
     return call()
+
+
+def _pause(attempt: int) -> None:
+    """The short, growing wait before try ``attempt + 2`` of a call SoftHSM2 refused for the moment."""
+    time.sleep(min(0.02 * (attempt + 1), 0.2))
 
 
 def _reload_if_idle(path: str) -> None:
@@ -299,7 +304,7 @@ def open_session(uri: Pkcs11Uri, *, rw: bool = False, login: bool = True, so: bo
                 _drop_leaked_session(path)
                 if attempt == _BUSY_TRIES - 1:
                     raise
-                time.sleep(min(0.02 * (attempt + 1), 0.2))
+                _pause(attempt)
                 token = find_token(uri)  # the module may have been reloaded
             except p11e.PKCS11Error:
                 _drop_leaked_session(path)
