@@ -1000,6 +1000,15 @@ class _Audit:
             at = state.find(0, at + 1, top + 1)
         if units.highest > units.allocation and not units.stray_overflow:  # past the allocation: counted only
             count += units.highest - units.allocation - sum(1 for unit in units.stray if unit > units.allocation)
+        waiting = sorted(n for n in still_open if 0 < n <= top and not state[n])
+        if waiting:  # shown, so that a station cannot hide a hole behind "still on a fixture" unseen
+            self.findings.add(
+                "unit-open",
+                f"{station_id}: {len(waiting)} unit(s) were on a fixture at the last export, their manifests not "
+                f"yet in the evidence: {', '.join(map(str, waiting[:MAX_EVIDENCE]))}",
+                stations=[station_id],
+                count=len(waiting),
+            )
         if count:
             shown = ", ".join(map(str, holes)) + (" ..." if count > len(holes) else "")
             self.findings.add(

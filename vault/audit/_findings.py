@@ -49,6 +49,7 @@ CODES: dict[str, tuple[str, str]] = {
     "unit-missing": ("high", "a device provisioned, retried or reworked with no unit number (counted anyway)"),
     "unit-shared": ("critical", "one unit number of a station and release on several devices"),
     "unit-hole": ("high", "unit numbers below a station's highest with no manifest: each a ghost until disproved"),
+    "unit-open": ("info", "units the last export declares still on a fixture: the next export must carry them"),
     "duplicate-hardware-id": ("critical", "one hardware id provisioned twice without rework, or with two keys"),
     "duplicate-serial": ("critical", "one serial on two devices"),
     "device-key-reused": ("critical", "one device key on two devices"),
