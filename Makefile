@@ -8,11 +8,12 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup tokens browser clean-tokens lint clean
+.PHONY: demo test setup tokens browser clean-tokens lint lock clean
 
 setup: $(VENV)/.installed tokens
 
-$(VENV)/.installed: pyproject.toml
+# Installs the versions requirements.lock pins (with their hashes), then vault itself.
+$(VENV)/.installed: pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
 	  || { echo "vault needs Python 3.11 or newer ($(PYTHON) is older)"; exit 1; }
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
@@ -20,7 +21,8 @@ $(VENV)/.installed: pyproject.toml
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null \
 	    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; }; \
 	  $(PYTHON) -m venv $(VENV); }
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install -q --disable-pip-version-check --require-hashes -r requirements.lock
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps -e .
 	@touch $@
 
 tokens:
@@ -48,6 +50,15 @@ test: setup browser
 lint: setup
 	$(BIN)/ruff check vault tests
 	$(BIN)/mypy
+
+# Refresh the pinned versions (after a change to the dependencies in pyproject.toml, or to take
+# newer releases): requirements.lock for the demo and CI, requirements-station.lock for a station.
+LOCK := $(BIN)/uv pip compile pyproject.toml --quiet --universal --python-version 3.11 --generate-hashes \
+  --custom-compile-command "make lock"
+lock: $(VENV)/.installed
+	$(BIN)/pip install -q --disable-pip-version-check uv
+	$(LOCK) --upgrade --extra cli --extra test -o requirements.lock
+	$(LOCK) --upgrade -o requirements-station.lock
 
 clean:
 	rm -rf $(VENV) .demo

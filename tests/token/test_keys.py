@@ -127,7 +127,7 @@ def test_backup_wraps_only_under_a_trusted_kek_and_recovers_onto_another_token(
             private[Attribute.VALUE]
         # a KEK the user made up is not trusted: the key refuses to leave under it
         rogue = token.import_kek(os.urandom(32), label + "-rogue")
-        with pytest.raises(TokenOperationError, match="KeyNotWrappable"):
+        with pytest.raises(TokenOperationError, match="CKR_KEY_NOT_WRAPPABLE"):
             token.wrap(rogue, original)
         token.destroy(rogue)
 

@@ -37,6 +37,7 @@ import pkcs11.exceptions as p11e
 from pkcs11 import Attribute, ObjectClass
 
 from vault.errors import MechanismNotSupportedError, StateError, TokenOperationError
+from vault.token._ckr import ckr_name
 
 APPLICATION = "vault-head"
 MAX_HEAD = 64 * 1024
@@ -113,7 +114,7 @@ def read_head(session: pkcs11.Session, name: str, token_label: str) -> Head | No
         head, _ = _current(session, name, token_label)
     except p11e.PKCS11Error as e:
         raise TokenOperationError(
-            f"reading the '{name}' head record on token '{token_label}' failed: the token reported {type(e).__name__}"
+            f"reading the '{name}' head record on token '{token_label}' failed: the token reported {ckr_name(e)}"
         ) from e
     return head
 
@@ -185,12 +186,12 @@ def write_head(
     except (p11e.AttributeTypeInvalid, p11e.AttributeValueInvalid, p11e.TemplateIncomplete,
             p11e.TemplateInconsistent, p11e.FunctionNotSupported) as e:  # fmt: skip
         raise MechanismNotSupportedError(
-            f"token '{token_label}' cannot store vault's head records (PKCS#11 data objects: {type(e).__name__}); "
+            f"token '{token_label}' cannot store vault's head records (PKCS#11 data objects: {ckr_name(e)}); "
             "vault refuses to keep this sequence's head in a file instead"
         ) from e
     except p11e.PKCS11Error as e:
         raise TokenOperationError(
-            f"writing the '{name}' head record on token '{token_label}' failed: the token reported {type(e).__name__}"
+            f"writing the '{name}' head record on token '{token_label}' failed: the token reported {ckr_name(e)}"
         ) from e
     for obj in objects:  # the new generation is stored; older ones (and unreadable ones) go
         with contextlib.suppress(p11e.PKCS11Error):

@@ -30,6 +30,7 @@ from vault.errors import (
     TokenOperationError,
     UriError,
 )
+from vault.token._ckr import ckr_name
 from vault.token._pin import resolve_pin
 from vault.token._uri import Pkcs11Uri
 
@@ -259,12 +260,11 @@ def translate_errors(what: str, token_label: str = "") -> Iterator[None]:
     except p11e.PinExpired as e:
         raise PinLockedError(f"the PIN of token '{token_label}' has expired and must be changed") from e
     except (p11e.MechanismInvalid, p11e.FunctionNotSupported, p11e.MechanismParamInvalid) as e:
-        raise MechanismNotSupportedError(f"{what}: mechanism not supported by this token{on}") from e
+        raise MechanismNotSupportedError(f"{what}: mechanism not supported by this token{on} ({ckr_name(e)})") from e
     except (p11e.TokenNotPresent, p11e.DeviceRemoved, p11e.TokenNotRecognised) as e:
         raise TokenNotFoundError(f"{what}: the token{on} is not present") from e
     except p11e.PKCS11Error as e:
-        reason = type(e).__name__
-        raise TokenOperationError(f"{what}{on} failed: the token reported {reason}") from e
+        raise TokenOperationError(f"{what}{on} failed: the token reported {ckr_name(e)}") from e
 
 
 @contextlib.contextmanager
