@@ -73,8 +73,11 @@ JUMP_SECONDS = 30 * 24 * 3600
 _FINDINGS_PER_QUESTION = 200  # suspects each identity question returns (each may become a finding)
 _COUNTER_KEYS = 256  # distinct failed steps and weeks kept per station before "other"
 _INFO_CODES = frozenset(
-    {"label-mismatch", "break-glass", "unit-failed", "unit-interrupted", "unit-scrapped", "unit-reworked"}
-)
+    {
+        "label-mismatch", "break-glass", "unit-failed", "unit-refused", "unit-interrupted", "unit-scrapped",
+        "unit-reworked",
+    }
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,7 @@ def _load_bundle(path: Path, policy: TrustPolicy, now: datetime, findings: Findi
 class _Export:
     number: int
     path: Path
-    name: str  # as shown in findings: the path as given
+    name: str  # as shown in findings and the report: the file's full path
     station_id: str
     sequence: int
     export_id: str
@@ -170,11 +173,11 @@ def _open_exports(
         try:
             reader = EvidenceReader(path)
         except VaultError as e:
-            unreadable.append(ExportSummary(str(given), "", 0, "", "", None, None, 0, None, "invalid"))
+            unreadable.append(ExportSummary(_full(path), "", 0, "", "", None, None, 0, None, "invalid"))
             findings.add(
                 "export-invalid",
                 f"{_full(path)} cannot be read as an evidence export: {e}",
-                evidence=[Evidence(str(given), None)],
+                evidence=[Evidence(_full(path), None)],
             )
             continue
         with reader:
@@ -182,7 +185,7 @@ def _open_exports(
             export = _Export(
                 len(exports),
                 path,
-                str(given),
+                _full(path),
                 header.station_id,
                 header.sequence,
                 header.export_id,
@@ -307,8 +310,6 @@ class _Log:
     size: int | None = None
     root: bytes | None = None
     events: dict[str, int] = field(default_factory=dict)
-    failed_steps: dict[str, int] = field(default_factory=dict)
-    weeks: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -410,7 +411,7 @@ class _Audit:
         export = run.export
         self.findings.add(
             code,
-            f"{export.station_id}: {message} ({export.path.name})",
+            f"{export.station_id}: {message} ({export.name})",
             key=key or (export.name,),
             stations=[export.station_id],
             evidence=[Evidence(export.name, export.station_id, position)],
@@ -478,7 +479,7 @@ class _Audit:
         if export.status == "unknown-station":
             self.findings.add(
                 "unknown-station",
-                f"{export.path.name}: station {export.station_id!r} is not enrolled in trust policy "
+                f"{export.name}: station {export.station_id!r} is not enrolled in trust policy "
                 f"v{self.policy.version}; "
                 "nothing in the export can be verified",
                 stations=[export.station_id],
@@ -606,8 +607,6 @@ class _Audit:
         if result.units:
             log.units.add(result.units)
         counters_add(log.events, result.events, len(result.events) + len(log.events))
-        counters_add(log.failed_steps, result.failed_steps, _COUNTER_KEYS)
-        counters_add(log.weeks, result.weeks, _COUNTER_KEYS * 4)
         if self.progress is not None:
             self.progress(AuditProgress(min(self.bytes_done, self.total_bytes), self.total_bytes, self.manifests))
 
@@ -644,7 +643,7 @@ class _Audit:
             where = ""
         else:
             key = (station, export.name)
-            where = f" in {export.path.name}"
+            where = f" in {export.name}"
         what = {
             "signature-invalid": "manifest signatures that do not verify",
             "unknown-station": "manifests not from the station's enrolled keys",
@@ -660,6 +659,7 @@ class _Audit:
             "label-mismatch": "label mismatches",
             "break-glass": "break-glass overrides",
             "unit-failed": "units that failed",
+            "unit-refused": "devices refused before a unit was used",
             "unit-interrupted": "units interrupted by a station stop",
             "unit-scrapped": "devices scrapped",
             "unit-reworked": "devices reworked",
@@ -672,7 +672,7 @@ class _Audit:
             stations=[station],
             serials=[serial],
             hardware_ids=[hwid],
-            evidence=[Evidence(export.name, station, position, manifest_id)],
+            evidence=[Evidence(export.name, station, position, manifest_id, serial, hwid)],
         )
 
     def end(self, export: _Export, read_error: str | None) -> None:
@@ -756,7 +756,7 @@ class _Audit:
                     "log-forked",
                     run,
                     f"its previous checkpoint (size {previous.size}) is not the one "
-                    f"{Path(known[1]).name if known[1] else 'the empty log'} signed",
+                    f"{known[1] or 'the empty log'} signed",
                 )
             try:
                 merkle.verify_consistency(previous.size, checkpoint.size, previous.root, checkpoint.root, proof)
@@ -772,7 +772,7 @@ class _Audit:
             self.finding(
                 "log-forked",
                 run,
-                f"its checkpoint and {Path(known[1]).name}'s sign different roots for the same size {checkpoint.size}",
+                f"its checkpoint and {known[1]}'s sign different roots for the same size {checkpoint.size}",
             )
         # recompute the root over the entries
         builder = run.builder
@@ -859,7 +859,7 @@ class _Audit:
                 stations=sorted({stations[r[0]] for r in rows}),
                 serials=names.get("serials", sorted({r[6] for r in rows if r[6] is not None})),
                 hardware_ids=names.get("hardware_ids", sorted({r[5] for r in rows})),
-                evidence=[Evidence(export_names.get(r[1]), stations.get(r[0]), r[2], r[3]) for r in rows],
+                evidence=[Evidence(export_names.get(r[1]), stations.get(r[0]), r[2], r[3], r[6], r[5]) for r in rows],
             )
 
         replayed = [value for value, _ in answers["replayed"]]
@@ -903,6 +903,7 @@ class _Audit:
         for station_id in self.release.allocation:  # an allocated station that sent nothing shows as such
             self.log(station_id)
         first_pass = {station: (attempted, first) for station, attempted, first in answers["first_pass"]}
+        failed_steps, weeks = _top(answers["pareto"]), _top(answers["weeks"])
         # each distinct manifest once, whatever forks, replays or re-sealed copies repeat it
         events: dict[int, dict[str, int]] = {}
         provisioned: dict[int, int] = {}
@@ -949,9 +950,10 @@ class _Audit:
                 highest_unit=units.highest,
             )
             attempted, first = first_pass.get(log.number, (0, 0))
-            quality = Quality.of(attempted, first, log.failed_steps, log.weeks)
-            counters_add(total_failures, log.failed_steps, _COUNTER_KEYS)
-            counters_add(total_weeks, log.weeks, _COUNTER_KEYS * 4)
+            steps, exception_weeks = failed_steps.get(log.number, {}), weeks.get(log.number, {})
+            quality = Quality.of(attempted, first, steps, exception_weeks)
+            counters_add(total_failures, steps, _COUNTER_KEYS)
+            counters_add(total_weeks, exception_weeks, _COUNTER_KEYS * 4)
             reports.append(
                 StationReport(
                     log.station_id,
@@ -1028,6 +1030,22 @@ class _Audit:
                 stations=[station_id],
                 count=over,
             )
+
+
+def _top(answers: Iterable[tuple[int, str | None, int]]) -> dict[int, dict[str, int]]:
+    """Per station, the counts the index listed, and what it left out as "other" (from each station's total)."""
+    listed: dict[int, dict[str, int]] = {}
+    totals: dict[int, int] = {}
+    for station, key, count in answers:
+        if key is None:
+            totals[station] = count
+        else:
+            listed.setdefault(station, {})[key] = count
+    for station, total in totals.items():
+        counts = listed.setdefault(station, {})
+        if total > sum(counts.values()):
+            counts["other"] = counts.get("other", 0) + total - sum(counts.values())
+    return listed
 
 
 def _context(policy: TrustPolicy, release: Release) -> Context:

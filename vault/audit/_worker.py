@@ -84,15 +84,15 @@ class Context:
     not_before: str  # the release's window, "YYYY-MM-DDTHH:MM:SSZ" (compared as strings)
     expires: str
     jump_seconds: int  # a forward step between consecutive entries longer than this is implausible
-    max_keys: int = 256  # distinct failed steps and weeks counted per chunk before "other"
 
 
 Issue = tuple[str, int, "str | None", "str | None", "str | None", str]
 """(code, log position, manifest id, hardware id, serial, detail): one thing wrong or worth listing."""
 
-Row = tuple[int, str, str, str, "str | None", "str | None", int, int, "int | None"]
+Row = tuple[int, str, str, str, "str | None", "str | None", int, int, "int | None", "str | None", "str | None"]
 """(position, manifest id, event, hardware id, serial, device key id, whether it names a unit, whether it is
-for the audited release, the unit) of a verified manifest."""
+for the audited release, the unit, the failed step of a failed unit, the ISO week of an exception event) of a
+verified manifest."""
 
 
 @dataclass
@@ -118,8 +118,6 @@ class ChunkResult:
     last_time: tuple[str, int] | None = None
     verified: int = 0
     events: dict[str, int] = field(default_factory=dict)
-    failed_steps: dict[str, int] = field(default_factory=dict)
-    weeks: dict[str, int] = field(default_factory=dict)  # ISO week -> exception events
 
 
 # --- per-process state ----------------------------------------------------------------------
@@ -229,8 +227,6 @@ class _Chunk:
         self.seqs: list[int] = []
         self.leaves: list[bytes] = []
         self.events: Counter[str] = Counter()
-        self.steps: Counter[str] = Counter()
-        self.weeks: Counter[str] = Counter()
         self.previous: tuple[str, int] | None = None  # (time, position) of the last verified manifest
 
     def run(self, records: list[bytes]) -> None:
@@ -272,8 +268,6 @@ class _Chunk:
                 result.seqs = seqs
         result.leaves = b"".join(self.leaves)
         result.events = dict(self.events)
-        result.failed_steps = dict(self.steps)
-        result.weeks = dict(self.weeks)
 
     # --- the entries a station wrote, in bulk ------------------------------------------------
 
@@ -406,9 +400,13 @@ class _Chunk:
             issues.append(("time-outside-window", position, mid, hwid, serial, shown))
         # events and the quality figures
         self.events[event] += 1
+        step = week = None
         if event not in ("provisioned", "retry"):  # a retry's failure was the exception
-            self.exception(m, event, position)
-        result.rows.append((position, mid, event, hwid, serial, m.device_key_id, m.unit is not None, in_bundle, m.unit))
+            step = self.exception(m, event, position)
+            week = _week(time)
+        result.rows.append(
+            (position, mid, event, hwid, serial, m.device_key_id, m.unit is not None, in_bundle, m.unit, step, week)
+        )
         if m.unit is not None:
             if in_bundle:
                 result.units.append((m.unit, event))
@@ -439,25 +437,18 @@ class _Chunk:
                 shown = f"image {name[:64]!r} reads back {measurement[:16]}"
                 issues.append(("image-not-allowed", position, mid, hwid, serial, shown))
 
-    def exception(self, m: _Fields, event: str, position: int) -> None:
+    def exception(self, m: _Fields, event: str, position: int) -> str | None:
+        """List an exception event as its info finding; the failed step of a failed unit, for the Pareto."""
         issues = self.result.issues
-        limit = self.context.max_keys
-        week = _week(m.time)
-        if week in self.weeks or len(self.weeks) < limit:
-            self.weeks[week] += 1
-        else:
-            self.weeks["other"] += 1
         detail = (m.detail or "")[:200]
         if event == "failed":
             step = m.failed_step or "unknown"
             if m.unit is None:  # a refusal (no unit left, or a device the station would not take): no failed unit
-                pass
-            elif step in self.steps or len(self.steps) < limit:
-                self.steps[step] += 1
+                code = "unit-refused"
             else:
-                self.steps["other"] += 1
-            code = "unit-interrupted" if step == "interrupted" else "unit-failed"
+                code = "unit-interrupted" if step == "interrupted" else "unit-failed"
             issues.append((code, position, m.id, m.hardware_id, m.serial, f"at {step[:64]}: {detail}".rstrip(": ")))
+            return None if m.unit is None else step
         elif event == "label-mismatch":
             issues.append(("label-mismatch", position, m.id, m.hardware_id, m.serial, detail or f"label {m.label!r}"))
         elif event == "break-glass":
@@ -466,6 +457,7 @@ class _Chunk:
             issues.append(("unit-reworked", position, m.id, m.hardware_id, m.serial, "provisioned again"))
         elif event == "scrap":
             issues.append(("unit-scrapped", position, m.id, m.hardware_id, m.serial, detail or "scrapped"))
+        return None
 
 
 # --- records -----------------------------------------------------------------------------------
