@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -94,3 +95,42 @@ def test_refusals_are_their_own_finding_never_failed_units(forge: Forge, tmp_pat
     assert refused.severity == "info" and refused.count == 2
     assert [e.position for e in refused.evidence] == [2, 3]
     assert not [f for f in report.findings if f.code == "unit-failed"]
+
+
+# --- time: the forward-dated entry is named ------------------------------------------------------
+
+
+@pytest.mark.parametrize("outlier", range(1, 9))  # exports are cut in 4 KiB chunks: inside one and across
+def test_a_forward_dated_entry_is_named_itself(
+    forge: Forge, tmp_path: Path, run_audit: Audit, outlier: int
+) -> None:
+    entries = []
+    for position in range(10):
+        device = forge.device()
+        when = forge.tick() + datetime.timedelta(hours=5) if position == outlier else forge.tick()
+        entries.append((forge.add("provisioned", device, when=when), device))
+        if position == 4:
+            first = forge.export(tmp_path)  # the outlier at the end of an export, or at the start of the next
+    report = run_audit([first, forge.export(tmp_path)])
+    assert serious(report) == {"time-forward-dated"}
+    finding = _only(report, "time-forward-dated")
+    entry, device = entries[outlier]
+    assert [(e.position, e.manifest_id, e.serial) for e in finding.evidence] == [
+        (outlier, entry.manifest.id, device.serial)
+    ]
+
+
+def test_a_clock_set_back_is_a_regression_at_the_entry_that_went_back(
+    forge: Forge, tmp_path: Path, run_audit: Audit
+) -> None:
+    forge.provision(3)
+    back = forge.add("provisioned", when=forge.time - datetime.timedelta(hours=1))
+    forge.provision(2)
+    report = run_audit([forge.export(tmp_path)])
+    assert serious(report) == {"time-regression"}
+    assert [e.manifest_id for e in _only(report, "time-regression").evidence] == [back.manifest.id]
+
+
+def test_the_clean_twin_has_no_time_finding(forge: Forge, tmp_path: Path, run_audit: Audit) -> None:
+    forge.provision(10)
+    assert not serious(run_audit([forge.export(tmp_path)]), "low")

@@ -39,11 +39,12 @@ from vault.audit._report import (
 from vault.audit._worker import (
     ChunkResult,
     Context,
+    Stamp,
     StationKeys,
-    _epoch,
     counters_add,
     init_worker,
     process_chunk,
+    time_issue,
 )
 from vault.checkpoint import Checkpoint, open_checkpoint, parse_checkpoint_unverified
 from vault.container import BundleReader
@@ -300,7 +301,7 @@ class _Log:
     sequences: dict[int, str] = field(default_factory=dict)  # export sequence -> export file
     head_sequence: int | None = None
     head_size: int | None = None
-    last_time: tuple[str, int, int] | None = None  # (time, epoch, position) of the last verified entry
+    stamps: tuple[Stamp, ...] = ()  # the last two verified entries, for the time checks
     units: _Units = field(default_factory=lambda: _Units(0))
     partial: bool = False  # picked up inside the log (earlier entries not audited): holes cannot be told
     open_units: dict[int, frozenset[tuple[str, int]]] = field(default_factory=dict)  # export -> units on fixtures
@@ -330,7 +331,7 @@ class _Run:
     gap: bool = False
     disordered: bool = False
     tail: dict[str, Any] | None = None
-    last_time: tuple[str, int, int] | None = None
+    stamps: tuple[Stamp, ...] = ()
     root: bytes | None = None
 
 
@@ -564,7 +565,7 @@ class _Audit:
             run.spool = tempfile.TemporaryFile()
             log.partial = True
         if not run.branch:
-            run.last_time = log.last_time
+            run.stamps = log.stamps
 
     def entries(self, run: _Run, result: ChunkResult) -> None:
         export, log = run.export, run.log
@@ -586,20 +587,14 @@ class _Audit:
             elif run.spool is not None:
                 run.spool.write(result.leaves)
         # time across chunk and export boundaries (inside a chunk the worker checked it)
-        if result.first_time is not None:
-            first, position = result.first_time
-            previous = run.last_time
-            if previous is not None:
-                if first < previous[0]:
-                    self.issue(
-                        run,
-                        ("time-regression", position, None, None, None, f"{first} is earlier than {previous[0]}"),
-                    )
-                elif _epoch(first) - previous[1] > JUMP_SECONDS:
-                    self.issue(run, ("time-jump", position, None, None, None, f"{first} follows {previous[0]}"))
-        if result.last_time is not None:
-            last, position = result.last_time
-            run.last_time = (last, _epoch(last), position)
+        stamps = run.stamps
+        for stamp in result.first_stamps:
+            if stamps:
+                issue = time_issue(stamps[-2] if len(stamps) > 1 else None, stamps[-1], stamp, JUMP_SECONDS)
+                if issue is not None:
+                    self.issue(run, issue)
+            stamps = (*stamps, stamp)[-2:]
+        run.stamps = (*stamps, *result.last_stamps)[-2:]
         for issue in result.issues:
             self.issue(run, issue)
         if result.rows:
@@ -653,6 +648,7 @@ class _Audit:
             "image-not-allowed": "images programmed that the release does not allow",
             "bundle-mismatch": "manifests for another bundle",
             "time-regression": "entries earlier than the entry before them",
+            "time-forward-dated": "entries dated later than the entries around them",
             "time-outside-window": "manifests outside the release's validity window",
             "time-jump": "implausible jumps forward in time",
             "unit-missing": "devices provisioned with no unit number",
@@ -707,7 +703,7 @@ class _Audit:
             export.status = "invalid"
             self.finding("export-invalid", run, f"export {export.sequence} is not intact: {run.broken}")
             if not run.branch:
-                log.head_sequence, log.head_size, log.last_time = export.sequence, None, None
+                log.head_sequence, log.head_size, log.stamps = export.sequence, None, ()
             return
         assert run.head is not None and run.tail is not None and log.enrolled is not None
         tail = run.tail
@@ -809,7 +805,7 @@ class _Audit:
             return None
         log.head_sequence, log.head_size = export.sequence, checkpoint.size
         log.size, log.root = checkpoint.size, checkpoint.root
-        log.last_time = run.last_time
+        log.stamps = run.stamps
         if recomputed and builder is not None:
             log.snapshots[checkpoint.size] = builder.frontier
         if trusted:

@@ -58,6 +58,7 @@ CODES: dict[str, tuple[str, str]] = {
     "bundle-not-promoted": ("critical", "the audited bundle is not promoted under the trust policy"),
     "bundle-mismatch": ("high", "a manifest for another bundle than the audited one"),
     "time-regression": ("high", "a station's log goes back in time"),
+    "time-forward-dated": ("high", "an entry dated later than both entries around it (a clock set forward)"),
     "time-outside-window": ("high", "a manifest outside the release's validity window"),
     "time-jump": ("medium", "an implausible jump forward between consecutive log entries"),
     "rework-unknown-device": ("medium", "a rework of a device no manifest shows provisioned"),

@@ -51,9 +51,11 @@ __all__ = [
     "ChunkResult",
     "Context",
     "Issue",
+    "Stamp",
     "StationKeys",
     "init_worker",
     "process_chunk",
+    "time_issue",
 ]
 
 # --- what the main process gives and gets back -----------------------------------------------
@@ -89,6 +91,9 @@ class Context:
 Issue = tuple[str, int, "str | None", "str | None", "str | None", str]
 """(code, log position, manifest id, hardware id, serial, detail): one thing wrong or worth listing."""
 
+Stamp = tuple[str, int, "str | None", "str | None", "str | None"]
+"""(time, log position, manifest id, hardware id, serial) of a verified entry, for the time checks."""
+
 Row = tuple[int, str, str, str, "str | None", "str | None", int, int, "int | None", "str | None", "str | None"]
 """(position, manifest id, event, hardware id, serial, device key id, whether it names a unit, whether it is
 for the audited release, the unit, the failed step of a failed unit, the ISO week of an exception event) of a
@@ -114,8 +119,8 @@ class ChunkResult:
     rows: list[Row] = field(default_factory=list)  # one per verified manifest
     units: list[tuple[int, str]] = field(default_factory=list)  # (unit, event) of the audited release's manifests
     issues: list[Issue] = field(default_factory=list)
-    first_time: tuple[str, int] | None = None  # (time, position) of the first verified entry
-    last_time: tuple[str, int] | None = None
+    first_stamps: list[Stamp] = field(default_factory=list)  # the first two verified entries (checked by the caller)
+    last_stamps: list[Stamp] = field(default_factory=list)  # the last two, when the chunk verified more than two
     verified: int = 0
     events: dict[str, int] = field(default_factory=dict)
 
@@ -227,7 +232,7 @@ class _Chunk:
         self.seqs: list[int] = []
         self.leaves: list[bytes] = []
         self.events: Counter[str] = Counter()
-        self.previous: tuple[str, int] | None = None  # (time, position) of the last verified manifest
+        self.stamps: list[Stamp] = []  # the last two verified entries
 
     def run(self, records: list[bytes]) -> None:
         result = self.result
@@ -383,18 +388,18 @@ class _Chunk:
         if certificate_problem is not None:
             issues.append(("certificate-invalid", position, mid, hwid, serial, certificate_problem))
         # time: per station monotonic, inside the window, no implausible jump
-        previous = self.previous
-        if previous is None:
-            result.first_time = (time, position)
-        elif time < previous[0]:
-            shown = f"{time} is earlier than {previous[0]} at position {previous[1]}"
-            issues.append(("time-regression", position, mid, hwid, serial, shown))
-        elif time[:10] != previous[0][:10] and _epoch(time) - _epoch(previous[0]) > context.jump_seconds:
-            # (on the same day no jump is possible: the dates are only parsed when the day changes)
-            shown = f"{time} follows {previous[0]} at position {previous[1]}"
-            issues.append(("time-jump", position, mid, hwid, serial, shown))
-        self.previous = (time, position)
-        result.last_time = (time, position)
+        # (the chunk's first two entries are checked by the caller, who knows the entries before the chunk)
+        stamps = self.stamps
+        stamp = (time, position, mid, hwid, serial)
+        if len(stamps) < 2:
+            result.first_stamps.append(stamp)
+        else:
+            issue = time_issue(stamps[-2], stamps[-1], stamp, context.jump_seconds)
+            if issue is not None:
+                issues.append(issue)
+            del stamps[0]
+            result.last_stamps = [stamps[-1], stamp]
+        stamps.append(stamp)
         if in_bundle and not context.not_before <= time < context.expires:
             shown = f"{time} is outside {context.not_before} to {context.expires}"
             issues.append(("time-outside-window", position, mid, hwid, serial, shown))
@@ -911,6 +916,30 @@ def _check_certificate(m: _Fields, der: bytes | None, present: bool, station: _S
 def _epoch(time: str) -> int:
     """Seconds since 1970 of a checked "YYYY-MM-DDTHH:MM:SSZ" time."""
     return int(_dt.datetime.fromisoformat(time).timestamp())
+
+
+def time_issue(before: Stamp | None, previous: Stamp, stamp: Stamp, jump_seconds: int) -> Issue | None:
+    """What is wrong with the time of the entry ``stamp`` after ``before`` and ``previous``, or None.
+
+    An entry earlier than the one before it is a ``time-regression``, unless
+    that one is the outlier: later than both its neighbours while they are in
+    order, it was dated in the future, and it is the one named
+    (``time-forward-dated``). A step forward of more than ``jump_seconds`` is a
+    ``time-jump``.
+    """
+    time, position, mid, hwid, serial = stamp
+    if time < previous[0]:
+        if before is not None and before[0] <= time:
+            at, where, outlier, outlier_hwid, outlier_serial = previous
+            shown = f"{at} is later than the entries around it: {before[0]} at position {before[1]}"
+            shown += f", {time} at position {position}"
+            return ("time-forward-dated", where, outlier, outlier_hwid, outlier_serial, shown)
+        shown = f"{time} is earlier than {previous[0]} at position {previous[1]}"
+        return ("time-regression", position, mid, hwid, serial, shown)
+    # on the same day no jump is possible: the dates are only parsed when the day changes
+    if time[:10] != previous[0][:10] and _epoch(time) - _epoch(previous[0]) > jump_seconds:
+        return ("time-jump", position, mid, hwid, serial, f"{time} follows {previous[0]} at position {previous[1]}")
+    return None
 
 
 def _week(time: str) -> str:
