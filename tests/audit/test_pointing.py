@@ -134,3 +134,34 @@ def test_a_clock_set_back_is_a_regression_at_the_entry_that_went_back(
 def test_the_clean_twin_has_no_time_finding(forge: Forge, tmp_path: Path, run_audit: Audit) -> None:
     forge.provision(10)
     assert not serious(run_audit([forge.export(tmp_path)]), "low")
+
+
+# --- a label on the wrong board: both devices are named ---------------------------------------------
+
+
+def test_a_misbound_label_names_the_device_whose_label_it_is(
+    forge: Forge, tmp_path: Path, run_audit: Audit
+) -> None:
+    owner = forge.device()
+    given = forge.add("provisioned", owner)
+    forge.provision(1)
+    refused = forge.device()
+    scan = forge.add("label-mismatch", refused, label=owner.serial, serial=None, unit=None)
+    path = forge.export(tmp_path)
+    report = run_audit([path])
+    finding = _only(report, "label-misbound")
+    assert finding.hardware_ids == (refused.hwid, owner.hwid) and finding.serials == (owner.serial,)
+    assert [(e.position, e.manifest_id, e.hardware_id, e.export) for e in finding.evidence] == [
+        (2, scan.manifest.id, refused.hwid, str(path)),
+        (0, given.manifest.id, owner.hwid, str(path)),
+    ]
+    assert not serious(report)
+
+
+def test_a_misread_label_that_is_nobody_s_names_no_other_device(
+    forge: Forge, tmp_path: Path, run_audit: Audit
+) -> None:
+    forge.provision(2)
+    forge.add("label-mismatch", forge.device(), label="SN-NOBODY", serial=None, unit=None)
+    report = run_audit([forge.export(tmp_path)])
+    assert [f.code for f in report.findings] == ["label-mismatch"]

@@ -599,6 +599,8 @@ class _Audit:
             self.issue(run, issue)
         if result.rows:
             self.index.add(log.number, export.number, result.rows)
+        if result.labels:
+            self.index.add_labels(log.number, export.number, result.labels)
         if result.units:
             log.units.add(result.units)
         counters_add(log.events, result.events, len(result.events) + len(log.events))
@@ -858,6 +860,7 @@ class _Audit:
                 evidence=[Evidence(export_names.get(r[1]), stations.get(r[0]), r[2], r[3], r[6], r[5]) for r in rows],
             )
 
+        self.misbound(answers["misbound"], stations, export_names)
         replayed = [value for value, _ in answers["replayed"]]
         for manifest_id, rows in index.rows_for("manifest_id", replayed, MAX_EVIDENCE).items():
             places = len({(r[0], r[2]) for r in rows})
@@ -894,6 +897,28 @@ class _Audit:
         for key, rows in index.rows_for("device_key_id", shared, MAX_EVIDENCE).items():
             devices = len({r[5] for r in rows})
             report("device-key-reused", f"device key {key[:16]} is on {devices} devices", rows)
+
+    def misbound(self, answers: list[Any], stations: dict[int, str], export_names: dict[int, str]) -> None:
+        """A label read on one device that is another device's serial: both devices are named."""
+        found: dict[tuple[int, str], list[Any]] = {}
+        for row in answers:
+            found.setdefault((row[0], row[3]), []).append(row)
+        for rows in found.values():
+            station, export, position, manifest_id, hwid, serial, label = rows[0][:7]
+            owners = sorted({r[12] for r in rows})
+            evidence = [Evidence(export_names.get(export), stations[station], position, manifest_id, serial, hwid)]
+            evidence += [
+                Evidence(export_names.get(r[8]), stations[r[7]], r[9], r[10], r[13], r[12]) for r in rows
+            ][: MAX_EVIDENCE - 1]
+            self.findings.add(
+                "label-misbound",
+                f"{stations[station]}: the label {label!r} read on device {hwid} is the serial of device "
+                f"{', '.join(owners)}: that device's label is on another board",
+                stations=sorted({stations[station]} | {stations[r[7]] for r in rows}),
+                serials=[label],
+                hardware_ids=[hwid, *owners],
+                evidence=evidence,
+            )
 
     def station_reports(self, answers: dict[str, list[Any]]) -> tuple[list[StationReport], Reconciliation, Quality]:
         for station_id in self.release.allocation:  # an allocated station that sent nothing shows as such

@@ -65,6 +65,7 @@ CODES: dict[str, tuple[str, str]] = {
     "retry-without-failure": ("medium", "a retry of a device no earlier manifest of its station shows failed"),
     "break-glass": ("medium", "an operator override was used"),
     "label-mismatch": ("low", "a scanned label did not belong to the device"),
+    "label-misbound": ("low", "a label read on one device is another device's serial: both are named"),
     "unit-interrupted": ("low", "a unit was left open when the station stopped"),
     "unit-failed": ("info", "a unit failed a provisioning step"),
     "unit-refused": ("info", "a device refused before a unit was used (no unit left, or a device not taken)"),

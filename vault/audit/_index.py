@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from vault.audit._worker import Row
+from vault.audit._worker import Label, Row
 
 __all__ = ["Index"]
 
@@ -38,6 +38,15 @@ CREATE TABLE entries (
     unit INTEGER,                  -- the unit it names, or NULL
     failed_step TEXT,              -- the step a failed unit failed at (a refusal names none)
     week TEXT                      -- the ISO week of an exception event (neither provisioned nor a retry)
+);
+CREATE TABLE labels (              -- the label-mismatch manifests that name the label read
+    station INTEGER NOT NULL,
+    export INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    manifest_id TEXT NOT NULL,
+    hardware_id TEXT NOT NULL,     -- the device refused
+    serial TEXT,
+    label TEXT NOT NULL            -- the serial its label read
 )
 """
 
@@ -99,6 +108,15 @@ QUESTIONS = {
         "SELECT station, unit, COUNT(DISTINCT hardware_id) AS n FROM entries WHERE in_bundle AND unit IS NOT NULL "
         "GROUP BY station, unit HAVING n > 1 LIMIT ?"
     ),
+    # a label read on one device that is another device's serial: (the label-mismatch manifest's station, export,
+    # position, manifest id, hardware id, serial, label; the other device's station, export, position, manifest
+    # id, event, hardware id, serial), one row per manifest that gave the other device that serial
+    "misbound": (
+        "SELECT DISTINCT l.station, l.export, l.position, l.manifest_id, l.hardware_id, l.serial, l.label, "
+        "e.station, e.export, e.position, e.manifest_id, e.event, e.hardware_id, e.serial FROM labels l "
+        f"JOIN entries e ON e.serial = l.label AND e.hardware_id <> l.hardware_id AND e.event IN {_ASSIGNING} "
+        "ORDER BY l.station, l.position, e.station, e.position LIMIT ?"
+    ),
     # (manifest id, rows): a manifest id in several rows (one manifest exported twice is one of them)
     "replayed": "SELECT manifest_id, COUNT(*) AS n FROM entries GROUP BY manifest_id HAVING n > 1 LIMIT ?",
     "serials": (
@@ -131,6 +149,11 @@ class Index:
         # station and export are this audit's own integers, so they can be spelled into the statement
         values = f"{int(station)}, {int(export)}, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
         self._db.executemany(f"INSERT INTO entries VALUES ({values})", rows)
+
+    def add_labels(self, station: int, export: int, labels: Sequence[Label]) -> None:
+        """Append the label-mismatch manifests of one chunk that name the label read."""
+        values = f"{int(station)}, {int(export)}, ?, ?, ?, ?, ?"
+        self._db.executemany(f"INSERT INTO labels VALUES ({values})", labels)
 
     def finish_loading(self) -> None:
         """Commit what was loaded; queries may follow."""

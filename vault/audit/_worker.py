@@ -51,6 +51,7 @@ __all__ = [
     "ChunkResult",
     "Context",
     "Issue",
+    "Label",
     "Stamp",
     "StationKeys",
     "init_worker",
@@ -91,6 +92,9 @@ class Context:
 Issue = tuple[str, int, "str | None", "str | None", "str | None", str]
 """(code, log position, manifest id, hardware id, serial, detail): one thing wrong or worth listing."""
 
+Label = tuple[int, str, str, "str | None", str]
+"""(position, manifest id, hardware id, serial, label read) of a label-mismatch manifest."""
+
 Stamp = tuple[str, int, "str | None", "str | None", "str | None"]
 """(time, log position, manifest id, hardware id, serial) of a verified entry, for the time checks."""
 
@@ -119,6 +123,7 @@ class ChunkResult:
     rows: list[Row] = field(default_factory=list)  # one per verified manifest
     units: list[tuple[int, str]] = field(default_factory=list)  # (unit, event) of the audited release's manifests
     issues: list[Issue] = field(default_factory=list)
+    labels: list[Label] = field(default_factory=list)  # one per label-mismatch manifest that names the label read
     first_stamps: list[Stamp] = field(default_factory=list)  # the first two verified entries (checked by the caller)
     last_stamps: list[Stamp] = field(default_factory=list)  # the last two, when the chunk verified more than two
     verified: int = 0
@@ -455,6 +460,8 @@ class _Chunk:
             issues.append((code, position, m.id, m.hardware_id, m.serial, f"at {step[:64]}: {detail}".rstrip(": ")))
             return None if m.unit is None else step
         elif event == "label-mismatch":
+            if m.label is not None:
+                self.result.labels.append((position, m.id, m.hardware_id, m.serial, m.label))
             issues.append(("label-mismatch", position, m.id, m.hardware_id, m.serial, detail or f"label {m.label!r}"))
         elif event == "break-glass":
             issues.append(("break-glass", position, m.id, m.hardware_id, m.serial, detail or "no reason given"))
