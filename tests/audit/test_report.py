@@ -80,11 +80,24 @@ def test_the_json_report_has_exactly_the_documented_fields(mixed: Path, run_audi
 
 
 def test_every_finding_code_is_documented() -> None:
+    """Each code has one row: its severity, its meaning and what its evidence points at; no other code has one."""
     from vault.audit import CODES
 
-    text = DOC.read_text()
+    rows = re.findall(r"^\| `([a-z-]+)` \| ([a-z]+) \| (.+?) \| (.+?) \|$", DOC.read_text(), re.MULTILINE)
+    documented = {code: (severity, meaning, points) for code, severity, meaning, points in rows}
+    assert len(documented) == len(rows) and set(documented) == set(CODES), set(documented) ^ set(CODES)
     for code, (severity, _) in CODES.items():
-        assert re.search(rf"\| `{re.escape(code)}` \| {severity} \|", text), code
+        assert documented[code][0] == severity, code
+
+
+def test_every_audit_option_is_documented() -> None:
+    from vault.cli._audit import audit as command
+
+    text = DOC.read_text()
+    options = [opt for param in command.params for opt in param.opts if opt.startswith("--")]
+    assert "--bundle" in options and "--force" in options
+    for option in options:
+        assert re.search(rf"^- (`--[a-z-]+`, )*`{option}`:", text, re.MULTILINE), option
 
 
 # --- HTML --------------------------------------------------------------------------------------
