@@ -97,7 +97,7 @@ def test_every_audit_option_is_documented() -> None:
     options = [opt for param in command.params for opt in param.opts if opt.startswith("--")]
     assert "--bundle" in options and "--force" in options
     for option in options:
-        assert re.search(rf"^- (`--[a-z-]+`, )*`{option}`:", text, re.MULTILINE), option
+        assert re.search(rf"^- (`--[a-z-]+`, )*`{option}`[,:]", text, re.MULTILINE), option
 
 
 # --- HTML --------------------------------------------------------------------------------------
