@@ -72,7 +72,7 @@ def test_the_json_report_has_exactly_the_documented_fields(mixed: Path, run_audi
     assert value["verdict"] == {"passed": False, "fail_on": "high", "worst": "critical"}
     assert value["summary"]["findings"]["critical"] == 1 and value["summary"]["manifests"] == 5
     codes = {f["code"]: f for f in value["findings"]}
-    assert set(codes) == {"signature-invalid", "label-mismatch", "unit-failed"}
+    assert set(codes) == {"signature-invalid", "label-mismatch", "label-misbound", "unit-failed"}
     assert codes["label-mismatch"]["evidence"][0]["position"] == 2
     assert value["stations"][0]["quality"]["failure_pareto"] == [
         {"step": "program", "count": 1, "cumulative_share": 1.0}
@@ -80,11 +80,24 @@ def test_the_json_report_has_exactly_the_documented_fields(mixed: Path, run_audi
 
 
 def test_every_finding_code_is_documented() -> None:
+    """Each code has one row: its severity, its meaning and what its evidence points at; no other code has one."""
     from vault.audit import CODES
 
-    text = DOC.read_text()
+    rows = re.findall(r"^\| `([a-z-]+)` \| ([a-z]+) \| (.+?) \| (.+?) \|$", DOC.read_text(), re.MULTILINE)
+    documented = {code: (severity, meaning, points) for code, severity, meaning, points in rows}
+    assert len(documented) == len(rows) and set(documented) == set(CODES), set(documented) ^ set(CODES)
     for code, (severity, _) in CODES.items():
-        assert re.search(rf"\| `{re.escape(code)}` \| {severity} \|", text), code
+        assert documented[code][0] == severity, code
+
+
+def test_every_audit_option_is_documented() -> None:
+    from vault.cli._audit import audit as command
+
+    text = DOC.read_text()
+    options = [opt for param in command.params for opt in param.opts if opt.startswith("--")]
+    assert "--bundle" in options and "--force" in options
+    for option in options:
+        assert re.search(rf"^- (`--[a-z-]+`, )*`{option}`[,:]", text, re.MULTILINE), option
 
 
 # --- HTML --------------------------------------------------------------------------------------
@@ -142,9 +155,9 @@ def test_fail_on_sets_the_exit_status(world: World, forge: Forge, tmp_path: Path
     runner = CliRunner()
     clean = runner.invoke(cli, _argv(world, folder), catch_exceptions=False)
     assert clean.exit_code == 0, clean.output
-    assert "PASS: no finding at or above high" in clean.output and "1 low" in clean.output
+    assert "PASS: no finding at or above high" in clean.output and "2 low" in clean.output  # mismatch, misbound
     strict = runner.invoke(cli, _argv(world, folder, extra=("--fail-on", "low")), catch_exceptions=False)
-    assert strict.exit_code == 3 and "FAIL: 1 finding(s) at or above low" in strict.output
+    assert strict.exit_code == 3 and "FAIL: 2 finding(s) at or above low" in strict.output
     assert "label-mismatch" in strict.output
 
 

@@ -39,11 +39,12 @@ from vault.audit._report import (
 from vault.audit._worker import (
     ChunkResult,
     Context,
+    Stamp,
     StationKeys,
-    _epoch,
     counters_add,
     init_worker,
     process_chunk,
+    time_issue,
 )
 from vault.checkpoint import Checkpoint, open_checkpoint, parse_checkpoint_unverified
 from vault.container import BundleReader
@@ -73,8 +74,11 @@ JUMP_SECONDS = 30 * 24 * 3600
 _FINDINGS_PER_QUESTION = 200  # suspects each identity question returns (each may become a finding)
 _COUNTER_KEYS = 256  # distinct failed steps and weeks kept per station before "other"
 _INFO_CODES = frozenset(
-    {"label-mismatch", "break-glass", "unit-failed", "unit-interrupted", "unit-scrapped", "unit-reworked"}
-)
+    {
+        "label-mismatch", "break-glass", "unit-failed", "unit-refused", "unit-interrupted", "unit-scrapped",
+        "unit-reworked",
+    }
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -129,7 +133,7 @@ def _load_bundle(path: Path, policy: TrustPolicy, now: datetime, findings: Findi
 class _Export:
     number: int
     path: Path
-    name: str  # as shown in findings: the path as given
+    name: str  # as shown in findings and the report: the file's full path
     station_id: str
     sequence: int
     export_id: str
@@ -170,11 +174,11 @@ def _open_exports(
         try:
             reader = EvidenceReader(path)
         except VaultError as e:
-            unreadable.append(ExportSummary(str(given), "", 0, "", "", None, None, 0, None, "invalid"))
+            unreadable.append(ExportSummary(_full(path), "", 0, "", "", None, None, 0, None, "invalid"))
             findings.add(
                 "export-invalid",
                 f"{_full(path)} cannot be read as an evidence export: {e}",
-                evidence=[Evidence(str(given), None)],
+                evidence=[Evidence(_full(path), None)],
             )
             continue
         with reader:
@@ -182,7 +186,7 @@ def _open_exports(
             export = _Export(
                 len(exports),
                 path,
-                str(given),
+                _full(path),
                 header.station_id,
                 header.sequence,
                 header.export_id,
@@ -297,7 +301,7 @@ class _Log:
     sequences: dict[int, str] = field(default_factory=dict)  # export sequence -> export file
     head_sequence: int | None = None
     head_size: int | None = None
-    last_time: tuple[str, int, int] | None = None  # (time, epoch, position) of the last verified entry
+    stamps: tuple[Stamp, ...] = ()  # the last two verified entries, for the time checks
     units: _Units = field(default_factory=lambda: _Units(0))
     partial: bool = False  # picked up inside the log (earlier entries not audited): holes cannot be told
     open_units: dict[int, frozenset[tuple[str, int]]] = field(default_factory=dict)  # export -> units on fixtures
@@ -307,8 +311,6 @@ class _Log:
     size: int | None = None
     root: bytes | None = None
     events: dict[str, int] = field(default_factory=dict)
-    failed_steps: dict[str, int] = field(default_factory=dict)
-    weeks: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -329,7 +331,7 @@ class _Run:
     gap: bool = False
     disordered: bool = False
     tail: dict[str, Any] | None = None
-    last_time: tuple[str, int, int] | None = None
+    stamps: tuple[Stamp, ...] = ()
     root: bytes | None = None
 
 
@@ -410,7 +412,7 @@ class _Audit:
         export = run.export
         self.findings.add(
             code,
-            f"{export.station_id}: {message} ({export.path.name})",
+            f"{export.station_id}: {message} ({export.name})",
             key=key or (export.name,),
             stations=[export.station_id],
             evidence=[Evidence(export.name, export.station_id, position)],
@@ -478,7 +480,7 @@ class _Audit:
         if export.status == "unknown-station":
             self.findings.add(
                 "unknown-station",
-                f"{export.path.name}: station {export.station_id!r} is not enrolled in trust policy "
+                f"{export.name}: station {export.station_id!r} is not enrolled in trust policy "
                 f"v{self.policy.version}; "
                 "nothing in the export can be verified",
                 stations=[export.station_id],
@@ -563,7 +565,7 @@ class _Audit:
             run.spool = tempfile.TemporaryFile()
             log.partial = True
         if not run.branch:
-            run.last_time = log.last_time
+            run.stamps = log.stamps
 
     def entries(self, run: _Run, result: ChunkResult) -> None:
         export, log = run.export, run.log
@@ -585,29 +587,23 @@ class _Audit:
             elif run.spool is not None:
                 run.spool.write(result.leaves)
         # time across chunk and export boundaries (inside a chunk the worker checked it)
-        if result.first_time is not None:
-            first, position = result.first_time
-            previous = run.last_time
-            if previous is not None:
-                if first < previous[0]:
-                    self.issue(
-                        run,
-                        ("time-regression", position, None, None, None, f"{first} is earlier than {previous[0]}"),
-                    )
-                elif _epoch(first) - previous[1] > JUMP_SECONDS:
-                    self.issue(run, ("time-jump", position, None, None, None, f"{first} follows {previous[0]}"))
-        if result.last_time is not None:
-            last, position = result.last_time
-            run.last_time = (last, _epoch(last), position)
+        stamps = run.stamps
+        for stamp in result.first_stamps:
+            if stamps:
+                issue = time_issue(stamps[-2] if len(stamps) > 1 else None, stamps[-1], stamp, JUMP_SECONDS)
+                if issue is not None:
+                    self.issue(run, issue)
+            stamps = (*stamps, stamp)[-2:]
+        run.stamps = (*stamps, *result.last_stamps)[-2:]
         for issue in result.issues:
             self.issue(run, issue)
         if result.rows:
             self.index.add(log.number, export.number, result.rows)
+        if result.labels:
+            self.index.add_labels(log.number, export.number, result.labels)
         if result.units:
             log.units.add(result.units)
         counters_add(log.events, result.events, len(result.events) + len(log.events))
-        counters_add(log.failed_steps, result.failed_steps, _COUNTER_KEYS)
-        counters_add(log.weeks, result.weeks, _COUNTER_KEYS * 4)
         if self.progress is not None:
             self.progress(AuditProgress(min(self.bytes_done, self.total_bytes), self.total_bytes, self.manifests))
 
@@ -644,7 +640,7 @@ class _Audit:
             where = ""
         else:
             key = (station, export.name)
-            where = f" in {export.path.name}"
+            where = f" in {export.name}"
         what = {
             "signature-invalid": "manifest signatures that do not verify",
             "unknown-station": "manifests not from the station's enrolled keys",
@@ -654,12 +650,14 @@ class _Audit:
             "image-not-allowed": "images programmed that the release does not allow",
             "bundle-mismatch": "manifests for another bundle",
             "time-regression": "entries earlier than the entry before them",
+            "time-forward-dated": "entries dated later than the entries around them",
             "time-outside-window": "manifests outside the release's validity window",
             "time-jump": "implausible jumps forward in time",
             "unit-missing": "devices provisioned with no unit number",
             "label-mismatch": "label mismatches",
             "break-glass": "break-glass overrides",
             "unit-failed": "units that failed",
+            "unit-refused": "devices refused before a unit was used",
             "unit-interrupted": "units interrupted by a station stop",
             "unit-scrapped": "devices scrapped",
             "unit-reworked": "devices reworked",
@@ -672,7 +670,7 @@ class _Audit:
             stations=[station],
             serials=[serial],
             hardware_ids=[hwid],
-            evidence=[Evidence(export.name, station, position, manifest_id)],
+            evidence=[Evidence(export.name, station, position, manifest_id, serial, hwid)],
         )
 
     def end(self, export: _Export, read_error: str | None) -> None:
@@ -707,7 +705,7 @@ class _Audit:
             export.status = "invalid"
             self.finding("export-invalid", run, f"export {export.sequence} is not intact: {run.broken}")
             if not run.branch:
-                log.head_sequence, log.head_size, log.last_time = export.sequence, None, None
+                log.head_sequence, log.head_size, log.stamps = export.sequence, None, ()
             return
         assert run.head is not None and run.tail is not None and log.enrolled is not None
         tail = run.tail
@@ -756,7 +754,7 @@ class _Audit:
                     "log-forked",
                     run,
                     f"its previous checkpoint (size {previous.size}) is not the one "
-                    f"{Path(known[1]).name if known[1] else 'the empty log'} signed",
+                    f"{known[1] or 'the empty log'} signed",
                 )
             try:
                 merkle.verify_consistency(previous.size, checkpoint.size, previous.root, checkpoint.root, proof)
@@ -772,7 +770,7 @@ class _Audit:
             self.finding(
                 "log-forked",
                 run,
-                f"its checkpoint and {Path(known[1]).name}'s sign different roots for the same size {checkpoint.size}",
+                f"its checkpoint and {known[1]}'s sign different roots for the same size {checkpoint.size}",
             )
         # recompute the root over the entries
         builder = run.builder
@@ -809,7 +807,7 @@ class _Audit:
             return None
         log.head_sequence, log.head_size = export.sequence, checkpoint.size
         log.size, log.root = checkpoint.size, checkpoint.root
-        log.last_time = run.last_time
+        log.stamps = run.stamps
         if recomputed and builder is not None:
             log.snapshots[checkpoint.size] = builder.frontier
         if trusted:
@@ -859,9 +857,10 @@ class _Audit:
                 stations=sorted({stations[r[0]] for r in rows}),
                 serials=names.get("serials", sorted({r[6] for r in rows if r[6] is not None})),
                 hardware_ids=names.get("hardware_ids", sorted({r[5] for r in rows})),
-                evidence=[Evidence(export_names.get(r[1]), stations.get(r[0]), r[2], r[3]) for r in rows],
+                evidence=[Evidence(export_names.get(r[1]), stations.get(r[0]), r[2], r[3], r[6], r[5]) for r in rows],
             )
 
+        self.misbound(answers["misbound"], stations, export_names)
         replayed = [value for value, _ in answers["replayed"]]
         for manifest_id, rows in index.rows_for("manifest_id", replayed, MAX_EVIDENCE).items():
             places = len({(r[0], r[2]) for r in rows})
@@ -899,10 +898,33 @@ class _Audit:
             devices = len({r[5] for r in rows})
             report("device-key-reused", f"device key {key[:16]} is on {devices} devices", rows)
 
+    def misbound(self, answers: list[Any], stations: dict[int, str], export_names: dict[int, str]) -> None:
+        """A label read on one device that is another device's serial: both devices are named."""
+        found: dict[tuple[int, str], list[Any]] = {}
+        for row in answers:
+            found.setdefault((row[0], row[3]), []).append(row)
+        for rows in found.values():
+            station, export, position, manifest_id, hwid, serial, label = rows[0][:7]
+            owners = sorted({r[12] for r in rows})
+            evidence = [Evidence(export_names.get(export), stations[station], position, manifest_id, serial, hwid)]
+            evidence += [
+                Evidence(export_names.get(r[8]), stations[r[7]], r[9], r[10], r[13], r[12]) for r in rows
+            ][: MAX_EVIDENCE - 1]
+            self.findings.add(
+                "label-misbound",
+                f"{stations[station]}: the label {label!r} read on device {hwid} is the serial of device "
+                f"{', '.join(owners)}: that device's label is on another board",
+                stations=sorted({stations[station]} | {stations[r[7]] for r in rows}),
+                serials=[label],
+                hardware_ids=[hwid, *owners],
+                evidence=evidence,
+            )
+
     def station_reports(self, answers: dict[str, list[Any]]) -> tuple[list[StationReport], Reconciliation, Quality]:
         for station_id in self.release.allocation:  # an allocated station that sent nothing shows as such
             self.log(station_id)
         first_pass = {station: (attempted, first) for station, attempted, first in answers["first_pass"]}
+        failed_steps, weeks = _top(answers["pareto"]), _top(answers["weeks"])
         # each distinct manifest once, whatever forks, replays or re-sealed copies repeat it
         events: dict[int, dict[str, int]] = {}
         provisioned: dict[int, int] = {}
@@ -949,9 +971,10 @@ class _Audit:
                 highest_unit=units.highest,
             )
             attempted, first = first_pass.get(log.number, (0, 0))
-            quality = Quality.of(attempted, first, log.failed_steps, log.weeks)
-            counters_add(total_failures, log.failed_steps, _COUNTER_KEYS)
-            counters_add(total_weeks, log.weeks, _COUNTER_KEYS * 4)
+            steps, exception_weeks = failed_steps.get(log.number, {}), weeks.get(log.number, {})
+            quality = Quality.of(attempted, first, steps, exception_weeks)
+            counters_add(total_failures, steps, _COUNTER_KEYS)
+            counters_add(total_weeks, exception_weeks, _COUNTER_KEYS * 4)
             reports.append(
                 StationReport(
                     log.station_id,
@@ -1028,6 +1051,22 @@ class _Audit:
                 stations=[station_id],
                 count=over,
             )
+
+
+def _top(answers: Iterable[tuple[int, str | None, int]]) -> dict[int, dict[str, int]]:
+    """Per station, the counts the index listed, and what it left out as "other" (from each station's total)."""
+    listed: dict[int, dict[str, int]] = {}
+    totals: dict[int, int] = {}
+    for station, key, count in answers:
+        if key is None:
+            totals[station] = count
+        else:
+            listed.setdefault(station, {})[key] = count
+    for station, total in totals.items():
+        counts = listed.setdefault(station, {})
+        if total > sum(counts.values()):
+            counts["other"] = counts.get("other", 0) + total - sum(counts.values())
+    return listed
 
 
 def _context(policy: TrustPolicy, release: Release) -> Context:

@@ -58,14 +58,17 @@ CODES: dict[str, tuple[str, str]] = {
     "bundle-not-promoted": ("critical", "the audited bundle is not promoted under the trust policy"),
     "bundle-mismatch": ("high", "a manifest for another bundle than the audited one"),
     "time-regression": ("high", "a station's log goes back in time"),
+    "time-forward-dated": ("high", "an entry dated later than both entries around it (a clock set forward)"),
     "time-outside-window": ("high", "a manifest outside the release's validity window"),
     "time-jump": ("medium", "an implausible jump forward between consecutive log entries"),
     "rework-unknown-device": ("medium", "a rework of a device no manifest shows provisioned"),
     "retry-without-failure": ("medium", "a retry of a device no earlier manifest of its station shows failed"),
     "break-glass": ("medium", "an operator override was used"),
     "label-mismatch": ("low", "a scanned label did not belong to the device"),
+    "label-misbound": ("low", "a label read on one device is another device's serial: both are named"),
     "unit-interrupted": ("low", "a unit was left open when the station stopped"),
     "unit-failed": ("info", "a unit failed a provisioning step"),
+    "unit-refused": ("info", "a device refused before a unit was used (no unit left, or a device not taken)"),
     "unit-scrapped": ("info", "a device was scrapped"),
     "unit-reworked": ("info", "a device was provisioned again (rework)"),
 }
@@ -79,12 +82,15 @@ def severity_rank(severity: str) -> int:
 
 @dataclass(frozen=True)
 class Evidence:
-    """Where a finding shows: the export file, the station, the log position and the manifest id."""
+    """Where a finding shows: the export file (its full path), the station, and where known the log
+    position, the manifest id and the device (its serial and hardware id)."""
 
     export: str | None
     station: str | None
     position: int | None = None
     manifest_id: str | None = None
+    serial: str | None = None
+    hardware_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -92,7 +98,19 @@ class Evidence:
             "station": self.station,
             "position": self.position,
             "manifest_id": self.manifest_id,
+            "serial": self.serial,
+            "hardware_id": self.hardware_id,
         }
+
+    def where(self) -> str:
+        """One line naming what is known: "<export>, position 3, manifest ..., serial ..., hardware id ..."."""
+        parts = [self.export or (f"station {self.station}" if self.station else "no export")]
+        if self.position is not None:
+            parts.append(f"position {self.position}")
+        for name, value in (("manifest", self.manifest_id), ("serial", self.serial), ("hardware id", self.hardware_id)):
+            if value is not None:
+                parts.append(f"{name} {value}")
+        return ", ".join(parts)
 
 
 @dataclass(frozen=True)

@@ -142,13 +142,15 @@ def _findings_table(findings: Sequence[Finding]) -> str:
         evidence = "".join(
             f"<tr><td>{_e(item.export or '')}</td><td>{_e(item.station or '')}</td>"
             f'<td class="n">{"" if item.position is None else item.position}</td>'
-            f'<td class="mono">{_e(item.manifest_id or "")}</td></tr>'
+            f'<td class="mono">{_e(item.manifest_id or "")}</td><td>{_e(item.serial or "")}</td>'
+            f'<td class="mono">{_e(item.hardware_id or "")}</td></tr>'
             for item in f.evidence
         )
         more = " (more not listed)" if f.truncated else ""
         details = (
             f"<details><summary>{len(f.evidence)} item{'s' if len(f.evidence) != 1 else ''}{more}</summary>"
-            "<table><tr><th>export</th><th>station</th><th class=n>position</th><th>manifest</th></tr>"
+            "<table><tr><th>export</th><th>station</th><th class=n>position</th><th>manifest</th><th>serial</th>"
+            "<th>hardware id</th></tr>"
             f"{evidence}</table></details>"
             if f.evidence
             else ""

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from vault.audit._worker import Row
+from vault.audit._worker import Label, Row
 
 __all__ = ["Index"]
 
@@ -35,13 +35,36 @@ CREATE TABLE entries (
     device_key_id TEXT,
     has_unit INTEGER NOT NULL,     -- 1 when the manifest names a unit
     in_bundle INTEGER NOT NULL,    -- 1 when it is for the audited release
-    unit INTEGER                   -- the unit it names, or NULL
+    unit INTEGER,                  -- the unit it names, or NULL
+    failed_step TEXT,              -- the step a failed unit failed at (a refusal names none)
+    week TEXT                      -- the ISO week of an exception event (neither provisioned nor a retry)
+);
+CREATE TABLE labels (              -- the label-mismatch manifests that name the label read
+    station INTEGER NOT NULL,
+    export INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    manifest_id TEXT NOT NULL,
+    hardware_id TEXT NOT NULL,     -- the device refused
+    serial TEXT,
+    label TEXT NOT NULL            -- the serial its label read
 )
 """
 
 _ASSIGNING = "('provisioned', 'retry', 'rework')"  # events after which the device holds its serial and key
 _PRAGMAS = "PRAGMA temp_store = FILE; PRAGMA cache_size = -32768;"
 _KEY = f"CASE WHEN event IN {_ASSIGNING} THEN device_key_id END"
+
+_TOP = 256  # failed steps and weeks listed per station before "other"
+
+
+def _top_per_station(column: str) -> str:
+    where = f"FROM entries WHERE {column} IS NOT NULL GROUP BY station"
+    return (
+        f"SELECT station, {column}, n FROM (SELECT station, {column}, COUNT(DISTINCT manifest_id) AS n, "
+        f"ROW_NUMBER() OVER (PARTITION BY station ORDER BY COUNT(DISTINCT manifest_id) DESC, {column}) AS r "
+        f"{where}, {column}) WHERE r <= {_TOP} UNION ALL SELECT station, NULL, COUNT(DISTINCT manifest_id) {where}"
+    )
+
 
 QUESTIONS = {
     # (station, devices attempted, devices whose first attempt was provisioned): the first-pass yield; a
@@ -62,6 +85,11 @@ QUESTIONS = {
         "COUNT(DISTINCT CASE WHEN in_bundle THEN manifest_id END) FROM entries "
         "GROUP BY station, event, has_unit"
     ),
+    # (station, failed step, distinct manifests) and (station, ISO week, distinct exception manifests): the
+    # failure Pareto and the exceptions per week, each manifest once; the most frequent per station first,
+    # and each station's total (its step or week NULL), so that what is beyond the limit shows as "other"
+    "pareto": _top_per_station("failed_step"),
+    "weeks": _top_per_station("week"),
     # (hardware id, provisioned or retried rows, 2 when it holds several device keys, reworks): suspect
     # devices, and every retried one (the caller checks a retry follows a failure). The same manifest
     # exported twice counts twice here; the caller looks at the rows.
@@ -79,6 +107,15 @@ QUESTIONS = {
     "units": (
         "SELECT station, unit, COUNT(DISTINCT hardware_id) AS n FROM entries WHERE in_bundle AND unit IS NOT NULL "
         "GROUP BY station, unit HAVING n > 1 LIMIT ?"
+    ),
+    # a label read on one device that is another device's serial: (the label-mismatch manifest's station, export,
+    # position, manifest id, hardware id, serial, label; the other device's station, export, position, manifest
+    # id, event, hardware id, serial), one row per manifest that gave the other device that serial
+    "misbound": (
+        "SELECT DISTINCT l.station, l.export, l.position, l.manifest_id, l.hardware_id, l.serial, l.label, "
+        "e.station, e.export, e.position, e.manifest_id, e.event, e.hardware_id, e.serial FROM labels l "
+        f"JOIN entries e ON e.serial = l.label AND e.hardware_id <> l.hardware_id AND e.event IN {_ASSIGNING} "
+        "ORDER BY l.station, l.position, e.station, e.position LIMIT ?"
     ),
     # (manifest id, rows): a manifest id in several rows (one manifest exported twice is one of them)
     "replayed": "SELECT manifest_id, COUNT(*) AS n FROM entries GROUP BY manifest_id HAVING n > 1 LIMIT ?",
@@ -110,8 +147,13 @@ class Index:
     def add(self, station: int, export: int, rows: Sequence[Row]) -> None:
         """Append the rows of one chunk."""
         # station and export are this audit's own integers, so they can be spelled into the statement
-        values = f"{int(station)}, {int(export)}, ?, ?, ?, ?, ?, ?, ?, ?, ?"
+        values = f"{int(station)}, {int(export)}, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
         self._db.executemany(f"INSERT INTO entries VALUES ({values})", rows)
+
+    def add_labels(self, station: int, export: int, labels: Sequence[Label]) -> None:
+        """Append the label-mismatch manifests of one chunk that name the label read."""
+        values = f"{int(station)}, {int(export)}, ?, ?, ?, ?, ?"
+        self._db.executemany(f"INSERT INTO labels VALUES ({values})", labels)
 
     def finish_loading(self) -> None:
         """Commit what was loaded; queries may follow."""

@@ -51,9 +51,12 @@ __all__ = [
     "ChunkResult",
     "Context",
     "Issue",
+    "Label",
+    "Stamp",
     "StationKeys",
     "init_worker",
     "process_chunk",
+    "time_issue",
 ]
 
 # --- what the main process gives and gets back -----------------------------------------------
@@ -84,15 +87,21 @@ class Context:
     not_before: str  # the release's window, "YYYY-MM-DDTHH:MM:SSZ" (compared as strings)
     expires: str
     jump_seconds: int  # a forward step between consecutive entries longer than this is implausible
-    max_keys: int = 256  # distinct failed steps and weeks counted per chunk before "other"
 
 
 Issue = tuple[str, int, "str | None", "str | None", "str | None", str]
 """(code, log position, manifest id, hardware id, serial, detail): one thing wrong or worth listing."""
 
-Row = tuple[int, str, str, str, "str | None", "str | None", int, int, "int | None"]
+Label = tuple[int, str, str, "str | None", str]
+"""(position, manifest id, hardware id, serial, label read) of a label-mismatch manifest."""
+
+Stamp = tuple[str, int, "str | None", "str | None", "str | None"]
+"""(time, log position, manifest id, hardware id, serial) of a verified entry, for the time checks."""
+
+Row = tuple[int, str, str, str, "str | None", "str | None", int, int, "int | None", "str | None", "str | None"]
 """(position, manifest id, event, hardware id, serial, device key id, whether it names a unit, whether it is
-for the audited release, the unit) of a verified manifest."""
+for the audited release, the unit, the failed step of a failed unit, the ISO week of an exception event) of a
+verified manifest."""
 
 
 @dataclass
@@ -114,12 +123,11 @@ class ChunkResult:
     rows: list[Row] = field(default_factory=list)  # one per verified manifest
     units: list[tuple[int, str]] = field(default_factory=list)  # (unit, event) of the audited release's manifests
     issues: list[Issue] = field(default_factory=list)
-    first_time: tuple[str, int] | None = None  # (time, position) of the first verified entry
-    last_time: tuple[str, int] | None = None
+    labels: list[Label] = field(default_factory=list)  # one per label-mismatch manifest that names the label read
+    first_stamps: list[Stamp] = field(default_factory=list)  # the first two verified entries (checked by the caller)
+    last_stamps: list[Stamp] = field(default_factory=list)  # the last two, when the chunk verified more than two
     verified: int = 0
     events: dict[str, int] = field(default_factory=dict)
-    failed_steps: dict[str, int] = field(default_factory=dict)
-    weeks: dict[str, int] = field(default_factory=dict)  # ISO week -> exception events
 
 
 # --- per-process state ----------------------------------------------------------------------
@@ -229,9 +237,7 @@ class _Chunk:
         self.seqs: list[int] = []
         self.leaves: list[bytes] = []
         self.events: Counter[str] = Counter()
-        self.steps: Counter[str] = Counter()
-        self.weeks: Counter[str] = Counter()
-        self.previous: tuple[str, int] | None = None  # (time, position) of the last verified manifest
+        self.stamps: list[Stamp] = []  # the last two verified entries
 
     def run(self, records: list[bytes]) -> None:
         result = self.result
@@ -272,8 +278,6 @@ class _Chunk:
                 result.seqs = seqs
         result.leaves = b"".join(self.leaves)
         result.events = dict(self.events)
-        result.failed_steps = dict(self.steps)
-        result.weeks = dict(self.weeks)
 
     # --- the entries a station wrote, in bulk ------------------------------------------------
 
@@ -389,26 +393,30 @@ class _Chunk:
         if certificate_problem is not None:
             issues.append(("certificate-invalid", position, mid, hwid, serial, certificate_problem))
         # time: per station monotonic, inside the window, no implausible jump
-        previous = self.previous
-        if previous is None:
-            result.first_time = (time, position)
-        elif time < previous[0]:
-            shown = f"{time} is earlier than {previous[0]} at position {previous[1]}"
-            issues.append(("time-regression", position, mid, hwid, serial, shown))
-        elif time[:10] != previous[0][:10] and _epoch(time) - _epoch(previous[0]) > context.jump_seconds:
-            # (on the same day no jump is possible: the dates are only parsed when the day changes)
-            shown = f"{time} follows {previous[0]} at position {previous[1]}"
-            issues.append(("time-jump", position, mid, hwid, serial, shown))
-        self.previous = (time, position)
-        result.last_time = (time, position)
+        # (the chunk's first two entries are checked by the caller, who knows the entries before the chunk)
+        stamps = self.stamps
+        stamp = (time, position, mid, hwid, serial)
+        if len(stamps) < 2:
+            result.first_stamps.append(stamp)
+        else:
+            issue = time_issue(stamps[-2], stamps[-1], stamp, context.jump_seconds)
+            if issue is not None:
+                issues.append(issue)
+            del stamps[0]
+            result.last_stamps = [stamps[-1], stamp]
+        stamps.append(stamp)
         if in_bundle and not context.not_before <= time < context.expires:
             shown = f"{time} is outside {context.not_before} to {context.expires}"
             issues.append(("time-outside-window", position, mid, hwid, serial, shown))
         # events and the quality figures
         self.events[event] += 1
+        step = week = None
         if event not in ("provisioned", "retry"):  # a retry's failure was the exception
-            self.exception(m, event, position)
-        result.rows.append((position, mid, event, hwid, serial, m.device_key_id, m.unit is not None, in_bundle, m.unit))
+            step = self.exception(m, event, position)
+            week = _week(time)
+        result.rows.append(
+            (position, mid, event, hwid, serial, m.device_key_id, m.unit is not None, in_bundle, m.unit, step, week)
+        )
         if m.unit is not None:
             if in_bundle:
                 result.units.append((m.unit, event))
@@ -439,26 +447,21 @@ class _Chunk:
                 shown = f"image {name[:64]!r} reads back {measurement[:16]}"
                 issues.append(("image-not-allowed", position, mid, hwid, serial, shown))
 
-    def exception(self, m: _Fields, event: str, position: int) -> None:
+    def exception(self, m: _Fields, event: str, position: int) -> str | None:
+        """List an exception event as its info finding; the failed step of a failed unit, for the Pareto."""
         issues = self.result.issues
-        limit = self.context.max_keys
-        week = _week(m.time)
-        if week in self.weeks or len(self.weeks) < limit:
-            self.weeks[week] += 1
-        else:
-            self.weeks["other"] += 1
         detail = (m.detail or "")[:200]
         if event == "failed":
             step = m.failed_step or "unknown"
             if m.unit is None:  # a refusal (no unit left, or a device the station would not take): no failed unit
-                pass
-            elif step in self.steps or len(self.steps) < limit:
-                self.steps[step] += 1
+                code = "unit-refused"
             else:
-                self.steps["other"] += 1
-            code = "unit-interrupted" if step == "interrupted" else "unit-failed"
+                code = "unit-interrupted" if step == "interrupted" else "unit-failed"
             issues.append((code, position, m.id, m.hardware_id, m.serial, f"at {step[:64]}: {detail}".rstrip(": ")))
+            return None if m.unit is None else step
         elif event == "label-mismatch":
+            if m.label is not None:
+                self.result.labels.append((position, m.id, m.hardware_id, m.serial, m.label))
             issues.append(("label-mismatch", position, m.id, m.hardware_id, m.serial, detail or f"label {m.label!r}"))
         elif event == "break-glass":
             issues.append(("break-glass", position, m.id, m.hardware_id, m.serial, detail or "no reason given"))
@@ -466,6 +469,7 @@ class _Chunk:
             issues.append(("unit-reworked", position, m.id, m.hardware_id, m.serial, "provisioned again"))
         elif event == "scrap":
             issues.append(("unit-scrapped", position, m.id, m.hardware_id, m.serial, detail or "scrapped"))
+        return None
 
 
 # --- records -----------------------------------------------------------------------------------
@@ -919,6 +923,30 @@ def _check_certificate(m: _Fields, der: bytes | None, present: bool, station: _S
 def _epoch(time: str) -> int:
     """Seconds since 1970 of a checked "YYYY-MM-DDTHH:MM:SSZ" time."""
     return int(_dt.datetime.fromisoformat(time).timestamp())
+
+
+def time_issue(before: Stamp | None, previous: Stamp, stamp: Stamp, jump_seconds: int) -> Issue | None:
+    """What is wrong with the time of the entry ``stamp`` after ``before`` and ``previous``, or None.
+
+    An entry earlier than the one before it is a ``time-regression``, unless
+    that one is the outlier: later than both its neighbours while they are in
+    order, it was dated in the future, and it is the one named
+    (``time-forward-dated``). A step forward of more than ``jump_seconds`` is a
+    ``time-jump``.
+    """
+    time, position, mid, hwid, serial = stamp
+    if time < previous[0]:
+        if before is not None and before[0] <= time:
+            at, where, outlier, outlier_hwid, outlier_serial = previous
+            shown = f"{at} is later than the entries around it: {before[0]} at position {before[1]}"
+            shown += f", {time} at position {position}"
+            return ("time-forward-dated", where, outlier, outlier_hwid, outlier_serial, shown)
+        shown = f"{time} is earlier than {previous[0]} at position {previous[1]}"
+        return ("time-regression", position, mid, hwid, serial, shown)
+    # on the same day no jump is possible: the dates are only parsed when the day changes
+    if time[:10] != previous[0][:10] and _epoch(time) - _epoch(previous[0]) > jump_seconds:
+        return ("time-jump", position, mid, hwid, serial, f"{time} follows {previous[0]} at position {previous[1]}")
+    return None
 
 
 def _week(time: str) -> str:

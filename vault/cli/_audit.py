@@ -32,6 +32,7 @@ _STATION_COPY_SUFFIX = ".station-copy"  # vault.verify.COPY_SUFFIX, without impo
 _PATH = click.Path(exists=True, dir_okay=False, path_type=Path)
 _NEW = click.Path(dir_okay=False, path_type=Path)
 _TOP = 8  # findings shown in the summary
+_EVIDENCE_SHOWN = 2  # evidence items shown under each of them
 _STDOUT = Path("-")
 
 
@@ -173,6 +174,10 @@ def _summary(report: Any, fail_on: str, json_out: Path | None, html_out: Path | 
     for finding in report.findings[:_TOP]:
         head = f"  {finding.severity:<9}{finding.code:<29}"
         echo(_wrapped(head, finding.message, width))
+        for item in finding.evidence[:_EVIDENCE_SHOWN]:
+            echo(_wrapped(" " * 11 + "at ", item.where(), width))
+        if len(finding.evidence) > _EVIDENCE_SHOWN or finding.truncated:
+            echo(" " * 14 + f"({finding.count} in all: every item in the JSON or HTML report)")
     if len(report.findings) > _TOP:
         echo(f"  ... and {len(report.findings) - _TOP} more in the report")
     if json_out is not None:
