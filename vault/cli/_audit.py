@@ -101,6 +101,34 @@ def _shown(text: str, limit: int = 110) -> str:
     help=f"Exit {EXIT_FINDINGS} when a finding is at this severity or worse.",
 )
 @click.option("--workers", type=click.IntRange(1, 1024), help="Worker processes (default: one per CPU).")
+@click.option(
+    "--min-cycle",
+    type=click.FloatRange(0.01, 86400),
+    default=1.0,
+    show_default=True,
+    help="Fastest a fixture finishes a unit, in seconds (cycle-too-fast).",
+)
+@click.option(
+    "--max-clock-step",
+    type=click.IntRange(0, 10**9),
+    default=300,
+    show_default=True,
+    help="Seconds a station's wall clock may run ahead of its monotonic clock within one run (clock-jump).",
+)
+@click.option(
+    "--operator-window",
+    type=click.IntRange(1, 10**9),
+    default=600,
+    show_default=True,
+    help="Seconds: an operator's stretches of work at two stations overlapping by more (operator-two-stations).",
+)
+@click.option(
+    "--max-reworks",
+    type=click.IntRange(0, 10**9),
+    default=3,
+    show_default=True,
+    help="Reworks of one device before rework-repeated.",
+)
 @force_option
 def audit(
     exports: tuple[Path, ...],
@@ -112,6 +140,10 @@ def audit(
     html_out: Path | None,
     fail_on: str,
     workers: int | None,
+    min_cycle: float,
+    max_clock_step: int,
+    operator_window: int,
+    max_reworks: int,
     force: bool,
 ) -> None:
     """Audit evidence EXPORTS (files, or folders of *.vault-evidence) from the factory stations.
@@ -121,6 +153,7 @@ def audit(
     prints a summary and writes the reports. Exit status: 0 when no finding
     is at or above --fail-on, 3 when one is, 1 when the input cannot be audited.
     """
+    from vault.audit import Thresholds
     from vault.audit import audit as run_audit
     from vault.policy import MAX_POLICY_SIZE
     from vault.token import open_token
@@ -142,6 +175,7 @@ def audit(
             decapsulator=key,
             workers=workers,
             progress=progress,
+            thresholds=Thresholds(min_cycle, max_clock_step, operator_window, max_reworks),
         )
     if to_stdout:
         click.echo(report.to_json(fail_on), nl=False)
