@@ -38,6 +38,7 @@ from vault.audit._report import (
 )
 from vault.audit._worker import (
     ChunkResult,
+    Clock,
     Context,
     StationKeys,
     _epoch,
@@ -299,7 +300,7 @@ class _Log:
     head_sequence: int | None = None
     head_size: int | None = None
     last_time: tuple[str, int, int] | None = None  # (time, epoch, position) of the last verified entry
-    last_clock: tuple[str, int, int, int] | None = None  # the last monotonic reading (see _worker.Clock)
+    last_clock: Clock | None = None  # the last monotonic reading
     units: _Units = field(default_factory=lambda: _Units(0))
     partial: bool = False  # picked up inside the log (earlier entries not audited): holes cannot be told
     open_units: dict[int, frozenset[tuple[str, int]]] = field(default_factory=dict)  # export -> units on fixtures
@@ -648,8 +649,7 @@ class _Audit:
         previous = run.log.last_clock
         shown = None if previous is None else clock_step(previous, result.first_clock, self.thresholds.max_clock_step)
         if shown is not None:
-            position = result.first_clock[3]
-            self.issue(run, ("clock-jump", position, None, None, None, shown))
+            self.issue(run, ("clock-jump", *result.first_clock[3:], shown))
         run.log.last_clock = result.last_clock
 
     def issue(self, run: _Run, issue: tuple[str, int, str | None, str | None, str | None, str]) -> None:

@@ -97,9 +97,9 @@ for the audited release, the unit, the time in seconds since 1970, the fixture, 
 for an interrupted unit, which the station closes on the operator's behalf when it starts again)) of a verified
 manifest."""
 
-Clock = tuple[str, int, int, int]
-"""(clock session, monotonic seconds, wall-clock seconds since 1970, log position) of a manifest that records
-its station's monotonic clock."""
+Clock = tuple[str, int, int, int, str, str, "str | None"]
+"""(clock session, monotonic seconds, wall-clock seconds since 1970, log position, manifest id, hardware id,
+serial) of a manifest that records its station's monotonic clock."""
 
 
 @dataclass
@@ -419,7 +419,7 @@ class _Chunk:
             day = self.days[time[:10]] = _epoch(time[:10] + "T00:00:00Z")
         epoch = day + int(time[11:13]) * 3600 + int(time[14:16]) * 60 + int(time[17:19])
         if m.clock_session is not None and m.clock_monotonic is not None:
-            self.clock(m, position, (m.clock_session, m.clock_monotonic, epoch, position))
+            self.clock((m.clock_session, m.clock_monotonic, epoch, position, mid, hwid, serial))
         if in_bundle and not context.not_before <= time < context.expires:
             shown = f"{time} is outside {context.not_before} to {context.expires}"
             issues.append(("time-outside-window", position, mid, hwid, serial, shown))
@@ -438,7 +438,7 @@ class _Chunk:
         elif event in ("provisioned", "retry", "rework"):  # hardware was used: counted, and named as evasion
             issues.append(("unit-missing", position, mid, hwid, serial, f"a {event} manifest names no unit"))
 
-    def clock(self, m: _Fields, position: int, reading: Clock) -> None:
+    def clock(self, reading: Clock) -> None:
         """A wall clock set forward inside one run of the station: its step is longer than the monotonic one."""
         result = self.result
         previous = result.last_clock
@@ -447,7 +447,7 @@ class _Chunk:
         else:
             shown = clock_step(previous, reading, self.context.max_clock_step)
             if shown is not None:
-                result.issues.append(("clock-jump", position, m.id, m.hardware_id, m.serial, shown))
+                result.issues.append(("clock-jump", *reading[3:], shown))
         result.last_clock = reading
 
     def unusual(self, m: _Fields, position: int, in_bundle: bool, station: _Station) -> None:
