@@ -349,3 +349,23 @@ def test_a_station_clock_set_forward_mid_run_is_found_through_the_library(
         exported = station.export(tmp_path / "evidence").path
     finding = only(run_audit([exported]), "clock-jump")
     assert finding.evidence[0].manifest_id == jumped.manifest_id and finding.serials == ("J-2",)
+
+
+# --- the thresholds on the command line --------------------------------------------------------
+
+
+def test_the_thresholds_are_audit_options(world: World, forge: Forge, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from tests.audit.test_report import _argv
+    from vault.cli import cli
+
+    reworked(forge, 3)
+    export = forge.export(tmp_path)
+    runner = CliRunner()
+    default = runner.invoke(cli, _argv(world, export, extra=("--fail-on", "medium")))
+    assert default.exit_code == 0 and "rework-repeated" not in default.output
+    strict = runner.invoke(cli, _argv(world, export, extra=("--fail-on", "medium", "--max-reworks", "2")))
+    assert strict.exit_code == 3 and "rework-repeated" in strict.output
+    wrong = runner.invoke(cli, _argv(world, export, extra=("--min-cycle", "0")))
+    assert wrong.exit_code == 2 and "--min-cycle" in wrong.output
