@@ -11,8 +11,9 @@ from __future__ import annotations
 import shutil
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from cryptography import x509
@@ -33,6 +34,7 @@ _PATH = click.Path(exists=True, dir_okay=False, path_type=Path)
 _NEW = click.Path(dir_okay=False, path_type=Path)
 _TOP = 8  # findings shown in the summary
 _STDOUT = Path("-")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _exports(given: tuple[Path, ...]) -> list[Path]:
@@ -79,6 +81,13 @@ def _shown(text: str, limit: int = 110) -> str:
     return clean if len(clean) <= limit else clean[: limit - 1] + "…"
 
 
+def _limit(name: str, kind: click.ParamType[Any], default: float, what: str) -> Callable[[F], F]:
+    """An audit threshold option (docs/audit-report.md); the finding it sets is named in the help."""
+    code = {"--min-cycle": "cycle-too-fast", "--max-clock-step": "clock-jump",
+            "--operator-window": "operator-two-stations", "--max-reworks": "rework-repeated"}[name]  # fmt: skip
+    return click.option(name, type=kind, default=default, show_default=True, help=f"{what} ({code}).")
+
+
 @click.command("audit")
 @click.argument("exports", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--root-cert", type=_PATH, required=True, help="The pinned root certificate (PEM or DER).")
@@ -101,34 +110,10 @@ def _shown(text: str, limit: int = 110) -> str:
     help=f"Exit {EXIT_FINDINGS} when a finding is at this severity or worse.",
 )
 @click.option("--workers", type=click.IntRange(1, 1024), help="Worker processes (default: one per CPU).")
-@click.option(
-    "--min-cycle",
-    type=click.FloatRange(0.01, 86400),
-    default=1.0,
-    show_default=True,
-    help="Fastest a fixture finishes a unit, in seconds (cycle-too-fast).",
-)
-@click.option(
-    "--max-clock-step",
-    type=click.IntRange(0, 10**9),
-    default=300,
-    show_default=True,
-    help="Seconds a station's wall clock may run ahead of its monotonic clock within one run (clock-jump).",
-)
-@click.option(
-    "--operator-window",
-    type=click.IntRange(1, 10**9),
-    default=600,
-    show_default=True,
-    help="Seconds: an operator's stretches of work at two stations overlapping by more (operator-two-stations).",
-)
-@click.option(
-    "--max-reworks",
-    type=click.IntRange(0, 10**9),
-    default=3,
-    show_default=True,
-    help="Reworks of one device before rework-repeated.",
-)
+@_limit("--min-cycle", click.FloatRange(0.01, 86400), 1.0, "Fastest a fixture finishes a unit, in seconds")
+@_limit("--max-clock-step", click.IntRange(0, 10**9), 300, "Seconds a wall clock may run ahead within one run")
+@_limit("--operator-window", click.IntRange(1, 10**9), 600, "Seconds of overlap at two stations for one operator")
+@_limit("--max-reworks", click.IntRange(0, 10**9), 3, "Reworks of one device allowed")
 @force_option
 def audit(
     exports: tuple[Path, ...],
