@@ -138,8 +138,9 @@ for n in 1 2; do
   station $n load --policy "$work/ceremony-station-2/policy-v4.json" --bundle "$work/release.vbundle"
 done
 
-step "station-1 provisions 10 simulated units on 4 fixtures: unit 4's label is swapped, unit 7 fails to program and is retried, unit 2 comes back for rework"
-station 1 provision --count 10 --fixtures 4 --label-mismatch 4 --fail 7:program --retry 7 --rework 2 --operator alice
+step "station-1 provisions 10 simulated units on 4 fixtures: unit 4's label is swapped, unit 7 fails to program and is retried, unit 2 comes back for rework four times (planted: the audit reports it as rework-repeated, medium)"
+station 1 provision --count 10 --fixtures 4 --label-mismatch 4 --fail 7:program --retry 7 \
+  --rework 2 --rework 2 --rework 2 --rework 2 --operator alice
 
 step "station-2 provisions 8 units on 4 fixtures, then tries one more than its allocation"
 station 2 provision --count 8 --fixtures 4 --operator bob
@@ -171,6 +172,8 @@ vault audit "$work/evidence" --root-cert "$rootca" --policy "$work/ceremony-stat
   --bundle "$work/release.vbundle" --token "$(uri vault-auditor)" \
   --json "$work/audit.json" --html "$work/audit.html"
 echo "HTML report: $work/audit.html"
+grep -q '"code": "rework-repeated"' "$work/audit.json" || { echo "demo: the planted rework-repeated was not found" >&2; exit 1; }
+echo "found the planted anomaly: unit 2 of station-1 reworked 4 times (rework-repeated, medium; more than --max-reworks 3)"
 
 step "Back up the root key: wrapped in the token under a fresh KEK split 2 of 3 among custodians"
 vault ceremony run "$root/policies/backup.yaml" --credentials "$work/credentials-2.yaml" \

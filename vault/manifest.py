@@ -17,7 +17,14 @@ into the log a second time sits at the wrong position. Its predicate::
      "device_key_id": "<hex or null>", "certificate_serial": "<hex or null>", "certificate_sha256": "<hex or null>",
      "keys": {"signing": "<station signing key id>", "issuing_ca": "<station CA key id>"},
      "failed_step": null, "detail": null,
-     "time": "2026-11-21T10:00:00Z", "clock": "system"}
+     "time": "2026-11-21T10:00:00Z", "clock": "system",
+     "clock_session": "<32 hex>", "clock_monotonic": 5012}   # optional, both or neither
+
+``clock_session`` names one run of the station's process and
+``clock_monotonic`` is its monotonic clock (whole seconds) when the manifest
+was signed: inside one session, the wall clock's step between two manifests
+must match the monotonic step, so a wall clock set forward mid-run shows. A
+manifest from before these fields existed has neither and still verifies.
 
 Events: ``provisioned`` (a new device, certified), ``retry`` (a device whose
 earlier attempts at this station all failed, certified on a new attempt; under
@@ -121,6 +128,7 @@ _FIELDS = frozenset(
         "clock",
     }
 )
+_CLOCK_FIELDS = frozenset({"clock_session", "clock_monotonic"})  # optional, both or neither
 _IMAGE_FIELDS = frozenset({"name", "sha256", "measurement"})
 _KEY_FIELDS = frozenset({"signing", "issuing_ca"})
 _HEX = re.compile(r"(?:[0-9a-f]{2})+")
@@ -168,10 +176,15 @@ class Manifest:
     detail: str | None
     time: datetime
     clock: str
+    clock_session: str | None = None
+    clock_monotonic: int | None = None
 
     def statement(self) -> Statement:
         """The in-toto statement this manifest is signed as."""
         hwid = bytes.fromhex(self.hardware_id)
+        monotonic = {}
+        if self.clock_session is not None or self.clock_monotonic is not None:
+            monotonic = {"clock_session": self.clock_session, "clock_monotonic": self.clock_monotonic}
         return Statement(
             subjects=(Subject(f"hwid:{self.hardware_id}", {"sha256": hashlib.sha256(hwid).hexdigest()}),),
             predicate_type=MANIFEST_PREDICATE,
@@ -200,6 +213,7 @@ class Manifest:
                 "detail": self.detail,
                 "time": format_time(self.time),
                 "clock": self.clock,
+                **monotonic,
             },
         )
 
@@ -238,7 +252,9 @@ def parse_manifest(statement: Statement) -> Manifest:
     """
     if statement.predicate_type != MANIFEST_PREDICATE:
         raise FormatError(f"not a manifest (predicate type {quote(statement.predicate_type, 80)})")
-    p = check_fields(statement.predicate, _FIELDS, what="manifest")
+    predicate = statement.predicate
+    clocked = isinstance(predicate, dict) and not _CLOCK_FIELDS.isdisjoint(predicate)
+    p = check_fields(predicate, _FIELDS | _CLOCK_FIELDS if clocked else _FIELDS, what="manifest")
     event = p["event"]
     if event not in EVENTS:
         raise FormatError(f"manifest: unknown event {quote(str(event), 40)}")
@@ -278,6 +294,8 @@ def parse_manifest(statement: Statement) -> Manifest:
         detail=_optional_text(p["detail"], "detail"),
         time=parse_time(p["time"], what="manifest time"),
         clock=_text(p["clock"], "clock"),
+        clock_session=_hex(p["clock_session"], "clock_session", _ID, 32) if clocked else None,
+        clock_monotonic=_count(p["clock_monotonic"], "clock_monotonic") if clocked else None,
     )
 
 

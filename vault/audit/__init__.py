@@ -50,7 +50,7 @@ Example (with the development tokens, after ``vault station export``)::
 """
 
 from vault.audit._engine import JUMP_SECONDS, AuditProgress, audit
-from vault.audit._findings import CODES, MAX_EVIDENCE, SEVERITIES, Evidence, Finding, severity_rank
+from vault.audit._findings import CODES, MAX_EVIDENCE, SEVERITIES, Evidence, Finding, Thresholds, severity_rank
 from vault.audit._report import (
     REPORT_FORMAT,
     BundleSummary,
@@ -76,6 +76,7 @@ __all__ = [
     "Reconciliation",
     "Report",
     "StationReport",
+    "Thresholds",
     "audit",
     "severity_rank",
 ]

@@ -26,7 +26,7 @@ from typing import IO, Any
 from cryptography import x509
 
 from vault import merkle
-from vault.audit._findings import MAX_EVIDENCE, Evidence, Findings
+from vault.audit._findings import MAX_EVIDENCE, Evidence, Findings, Thresholds
 from vault.audit._index import Index
 from vault.audit._report import (
     BundleSummary,
@@ -38,9 +38,11 @@ from vault.audit._report import (
 )
 from vault.audit._worker import (
     ChunkResult,
+    Clock,
     Context,
     Stamp,
     StationKeys,
+    clock_step,
     counters_add,
     init_worker,
     process_chunk,
@@ -302,6 +304,7 @@ class _Log:
     head_sequence: int | None = None
     head_size: int | None = None
     stamps: tuple[Stamp, ...] = ()  # the last two verified entries, for the time checks
+    last_clock: Clock | None = None  # the last monotonic reading
     units: _Units = field(default_factory=lambda: _Units(0))
     partial: bool = False  # picked up inside the log (earlier entries not audited): holes cannot be told
     open_units: dict[int, frozenset[tuple[str, int]]] = field(default_factory=dict)  # export -> units on fixtures
@@ -384,7 +387,9 @@ class _Audit:
         index: Index,
         progress: Callable[[AuditProgress], None] | None,
         total_bytes: int,
+        thresholds: Thresholds | None = None,
     ) -> None:
+        self.thresholds = thresholds or Thresholds()
         self.policy = policy
         self.release = release
         self.findings = findings
@@ -595,6 +600,7 @@ class _Audit:
                     self.issue(run, issue)
             stamps = (*stamps, stamp)[-2:]
         run.stamps = (*stamps, *result.last_stamps)[-2:]
+        self.clock_across(run, result)
         for issue in result.issues:
             self.issue(run, issue)
         if result.rows:
@@ -631,6 +637,17 @@ class _Audit:
             )
         run.expected = max(expected, first + count)
 
+    def clock_across(self, run: _Run, result: ChunkResult) -> None:
+        """A wall clock set forward between the last monotonic reading of the log and this chunk's first
+        (inside a chunk the worker checked it)."""
+        if run.branch or result.first_clock is None:
+            return
+        previous = run.log.last_clock
+        shown = None if previous is None else clock_step(previous, result.first_clock, self.thresholds.max_clock_step)
+        if shown is not None:
+            self.issue(run, ("clock-jump", *result.first_clock[3:], shown))
+        run.log.last_clock = result.last_clock
+
     def issue(self, run: _Run, issue: tuple[str, int, str | None, str | None, str | None, str]) -> None:
         code, position, manifest_id, hwid, serial, detail = issue
         export = run.export
@@ -653,6 +670,9 @@ class _Audit:
             "time-forward-dated": "entries dated later than the entries around them",
             "time-outside-window": "manifests outside the release's validity window",
             "time-jump": "implausible jumps forward in time",
+            "clock-jump": "wall-clock steps ahead of the station's monotonic clock",
+            "label-serial-differs": "devices recorded as good whose label is not their serial",
+            "image-missing": "devices recorded as good lacking images of the release",
             "unit-missing": "devices provisioned with no unit number",
             "label-mismatch": "label mismatches",
             "break-glass": "break-glass overrides",
@@ -897,6 +917,54 @@ class _Audit:
         for key, rows in index.rows_for("device_key_id", shared, MAX_EVIDENCE).items():
             devices = len({r[5] for r in rows})
             report("device-key-reused", f"device key {key[:16]} is on {devices} devices", rows)
+        self.history_findings(answers, report)
+        self.pace_findings(answers, stations, export_names)
+
+    def history_findings(self, answers: dict[str, list[Any]], report: Callable[..., None]) -> None:
+        """Devices back after their scrap, and devices reworked past ``--max-reworks``."""
+        scrapped = dict(answers["scrapped"])
+        for hwid, rows in self.index.rows_for("hardware_id", list(scrapped), MAX_EVIDENCE).items():
+            message = f"device {hwid} was scrapped, then {_events(rows, after='scrap')} ({scrapped[hwid]} manifest(s))"
+            report("scrap-reprovisioned", message, rows, hardware_ids=[hwid])
+        reworks = dict(answers["reworks"])
+        for hwid, rows in self.index.rows_for("hardware_id", list(reworks), MAX_EVIDENCE).items():
+            message = (
+                f"device {hwid} was reworked {reworks[hwid]} times (more than {self.thresholds.max_reworks}), "
+                "each with a new device certificate"
+            )
+            report("rework-repeated", message, [r for r in rows if r[4] == "rework"], hardware_ids=[hwid])
+
+    def pace_findings(self, answers: dict[str, list[Any]], stations: dict[int, str], names: dict[int, str]) -> None:
+        """Fixtures faster than ``--min-cycle``; operators at two stations at once (``--operator-window``)."""
+        limits = self.thresholds
+        for station, fixture, most, when, position, manifest_id, hwid, serial, export, over in answers["cycles"]:
+            station_id = stations[station]
+            self.findings.add(
+                "cycle-too-fast",
+                f"{station_id}: fixture {fixture} finished {most} units within one minute up to "
+                f"{_when(when)} (at most {limits.per_minute()} at a {limits.min_cycle:g} s cycle); "
+                f"{over} unit(s) end such a minute",
+                stations=[station_id],
+                serials=[serial],
+                hardware_ids=[hwid],
+                evidence=[Evidence(names.get(export), station_id, position, manifest_id, serial, hwid)],
+                count=over,
+            )
+        spans = {}
+        for operator, one, other, start, end in answers["operators"]:
+            spans[(operator, one, other, start, end)] = [(s, operator, start, end) for s in (one, other)]
+        rows = self.index.rows_during([span for pair in spans.values() for span in pair], MAX_EVIDENCE // 2)
+        for (operator, one, other, start, end), pair in spans.items():
+            seen = [r for span in pair for r in rows[span]]
+            self.findings.add(
+                "operator-two-stations",
+                f"operator {operator!r} recorded at {stations[one]} and at {stations[other]} at once, from "
+                f"{_when(start)} to {_when(end)}",
+                stations=[stations[one], stations[other]],
+                serials=[r[6] for r in seen],
+                hardware_ids=[r[5] for r in seen],
+                evidence=[Evidence(names.get(r[1]), stations.get(r[0]), r[2], r[3], r[6], r[5]) for r in seen],
+            )
 
     def misbound(self, answers: list[Any], stations: dict[int, str], export_names: dict[int, str]) -> None:
         """A label read on one device that is another device's serial: both devices are named."""
@@ -1069,7 +1137,18 @@ def _top(answers: Iterable[tuple[int, str | None, int]]) -> dict[int, dict[str, 
     return listed
 
 
-def _context(policy: TrustPolicy, release: Release) -> Context:
+def _when(epoch: int) -> str:
+    return format_time(datetime.fromtimestamp(epoch, UTC))
+
+
+def _events(rows: list[Any], *, after: str) -> str:
+    """The events of a device's rows after its first ``after`` event, as "provisioned at station-2 position 7"."""
+    at = next((i for i, r in enumerate(rows) if r[4] == after), 0)
+    shown = [f"{r[4]} at position {r[2]}" for r in rows[at + 1 :] if r[4] in ("provisioned", "retry", "rework")]
+    return ", ".join(shown[:4]) or "provisioned again at another station"
+
+
+def _context(policy: TrustPolicy, release: Release, thresholds: Thresholds) -> Context:
     stations = []
     for station_id, enrolled in sorted(policy.stations.items()):
         stations.append(
@@ -1092,6 +1171,7 @@ def _context(policy: TrustPolicy, release: Release) -> Context:
         not_before=format_time(release.not_before),
         expires=format_time(release.expires),
         jump_seconds=JUMP_SECONDS,
+        max_clock_step=thresholds.max_clock_step,
     )
 
 
@@ -1105,6 +1185,7 @@ def audit(
     workers: int | None = None,
     progress: Callable[[AuditProgress], None] | None = None,
     now: datetime | None = None,
+    thresholds: Thresholds | None = None,
 ) -> Report:
     """Audit evidence exports against a trust policy and the release they were made under.
 
@@ -1118,6 +1199,7 @@ def audit(
         workers: worker processes (default: one per CPU; 1 runs in this process).
         progress: called after each chunk with how far the audit is.
         now: the audit's reference time (default: the host clock).
+        thresholds: the limits a line's physics decide (default: :class:`Thresholds`'s).
 
     Returns:
         The report. Problems in the evidence are findings in it, never exceptions.
@@ -1148,6 +1230,7 @@ def audit(
         now=now,
         policy_sha256=hashlib.sha256(policy).hexdigest(),
         started=started,
+        thresholds=thresholds or Thresholds(),
     )
 
 
@@ -1164,8 +1247,10 @@ def _audit(
     now: datetime,
     policy_sha256: str,
     started: float,
+    thresholds: Thresholds | None = None,
 ) -> Report:
     """The audit once the policy and the release are verified (the benchmark starts here too)."""
+    thresholds = thresholds or Thresholds()
     if workers is None:
         workers = os.cpu_count() or 1
     if workers < 1:
@@ -1177,10 +1262,15 @@ def _audit(
     total_bytes = sum(e.size for e in opened)
     with tempfile.TemporaryDirectory(prefix="vault-audit-") as scratch:
         with Index(scratch) as index:
-            run = _Audit(trust, release, findings, index, progress, total_bytes)
-            run.run(opened, _context(trust, release), workers)
+            run = _Audit(trust, release, findings, index, progress, total_bytes, thresholds)
+            run.run(opened, _context(trust, release, thresholds), workers)
             index.finish_loading()
-            answers = index.grouped(_FINDINGS_PER_QUESTION, parallel=workers)
+            limits = {
+                "max_reworks": thresholds.max_reworks,
+                "per_minute": thresholds.per_minute(),
+                "window": thresholds.operator_window,
+            }
+            answers = index.grouped(_FINDINGS_PER_QUESTION, parallel=workers, params=limits)
             run.identities(answers, {e.number: e.name for e in opened})
             stations, totals, quality = run.station_reports(answers)
             summaries = run.summaries + unreadable

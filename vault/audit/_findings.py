@@ -15,6 +15,7 @@ from typing import Any
 
 __all__ = [
     "CODES",
+    "Thresholds",
     "MAX_EVIDENCE",
     "SEVERITIES",
     "Evidence",
@@ -61,6 +62,13 @@ CODES: dict[str, tuple[str, str]] = {
     "time-forward-dated": ("high", "an entry dated later than both entries around it (a clock set forward)"),
     "time-outside-window": ("high", "a manifest outside the release's validity window"),
     "time-jump": ("medium", "an implausible jump forward between consecutive log entries"),
+    "label-serial-differs": ("high", "a device recorded as good whose scanned label is not its assigned serial"),
+    "image-missing": ("high", "a device recorded as good that lacks some of its release's images"),
+    "scrap-reprovisioned": ("high", "a scrapped device provisioned, retried or reworked again, at any station"),
+    "cycle-too-fast": ("high", "more units finished on one fixture in a minute than its fastest cycle allows"),
+    "clock-jump": ("medium", "a station's wall clock set forward inside one run (its monotonic clock did not move)"),
+    "operator-two-stations": ("medium", "one operator active at two stations at the same time"),
+    "rework-repeated": ("medium", "one device reworked more often than a line reworks a device"),
     "rework-unknown-device": ("medium", "a rework of a device no manifest shows provisioned"),
     "retry-without-failure": ("medium", "a retry of a device no earlier manifest of its station shows failed"),
     "break-glass": ("medium", "an operator override was used"),
@@ -73,6 +81,31 @@ CODES: dict[str, tuple[str, str]] = {
     "unit-reworked": ("info", "a device was provisioned again (rework)"),
 }
 """Every finding code: its severity and a short description."""
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The limits a line's physics and habits decide, each an option of ``vault audit``.
+
+    The defaults hold for a line provisioning at full speed on simulated
+    devices (``make demo``, the test suite) and catch what no honest line does.
+    """
+
+    min_cycle: float = 1.0
+    """Fastest a fixture finishes a unit, in seconds: more than ``60 / min_cycle + 1`` units finished on
+    one fixture within one minute is ``cycle-too-fast``."""
+    max_clock_step: int = 300
+    """Seconds a station's wall clock may run ahead of its monotonic clock between two manifests of one run
+    (an NTP correction) before it is ``clock-jump``."""
+    operator_window: int = 600
+    """Seconds: an operator's manifests at one station no more than this apart are one stretch of work; two
+    stretches at two stations overlapping by more than this are ``operator-two-stations``."""
+    max_reworks: int = 3
+    """Reworks of one device before ``rework-repeated``."""
+
+    def per_minute(self) -> int:
+        """Most units one fixture can finish within one minute (whole-second times, both ends counted)."""
+        return int(60 / self.min_cycle) + 1
 
 
 def severity_rank(severity: str) -> int:

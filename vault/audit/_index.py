@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -37,7 +37,10 @@ CREATE TABLE entries (
     in_bundle INTEGER NOT NULL,    -- 1 when it is for the audited release
     unit INTEGER,                  -- the unit it names, or NULL
     failed_step TEXT,              -- the step a failed unit failed at (a refusal names none)
-    week TEXT                      -- the ISO week of an exception event (neither provisioned nor a retry)
+    week TEXT,                     -- the ISO week of an exception event (neither provisioned nor a retry)
+    time INTEGER NOT NULL,         -- seconds since 1970
+    fixture INTEGER NOT NULL,
+    operator TEXT                  -- who acted; NULL for a unit the station closed as interrupted
 );
 CREATE TABLE labels (              -- the label-mismatch manifests that name the label read
     station INTEGER NOT NULL,
@@ -123,6 +126,44 @@ QUESTIONS = {
         f"SELECT serial, COUNT(DISTINCT hardware_id) AS n FROM entries WHERE event IN {_ASSIGNING} "
         "AND serial IS NOT NULL GROUP BY serial HAVING n > 1 LIMIT ?"
     ),
+    # (hardware id, manifests): devices provisioned, retried or reworked after they were scrapped: later in
+    # the scrapping station's log, or later in time at another station
+    "scrapped": (
+        "SELECT a.hardware_id, COUNT(DISTINCT a.manifest_id) FROM entries a JOIN ("
+        "SELECT DISTINCT hardware_id, station, position, time FROM entries WHERE event = 'scrap') s "
+        f"ON a.hardware_id = s.hardware_id WHERE a.event IN {_ASSIGNING} AND CASE WHEN a.station = s.station "
+        "THEN a.position > s.position ELSE a.time > s.time END GROUP BY a.hardware_id LIMIT :limit"
+    ),
+    # (hardware id, reworks): devices reworked more than :max_reworks times
+    "reworks": (
+        "SELECT hardware_id, COUNT(DISTINCT manifest_id) AS n FROM entries WHERE event = 'rework' "
+        "GROUP BY hardware_id HAVING n > :max_reworks LIMIT :limit"
+    ),
+    # (station, fixture, most units finished within one minute, then the time, position, manifest id,
+    # hardware id, serial and export of the unit that ends that minute, units that end a minute over the
+    # limit): fixtures faster than :per_minute units a minute. Each distinct manifest once.
+    "cycles": (
+        "SELECT station, fixture, MAX(n), time, position, manifest_id, hardware_id, serial, export, COUNT(*) FROM ("
+        "SELECT *, COUNT(*) OVER (PARTITION BY station, fixture ORDER BY time "
+        "RANGE BETWEEN 59 PRECEDING AND CURRENT ROW) AS n FROM ("
+        "SELECT station, fixture, time, position, manifest_id, hardware_id, serial, MIN(export) AS export "
+        f"FROM entries WHERE event IN {_ASSIGNING} GROUP BY station, manifest_id)"
+        ") WHERE n > :per_minute GROUP BY station, fixture LIMIT :limit"
+    ),
+    # (operator, station, other station, overlap start, overlap end): an operator's stretches of work at two
+    # stations (manifests no more than :window seconds apart) that overlap by more than :window seconds
+    "operators": (
+        "WITH acts AS (SELECT DISTINCT operator, station, time FROM entries WHERE operator IS NOT NULL), "
+        "marked AS (SELECT operator, station, time, time - LAG(time) OVER (PARTITION BY operator, station "
+        "ORDER BY time) > :window AS fresh FROM acts), "
+        "numbered AS (SELECT operator, station, time, SUM(COALESCE(fresh, 1)) OVER (PARTITION BY operator, "
+        "station ORDER BY time ROWS UNBOUNDED PRECEDING) AS stretch FROM marked), "
+        "stretches AS (SELECT operator, station, MIN(time) AS t0, MAX(time) AS t1 FROM numbered "
+        "GROUP BY operator, station, stretch HAVING t1 - t0 > :window) "
+        "SELECT x.operator, x.station, y.station, MAX(x.t0, y.t0), MIN(x.t1, y.t1) FROM stretches x "
+        "JOIN stretches y ON x.operator = y.operator AND x.station < y.station "
+        "AND MIN(x.t1, y.t1) - MAX(x.t0, y.t0) > :window LIMIT :limit"
+    ),
 }
 """The questions asked of the whole index at the end, longest first."""
 
@@ -147,7 +188,7 @@ class Index:
     def add(self, station: int, export: int, rows: Sequence[Row]) -> None:
         """Append the rows of one chunk."""
         # station and export are this audit's own integers, so they can be spelled into the statement
-        values = f"{int(station)}, {int(export)}, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?"
+        values = f"{int(station)}, {int(export)}, " + ", ".join("?" * 14)
         self._db.executemany(f"INSERT INTO entries VALUES ({values})", rows)
 
     def add_labels(self, station: int, export: int, labels: Sequence[Label]) -> None:
@@ -164,19 +205,25 @@ class Index:
 
     # --- the grouped questions ---------------------------------------------------------------
 
-    def grouped(self, limit: int, parallel: int = 1) -> dict[str, list[tuple[Any, ...]]]:
-        """Answer every question of :data:`QUESTIONS`, each capped at ``limit`` answers.
+    def grouped(
+        self, limit: int, parallel: int = 1, params: Mapping[str, float] | None = None
+    ) -> dict[str, list[tuple[Any, ...]]]:
+        """Answer every question of :data:`QUESTIONS`, each capped at ``limit`` answers; ``params`` are the
+        thresholds the questions name (``:max_reworks``, ``:per_minute``, ``:window``).
 
         Each sorts the whole table once; they run ``parallel`` at a time, each
         on its own connection (SQLite works outside the GIL), longest first.
         """
+
+        params = dict(params or {})
 
         def ask(name: str) -> tuple[str, list[tuple[Any, ...]]]:
             db = sqlite3.connect(self.path, isolation_level=None)
             try:
                 db.executescript(_PRAGMAS)
                 sql = QUESTIONS[name]
-                return name, db.execute(sql, (limit,) if "?" in sql else ()).fetchall()
+                args = (limit,) if "?" in sql else {"limit": limit, **params} if ":" in sql else ()
+                return name, db.execute(sql, args).fetchall()
             finally:
                 db.close()
 
@@ -202,6 +249,29 @@ class Index:
             rows = found[(row[1], row[0])]
             if len(rows) < limit:
                 rows.append(row[1:])
+        return found
+
+    def rows_during(
+        self, spans: Sequence[tuple[int, str, int, int]], limit: int
+    ) -> dict[tuple[int, str, int, int], list[Any]]:
+        """For each (station, operator, start, end), the first ``limit`` rows of that operator at that station
+        with a time from start to end, in the form of :meth:`rows_for`, in log order."""
+        found: dict[tuple[int, str, int, int], list[Any]] = {span: [] for span in spans}
+        if not found:
+            return found
+        self._db.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS spans (station INTEGER, operator TEXT, t0 INTEGER, t1 INTEGER)"
+        )
+        self._db.execute("DELETE FROM spans")
+        self._db.executemany("INSERT INTO spans VALUES (?, ?, ?, ?)", list(found))
+        for row in self._query(
+            "SELECT s.station, s.operator, s.t0, s.t1, e.station, e.export, e.position, e.manifest_id, e.event, "
+            "e.hardware_id, e.serial FROM entries e JOIN spans s ON e.station = s.station AND e.operator = s.operator "
+            "AND e.time BETWEEN s.t0 AND s.t1 ORDER BY e.station, e.position"
+        ):
+            rows = found[row[:4]]
+            if len(rows) < limit:
+                rows.append(row[4:])
         return found
 
     def rows_for(self, column: str, values: Sequence[str], limit: int) -> dict[str, list[tuple[Any, ...]]]:

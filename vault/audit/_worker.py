@@ -87,6 +87,7 @@ class Context:
     not_before: str  # the release's window, "YYYY-MM-DDTHH:MM:SSZ" (compared as strings)
     expires: str
     jump_seconds: int  # a forward step between consecutive entries longer than this is implausible
+    max_clock_step: int = 300  # inside one clock session, wall-clock step minus monotonic step allowed
 
 
 Issue = tuple[str, int, "str | None", "str | None", "str | None", str]
@@ -98,10 +99,18 @@ Label = tuple[int, str, str, "str | None", str]
 Stamp = tuple[str, int, "str | None", "str | None", "str | None"]
 """(time, log position, manifest id, hardware id, serial) of a verified entry, for the time checks."""
 
-Row = tuple[int, str, str, str, "str | None", "str | None", int, int, "int | None", "str | None", "str | None"]
+Row = tuple[
+    int, str, str, str, "str | None", "str | None", int, int, "int | None", "str | None", "str | None", int, int,
+    "str | None",
+]
 """(position, manifest id, event, hardware id, serial, device key id, whether it names a unit, whether it is
-for the audited release, the unit, the failed step of a failed unit, the ISO week of an exception event) of a
-verified manifest."""
+for the audited release, the unit, the failed step of a failed unit, the ISO week of an exception event, the
+time in seconds since 1970, the fixture, the operator who acted (None for an interrupted unit, which the
+station closes on the operator's behalf when it starts again)) of a verified manifest."""
+
+Clock = tuple[str, int, int, int, str, str, "str | None"]
+"""(clock session, monotonic seconds, wall-clock seconds since 1970, log position, manifest id, hardware id,
+serial) of a manifest that records its station's monotonic clock."""
 
 
 @dataclass
@@ -126,6 +135,8 @@ class ChunkResult:
     labels: list[Label] = field(default_factory=list)  # one per label-mismatch manifest that names the label read
     first_stamps: list[Stamp] = field(default_factory=list)  # the first two verified entries (checked by the caller)
     last_stamps: list[Stamp] = field(default_factory=list)  # the last two, when the chunk verified more than two
+    first_clock: Clock | None = None  # the first and last verified entries that record a monotonic clock
+    last_clock: Clock | None = None
     verified: int = 0
     events: dict[str, int] = field(default_factory=dict)
 
@@ -238,6 +249,7 @@ class _Chunk:
         self.leaves: list[bytes] = []
         self.events: Counter[str] = Counter()
         self.stamps: list[Stamp] = []  # the last two verified entries
+        self.days: dict[str, int] = {}  # "YYYY-MM-DD" -> its first second since 1970
 
     def run(self, records: list[bytes]) -> None:
         result = self.result
@@ -392,6 +404,9 @@ class _Chunk:
             issues.append(("bundle-mismatch", position, mid, hwid, serial, f"bundle {m.bundle_id}"))
         if certificate_problem is not None:
             issues.append(("certificate-invalid", position, mid, hwid, serial, certificate_problem))
+        if m.label is not None and m.label != serial and event in _CERTIFIED:
+            shown = f"the {event} device's label reads {m.label[:64]!r}"
+            issues.append(("label-serial-differs", position, mid, hwid, serial, shown))
         # time: per station monotonic, inside the window, no implausible jump
         # (the chunk's first two entries are checked by the caller, who knows the entries before the chunk)
         stamps = self.stamps
@@ -405,6 +420,12 @@ class _Chunk:
             del stamps[0]
             result.last_stamps = [stamps[-1], stamp]
         stamps.append(stamp)
+        day = self.days.get(time[:10])
+        if day is None:
+            day = self.days[time[:10]] = _epoch(time[:10] + "T00:00:00Z")
+        epoch = day + int(time[11:13]) * 3600 + int(time[14:16]) * 60 + int(time[17:19])
+        if m.clock_session is not None and m.clock_monotonic is not None:
+            self.clock((m.clock_session, m.clock_monotonic, epoch, position, mid, hwid, serial))
         if in_bundle and not context.not_before <= time < context.expires:
             shown = f"{time} is outside {context.not_before} to {context.expires}"
             issues.append(("time-outside-window", position, mid, hwid, serial, shown))
@@ -414,14 +435,28 @@ class _Chunk:
         if event not in ("provisioned", "retry"):  # a retry's failure was the exception
             step = self.exception(m, event, position)
             week = _week(time)
+        operator = None if m.failed_step == "interrupted" else m.operator
         result.rows.append(
-            (position, mid, event, hwid, serial, m.device_key_id, m.unit is not None, in_bundle, m.unit, step, week)
-        )
+            (position, mid, event, hwid, serial, m.device_key_id, m.unit is not None, in_bundle, m.unit, step, week,
+             epoch, m.fixture, operator)
+        )  # fmt: skip
         if m.unit is not None:
             if in_bundle:
                 result.units.append((m.unit, event))
         elif event in ("provisioned", "retry", "rework"):  # hardware was used: counted, and named as evasion
             issues.append(("unit-missing", position, mid, hwid, serial, f"a {event} manifest names no unit"))
+
+    def clock(self, reading: Clock) -> None:
+        """A wall clock set forward inside one run of the station: its step is longer than the monotonic one."""
+        result = self.result
+        previous = result.last_clock
+        if previous is None:
+            result.first_clock = reading
+        else:
+            shown = clock_step(previous, reading, self.context.max_clock_step)
+            if shown is not None:
+                result.issues.append(("clock-jump", *reading[3:], shown))
+        result.last_clock = reading
 
     def unusual(self, m: _Fields, position: int, in_bundle: bool, station: _Station) -> None:
         """The slower checks, for a manifest whose keys, release or images are not the usual ones."""
@@ -446,6 +481,12 @@ class _Chunk:
             elif measurement is not None and measurement != sha256:
                 shown = f"image {name[:64]!r} reads back {measurement[:16]}"
                 issues.append(("image-not-allowed", position, mid, hwid, serial, shown))
+        if m.event in _CERTIFIED:  # a device recorded as good holds every image of its release (another
+            programmed = {name for name, _, _ in m.images}  # digest under its name is image-not-allowed)
+            missing = [name for name, _ in context.image_order if name not in programmed]
+            if missing:
+                shown = f"the {m.event} device lacks image(s) " + ", ".join(repr(n[:64]) for n in missing[:8])
+                issues.append(("image-missing", position, mid, hwid, serial, shown))
 
     def exception(self, m: _Fields, event: str, position: int) -> str | None:
         """List an exception event as its info finding; the failed step of a failed unit, for the Pareto."""
@@ -594,6 +635,10 @@ class _Fields(NamedTuple):
     failed_step: str | None
     detail: str | None
     time: str
+    fixture: int = 0
+    operator: str = "operator"
+    clock_session: str | None = None
+    clock_monotonic: int | None = None
 
     @classmethod
     def of(cls, m: Manifest) -> _Fields:
@@ -619,6 +664,10 @@ class _Fields(NamedTuple):
             m.failed_step,
             m.detail,
             format_time(m.time),
+            m.fixture,
+            m.operator,
+            m.clock_session,
+            m.clock_monotonic,
         )
 
 
@@ -659,7 +708,7 @@ def _canonical_statement() -> re.Pattern[str]:
         ("bundle_id", r'"([0-9a-f]{32})"'),
         ("certificate_serial", r'(?:null|"((?:[0-9a-f]{2}){1,20})")'),
         ("certificate_sha256", optional_sha256),
-        ("clock", text),
+        ("clock", text + r'(?:,"clock_monotonic":(0|[1-9][0-9]{0,18}),"clock_session":"([0-9a-f]{32})")?'),
         ("detail", optional_text),
         ("device_key_id", optional_sha256),
         ("event", f'"({events})"'),
@@ -736,7 +785,8 @@ def _statement_fields(text: str, usual_images: Mapping[str, tuple[tuple[str, str
     if match is None:
         return None
     (
-        bundle_id, certificate_serial, certificate_sha256, clock, detail, device_key_id, event, failed_step,
+        bundle_id, certificate_serial, certificate_sha256, clock, clock_monotonic, clock_session, detail,
+        device_key_id, event, failed_step,
         fixture, hwid, mid, images_text, issuing_ca, signing, label, operator, policy_version, product,
         security_counter, sequence, serial, station_id, time, unit, version, subject_digest, subject_hwid,
     ) = match.groups()  # fmt: skip
@@ -752,7 +802,8 @@ def _statement_fields(text: str, usual_images: Mapping[str, tuple[tuple[str, str
         return None
     counts = (int(sequence), int(fixture), int(security_counter), int(policy_version))
     unit_value = None if unit == "null" else int(unit)
-    if max(counts) >= _MAX_COUNT or (unit_value is not None and unit_value >= _MAX_COUNT):
+    monotonic = None if clock_monotonic is None else int(clock_monotonic)
+    if max(counts) >= _MAX_COUNT or any(v is not None and v >= _MAX_COUNT for v in (unit_value, monotonic)):
         return None
     try:  # on the strict form above, fromisoformat accepts exactly what parse_time's strptime does
         _dt.datetime.fromisoformat(time)
@@ -780,6 +831,10 @@ def _statement_fields(text: str, usual_images: Mapping[str, tuple[tuple[str, str
         failed_step,
         detail,
         time,
+        counts[1],
+        operator,
+        clock_session,
+        monotonic,
     )
 
 
@@ -947,6 +1002,20 @@ def time_issue(before: Stamp | None, previous: Stamp, stamp: Stamp, jump_seconds
     if time[:10] != previous[0][:10] and _epoch(time) - _epoch(previous[0]) > jump_seconds:
         return ("time-jump", position, mid, hwid, serial, f"{time} follows {previous[0]} at position {previous[1]}")
     return None
+
+
+def clock_step(previous: Clock, reading: Clock, limit: int) -> str | None:
+    """How the wall clock ran ahead of the monotonic clock between two readings of one session, when by
+    more than ``limit`` seconds; else None."""
+    if previous[0] != reading[0]:
+        return None
+    ahead = (reading[2] - previous[2]) - (reading[1] - previous[1])
+    if ahead <= limit:
+        return None
+    return (
+        f"the wall clock moved {reading[2] - previous[2]} s since position {previous[3]}, the station's "
+        f"monotonic clock {reading[1] - previous[1]} s: set forward by {ahead} s"
+    )
 
 
 def _week(time: str) -> str:

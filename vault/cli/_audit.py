@@ -11,8 +11,9 @@ from __future__ import annotations
 import shutil
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from cryptography import x509
@@ -34,6 +35,7 @@ _NEW = click.Path(dir_okay=False, path_type=Path)
 _TOP = 8  # findings shown in the summary
 _EVIDENCE_SHOWN = 2  # evidence items shown under each of them
 _STDOUT = Path("-")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _exports(given: tuple[Path, ...]) -> list[Path]:
@@ -80,6 +82,13 @@ def _shown(text: str, limit: int = 110) -> str:
     return clean if len(clean) <= limit else clean[: limit - 1] + "…"
 
 
+def _limit(name: str, kind: click.ParamType[Any], default: float, what: str) -> Callable[[F], F]:
+    """An audit threshold option (docs/audit-report.md); the finding it sets is named in the help."""
+    code = {"--min-cycle": "cycle-too-fast", "--max-clock-step": "clock-jump",
+            "--operator-window": "operator-two-stations", "--max-reworks": "rework-repeated"}[name]  # fmt: skip
+    return click.option(name, type=kind, default=default, show_default=True, help=f"{what} ({code}).")
+
+
 @click.command("audit")
 @click.argument("exports", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--root-cert", type=_PATH, required=True, help="The pinned root certificate (PEM or DER).")
@@ -102,6 +111,10 @@ def _shown(text: str, limit: int = 110) -> str:
     help=f"Exit {EXIT_FINDINGS} when a finding is at this severity or worse.",
 )
 @click.option("--workers", type=click.IntRange(1, 1024), help="Worker processes (default: one per CPU).")
+@_limit("--min-cycle", click.FloatRange(0.01, 86400), 1.0, "Fastest a fixture finishes a unit, in seconds")
+@_limit("--max-clock-step", click.IntRange(0, 10**9), 300, "Seconds a wall clock may run ahead within one run")
+@_limit("--operator-window", click.IntRange(1, 10**9), 600, "Seconds of overlap at two stations for one operator")
+@_limit("--max-reworks", click.IntRange(0, 10**9), 3, "Reworks of one device allowed")
 @force_option
 def audit(
     exports: tuple[Path, ...],
@@ -113,6 +126,10 @@ def audit(
     html_out: Path | None,
     fail_on: str,
     workers: int | None,
+    min_cycle: float,
+    max_clock_step: int,
+    operator_window: int,
+    max_reworks: int,
     force: bool,
 ) -> None:
     """Audit evidence EXPORTS (files, or folders of *.vault-evidence) from the factory stations.
@@ -122,6 +139,7 @@ def audit(
     prints a summary and writes the reports. Exit status: 0 when no finding
     is at or above --fail-on, 3 when one is, 1 when the input cannot be audited.
     """
+    from vault.audit import Thresholds
     from vault.audit import audit as run_audit
     from vault.policy import MAX_POLICY_SIZE
     from vault.token import open_token
@@ -143,6 +161,7 @@ def audit(
             decapsulator=key,
             workers=workers,
             progress=progress,
+            thresholds=Thresholds(min_cycle, max_clock_step, operator_window, max_reworks),
         )
     if to_stdout:
         click.echo(report.to_json(fail_on), nl=False)

@@ -9,6 +9,7 @@ import hashlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -197,6 +198,11 @@ class Station:
             to take the certificate from the policy and check it.
         clock: where the time comes from (default: the host clock).
         operator: who runs the station, recorded in every manifest.
+        monotonic: a monotonic clock of the same machine as ``clock``, in
+            seconds (default: the host's, with the host clock). Each manifest
+            records its reading and this run's session id, so that an audit
+            sees a wall clock set forward mid-run. A ``clock`` given without
+            one records neither: a monotonic clock of another machine proves nothing.
 
     Raises:
         StateError: the state folder belongs to another station or root.
@@ -212,12 +218,15 @@ class Station:
         root: x509.Certificate | str,
         clock: Clock = system_clock,
         operator: str = "operator",
+        monotonic: Callable[[], float] | None = None,
     ) -> None:
         self._root: x509.Certificate | None = root if isinstance(root, x509.Certificate) else None
         self.root_sha256 = root_sha256(root)
         self.station_id = station_id
         self.operator = _label_text(operator, "operator")
         self.clock = clock
+        self._monotonic = monotonic if monotonic is not None or clock is not system_clock else time.monotonic
+        self._clock_session = os.urandom(16).hex()  # this run: monotonic readings compare only inside one
         self._token_uri = token
         self._state_dir = Path(state_dir)
         self._stack = contextlib.ExitStack()
@@ -862,6 +871,8 @@ class Station:
             detail=None if detail is None else detail[:256],
             time=now,
             clock=source[:256],
+            clock_session=None if self._monotonic is None else self._clock_session,
+            clock_monotonic=None if self._monotonic is None else int(self._monotonic()),
         )
         with self._token_lock:
             envelope = sign_manifest(manifest, self._signing)
@@ -1207,9 +1218,11 @@ class Station:
                     (sequence, size, root, note, str(path.resolve()), format_time(now)),
                 )
         except BaseException as e:
-            recorded = self.state.read().execute(
-                "SELECT 1 FROM exports WHERE sequence = ? AND checkpoint = ?", (sequence, note)
-            ).fetchone()
+            recorded = (
+                self.state.read()
+                .execute("SELECT 1 FROM exports WHERE sequence = ? AND checkpoint = ?", (sequence, note))
+                .fetchone()
+            )
             if recorded:  # committed; only the token write after it failed (the next write repairs that)
                 raise
             for written in (path, copy):  # not recorded: it is not evidence, so it does not stay
