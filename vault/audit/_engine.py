@@ -19,13 +19,14 @@ import time as _time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
 from cryptography import x509
 
 from vault import merkle
+from vault.audit._closeout import DEFAULT_MAX_SILENCE, LogEnd, check_closeouts, read_closeouts
 from vault.audit._findings import MAX_EVIDENCE, Evidence, Findings
 from vault.audit._index import Index
 from vault.audit._report import (
@@ -1030,6 +1031,30 @@ class _Audit:
             )
 
 
+def _log_ends(run: _Audit, exports: Sequence[_Export]) -> dict[str, LogEnd]:
+    """Where each station's verified evidence ends: its last verified export and the checkpoints seen."""
+    ends = {}
+    for station_id, log in run.logs.items():
+        verified = [e for e in exports if e.station_id == station_id and e.status == "verified"]
+        last = max(verified, key=lambda e: e.sequence, default=None)
+        created = None
+        if last is not None:
+            try:
+                created = datetime.strptime(last.created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+            except ValueError:
+                created = None
+        ends[station_id] = LogEnd(
+            station_id,
+            log.size or 0,
+            log.head_sequence or 0,
+            None if last is None else _full(last.path),
+            created,
+            {size: root for size, (root, _) in log.roots.items()},
+            log.units.highest,
+        )
+    return ends
+
+
 def _context(policy: TrustPolicy, release: Release) -> Context:
     stations = []
     for station_id, enrolled in sorted(policy.stations.items()):
@@ -1066,6 +1091,8 @@ def audit(
     workers: int | None = None,
     progress: Callable[[AuditProgress], None] | None = None,
     now: datetime | None = None,
+    closeouts: Iterable[str | os.PathLike[str]] = (),
+    max_silence: timedelta = DEFAULT_MAX_SILENCE,
 ) -> Report:
     """Audit evidence exports against a trust policy and the release they were made under.
 
@@ -1079,6 +1106,10 @@ def audit(
         workers: worker processes (default: one per CPU; 1 runs in this process).
         progress: called after each chunk with how far the audit is.
         now: the audit's reference time (default: the host clock).
+        closeouts: the stations' close-out files (``*.vault-closeout``), checked
+            against the policy and against where each station's evidence ends.
+        max_silence: how old the newest export of a station with an allocation
+            and no close-out may be before it is a ``station-silent`` finding.
 
     Returns:
         The report. Problems in the evidence are findings in it, never exceptions.
@@ -1109,6 +1140,8 @@ def audit(
         now=now,
         policy_sha256=hashlib.sha256(policy).hexdigest(),
         started=started,
+        closeouts=closeouts,
+        max_silence=max_silence,
     )
 
 
@@ -1125,6 +1158,8 @@ def _audit(
     now: datetime,
     policy_sha256: str,
     started: float,
+    closeouts: Iterable[str | os.PathLike[str]] = (),
+    max_silence: timedelta = DEFAULT_MAX_SILENCE,
 ) -> Report:
     """The audit once the policy and the release are verified (the benchmark starts here too)."""
     if workers is None:
@@ -1143,6 +1178,8 @@ def _audit(
             index.finish_loading()
             answers = index.grouped(_FINDINGS_PER_QUESTION, parallel=workers)
             run.identities(answers, {e.number: e.name for e in opened})
+            check_closeouts(read_closeouts(closeouts, trust, findings), _log_ends(run, opened), release,
+                            now=now, max_silence=max_silence, findings=findings)  # fmt: skip
             stations, totals, quality = run.station_reports(answers)
             summaries = run.summaries + unreadable
     if progress is not None:
