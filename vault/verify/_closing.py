@@ -53,8 +53,8 @@ def refuse_if_closed(db: sqlite3.Connection, station_id: str, release: Release) 
     row = db.execute("SELECT started FROM closed WHERE bundle_id = ?", (release.bundle_id,)).fetchone()
     if row is not None:
         raise BundleClosedError(
-            f"station '{station_id}' closed bundle {release.bundle_id} ({release.product} {release.version}) "
-            f"(closed {row[0]}): it provisions no further unit of it"
+            f"station '{station_id}' closed bundle {release.bundle_id} ({release.product} {release.version}, "
+            f"closed {row[0]}): it provisions no further unit of it"
         )
 
 
