@@ -155,6 +155,13 @@ for n in 1 2; do
 done
 ls -l "$work/evidence"
 
+step "station-2 is done with the release: it closes it (signed close-out beside its exports); the release manager reads it"
+station 2 close "$work/release.vbundle" --out "$work/evidence"
+vault bundle closeout "$work"/evidence/station-2-*.vault-closeout "${policy[@]}" --bundle "$work/release.vbundle"
+if station 2 provision --count 1 --fixtures 1 --operator bob; then
+  echo "demo: a closed release provisioned a unit" >&2; exit 1
+fi
+
 step "station-2's allocation is used up; a second state folder would start from zero, but the count is in its token"
 if vault station load --state "$work/station-2-again" --token "$(uri vault-station-2)" --station-id station-2 \
     --root-cert "$rootca" --policy "$work/ceremony-station-2/policy-v4.json" --bundle "$work/release.vbundle"; then

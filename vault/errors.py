@@ -56,6 +56,7 @@ __all__ = [
     "NotRecipientError",
     "AllowlistError",
     "AllocationError",
+    "BundleClosedError",
     "IdentityError",
     "LabelMismatchError",
     "AlreadyProvisionedError",
@@ -202,6 +203,10 @@ class AllowlistError(VerificationError):
 
 class AllocationError(VerificationError):
     """The station's allocation for the release is used up: no unit is left to provision."""
+
+
+class BundleClosedError(AllocationError):
+    """The station closed this release (signed its close-out): it provisions no further unit of it."""
 
 
 class IdentityError(VerificationError):

@@ -133,7 +133,7 @@ def test_a_clock_set_back_is_a_regression_at_the_entry_that_went_back(
 
 def test_the_clean_twin_has_no_time_finding(forge: Forge, tmp_path: Path, run_audit: Audit) -> None:
     forge.provision(10)
-    assert not serious(run_audit([forge.export(tmp_path)]), "low")
+    assert serious(run_audit([forge.export(tmp_path)]), "low") == {"station-no-evidence"}  # station-2 sent nothing
 
 
 # --- a label on the wrong board: both devices are named ---------------------------------------------
@@ -164,4 +164,4 @@ def test_a_misread_label_that_is_nobody_s_names_no_other_device(
     forge.provision(2)
     forge.add("label-mismatch", forge.device(), label="SN-NOBODY", serial=None, unit=None)
     report = run_audit([forge.export(tmp_path)])
-    assert [f.code for f in report.findings] == ["label-mismatch"]
+    assert [f.code for f in report.findings] == ["label-mismatch", "station-no-evidence"]  # station-2 sent nothing

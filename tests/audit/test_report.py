@@ -72,7 +72,7 @@ def test_the_json_report_has_exactly_the_documented_fields(mixed: Path, run_audi
     assert value["verdict"] == {"passed": False, "fail_on": "high", "worst": "critical"}
     assert value["summary"]["findings"]["critical"] == 1 and value["summary"]["manifests"] == 5
     codes = {f["code"]: f for f in value["findings"]}
-    assert set(codes) == {"signature-invalid", "label-mismatch", "label-misbound", "unit-failed"}
+    assert set(codes) == {"signature-invalid", "label-mismatch", "label-misbound", "unit-failed", "station-no-evidence"}
     assert codes["label-mismatch"]["evidence"][0]["position"] == 2
     assert value["stations"][0]["quality"]["failure_pareto"] == [
         {"step": "program", "count": 1, "cumulative_share": 1.0}
@@ -155,9 +155,10 @@ def test_fail_on_sets_the_exit_status(world: World, forge: Forge, tmp_path: Path
     runner = CliRunner()
     clean = runner.invoke(cli, _argv(world, folder), catch_exceptions=False)
     assert clean.exit_code == 0, clean.output
-    assert "PASS: no finding at or above high" in clean.output and "2 low" in clean.output  # mismatch, misbound
+    # low: the label mismatch, the misbound label, and station-2 (allocated 10) of which nothing was given
+    assert "PASS: no finding at or above high" in clean.output and "3 low" in clean.output
     strict = runner.invoke(cli, _argv(world, folder, extra=("--fail-on", "low")), catch_exceptions=False)
-    assert strict.exit_code == 3 and "FAIL: 2 finding(s) at or above low" in strict.output
+    assert strict.exit_code == 3 and "FAIL: 3 finding(s) at or above low" in strict.output
     assert "label-mismatch" in strict.output
 
 

@@ -19,13 +19,14 @@ import time as _time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
 from cryptography import x509
 
 from vault import merkle
+from vault.audit._closeout import DEFAULT_MAX_SILENCE, LogEnd, check_closeouts, read_closeouts
 from vault.audit._findings import MAX_EVIDENCE, Evidence, Findings, Thresholds
 from vault.audit._index import Index
 from vault.audit._report import (
@@ -1148,6 +1149,30 @@ def _events(rows: list[Any], *, after: str) -> str:
     return ", ".join(shown[:4]) or "provisioned again at another station"
 
 
+def _log_ends(run: _Audit, exports: Sequence[_Export]) -> dict[str, LogEnd]:
+    """Where each station's verified evidence ends: its last verified export and the checkpoints seen."""
+    ends = {}
+    for station_id, log in run.logs.items():
+        verified = [e for e in exports if e.station_id == station_id and e.status == "verified"]
+        last = max(verified, key=lambda e: e.sequence, default=None)
+        created = None
+        if last is not None:
+            try:
+                created = datetime.strptime(last.created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+            except ValueError:
+                created = None
+        ends[station_id] = LogEnd(
+            station_id,
+            log.size or 0,
+            log.head_sequence or 0,
+            None if last is None else _full(last.path),
+            created,
+            {size: root for size, (root, _) in log.roots.items()},
+            log.units.highest,
+        )
+    return ends
+
+
 def _context(policy: TrustPolicy, release: Release, thresholds: Thresholds) -> Context:
     stations = []
     for station_id, enrolled in sorted(policy.stations.items()):
@@ -1186,6 +1211,8 @@ def audit(
     progress: Callable[[AuditProgress], None] | None = None,
     now: datetime | None = None,
     thresholds: Thresholds | None = None,
+    closeouts: Iterable[str | os.PathLike[str]] = (),
+    max_silence: timedelta = DEFAULT_MAX_SILENCE,
 ) -> Report:
     """Audit evidence exports against a trust policy and the release they were made under.
 
@@ -1200,6 +1227,10 @@ def audit(
         progress: called after each chunk with how far the audit is.
         now: the audit's reference time (default: the host clock).
         thresholds: the limits a line's physics decide (default: :class:`Thresholds`'s).
+        closeouts: the stations' close-out files (``*.vault-closeout``), checked
+            against the policy and against where each station's evidence ends.
+        max_silence: how old the newest export of a station with an allocation
+            and no close-out may be before it is a ``station-silent`` finding.
 
     Returns:
         The report. Problems in the evidence are findings in it, never exceptions.
@@ -1231,6 +1262,8 @@ def audit(
         policy_sha256=hashlib.sha256(policy).hexdigest(),
         started=started,
         thresholds=thresholds or Thresholds(),
+        closeouts=closeouts,
+        max_silence=max_silence,
     )
 
 
@@ -1248,6 +1281,8 @@ def _audit(
     policy_sha256: str,
     started: float,
     thresholds: Thresholds | None = None,
+    closeouts: Iterable[str | os.PathLike[str]] = (),
+    max_silence: timedelta = DEFAULT_MAX_SILENCE,
 ) -> Report:
     """The audit once the policy and the release are verified (the benchmark starts here too)."""
     thresholds = thresholds or Thresholds()
@@ -1272,6 +1307,8 @@ def _audit(
             }
             answers = index.grouped(_FINDINGS_PER_QUESTION, parallel=workers, params=limits)
             run.identities(answers, {e.number: e.name for e in opened})
+            check_closeouts(read_closeouts(closeouts, trust, findings), _log_ends(run, opened), release,
+                            now=now, max_silence=max_silence, findings=findings)  # fmt: skip
             stations, totals, quality = run.station_reports(answers)
             summaries = run.summaries + unreadable
     if progress is not None:

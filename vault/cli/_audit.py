@@ -30,6 +30,7 @@ AUDITOR_LABEL = "auditor-decrypt"
 _SEVERITIES = ("critical", "high", "medium", "low", "info")  # vault.audit.SEVERITIES, without importing it here
 _EXPORT_SUFFIX = ".vault-evidence"
 _STATION_COPY_SUFFIX = ".station-copy"  # vault.verify.COPY_SUFFIX, without importing the station library here
+_CLOSEOUT_SUFFIX = ".vault-closeout"  # vault.closeout.CLOSEOUT_SUFFIX
 _PATH = click.Path(exists=True, dir_okay=False, path_type=Path)
 _NEW = click.Path(dir_okay=False, path_type=Path)
 _TOP = 8  # findings shown in the summary
@@ -52,6 +53,8 @@ def _exports(given: tuple[Path, ...]) -> list[Path]:
             if not found:
                 raise InputError(f"{path} holds no {_EXPORT_SUFFIX} files")
             paths.extend(found)
+        elif path.suffix == _CLOSEOUT_SUFFIX:
+            continue  # a close-out: read by _closeouts
         elif path.suffix == _STATION_COPY_SUFFIX:
             note = "a station's own copy (for 'vault station recover'), not evidence"
             click.echo(f"skipped      {path}: {note}", err=True)
@@ -60,6 +63,24 @@ def _exports(given: tuple[Path, ...]) -> list[Path]:
     if given and not paths:
         raise InputError("no evidence exports given (only station copies)")
     return paths
+
+
+def _closeouts(given: tuple[Path, ...]) -> list[Path]:
+    """The stations' close-outs: each ``*.vault-closeout`` given, and those in each folder given."""
+    found: list[Path] = []
+    for path in given:
+        found.extend(sorted(path.glob(f"*{_CLOSEOUT_SUFFIX}")) if path.is_dir() else [])
+        found.extend([path] if path.is_file() and path.suffix == _CLOSEOUT_SUFFIX else [])
+    return found
+
+
+def _silence(_: click.Context, __: click.Parameter, value: str) -> Any:
+    from vault.audit._closeout import parse_duration
+
+    try:
+        return parse_duration(value)
+    except InputError as e:
+        raise click.BadParameter(str(e)) from e
 
 
 def _root(path: Path) -> x509.Certificate:
@@ -110,6 +131,13 @@ def _limit(name: str, kind: click.ParamType[Any], default: float, what: str) -> 
     show_default=True,
     help=f"Exit {EXIT_FINDINGS} when a finding is at this severity or worse.",
 )
+@click.option(
+    "--max-silence",
+    default="7d",
+    show_default=True,
+    callback=_silence,
+    help="How old (90m, 36h, 7d, 2w) a station's newest export may be when it has not closed the release.",
+)
 @click.option("--workers", type=click.IntRange(1, 1024), help="Worker processes (default: one per CPU).")
 @_limit("--min-cycle", click.FloatRange(0.01, 86400), 1.0, "Fastest a fixture finishes a unit, in seconds")
 @_limit("--max-clock-step", click.IntRange(0, 10**9), 300, "Seconds a wall clock may run ahead within one run")
@@ -125,6 +153,7 @@ def audit(
     json_out: Path | None,
     html_out: Path | None,
     fail_on: str,
+    max_silence: Any,
     workers: int | None,
     min_cycle: float,
     max_clock_step: int,
@@ -132,7 +161,7 @@ def audit(
     max_reworks: int,
     force: bool,
 ) -> None:
-    """Audit evidence EXPORTS (files, or folders of *.vault-evidence) from the factory stations.
+    """Audit evidence EXPORTS (files, or folders of *.vault-evidence and *.vault-closeout) from the stations.
 
     Decrypts them with the auditor's token key and checks every manifest,
     certificate and log against the trust policy and the release bundle;
@@ -145,6 +174,7 @@ def audit(
     from vault.token import open_token
 
     paths = _exports(exports)
+    closeouts = _closeouts(exports)
     to_stdout = json_out == _STDOUT
     for out in (None if to_stdout else json_out, html_out):
         if out is not None and out.exists() and not force:
@@ -162,6 +192,8 @@ def audit(
             workers=workers,
             progress=progress,
             thresholds=Thresholds(min_cycle, max_clock_step, operator_window, max_reworks),
+            closeouts=closeouts,
+            max_silence=max_silence,
         )
     if to_stdout:
         click.echo(report.to_json(fail_on), nl=False)

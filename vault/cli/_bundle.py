@@ -483,3 +483,41 @@ def log_abandon(log: Path, bundle_id: str, token_uri: Pkcs11Uri, policy_file: Pa
 
 def _entries(n: int) -> str:
     return f"{n} entr{'y' if n == 1 else 'ies'}"
+
+
+@bundle.command("closeout")
+@click.argument("path", type=_PATH)
+@_policy_options
+@click.option("--bundle", "bundle_file", type=_PATH, help="Also check that the close-out is of this release bundle.")
+@json_option
+def closeout(path: Path, policy_file: Path, root_cert: Path, bundle_file: Path | None, as_json: bool) -> None:
+    """Read a station's close-out (PATH, a *.vault-closeout file): verified, without the auditor's key.
+
+    It is checked against the signing key the trust policy enrols for the
+    station it names; a forged or altered one, or one of another station's
+    key, is refused. It shows the units used and how they ended, and the
+    log's final size and root, which the auditor checks against the evidence.
+    """
+    from vault._files import read_capped
+    from vault.closeout import MAX_CLOSEOUT_SIZE, verify_closeout
+    from vault.errors import VerificationError
+
+    policy = _load_policy(policy_file, root_cert)
+    c = verify_closeout(read_capped(path, MAX_CLOSEOUT_SIZE, "close-out"), policy)
+    if bundle_file is not None:
+        from vault.container import BundleReader
+
+        with BundleReader(bundle_file) as reader:
+            expected = reader.header.bundle_id
+        if expected != c.bundle_id:
+            raise VerificationError(f"{path} closes bundle {c.bundle_id}, not {bundle_file} (bundle {expected})")
+    if as_json:
+        echo_json(c.to_json())
+        return
+    u = c.units
+    click.echo(f"close-out   station {c.station_id}: signed by its key in trust policy v{policy.version}; verified")
+    click.echo(f"release     {c.product} {c.version} (bundle {c.bundle_id}, security counter {c.security_counter})")
+    click.echo(f"units       {u.used} of {c.allocation} used: {u.provisioned} provisioned, {u.failed} failed, "
+               f"{u.scrapped} scrapped, {u.unrecorded} unrecorded")  # fmt: skip
+    click.echo(f"log         size {c.log_size}, root {c.log_root}, after {c.exports} export(s)")
+    click.echo(f"closed      {c.time.strftime('%Y-%m-%dT%H:%M:%SZ')} ({c.clock} clock)")

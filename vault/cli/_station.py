@@ -15,7 +15,14 @@ from vault._files import read_capped, write_new
 from vault._words import readable_digest
 from vault.cli._options import PKCS11_URI, echo_json, force_option, json_option
 from vault.crypto import CURVES, verify_signature
-from vault.errors import InputError, KeyNotFoundError, SignatureError, TokenError, TokenOperationError
+from vault.errors import (
+    BundleClosedError,
+    InputError,
+    KeyNotFoundError,
+    SignatureError,
+    TokenError,
+    TokenOperationError,
+)
 from vault.pki import read_certificate
 from vault.policy import MAX_POLICY_SIZE, format_time
 from vault.token import Pkcs11Uri, TokenKey, TokenSession, open_token
@@ -170,7 +177,8 @@ def provision(
     Faults can be injected to see them refused and logged: a label swap, a
     failing step, a retry of a failed unit, a rework. Every unit ends with a signed manifest in the
     station log, whatever happened to it. Exit status: 0 when the run
-    ended, 4 when units were refused because the allocation is used up,
+    ended, 4 when units were refused because the allocation is used up
+    (or the release was closed with 'vault station close'),
     130 after Ctrl-C (the units on the fixtures finish and are logged first).
     """
     from vault.verify._simulate import ProvisioningInterrupted, parse_failures, run_simulation
@@ -186,6 +194,11 @@ def provision(
     stop: ProvisioningInterrupted | None = None
     with _open_station(state_dir, uri, station_id, root_cert, root_fingerprint, operator) as opened:
         loaded = opened.resume(bundle_id)
+        try:
+            opened.check_not_closed()
+        except BundleClosedError as e:  # refused like units over the allocation, before any is started
+            click.echo(f"vault: error: {e}", err=True)
+            click.get_current_context().exit(EXIT_REFUSED)
         try:
             results = run_simulation(
                 opened,
@@ -290,6 +303,7 @@ def status(
                         "used": a.used,
                         "left": a.left,
                         "expires": a.expires,
+                        "closed": a.closed,
                     }
                     for a in st.releases
                 ],
@@ -309,8 +323,9 @@ def status(
     for a in st.releases:
         click.echo(
             f"release      {a.product} {a.version} (bundle {a.bundle_id}): "
-            f"{a.used} of {a.allocation} used, {a.left} left; until {a.expires}"
-        )
+            + (f"{a.used} of {a.allocation} used, closed" if a.closed else f"{a.used} of {a.allocation} used, "
+               f"{a.left} left; until {a.expires}")
+        )  # fmt: skip
     click.echo(f"log          {size} manifests: {_event_counts(st.events, st.refused)}; root {root.hex()}; verified")
     if st.token_head is not None:
         click.echo(f"token        holds this folder's head: {st.token_head.describe()}")
@@ -347,6 +362,59 @@ def export(
     )
     click.echo(f"checkpoint   size {result.to_size}, root {result.root}")
     click.echo(f"written      {result.path} (read-only, encrypted to the auditor key)")
+
+
+@station.command("close")
+@click.argument("bundle")
+@_station_options
+@click.option("--out", "out_dir", type=_STATE, required=True, help="The evidence folder (where 'export' writes).")
+@json_option
+def close(
+    bundle: str,
+    state_dir: Path,
+    uri: Pkcs11Uri,
+    station_id: str,
+    root_cert: Path | None,
+    root_fingerprint: str | None,
+    out_dir: Path,
+    as_json: bool,
+) -> None:
+    """Close a release (BUNDLE: its bundle file, or its bundle id or a prefix): no further unit of it.
+
+    Exports what the log holds that no export carries yet, then signs a
+    close-out (units used and how they ended, the log's final size and root,
+    from the station token's head) and writes it, unencrypted, beside the
+    exports in --out. Refused while a unit of the release is on a fixture.
+    Interrupted, the same command completes it; run again, it shows it.
+    """
+    with _open_station(state_dir, uri, station_id, root_cert, root_fingerprint) as opened:
+        result = opened.close(_bundle_id(bundle), out_dir)
+    c = result.closeout
+    if as_json:
+        echo_json({**c.to_json(), "path": str(result.path), "already": result.already,
+                   "export": None if result.export is None else str(result.export.path)})  # fmt: skip
+        return
+    if result.export is not None:
+        e = result.export
+        click.echo(f"export       {e.sequence}: manifests {e.from_size} to {e.to_size - 1} (the last before closing)")
+    u = c.units
+    click.echo(f"closed       {c.product} {c.version} (bundle {c.bundle_id}) at {station_id}"
+               + (" (closed before; this is its close-out)" if result.already else ""))  # fmt: skip
+    click.echo(f"units        {u.used} of {c.allocation} used: {u.provisioned} provisioned, {u.failed} failed, "
+               f"{u.scrapped} scrapped, {u.unrecorded} unrecorded")  # fmt: skip
+    click.echo(f"log          size {c.log_size}, root {c.log_root} (export {c.exports}'s checkpoint)")
+    click.echo(f"written      {result.path} (signed by the station, not encrypted)")
+
+
+def _bundle_id(bundle: str) -> str:
+    """A bundle file's id (read from its header), or the id or prefix given."""
+    path = Path(bundle)
+    if not path.is_file():
+        return bundle
+    from vault.container import BundleReader
+
+    with BundleReader(path) as reader:
+        return reader.header.bundle_id
 
 
 @station.command("recover")

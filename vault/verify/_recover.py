@@ -493,6 +493,8 @@ def _write(
                 )
             for row in found.releases.values():  # as the lost folder loaded them (allocations included)
                 db.execute("INSERT INTO releases VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+            for bundle_id in head.closed:  # closed stays closed; its close-out file is in the evidence folder
+                db.execute("INSERT INTO closed (bundle_id, started) VALUES (?, 'before a recovery')", (bundle_id,))
             for bundle_id in {*head.reserved, *found.reserved}:
                 count = max(head.reserved.get(bundle_id, 0), found.reserved.get(bundle_id, 0))
                 db.execute("INSERT INTO reserved (bundle_id, count) VALUES (?, ?)", (bundle_id, count))

@@ -13,6 +13,8 @@ fixture process on the station:
   process that reserved them and whether their manifest is written;
 - ``log``: the manifests in log order (the Merkle tree's leaves);
 - ``exports``: each evidence export's tree size, root and checkpoint;
+- ``closed``: the releases this station closed (or is closing), each with
+  its signed close-out once made (see :meth:`vault.verify.Station.close`);
 - ``reserved``: units reserved per release (units recovered without a
   manifest count here too, see :mod:`vault.verify._recover`).
 
@@ -42,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import sqlite3
 import threading
 import uuid
@@ -56,6 +59,7 @@ from vault.errors import StateError
 __all__ = ["STATE_FILES", "Anchor", "DeviceRecord", "LogHead", "State"]
 
 _SCHEMA_VERSION = "2"
+_BUNDLE_ID = re.compile(r"[0-9a-f]{32}")
 STATE_FILES = ("station.sqlite", "station.sqlite-wal", "station.sqlite-shm", "head.lock")  # beside owners/
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -79,6 +83,7 @@ CREATE TABLE IF NOT EXISTS reserved (bundle_id TEXT PRIMARY KEY, count INTEGER N
 CREATE TABLE IF NOT EXISTS exports (
     sequence INTEGER PRIMARY KEY, size INTEGER NOT NULL, root BLOB NOT NULL, checkpoint BLOB NOT NULL,
     path TEXT NOT NULL, created TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS closed (bundle_id TEXT PRIMARY KEY, started TEXT NOT NULL, closeout BLOB);
 """
 
 
@@ -102,11 +107,12 @@ class LogHead:
     counters: dict[str, int] = field(default_factory=dict)  # the highest security counter loaded per product
     policy_version: int = 0  # the highest trust policy version loaded
     exports: int = 0  # the last evidence export's sequence
+    closed: tuple[str, ...] = ()  # the releases (bundle ids, sorted) closed: no further unit of them
 
     @property
     def empty(self) -> bool:
-        """Nothing was ever logged, reserved or loaded."""
-        loaded = self.counters or self.policy_version or self.exports
+        """Nothing was ever logged, reserved, loaded or closed."""
+        loaded = self.counters or self.policy_version or self.exports or self.closed
         return self.size == 0 and not any(self.reserved.values()) and not loaded
 
     def to_value(self) -> dict[str, Any]:
@@ -118,6 +124,8 @@ class LogHead:
             "counters": dict(sorted(self.counters.items())),
             "policy_version": self.policy_version,
             "exports": self.exports,
+            # only once a release is closed, so heads of stations that never closed one stay as they were
+            **({"closed": list(self.closed)} if self.closed else {}),
         }
 
     def behind(self, other: LogHead) -> bool:
@@ -128,6 +136,7 @@ class LogHead:
             or any(self.counters.get(p, -1) < c for p, c in other.counters.items())
             or self.policy_version < other.policy_version
             or self.exports < other.exports
+            or not set(other.closed) <= set(self.closed)
         )
 
     @classmethod
@@ -148,9 +157,10 @@ class LogHead:
                 raise ValueError("bad policy version")
             if not isinstance(exports, int) or exports < 0:
                 raise ValueError("bad export count")
+            closed = _bundle_ids(value.get("closed", []))  # absent from heads written before close-outs
         except (KeyError, TypeError, ValueError) as e:
             raise StateError(f"the station token's head record is malformed ({e})") from e
-        return cls(size, root, counts, counters, policy_version, exports)
+        return cls(size, root, counts, counters, policy_version, exports, closed)
 
     def describe(self) -> str:
         """One line for people: ``12 log entries (root 3fa4…), 9 units reserved``."""
@@ -159,7 +169,15 @@ class LogHead:
         if self.size == 0 and not units and (self.counters or self.policy_version):
             seen = ", ".join(f"{product} {counter}" for product, counter in sorted(self.counters.items()))
             text += f", trust policy v{self.policy_version} and security counters {seen or 'none'} loaded"
+        if self.closed:
+            text += f", {len(self.closed)} release(s) closed"
         return text
+
+
+def _bundle_ids(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(b, str) and _BUNDLE_ID.fullmatch(b) for b in value):
+        raise ValueError("bad closed releases")
+    return tuple(sorted(set(value)))
 
 
 def _counts(value: object) -> dict[str, int]:
@@ -336,7 +354,9 @@ class State:
         counters = dict(db.execute("SELECT product, security_counter FROM products").fetchall())
         version = db.execute("SELECT value FROM meta WHERE key = 'policy_version'").fetchone()
         exports = db.execute("SELECT COALESCE(MAX(sequence), 0) FROM exports").fetchone()[0]
-        return LogHead(size, root, reserved, counters, 0 if version is None else int(version[0]), int(exports))
+        closed = tuple(r[0] for r in db.execute("SELECT bundle_id FROM closed ORDER BY bundle_id"))
+        version_seen = 0 if version is None else int(version[0])
+        return LogHead(size, root, reserved, counters, version_seen, int(exports), closed)
 
     @staticmethod
     def root_at(db: sqlite3.Connection, size: int) -> bytes | None:

@@ -50,6 +50,7 @@ from vault.policy import Station as EnrolledStation
 from vault.policy import TrustPolicy, format_time, load_policy
 from vault.release import Release, open_release
 from vault.token import Head, Pkcs11Uri, TokenSession, open_token
+from vault.verify._closing import CloseResult, close_release, refuse_if_closed
 from vault.verify._device import Device, ImageToProgram
 from vault.verify._state import LogHead, State
 
@@ -60,6 +61,7 @@ __all__ = [
     "SIGNING_LABEL",
     "AllocationStatus",
     "Clock",
+    "CloseResult",
     "ExportResult",
     "LoadedRelease",
     "Outcome",
@@ -135,11 +137,12 @@ class AllocationStatus:
     allocation: int
     used: int
     expires: str
+    closed: bool = False  # the station closed this release: no further unit of it
 
     @property
     def left(self) -> int:
-        """Units not yet reserved."""
-        return self.allocation - self.used
+        """Units not yet reserved (none once the release is closed)."""
+        return 0 if self.closed else self.allocation - self.used
 
 
 @dataclass(frozen=True)
@@ -432,20 +435,29 @@ class Station:
         if bundle is None or policy is None:
             raise InputError("this station has loaded no bundle yet: run 'vault station load' first")
         if bundle_id is not None:
-            prefix = bundle_id.strip().lower()
-            loaded = [r[0] for r in self.state.read().execute("SELECT bundle_id FROM releases ORDER BY loaded")]
-            matches = [b for b in loaded if b.startswith(prefix)]
-            if len(matches) != 1:
-                which = "no loaded release has" if not matches else f"{len(matches)} loaded releases have"
-                raise InputError(
-                    f"{which} a bundle id starting with {prefix[:64]!r} (loaded here: {', '.join(loaded) or 'none'})"
-                )
-            bundle = self.state.meta(f"bundle_path:{matches[0]}")
+            match = self.loaded_bundle_id(bundle_id)
+            bundle = self.state.meta(f"bundle_path:{match}")
             if bundle is None:
                 raise InputError(
-                    f"this station does not know where bundle {matches[0]} is: load it again with 'vault station load'"
+                    f"this station does not know where bundle {match} is: load it again with 'vault station load'"
                 )
         return self.load(bundle, bytes(policy))
+
+    def loaded_bundle_id(self, prefix: str) -> str:
+        """The bundle id of the one release loaded here whose id starts with ``prefix``.
+
+        Raises:
+            InputError: no loaded release, or more than one, has that prefix.
+        """
+        prefix = prefix.strip().lower()
+        loaded: list[str] = [r[0] for r in self.state.read().execute("SELECT bundle_id FROM releases ORDER BY loaded")]
+        matches = [b for b in loaded if b.startswith(prefix)]
+        if len(matches) != 1:
+            which = "no loaded release has" if not matches else f"{len(matches)} loaded releases have"
+            raise InputError(
+                f"{which} a bundle id starting with {prefix[:64]!r} (loaded here: {', '.join(loaded) or 'none'})"
+            )
+        return matches[0]
 
     def _check_counter(self, release: Release, db: sqlite3.Connection | None = None) -> None:
         row = (
@@ -509,6 +521,7 @@ class Station:
                 a step failed; a "failed" manifest names it and the unit stays used.
         """
         loaded = self.release
+        self.check_not_closed()
         if label is not None:
             label = _label_text(label, "label")
         if fixture < 0:
@@ -571,6 +584,14 @@ class Station:
             certificate,
         )
 
+    def check_not_closed(self) -> None:
+        """Refuse when the loaded release is closed at this station (no unit of it may start).
+
+        Raises:
+            BundleClosedError: it is closed (or being closed).
+        """
+        refuse_if_closed(self.state.read(), self.station_id, self.release.release)
+
     def _reserve(self, hwid: str, label: str | None, fixture: int, rework: bool) -> tuple[int, str, str | None, str]:
         """Check the identity and reserve one unit, durably, before the device is touched.
 
@@ -583,6 +604,7 @@ class Station:
         bundle_id = loaded.release.bundle_id
         refusal: tuple[str, VaultError, str | None] | None = None
         with self.state.write() as db:
+            refuse_if_closed(db, self.station_id, loaded.release)  # a close may have begun since provision() checked
             known = State.device(db, hardware_id=hwid)
             owner = State.device(db, serial=label) if label is not None else None
             if label is not None and owner is not None and owner.hardware_id != hwid:
@@ -967,8 +989,12 @@ class Station:
     def status(self) -> StationStatus:
         """Allocations used and left, log size, event counts, last export."""
         db = self.state.read()
+        closed = {r[0] for r in db.execute("SELECT bundle_id FROM closed")}
         releases = tuple(
-            AllocationStatus(bundle_id, product, version, counter, allocation, State.used(db, bundle_id), expires)
+            AllocationStatus(
+                bundle_id, product, version, counter, allocation, State.used(db, bundle_id), expires,
+                closed=bundle_id in closed,
+            )
             for bundle_id, product, version, counter, allocation, expires in db.execute(
                 "SELECT bundle_id, product, version, security_counter, allocation, expires "
                 "FROM releases ORDER BY loaded"
@@ -1232,6 +1258,33 @@ class Station:
                 raise StateError(f"another export {sequence} was recorded at the same time; {path} was removed") from e
             raise
         return ExportResult(sequence, path, start, size, root.hex(), note)
+
+    # --- closing a release ---------------------------------------------------------------------
+
+    def close(self, bundle_id: str, directory: str | os.PathLike[str]) -> CloseResult:
+        """Close a release: export what the log holds, sign a close-out, refuse every further unit of it.
+
+        ``bundle_id`` is the release's bundle id or a prefix naming one
+        release loaded here. The closing is recorded in the state folder and
+        in the station token's head before anything else, so from then on no
+        unit of the release starts, here or from any other copy of the
+        folder. If the log holds entries no export carries, a final export is
+        written to ``directory`` first; the close-out then states that
+        export's checkpoint (the log's size and root, which the token's head
+        must hold too), the units the token counts and how they ended. It is
+        written to ``directory`` as a plain signed file
+        (``<station>-<bundle id>.vault-closeout``, write-once, read-only).
+
+        Stopped at any point (Ctrl-C, a crash), the same call completes it;
+        called again after it completed, it returns the same close-out.
+
+        Raises:
+            StateError: a unit of the release is still on a fixture (nothing is recorded).
+            InputError: no loaded release has that bundle id; the folder cannot
+                be written, or holds another file of the close-out's name.
+            LogError, PolicyError: as :meth:`export`.
+        """
+        return close_release(self, self.loaded_bundle_id(bundle_id), Path(directory))
 
 
 @dataclass(frozen=True)
