@@ -229,7 +229,7 @@ def _summary(report: Any, fail_on: str, json_out: Path | None, html_out: Path | 
             echo(_wrapped(" " * 11 + "at ", item.where(), width))
         if len(finding.evidence) > _EVIDENCE_SHOWN or finding.truncated:
             listed = len(finding.evidence)
-            items = f"{listed}+ evidence items: the first {listed}" if finding.truncated else f"{listed} evidence items: all"
+            items = f"{listed}+ evidence items: the first {listed}" if finding.truncated else f"{listed} items: all"
             echo(" " * 14 + f"({items} in the JSON and HTML reports)")
     if len(report.findings) > _TOP:
         echo(f"  ... and {len(report.findings) - _TOP} more in the report")
