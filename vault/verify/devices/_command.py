@@ -291,7 +291,7 @@ class CommandDevice:
             extra["image"] = str(fifo)
         command = [self._render(a, extra) for a in argv]
         timeout = self.fixture.timeouts.get(step, 60.0)
-        tool = Path(command[0]).name
+        tool = Path(command[1 if Path(command[0]).name.startswith("python") and len(command) > 1 else 0]).name
         pipe = os.pipe() if feed is not None and fifo is None else None  # the image on its standard input
         try:
             process = subprocess.Popen(

@@ -18,6 +18,7 @@ import functools
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -26,7 +27,7 @@ from cryptography.x509.oid import NameOID
 
 from vault import pki
 from vault.container import BundleReader
-from vault.errors import DeviceError, StateError, TokenError, VaultError
+from vault.errors import DeviceError, DeviceTimeoutError, StateError, TokenError, VaultError
 from vault.verify._simulate import ProvisioningInterrupted, UnitResult, event_of, run_threads
 from vault.verify._station import Station
 from vault.verify.devices._protocol import Device, Fixture, Measurement, Progress
@@ -61,6 +62,21 @@ def _measurements(device: Device) -> tuple[Measurement, ...]:
         return tuple(m for m in read() if isinstance(m, Measurement))
     except Exception:  # measurements are shown, never required: a failing meter does not fail the unit
         return ()
+
+
+class _Watched:
+    """A device whose hardware id is kept once read, so a unit that fails later is shown with it."""
+
+    def __init__(self, device: Device) -> None:
+        self.device = device
+        self.hardware_id = b""
+
+    def read_hardware_id(self) -> bytes:
+        self.hardware_id = self.device.read_hardware_id()
+        return self.hardware_id
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.device, name)
 
 
 def _label(device: Device, source: LabelSource) -> str | None:
@@ -115,25 +131,28 @@ def run_fixtures(
             started += 1
             return started
 
-    def unit(n: int, slot: int, device: Device) -> UnitResult:
-        hwid, label = "", ""
+    def unit(n: int, slot: int, placed: Device) -> UnitResult:
+        watched = _Watched(placed)
+        device = cast(Device, watched)
+        label = ""
         try:
             scanned = _label(device, label_source)
             label = scanned or ""
             if dry_run:
                 hwid = rehearse(station, device, label=scanned).hex()
-                return UnitResult(n, slot, hwid, label, "dry-run", measurements=_measurements(device))
+                return UnitResult(n, slot, hwid, label, "dry-run", measurements=_measurements(placed))
             report: Progress | None = None if progress is None else (lambda *a: progress(slot, *a))
             outcome = station.provision(device, label=scanned, fixture=slot, progress=report)
         except (StateError, TokenError):
             raise
         except VaultError as e:
             event, refusal = event_of(e)
-            return UnitResult(n, slot, hwid, label, event, None, str(e), refusal, _measurements(device))
+            hwid = watched.hardware_id.hex()
+            return UnitResult(n, slot, hwid, label, event, None, str(e), refusal, _measurements(placed))
         except Exception as e:  # an adapter bug reading the label: this unit fails, the fixture goes on
-            return UnitResult(n, slot, hwid, label, "failed", None, f"{type(e).__name__}: {e}")
+            return UnitResult(n, slot, watched.hardware_id.hex(), label, "failed", None, f"{type(e).__name__}: {e}")
         return UnitResult(
-            n, slot, outcome.hardware_id, label, outcome.event, outcome.serial, measurements=_measurements(device)
+            n, slot, outcome.hardware_id, label, outcome.event, outcome.serial, measurements=_measurements(placed)
         )
 
     def fixture_loop(run: FixtureRun) -> None:
@@ -193,9 +212,11 @@ def run_fixtures(
 def rehearse(station: Station, device: Device, *, label: str | None = None) -> bytes:
     """Walk every device step against ``device`` (in its adapter's dry-run mode) without recording anything.
 
-    The images stream from the loaded bundle as in production; the device's
-    key request is checked; a throwaway key, never the station CA, certifies
-    it so the install step has a real certificate to rehearse with.
+    The images stream from the loaded bundle as in production; the read-back
+    runs, but has nothing to match since nothing was written (only a device
+    that stops answering fails it); the device's key request is checked; a
+    throwaway key, never the station CA, certifies it so the install step has
+    a real certificate to rehearse with.
 
     Returns:
         The device's hardware id.
@@ -208,8 +229,8 @@ def rehearse(station: Station, device: Device, *, label: str | None = None) -> b
     def step(name: str, call: Callable[..., object], *args: object) -> object:
         try:
             return call(*args)
-        except VaultError as e:
-            raise type(e)(f"{name}: {e}") from e
+        except VaultError:
+            raise
         except Exception as e:
             raise DeviceError(f"{name} failed: {e}") from e
 
@@ -223,7 +244,12 @@ def rehearse(station: Station, device: Device, *, label: str | None = None) -> b
                 step("program", device.program, image, chunks)
             finally:
                 chunks.close()
-            step("verify", device.read_measurement, image)
+            try:  # nothing was written, so a read-back has nothing to match; a device that stops answering fails
+                step("verify", device.read_measurement, image)
+            except DeviceTimeoutError:
+                raise
+            except DeviceError:
+                pass
     der = step("generate-key", device.generate_key)
     try:
         public_key = pki.check_csr(x509.load_der_x509_csr(der if isinstance(der, bytes) else b""))
