@@ -11,13 +11,13 @@ Templates: ``stations/``.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vault._files import read_capped
 from vault._yaml import Enum, Field, Free, Hex, Int, Kind, List, Located, Map, Record, Str, load_yaml
+from vault.ceremony._script import pin_source_from
 from vault.errors import AdapterError, ScriptError, UriError
 from vault.token import Pkcs11Uri, parse_uri
 from vault.verify.devices import DEFAULT_TIMEOUTS, check_timeouts, load_adapter
@@ -153,12 +153,9 @@ def load_station_config(path: Path) -> StationConfig:
     base = path.resolve().parent
     text, token_line = doc["token"]
     try:
-        token = parse_uri(text)
+        token = pin_source_from(parse_uri(text), base)
     except UriError as e:
         raise ScriptError(f"{path}:{token_line}: token: {e}") from e
-    source = token.pin_source
-    if source and source.startswith("file:") and not source[5:].startswith("/"):
-        token = dataclasses.replace(token, pin_source=f"file:{(base / source[5:]).resolve()}")
     root, root_line = doc["root"]
     if (root["certificate"] is None) == (root["fingerprint"] is None):
         raise ScriptError(f"{path}:{root_line}: root: give exactly one of 'certificate' and 'fingerprint'")

@@ -33,6 +33,7 @@ from vault.verify.devices._protocol import (
     ImageToProgram,
     Measurement,
     Progress,
+    check_option_names,
     check_timeouts,
 )
 from vault.verify.devices._simulated import SimulatedDevice, SimulatedFixture
@@ -50,6 +51,7 @@ __all__ = [
     "Progress",
     "SimulatedDevice",
     "SimulatedFixture",
+    "check_option_names",
     "check_timeouts",
     "installed_adapters",
     "load_adapter",

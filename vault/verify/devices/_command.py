@@ -54,7 +54,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from vault.errors import AdapterError, DeviceError, DeviceTimeoutError
-from vault.verify.devices._protocol import WRITING_STEPS, ImageToProgram
+from vault.verify.devices._protocol import WRITING_STEPS, ImageToProgram, check_option_names
 
 __all__ = ["CommandDevice", "CommandFixture", "command_adapter"]
 
@@ -170,9 +170,7 @@ def command_adapter(
 ) -> CommandFixture:
     """The ``command`` adapter's entry point: check the options (no tool is run) and make the fixture."""
     known = ("port", "vars", "steps")
-    for key in options:
-        if key not in known:
-            raise AdapterError(f"the command adapter has no option '{key}' (it has {', '.join(known)})", key)
+    check_option_names("command", options, known)
     port = options.get("port")
     if port is not None and (not isinstance(port, str) or not port):
         raise AdapterError("a port is a device path such as /dev/ttyUSB0", "port")

@@ -21,6 +21,7 @@ __all__ = [
     "ImageToProgram",
     "Measurement",
     "Progress",
+    "check_option_names",
     "check_timeouts",
 ]
 
@@ -154,6 +155,17 @@ class Adapter(Protocol):
     def __call__(
         self, options: Mapping[str, Any], *, fixture: int, timeouts: Mapping[str, float], dry_run: bool
     ) -> Fixture: ...
+
+
+def check_option_names(adapter: str, options: Mapping[str, Any], known: tuple[str, ...]) -> None:
+    """Refuse an option ``adapter`` does not have, naming those it has.
+
+    Raises:
+        AdapterError: the first unknown option.
+    """
+    for name in options:
+        if name not in known:
+            raise AdapterError(f"the {adapter} adapter has no option '{name}' (it has {', '.join(known)})", name)
 
 
 def check_timeouts(values: Mapping[str, float]) -> dict[str, float]:

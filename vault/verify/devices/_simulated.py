@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from vault.errors import AdapterError, DeviceError
-from vault.verify.devices._protocol import STEPS, ImageToProgram
+from vault.verify.devices._protocol import STEPS, ImageToProgram, check_option_names
 
 __all__ = ["SimulatedDevice", "SimulatedFixture", "simulated_adapter"]
 
@@ -144,9 +144,7 @@ def simulated_adapter(
 ) -> SimulatedFixture:
     """The ``simulated`` adapter's entry point: check the options and make the fixture."""
     known = ("label-prefix", "fail-step", "fail-every")
-    for name in options:
-        if name not in known:
-            raise AdapterError(f"the simulated adapter has no option '{name}' (it has {', '.join(known)})", name)
+    check_option_names("simulated", options, known)
     prefix = options.get("label-prefix", "SN-")
     if not isinstance(prefix, str) or not prefix.isprintable() or len(prefix) > 32:
         raise AdapterError("a label prefix is printable text of at most 32 characters", "label-prefix")
