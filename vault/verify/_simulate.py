@@ -60,7 +60,7 @@ class UnitResult:
         }  # fmt: skip
 
     def line(self) -> str:
-        text = f"fixture {self.fixture}  unit {self.unit:>4}  {self.label:<14} {self.event}"
+        text = f"fixture {self.fixture}  unit {self.unit:>4}  {self.label or self.serial or '':<14} {self.event}"
         return f"{text}: {self.error}" if self.error else text
 
 
