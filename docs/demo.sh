@@ -138,14 +138,59 @@ for n in 1 2; do
   station $n load --policy "$work/ceremony-station-2/policy-v4.json" --bundle "$work/release.vbundle"
 done
 
-step "station-1 provisions 10 simulated units on 4 fixtures: unit 4's label is swapped, unit 7 fails to program and is retried, unit 2 comes back for rework four times (planted: the audit reports it as rework-repeated, medium)"
-station 1 provision --count 10 --fixtures 4 --label-mismatch 4 --fail 7:program --retry 7 \
+step "Each station is described by a configuration file (stations/ has templates): its token, root, folders, fixtures"
+cat > "$work/station-1.yaml" <<CONFIG
+station: station-1
+token: "$(uri vault-station-1)"
+root: {certificate: ceremony-root/root-ca.pem}
+state: station-1
+evidence: evidence
+operators: [alice]
+label: {source: adapter}
+fixtures:
+$(for slot in 1 2 3 4; do printf '  - {slot: %s, adapter: simulated}\n' "$slot"; done)
+CONFIG
+tool="$root/stations/tools/stand-in-programmer"
+cat > "$work/station-2.yaml" <<CONFIG
+station: station-2
+token: "$(uri vault-station-2)"
+root: {certificate: ceremony-root/root-ca.pem}
+state: station-2
+evidence: evidence
+operators: [bob]
+label: {source: none}
+timeouts: {program: 120}
+fixtures:
+$(for slot in 1 2; do cat <<FIXTURE
+  - slot: $slot
+    adapter: command
+    options:
+      port: $work/ports/fixture-$slot
+      steps:
+        wait: {run: [$tool, place, --port, "{port}"]}
+        read-id: {run: [$tool, uid, --port, "{port}"], hardware-id: {pattern: "UID: ([0-9a-f]+)"}}
+        program: {run: [$tool, write, --port, "{port}", --name, "{image_name}", "{image}"]}
+        verify: {run: [$tool, sha256, --port, "{port}", --name, "{image_name}"], sha256: {pattern: "([0-9a-f]{64})"}}
+        generate-key: {run: [$tool, keygen, --port, "{port}", --out, "{workdir}/device.csr"], csr: {file: "{workdir}/device.csr"}}
+        install-certificate: {run: [$tool, put-cert, --port, "{port}", "{certificate}"]}
+        lock: {run: [$tool, lock, --port, "{port}"], dry-run: [$tool, lock, --check-only, --port, "{port}"]}
+FIXTURE
+done)
+  - {slot: 3, adapter: simulated}
+  - {slot: 4, adapter: simulated}
+CONFIG
+
+step "station-1 provisions 10 simulated units on its 4 fixtures: unit 4's label is swapped, unit 7 fails to program and is retried, unit 2 comes back for rework four times (planted: the audit reports it as rework-repeated, medium)"
+vault station provision --config "$work/station-1.yaml" --count 10 --label-mismatch 4 --fail 7:program --retry 7 \
   --rework 2 --rework 2 --rework 2 --rework 2 --operator alice
 
-step "station-2 provisions 8 units on 4 fixtures, then tries one more than its allocation"
-station 2 provision --count 8 --fixtures 4 --operator bob
+step "station-2 rehearses its fixtures (a stand-in vendor tool on 2 of them): every step, nothing written, counted or logged"
+vault station provision --config "$work/station-2.yaml" --count 4 --operator bob --dry-run
+
+step "station-2 provisions 8 units on its 4 fixtures, then tries one more than its allocation"
+vault station provision --config "$work/station-2.yaml" --count 8 --operator bob
 status=0
-station 2 provision --count 1 --fixtures 1 --operator bob || status=$?   # refused: exit 4
+vault station provision --config "$work/station-2.yaml" --count 1 --operator bob || status=$?   # refused: exit 4
 [ "$status" = 4 ] || { echo "demo: provisioning past the allocation exited $status, not 4" >&2; exit 1; }
 
 step "Each station shows its count and log, and exports its evidence, encrypted to the auditor (write-once folder)"

@@ -66,10 +66,12 @@ __all__ = [
     "DateTime",
     "Enum",
     "Field",
+    "Free",
     "Hex",
     "Int",
     "Kind",
     "List",
+    "Located",
     "Map",
     "Record",
     "Str",
@@ -341,6 +343,50 @@ class Map(Kind):
             if key in result:
                 raise _Problem(_line(key_node), path, f"duplicate key {text!r} (the same as another key)")
             result[key] = self.value.load(value_node, _join(path, text))
+        return result
+
+
+class Located(dict[str, Any]):
+    """A free-form mapping as written, with ``lines``: the line of each value by its path inside it."""
+
+    lines: dict[str, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class Free(Kind):
+    """A free-form mapping for a plug-in to check itself (a device adapter's options), as a :class:`Located`.
+
+    Values are text, plain integers and decimal numbers, ``true``/``false``, lists and mappings;
+    the plug-in names a bad value by its path (``steps.program.run[2]``) and ``lines`` gives its line.
+    """
+
+    max_entries: int = 1024
+
+    def load(self, node: Any, path: str) -> Located:
+        if not isinstance(node, yaml.MappingNode):
+            raise _Problem(_line(node), path, f"expected a mapping, got {_describe(node)}")
+        lines: dict[str, int] = {}
+
+        def value(item: Any, inner: str, line: int | None = None) -> Any:
+            if len(lines) >= self.max_entries:
+                raise _Problem(_line(item), path, f"more than {self.max_entries} values")
+            lines[inner] = line or _line(item)  # a mapping's entry is where its key is
+            shown = f"{path}.{inner}" if path and inner else path or inner
+            if isinstance(item, yaml.MappingNode):
+                return {key: value(child, _join(inner, key), _line(k)) for key, k, child in _entries(item, shown)}
+            if isinstance(item, yaml.SequenceNode):
+                return [value(child, f"{inner}[{i}]") for i, child in enumerate(item.value)]
+            text = _scalar_text(item, shown, "a value")
+            if item.style is None and text in ("true", "false"):
+                return text == "true"
+            if item.style is None and re.fullmatch(r"[-+]?(0|[1-9][0-9]{0,17})", text):
+                return int(text)
+            if item.style is None and re.fullmatch(r"[-+]?(0|[1-9][0-9]{0,17})\.[0-9]{1,9}", text):
+                return float(text)
+            return text
+
+        result = Located(value(node, ""))
+        result.lines = lines
         return result
 
 

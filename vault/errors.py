@@ -64,6 +64,8 @@ __all__ = [
     "ClockError",
     "LogError",
     "DeviceError",
+    "DeviceTimeoutError",
+    "AdapterError",
     "StateError",
 ]
 
@@ -238,6 +240,22 @@ class LogError(VerificationError):
 
 class DeviceError(VaultError):
     """A device on a fixture failed a provisioning step (programming, read-back, key generation, lock)."""
+
+
+class DeviceTimeoutError(DeviceError):
+    """A device stopped answering: a step did not finish within its timeout (the adapter gave up on it)."""
+
+
+class AdapterError(InputError):
+    """A device adapter is unknown, or its options in a station configuration are wrong.
+
+    ``field`` is the option's path inside the fixture's ``options`` (such as
+    ``steps.program.run[2]``), so a configuration loader can name its line.
+    """
+
+    def __init__(self, message: str, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class StateError(InputError):

@@ -331,6 +331,14 @@ def _operation_spec(kind: str, doc: dict[str, Any], path: Path) -> Any:
     return Recover()
 
 
+def pin_source_from(uri: Pkcs11Uri, base: Path) -> Pkcs11Uri:
+    """``uri`` with a relative ``file:`` PIN source taken from the folder ``base`` (a file's own folder)."""
+    source = uri.pin_source
+    if source and source.startswith("file:") and not source[5:].startswith("/"):
+        return dataclasses.replace(uri, pin_source=f"file:{(base / source[5:]).resolve()}")
+    return uri
+
+
 def load_credentials(path: Path) -> Credentials:
     """Parse a credentials file; relative ``file:`` PIN sources are taken from its folder.
 
@@ -345,10 +353,7 @@ def load_credentials(path: Path) -> Credentials:
             parsed = parse_uri(text)
         except UriError as e:
             raise ScriptError(f"{path}: {field}: {e}") from e
-        source = parsed.pin_source
-        if source and source.startswith("file:") and not source[5:].startswith("/"):
-            parsed = dataclasses.replace(parsed, pin_source=f"file:{(base / source[5:]).resolve()}")
-        return parsed
+        return pin_source_from(parsed, base)
 
     def optional(name: str) -> Pkcs11Uri | None:
         return uri(doc[name], name) if doc[name] is not None else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from vault._files import read_capped, write_new
 from vault._words import readable_digest
 from vault.cli._options import PKCS11_URI, echo_json, force_option, json_option
+from vault.cli._station_config import StationConfig, load_station_config
 from vault.crypto import CURVES, verify_signature
 from vault.errors import (
     BundleClosedError,
@@ -27,6 +29,7 @@ from vault.pki import read_certificate
 from vault.policy import MAX_POLICY_SIZE, format_time
 from vault.token import Pkcs11Uri, TokenKey, TokenSession, open_token
 from vault.verify import DECRYPTION_LABEL, ISSUING_CA_LABEL, SIGNING_LABEL, STEPS, Station
+from vault.verify.devices._run import run_fixtures
 
 _STATE = click.Path(file_okay=False, path_type=Path)
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -39,19 +42,49 @@ def station() -> None:
     """Factory stations: enrolment requests, loading releases, provisioning, status and evidence export."""
 
 
-def _station_options(f: Any) -> Any:
+_LONG_OPTIONS = {"state_dir": "--state", "uri": "--token", "station_id": "--station-id", "root_cert": "--root-cert",
+                 "root_fingerprint": "--root-fingerprint"}  # fmt: skip
+
+
+def _station_options(command: Any) -> Any:
+    """The station's long options, or ``--config station.yaml`` in their place (its settings are then in
+    ``click.get_current_context().meta["vault.station_config"]``)."""
+
+    @functools.wraps(command)
+    def resolved(config: Path | None, **kwargs: Any) -> Any:
+        given = [name for name in _LONG_OPTIONS if kwargs[name] is not None]
+        if config is not None:
+            if given:
+                raise InputError(f"--config names the station: leave out {', '.join(_LONG_OPTIONS[n] for n in given)}")
+            loaded = load_station_config(config)
+            click.get_current_context().meta["vault.station_config"] = loaded
+            kwargs.update(state_dir=loaded.state, uri=loaded.token, station_id=loaded.station_id,
+                          root_cert=loaded.root_cert, root_fingerprint=loaded.root_fingerprint)  # fmt: skip
+        else:
+            for name in ("state_dir", "uri", "station_id"):
+                if kwargs[name] is None:
+                    flag = _LONG_OPTIONS[name]
+                    raise InputError(f"give {flag}, or --config with a station configuration")
+        return command(**kwargs)
+
+    f = resolved
     f = click.option(
         "--root-fingerprint", help="Or: the root certificate's SHA-256 (hex), checked against the policy."
     )(f)
     f = click.option("--root-cert", type=_FILE, help="The pinned root certificate (PEM or DER).")(f)
-    f = click.option("--station-id", required=True, help="The id this station was enrolled as.")(f)
+    f = click.option("--station-id", help="The id this station was enrolled as.")(f)
+    f = click.option("--token", "uri", type=PKCS11_URI, help="The station's token (URI with its PIN source).")(f)
+    f = click.option("--state", "state_dir", type=_STATE, help="The station's state folder (its count and log).")(f)
     f = click.option(
-        "--token", "uri", type=PKCS11_URI, required=True, help="The station's token (URI with its PIN source)."
-    )(f)
-    f = click.option(
-        "--state", "state_dir", type=_STATE, required=True, help="The station's state folder (its count and log)."
+        "--config", type=_FILE, help="A station configuration (stations/*.yaml) in place of the options below."
     )(f)
     return f
+
+
+def _config() -> StationConfig | None:
+    """The station configuration given with --config, if any."""
+    found: StationConfig | None = click.get_current_context().meta.get("vault.station_config")
+    return found
 
 
 def _root(root_cert: Path | None, root_fingerprint: str | None) -> x509.Certificate | str:
@@ -135,9 +168,14 @@ _REFUSALS = {"allocation": "over the allocation", "identity": "identity", "clone
 
 @station.command("provision")
 @_station_options
-@click.option("--count", type=click.IntRange(1, 100000), required=True, help="Simulated devices to provision.")
-@click.option("--fixtures", type=click.IntRange(1, 64), default=4, show_default=True, help="Fixtures working at once.")
-@click.option("--operator", default="operator", show_default=True, help="Who runs the station (in every manifest).")
+@click.option("--count", type=click.IntRange(1, 100000), required=True, help="Devices to provision (at most).")
+@click.option(
+    "--fixtures", type=click.IntRange(1, 64), help="Simulated fixtures at once (default 4; --config names its own)."
+)
+@click.option("--operator", help="Who runs the station, in each manifest (default 'operator'; --config: one allowed).")
+@click.option(
+    "--dry-run", is_flag=True, help="With --config: walk every step on the devices, writing and recording nothing."
+)
 @click.option(
     "--bundle-id", help="The loaded release to provision from: its bundle id or a prefix (default: the last loaded)."
 )
@@ -162,8 +200,9 @@ def provision(
     root_cert: Path | None,
     root_fingerprint: str | None,
     count: int,
-    fixtures: int,
-    operator: str,
+    fixtures: int | None,
+    operator: str | None,
+    dry_run: bool,
     bundle_id: str | None,
     label_mismatch: tuple[int, ...],
     failures: tuple[str, ...],
@@ -172,10 +211,13 @@ def provision(
     label_prefix: str,
     as_json: bool,
 ) -> None:
-    """Provision simulated devices from a loaded release over several fixtures at once.
+    """Provision devices from a loaded release over several fixtures at once.
 
-    Faults can be injected to see them refused and logged: a label swap, a
-    failing step, a retry of a failed unit, a rework. Every unit ends with a signed manifest in the
+    With --config, the configured fixtures' adapters drive the devices
+    (headless); without it, simulated devices, into which faults can be
+    injected to see them refused and logged: a label swap, a failing step,
+    a retry of a failed unit, a rework (also with --config when every
+    fixture is simulated). Every unit ends with a signed manifest in the
     station log, whatever happened to it. Exit status: 0 when the run
     ended, 4 when units were refused because the allocation is used up
     (or the release was closed with 'vault station close'),
@@ -183,6 +225,25 @@ def provision(
     """
     from vault.verify._simulate import ProvisioningInterrupted, parse_failures, run_simulation
 
+    config = _config()
+    simulating = bool(label_mismatch or failures or rework or retry or label_prefix != "SN-")
+    runs = None
+    if config is None:
+        if dry_run:
+            raise InputError("--dry-run rehearses the fixtures of a station configuration: give --config")
+        operator = operator or "operator"
+        fixtures = fixtures or 4
+    else:
+        operator = config.check_operator(operator)
+        if fixtures is not None:
+            raise InputError("--config names the fixtures: leave out --fixtures")
+        runs = config.make_fixtures(dry_run=dry_run)  # every adapter checks its options before a device is touched
+        if simulating:
+            others = sorted({f.adapter for f in config.fixtures} - {"simulated"})
+            if others or dry_run:
+                why = "--dry-run" if dry_run else f"the {', '.join(others)} adapter"
+                raise InputError(f"fault injection (--fail, --label-mismatch, --rework, --retry) is not for {why}")
+            fixtures, runs = len(config.fixtures), None
     plan = parse_failures(failures, count)
     for n in (*label_mismatch, *rework, *retry):
         if not 1 <= n <= count:
@@ -192,6 +253,7 @@ def provision(
             "--label-mismatch N gives unit N the label of unit N-1: unit 1 has none before it (use 2 or more)"
         )
     stop: ProvisioningInterrupted | None = None
+    fixture_errors: list[tuple[int, str]] = []
     with _open_station(state_dir, uri, station_id, root_cert, root_fingerprint, operator) as opened:
         loaded = opened.resume(bundle_id)
         try:
@@ -199,17 +261,22 @@ def provision(
         except BundleClosedError as e:  # refused like units over the allocation, before any is started
             click.echo(f"vault: error: {e}", err=True)
             click.get_current_context().exit(EXIT_REFUSED)
-        try:
-            results = run_simulation(
-                opened,
-                count=count,
-                fixtures=fixtures,
-                fail=plan,
-                label_mismatch=set(label_mismatch),
-                rework=list(rework),
-                retry=list(retry),
-                label_prefix=label_prefix,
-            )
+            if runs is not None:
+                assert config is not None
+                run = run_fixtures(opened, runs, count=count, label_source=config.label_source, dry_run=dry_run)
+                results, fixture_errors = run.units, run.fixture_errors
+            else:
+                assert fixtures is not None
+                results = run_simulation(
+                    opened,
+                    count=count,
+                    fixtures=fixtures,
+                    fail=plan,
+                    label_mismatch=set(label_mismatch),
+                    rework=list(rework),
+                    retry=list(retry),
+                    label_prefix=label_prefix,
+                )
         except ProvisioningInterrupted as e:
             stop, results = e, e.results
         status = opened.status()
@@ -221,14 +288,23 @@ def provision(
             "bundle_id": loaded.release.bundle_id, "units": [r.to_json() for r in results], "events": status.events,
             "refused": status.refused, "left": left,
             "interrupted": None if stop is None else {"in_flight": stop.in_flight, "not_started": stop.not_started},
+            "dry_run": dry_run, "fixture_errors": [{"slot": slot, "error": why} for slot, why in fixture_errors],
         })  # fmt: skip
     else:
         r0 = loaded.release
         click.echo(f"release      {r0.product} {r0.version} (bundle {r0.bundle_id})")
         for r in results:
             click.echo(r.line())
+            for m in r.measurements:
+                verdict = "" if m.passed is None else ("  pass" if m.passed else "  FAIL")
+                click.echo(f"             {m.name} {m.value} {m.unit}{verdict}")
+        if dry_run:
+            click.echo(f"dry run      {len(results)} devices walked through every step; nothing written, counted "
+                       "or logged")  # fmt: skip
         click.echo(f"log          {status.log_size} manifests: {_event_counts(status.events, status.refused)}; "
                    f"{left} units left")  # fmt: skip
+    for slot, why in fixture_errors:
+        click.echo(f"vault: fixture {slot} stopped: {why}", err=True)
     ctx = click.get_current_context()
     if stop is not None:
         for r in in_flight:
@@ -245,6 +321,10 @@ def provision(
     if over:
         click.echo(f"vault: {len(over)} of {len(results)} units were refused: {over[0].error}", err=True)
         ctx.exit(EXIT_REFUSED)
+    if dry_run and any(r.event != "dry-run" for r in results):
+        bad = next(r for r in results if r.event != "dry-run")
+        click.echo(f"vault: the dry run failed on fixture {bad.fixture}: {bad.error}", err=True)
+        ctx.exit(1)
 
 
 def _event_counts(events: dict[str, int], refused: dict[str, int]) -> str:
@@ -337,7 +417,7 @@ def status(
 
 @station.command("export")
 @_station_options
-@click.option("--out", "out_dir", type=_STATE, required=True, help="The write-once evidence folder.")
+@click.option("--out", "out_dir", type=_STATE, help="The write-once evidence folder (with --config: its evidence).")
 @json_option
 def export(
     state_dir: Path,
@@ -345,10 +425,14 @@ def export(
     station_id: str,
     root_cert: Path | None,
     root_fingerprint: str | None,
-    out_dir: Path,
+    out_dir: Path | None,
     as_json: bool,
 ) -> None:
     """Export the manifests since the last export, encrypted to the auditor, with a signed checkpoint."""
+    config = _config()
+    out_dir = out_dir or (config.evidence if config is not None else None)
+    if out_dir is None:
+        raise InputError("give --out, or --config with an evidence folder")
     with _open_station(state_dir, uri, station_id, root_cert, root_fingerprint) as opened:
         result = opened.export(out_dir)
     if as_json:

@@ -6,10 +6,12 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import queue
 import threading
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from vault.errors import (
@@ -25,8 +27,9 @@ from vault.errors import (
 )
 from vault.verify._device import STEPS, SimulatedDevice
 from vault.verify._station import Station
+from vault.verify.devices._protocol import Measurement
 
-__all__ = ["ProvisioningInterrupted", "UnitResult", "parse_failures", "run_simulation"]
+__all__ = ["ProvisioningInterrupted", "UnitResult", "event_of", "parse_failures", "run_simulation", "run_threads"]
 
 
 @dataclass(frozen=True)
@@ -47,15 +50,17 @@ class UnitResult:
     serial: str | None = None
     error: str | None = None
     refusal: str | None = None
+    measurements: tuple[Measurement, ...] = field(default=())
 
     def to_json(self) -> dict[str, Any]:
         return {
             "unit": self.unit, "fixture": self.fixture, "hardware_id": self.hardware_id, "label": self.label,
             "event": self.event, "serial": self.serial, "error": self.error, "refusal": self.refusal,
+            "measurements": [m.to_json() for m in self.measurements],
         }  # fmt: skip
 
     def line(self) -> str:
-        text = f"fixture {self.fixture}  unit {self.unit:>4}  {self.label:<14} {self.event}"
+        text = f"fixture {self.fixture}  unit {self.unit:>4}  {self.label or self.serial or '':<14} {self.event}"
         return f"{text}: {self.error}" if self.error else text
 
 
@@ -140,7 +145,7 @@ def run_simulation(
         except (StateError, TokenError):
             raise
         except VaultError as e:
-            event, refusal = _event_of(e)
+            event, refusal = event_of(e)
             return UnitResult(n, fixture, device.hardware_id.hex(), scanned, event, None, str(e), refusal)
         return UnitResult(n, fixture, device.hardware_id.hex(), scanned, outcome.event, outcome.serial)
 
@@ -178,35 +183,17 @@ def run_simulation(
                     del in_flight[n]
 
     def phase(loops: list[tuple[int, queue.Queue[int], bool]]) -> None:
-        """Run one thread per fixture; on Ctrl-C start no new unit, and wait for the ones on the fixtures.
+        """Run one thread per fixture; on Ctrl-C start no new unit, and wait for the ones on the fixtures."""
+        interrupted: list[int] = []
 
-        The threads are waited for through events, not ``Thread.join``: on Python 3.11 a join that
-        Ctrl-C interrupts can mark a running thread as stopped (bpo-45274), and the unit on its
-        fixture would be cut off by the station closing under it.
-        """
-        ended = [threading.Event() for _ in loops]
-
-        def fixture(args: tuple[int, queue.Queue[int], bool], finished: threading.Event) -> None:
-            try:
-                fixture_loop(*args)
-            finally:
-                finished.set()
-
-        for args, finished in zip(loops, ended, strict=True):
-            threading.Thread(target=fixture, args=(args, finished), name=f"fixture-{args[0]}").start()
-        try:
-            for finished in ended:
-                finished.wait()
-        except KeyboardInterrupt:
-            stopping.set()
+        def on_interrupt() -> None:
             with guard:
-                interrupted = sorted(in_flight)
-            while not all(finished.is_set() for finished in ended):
-                try:  # a second Ctrl-C does not abandon a unit on a fixture: it is being logged
-                    for finished in ended:
-                        finished.wait()
-                except KeyboardInterrupt:
-                    continue
+                interrupted.extend(sorted(in_flight))
+
+        try:
+            work = [(f"fixture-{a[0]}", functools.partial(fixture_loop, *a)) for a in loops]
+            run_threads(work, stopping, on_interrupt)
+        except KeyboardInterrupt:
             done = [results[n] for n in sorted(results)] + reworked
             planned = count + len(rework or []) + len(retry or [])
             raise ProvisioningInterrupted(done, interrupted, planned - len(done)) from None
@@ -219,7 +206,42 @@ def run_simulation(
     return [results[n] for n in sorted(results)] + reworked
 
 
-def _event_of(error: VaultError) -> tuple[str, str | None]:
+def run_threads(
+    work: Sequence[tuple[str, Callable[[], None]]], stopping: threading.Event, on_interrupt: Callable[[], None]
+) -> None:
+    """Run each ``(name, target)`` in its own thread and wait for all; on Ctrl-C set ``stopping``, call
+    ``on_interrupt`` (to note what is in flight), wait for every thread again, then raise ``KeyboardInterrupt``.
+
+    The threads are waited for through events, not ``Thread.join``: on Python 3.11 a join that
+    Ctrl-C interrupts can mark a running thread as stopped (bpo-45274), and the unit on its
+    fixture would be cut off by the station closing under it.
+    """
+    ended = [threading.Event() for _ in work]
+
+    def run(target: Callable[[], None], finished: threading.Event) -> None:
+        try:
+            target()
+        finally:
+            finished.set()
+
+    for (name, target), finished in zip(work, ended, strict=True):
+        threading.Thread(target=run, args=(target, finished), name=name).start()
+    try:
+        for finished in ended:
+            finished.wait()
+    except KeyboardInterrupt:
+        stopping.set()
+        on_interrupt()
+        while not all(finished.is_set() for finished in ended):
+            try:  # a second Ctrl-C does not abandon a unit on a fixture: it is being logged
+                for finished in ended:
+                    finished.wait()
+            except KeyboardInterrupt:
+                continue
+        raise
+
+
+def event_of(error: VaultError) -> tuple[str, str | None]:
     """The event to show for a unit that raised, and the refusal kind when nothing was reserved for it."""
     if isinstance(error, LabelMismatchError):
         return "label-mismatch", None

@@ -53,6 +53,7 @@ from vault.token import Head, Pkcs11Uri, TokenSession, open_token
 from vault.verify._closing import CloseResult, close_release, refuse_if_closed
 from vault.verify._device import Device, ImageToProgram
 from vault.verify._state import LogHead, State
+from vault.verify.devices._protocol import Progress
 
 __all__ = [
     "COPY_SUFFIX",
@@ -488,6 +489,7 @@ class Station:
         fixture: int = 0,
         rework: bool = False,
         break_glass: str | None = None,
+        progress: Progress | None = None,
     ) -> Outcome:
         """Provision one device from the loaded release, recording a signed manifest whatever happens.
 
@@ -507,6 +509,7 @@ class Station:
                 attempts all failed is never reworked: it is retried.
             break_glass: DANGEROUS: a reason to provision although the clock
                 is behind the log. It is recorded as a break-glass event.
+            progress: called as each image streams to the device (name, bytes taken, length).
 
         Returns:
             The outcome, for a provisioned, retried or reworked device.
@@ -550,7 +553,7 @@ class Station:
         unit, serial, known_key, event = self._reserve(hwid, label, fixture, rework)
         images: tuple[ImageRecord, ...] = ()
         try:
-            images = self._program(device, loaded)
+            images = self._program(device, loaded, progress)
             public_key, device_key_id = self._device_key(device, hwid, known_key)
             certificate = self._certify(public_key, serial, hardware_id, now)
             self._step(
@@ -701,7 +704,7 @@ class Station:
         except Exception as e:  # an adapter reports a failed step by raising anything
             raise _UnitFailed(step, DeviceError(f"{step} failed: {e}")) from e
 
-    def _program(self, device: Device, loaded: LoadedRelease) -> tuple[ImageRecord, ...]:
+    def _program(self, device: Device, loaded: LoadedRelease, progress: Progress | None) -> tuple[ImageRecord, ...]:
         done: list[ImageRecord] = []
         try:
             reader = self._reader
@@ -710,10 +713,16 @@ class Station:
                 digest = hashlib.sha256()
                 chunks = reader.image_chunks(image.name, loaded.data_key)
 
-                def hashed(source: Iterator[bytes] = chunks, d: hashlib._Hash = digest) -> Iterator[bytes]:
+                def hashed(
+                    source: Iterator[bytes] = chunks, d: hashlib._Hash = digest, image: ImageToProgram = image
+                ) -> Iterator[bytes]:
+                    taken = 0
                     for chunk in source:
                         d.update(chunk)
+                        taken += len(chunk)
                         yield chunk
+                        if progress is not None:  # the adapter took the chunk: report it
+                            progress(image.name, taken, image.length)
 
                 try:
                     self._step("program", device.program, image, hashed())

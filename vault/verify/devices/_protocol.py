@@ -1,0 +1,184 @@
+"""What the station library asks of a device adapter: a fixture that yields devices, and the device's steps.
+
+See ``docs/adr/0007-device-adapters.md`` for which steps run where (station, token, device) and why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from vault.errors import AdapterError
+
+__all__ = [
+    "DEFAULT_TIMEOUTS",
+    "STEPS",
+    "WRITING_STEPS",
+    "Adapter",
+    "Device",
+    "Fixture",
+    "ImageToProgram",
+    "Measurement",
+    "Progress",
+    "check_option_names",
+    "check_timeouts",
+]
+
+STEPS = ("read-id", "program", "verify", "generate-key", "certify", "install-certificate", "lock")
+"""The provisioning steps in order; a failed manifest names one of them (or "identity", "allocation")."""
+
+WRITING_STEPS = frozenset({"program", "generate-key", "install-certificate", "lock"})
+"""The device steps that change the device; a dry run asks the adapter to rehearse them without writing."""
+
+DEFAULT_TIMEOUTS: Mapping[str, float] = {
+    "read-id": 30.0,
+    "program": 600.0,
+    "verify": 300.0,
+    "generate-key": 120.0,
+    "install-certificate": 60.0,
+    "lock": 120.0,
+}
+"""Seconds each device step may take unless the station configuration says otherwise."""
+
+Progress = Callable[[str, int, int], None]
+"""Called while an image streams to a device: the image's name, bytes handed to the adapter, and its length."""
+
+
+@dataclass(frozen=True)
+class ImageToProgram:
+    """What an adapter needs to know about an image: its name, size, digest and target (from the release)."""
+
+    name: str
+    length: int
+    sha256: str
+    target: dict[str, object]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One value a device or fixture measured during a unit (a supply voltage, a current, a read-back time).
+
+    Shown to the operator with the unit's result; ``passed`` is None when the adapter sets no limit on it.
+    """
+
+    name: str
+    value: float | str
+    unit: str = ""
+    passed: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "value": self.value, "unit": self.unit, "passed": self.passed}
+
+
+@runtime_checkable
+class Device(Protocol):
+    """One device on one fixture, as the station library drives it.
+
+    A step that fails raises :class:`vault.errors.DeviceError` with a reason
+    a person can act on ("flash write failed at 0x10000: no ACK"); the
+    station records the step and that reason in the unit's "failed"
+    manifest. A step that does not finish in its timeout raises
+    :class:`vault.errors.DeviceTimeoutError` (the adapter owns the I/O, so
+    it is the one that can give up on it). Any other exception is recorded
+    too, as "<step> failed: <exception>".
+
+    Optional, looked up with ``getattr``: ``read_label() -> str`` (a
+    scanner at the fixture, for ``label: adapter``) and
+    ``measurements() -> Sequence[Measurement]`` (shown with the unit's result).
+    """
+
+    def read_hardware_id(self) -> bytes:
+        """The device's own unique id (fuses, OTP, the chip's UID): the source of truth for its identity."""
+        ...
+
+    def program(self, image: ImageToProgram, chunks: Iterable[bytes]) -> None:
+        """Write the image's plaintext, given chunk by chunk, where ``image.target`` says.
+
+        The station counts the bytes as the adapter takes them from
+        ``chunks`` and reports them as progress: an adapter that pulls chunks
+        as the device accepts them gives a true progress bar.
+        """
+        ...
+
+    def read_measurement(self, image: ImageToProgram) -> str | None:
+        """The hex SHA-256 the device computes over what it now holds for ``image``, or None if it cannot."""
+        ...
+
+    def generate_key(self) -> bytes:
+        """A PKCS#10 request (DER) for the device's own key, made on the device; an existing key is kept."""
+        ...
+
+    def install_certificate(self, certificate_der: bytes) -> None:
+        """Store the device certificate the station issued."""
+        ...
+
+    def lock(self) -> None:
+        """Close the debug port and write-protect what must not change."""
+        ...
+
+
+@runtime_checkable
+class Fixture(Protocol):
+    """One fixture slot with its port: opened once for a run, giving the devices placed on it one by one.
+
+    ``open`` takes the port (and may check the programmer is there);
+    ``close`` always follows a successful ``open``, also after a failure.
+    ``next_device`` waits for the next device on the fixture and returns
+    it, or None when no more will come (the fixture's run ends).
+    """
+
+    def open(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def next_device(self) -> Device | None: ...
+
+
+class Adapter(Protocol):
+    """What the ``vault.devices`` entry point names: a callable that makes one fixture from its options.
+
+    It checks ``options`` (the fixture's ``options`` mapping from the
+    station configuration, plain str/int/bool/list/dict values) without
+    touching any device, raising :class:`vault.errors.AdapterError` with
+    the option's path in ``field``; the configuration loader turns that
+    into ``file:line: fixtures[0].options.<field>: ...``.
+
+    Args:
+        options: the adapter's own options.
+        fixture: the fixture's slot number (recorded in manifests).
+        timeouts: seconds per device step (every step in :data:`DEFAULT_TIMEOUTS` is present).
+        dry_run: rehearse: the steps in :data:`WRITING_STEPS` must not
+            change the device (no flash, keys, certificate or locks written).
+    """
+
+    def __call__(
+        self, options: Mapping[str, Any], *, fixture: int, timeouts: Mapping[str, float], dry_run: bool
+    ) -> Fixture: ...
+
+
+def check_option_names(adapter: str, options: Mapping[str, Any], known: tuple[str, ...]) -> None:
+    """Refuse an option ``adapter`` does not have, naming those it has.
+
+    Raises:
+        AdapterError: the first unknown option.
+    """
+    for name in options:
+        if name not in known:
+            raise AdapterError(f"the {adapter} adapter has no option '{name}' (it has {', '.join(known)})", name)
+
+
+def check_timeouts(values: Mapping[str, float]) -> dict[str, float]:
+    """:data:`DEFAULT_TIMEOUTS` with ``values`` over them; unknown steps and non-positive values refused.
+
+    Raises:
+        AdapterError: an unknown step or a timeout that is not a positive number of seconds.
+    """
+    merged = dict(DEFAULT_TIMEOUTS)
+    for step, seconds in values.items():
+        if step not in DEFAULT_TIMEOUTS:
+            raise AdapterError(f"no device step '{step}'; the steps are {', '.join(DEFAULT_TIMEOUTS)}", step)
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds <= 86400:
+            raise AdapterError("a timeout is a number of seconds from 1 to 86400", step)
+        merged[step] = float(seconds)
+    return merged
