@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null \
 	    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv; }; \
 	  $(PYTHON) -m venv $(VENV); }
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test,esp32]'
 	@touch $@
 
 tokens:

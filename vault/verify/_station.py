@@ -51,7 +51,7 @@ from vault.release import Release, open_release
 from vault.token import Head, Pkcs11Uri, TokenSession, open_token
 from vault.verify._device import Device, ImageToProgram
 from vault.verify._state import LogHead, State
-from vault.verify.devices._protocol import Progress
+from vault.verify.devices._protocol import Progress, lock_device
 
 __all__ = [
     "COPY_SUFFIX",
@@ -537,7 +537,7 @@ class Station:
             self._step(
                 "install-certificate", device.install_certificate, certificate.public_bytes(serialization.Encoding.DER)
             )
-            self._step("lock", device.lock)
+            self._step("lock", lock_device, device, loaded.release.lock_profiles)
         except _UnitFailed as failed:
             self._finish(
                 "failed",

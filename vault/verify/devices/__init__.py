@@ -34,6 +34,7 @@ from vault.verify.devices._protocol import (
     Measurement,
     Progress,
     check_timeouts,
+    lock_device,
 )
 from vault.verify.devices._simulated import SimulatedDevice, SimulatedFixture
 
@@ -53,4 +54,5 @@ __all__ = [
     "check_timeouts",
     "installed_adapters",
     "load_adapter",
+    "lock_device",
 ]
