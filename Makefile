@@ -52,12 +52,12 @@ lint: setup
 	$(BIN)/mypy
 
 # Refresh the pinned versions (after a change to the dependencies in pyproject.toml, or to take
-# newer releases): requirements.lock for the demo and CI, requirements-station.lock for a station.
+# newer releases): requirements.lock for the demo and CI (every extra), requirements-station.lock for a station.
 LOCK := $(BIN)/uv pip compile pyproject.toml --quiet --universal --python-version 3.11 --generate-hashes \
   --custom-compile-command "make lock"
 lock: $(VENV)/.installed
 	$(BIN)/pip install -q --disable-pip-version-check uv
-	$(LOCK) --upgrade --extra cli --extra test -o requirements.lock
+	$(LOCK) --upgrade --extra cli --extra test --extra esp32 -o requirements.lock
 	$(LOCK) --upgrade -o requirements-station.lock
 
 clean:

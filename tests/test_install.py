@@ -43,7 +43,7 @@ def requirements(*extras: str) -> list[Requirement]:
 
 
 @pytest.mark.parametrize(
-    ("lock", "extras"), [("requirements.lock", ("cli", "test")), ("requirements-station.lock", ())]
+    ("lock", "extras"), [("requirements.lock", ("cli", "test", "esp32")), ("requirements-station.lock", ())]
 )
 def test_each_lock_pins_a_version_of_every_requirement_that_pyproject_allows(
     lock: str, extras: tuple[str, ...]

@@ -51,7 +51,7 @@ import datetime
 import difflib
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import yaml  # type: ignore[import-untyped]
@@ -62,6 +62,7 @@ __all__ = [
     "MAX_BYTES",
     "MAX_DEPTH",
     "Bool",
+    "Checked",
     "Date",
     "DateTime",
     "Enum",
@@ -69,6 +70,7 @@ __all__ = [
     "Free",
     "Hex",
     "Int",
+    "Invalid",
     "Kind",
     "List",
     "Located",
@@ -388,6 +390,52 @@ class Free(Kind):
         result = Located(value(node, ""))
         result.lines = lines
         return result
+class Invalid(Exception):
+    """Raised by a :class:`Checked` kind's check: what is wrong, and where inside the value (``efuses.DIS_X``)."""
+
+    def __init__(self, message: str, at: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.at = at
+
+
+def _node_at(node: Any, at: str) -> Any:
+    """The node at the relative path ``at`` (``keys[0].block``), or the deepest one found on the way."""
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", at):
+        if isinstance(node, yaml.SequenceNode) and part.startswith("["):
+            index = int(part[1:-1])
+            if index >= len(node.value):
+                break
+            node = node.value[index]
+        elif isinstance(node, yaml.MappingNode):
+            found = [(k, v) for k, v in node.value if isinstance(k, yaml.ScalarNode) and k.value == part]
+            if not found:
+                break
+            key, value = found[0]
+            node = value if isinstance(value, yaml.MappingNode | yaml.SequenceNode) else key
+        else:
+            break
+    return node
+
+
+@dataclasses.dataclass(frozen=True)
+class Checked(Kind):
+    """``inner``, then ``check`` on its value, for rules the schema cannot say (a name a plug-in must know).
+
+    ``check`` raises :class:`Invalid` naming the place inside the value; the error names its line.
+    """
+
+    inner: Kind
+    check: Callable[[Any], None]
+
+    def load(self, node: Any, path: str) -> Any:
+        value = self.inner.load(node, path)
+        try:
+            self.check(value)
+        except Invalid as e:
+            where = f"{path}.{e.at}" if path and e.at and not e.at.startswith("[") else f"{path}{e.at}"
+            raise _Problem(_line(_node_at(node, e.at)), where, e.message) from e
+        return value
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,6 +12,7 @@ the images (name and plaintext SHA-256); its predicate::
      "recipients": {"station-1": "<decryption key id>", ...},
      "provenance": {"<image name>": {... the offline Sigstore verification result ...}},
      "policy": {"version": 3, "sha256": "<hex of the policy file>"},
+     "lock_profiles": {"production": {"chip": "esp32s3", "efuses": {...}, "keys": [...]}},  (optional)
      "built": "...Z"}
 
 The header digest binds the statement to the container's header, and so to
@@ -73,6 +74,7 @@ _FIELDS = frozenset(
         "built",
     }
 )
+_OPTIONAL = frozenset({"lock_profiles"})  # absent from releases built before lock profiles
 _IMAGE_FIELDS = frozenset({"name", "sha256", "length", "ciphertext_sha256", "target"})
 
 
@@ -106,6 +108,8 @@ class Release:
     policy_version: int
     statement: Statement = field(repr=False)
     statement_sha256: str = ""
+    lock_profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """The eFuses (or other locks) the release asks devices to burn, by profile name; checked at build."""
 
     def image(self, name: str) -> ReleaseImage:
         """The image called ``name``."""
@@ -147,7 +151,8 @@ def parse_release(statement: Statement) -> Release:
     """
     if statement.predicate_type != RELEASE_PREDICATE:
         raise FormatError(f"not a release statement (predicate type {quote(statement.predicate_type, 80)})")
-    p = check_fields(statement.predicate, _FIELDS, what="release statement")
+    optional = _OPTIONAL & set(statement.predicate) if isinstance(statement.predicate, dict) else set()
+    p = check_fields(statement.predicate, _FIELDS | optional, what="release statement")
     production = check_fields(p["production"], frozenset({"total", "allocation"}), what="release production")
     policy = check_fields(p["policy"], frozenset({"version", "sha256"}), what="release policy")
     images = []
@@ -184,6 +189,10 @@ def parse_release(statement: Statement) -> Release:
         policy_version=_count(policy["version"], "policy.version"),
         statement=statement,
         statement_sha256=hashlib.sha256(statement.to_bytes()).hexdigest(),
+        lock_profiles={
+            str(k): _mapping(v, f"lock_profiles.{k}")
+            for k, v in _mapping(p.get("lock_profiles", {}), "lock_profiles").items()
+        },
     )
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.bundle.conftest import Release
 from tests.ceremony.test_quorum_ceremonies import assert_one_line_error
-from vault._yaml import List, Record
+from vault._yaml import Checked, List, Map, Record
 from vault.bundle import _description
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,6 +51,10 @@ def schema_fields(kind: object, prefix: str = "") -> list[str]:
             names += schema_fields(field.kind, f"{prefix}{name}.")
     elif isinstance(kind, List):
         names += schema_fields(kind.item, prefix[:-1] + "[].")
+    elif isinstance(kind, Checked):
+        names += schema_fields(kind.inner, prefix)
+    elif isinstance(kind, Map):
+        names += schema_fields(kind.value, prefix + "NAME.")
     return names
 
 

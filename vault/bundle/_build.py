@@ -131,6 +131,7 @@ def build_bundle(
                 "recipients": {sid: r.key_id for sid, r in recipients.items()},
                 "provenance": provenance,
                 "policy": {"version": policy.version, "sha256": policy.digest},
+                **({"lock_profiles": description.lock_profiles} if description.lock_profiles else {}),
                 "built": format_time(now),
             },
         )

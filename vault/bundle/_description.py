@@ -22,11 +22,17 @@ the tests build, is ``policies/release.yaml``::
           identity: https://github.com/org/repo/.github/workflows/release.yml@refs/tags/v1.4.0
           issuer: https://token.actions.githubusercontent.com
 
+    lock_profiles:                    # optional: what the devices burn at the lock step, by name
+      production:
+        chip: esp32s3                 # the eFuse names are checked against this chip's table
+        efuses: {DIS_PAD_JTAG: 1, DIS_USB_JTAG: 1, SOFT_DIS_JTAG: 7}
+
 The recipients are the stations with an allocation.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
@@ -34,14 +40,62 @@ from pathlib import Path
 from typing import Any
 
 from vault._files import read_capped
-from vault._yaml import DateTime, Field, Int, List, Map, Record, Str, load_yaml
-from vault.errors import ScriptError
+from vault._yaml import Checked, DateTime, Field, Hex, Int, Invalid, List, Map, Record, Str, load_yaml
+from vault.errors import AdapterError, ScriptError
 
 MAX_DESCRIPTION = 256 * 1024
 IMAGE_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"  # a plain file name: nothing can escape a folder
 _STATION = r"[a-z][a-z0-9-]{0,31}"
 
-_SCHEMA = Record(
+
+def _check_lock_profile(profile: dict[str, Any]) -> None:
+    """The chip's own rules: eFuse names it has, values that fit them (espefuse's table, via the esp32 adapter)."""
+    from vault.verify.devices.esp32 import parse_lock_profile  # noqa: PLC0415 - esptool, only for a profile
+
+    compact = {k: v for k, v in profile.items() if v is not None}
+    try:
+        parse_lock_profile(compact)
+    except AdapterError as e:
+        raise Invalid(str(e), e.field) from e
+
+
+def _check_targets(doc: dict[str, Any]) -> None:
+    """A release with an ESP chip's lock profile writes whole 4 KiB flash sectors: offsets aligned to them."""
+    if not any(p["chip"].startswith("esp32") for p in (doc["lock_profiles"] or {}).values()):
+        return
+    for i, image in enumerate(doc["images"]):
+        address = image["load_address"]
+        if address and int(address, 16) % 0x1000:
+            raise Invalid(
+                f"{address} is not a multiple of 0x1000 (an ESP chip's flash is written in 4 KiB sectors)",
+                f"images[{i}].load_address",
+            )
+
+
+_LOCK_PROFILE = Checked(
+    Record(
+        {
+            "chip": Field(Str(pattern=r"[a-z0-9][a-z0-9_-]{0,31}")),
+            "efuses": Field(Map(Int(min=0, max=2**32 - 1), max_len=256), required=False),
+            "keys": Field(
+                List(
+                    Record(
+                        {
+                            "block": Field(Str(pattern=r"[A-Z0-9_]{1,32}")),
+                            "purpose": Field(Str(pattern=r"[A-Z0-9_]{1,32}")),
+                            "digest": Field(Hex(length=64)),
+                        }
+                    ),
+                    max_len=16,
+                ),
+                required=False,
+            ),
+        }
+    ),
+    _check_lock_profile,
+)
+
+_DOCUMENT = Record(
     {
         "product": Field(Str(pattern=r"[a-z0-9][a-z0-9._-]{0,63}")),
         "version": Field(Str(pattern=r"[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}")),
@@ -81,8 +135,12 @@ _SCHEMA = Record(
                 max_len=64,
             )
         ),
+        "lock_profiles": Field(
+            Map(_LOCK_PROFILE, key=Str(pattern=r"[a-z0-9][a-z0-9_-]{0,31}"), min_len=1, max_len=16), required=False
+        ),
     }
 )
+_SCHEMA = Checked(_DOCUMENT, _check_targets)
 
 
 @dataclass(frozen=True)
@@ -118,6 +176,7 @@ class ReleaseDescription:
     allocation: dict[str, int]
     images: tuple[ImageSpec, ...]
     source_digest: str
+    lock_profiles: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 def load_release_description(path: Path) -> ReleaseDescription:
@@ -161,4 +220,8 @@ def load_release_description(path: Path) -> ReleaseDescription:
         allocation=dict(doc["production"]["allocation"]),
         images=tuple(images),
         source_digest=hashlib.sha256(data).hexdigest(),
+        lock_profiles={
+            name: {k: v for k, v in profile.items() if v is not None}
+            for name, profile in (doc["lock_profiles"] or {}).items()
+        },
     )

@@ -121,6 +121,7 @@ def _release_json(r: Any) -> dict[str, Any]:
         "images": [dataclasses.asdict(i) for i in r.images],
         "recipients": dict(r.recipients),
         "provenance": dict(r.provenance),
+        "lock_profiles": dict(r.lock_profiles),
         "statement_sha256": r.statement_sha256,
         "statement_words": readable_digest(r.statement_sha256),
     }
@@ -169,6 +170,10 @@ def _show_release(r: Any, *, err: bool) -> None:
             echo(f"  provenance  verified offline: {proof.get('identity')} ({proof.get('issuer')})")
         else:
             echo("  provenance  none required")
+    for name, profile in sorted(r.lock_profiles.items()):
+        burns = [f"{efuse}={value}" for efuse, value in sorted(profile.get("efuses", {}).items())]
+        burns += [f"{k['block']} {k['purpose']} {k['digest']}" for k in profile.get("keys", [])]
+        echo(f"lock profile  {name} ({profile.get('chip')}): {', '.join(burns)}")
     echo(f"statement     {r.statement_sha256}")
     echo(f"              {readable_digest(r.statement_sha256)}")
 

@@ -53,7 +53,7 @@ from vault.token import Head, Pkcs11Uri, TokenSession, open_token
 from vault.verify._closing import CloseResult, close_release, refuse_if_closed
 from vault.verify._device import Device, ImageToProgram
 from vault.verify._state import LogHead, State
-from vault.verify.devices._protocol import Progress
+from vault.verify.devices._protocol import Progress, lock_device
 
 __all__ = [
     "COPY_SUFFIX",
@@ -559,7 +559,7 @@ class Station:
             self._step(
                 "install-certificate", device.install_certificate, certificate.public_bytes(serialization.Encoding.DER)
             )
-            self._step("lock", device.lock)
+            self._step("lock", lock_device, device, loaded.release.lock_profiles)
         except _UnitFailed as failed:
             self._finish(
                 "failed",

@@ -35,6 +35,7 @@ from vault.verify.devices._protocol import (
     Progress,
     check_option_names,
     check_timeouts,
+    lock_device,
 )
 from vault.verify.devices._simulated import SimulatedDevice, SimulatedFixture
 
@@ -55,4 +56,5 @@ __all__ = [
     "check_timeouts",
     "installed_adapters",
     "load_adapter",
+    "lock_device",
 ]

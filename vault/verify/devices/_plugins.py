@@ -28,6 +28,7 @@ ENTRY_POINT_GROUP = "vault.devices"
 _BUILTIN = {
     "simulated": "vault.verify.devices._simulated:simulated_adapter",
     "command": "vault.verify.devices._command:command_adapter",
+    "esp32": "vault.verify.devices.esp32:esp32_adapter",
 }
 
 

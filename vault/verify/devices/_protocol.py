@@ -23,6 +23,7 @@ __all__ = [
     "Progress",
     "check_option_names",
     "check_timeouts",
+    "lock_device",
 ]
 
 STEPS = ("read-id", "program", "verify", "generate-key", "certify", "install-certificate", "lock")
@@ -84,8 +85,9 @@ class Device(Protocol):
     too, as "<step> failed: <exception>".
 
     Optional, looked up with ``getattr``: ``read_label() -> str`` (a
-    scanner at the fixture, for ``label: adapter``) and
-    ``measurements() -> Sequence[Measurement]`` (shown with the unit's result).
+    scanner at the fixture, for ``label: adapter``),
+    ``measurements() -> Sequence[Measurement]`` (shown with the unit's result)
+    and ``lock_with(profiles)`` (see :func:`lock_device`).
     """
 
     def read_hardware_id(self) -> bytes:
@@ -182,3 +184,17 @@ def check_timeouts(values: Mapping[str, float]) -> dict[str, float]:
             raise AdapterError("a timeout is a number of seconds from 1 to 86400", step)
         merged[step] = float(seconds)
     return merged
+
+
+def lock_device(device: Device, profiles: Mapping[str, Mapping[str, Any]]) -> None:
+    """The lock step: ``device.lock_with(profiles)`` where the adapter applies a release's lock profiles.
+
+    ``profiles`` are the release's signed lock profiles by name (empty for a
+    release without any); an adapter that reads them (``esp32``) picks the
+    one its configuration names. Other adapters are asked to ``lock()``.
+    """
+    apply = getattr(device, "lock_with", None)
+    if apply is None:
+        device.lock()
+    else:
+        apply(profiles)

@@ -30,7 +30,7 @@ from vault.container import BundleReader
 from vault.errors import DeviceError, DeviceTimeoutError, StateError, TokenError, VaultError
 from vault.verify._simulate import ProvisioningInterrupted, UnitResult, event_of, run_threads
 from vault.verify._station import Station
-from vault.verify.devices._protocol import Device, Fixture, Measurement, Progress
+from vault.verify.devices._protocol import Device, Fixture, Measurement, Progress, lock_device
 
 __all__ = ["FixtureRun", "RunResult", "rehearse", "run_fixtures"]
 
@@ -256,7 +256,7 @@ def rehearse(station: Station, device: Device, *, label: str | None = None) -> b
     except (ValueError, TypeError, VaultError) as e:
         raise DeviceError(f"generate-key: the device's key request is not valid: {e}") from e
     step("install-certificate", device.install_certificate, _throwaway_certificate(public_key, label))
-    step("lock", device.lock)
+    step("lock", lock_device, device, loaded.release.lock_profiles)
     return hardware_id
 
 
