@@ -261,6 +261,7 @@ def provision(
         except BundleClosedError as e:  # refused like units over the allocation, before any is started
             click.echo(f"vault: error: {e}", err=True)
             click.get_current_context().exit(EXIT_REFUSED)
+        try:
             if runs is not None:
                 assert config is not None
                 run = run_fixtures(opened, runs, count=count, label_source=config.label_source, dry_run=dry_run)
