@@ -44,7 +44,7 @@ from vault.errors import (
     StateError,
     TokenOperationError,
 )
-from vault.token import _heads, _quirks
+from vault.token import _capabilities, _heads, _quirks
 from vault.token._session import _text, open_session, translate_errors
 from vault.token._uri import Pkcs11Uri
 
@@ -595,6 +595,13 @@ class TokenSession:
             extractable=_quirks.read_bool(obj, Attribute.EXTRACTABLE) if is_key else None,
             sensitive=_quirks.read_bool(obj, Attribute.SENSITIVE) if is_key else None,
         )
+
+    # --- capabilities -------------------------------------------------------
+
+    def capabilities(self) -> _capabilities.Capabilities:
+        """What this token offers vault (:mod:`vault.token._capabilities`); changes nothing on it."""
+        with translate_errors("asking the token what it can do", self.label):
+            return _capabilities.capabilities_of(self._session.token, self.profile)
 
     # --- head records -------------------------------------------------------
 
