@@ -142,7 +142,7 @@ def test_a_key_made_by_another_tool_is_found_by_its_public_key_and_used_by_handl
 
 def test_a_module_that_needs_init_arguments_is_named() -> None:
     # in a fresh process: this one has NSS initialised through p11-kit already
-    probe = "from vault.token import load_module\ntry:\n load_module(%r)\nexcept Exception as e:\n print(e)" % NSS_LIB
+    probe = f"from vault.token import load_module\ntry:\n load_module({NSS_LIB!r})\nexcept Exception as e:\n print(e)"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert "needs arguments at C_Initialize (NSS softoken does): load it through p11-kit's proxy" in out
 
