@@ -13,8 +13,10 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
+from tests.cli.test_token_cli import run
 from vault.cli import cli
 from vault.token import Pkcs11Uri, format_uri
 
@@ -28,7 +30,7 @@ def vault(*argv: str) -> str:
     return result.output
 
 
-def test_whole_flow_on_nss_softoken(nss_uri: Uri, tmp_path: Path) -> None:
+def test_whole_flow_on_nss_softoken(nss_uri: Uri, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     def uri(name: str, **attrs: object) -> str:
         return format_uri(nss_uri(f"nss-{name}", **attrs))
 
@@ -96,3 +98,16 @@ def test_whole_flow_on_nss_softoken(nss_uri: Uri, tmp_path: Path) -> None:
     vault("audit", str(tmp_path / "evidence"), "--root-cert", str(root_cert), "--policy", str(policy),
           "--bundle", str(bundle), "--token", uri("auditor"), "--json", str(report))  # fmt: skip
     assert json.loads(report.read_text())["findings"] == []
+
+    # a backup cannot be served on NSS: refused before anything is made, in one line naming what is missing
+    backup = ["ceremony", "run", str(POLICIES / "backup.yaml"), "--credentials", str(quorum), *trust, *shares,
+              "--out", str(tmp_path / "backup"), "--rehearsal", "--yes"]  # fmt: skip
+    capsys.readouterr()
+    code, _, err = run(capsys, *backup)
+    assert code == 1
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if not line.startswith("*** REHEARSAL")] == [
+        "vault: error: token 'nss-root' (NSS softoken) cannot serve as the root token of a backup: "
+        "it has no security-officer login (CKU_SO)"
+    ]
+    assert not (tmp_path / "backup").exists()

@@ -34,7 +34,7 @@ class Need(enum.Enum):
     EC_SIGNING = "EC P-256 key generation and ECDSA signing (CKM_EC_KEY_PAIR_GEN, CKM_ECDSA)"
     ECDH = "ECDH key agreement (CKM_ECDH1_DERIVE)"
     HEAD_RECORDS = "private token objects for head records"
-    SO_LOGIN = "a security-officer login (CKU_SO)"
+    SO_LOGIN = "security-officer login (CKU_SO)"
     TRUSTED_WRAP = "AES key wrap under trusted keys only (CKM_AES_KEY_WRAP_PAD, enforced CKA_WRAP_WITH_TRUSTED)"
 
 
