@@ -1,14 +1,15 @@
 # vault: the two quick-start commands are `make demo` and `make test`.
 # Both install what they need: a virtual environment with vault, SoftHSM2,
 # and the development tokens (softhsm/setup.sh); `make test` also installs
-# headless Chromium, which renders the printable transcripts in a test.
+# NSS softoken, the second module (nss/setup.sh), and headless Chromium, which
+# renders the printable transcripts in a test.
 
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup tokens browser clean-tokens lint lock clean
+.PHONY: demo test setup tokens nss browser clean-tokens lint lock clean
 
 setup: $(VENV)/.installed tokens
 
@@ -28,6 +29,10 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 tokens:
 	@bash softhsm/setup.sh --quiet
 
+# NSS softoken, the second module the tests run on (tests/nss): installs NSS and makes its tokens in .nss/.
+nss:
+	@bash nss/setup.sh --quiet
+
 # Headless Chromium (Debian's package) for the transcript print test.
 browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
@@ -44,7 +49,7 @@ clean-tokens:
 demo: setup
 	@PATH="$(CURDIR)/$(BIN):$$PATH" bash docs/demo.sh
 
-test: setup browser
+test: setup nss browser
 	$(BIN)/python -m pytest
 
 lint: setup

@@ -231,3 +231,14 @@ def test_a_key_made_extractable_and_locked_later_is_refused(
         private[Attribute.EXTRACTABLE] = False  # a copy may have been wrapped out before
         with pytest.raises(KeyProtectionError, match=r"was extractable once \(CKA_NEVER_EXTRACTABLE false\)"):
             token.key(label="once")
+
+
+def test_softhsm_offers_every_capability_a_ceremony_asks_for(token_uri: Callable[..., Pkcs11Uri]) -> None:
+    from vault.token import Need
+    from vault.token._quirks import SOFTHSM2
+
+    with open_token(token_uri("vault-approver-3")) as token:
+        caps = token.capabilities()
+        assert token.profile is SOFTHSM2
+    assert caps.has == frozenset(Need) and caps.data_objects
+    caps.require(list(Need), role="root token of a backup")  # nothing missing: no error

@@ -55,7 +55,7 @@ from vault.crypto import key_id, verify_signature
 from vault.enrolment import EnrolmentRequest, open_enrolment_request
 from vault.errors import InputError, PinIncorrectError, PolicyError, RollbackError
 from vault.policy import RoleKey, key_entry
-from vault.token import Pkcs11Uri, TokenKey, TokenSession, open_token
+from vault.token import Need, Pkcs11Uri, TokenKey, TokenSession, open_token
 from vault.token._pin import resolve_pin
 
 if TYPE_CHECKING:
@@ -390,6 +390,8 @@ def backup_root(spec: Backup) -> Operation:
     """The operation that writes ``root-key-backup.json`` and the KEK's custodian shares."""
 
     def run(c: Ceremony) -> OperationResult:
+        with c.root_session() as token:  # asked before anything is made: no alternative serves a backup
+            token.capabilities().require([Need.SO_LOGIN, Need.TRUSTED_WRAP], role="root token of a backup")
         c.confirm("wrap the root key under a new key-encryption key split among the custodians")
         label = f"backup-kek-{uuid.uuid4().hex[:12]}"
         with c.root_session() as token:

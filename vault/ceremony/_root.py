@@ -64,7 +64,7 @@ from vault.ceremony._transcript import PAYLOAD_TYPE, Transcript
 from vault.errors import InputError, KeyExistsError, KeyNotFoundError, PinIncorrectError, StateError
 from vault.formats import sign_envelope, sign_statement
 from vault.policy import format_time, key_entry, policy_statement
-from vault.token import Pkcs11Uri, TokenKey, TokenSession, open_token
+from vault.token import Capabilities, Need, Pkcs11Uri, TokenKey, TokenSession, open_token, require_capabilities
 from vault.token._pin import resolve_pin
 
 
@@ -128,15 +128,22 @@ def run_root_ceremony(
             it; after that, ``out`` is kept.
     """
     check_officers(script.officers, credentials)
-    root_so = credentials.need("root_so")
+    # Every token is asked what it can do before any key is made (issue 16).
+    root_caps = require_capabilities(credentials.root, [Need.EC_SIGNING, Need.HEAD_RECORDS], role="root token")
+    for officer in script.officers:
+        officer_uri = credentials.officers[officer.id]
+        require_capabilities(officer_uri, [Need.EC_SIGNING], role=f"token of officer '{officer.id}'")
+    # A root token without a security officer (NSS softoken) keeps its user PIN split and has no SO PIN to replace.
+    root_so = credentials.need("root_so") if Need.SO_LOGIN in root_caps.has else None
     with OutputFolder(out) as folder:
-        return _run(script, credentials, root_so, folder, rehearsal=rehearsal, confirm=confirm, now=now)
+        return _run(script, credentials, root_so, root_caps, folder, rehearsal=rehearsal, confirm=confirm, now=now)
 
 
 def _run(
     script: RootScript,
     credentials: Credentials,
-    root_so: Pkcs11Uri,
+    root_so: Pkcs11Uri | None,
+    root_caps: Capabilities,
     folder: OutputFolder,
     *,
     rehearsal: bool,
@@ -172,7 +179,22 @@ def _run(
                 f"{e} (if a root ceremony finished on it, the officers' shares hold its PINs now; "
                 "a new root needs a new token)"
             ) from e
-        root_key = _root_key(script, root_token, transcript, confirm, now)
+        backupable = Need.TRUSTED_WRAP in root_caps.has
+        transcript.record(
+            "root-token",
+            "token-capabilities",
+            details={
+                "module": root_caps.module,
+                "security_officer": "SO PIN replaced by one derived from the split secret" if root_so else (
+                    "none: the module has no security-officer login; the user PIN alone is split"
+                ),
+                "root_key_backup": "wrapped under a trusted key-encryption key only" if backupable else (
+                    "none: the module does not enforce CKA_WRAP_WITH_TRUSTED; the root key is not extractable at all"
+                ),
+            },
+            now=now(),
+        )  # fmt: skip
+        root_key = _root_key(script, root_token, transcript, confirm, now, backupable=backupable)
 
         not_before = now().replace(microsecond=0)
         profile = pki.root_ca_profile(
@@ -222,8 +244,9 @@ def _run(
             write_new(out / "policy-v1.json", policy_bytes)
             root_token.change_pin(resolve_pin(credentials.root, root_token.label), user_pin)
             session.close()  # the security officer logs in only once the user's session is closed
-            with open_token(root_so, rw=True, so=True) as officer_session:
-                officer_session.change_pin(resolve_pin(root_so, officer_session.label), so_pin)
+            if root_so is not None:
+                with open_token(root_so, rw=True, so=True) as officer_session:
+                    officer_session.change_pin(resolve_pin(root_so, officer_session.label), so_pin)
     transcript.record(
         "officers", "sign-trust-policy", outputs={"policy-v1.json": policy_bytes}, details={"version": 1}, now=now()
     )
@@ -236,7 +259,11 @@ def _run(
     transcript.record(
         "root-token",
         "split-root-pin",
-        details={"scheme": "SLIP-39", "pins": ["user", "security-officer"], "share_set": share_set.record.to_dict()},
+        details={
+            "scheme": "SLIP-39",
+            "pins": ["user", "security-officer"] if root_so is not None else ["user"],
+            "share_set": share_set.record.to_dict(),
+        },
         now=now(),
     )
 
@@ -272,6 +299,8 @@ def _root_key(
     transcript: Transcript,
     confirm: Confirm,
     now: Callable[[], datetime],
+    *,
+    backupable: bool = True,
 ) -> TokenKey:
     """The root key: generated now, or the one a root ceremony that stopped early left on the token.
 
@@ -296,10 +325,10 @@ def _root_key(
         left = None
     if left is None:
         confirm("generate the root key inside the root token")
-        key = token.generate_ec_key(label, curve=script.curve, backupable=True)
+        key = token.generate_ec_key(label, curve=script.curve, backupable=backupable)
         action, found = "generate-root-key", {}
     else:
-        if left.curve.name != script.curve or not left.backupable:
+        if left.curve.name != script.curve or (backupable and not left.backupable):
             what = f"is {left.curve.name}, not {script.curve}" if left.curve.name != script.curve else (
                 "cannot be backed up (no CKA_WRAP_WITH_TRUSTED)"
             )  # fmt: skip

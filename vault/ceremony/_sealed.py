@@ -57,7 +57,7 @@ class SealedShare:
 
     def open_in(self, token: TokenSession) -> str:
         """The mnemonic, opened with the key in ``token`` it was sealed to."""
-        return self.open(token.key(id=bytes.fromhex(self.recipient_key_id)))
+        return self.open(token.key_by_key_id(self.recipient_key_id))
 
 
 def seal_share(mnemonic: str, custodian: str, share_set: int, recipient: ec.EllipticCurvePublicKey) -> bytes:

@@ -16,14 +16,18 @@ Example (against the development tokens ``softhsm/setup.sh`` makes)::
     verify_signature(key.public_key, b"hello", signature)
 """
 
+from vault.token._capabilities import Capabilities, Need
 from vault.token._heads import Head
 from vault.token._keys import ObjectInfo, TokenKey, TokenSession, open_token
+from vault.token._require import require_capabilities
 from vault.token._session import MODULE_ENV, TokenInfo, list_tokens, load_module, module_path_for
 from vault.token._uri import Pkcs11Uri, format_uri, parse_uri
 
 __all__ = [
     "MODULE_ENV",
+    "Capabilities",
     "Head",
+    "Need",
     "ObjectInfo",
     "Pkcs11Uri",
     "TokenInfo",
@@ -35,4 +39,5 @@ __all__ = [
     "module_path_for",
     "open_token",
     "parse_uri",
+    "require_capabilities",
 ]

@@ -14,6 +14,13 @@ reader always takes the highest generation that parses. Two objects of one
 name and one generation with different values cannot come from vault; they
 are refused rather than chosen between.
 
+A module that stores no token data objects (NSS softoken refuses them,
+CKR_ATTRIBUTE_VALUE_INVALID) gets the same record in another private object
+it does keep: a generic secret key (CKO_SECRET_KEY, CKK_GENERIC_SECRET,
+sensitive, never used for anything) whose CKA_LABEL names the sequence and
+whose CKA_ID is ``vault-head:`` followed by the record. Readers look at both
+forms on every token.
+
 Only a logged-in user can read or write a private object, so a head is as
 safe as the token's PIN: an insider with the PIN and a raw PKCS#11 tool can
 still destroy or rewrite it (see docs/adr/0005-token-heads.md).
@@ -34,12 +41,15 @@ from typing import Any
 
 import pkcs11
 import pkcs11.exceptions as p11e
-from pkcs11 import Attribute, ObjectClass
+from pkcs11 import Attribute, KeyType, ObjectClass
 
 from vault.errors import MechanismNotSupportedError, StateError, TokenOperationError
 from vault.token._ckr import ckr_name
+from vault.token._quirks import profile_for
+from vault.token._session import _text
 
 APPLICATION = "vault-head"
+KEY_CARRIER_PREFIX = b"vault-head:"
 MAX_HEAD = 64 * 1024
 
 __all__ = ["APPLICATION", "Head", "read_head", "write_head"]
@@ -79,10 +89,61 @@ def _decode(data: bytes, name: str) -> Head | None:
 
 
 def _objects(session: pkcs11.Session, name: str) -> list[pkcs11.Object]:
-    return list(
-        session.get_objects(
-            {Attribute.CLASS: ObjectClass.DATA, Attribute.APPLICATION: APPLICATION, Attribute.LABEL: name}
+    data = session.get_objects(
+        {Attribute.CLASS: ObjectClass.DATA, Attribute.APPLICATION: APPLICATION, Attribute.LABEL: name}
+    )
+    carriers = session.get_objects(
+        {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.KEY_TYPE: KeyType.GENERIC_SECRET, Attribute.LABEL: name}
+    )
+    return list(data) + [c for c in carriers if _carried(c) is not None]
+
+
+def _carried(obj: pkcs11.Object) -> bytes | None:
+    """The record a key carrier holds in its CKA_ID, or ``None`` if it is not one."""
+    try:
+        raw = bytes(obj[Attribute.ID])
+    except (p11e.AttributeTypeInvalid, p11e.AttributeSensitive):
+        return None
+    return raw[len(KEY_CARRIER_PREFIX) :] if raw.startswith(KEY_CARRIER_PREFIX) else None
+
+
+def _payload(obj: pkcs11.Object) -> bytes:
+    if obj[Attribute.CLASS] == ObjectClass.DATA:
+        return bytes(obj[Attribute.VALUE])
+    return _carried(obj) or b""
+
+
+def _create(session: pkcs11.Session, name: str, data: bytes) -> pkcs11.Object:
+    """Store a record: a data object, or a key carrier on a module that keeps no data objects."""
+    token = session.token
+    if profile_for(_text(token.manufacturer_id), _text(token.model)).token_data_objects:
+        return session.create_object(
+            {
+                Attribute.CLASS: ObjectClass.DATA,
+                Attribute.TOKEN: True,
+                Attribute.PRIVATE: True,
+                Attribute.MODIFIABLE: False,
+                Attribute.APPLICATION: APPLICATION,
+                Attribute.LABEL: name,
+                Attribute.VALUE: data,
+            }
         )
+    no_use = (Attribute.SIGN, Attribute.VERIFY, Attribute.ENCRYPT, Attribute.DECRYPT, Attribute.WRAP, Attribute.UNWRAP)
+    return session.create_object(
+        {
+            Attribute.CLASS: ObjectClass.SECRET_KEY,
+            Attribute.KEY_TYPE: KeyType.GENERIC_SECRET,
+            Attribute.TOKEN: True,
+            Attribute.PRIVATE: True,
+            Attribute.SENSITIVE: True,
+            Attribute.EXTRACTABLE: False,
+            Attribute.MODIFIABLE: False,
+            Attribute.DERIVE: False,
+            **{a: False for a in no_use},
+            Attribute.LABEL: name,
+            Attribute.ID: KEY_CARRIER_PREFIX + data,
+            Attribute.VALUE: bytes(32),
+        }
     )
 
 
@@ -91,7 +152,7 @@ def _current(session: pkcs11.Session, name: str, token_label: str) -> tuple[Head
     objects = _objects(session, name)
     for obj in objects:
         try:
-            head = _decode(bytes(obj[Attribute.VALUE]), name)
+            head = _decode(_payload(obj), name)
         except p11e.ObjectHandleInvalid:  # an older generation another writer just destroyed
             continue
         if head is not None:
@@ -131,7 +192,7 @@ def _check_alone(session: pkcs11.Session, name: str, head: Head, mine: pkcs11.Ob
     rivals = []
     for obj in _objects(session, name):
         try:
-            other = _decode(bytes(obj[Attribute.VALUE]), name)
+            other = _decode(_payload(obj), name)
         except p11e.ObjectHandleInvalid:  # destroyed meanwhile by the writer that went on
             continue
         if other is not None and other.generation == head.generation and other.value != head.value:
@@ -171,17 +232,7 @@ def write_head(
         data = _encode(head)
         if len(data) > MAX_HEAD:
             raise StateError(f"the '{name}' head record would be {len(data)} bytes, over the {MAX_HEAD}-byte limit")
-        mine = session.create_object(
-            {
-                Attribute.CLASS: ObjectClass.DATA,
-                Attribute.TOKEN: True,
-                Attribute.PRIVATE: True,
-                Attribute.MODIFIABLE: False,
-                Attribute.APPLICATION: APPLICATION,
-                Attribute.LABEL: name,
-                Attribute.VALUE: data,
-            }
-        )
+        mine = _create(session, name, data)
         _check_alone(session, name, head, mine, token_label)
     except (p11e.AttributeTypeInvalid, p11e.AttributeValueInvalid, p11e.TemplateIncomplete,
             p11e.TemplateInconsistent, p11e.FunctionNotSupported) as e:  # fmt: skip

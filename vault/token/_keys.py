@@ -40,10 +40,11 @@ from vault.errors import (
     KeyExistsError,
     KeyNotFoundError,
     KeyProtectionError,
+    MechanismNotSupportedError,
     StateError,
     TokenOperationError,
 )
-from vault.token import _heads, _quirks
+from vault.token import _capabilities, _heads, _quirks
 from vault.token._session import _text, open_session, translate_errors
 from vault.token._uri import Pkcs11Uri
 
@@ -52,6 +53,10 @@ MAX_LABEL = 32  # bytes: many tokens cut labels longer than this
 _USAGE_CAPS = {
     "sign": MechanismFlag.SIGN | MechanismFlag.VERIFY,
     "derive": MechanismFlag.DERIVE,
+}
+_USAGE_ATTRIBUTES = {
+    "sign": frozenset({Attribute.SIGN, Attribute.VERIFY}),
+    "derive": frozenset({Attribute.DERIVE}),
 }
 
 _CLASS_NAMES = {
@@ -89,6 +94,8 @@ class TokenKey:
         self._curve = curve_of(public_key)
         self.label = label
         self._token_label = _text(private.session.token.label)
+        self.template: str | None = None
+        """Which of :func:`vault.token._quirks.template_ladder`'s templates made the key, if vault made it now."""
 
     @property
     def public_key(self) -> ec.EllipticCurvePublicKey:
@@ -179,6 +186,8 @@ class TokenSession:
         self.uri = uri
         self.label = _text(session.token.label)
         self.serial = _text(session.token.serial)
+        self.profile = _quirks.profile_for(_text(session.token.manufacturer_id), _text(session.token.model))
+        """What vault knows of this token's module beyond what it reports (:mod:`vault.token._quirks`)."""
 
     # --- finding ------------------------------------------------------------
 
@@ -247,8 +256,50 @@ class TokenSession:
     def key_by_public(
         self, public_key: ec.EllipticCurvePublicKey, *, backupable: bool = False, unwrapped: bool = False
     ) -> TokenKey:
-        """The key pair whose public half is ``public_key`` (found through CKA_ID; checked as :meth:`key` does)."""
-        return self.key(id=bytes.fromhex(compute_key_id(public_key)), backupable=backupable, unwrapped=unwrapped)
+        """The key pair whose public half is ``public_key`` (checked as :meth:`key` does); see :meth:`key_by_key_id`."""
+        return self.key_by_key_id(compute_key_id(public_key), backupable=backupable, unwrapped=unwrapped)
+
+    def key_by_key_id(self, key_id: str, *, backupable: bool = False, unwrapped: bool = False) -> TokenKey:
+        """The key pair whose key id (SHA-256 of its SubjectPublicKeyInfo) is ``key_id``.
+
+        vault stores that id as the key's CKA_ID. A key another tool made
+        (pkcs11-tool, a PIV card's own generation) has some other CKA_ID: it
+        is then found by its public key object, paired with the one private
+        key of that public key's CKA_ID, checked like vault's own keys, and
+        proven to be the pair by a signature (or an ECDH) in the token. The
+        key that comes back is that private key's handle, used from then on.
+
+        Raises:
+            KeyNotFoundError: no key pair on the token has this key id.
+        """
+        raw = bytes.fromhex(key_id)
+        if self._private_keys(id=raw):
+            return self.key(id=raw, backupable=backupable, unwrapped=unwrapped)
+        for public in self._find({Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.KEY_TYPE: KeyType.EC}):
+            try:
+                curve = _curve_from_params(public[Attribute.EC_PARAMS])
+                point = _quirks.ec_point_from_attribute(bytes(public[Attribute.EC_POINT]), curve)
+                public_key = ec.EllipticCurvePublicKey.from_encoded_point(curve.curve(), point)
+            except (InputError, TokenOperationError, ValueError, p11e.PKCS11Error):
+                continue
+            if compute_key_id(public_key) != key_id:
+                continue
+            pair_id = bytes(public[Attribute.ID]) if _has(public, Attribute.ID) else b""
+            privates = self._private_keys(id=pair_id) if pair_id else []
+            if len(privates) != 1:
+                raise KeyNotFoundError(
+                    f"the key {key_id[:16]}... on token '{self.label}' has a public key but "
+                    f"{len(privates)} private keys with its CKA_ID {pair_id.hex() or '(none)'}"
+                )
+            private = privates[0]
+            found_label = _text(private[Attribute.LABEL]) if _has(private, Attribute.LABEL) else pair_id.hex()
+            if private[Attribute.KEY_TYPE] != KeyType.EC:
+                raise KeyNotFoundError(f"the key {key_id[:16]}... on token '{self.label}' is not an EC key")
+            self._check_protection(private, found_label, backupable=backupable, unwrapped=unwrapped)
+            key = TokenKey(private, public_key, found_label)
+            _check_pair(key, "sign" if _quirks.read_bool(private, Attribute.SIGN) else "derive")
+            return key
+        raise KeyNotFoundError(f"no private key with key id {key_id[:16]}... on token '{self.label}'")
 
     def _public_key_for(self, private: pkcs11.Object, what: str) -> ec.EllipticCurvePublicKey:
         params = private[Attribute.EC_PARAMS]
@@ -290,6 +341,11 @@ class TokenSession:
         if caps is None:
             raise InputError(f"unknown key usage '{usage}' (sign or derive)")
         self._check_new_label(label)
+        if backupable and not self.profile.enforces_wrap_with_trusted:
+            raise MechanismNotSupportedError(
+                f"token '{self.label}' ({self.profile.name}) does not enforce CKA_WRAP_WITH_TRUSTED, "
+                "so a backupable key could leave it under any key; vault makes none there"
+            )
         temporary_id = self._session.generate_random(128)
         private_template: dict[Attribute, Any] = {
             Attribute.TOKEN: True,
@@ -299,28 +355,36 @@ class TokenSession:
         }
         if backupable:
             private_template[Attribute.WRAP_WITH_TRUSTED] = True
-        public_template = {Attribute.TOKEN: True, Attribute.EC_PARAMS: encode_named_curve_parameters(spec.oid_name)}
+        public_template: dict[Attribute, Any] = {
+            Attribute.TOKEN: True,
+            Attribute.EC_PARAMS: encode_named_curve_parameters(spec.oid_name),
+        }
 
-        def generate(template: dict[Attribute, Any]) -> tuple[pkcs11.PublicKey, pkcs11.PrivateKey]:
+        def generate(
+            private_tpl: dict[Attribute, Any], public_tpl: dict[Attribute, Any]
+        ) -> tuple[pkcs11.PublicKey, pkcs11.PrivateKey]:
             return self._session.generate_keypair(
                 KeyType.EC,
                 id=temporary_id,
                 label=label,
                 store=True,
                 capabilities=caps,
-                public_template=public_template,
-                private_template=template,
+                public_template=public_tpl,
+                private_template=private_tpl,
             )
 
         with translate_errors(f"generating key '{label}'", self.label):
-            public, private = _quirks.generate_with_fallback(generate, private_template)
+            (public, private), template = _quirks.generate_with_fallback(
+                generate, private_template, public_template, _USAGE_ATTRIBUTES[usage]
+            )
             try:
-                fault = _protection_fault(private, backupable=backupable, unwrapped=False)
+                fault = _protection_fault(private, self.profile, backupable=backupable, unwrapped=False)
                 if fault is not None:
                     raise TokenOperationError(f"token '{self.label}' made key '{label}' that {fault}; destroyed it")
                 point = _quirks.ec_point_from_attribute(bytes(public[Attribute.EC_POINT]), spec)
                 public_key = ec.EllipticCurvePublicKey.from_encoded_point(spec.curve(), point)
                 key = TokenKey(private, public_key, label)
+                key.template = template
                 stable_id = bytes.fromhex(key.key_id)
                 private[Attribute.ID] = stable_id
                 public[Attribute.ID] = stable_id
@@ -339,7 +403,7 @@ class TokenSession:
 
     def _check_protection(self, private: pkcs11.Object, label: str, *, backupable: bool, unwrapped: bool) -> None:
         """Refuse a found key that could leave the token or was not made in it (see :func:`_protection_fault`)."""
-        fault = _protection_fault(private, backupable=backupable, unwrapped=unwrapped)
+        fault = _protection_fault(private, self.profile, backupable=backupable, unwrapped=unwrapped)
         if fault is not None:
             raise KeyProtectionError(f"key '{label}' on token '{self.label}' {fault}")
 
@@ -532,6 +596,13 @@ class TokenSession:
             sensitive=_quirks.read_bool(obj, Attribute.SENSITIVE) if is_key else None,
         )
 
+    # --- capabilities -------------------------------------------------------
+
+    def capabilities(self) -> _capabilities.Capabilities:
+        """What this token offers vault (:mod:`vault.token._capabilities`); changes nothing on it."""
+        with translate_errors("asking the token what it can do", self.label):
+            return _capabilities.capabilities_of(self._session.token, self.profile)
+
     # --- head records -------------------------------------------------------
 
     def head(self, name: str) -> _heads.Head | None:
@@ -559,11 +630,17 @@ class TokenSession:
 _LEAVES = "vault only uses keys that can never leave their token"
 
 
-def _protection_fault(private: pkcs11.Object, *, backupable: bool, unwrapped: bool) -> str | None:
+def _protection_fault(
+    private: pkcs11.Object, profile: _quirks.ModuleProfile, *, backupable: bool, unwrapped: bool
+) -> str | None:
     """What makes ``private`` unfit for vault, as the end of a sentence naming the attribute; ``None`` if nothing.
 
     An attribute the module does not report (``None``) is not held against
     the key; one it reports must say the key never left, and never could.
+    On a module whose CKA_LOCAL is false even for keys it generated (NSS
+    softoken, see :mod:`vault.token._quirks`), CKA_LOCAL is not read; its
+    CKA_ALWAYS_SENSITIVE and CKA_NEVER_EXTRACTABLE, which it does keep, must
+    then be reported and true.
     """
 
     def flag(attribute: Attribute) -> bool | None:
@@ -577,16 +654,31 @@ def _protection_fault(private: pkcs11.Object, *, backupable: bool, unwrapped: bo
                 "is extractable (CKA_EXTRACTABLE) without CKA_WRAP_WITH_TRUSTED; "
                 "vault only uses keys that can leave their token wrapped under a trusted key, or not at all"
             )
+        if not profile.enforces_wrap_with_trusted:
+            return (
+                f"is extractable (CKA_EXTRACTABLE) and {profile.name} does not enforce CKA_WRAP_WITH_TRUSTED; "
+                f"{_LEAVES}"
+            )
     if flag(Attribute.SENSITIVE) is not True:
         return f"is not sensitive (CKA_SENSITIVE false); {_LEAVES}"
     if unwrapped:
         return None  # a key unwrapped onto the token was made elsewhere, and not always sensitive there
-    if flag(Attribute.LOCAL) is False:
+    if profile.local_reliable and flag(Attribute.LOCAL) is False:
         return "was not generated on the token (CKA_LOCAL false); vault only uses keys made inside their token"
-    if flag(Attribute.ALWAYS_SENSITIVE) is False:
-        return f"was not always sensitive (CKA_ALWAYS_SENSITIVE false); {_LEAVES}"
-    if not backupable and flag(Attribute.NEVER_EXTRACTABLE) is False:
-        return f"was extractable once (CKA_NEVER_EXTRACTABLE false); {_LEAVES}"
+    for attribute, name, what in (
+        (Attribute.ALWAYS_SENSITIVE, "CKA_ALWAYS_SENSITIVE", "was not always sensitive"),
+        (Attribute.NEVER_EXTRACTABLE, "CKA_NEVER_EXTRACTABLE", "was extractable once"),
+    ):
+        if backupable and attribute is Attribute.NEVER_EXTRACTABLE:
+            continue
+        value = flag(attribute)
+        if value is False:
+            return f"{what} ({name} false); {_LEAVES}"
+        if value is None and not profile.local_reliable:
+            return (
+                f"may have been made outside it ({name} not reported, and {profile.name}'s CKA_LOCAL says nothing); "
+                f"{_LEAVES}"
+            )
     return None
 
 
@@ -597,7 +689,7 @@ def _check_pair(key: TokenKey, usage: str) -> None:
         return
     probe = ec.generate_private_key(key.curve.curve())
     if key.ecdh(probe.public_key()) != probe.exchange(ec.ECDH(), key.public_key):
-        raise TokenOperationError(f"the unwrapped key '{key.label}' does not match its public key")
+        raise TokenOperationError(f"the key '{key.label}' does not match its public key")
 
 
 def _has(obj: pkcs11.Object, attribute: Attribute) -> bool:

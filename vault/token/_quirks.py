@@ -9,12 +9,17 @@ function here instead:
   private keys non-extractable by default; vault then generates without it
   and checks the result;
 - ECDH1_DERIVE takes the peer's point raw (PKCS#11 2.30 and later) on most
-  modules, DER-wrapped on some older ones.
+  modules, DER-wrapped on some older ones;
+- what a module cannot be asked without changing something (whether it has a
+  security officer, whether CKA_LOCAL and CKA_WRAP_WITH_TRUSTED mean what the
+  standard says) is kept per module in :data:`PROFILES`, each entry with the
+  test that shows it (tests/token/test_modules.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pkcs11
@@ -41,6 +46,49 @@ _PARAM_REJECTED = (
     p11e.DataInvalid,
     p11e.DataLenRange,
 )
+
+
+@dataclass(frozen=True)
+class ModuleProfile:
+    """What vault knows of a module beyond what it reports: each ``False`` is a measured fact."""
+
+    name: str
+    so_login: bool = True
+    """The module has a security-officer login (CKU_SO)."""
+    local_reliable: bool = True
+    """CKA_LOCAL is true on keys the token generated (the standard); else the key check relies on
+    CKA_ALWAYS_SENSITIVE and CKA_NEVER_EXTRACTABLE, which must then be reported and true."""
+    enforces_wrap_with_trusted: bool = True
+    """C_WrapKey refuses to wrap a CKA_WRAP_WITH_TRUSTED key under a key that is not CKA_TRUSTED;
+    where it does not, an extractable key can leave under any key and vault makes none."""
+    token_data_objects: bool = True
+    """The module stores private token data objects (CKO_DATA), where vault keeps head records."""
+
+
+GENERIC = ModuleProfile("PKCS#11 module")
+SOFTHSM2 = ModuleProfile("SoftHSM2")
+# NSS softoken 3.87 (Debian 12), measured by tests/token/test_modules.py: C_Login(CKU_SO) on a
+# token with a password gives CKR_USER_TYPE_INVALID; keys from C_GenerateKeyPair report CKA_LOCAL
+# false, CKA_ALWAYS_SENSITIVE and CKA_NEVER_EXTRACTABLE true, while an imported key reports all
+# three false; an extractable CKA_WRAP_WITH_TRUSTED key is wrapped under an untrusted session key;
+# C_CreateObject of a token CKO_DATA object gives CKR_ATTRIBUTE_VALUE_INVALID.
+NSS_SOFTOKEN = ModuleProfile(
+    "NSS softoken", so_login=False, local_reliable=False, enforces_wrap_with_trusted=False, token_data_objects=False
+)
+
+# (token manufacturer, start of the token model) -> profile
+PROFILES: dict[tuple[str, str], ModuleProfile] = {
+    ("SoftHSM project", "SoftHSM"): SOFTHSM2,
+    ("Mozilla Foundation", "NSS"): NSS_SOFTOKEN,
+}
+
+
+def profile_for(manufacturer: str, model: str) -> ModuleProfile:
+    """The profile of the module behind a token with this CK_TOKEN_INFO manufacturer and model."""
+    for (maker, model_start), profile in PROFILES.items():
+        if manufacturer == maker and model.startswith(model_start):
+            return profile
+    return GENERIC
 
 
 def ec_point_from_attribute(value: bytes, curve: Curve) -> bytes:
@@ -75,19 +123,57 @@ def _octet_string_header(length: int) -> bytes:
     return bytes([0x04, 0x82, length >> 8, length & 0xFF])
 
 
-def generate_with_fallback(generate: Callable[[dict[Attribute, Any]], T], private_template: dict[Attribute, Any]) -> T:
-    """Run ``generate(template)``; if the module rejects CKA_EXTRACTABLE, retry without it.
+# The capability attributes python-pkcs11 sets explicitly (true or false) in a key-pair template.
+_PRIVATE_USES = (Attribute.SIGN, Attribute.DERIVE, Attribute.DECRYPT, Attribute.UNWRAP)
+_PUBLIC_USES = (Attribute.VERIFY, Attribute.ENCRYPT, Attribute.WRAP)
 
-    The caller must check the generated key's attributes afterwards: without
-    the attribute, the module's default decides.
+
+def template_ladder(
+    private_template: dict[Attribute, Any], public_template: dict[Attribute, Any], uses: frozenset[Attribute]
+) -> list[tuple[str, dict[Attribute, Any], dict[Attribute, Any]]]:
+    """The key-pair templates vault tries, strictest first, each ``(name, private, public)``.
+
+    1. ``strict``: every capability set, the unused ones explicitly false;
+    2. ``usage only``: the unused capabilities left to the module (tpm2-pkcs11
+       refuses CKA_DECRYPT false on an EC signing key, say);
+    3. ``module default extractable``: also CKA_EXTRACTABLE left out, for
+       modules that refuse it and make private keys non-extractable anyway.
+
+    Every template keeps CKA_SENSITIVE, CKA_PRIVATE and CKA_TOKEN true; none
+    ever asks for an extractable key that the strict one did not. The caller
+    checks the key it gets, whichever template made it.
     """
-    try:
-        return generate(private_template)
-    except _TEMPLATE_REJECTED:
-        if Attribute.EXTRACTABLE not in private_template:
-            raise
-        reduced: dict[Attribute, Any] = {k: v for k, v in private_template.items() if k is not Attribute.EXTRACTABLE}
-        return generate(reduced)
+    from pkcs11.constants import DEFAULT
+
+    lean_private = {**private_template, **{a: DEFAULT for a in _PRIVATE_USES if a not in uses}}
+    lean_public = {**public_template, **{a: DEFAULT for a in _PUBLIC_USES if a not in uses}}
+    ladder = [("strict", private_template, public_template), ("usage only", lean_private, lean_public)]
+    if Attribute.EXTRACTABLE in private_template:
+        reduced: dict[Attribute, Any] = {k: v for k, v in lean_private.items() if k is not Attribute.EXTRACTABLE}
+        ladder.append(("module default extractable", reduced, lean_public))
+    return ladder
+
+
+def generate_with_fallback(
+    generate: Callable[[dict[Attribute, Any], dict[Attribute, Any]], T],
+    private_template: dict[Attribute, Any],
+    public_template: dict[Attribute, Any],
+    uses: frozenset[Attribute],
+) -> tuple[T, str]:
+    """Run ``generate(private, public)`` down :func:`template_ladder` until the module accepts one.
+
+    Returns the result and the name of the template that made it. Only a
+    template refusal (CKR_ATTRIBUTE_*, CKR_TEMPLATE_INCONSISTENT) moves to
+    the next template; the last refusal is raised.
+    """
+    ladder = template_ladder(private_template, public_template, uses)
+    for name, private, public in ladder[:-1]:
+        try:
+            return generate(private, public), name
+        except _TEMPLATE_REJECTED:
+            continue
+    name, private, public = ladder[-1]
+    return generate(private, public), name
 
 
 def derive_with_fallback(derive: Callable[[bytes], T], peer_point: bytes) -> T:

@@ -30,6 +30,7 @@ from vault.errors import (
     TokenOperationError,
     UriError,
 )
+from vault.token import _p11kit
 from vault.token._ckr import ckr_name
 from vault.token._pin import resolve_pin
 from vault.token._uri import Pkcs11Uri
@@ -91,8 +92,18 @@ def load_module(path: str) -> Any:
             return lib
         if not Path(path).is_file():
             raise ModuleLoadError(f"PKCS#11 module not found: {path}")
+        _p11kit.prepare(path)
         try:
             lib = pkcs11.lib(path)
+        except p11e.ArgumentsBad as e:
+            raise ModuleLoadError(
+                f"{path} needs arguments at C_Initialize (NSS softoken does): load it through p11-kit's proxy "
+                f"with a module configuration, as nss/setup.sh writes one (${_p11kit.CONFIG_ENV})"
+            ) from e
+        except p11e.PKCS11Error as e:
+            detail = ckr_name(e)
+            reason = str(e) if detail == "PKCS11Error" else detail
+            raise ModuleLoadError(f"cannot load PKCS#11 module {path}: {reason}") from e
         except (RuntimeError, OSError) as e:
             raise ModuleLoadError(f"cannot load PKCS#11 module {path}: {e}") from e
         _modules[path] = lib

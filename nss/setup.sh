@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Set up NSS softoken (the second PKCS#11 module vault is tested on) and its tokens in a project-local folder.
+#
+#   bash nss/setup.sh [--dir DIR] [--reset] [--quiet]
+#
+# 1. installs what is missing (Debian/Ubuntu: apt-get install libnss3 libnss3-tools;
+#    elsewhere it says what to install);
+# 2. creates, only where they do not exist yet, one NSS database per token in
+#    DIR/db/LABEL (default DIR: .nss/ at the project root, git-ignored), each with
+#    a random PIN kept in DIR/pins/LABEL.pin (mode 0600);
+# 3. writes p11-kit's configuration for them in DIR/p11-kit (NSS softoken needs its
+#    database folders at C_Initialize: p11-kit's proxy passes them, x-init-reserved),
+#    and DIR/env with VAULT_PKCS11_MODULE (the proxy) and VAULT_P11KIT_CONFIG.
+#
+# NSS has no security officer: there are no SO PIN files. Running it again changes
+# nothing; --reset first removes what it made in DIR (only inside the project folder).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(dirname "$here")
+dir="$root/.nss"
+quiet=0
+reset=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dir) dir=$2; shift 2 ;;
+    --quiet) quiet=1; shift ;;
+    --reset) reset=1; shift ;;
+    -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "setup.sh: unknown option '$1' (try --help)" >&2; exit 2 ;;
+  esac
+done
+[ -n "$dir" ] || { echo "setup.sh: --dir needs a folder" >&2; exit 2; }
+
+TOKENS="nss-root nss-release nss-officer-1 nss-officer-2 nss-officer-3 nss-approver-1 nss-approver-2 nss-approver-3 nss-station-1 nss-station-2 nss-auditor"
+
+say() { [ "$quiet" = 1 ] || echo "$@"; }
+
+find_lib() {  # find_lib NAME: the first NAME in the usual library folders
+  local d
+  for d in /usr/lib/x86_64-linux-gnu /usr/lib/aarch64-linux-gnu /usr/lib64 /usr/lib /usr/local/lib; do
+    [ -f "$d/$1" ] && { echo "$d/$1"; return 0; }
+  done
+  return 1
+}
+
+install_nss() {
+  command -v certutil >/dev/null 2>&1 && find_lib libsoftokn3.so >/dev/null && find_lib libp11-kit.so.0 >/dev/null && return 0
+  if command -v apt-get >/dev/null 2>&1; then
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then
+      command -v sudo >/dev/null 2>&1 || { echo "NSS is missing and this user cannot install it: run 'apt-get install libnss3 libnss3-tools libp11-kit0' as root" >&2; exit 1; }
+      sudo="sudo"
+    fi
+    say "installing NSS (apt-get install libnss3 libnss3-tools libp11-kit0)"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get install -y -qq libnss3 libnss3-tools libp11-kit0 >/dev/null 2>&1 \
+      || { $sudo apt-get update -qq >/dev/null && $sudo apt-get install -y -qq libnss3 libnss3-tools libp11-kit0 >/dev/null; }
+  else
+    echo "NSS is missing: install NSS's libraries and tools and p11-kit with your package manager (Fedora: dnf install nss nss-tools p11-kit), then run this again" >&2
+    exit 1
+  fi
+}
+
+random_pin() { od -An -N8 -tx1 /dev/urandom | tr -d ' \n'; }
+
+reset_tokens() {
+  local project target
+  project=$(cd "$root" && pwd -P)
+  target=$(realpath -m -- "$dir")
+  case "$target" in
+    "$project"/?*) ;;
+    *) echo "setup.sh: --reset removes development tokens only inside the project folder $project; '$dir' is not inside it" >&2; exit 1 ;;
+  esac
+  [ -e "$target" ] || return 0
+  [ -f "$target/p11-kit/modules/vault-nss.module" ] || {
+    echo "setup.sh: --reset: $target is not a token folder this script made (no p11-kit/modules/vault-nss.module); nothing removed" >&2
+    exit 1
+  }
+  rm -rf -- "$target/db" "$target/pins" "$target/p11-kit"
+  rm -f -- "$target/env"
+  say "removed the NSS development tokens and PIN files in $target"
+}
+
+[ "$reset" = 1 ] && reset_tokens
+install_nss
+softokn=$(find_lib libsoftokn3.so) || { echo "NSS is installed but libsoftokn3.so was not found" >&2; exit 1; }
+proxy=$(find_lib p11-kit-proxy.so || find_lib libp11-kit.so.0) || { echo "p11-kit's proxy module was not found" >&2; exit 1; }
+
+mkdir -p "$dir/db" "$dir/pins" "$dir/p11-kit/modules"
+chmod 700 "$dir" "$dir/db" "$dir/pins"
+dir=$(cd "$dir" && pwd)
+
+# NSS's main database (no keys of vault's) and one database per token.
+[ -f "$dir/db/main/cert9.db" ] || { mkdir -p "$dir/db/main"; certutil -N -d "sql:$dir/db/main" --empty-password; }
+slots=""
+slot=4  # NSS numbers the slots it opens for extra databases from 4
+for label in $TOKENS; do
+  db="$dir/db/$label"
+  if [ ! -f "$db/key4.db" ]; then
+    mkdir -p "$db"
+    (umask 077; random_pin > "$dir/pins/$label.pin")
+    certutil -N -d "sql:$db" -f "$dir/pins/$label.pin"
+    say "created token $label"
+  fi
+  [ -f "$dir/pins/$label.pin" ] || { echo "token '$label' exists but its PIN file $dir/pins/$label.pin is missing" >&2; exit 1; }
+  slots="$slots $(printf '0x%x' "$slot")=[configdir='sql:$db' tokenDescription='$label' slotDescription='vault $label']"
+  slot=$((slot + 1))
+done
+
+# p11-kit reads only this folder (vault's VAULT_P11KIT_CONFIG; see docs/adr/0009-second-module.md).
+new_conf=$'# written by nss/setup.sh\nuser-config: none'
+new_module="# written by nss/setup.sh: NSS softoken with one database per vault development token
+module: $softokn
+x-init-reserved: configdir='sql:$dir/db/main' certPrefix='' keyPrefix='' secmod='secmod.db' flags=noModDB tokens=<${slots# }>"
+[ "$(cat "$dir/p11-kit/pkcs11.conf" 2>/dev/null)" = "$new_conf" ] || printf '%s\n' "$new_conf" > "$dir/p11-kit/pkcs11.conf"
+[ "$(cat "$dir/p11-kit/modules/vault-nss.module" 2>/dev/null)" = "$new_module" ] \
+  || printf '%s\n' "$new_module" > "$dir/p11-kit/modules/vault-nss.module"
+
+envfile="$dir/env"
+new_env=$(printf 'export VAULT_PKCS11_MODULE=%q\nexport VAULT_P11KIT_CONFIG=%q\nexport VAULT_PIN_DIR=%q\n' "$proxy" "$dir/p11-kit" "$dir/pins")
+[ "$(cat "$envfile" 2>/dev/null)" = "$new_env" ] || printf '%s\n' "$new_env" > "$envfile"
+say "NSS development tokens are in $dir/db; to use them:"
+[ "$quiet" = 1 ] || cat "$envfile"
