@@ -29,6 +29,7 @@ from vault import merkle
 from vault.audit._findings import MAX_EVIDENCE, Evidence, Findings
 from vault.audit._index import Index
 from vault.audit._report import (
+    BundleReport,
     BundleSummary,
     ExportSummary,
     Quality,
@@ -37,6 +38,7 @@ from vault.audit._report import (
     StationReport,
 )
 from vault.audit._worker import (
+    AuditedRelease,
     ChunkResult,
     Context,
     Stamp,
@@ -97,7 +99,11 @@ def _load_bundle(path: Path, policy: TrustPolicy, now: datetime, findings: Findi
     with BundleReader(path) as reader:
         envelope_bytes, header_bytes, header_id = reader.envelope_bytes, reader.header_bytes, reader.header.bundle_id
     try:
-        release, approvals = open_release(envelope_bytes, header_bytes, policy, now=now, check_window=False)
+        # after the fact: the window is compared with each manifest's time, and a station revoked or
+        # re-enrolled since the release was signed does not stop the audit (its exports meet the policy's keys)
+        release, approvals = open_release(
+            envelope_bytes, header_bytes, policy, now=now, check_window=False, check_stations=False
+        )
         promoted = True
     except VerificationError as e:
         envelope = Envelope.from_json(envelope_bytes, max_size=MAX_ENVELOPE_SIZE, what="release envelope")
@@ -127,6 +133,58 @@ def _load_bundle(path: Path, policy: TrustPolicy, now: datetime, findings: Findi
         statement_sha256=release.statement_sha256,
     )
     return release, summary
+
+
+def _bundle_files(given: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The bundle files: each file given, and every file in each folder given (but hidden ones and subfolders).
+
+    Raises:
+        InputError: no bundle was given, or a folder holds no file.
+    """
+    files: list[Path] = []
+    for item in given:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if not p.name.startswith(".") and p.is_file())
+            if not found:
+                raise InputError(f"{path} holds no release bundle")
+            files.extend(found)
+        else:
+            files.append(path)
+    if not files:
+        raise InputError("give at least one release bundle to audit against")
+    return files
+
+
+def _load_bundles(
+    given: Sequence[str | os.PathLike[str]], policy: TrustPolicy, now: datetime, findings: Findings
+) -> list[tuple[Release, BundleSummary]]:
+    """Every bundle given, each opened against the policy; the same file (or an identical copy) once.
+
+    Raises:
+        InputError: a file that is not a release bundle (also one in a folder given), or two
+            different bundles with one bundle id: the audit cannot tell which one a manifest names.
+    """
+    loaded: list[tuple[Release, BundleSummary]] = []
+    seen: dict[str, tuple[Path, str]] = {}  # bundle id -> (its file, its statement and header digest)
+    resolved: set[Path] = set()
+    for path in _bundle_files(given):
+        if path.resolve() in resolved:
+            continue
+        resolved.add(path.resolve())
+        release, summary = _load_bundle(path, policy, now, findings)
+        digest = f"{release.statement_sha256}:{release.header_sha256}"
+        first = seen.get(release.bundle_id)
+        if first is not None:
+            if first[1] == digest:
+                continue  # a copy of a bundle already given
+            raise InputError(
+                f"{first[0]} and {path} are two different bundles with one bundle id {release.bundle_id}: "
+                "give the one the stations used"
+            )
+        seen[release.bundle_id] = (path, digest)
+        loaded.append((release, summary))
+    return loaded
 
 
 @dataclass
@@ -302,7 +360,7 @@ class _Log:
     head_sequence: int | None = None
     head_size: int | None = None
     stamps: tuple[Stamp, ...] = ()  # the last two verified entries, for the time checks
-    units: _Units = field(default_factory=lambda: _Units(0))
+    units: dict[int, _Units] = field(default_factory=dict)  # audited release number -> its units here
     partial: bool = False  # picked up inside the log (earlier entries not audited): holes cannot be told
     open_units: dict[int, frozenset[tuple[str, int]]] = field(default_factory=dict)  # export -> units on fixtures
     exports: int = 0
@@ -379,14 +437,14 @@ class _Audit:
     def __init__(
         self,
         policy: TrustPolicy,
-        release: Release,
+        releases: Sequence[Release],
         findings: Findings,
         index: Index,
         progress: Callable[[AuditProgress], None] | None,
         total_bytes: int,
     ) -> None:
         self.policy = policy
-        self.release = release
+        self.releases = {number: release for number, release in enumerate(releases, 1)}  # as the index numbers them
         self.findings = findings
         self.index = index
         self.progress = progress
@@ -401,8 +459,21 @@ class _Audit:
         log = self.logs.get(station_id)
         if log is None:
             log = self.logs[station_id] = _Log(station_id, len(self.logs), self.policy.stations.get(station_id))
-            log.units = _Units(self.release.allocation.get(station_id, 0))
         return log
+
+    def units(self, log: _Log, number: int) -> _Units:
+        """The units of audited release ``number`` at the station of ``log``."""
+        units = log.units.get(number)
+        if units is None:
+            units = log.units[number] = _Units(self.releases[number].allocation.get(log.station_id, 0))
+        return units
+
+    def named(self, number: int) -> str:
+        """" of bundle <id> (<product> <version>)" when several bundles are audited; "" when one is."""
+        if len(self.releases) == 1:
+            return ""
+        release = self.releases[number]
+        return f" of bundle {release.bundle_id} ({release.product} {release.version})"
 
     # --- findings helpers ----------------------------------------------------------------------
 
@@ -601,8 +672,8 @@ class _Audit:
             self.index.add(log.number, export.number, result.rows)
         if result.labels:
             self.index.add_labels(log.number, export.number, result.labels)
-        if result.units:
-            log.units.add(result.units)
+        for number, units in result.units.items():
+            self.units(log, number).add(units)
         counters_add(log.events, result.events, len(result.events) + len(log.events))
         if self.progress is not None:
             self.progress(AuditProgress(min(self.bytes_done, self.total_bytes), self.total_bytes, self.manifests))
@@ -883,11 +954,12 @@ class _Audit:
                 if row[4] == "retry" and not any(r[0] == row[0] and r[4] == "failed" for r in rows[:at]):
                     message = f"device {hwid} was retried but no earlier manifest of its station shows it failed"
                     report("retry-without-failure", message, [row], hardware_ids=[hwid])
-        for (station, unit), rows in index.rows_for_units(
-            [(s, u) for s, u, _ in answers["units"]], MAX_EVIDENCE
+        for (station, number, unit), rows in index.rows_for_units(
+            [(s, b, u) for s, b, u, _ in answers["units"]], MAX_EVIDENCE
         ).items():
             holders = sorted({r[5] for r in rows})
-            message = f"{stations[station]}: unit {unit} is on {len(holders)} devices: " + ", ".join(holders[:8])
+            message = f"{stations[station]}: unit {unit}{self.named(number)} is on {len(holders)} devices: "
+            message += ", ".join(holders[:8])
             report("unit-shared", message, rows)
         shared = [value for value, _ in answers["serials"]]
         for serial, rows in index.rows_for("serial", shared, MAX_EVIDENCE).items():
@@ -920,32 +992,53 @@ class _Audit:
                 evidence=evidence,
             )
 
-    def station_reports(self, answers: dict[str, list[Any]]) -> tuple[list[StationReport], Reconciliation, Quality]:
-        for station_id in self.release.allocation:  # an allocated station that sent nothing shows as such
-            self.log(station_id)
+    def station_reports(
+        self, answers: dict[str, list[Any]]
+    ) -> tuple[list[StationReport], list[tuple[tuple[str, Reconciliation], ...]], Reconciliation, Quality]:
+        """Each station's report (its reconciliation over every audited bundle), each bundle's reconciliation
+        per station, and the totals; with the count findings per station and bundle."""
+        for release in self.releases.values():  # an allocated station that sent nothing shows as such
+            for station_id in release.allocation:
+                self.log(station_id)
         first_pass = {station: (attempted, first) for station, attempted, first in answers["first_pass"]}
         failed_steps, weeks = _top(answers["pareto"]), _top(answers["weeks"])
-        # each distinct manifest once, whatever forks, replays or re-sealed copies repeat it
-        events: dict[int, dict[str, int]] = {}
-        provisioned: dict[int, int] = {}
+        # each distinct manifest once, whatever forks, replays or re-sealed copies repeat it; per station and
+        # audited release (0: a manifest of no audited bundle)
+        events: dict[tuple[int, int], dict[str, int]] = {}
+        refused: dict[tuple[int, int], int] = {}
         repeated: dict[int, int] = {}
-        refused: dict[int, int] = {}
-        for station, event, has_unit, rows, distinct, in_release in answers["counts"]:
-            counts = events.setdefault(station, {})
+        for station, number, event, has_unit, rows, distinct in answers["counts"]:
+            counts = events.setdefault((station, number), {})
             counts[event] = counts.get(event, 0) + distinct
             if event == "failed" and not has_unit:  # a refusal: no unit was used, no device failed
-                refused[station] = refused.get(station, 0) + distinct
-            if event in ("provisioned", "retry"):  # a retry ends its unit provisioned, like a first success
-                provisioned[station] = provisioned.get(station, 0) + in_release
+                refused[(station, number)] = refused.get((station, number), 0) + distinct
             repeated[station] = repeated.get(station, 0) + rows - distinct
+        per_bundle: dict[int, list[tuple[str, Reconciliation]]] = {number: [] for number in self.releases}
         reports = []
-        allocation = self.release.allocation
         total_failures: dict[str, int] = {}
         total_weeks: dict[str, int] = {}
         for log in sorted(self.logs.values(), key=lambda lg: lg.station_id):
-            units = log.units
-            final = units.final()
-            log.events = events.get(log.number, {})
+            log.events = {}
+            parts = []
+            for number in sorted({0, *self.releases, *(n for s, n in events if s == log.number)}):
+                counts = events.get((log.number, number), {})
+                counters_add(log.events, counts, len(counts) + len(log.events))
+                if number == 0:  # manifests of no audited bundle: their events, but no unit nor device of any
+                    parts.append(_reconcile(0, counts, refused.get((log.number, 0), 0), None, provisioned=False))
+                    continue
+                allocation = self.releases[number].allocation.get(log.station_id)
+                units = log.units.get(number)
+                if allocation is None and units is None and not counts:
+                    continue  # neither allocated this bundle nor used it
+                r = _reconcile(allocation or 0, counts, refused.get((log.number, number), 0), units)
+                parts.append(r)
+                per_bundle[number].append((log.station_id, r))
+                self.allocation_findings(log.station_id, r, number)
+                if not log.partial and units is not None:
+                    last = log.open_units[max(log.open_units)] if log.open_units else frozenset()
+                    bundle_id = self.releases[number].bundle_id
+                    still_open = {n for b, n in last if b == bundle_id}
+                    self.hole_findings(log.station_id, units, still_open, number)
             if repeated.get(log.number):
                 self.findings.add(
                     "manifest-duplicated",
@@ -954,22 +1047,8 @@ class _Audit:
                     stations=[log.station_id],
                     count=repeated[log.number],
                 )
-            reconciliation = Reconciliation(
-                allocation=allocation.get(log.station_id, 0),
-                reserved=sum(final.values()),
-                provisioned=provisioned.get(log.number, 0),
-                reworked=log.events.get("rework", 0),
-                failed=log.events.get("failed", 0) - refused.get(log.number, 0),
-                scrapped=log.events.get("scrap", 0),
-                label_mismatch=log.events.get("label-mismatch", 0),
-                break_glass=log.events.get("break-glass", 0),
-                refused=refused.get(log.number, 0),
-                units_provisioned=final[1] + final[2],
-                units_failed=final[3],
-                units_scrapped=final[4],
-                units_open=final[5],
-                highest_unit=units.highest,
-            )
+            allocated = sum(release.allocation.get(log.station_id, 0) for release in self.releases.values())
+            reconciliation = Reconciliation.sum(parts, allocated)
             attempted, first = first_pass.get(log.number, (0, 0))
             steps, exception_weeks = failed_steps.get(log.number, {}), weeks.get(log.number, {})
             quality = Quality.of(attempted, first, steps, exception_weeks)
@@ -989,25 +1068,26 @@ class _Audit:
                     quality,
                 )
             )
-            self.allocation_findings(log.station_id, reconciliation)
-            if not log.partial:
-                last = log.open_units[max(log.open_units)] if log.open_units else frozenset()
-                still_open = {n for b, n in last if b == self.release.bundle_id}
-                self.hole_findings(log.station_id, units, still_open)
-        totals = Reconciliation.sum([r.reconciliation for r in reports], self.release.total)
+        bundles = []
+        for number, release in self.releases.items():
+            stations = tuple(per_bundle[number])
+            totals = Reconciliation.sum([r for _, r in stations], release.total)
+            bundles.append(stations)
+            if totals.provisioned > release.total or totals.reserved > release.total:
+                self.findings.add(
+                    "over-production",
+                    f"the stations provisioned {totals.provisioned} devices and reserved {totals.reserved} units"
+                    f"{self.named(number)}; the release authorises {release.total} in total",
+                    stations=[station for station, r in stations if r.reserved],
+                    count=max(totals.provisioned, totals.reserved) - release.total,
+                )
+        production = sum(release.total for release in self.releases.values())
+        totals = Reconciliation.sum([r.reconciliation for r in reports], production)
         attempted = sum(r.quality.attempted for r in reports)
         first = sum(r.quality.first_pass for r in reports)
-        if totals.provisioned > self.release.total or totals.reserved > self.release.total:
-            self.findings.add(
-                "over-production",
-                f"the stations provisioned {totals.provisioned} devices and reserved {totals.reserved} units; "
-                f"the release authorises {self.release.total} in total",
-                stations=[r.station_id for r in reports if r.reconciliation.reserved],
-                count=max(totals.provisioned, totals.reserved) - self.release.total,
-            )
-        return reports, totals, Quality.of(attempted, first, total_failures, total_weeks)
+        return reports, bundles, totals, Quality.of(attempted, first, total_failures, total_weeks)
 
-    def hole_findings(self, station_id: str, units: _Units, still_open: set[int]) -> None:
+    def hole_findings(self, station_id: str, units: _Units, still_open: set[int], number: int) -> None:
         """Unit numbers below the highest used that no manifest names: each a ghost until proven otherwise.
 
         The units the station's last export declares still on a fixture (``open_units``) are not holes:
@@ -1027,7 +1107,8 @@ class _Audit:
         if waiting:  # shown, so that a station cannot hide a hole behind "still on a fixture" unseen
             self.findings.add(
                 "unit-open",
-                f"{station_id}: {len(waiting)} unit(s) were on a fixture at the last export, their manifests not "
+                f"{station_id}: {len(waiting)} unit(s){self.named(number)} were on a fixture at the last export, "
+                "their manifests not "
                 f"yet in the evidence: {', '.join(map(str, waiting[:MAX_EVIDENCE]))}",
                 stations=[station_id],
                 count=len(waiting),
@@ -1036,18 +1117,19 @@ class _Audit:
             shown = ", ".join(map(str, holes)) + (" ..." if count > len(holes) else "")
             self.findings.add(
                 "unit-hole",
-                f"{station_id}: {count} unit number(s) below the highest ({units.highest}) have no manifest: {shown}",
+                f"{station_id}: {count} unit number(s){self.named(number)} below the highest ({units.highest}) "
+                f"have no manifest: {shown}",
                 stations=[station_id],
                 count=count,
             )
 
-    def allocation_findings(self, station_id: str, r: Reconciliation) -> None:
+    def allocation_findings(self, station_id: str, r: Reconciliation, number: int) -> None:
         over = max(r.provisioned, r.reserved, r.highest_unit) - r.allocation
         if over > 0:
             self.findings.add(
                 "over-allocation",
                 f"{station_id}: {r.provisioned} devices provisioned and {r.reserved} units reserved "
-                f"(highest unit {r.highest_unit}) against an allocation of {r.allocation}",
+                f"(highest unit {r.highest_unit}) against an allocation of {r.allocation}{self.named(number)}",
                 stations=[station_id],
                 count=over,
             )
@@ -1069,7 +1151,32 @@ def _top(answers: Iterable[tuple[int, str | None, int]]) -> dict[int, dict[str, 
     return listed
 
 
-def _context(policy: TrustPolicy, release: Release) -> Context:
+def _reconcile(
+    allocation: int, counts: dict[str, int], refused: int, units: _Units | None, *, provisioned: bool = True
+) -> Reconciliation:
+    """One station's reconciliation of one audited bundle, from its distinct manifests' events and its units
+    (without ``provisioned``: manifests of no audited bundle, whose devices count against no allocation)."""
+    final = units.final() if units is not None else dict.fromkeys(range(1, 6), 0)
+    return Reconciliation(
+        allocation=allocation,
+        reserved=sum(final.values()),
+        # a retry ends its unit provisioned, like a first success
+        provisioned=counts.get("provisioned", 0) + counts.get("retry", 0) if provisioned else 0,
+        reworked=counts.get("rework", 0),
+        failed=counts.get("failed", 0) - refused,
+        scrapped=counts.get("scrap", 0),
+        label_mismatch=counts.get("label-mismatch", 0),
+        break_glass=counts.get("break-glass", 0),
+        refused=refused,
+        units_provisioned=final[1] + final[2],
+        units_failed=final[3],
+        units_scrapped=final[4],
+        units_open=final[5],
+        highest_unit=0 if units is None else units.highest,
+    )
+
+
+def _context(policy: TrustPolicy, releases: Sequence[Release]) -> Context:
     stations = []
     for station_id, enrolled in sorted(policy.stations.items()):
         stations.append(
@@ -1081,18 +1188,21 @@ def _context(policy: TrustPolicy, release: Release) -> Context:
                 spki_der(enrolled.issuing_ca.public_key),
             )
         )
-    return Context(
-        stations=tuple(stations),
-        bundle_id=release.bundle_id,
-        product=release.product,
-        version=release.version,
-        security_counter=release.security_counter,
-        allowlist=frozenset((i.name, i.sha256) for i in release.images),
-        image_order=tuple((i.name, i.sha256) for i in release.images),
-        not_before=format_time(release.not_before),
-        expires=format_time(release.expires),
-        jump_seconds=JUMP_SECONDS,
+    audited = tuple(
+        AuditedRelease(
+            number=number,
+            bundle_id=release.bundle_id,
+            product=release.product,
+            version=release.version,
+            security_counter=release.security_counter,
+            allowlist=frozenset((i.name, i.sha256) for i in release.images),
+            image_order=tuple((i.name, i.sha256) for i in release.images),
+            not_before=format_time(release.not_before),
+            expires=format_time(release.expires),
+        )
+        for number, release in enumerate(releases, 1)
     )
+    return Context(stations=tuple(stations), releases=audited, jump_seconds=JUMP_SECONDS)
 
 
 def audit(
@@ -1100,20 +1210,22 @@ def audit(
     *,
     policy: bytes,
     root_certificate: x509.Certificate,
-    bundle_path: str | os.PathLike[str],
+    bundle_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     decapsulator: Decapsulator,
     workers: int | None = None,
     progress: Callable[[AuditProgress], None] | None = None,
     now: datetime | None = None,
 ) -> Report:
-    """Audit evidence exports against a trust policy and the release they were made under.
+    """Audit evidence exports against a trust policy and the releases they were made under.
 
     Args:
         exports: the export files, in any order (they are sorted per station by sequence).
         policy: the trust policy file's bytes; verified against ``root_certificate``
             (an expired policy is accepted: evidence is audited after the fact).
         root_certificate: the pinned root certificate.
-        bundle_path: the release bundle the stations provisioned from.
+        bundle_path: the release bundle the stations provisioned from, or several (files, or folders
+            whose every file is a bundle): each manifest is checked against the bundle it names, and
+            the units are reconciled per bundle and station.
         decapsulator: the auditor's decryption key (usually a token key).
         workers: worker processes (default: one per CPU; 1 runs in this process).
         progress: called after each chunk with how far the audit is.
@@ -1123,7 +1235,8 @@ def audit(
         The report. Problems in the evidence are findings in it, never exceptions.
 
     Raises:
-        InputError: the bundle cannot be read or is not one; no export was given.
+        InputError: a bundle cannot be read or is not one (also a file in a folder given), two
+            different bundles share one bundle id, or no export or no bundle was given.
         DecryptionError: every export is sealed to another auditor key (an export
             that cannot be read, or one sealed to another key among others, is a finding).
         PolicyError, SignatureError, FormatError: the trust policy does not verify.
@@ -1135,12 +1248,11 @@ def audit(
         raise InputError("give at least one evidence export to audit")
     trust = load_policy(policy, root_certificate, now=now, allow_expired=True)
     findings = Findings()
-    release, bundle = _load_bundle(Path(bundle_path), trust, now, findings)
+    given = [bundle_path] if isinstance(bundle_path, str | os.PathLike) else list(bundle_path)
     return _audit(
         paths,
         trust,
-        release,
-        bundle,
+        _load_bundles(given, trust, now, findings),
         findings,
         decapsulator,
         workers=workers,
@@ -1154,8 +1266,7 @@ def audit(
 def _audit(
     paths: Sequence[str | os.PathLike[str]],
     trust: TrustPolicy,
-    release: Release,
-    bundle: BundleSummary,
+    bundles: Sequence[tuple[Release, BundleSummary]],
     findings: Findings,
     decapsulator: Decapsulator,
     *,
@@ -1165,7 +1276,7 @@ def _audit(
     policy_sha256: str,
     started: float,
 ) -> Report:
-    """The audit once the policy and the release are verified (the benchmark starts here too)."""
+    """The audit once the policy and the releases are verified (the benchmark starts here too)."""
     if workers is None:
         workers = os.cpu_count() or 1
     if workers < 1:
@@ -1177,12 +1288,13 @@ def _audit(
     total_bytes = sum(e.size for e in opened)
     with tempfile.TemporaryDirectory(prefix="vault-audit-") as scratch:
         with Index(scratch) as index:
-            run = _Audit(trust, release, findings, index, progress, total_bytes)
-            run.run(opened, _context(trust, release), workers)
+            releases = [release for release, _ in bundles]
+            run = _Audit(trust, releases, findings, index, progress, total_bytes)
+            run.run(opened, _context(trust, releases), workers)
             index.finish_loading()
             answers = index.grouped(_FINDINGS_PER_QUESTION, parallel=workers)
             run.identities(answers, {e.number: e.name for e in opened})
-            stations, totals, quality = run.station_reports(answers)
+            stations, per_bundle, totals, quality = run.station_reports(answers)
             summaries = run.summaries + unreadable
     if progress is not None:
         progress(AuditProgress(total_bytes, total_bytes, run.manifests))
@@ -1190,7 +1302,10 @@ def _audit(
         generated=format_time(now),
         policy_version=trust.version,
         policy_sha256=policy_sha256,
-        bundle=bundle,
+        bundles=tuple(
+            BundleReport(summary, reconciled, Reconciliation.sum([r for _, r in reconciled], summary.total))
+            for (_, summary), reconciled in zip(bundles, per_bundle, strict=True)
+        ),
         exports=tuple(summaries),
         stations=tuple(stations),
         totals=(totals, quality),
