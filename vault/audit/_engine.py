@@ -95,9 +95,14 @@ class AuditProgress:
 # --- inputs ------------------------------------------------------------------------------------
 
 
-def _load_bundle(path: Path, policy: TrustPolicy, now: datetime, findings: Findings) -> tuple[Release, BundleSummary]:
+def _load_bundle(
+    path: Path, policy: TrustPolicy, now: datetime, findings: Findings
+) -> tuple[Release, BundleSummary, bytes]:
+    """The release in a bundle, its summary, and the SHA-256 of its header and envelope (the same bundle
+    has the same; the images are bound to both, and the audit does not read them)."""
     with BundleReader(path) as reader:
         envelope_bytes, header_bytes, header_id = reader.envelope_bytes, reader.header_bytes, reader.header.bundle_id
+    identity = hashlib.sha256(hashlib.sha256(header_bytes).digest() + envelope_bytes).digest()
     try:
         # after the fact: the window is compared with each manifest's time, and a station revoked or
         # re-enrolled since the release was signed does not stop the audit (its exports meet the policy's keys)
@@ -132,7 +137,7 @@ def _load_bundle(path: Path, policy: TrustPolicy, now: datetime, findings: Findi
         threshold=approvals.threshold,
         statement_sha256=release.statement_sha256,
     )
-    return release, summary
+    return release, summary, identity
 
 
 def _bundle_files(given: Sequence[str | os.PathLike[str]]) -> list[Path]:
@@ -166,23 +171,22 @@ def _load_bundles(
             different bundles with one bundle id: the audit cannot tell which one a manifest names.
     """
     loaded: list[tuple[Release, BundleSummary]] = []
-    seen: dict[str, tuple[Path, str]] = {}  # bundle id -> (its file, its statement and header digest)
+    seen: dict[str, tuple[Path, bytes]] = {}  # bundle id -> (its file, its identity)
     resolved: set[Path] = set()
     for path in _bundle_files(given):
         if path.resolve() in resolved:
             continue
         resolved.add(path.resolve())
-        release, summary = _load_bundle(path, policy, now, findings)
-        digest = f"{release.statement_sha256}:{release.header_sha256}"
+        release, summary, identity = _load_bundle(path, policy, now, findings)
         first = seen.get(release.bundle_id)
         if first is not None:
-            if first[1] == digest:
+            if first[1] == identity:
                 continue  # a copy of a bundle already given
             raise InputError(
                 f"{first[0]} and {path} are two different bundles with one bundle id {release.bundle_id}: "
                 "give the one the stations used"
             )
-        seen[release.bundle_id] = (path, digest)
+        seen[release.bundle_id] = (path, identity)
         loaded.append((release, summary))
     return loaded
 
@@ -719,7 +723,7 @@ class _Audit:
             "manifest-replayed": "manifests at the wrong log position",
             "certificate-invalid": "device certificates that do not hold",
             "image-not-allowed": "images programmed that the release does not allow",
-            "bundle-mismatch": "manifests for another bundle",
+            "bundle-mismatch": "manifests for none of the audited bundles, or unlike the bundle they name",
             "time-regression": "entries earlier than the entry before them",
             "time-forward-dated": "entries dated later than the entries around them",
             "time-outside-window": "manifests outside the release's validity window",
