@@ -367,12 +367,26 @@ class _Log:
     units: dict[int, _Units] = field(default_factory=dict)  # audited release number -> its units here
     partial: bool = False  # picked up inside the log (earlier entries not audited): holes cannot be told
     open_units: dict[int, frozenset[tuple[str, int]]] = field(default_factory=dict)  # export -> units on fixtures
+    followed: list[int] = field(default_factory=list)  # the exports (numbers) whose checkpoint the log took
     exports: int = 0
     manifests: int = 0
     verified: int = 0
     size: int | None = None
     root: bytes | None = None
     events: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Rewrite:
+    """A later export that does not extend what earlier exports verified, named at the end of the audit."""
+
+    code: str
+    export: _Export
+    station: int  # the station's number in the index
+    earlier: tuple[int, ...]  # the exports (numbers) the log had taken before it
+    ranges: tuple[tuple[int, int], ...]  # log positions [start, end) whose entries it may no longer carry
+    message: str
+    position: int | None
 
 
 @dataclass
@@ -409,7 +423,20 @@ def _frontier_from_proof(size_old: int, size_new: int, root_old: bytes, proof: S
     """
     if size_old == 0:
         return ()
+    frontier = _proof_frontier(size_old, size_new, root_old, proof)
+    try:
+        if merkle.TreeBuilder.from_frontier(size_old, frontier).root() != root_old:
+            raise LogError("the consistency proof does not give the old tree's frontier")
+    except FormatError as e:
+        raise LogError(f"the consistency proof does not give the old tree's frontier: {e}") from e
+    return frontier
+
+
+def _proof_frontier(size_old: int, size_new: int, root_old: bytes, proof: Sequence[bytes]) -> tuple[bytes, ...]:
+    """The hashes a consistency proof gives for the old tree's complete subtrees (not checked here)."""
     path = [root_old, *proof] if size_old & (size_old - 1) == 0 else list(proof)
+    if not path:
+        return ()
     fn, sn = size_old - 1, size_new - 1
     while fn & 1:
         fn >>= 1
@@ -425,13 +452,34 @@ def _frontier_from_proof(size_old: int, size_new: int, root_old: bytes, proof: S
                 sn >>= 1
         fn >>= 1
         sn >>= 1
-    frontier = tuple(reversed(nodes))
+    return tuple(reversed(nodes))
+
+
+def _changed_ranges(
+    size_old: int, size_new: int, root_new: bytes, proof: Sequence[bytes], genuine: Sequence[bytes] | None
+) -> list[tuple[int, int]]:
+    """The positions of a verified log of ``size_old`` entries (its frontier ``genuine``) that a later tree
+    (``size_new``, ``root_new``) holds otherwise: the complete subtrees whose hashes differ, read from the
+    later export's consistency proof when that proof binds them to its root; else all of them."""
+    whole = [(0, size_old)]
+    if genuine is None or size_old == 0 or size_old & (size_old - 1) == 0 or size_new <= size_old:
+        return whole  # a power of two: the proof restates no part of the old tree
     try:
-        if merkle.TreeBuilder.from_frontier(size_old, frontier).root() != root_old:
-            raise LogError("the consistency proof does not give the old tree's frontier")
-    except FormatError as e:
-        raise LogError(f"the consistency proof does not give the old tree's frontier: {e}") from e
-    return frontier
+        claimed = _proof_frontier(size_old, size_new, b"", proof)
+        if len(claimed) != len(genuine):
+            return whole
+        merkle.verify_consistency(
+            size_old, size_new, merkle.TreeBuilder.from_frontier(size_old, claimed).root(), root_new, proof
+        )
+        heights = merkle.TreeBuilder.from_frontier(size_old, genuine).heights
+    except (LogError, FormatError):
+        return whole
+    ranges, start = [], 0
+    for height, theirs, ours in zip(heights, claimed, genuine, strict=True):
+        if theirs != ours:
+            ranges.append((start, start + (1 << height)))
+        start += 1 << height
+    return ranges or whole
 
 
 # --- the audit ---------------------------------------------------------------------------------
@@ -458,6 +506,7 @@ class _Audit:
         self.logs: dict[str, _Log] = {}
         self.summaries: list[ExportSummary] = []
         self.runs: dict[int, _Run] = {}
+        self.rewrites: list[_Rewrite] = []  # named at the end, with the entries each one lost
 
     def log(self, station_id: str) -> _Log:
         log = self.logs.get(station_id)
@@ -492,6 +541,44 @@ class _Audit:
             stations=[export.station_id],
             evidence=[Evidence(export.name, export.station_id, position)],
         )
+
+    def rewritten(
+        self, code: str, run: _Run, message: str, ranges: Sequence[tuple[int, int]], *, position: int | None = None
+    ) -> None:
+        """A later export that does not extend the log the earlier ones verified: its finding waits for the
+        end, when the index names the earlier exports' entries in ``ranges`` that it no longer carries."""
+        log = run.log
+        earlier = tuple(log.followed)
+        self.rewrites.append(_Rewrite(code, run.export, log.number, earlier, tuple(ranges), message, position))
+
+    def vanished(self, export_names: dict[int, str]) -> None:
+        """Each rewrite's finding, naming the entries verified in earlier exports that are gone from their
+        positions (the index holds their rows): position, manifest id, serial and hardware id."""
+        for rewrite in self.rewrites:
+            export = rewrite.export
+            count, rows = self.index.vanished(
+                rewrite.station, export.number, rewrite.earlier, rewrite.ranges, MAX_EVIDENCE
+            )
+            message = f"{export.station_id}: {rewrite.message} ({export.name})"
+            if count:
+                first = rows[0]
+                shown = f"position {first[1]}" + (f", serial {first[4]}" if first[4] else "")
+                message += (
+                    f"; {count} entr{'y' if count == 1 else 'ies'} verified in earlier exports "
+                    f"{'is' if count == 1 else 'are'} not (or not provably) at {'its' if count == 1 else 'their'} "
+                    f"position in the log it signs, first at {shown}"
+                )
+            self.findings.add(
+                rewrite.code,
+                message,
+                key=(export.name,),
+                stations=[export.station_id],
+                serials=[r[4] for r in rows],
+                hardware_ids=[r[3] for r in rows],
+                evidence=[Evidence(export.name, export.station_id, rewrite.position)]
+                + [Evidence(export_names.get(r[0]), export.station_id, r[1], r[2], r[4], r[3]) for r in rows],
+                count=max(1, count),
+            )
 
     # --- running -------------------------------------------------------------------------------
 
@@ -625,11 +712,12 @@ class _Audit:
                     "log-gap", run, f"entries {log.head_size} to {start - 1} were never exported", position=start
                 )
             elif log.head_size is not None and start < log.head_size:
-                self.finding(
+                self.rewritten(
                     "log-forked",
                     run,
                     f"export {export.sequence} starts at entry {start}, inside export {log.head_sequence} "
                     f"(which ended at {log.head_size})",
+                    [(start, log.head_size)],
                     position=start,
                 )
             log.sequences[export.sequence] = export.name
@@ -824,28 +912,32 @@ class _Audit:
         consistent = False
         if previous is not None:
             known = log.roots.get(previous.size)
+            genuine = log.snapshots.get(previous.size)
             if previous_trusted and known is not None and known[0] != previous.root:
-                self.finding(
+                self.rewritten(
                     "log-forked",
                     run,
                     f"its previous checkpoint (size {previous.size}) is not the one "
                     f"{known[1] or 'the empty log'} signed",
+                    _changed_ranges(previous.size, checkpoint.size, checkpoint.root, proof, genuine),
                 )
             try:
                 merkle.verify_consistency(previous.size, checkpoint.size, previous.root, checkpoint.root, proof)
                 consistent = True
             except (LogError, FormatError) as e:
-                self.finding(
-                    "consistency-proof-invalid",
-                    run,
-                    f"export {export.sequence} is not proven to extend size {previous.size}: {e}",
-                )
+                message = f"export {export.sequence} is not proven to extend size {previous.size}: {e}"
+                if known is not None and known[0] == previous.root:  # it does not extend the verified log
+                    ranges = _changed_ranges(previous.size, checkpoint.size, checkpoint.root, proof, genuine)
+                    self.rewritten("consistency-proof-invalid", run, message, ranges)
+                else:
+                    self.finding("consistency-proof-invalid", run, message)
         known = log.roots.get(checkpoint.size)
         if trusted and known is not None and known[0] != checkpoint.root and known[1] != export.name:
-            self.finding(
+            self.rewritten(
                 "log-forked",
                 run,
                 f"its checkpoint and {known[1]}'s sign different roots for the same size {checkpoint.size}",
+                [(run.start, checkpoint.size)],
             )
         # recompute the root over the entries
         builder = run.builder
@@ -887,6 +979,7 @@ class _Audit:
             log.snapshots[checkpoint.size] = builder.frontier
         if trusted:
             log.roots.setdefault(checkpoint.size, (checkpoint.root, export.name))
+        log.followed.append(export.number)
         return None
 
     def _invalid(self, run: _Run, why: str) -> None:
@@ -1298,6 +1391,7 @@ def _audit(
             index.finish_loading()
             answers = index.grouped(_FINDINGS_PER_QUESTION, parallel=workers)
             run.identities(answers, {e.number: e.name for e in opened})
+            run.vanished({e.number: e.name for e in opened})
             stations, per_bundle, totals, quality = run.station_reports(answers)
             summaries = run.summaries + unreadable
     if progress is not None:

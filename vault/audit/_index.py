@@ -206,6 +206,34 @@ class Index:
                 rows.append(row[2:])
         return found
 
+    def vanished(
+        self, station: int, later: int, earlier: Sequence[int], ranges: Sequence[tuple[int, int]], limit: int
+    ) -> tuple[int, list[tuple[Any, ...]]]:
+        """The entries of a station's ``earlier`` exports at positions in ``ranges`` that export ``later``
+        does not carry at the same position: how many (each distinct manifest once), and the first
+        ``limit`` as (export, position, manifest id, hardware id, serial), in log order."""
+        if not earlier or not ranges:
+            return 0, []
+        self._db.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS kept (position INTEGER, manifest_id TEXT, "
+            "PRIMARY KEY (position, manifest_id)) WITHOUT ROWID"
+        )
+        self._db.execute("DELETE FROM kept")
+        self._db.execute(
+            "INSERT OR IGNORE INTO kept SELECT position, manifest_id FROM entries WHERE station = ? AND export = ?",
+            (int(station), int(later)),
+        )
+        exports = ", ".join(str(int(e)) for e in earlier)  # this audit's own integers
+        where = " OR ".join(f"(position >= {int(a)} AND position < {int(b)})" for a, b in ranges)
+        sql = (
+            "SELECT MIN(export), position, manifest_id, hardware_id, serial FROM entries "
+            f"WHERE station = {int(station)} AND export IN ({exports}) AND ({where}) "
+            "AND NOT EXISTS (SELECT 1 FROM kept k WHERE k.position = entries.position "
+            "AND k.manifest_id = entries.manifest_id) GROUP BY position, manifest_id ORDER BY position"
+        )
+        count = self._db.execute(f"SELECT COUNT(*) FROM ({sql})").fetchone()[0]
+        return int(count), self._db.execute(f"{sql} LIMIT ?", (int(limit),)).fetchall()
+
     def rows_for(self, column: str, values: Sequence[str], limit: int) -> dict[str, list[tuple[Any, ...]]]:
         """For each of ``values``, the first ``limit`` rows (station, export, position, manifest id, event,
         hardware id, serial) with ``column`` equal to it, in log order; one pass over the table for all."""
