@@ -96,7 +96,8 @@ def setup(work: Path, n: int) -> dict[str, object]:
     policy = ["--policy", str(world.policy_path), "--root-cert", str(world.root_cert_path)]
     vault("bundle", "build", str(description), "-o", str(bundle), "--log", str(world.promotions), *policy)
     for i in (1, 3):
-        vault("bundle", "approve", str(bundle), "--yes", "--key", world.key(f"approver-{i}", "approver-signing"), *policy)
+        key = world.key(f"approver-{i}", "approver-signing")
+        vault("bundle", "approve", str(bundle), "--yes", "--key", key, *policy)
     vault("bundle", "promote", str(bundle), "--key", world.key("release", "release-signer"),
           "--log", str(world.promotions), *policy)  # fmt: skip
     # Load it once at a station: this checks it and gives the release as a station sees it.

@@ -297,9 +297,9 @@ def auditor_key(world: World) -> Iterator[TokenKey]:
 
 @pytest.fixture
 def run_audit(world: World, auditor_key: TokenKey) -> Callable[..., Report]:
-    """``run_audit(paths, bundle=..., workers=1)``: audit exports against the world's policy."""
+    """``run_audit(paths, bundle=..., workers=1)``: audit exports against the world's policy (one bundle or several)."""
 
-    def run(paths: list[Path], *, bundle: Path | None = None, workers: int = 1) -> Report:
+    def run(paths: list[Path], *, bundle: Path | list[Path] | None = None, workers: int = 1) -> Report:
         return audit(
             paths,
             policy=world.policy,

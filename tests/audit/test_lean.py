@@ -123,11 +123,12 @@ def usual() -> dict[str, Any]:
 def _context() -> worker.Context:
     keys = worker.StationKeys("station-1", STATION.key_id, spki_der(STATION.public_key), CA.key_id,
                               spki_der(CA.public_key))  # fmt: skip
-    return worker.Context(
-        stations=(keys,), bundle_id="11" * 16, product="example-sensor", version="1.4.0", security_counter=7,
+    release = worker.AuditedRelease(
+        number=1, bundle_id="11" * 16, product="example-sensor", version="1.4.0", security_counter=7,
         allowlist=frozenset(IMAGES), image_order=IMAGES, not_before="2026-01-01T00:00:00Z",
-        expires="2099-01-01T00:00:00Z", jump_seconds=30 * 24 * 3600,
+        expires="2099-01-01T00:00:00Z",
     )  # fmt: skip
+    return worker.Context(stations=(keys,), releases=(release,), jump_seconds=30 * 24 * 3600)
 
 
 @pytest.mark.parametrize("change", _predicate_variants(), ids=lambda c: repr(c)[:60])

@@ -127,7 +127,7 @@ def test_the_html_report_is_one_self_contained_page(mixed: Path, run_audit: Audi
     page = run_audit([mixed]).to_html()
     parsed = _Page()
     parsed.feed(page)
-    assert parsed.ids[:3] == ["summary", "stations", "findings"] and "charts" in parsed.ids
+    assert parsed.ids[:4] == ["summary", "stations", "bundles", "findings"] and "charts" in parsed.ids
     assert parsed.tags.count("svg") == 3
     assert not {"script", "link", "img", "iframe", "object"} & set(parsed.tags)
     assert not any("http" in link for link in parsed.links) and "http" not in page.replace('"http', "")

@@ -1,8 +1,8 @@
 """vault.audit: check evidence exports from the factory, find every ghost, clone and over-run, and report.
 
 :func:`audit` decrypts the stations' evidence exports with the auditor's key
-and checks them against the trust policy and the release bundle they were
-made under:
+and checks them against the trust policy and the release bundles they were
+made under (each manifest against the bundle it names):
 
 - every manifest's signature by its station's enrolled key, its fields, and
   its device certificate (issued by the station's CA, for the device's key,
@@ -53,6 +53,7 @@ from vault.audit._engine import JUMP_SECONDS, AuditProgress, audit
 from vault.audit._findings import CODES, MAX_EVIDENCE, SEVERITIES, Evidence, Finding, Thresholds, severity_rank
 from vault.audit._report import (
     REPORT_FORMAT,
+    BundleReport,
     BundleSummary,
     ExportSummary,
     Quality,
@@ -68,6 +69,7 @@ __all__ = [
     "REPORT_FORMAT",
     "SEVERITIES",
     "AuditProgress",
+    "BundleReport",
     "BundleSummary",
     "Evidence",
     "ExportSummary",

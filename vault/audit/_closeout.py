@@ -62,7 +62,7 @@ class LogEnd:
     path: str | None  # the last export's full path
     created: datetime | None  # when the last export says it was made
     roots: Mapping[int, bytes]  # every size a verified checkpoint signs, and its root
-    highest_unit: int
+    highest_units: Mapping[str, int]  # the highest unit the evidence shows, by bundle id
 
 
 def read_closeouts(
@@ -82,16 +82,18 @@ def read_closeouts(
 def check_closeouts(
     closeouts: Sequence[tuple[str, Closeout]],
     ends: Mapping[str, LogEnd],
-    release: Release,
+    releases: Sequence[Release],
     *,
     now: datetime,
     max_silence: timedelta,
     findings: Findings,
 ) -> None:
-    """Each close-out against the evidence, then every station with an allocation for silence."""
-    closed: set[str] = set()
+    """Each close-out against the evidence, then every station with an allocation in an audited release for
+    silence."""
+    audited = {release.bundle_id for release in releases}
+    closed: set[tuple[str, str]] = set()
     for path, c in closeouts:
-        if c.bundle_id != release.bundle_id:
+        if c.bundle_id not in audited:
             findings.add(
                 "station-closed",
                 f"{c.station_id} closed bundle {c.bundle_id} ({c.product} {c.version}), not the audited release: "
@@ -100,10 +102,24 @@ def check_closeouts(
                 evidence=[Evidence(path, c.station_id)],
             )
             continue
-        closed.add(c.station_id)
+        closed.add((c.station_id, c.bundle_id))
         _check_one(path, c, ends.get(c.station_id), findings)
+    for release in releases:
+        _silence(release, closed, ends, now=now, max_silence=max_silence, findings=findings)
+
+
+def _silence(
+    release: Release,
+    closed: set[tuple[str, str]],
+    ends: Mapping[str, LogEnd],
+    *,
+    now: datetime,
+    max_silence: timedelta,
+    findings: Findings,
+) -> None:
+    """Each station with an allocation in ``release`` that has not closed it: evidence, and recent enough."""
     for station_id, allocation in sorted(release.allocation.items()):
-        if allocation <= 0 or station_id in closed:
+        if allocation <= 0 or (station_id, release.bundle_id) in closed:
             continue
         end = ends.get(station_id)
         if end is None or end.created is None or end.path is None:
@@ -155,11 +171,12 @@ def _check_one(path: str, c: Closeout, end: LogEnd | None, findings: Findings) -
             evidence=where,
         )
         return
-    if end.highest_unit > c.units.used:
+    highest = end.highest_units.get(c.bundle_id, 0)
+    if highest > c.units.used:
         findings.add(
             "closeout-mismatch",
             f"{c.station_id}'s close-out ({path}) counts {c.units.used} units used; the evidence names unit "
-            f"{end.highest_unit}",
+            f"{highest}",
             stations=[c.station_id],
             evidence=where,
         )

@@ -30,6 +30,7 @@ from vault.audit._closeout import DEFAULT_MAX_SILENCE, LogEnd, check_closeouts, 
 from vault.audit._findings import MAX_EVIDENCE, Evidence, Findings, Thresholds
 from vault.audit._index import Index
 from vault.audit._report import (
+    BundleReport,
     BundleSummary,
     ExportSummary,
     Quality,
@@ -38,6 +39,7 @@ from vault.audit._report import (
     StationReport,
 )
 from vault.audit._worker import (
+    AuditedRelease,
     ChunkResult,
     Clock,
     Context,
@@ -96,11 +98,20 @@ class AuditProgress:
 # --- inputs ------------------------------------------------------------------------------------
 
 
-def _load_bundle(path: Path, policy: TrustPolicy, now: datetime, findings: Findings) -> tuple[Release, BundleSummary]:
+def _load_bundle(
+    path: Path, policy: TrustPolicy, now: datetime, findings: Findings
+) -> tuple[Release, BundleSummary, bytes]:
+    """The release in a bundle, its summary, and the SHA-256 of its header and envelope (the same bundle
+    has the same; the images are bound to both, and the audit does not read them)."""
     with BundleReader(path) as reader:
         envelope_bytes, header_bytes, header_id = reader.envelope_bytes, reader.header_bytes, reader.header.bundle_id
+    identity = hashlib.sha256(hashlib.sha256(header_bytes).digest() + envelope_bytes).digest()
     try:
-        release, approvals = open_release(envelope_bytes, header_bytes, policy, now=now, check_window=False)
+        # after the fact: the window is compared with each manifest's time, and a station revoked or
+        # re-enrolled since the release was signed does not stop the audit (its exports meet the policy's keys)
+        release, approvals = open_release(
+            envelope_bytes, header_bytes, policy, now=now, check_window=False, check_stations=False
+        )
         promoted = True
     except VerificationError as e:
         envelope = Envelope.from_json(envelope_bytes, max_size=MAX_ENVELOPE_SIZE, what="release envelope")
@@ -129,7 +140,58 @@ def _load_bundle(path: Path, policy: TrustPolicy, now: datetime, findings: Findi
         threshold=approvals.threshold,
         statement_sha256=release.statement_sha256,
     )
-    return release, summary
+    return release, summary, identity
+
+
+def _bundle_files(given: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The bundle files: each file given, and every file in each folder given (but hidden ones and subfolders).
+
+    Raises:
+        InputError: no bundle was given, or a folder holds no file.
+    """
+    files: list[Path] = []
+    for item in given:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if not p.name.startswith(".") and p.is_file())
+            if not found:
+                raise InputError(f"{path} holds no release bundle")
+            files.extend(found)
+        else:
+            files.append(path)
+    if not files:
+        raise InputError("give at least one release bundle to audit against")
+    return files
+
+
+def _load_bundles(
+    given: Sequence[str | os.PathLike[str]], policy: TrustPolicy, now: datetime, findings: Findings
+) -> list[tuple[Release, BundleSummary]]:
+    """Every bundle given, each opened against the policy; the same file (or an identical copy) once.
+
+    Raises:
+        InputError: a file that is not a release bundle (also one in a folder given), or two
+            different bundles with one bundle id: the audit cannot tell which one a manifest names.
+    """
+    loaded: list[tuple[Release, BundleSummary]] = []
+    seen: dict[str, tuple[Path, bytes]] = {}  # bundle id -> (its file, its identity)
+    resolved: set[Path] = set()
+    for path in _bundle_files(given):
+        if path.resolve() in resolved:
+            continue
+        resolved.add(path.resolve())
+        release, summary, identity = _load_bundle(path, policy, now, findings)
+        first = seen.get(release.bundle_id)
+        if first is not None:
+            if first[1] == identity:
+                continue  # a copy of a bundle already given
+            raise InputError(
+                f"{first[0]} and {path} are two different bundles with one bundle id {release.bundle_id}: "
+                "give the one the stations used"
+            )
+        seen[release.bundle_id] = (path, identity)
+        loaded.append((release, summary))
+    return loaded
 
 
 @dataclass
@@ -306,15 +368,29 @@ class _Log:
     head_size: int | None = None
     stamps: tuple[Stamp, ...] = ()  # the last two verified entries, for the time checks
     last_clock: Clock | None = None  # the last monotonic reading
-    units: _Units = field(default_factory=lambda: _Units(0))
+    units: dict[int, _Units] = field(default_factory=dict)  # audited release number -> its units here
     partial: bool = False  # picked up inside the log (earlier entries not audited): holes cannot be told
     open_units: dict[int, frozenset[tuple[str, int]]] = field(default_factory=dict)  # export -> units on fixtures
+    followed: list[int] = field(default_factory=list)  # the exports (numbers) whose checkpoint the log took
     exports: int = 0
     manifests: int = 0
     verified: int = 0
     size: int | None = None
     root: bytes | None = None
     events: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Rewrite:
+    """A later export that does not extend what earlier exports verified, named at the end of the audit."""
+
+    code: str
+    export: _Export
+    station: int  # the station's number in the index
+    earlier: tuple[int, ...]  # the exports (numbers) the log had taken before it
+    ranges: tuple[tuple[int, int], ...]  # log positions [start, end) whose entries it may no longer carry
+    message: str
+    position: int | None
 
 
 @dataclass
@@ -351,7 +427,20 @@ def _frontier_from_proof(size_old: int, size_new: int, root_old: bytes, proof: S
     """
     if size_old == 0:
         return ()
+    frontier = _proof_frontier(size_old, size_new, root_old, proof)
+    try:
+        if merkle.TreeBuilder.from_frontier(size_old, frontier).root() != root_old:
+            raise LogError("the consistency proof does not give the old tree's frontier")
+    except FormatError as e:
+        raise LogError(f"the consistency proof does not give the old tree's frontier: {e}") from e
+    return frontier
+
+
+def _proof_frontier(size_old: int, size_new: int, root_old: bytes, proof: Sequence[bytes]) -> tuple[bytes, ...]:
+    """The hashes a consistency proof gives for the old tree's complete subtrees (not checked here)."""
     path = [root_old, *proof] if size_old & (size_old - 1) == 0 else list(proof)
+    if not path:
+        return ()
     fn, sn = size_old - 1, size_new - 1
     while fn & 1:
         fn >>= 1
@@ -367,13 +456,34 @@ def _frontier_from_proof(size_old: int, size_new: int, root_old: bytes, proof: S
                 sn >>= 1
         fn >>= 1
         sn >>= 1
-    frontier = tuple(reversed(nodes))
+    return tuple(reversed(nodes))
+
+
+def _changed_ranges(
+    size_old: int, size_new: int, root_new: bytes, proof: Sequence[bytes], genuine: Sequence[bytes] | None
+) -> list[tuple[int, int]]:
+    """The positions of a verified log of ``size_old`` entries (its frontier ``genuine``) that a later tree
+    (``size_new``, ``root_new``) holds otherwise: the complete subtrees whose hashes differ, read from the
+    later export's consistency proof when that proof binds them to its root; else all of them."""
+    whole = [(0, size_old)]
+    if genuine is None or size_old == 0 or size_old & (size_old - 1) == 0 or size_new <= size_old:
+        return whole  # a power of two: the proof restates no part of the old tree
     try:
-        if merkle.TreeBuilder.from_frontier(size_old, frontier).root() != root_old:
-            raise LogError("the consistency proof does not give the old tree's frontier")
-    except FormatError as e:
-        raise LogError(f"the consistency proof does not give the old tree's frontier: {e}") from e
-    return frontier
+        claimed = _proof_frontier(size_old, size_new, b"", proof)
+        if len(claimed) != len(genuine):
+            return whole
+        merkle.verify_consistency(
+            size_old, size_new, merkle.TreeBuilder.from_frontier(size_old, claimed).root(), root_new, proof
+        )
+        heights = merkle.TreeBuilder.from_frontier(size_old, genuine).heights
+    except (LogError, FormatError):
+        return whole
+    ranges, start = [], 0
+    for height, theirs, ours in zip(heights, claimed, genuine, strict=True):
+        if theirs != ours:
+            ranges.append((start, start + (1 << height)))
+        start += 1 << height
+    return ranges or whole
 
 
 # --- the audit ---------------------------------------------------------------------------------
@@ -383,7 +493,7 @@ class _Audit:
     def __init__(
         self,
         policy: TrustPolicy,
-        release: Release,
+        releases: Sequence[Release],
         findings: Findings,
         index: Index,
         progress: Callable[[AuditProgress], None] | None,
@@ -392,7 +502,7 @@ class _Audit:
     ) -> None:
         self.thresholds = thresholds or Thresholds()
         self.policy = policy
-        self.release = release
+        self.releases = {number: release for number, release in enumerate(releases, 1)}  # as the index numbers them
         self.findings = findings
         self.index = index
         self.progress = progress
@@ -402,13 +512,27 @@ class _Audit:
         self.logs: dict[str, _Log] = {}
         self.summaries: list[ExportSummary] = []
         self.runs: dict[int, _Run] = {}
+        self.rewrites: list[_Rewrite] = []  # named at the end, with the entries each one lost
 
     def log(self, station_id: str) -> _Log:
         log = self.logs.get(station_id)
         if log is None:
             log = self.logs[station_id] = _Log(station_id, len(self.logs), self.policy.stations.get(station_id))
-            log.units = _Units(self.release.allocation.get(station_id, 0))
         return log
+
+    def units(self, log: _Log, number: int) -> _Units:
+        """The units of audited release ``number`` at the station of ``log``."""
+        units = log.units.get(number)
+        if units is None:
+            units = log.units[number] = _Units(self.releases[number].allocation.get(log.station_id, 0))
+        return units
+
+    def named(self, number: int) -> str:
+        """" of bundle <id> (<product> <version>)" when several bundles are audited; "" when one is."""
+        if len(self.releases) == 1:
+            return ""
+        release = self.releases[number]
+        return f" of bundle {release.bundle_id} ({release.product} {release.version})"
 
     # --- findings helpers ----------------------------------------------------------------------
 
@@ -423,6 +547,44 @@ class _Audit:
             stations=[export.station_id],
             evidence=[Evidence(export.name, export.station_id, position)],
         )
+
+    def rewritten(
+        self, code: str, run: _Run, message: str, ranges: Sequence[tuple[int, int]], *, position: int | None = None
+    ) -> None:
+        """A later export that does not extend the log the earlier ones verified: its finding waits for the
+        end, when the index names the earlier exports' entries in ``ranges`` that it no longer carries."""
+        log = run.log
+        earlier = tuple(log.followed)
+        self.rewrites.append(_Rewrite(code, run.export, log.number, earlier, tuple(ranges), message, position))
+
+    def vanished(self, export_names: dict[int, str]) -> None:
+        """Each rewrite's finding, naming the entries verified in earlier exports that are gone from their
+        positions (the index holds their rows): position, manifest id, serial and hardware id."""
+        for rewrite in self.rewrites:
+            export = rewrite.export
+            count, rows = self.index.vanished(
+                rewrite.station, export.number, rewrite.earlier, rewrite.ranges, MAX_EVIDENCE
+            )
+            message = f"{export.station_id}: {rewrite.message} ({export.name})"
+            if count:
+                first = rows[0]
+                shown = f"position {first[1]}" + (f", serial {first[4]}" if first[4] else "")
+                message += (
+                    f"; {count} entr{'y' if count == 1 else 'ies'} verified in earlier exports "
+                    f"{'is' if count == 1 else 'are'} not (or not provably) at {'its' if count == 1 else 'their'} "
+                    f"position in the log it signs, first at {shown}"
+                )
+            self.findings.add(
+                rewrite.code,
+                message,
+                key=(export.name,),
+                stations=[export.station_id],
+                serials=[r[4] for r in rows],
+                hardware_ids=[r[3] for r in rows],
+                evidence=[Evidence(export.name, export.station_id, rewrite.position)]
+                + [Evidence(export_names.get(r[0]), export.station_id, r[1], r[2], r[4], r[3]) for r in rows],
+                count=max(1, count),
+            )
 
     # --- running -------------------------------------------------------------------------------
 
@@ -556,11 +718,12 @@ class _Audit:
                     "log-gap", run, f"entries {log.head_size} to {start - 1} were never exported", position=start
                 )
             elif log.head_size is not None and start < log.head_size:
-                self.finding(
+                self.rewritten(
                     "log-forked",
                     run,
                     f"export {export.sequence} starts at entry {start}, inside export {log.head_sequence} "
                     f"(which ended at {log.head_size})",
+                    [(start, log.head_size)],
                     position=start,
                 )
             log.sequences[export.sequence] = export.name
@@ -608,8 +771,8 @@ class _Audit:
             self.index.add(log.number, export.number, result.rows)
         if result.labels:
             self.index.add_labels(log.number, export.number, result.labels)
-        if result.units:
-            log.units.add(result.units)
+        for number, units in result.units.items():
+            self.units(log, number).add(units)
         counters_add(log.events, result.events, len(result.events) + len(log.events))
         if self.progress is not None:
             self.progress(AuditProgress(min(self.bytes_done, self.total_bytes), self.total_bytes, self.manifests))
@@ -666,7 +829,7 @@ class _Audit:
             "manifest-replayed": "manifests at the wrong log position",
             "certificate-invalid": "device certificates that do not hold",
             "image-not-allowed": "images programmed that the release does not allow",
-            "bundle-mismatch": "manifests for another bundle",
+            "bundle-mismatch": "manifests for none of the audited bundles, or unlike the bundle they name",
             "time-regression": "entries earlier than the entry before them",
             "time-forward-dated": "entries dated later than the entries around them",
             "time-outside-window": "manifests outside the release's validity window",
@@ -770,28 +933,32 @@ class _Audit:
         consistent = False
         if previous is not None:
             known = log.roots.get(previous.size)
+            genuine = log.snapshots.get(previous.size)
             if previous_trusted and known is not None and known[0] != previous.root:
-                self.finding(
+                self.rewritten(
                     "log-forked",
                     run,
                     f"its previous checkpoint (size {previous.size}) is not the one "
                     f"{known[1] or 'the empty log'} signed",
+                    _changed_ranges(previous.size, checkpoint.size, checkpoint.root, proof, genuine),
                 )
             try:
                 merkle.verify_consistency(previous.size, checkpoint.size, previous.root, checkpoint.root, proof)
                 consistent = True
             except (LogError, FormatError) as e:
-                self.finding(
-                    "consistency-proof-invalid",
-                    run,
-                    f"export {export.sequence} is not proven to extend size {previous.size}: {e}",
-                )
+                message = f"export {export.sequence} is not proven to extend size {previous.size}: {e}"
+                if known is not None and known[0] == previous.root:  # it does not extend the verified log
+                    ranges = _changed_ranges(previous.size, checkpoint.size, checkpoint.root, proof, genuine)
+                    self.rewritten("consistency-proof-invalid", run, message, ranges)
+                else:
+                    self.finding("consistency-proof-invalid", run, message)
         known = log.roots.get(checkpoint.size)
         if trusted and known is not None and known[0] != checkpoint.root and known[1] != export.name:
-            self.finding(
+            self.rewritten(
                 "log-forked",
                 run,
                 f"its checkpoint and {known[1]}'s sign different roots for the same size {checkpoint.size}",
+                [(run.start, checkpoint.size)],
             )
         # recompute the root over the entries
         builder = run.builder
@@ -833,6 +1000,7 @@ class _Audit:
             log.snapshots[checkpoint.size] = builder.frontier
         if trusted:
             log.roots.setdefault(checkpoint.size, (checkpoint.root, export.name))
+        log.followed.append(export.number)
         return None
 
     def _invalid(self, run: _Run, why: str) -> None:
@@ -904,11 +1072,12 @@ class _Audit:
                 if row[4] == "retry" and not any(r[0] == row[0] and r[4] == "failed" for r in rows[:at]):
                     message = f"device {hwid} was retried but no earlier manifest of its station shows it failed"
                     report("retry-without-failure", message, [row], hardware_ids=[hwid])
-        for (station, unit), rows in index.rows_for_units(
-            [(s, u) for s, u, _ in answers["units"]], MAX_EVIDENCE
+        for (station, number, unit), rows in index.rows_for_units(
+            [(s, b, u) for s, b, u, _ in answers["units"]], MAX_EVIDENCE
         ).items():
             holders = sorted({r[5] for r in rows})
-            message = f"{stations[station]}: unit {unit} is on {len(holders)} devices: " + ", ".join(holders[:8])
+            message = f"{stations[station]}: unit {unit}{self.named(number)} is on {len(holders)} devices: "
+            message += ", ".join(holders[:8])
             report("unit-shared", message, rows)
         shared = [value for value, _ in answers["serials"]]
         for serial, rows in index.rows_for("serial", shared, MAX_EVIDENCE).items():
@@ -989,32 +1158,53 @@ class _Audit:
                 evidence=evidence,
             )
 
-    def station_reports(self, answers: dict[str, list[Any]]) -> tuple[list[StationReport], Reconciliation, Quality]:
-        for station_id in self.release.allocation:  # an allocated station that sent nothing shows as such
-            self.log(station_id)
+    def station_reports(
+        self, answers: dict[str, list[Any]]
+    ) -> tuple[list[StationReport], list[tuple[tuple[str, Reconciliation], ...]], Reconciliation, Quality]:
+        """Each station's report (its reconciliation over every audited bundle), each bundle's reconciliation
+        per station, and the totals; with the count findings per station and bundle."""
+        for release in self.releases.values():  # an allocated station that sent nothing shows as such
+            for station_id in release.allocation:
+                self.log(station_id)
         first_pass = {station: (attempted, first) for station, attempted, first in answers["first_pass"]}
         failed_steps, weeks = _top(answers["pareto"]), _top(answers["weeks"])
-        # each distinct manifest once, whatever forks, replays or re-sealed copies repeat it
-        events: dict[int, dict[str, int]] = {}
-        provisioned: dict[int, int] = {}
+        # each distinct manifest once, whatever forks, replays or re-sealed copies repeat it; per station and
+        # audited release (0: a manifest of no audited bundle)
+        events: dict[tuple[int, int], dict[str, int]] = {}
+        refused: dict[tuple[int, int], int] = {}
         repeated: dict[int, int] = {}
-        refused: dict[int, int] = {}
-        for station, event, has_unit, rows, distinct, in_release in answers["counts"]:
-            counts = events.setdefault(station, {})
+        for station, number, event, has_unit, rows, distinct in answers["counts"]:
+            counts = events.setdefault((station, number), {})
             counts[event] = counts.get(event, 0) + distinct
             if event == "failed" and not has_unit:  # a refusal: no unit was used, no device failed
-                refused[station] = refused.get(station, 0) + distinct
-            if event in ("provisioned", "retry"):  # a retry ends its unit provisioned, like a first success
-                provisioned[station] = provisioned.get(station, 0) + in_release
+                refused[(station, number)] = refused.get((station, number), 0) + distinct
             repeated[station] = repeated.get(station, 0) + rows - distinct
+        per_bundle: dict[int, list[tuple[str, Reconciliation]]] = {number: [] for number in self.releases}
         reports = []
-        allocation = self.release.allocation
         total_failures: dict[str, int] = {}
         total_weeks: dict[str, int] = {}
         for log in sorted(self.logs.values(), key=lambda lg: lg.station_id):
-            units = log.units
-            final = units.final()
-            log.events = events.get(log.number, {})
+            log.events = {}
+            parts = []
+            for number in sorted({0, *self.releases, *(n for s, n in events if s == log.number)}):
+                counts = events.get((log.number, number), {})
+                counters_add(log.events, counts, len(counts) + len(log.events))
+                if number == 0:  # manifests of no audited bundle: their events, but no unit nor device of any
+                    parts.append(_reconcile(0, counts, refused.get((log.number, 0), 0), None, provisioned=False))
+                    continue
+                allocation = self.releases[number].allocation.get(log.station_id)
+                units = log.units.get(number)
+                if allocation is None and units is None and not counts:
+                    continue  # neither allocated this bundle nor used it
+                r = _reconcile(allocation or 0, counts, refused.get((log.number, number), 0), units)
+                parts.append(r)
+                per_bundle[number].append((log.station_id, r))
+                self.allocation_findings(log.station_id, r, number)
+                if not log.partial and units is not None:
+                    last = log.open_units[max(log.open_units)] if log.open_units else frozenset()
+                    bundle_id = self.releases[number].bundle_id
+                    still_open = {n for b, n in last if b == bundle_id}
+                    self.hole_findings(log.station_id, units, still_open, number)
             if repeated.get(log.number):
                 self.findings.add(
                     "manifest-duplicated",
@@ -1023,22 +1213,8 @@ class _Audit:
                     stations=[log.station_id],
                     count=repeated[log.number],
                 )
-            reconciliation = Reconciliation(
-                allocation=allocation.get(log.station_id, 0),
-                reserved=sum(final.values()),
-                provisioned=provisioned.get(log.number, 0),
-                reworked=log.events.get("rework", 0),
-                failed=log.events.get("failed", 0) - refused.get(log.number, 0),
-                scrapped=log.events.get("scrap", 0),
-                label_mismatch=log.events.get("label-mismatch", 0),
-                break_glass=log.events.get("break-glass", 0),
-                refused=refused.get(log.number, 0),
-                units_provisioned=final[1] + final[2],
-                units_failed=final[3],
-                units_scrapped=final[4],
-                units_open=final[5],
-                highest_unit=units.highest,
-            )
+            allocated = sum(release.allocation.get(log.station_id, 0) for release in self.releases.values())
+            reconciliation = Reconciliation.sum(parts, allocated)
             attempted, first = first_pass.get(log.number, (0, 0))
             steps, exception_weeks = failed_steps.get(log.number, {}), weeks.get(log.number, {})
             quality = Quality.of(attempted, first, steps, exception_weeks)
@@ -1058,25 +1234,26 @@ class _Audit:
                     quality,
                 )
             )
-            self.allocation_findings(log.station_id, reconciliation)
-            if not log.partial:
-                last = log.open_units[max(log.open_units)] if log.open_units else frozenset()
-                still_open = {n for b, n in last if b == self.release.bundle_id}
-                self.hole_findings(log.station_id, units, still_open)
-        totals = Reconciliation.sum([r.reconciliation for r in reports], self.release.total)
+        bundles = []
+        for number, release in self.releases.items():
+            stations = tuple(per_bundle[number])
+            totals = Reconciliation.sum([r for _, r in stations], release.total)
+            bundles.append(stations)
+            if totals.provisioned > release.total or totals.reserved > release.total:
+                self.findings.add(
+                    "over-production",
+                    f"the stations provisioned {totals.provisioned} devices and reserved {totals.reserved} units"
+                    f"{self.named(number)}; the release authorises {release.total} in total",
+                    stations=[station for station, r in stations if r.reserved],
+                    count=max(totals.provisioned, totals.reserved) - release.total,
+                )
+        production = sum(release.total for release in self.releases.values())
+        totals = Reconciliation.sum([r.reconciliation for r in reports], production)
         attempted = sum(r.quality.attempted for r in reports)
         first = sum(r.quality.first_pass for r in reports)
-        if totals.provisioned > self.release.total or totals.reserved > self.release.total:
-            self.findings.add(
-                "over-production",
-                f"the stations provisioned {totals.provisioned} devices and reserved {totals.reserved} units; "
-                f"the release authorises {self.release.total} in total",
-                stations=[r.station_id for r in reports if r.reconciliation.reserved],
-                count=max(totals.provisioned, totals.reserved) - self.release.total,
-            )
-        return reports, totals, Quality.of(attempted, first, total_failures, total_weeks)
+        return reports, bundles, totals, Quality.of(attempted, first, total_failures, total_weeks)
 
-    def hole_findings(self, station_id: str, units: _Units, still_open: set[int]) -> None:
+    def hole_findings(self, station_id: str, units: _Units, still_open: set[int], number: int) -> None:
         """Unit numbers below the highest used that no manifest names: each a ghost until proven otherwise.
 
         The units the station's last export declares still on a fixture (``open_units``) are not holes:
@@ -1096,7 +1273,8 @@ class _Audit:
         if waiting:  # shown, so that a station cannot hide a hole behind "still on a fixture" unseen
             self.findings.add(
                 "unit-open",
-                f"{station_id}: {len(waiting)} unit(s) were on a fixture at the last export, their manifests not "
+                f"{station_id}: {len(waiting)} unit(s){self.named(number)} were on a fixture at the last export, "
+                "their manifests not "
                 f"yet in the evidence: {', '.join(map(str, waiting[:MAX_EVIDENCE]))}",
                 stations=[station_id],
                 count=len(waiting),
@@ -1105,18 +1283,19 @@ class _Audit:
             shown = ", ".join(map(str, holes)) + (" ..." if count > len(holes) else "")
             self.findings.add(
                 "unit-hole",
-                f"{station_id}: {count} unit number(s) below the highest ({units.highest}) have no manifest: {shown}",
+                f"{station_id}: {count} unit number(s){self.named(number)} below the highest ({units.highest}) "
+                f"have no manifest: {shown}",
                 stations=[station_id],
                 count=count,
             )
 
-    def allocation_findings(self, station_id: str, r: Reconciliation) -> None:
+    def allocation_findings(self, station_id: str, r: Reconciliation, number: int) -> None:
         over = max(r.provisioned, r.reserved, r.highest_unit) - r.allocation
         if over > 0:
             self.findings.add(
                 "over-allocation",
                 f"{station_id}: {r.provisioned} devices provisioned and {r.reserved} units reserved "
-                f"(highest unit {r.highest_unit}) against an allocation of {r.allocation}",
+                f"(highest unit {r.highest_unit}) against an allocation of {r.allocation}{self.named(number)}",
                 stations=[station_id],
                 count=over,
             )
@@ -1168,12 +1347,37 @@ def _log_ends(run: _Audit, exports: Sequence[_Export]) -> dict[str, LogEnd]:
             None if last is None else _full(last.path),
             created,
             {size: root for size, (root, _) in log.roots.items()},
-            log.units.highest,
+            {run.releases[n].bundle_id: units.highest for n, units in log.units.items()},
         )
     return ends
 
 
-def _context(policy: TrustPolicy, release: Release, thresholds: Thresholds) -> Context:
+def _reconcile(
+    allocation: int, counts: dict[str, int], refused: int, units: _Units | None, *, provisioned: bool = True
+) -> Reconciliation:
+    """One station's reconciliation of one audited bundle, from its distinct manifests' events and its units
+    (without ``provisioned``: manifests of no audited bundle, whose devices count against no allocation)."""
+    final = units.final() if units is not None else dict.fromkeys(range(1, 6), 0)
+    return Reconciliation(
+        allocation=allocation,
+        reserved=sum(final.values()),
+        # a retry ends its unit provisioned, like a first success
+        provisioned=counts.get("provisioned", 0) + counts.get("retry", 0) if provisioned else 0,
+        reworked=counts.get("rework", 0),
+        failed=counts.get("failed", 0) - refused,
+        scrapped=counts.get("scrap", 0),
+        label_mismatch=counts.get("label-mismatch", 0),
+        break_glass=counts.get("break-glass", 0),
+        refused=refused,
+        units_provisioned=final[1] + final[2],
+        units_failed=final[3],
+        units_scrapped=final[4],
+        units_open=final[5],
+        highest_unit=0 if units is None else units.highest,
+    )
+
+
+def _context(policy: TrustPolicy, releases: Sequence[Release], thresholds: Thresholds) -> Context:
     stations = []
     for station_id, enrolled in sorted(policy.stations.items()):
         stations.append(
@@ -1185,18 +1389,22 @@ def _context(policy: TrustPolicy, release: Release, thresholds: Thresholds) -> C
                 spki_der(enrolled.issuing_ca.public_key),
             )
         )
+    audited = tuple(
+        AuditedRelease(
+            number=number,
+            bundle_id=release.bundle_id,
+            product=release.product,
+            version=release.version,
+            security_counter=release.security_counter,
+            allowlist=frozenset((i.name, i.sha256) for i in release.images),
+            image_order=tuple((i.name, i.sha256) for i in release.images),
+            not_before=format_time(release.not_before),
+            expires=format_time(release.expires),
+        )
+        for number, release in enumerate(releases, 1)
+    )
     return Context(
-        stations=tuple(stations),
-        bundle_id=release.bundle_id,
-        product=release.product,
-        version=release.version,
-        security_counter=release.security_counter,
-        allowlist=frozenset((i.name, i.sha256) for i in release.images),
-        image_order=tuple((i.name, i.sha256) for i in release.images),
-        not_before=format_time(release.not_before),
-        expires=format_time(release.expires),
-        jump_seconds=JUMP_SECONDS,
-        max_clock_step=thresholds.max_clock_step,
+        stations=tuple(stations), releases=audited, jump_seconds=JUMP_SECONDS, max_clock_step=thresholds.max_clock_step
     )
 
 
@@ -1205,7 +1413,7 @@ def audit(
     *,
     policy: bytes,
     root_certificate: x509.Certificate,
-    bundle_path: str | os.PathLike[str],
+    bundle_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     decapsulator: Decapsulator,
     workers: int | None = None,
     progress: Callable[[AuditProgress], None] | None = None,
@@ -1214,14 +1422,16 @@ def audit(
     closeouts: Iterable[str | os.PathLike[str]] = (),
     max_silence: timedelta = DEFAULT_MAX_SILENCE,
 ) -> Report:
-    """Audit evidence exports against a trust policy and the release they were made under.
+    """Audit evidence exports against a trust policy and the releases they were made under.
 
     Args:
         exports: the export files, in any order (they are sorted per station by sequence).
         policy: the trust policy file's bytes; verified against ``root_certificate``
             (an expired policy is accepted: evidence is audited after the fact).
         root_certificate: the pinned root certificate.
-        bundle_path: the release bundle the stations provisioned from.
+        bundle_path: the release bundle the stations provisioned from, or several (files, or folders
+            whose every file is a bundle): each manifest is checked against the bundle it names, and
+            the units are reconciled per bundle and station.
         decapsulator: the auditor's decryption key (usually a token key).
         workers: worker processes (default: one per CPU; 1 runs in this process).
         progress: called after each chunk with how far the audit is.
@@ -1236,7 +1446,8 @@ def audit(
         The report. Problems in the evidence are findings in it, never exceptions.
 
     Raises:
-        InputError: the bundle cannot be read or is not one; no export was given.
+        InputError: a bundle cannot be read or is not one (also a file in a folder given), two
+            different bundles share one bundle id, or no export or no bundle was given.
         DecryptionError: every export is sealed to another auditor key (an export
             that cannot be read, or one sealed to another key among others, is a finding).
         PolicyError, SignatureError, FormatError: the trust policy does not verify.
@@ -1248,12 +1459,11 @@ def audit(
         raise InputError("give at least one evidence export to audit")
     trust = load_policy(policy, root_certificate, now=now, allow_expired=True)
     findings = Findings()
-    release, bundle = _load_bundle(Path(bundle_path), trust, now, findings)
+    given = [bundle_path] if isinstance(bundle_path, str | os.PathLike) else list(bundle_path)
     return _audit(
         paths,
         trust,
-        release,
-        bundle,
+        _load_bundles(given, trust, now, findings),
         findings,
         decapsulator,
         workers=workers,
@@ -1270,8 +1480,7 @@ def audit(
 def _audit(
     paths: Sequence[str | os.PathLike[str]],
     trust: TrustPolicy,
-    release: Release,
-    bundle: BundleSummary,
+    bundles: Sequence[tuple[Release, BundleSummary]],
     findings: Findings,
     decapsulator: Decapsulator,
     *,
@@ -1284,7 +1493,7 @@ def _audit(
     closeouts: Iterable[str | os.PathLike[str]] = (),
     max_silence: timedelta = DEFAULT_MAX_SILENCE,
 ) -> Report:
-    """The audit once the policy and the release are verified (the benchmark starts here too)."""
+    """The audit once the policy and the releases are verified (the benchmark starts here too)."""
     thresholds = thresholds or Thresholds()
     if workers is None:
         workers = os.cpu_count() or 1
@@ -1297,8 +1506,9 @@ def _audit(
     total_bytes = sum(e.size for e in opened)
     with tempfile.TemporaryDirectory(prefix="vault-audit-") as scratch:
         with Index(scratch) as index:
-            run = _Audit(trust, release, findings, index, progress, total_bytes, thresholds)
-            run.run(opened, _context(trust, release, thresholds), workers)
+            releases = [release for release, _ in bundles]
+            run = _Audit(trust, releases, findings, index, progress, total_bytes, thresholds)
+            run.run(opened, _context(trust, releases, thresholds), workers)
             index.finish_loading()
             limits = {
                 "max_reworks": thresholds.max_reworks,
@@ -1307,9 +1517,10 @@ def _audit(
             }
             answers = index.grouped(_FINDINGS_PER_QUESTION, parallel=workers, params=limits)
             run.identities(answers, {e.number: e.name for e in opened})
-            check_closeouts(read_closeouts(closeouts, trust, findings), _log_ends(run, opened), release,
+            run.vanished({e.number: e.name for e in opened})
+            check_closeouts(read_closeouts(closeouts, trust, findings), _log_ends(run, opened), releases,
                             now=now, max_silence=max_silence, findings=findings)  # fmt: skip
-            stations, totals, quality = run.station_reports(answers)
+            stations, per_bundle, totals, quality = run.station_reports(answers)
             summaries = run.summaries + unreadable
     if progress is not None:
         progress(AuditProgress(total_bytes, total_bytes, run.manifests))
@@ -1317,7 +1528,10 @@ def _audit(
         generated=format_time(now),
         policy_version=trust.version,
         policy_sha256=policy_sha256,
-        bundle=bundle,
+        bundles=tuple(
+            BundleReport(summary, reconciled, Reconciliation.sum([r for _, r in reconciled], summary.total))
+            for (_, summary), reconciled in zip(bundles, per_bundle, strict=True)
+        ),
         exports=tuple(summaries),
         stations=tuple(stations),
         totals=(totals, quality),

@@ -61,16 +61,19 @@ def render(report: Report, fail_on: str = "high") -> str:
     """The report as an HTML page (see the module docstring)."""
     passed = report.passed(fail_on)
     counts = report.counts()
-    bundle = report.bundle
+    releases = ", ".join(f"{b.bundle.product} {b.bundle.version}" for b in report.bundles)
+    bundles = " &middot; ".join(
+        f"{_e(b.product)} {_e(b.version)} &middot; bundle <span class=mono>{_e(b.bundle_id)}</span>"
+        for b in (item.bundle for item in report.bundles)
+    )
     parts: list[str] = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width,initial-scale=1">',
-        f"<title>vault audit: {_e(bundle.product)} {_e(bundle.version)}</title>",
+        f"<title>vault audit: {_e(releases)}</title>",
         f"<style>{_CSS}</style></head><body><main>",
         '<header><h1>Evidence audit</h1><div class="muted">',
-        f"{_e(bundle.product)} {_e(bundle.version)} &middot; bundle <span class=mono>{_e(bundle.bundle_id)}</span>"
-        f" &middot; trust policy v{report.policy_version} &middot; generated {_e(report.generated)}",
+        f"{bundles} &middot; trust policy v{report.policy_version} &middot; generated {_e(report.generated)}",
         "</div></header>",
     ]
     # --- summary ---
@@ -93,6 +96,7 @@ def render(report: Report, fail_on: str = "high") -> str:
         parts.append(f'<div class="card"><b>{counts[severity]}</b>{_sev(severity)}</div>')
     parts.append("</div>")
     parts.append(_stations_table(report))
+    parts.append(_bundles_tables(report))
     parts.append("</section>")
     # --- findings ---
     parts.append('<section id="findings"><h2>Findings</h2>')
@@ -131,6 +135,28 @@ def _stations_table(report: Report) -> str:
         )
     head = "".join(f"<th{'' if i == 0 else ' class=n'}>{_e(h)}</th>" for i, h in enumerate(heads))
     return f'<h2>Stations</h2><table id="stations"><tr>{head}</tr>{"".join(rows)}</table>'
+
+
+def _bundles_tables(report: Report) -> str:
+    """Each audited bundle: what it authorises and what each station used of it."""
+    sections = []
+    heads = ["station", "allocation", "reserved", "left", "provisioned", "reworked", "failed", "refused"]
+    heads += ["scrapped", "highest unit"]
+    head = "".join(f"<th{'' if i == 0 else ' class=n'}>{_e(h)}</th>" for i, h in enumerate(heads))
+    for item in report.bundles:
+        b = item.bundle
+        rows = []
+        for name, r in [*item.stations, ("all stations", item.totals)]:
+            cells = [r.allocation, r.reserved, r.left, r.provisioned, r.reworked, r.failed, r.refused, r.scrapped]
+            cells += [r.highest_unit]
+            rows.append(f"<tr><td>{_e(name)}</td>" + "".join(f'<td class="n">{int(c):,}</td>' for c in cells) + "</tr>")
+        promoted = "promoted" if b.promoted else "NOT promoted"
+        sections.append(
+            f"<h3>{_e(b.product)} {_e(b.version)} &middot; bundle <span class=mono>{_e(b.bundle_id)}</span> "
+            f"&middot; security counter {b.security_counter} &middot; {promoted} &middot; "
+            f"{_e(b.not_before)} to {_e(b.expires)}</h3><table>{head}{''.join(rows)}</table>"
+        )
+    return f'<h2>Bundles</h2><div id="bundles">{"".join(sections)}</div>'
 
 
 def _findings_table(findings: Sequence[Finding]) -> str:

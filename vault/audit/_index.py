@@ -34,7 +34,7 @@ CREATE TABLE entries (
     serial TEXT,
     device_key_id TEXT,
     has_unit INTEGER NOT NULL,     -- 1 when the manifest names a unit
-    in_bundle INTEGER NOT NULL,    -- 1 when it is for the audited release
+    in_bundle INTEGER NOT NULL,    -- the number (from 1) of the audited release it is for; 0 for none
     unit INTEGER,                  -- the unit it names, or NULL
     failed_step TEXT,              -- the step a failed unit failed at (a refusal names none)
     week TEXT,                     -- the ISO week of an exception event (neither provisioned nor a retry)
@@ -80,13 +80,12 @@ QUESTIONS = {
         "GROUP BY station, hardware_id"
         ") GROUP BY station"
     ),
-    # (station, event, names a unit, rows, distinct manifests, distinct manifests of the release): the
-    # reconciliation's counts, each manifest once whatever forks or replays repeat it (a provisioned manifest
-    # that names no unit still consumed a device: it is counted)
+    # (station, audited release or 0, event, names a unit, rows, distinct manifests): the reconciliation's
+    # counts per station and release, each manifest once whatever forks or replays repeat it (a provisioned
+    # manifest that names no unit still consumed a device: it is counted)
     "counts": (
-        "SELECT station, event, has_unit, COUNT(*), COUNT(DISTINCT manifest_id), "
-        "COUNT(DISTINCT CASE WHEN in_bundle THEN manifest_id END) FROM entries "
-        "GROUP BY station, event, has_unit"
+        "SELECT station, in_bundle, event, has_unit, COUNT(*), COUNT(DISTINCT manifest_id) FROM entries "
+        "GROUP BY station, in_bundle, event, has_unit"
     ),
     # (station, failed step, distinct manifests) and (station, ISO week, distinct exception manifests): the
     # failure Pareto and the exceptions per week, each manifest once; the most frequent per station first,
@@ -106,10 +105,10 @@ QUESTIONS = {
         f"SELECT device_key_id, COUNT(DISTINCT hardware_id) AS n FROM entries WHERE event IN {_ASSIGNING} "
         "AND device_key_id IS NOT NULL GROUP BY device_key_id HAVING n > 1 LIMIT ?"
     ),
-    # (station, unit, devices): one unit number of the audited release on several devices
+    # (station, release, unit, devices): one unit number of a station and an audited release on several devices
     "units": (
-        "SELECT station, unit, COUNT(DISTINCT hardware_id) AS n FROM entries WHERE in_bundle AND unit IS NOT NULL "
-        "GROUP BY station, unit HAVING n > 1 LIMIT ?"
+        "SELECT station, in_bundle, unit, COUNT(DISTINCT hardware_id) AS n FROM entries "
+        "WHERE in_bundle AND unit IS NOT NULL GROUP BY station, in_bundle, unit HAVING n > 1 LIMIT ?"
     ),
     # a label read on one device that is another device's serial: (the label-mismatch manifest's station, export,
     # position, manifest id, hardware id, serial, label; the other device's station, export, position, manifest
@@ -232,23 +231,26 @@ class Index:
         with ThreadPoolExecutor(parallel, thread_name_prefix="audit-index") as pool:
             return dict(pool.map(ask, QUESTIONS))
 
-    def rows_for_units(self, units: Sequence[tuple[int, int]], limit: int) -> dict[tuple[int, int], list[Any]]:
-        """For each (station, unit) of the audited release, its first ``limit`` rows in the form of
+    def rows_for_units(
+        self, units: Sequence[tuple[int, int, int]], limit: int
+    ) -> dict[tuple[int, int, int], list[Any]]:
+        """For each (station, audited release, unit), its first ``limit`` rows in the form of
         :meth:`rows_for` (station, export, position, manifest id, event, hardware id, serial), in log order."""
-        found: dict[tuple[int, int], list[Any]] = {(int(s), int(u)): [] for s, u in units}
+        found: dict[tuple[int, int, int], list[Any]] = {(int(s), int(b), int(u)): [] for s, b, u in units}
         if not found:
             return found
-        self._db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted_units (station INTEGER, unit INTEGER)")
+        self._db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted_units (station INTEGER, bundle INTEGER, unit INTEGER)")
         self._db.execute("DELETE FROM wanted_units")
-        self._db.executemany("INSERT INTO wanted_units VALUES (?, ?)", list(found))
+        self._db.executemany("INSERT INTO wanted_units VALUES (?, ?, ?)", list(found))
         for row in self._query(
-            "SELECT e.unit, e.station, e.export, e.position, e.manifest_id, e.event, e.hardware_id, e.serial "
-            "FROM entries e JOIN wanted_units w ON e.station = w.station AND e.unit = w.unit "
-            "WHERE e.in_bundle ORDER BY e.station, e.position"
+            "SELECT e.unit, e.in_bundle, e.station, e.export, e.position, e.manifest_id, e.event, e.hardware_id, "
+            "e.serial FROM entries e JOIN wanted_units w "
+            "ON e.station = w.station AND e.in_bundle = w.bundle AND e.unit = w.unit "
+            "ORDER BY e.station, e.position"
         ):
-            rows = found[(row[1], row[0])]
+            rows = found[(row[2], row[1], row[0])]
             if len(rows) < limit:
-                rows.append(row[1:])
+                rows.append(row[2:])
         return found
 
     def rows_during(
@@ -273,6 +275,33 @@ class Index:
             if len(rows) < limit:
                 rows.append(row[4:])
         return found
+    def vanished(
+        self, station: int, later: int, earlier: Sequence[int], ranges: Sequence[tuple[int, int]], limit: int
+    ) -> tuple[int, list[tuple[Any, ...]]]:
+        """The entries of a station's ``earlier`` exports at positions in ``ranges`` that export ``later``
+        does not carry at the same position: how many (each distinct manifest once), and the first
+        ``limit`` as (export, position, manifest id, hardware id, serial), in log order."""
+        if not earlier or not ranges:
+            return 0, []
+        self._db.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS kept (position INTEGER, manifest_id TEXT, "
+            "PRIMARY KEY (position, manifest_id)) WITHOUT ROWID"
+        )
+        self._db.execute("DELETE FROM kept")
+        self._db.execute(
+            "INSERT OR IGNORE INTO kept SELECT position, manifest_id FROM entries WHERE station = ? AND export = ?",
+            (int(station), int(later)),
+        )
+        exports = ", ".join(str(int(e)) for e in earlier)  # this audit's own integers
+        where = " OR ".join(f"(position >= {int(a)} AND position < {int(b)})" for a, b in ranges)
+        sql = (
+            "SELECT MIN(export), position, manifest_id, hardware_id, serial FROM entries "
+            f"WHERE station = {int(station)} AND export IN ({exports}) AND ({where}) "
+            "AND NOT EXISTS (SELECT 1 FROM kept k WHERE k.position = entries.position "
+            "AND k.manifest_id = entries.manifest_id) GROUP BY position, manifest_id ORDER BY position"
+        )
+        count = self._db.execute(f"SELECT COUNT(*) FROM ({sql})").fetchone()[0]
+        return int(count), self._db.execute(f"{sql} LIMIT ?", (int(limit),)).fetchall()
 
     def rows_for(self, column: str, values: Sequence[str], limit: int) -> dict[str, list[tuple[Any, ...]]]:
         """For each of ``values``, the first ``limit`` rows (station, export, position, manifest id, event,

@@ -17,6 +17,7 @@ from vault.audit._findings import CODES, SEVERITIES, Finding, severity_rank
 
 __all__ = [
     "REPORT_FORMAT",
+    "BundleReport",
     "BundleSummary",
     "ExportSummary",
     "Quality",
@@ -176,6 +177,25 @@ def _share(rate: float) -> float:
 
 
 @dataclass(frozen=True)
+class BundleReport:
+    """One audited bundle and what the stations used of it: a reconciliation per station and in total
+    (whose ``allocation`` is the bundle's production count)."""
+
+    bundle: BundleSummary
+    stations: tuple[tuple[str, Reconciliation], ...]  # (station id, its reconciliation), by station id
+    totals: Reconciliation
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **self.bundle.to_json(),
+            "reconciliation": {
+                "stations": {station: r.to_json() for station, r in self.stations},
+                "totals": self.totals.to_json(),
+            },
+        }
+
+
+@dataclass(frozen=True)
 class Quality:
     """First-pass yield, failures by step (a Pareto, largest first) and exception events per ISO week."""
 
@@ -253,10 +273,10 @@ class Report:
     Attributes:
         generated: when the audit ran (UTC, ``YYYY-MM-DDTHH:MM:SSZ``).
         policy_version, policy_sha256: the trust policy audited against.
-        bundle: the audited release.
+        bundles: the audited releases, in the order given, each with its reconciliation.
         exports: every export read, in the order the audit checked them.
-        stations: every station with evidence, by id.
-        totals: reconciliation and quality over all stations.
+        stations: every station with evidence, by id; each reconciliation over all audited bundles.
+        totals: reconciliation (over all bundles) and quality over all stations.
         findings: every finding, worst first.
         manifests: entries read; verified: manifests whose signature and fields hold.
         seconds: the audit's wall time.
@@ -265,7 +285,7 @@ class Report:
     generated: str
     policy_version: int
     policy_sha256: str
-    bundle: BundleSummary
+    bundles: tuple[BundleReport, ...]
     exports: tuple[ExportSummary, ...]
     stations: tuple[StationReport, ...]
     totals: tuple[Reconciliation, Quality]
@@ -273,6 +293,11 @@ class Report:
     manifests: int
     verified: int
     seconds: float = field(default=0.0, compare=False)
+
+    @property
+    def bundle(self) -> BundleSummary | None:
+        """The audited release when one bundle was audited; None when several were (see :attr:`bundles`)."""
+        return self.bundles[0].bundle if len(self.bundles) == 1 else None
 
     def counts(self) -> dict[str, int]:
         """Findings per severity, every severity present (zero when none)."""
@@ -317,7 +342,8 @@ class Report:
                 "seconds": round(self.seconds, 3),
             },
             "policy": {"version": self.policy_version, "sha256": self.policy_sha256},
-            "bundle": self.bundle.to_json(),
+            "bundle": None if self.bundle is None else self.bundle.to_json(),
+            "bundles": [b.to_json() for b in self.bundles],
             "exports": [e.to_json() for e in self.exports],
             "stations": [s.to_json() for s in self.stations],
             "totals": {"reconciliation": reconciliation.to_json(), "quality": quality.to_json()},

@@ -48,6 +48,7 @@ from vault.merkle import leaf_hash
 from vault.policy import format_time
 
 __all__ = [
+    "AuditedRelease",
     "ChunkResult",
     "Context",
     "Issue",
@@ -74,10 +75,10 @@ class StationKeys:
 
 
 @dataclass(frozen=True)
-class Context:
-    """What every worker needs to know, set once per process: keys, the audited release, limits."""
+class AuditedRelease:
+    """One audited release, as a manifest of its bundle is checked against it."""
 
-    stations: tuple[StationKeys, ...]
+    number: int  # from 1, in the order given: the index's ``in_bundle`` (0: a manifest of no audited bundle)
     bundle_id: str
     product: str
     version: str
@@ -86,6 +87,14 @@ class Context:
     image_order: tuple[tuple[str, str], ...]  # the same, in the release's order
     not_before: str  # the release's window, "YYYY-MM-DDTHH:MM:SSZ" (compared as strings)
     expires: str
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every worker needs to know, set once per process: keys, the audited releases, limits."""
+
+    stations: tuple[StationKeys, ...]
+    releases: tuple[AuditedRelease, ...]  # each manifest is checked against the release of its bundle id
     jump_seconds: int  # a forward step between consecutive entries longer than this is implausible
     max_clock_step: int = 300  # inside one clock session, wall-clock step minus monotonic step allowed
 
@@ -103,10 +112,10 @@ Row = tuple[
     int, str, str, str, "str | None", "str | None", int, int, "int | None", "str | None", "str | None", int, int,
     "str | None",
 ]
-"""(position, manifest id, event, hardware id, serial, device key id, whether it names a unit, whether it is
-for the audited release, the unit, the failed step of a failed unit, the ISO week of an exception event, the
-time in seconds since 1970, the fixture, the operator who acted (None for an interrupted unit, which the
-station closes on the operator's behalf when it starts again)) of a verified manifest."""
+"""(position, manifest id, event, hardware id, serial, device key id, whether it names a unit, the number of
+the audited release it is for (0: none), the unit, the failed step of a failed unit, the ISO week of an
+exception event, the time in seconds since 1970, the fixture, the operator who acted (None for an interrupted
+unit, which the station closes on the operator's behalf when it starts again)) of a verified manifest."""
 
 Clock = tuple[str, int, int, int, str, str, "str | None"]
 """(clock session, monotonic seconds, wall-clock seconds since 1970, log position, manifest id, hardware id,
@@ -130,7 +139,7 @@ class ChunkResult:
     seqs: list[int] | None = None  # every declared position, only when they are not consecutive
     leaves: bytes = b""  # the entries' leaf hashes, 32 bytes each, in order
     rows: list[Row] = field(default_factory=list)  # one per verified manifest
-    units: list[tuple[int, str]] = field(default_factory=list)  # (unit, event) of the audited release's manifests
+    units: dict[int, list[tuple[int, str]]] = field(default_factory=dict)  # release number -> its (unit, event)
     issues: list[Issue] = field(default_factory=list)
     labels: list[Label] = field(default_factory=list)  # one per label-mismatch manifest that names the label read
     first_stamps: list[Stamp] = field(default_factory=list)  # the first two verified entries (checked by the caller)
@@ -149,7 +158,7 @@ class _Station:
     station_id: str
     signing_key_id: str
     signing_key_id_bytes: bytes
-    expected: tuple[str, str, str, str, int]  # (signing, issuing_ca, product, version, counter) a manifest names
+    keys: tuple[str, str]  # (signing, issuing_ca) key ids a manifest names
     signing: ec.EllipticCurvePublicKey
     signing_alg: ec.ECDSA
     issuing_ca_key_id: str
@@ -164,16 +173,20 @@ _SIGNATURE_OIDS = {
 }
 
 
-class _State:
-    def __init__(self, context: Context) -> None:
-        self.context = context
-        # The images a manifest of the audited release usually lists: all of them, in order, read back or
-        # not; by their canonical JSON text, so that the usual case is one dictionary look-up.
+class _Release:
+    """An audited release as the checks use it: looked up once per manifest, by its bundle id."""
+
+    def __init__(self, release: AuditedRelease) -> None:
+        self.facts = release
+        self.number = release.number
+        self.expected = (release.product, release.version, release.security_counter)
+        # The images a manifest of the release usually lists: all of them, in order, read back or not;
+        # by their canonical JSON text, so that the usual case is one dictionary look-up.
         self.usual_images: dict[str, tuple[tuple[str, str, str | None], ...]] = {}
-        names = [name for name, _ in context.image_order]
+        names = [name for name, _ in release.image_order]
         if all(_printable(name) and '"' not in name and "\\" not in name for name in names):
             for read_back in (True, False):
-                images = tuple((name, sha256, sha256 if read_back else None) for name, sha256 in context.image_order)
+                images = tuple((name, sha256, sha256 if read_back else None) for name, sha256 in release.image_order)
                 text = ",".join(
                     f'{{"measurement":{"null" if m is None else f"{m!r}".replace(chr(39), chr(34))},'
                     f'"name":"{name}","sha256":"{sha256}"}}'
@@ -181,6 +194,14 @@ class _State:
                 )
                 self.usual_images[text] = images
         self.usual_image_sets = frozenset(self.usual_images.values())
+
+
+class _State:
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        self.releases = {r.bundle_id: _Release(r) for r in context.releases}
+        # every release's usual image lists by their text, for the parse (each manifest's own release decides)
+        self.usual_images = {text: images for r in self.releases.values() for text, images in r.usual_images.items()}
         self.stations: dict[str, _Station] = {}
         for keys in context.stations:
             signing = load_spki(keys.signing_spki, what=f"station {keys.station_id} signing key")
@@ -190,13 +211,7 @@ class _State:
                 keys.station_id,
                 keys.signing_key_id,
                 keys.signing_key_id.encode("ascii"),
-                (
-                    keys.signing_key_id,
-                    keys.issuing_ca_key_id,
-                    context.product,
-                    context.version,
-                    context.security_counter,
-                ),
+                (keys.signing_key_id, keys.issuing_ca_key_id),
                 signing,
                 ec.ECDSA(curve_of(signing).hash()),
                 keys.issuing_ca_key_id,
@@ -242,7 +257,8 @@ class _Chunk:
     def __init__(self, state: _State, station: _Station | None, result: ChunkResult) -> None:
         self.context = state.context
         self.state_images = state.usual_images
-        self.usual_images = state.usual_image_sets
+        self.releases = state.releases
+        self.units: dict[int, list[tuple[int, str]]] = {r.number: [] for r in state.releases.values()}
         self.station = station
         self.result = result
         self.seqs: list[int] = []
@@ -290,6 +306,7 @@ class _Chunk:
                 result.seqs = seqs
         result.leaves = b"".join(self.leaves)
         result.events = dict(self.events)
+        result.units = {number: units for number, units in self.units.items() if units}
 
     # --- the entries a station wrote, in bulk ------------------------------------------------
 
@@ -395,13 +412,14 @@ class _Chunk:
             issues.append(("manifest-replayed", position, mid, hwid, serial, shown))
             return
         result.verified += 1
-        in_bundle = m.bundle_id == context.bundle_id
-        if (m.signing, m.issuing_ca, m.product, m.version, m.security_counter) != station.expected or (
-            in_bundle and m.images not in self.usual_images
+        release = self.releases.get(m.bundle_id)  # the manifest's own release, if it is one audited
+        if (
+            release is None
+            or (m.signing, m.issuing_ca) != station.keys
+            or (m.product, m.version, m.security_counter) != release.expected
+            or m.images not in release.usual_image_sets
         ):
-            self.unusual(m, position, in_bundle, station)
-        elif not in_bundle:
-            issues.append(("bundle-mismatch", position, mid, hwid, serial, f"bundle {m.bundle_id}"))
+            self.unusual(m, position, release, station)
         if certificate_problem is not None:
             issues.append(("certificate-invalid", position, mid, hwid, serial, certificate_problem))
         if m.label is not None and m.label != serial and event in _CERTIFIED:
@@ -426,8 +444,8 @@ class _Chunk:
         epoch = day + int(time[11:13]) * 3600 + int(time[14:16]) * 60 + int(time[17:19])
         if m.clock_session is not None and m.clock_monotonic is not None:
             self.clock((m.clock_session, m.clock_monotonic, epoch, position, mid, hwid, serial))
-        if in_bundle and not context.not_before <= time < context.expires:
-            shown = f"{time} is outside {context.not_before} to {context.expires}"
+        if release is not None and not release.facts.not_before <= time < release.facts.expires:
+            shown = f"{time} is outside {release.facts.not_before} to {release.facts.expires}"
             issues.append(("time-outside-window", position, mid, hwid, serial, shown))
         # events and the quality figures
         self.events[event] += 1
@@ -435,14 +453,15 @@ class _Chunk:
         if event not in ("provisioned", "retry"):  # a retry's failure was the exception
             step = self.exception(m, event, position)
             week = _week(time)
+        in_bundle = 0 if release is None else release.number
         operator = None if m.failed_step == "interrupted" else m.operator
         result.rows.append(
             (position, mid, event, hwid, serial, m.device_key_id, m.unit is not None, in_bundle, m.unit, step, week,
              epoch, m.fixture, operator)
         )  # fmt: skip
         if m.unit is not None:
-            if in_bundle:
-                result.units.append((m.unit, event))
+            if release is not None:
+                self.units[in_bundle].append((m.unit, event))
         elif event in ("provisioned", "retry", "rework"):  # hardware was used: counted, and named as evasion
             issues.append(("unit-missing", position, mid, hwid, serial, f"a {event} manifest names no unit"))
 
@@ -458,22 +477,21 @@ class _Chunk:
                 result.issues.append(("clock-jump", *reading[3:], shown))
         result.last_clock = reading
 
-    def unusual(self, m: _Fields, position: int, in_bundle: bool, station: _Station) -> None:
+    def unusual(self, m: _Fields, position: int, release: _Release | None, station: _Station) -> None:
         """The slower checks, for a manifest whose keys, release or images are not the usual ones."""
         issues = self.result.issues
-        context = self.context
         mid, hwid, serial = m.id, m.hardware_id, m.serial
         if m.signing != station.signing_key_id or m.issuing_ca != station.issuing_ca_key_id:
             shown = "it names keys that are not the station's enrolled keys"
             issues.append(("unknown-station", position, mid, hwid, serial, shown))
-        if not in_bundle:
+        if release is None:
             issues.append(("bundle-mismatch", position, mid, hwid, serial, f"bundle {m.bundle_id}"))
             return
-        if (m.product, m.version, m.security_counter) != (context.product, context.version, context.security_counter):
-            shown = f"it names {m.product[:64]} {m.version[:64]} counter {m.security_counter} for the audited bundle"
+        if (m.product, m.version, m.security_counter) != release.expected:
+            shown = f"it names {m.product[:64]} {m.version[:64]} counter {m.security_counter} for its audited bundle"
             issues.append(("bundle-mismatch", position, mid, hwid, serial, shown))
-        # images: every digest programmed (and read back) is one the release allows
-        allow = context.allowlist
+        # images: every digest programmed (and read back) is one its release allows
+        allow = release.facts.allowlist
         for name, sha256, measurement in m.images:
             if (name, sha256) not in allow:
                 shown = f"image {name[:64]!r} {sha256[:16]}"
@@ -483,7 +501,7 @@ class _Chunk:
                 issues.append(("image-not-allowed", position, mid, hwid, serial, shown))
         if m.event in _CERTIFIED:  # a device recorded as good holds every image of its release (another
             programmed = {name for name, _, _ in m.images}  # digest under its name is image-not-allowed)
-            missing = [name for name, _ in context.image_order if name not in programmed]
+            missing = [name for name, _ in release.facts.image_order if name not in programmed]
             if missing:
                 shown = f"the {m.event} device lacks image(s) " + ", ".join(repr(n[:64]) for n in missing[:8])
                 issues.append(("image-missing", position, mid, hwid, serial, shown))

@@ -114,7 +114,14 @@ def _limit(name: str, kind: click.ParamType[Any], default: float, what: str) -> 
 @click.argument("exports", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--root-cert", type=_PATH, required=True, help="The pinned root certificate (PEM or DER).")
 @click.option("--policy", "policy_file", type=_PATH, required=True, help="The trust policy to audit against.")
-@click.option("--bundle", "bundle_file", type=_PATH, required=True, help="The release bundle the stations used.")
+@click.option(
+    "--bundle",
+    "bundle_files",
+    type=click.Path(exists=True, path_type=Path),
+    required=True,
+    multiple=True,
+    help="A release bundle the stations used, or a folder whose every file is one; repeat for several releases.",
+)
 @click.option(
     "--token",
     "uri",
@@ -148,7 +155,7 @@ def audit(
     exports: tuple[Path, ...],
     root_cert: Path,
     policy_file: Path,
-    bundle_file: Path,
+    bundle_files: tuple[Path, ...],
     uri: Pkcs11Uri,
     json_out: Path | None,
     html_out: Path | None,
@@ -164,7 +171,7 @@ def audit(
     """Audit evidence EXPORTS (files, or folders of *.vault-evidence and *.vault-closeout) from the stations.
 
     Decrypts them with the auditor's token key and checks every manifest,
-    certificate and log against the trust policy and the release bundle;
+    certificate and log against the trust policy and the release bundle it names;
     prints a summary and writes the reports. Exit status: 0 when no finding
     is at or above --fail-on, 3 when one is, 1 when the input cannot be audited.
     """
@@ -187,7 +194,7 @@ def audit(
             paths,
             policy=policy,
             root_certificate=root,
-            bundle_path=bundle_file,
+            bundle_path=bundle_files,
             decapsulator=key,
             workers=workers,
             progress=progress,
@@ -212,13 +219,18 @@ def _summary(report: Any, fail_on: str, json_out: Path | None, html_out: Path | 
     def echo(line: str) -> None:
         click.echo(line, err=err)
 
-    bundle = report.bundle
     echo(
         f"audited     {len(report.exports)} export(s) from {len(report.stations)} station(s): "
         f"{report.manifests:,} manifests, {report.verified:,} verified, in {report.seconds:.1f} s"
     )
-    promoted = "promoted" if bundle.promoted else "NOT promoted"
-    echo(f"release     {_shown(bundle.product)} {_shown(bundle.version)}, bundle {bundle.bundle_id} ({promoted})")
+    for item in report.bundles:
+        bundle, used = item.bundle, item.totals
+        promoted = "promoted" if bundle.promoted else "NOT promoted"
+        echo(f"release     {_shown(bundle.product)} {_shown(bundle.version)}, bundle {bundle.bundle_id} ({promoted})")
+        if len(report.bundles) > 1:  # one bundle: the totals are its own
+            shares = ", ".join(f"{_shown(s, 32)} {r.reserved:,}/{r.allocation:,}" for s, r in item.stations)
+            used_line = f"{used.reserved:,} of {used.allocation:,} units reserved, {used.provisioned:,} provisioned"
+            echo(f"            {used_line}; {shares}")
     counts = report.counts()
     echo("findings    " + ", ".join(f"{counts[s]} {s}" for s in _SEVERITIES))
     width = max(80, shutil.get_terminal_size((100, 24)).columns)
