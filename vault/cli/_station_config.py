@@ -17,10 +17,23 @@ from typing import Any
 
 from vault._files import read_capped
 from vault._yaml import (
-    Checked, Enum, Field, Free, Hex, Int, Invalid, Kind, List, Located, Map, Record, Str, load_yaml,
+    Checked,
+    Enum,
+    Field,
+    Free,
+    Hex,
+    Int,
+    Invalid,
+    Kind,
+    List,
+    Located,
+    Map,
+    Record,
+    Str,
+    load_yaml,
 )  # fmt: skip
-from vault.console._labels import DEFAULT_CONTENT, LabelSpec, check_template
 from vault.ceremony._script import pin_source_from
+from vault.console._labels import DEFAULT_CONTENT, LabelSpec, check_template
 from vault.errors import AdapterError, InputError, ScriptError, UriError
 from vault.token import Pkcs11Uri, parse_uri
 from vault.verify.devices import DEFAULT_TIMEOUTS, check_timeouts, load_adapter

@@ -987,6 +987,14 @@ class Station:
             failed_step="print" if failed else None, detail=_label_text(detail, "detail", 256),
         )  # fmt: skip
 
+    def units_left(self) -> int:
+        """Units of the loaded release's allocation not yet reserved (none once it is closed)."""
+        loaded = self.release
+        db = self.state.read()
+        if db.execute("SELECT 1 FROM closed WHERE bundle_id = ?", (loaded.release.bundle_id,)).fetchone():
+            return 0
+        return loaded.allocation - State.used(db, loaded.release.bundle_id)
+
     def history(self, serial_or_hardware_id: str) -> tuple[tuple[Manifest, x509.Certificate | None], ...]:
         """Every manifest this station's log holds about one device, verified, in log order, with the device
         certificate each one carries.
