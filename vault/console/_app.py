@@ -300,8 +300,9 @@ class ConsoleApp(App[None]):
             try:
                 result = work()
             except VaultError as e:
-                self._say_from_any(f"{name}: {e}", "error")
-                self._on_ui(lambda: self.notify(str(e), severity="error", title=name))
+                said = str(e)
+                self._say_from_any(f"{name}: {said}", "error")
+                self._on_ui(lambda: self.notify(said, severity="error", title=name))
                 return
             if done is not None:
                 self._on_ui(done, result)
