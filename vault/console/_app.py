@@ -74,6 +74,8 @@ class FixturePanel(Vertical):
             lines.append(f"reason   {state.reason}\n", style="bold")
         if state.state == "stopped":
             lines.append("click here or press F8: a supervisor acknowledges\n", style="bold")
+        if state.last and state.state not in ("pass", "fail"):
+            lines.append(f"last     {state.last}\n")
         if state.label:
             lines.append(f"{state.label}\n", style="" if state.label_ok else "bold red")
         lines.append(f"units left {state.left}   this shift {state.units}")

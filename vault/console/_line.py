@@ -63,6 +63,7 @@ class PanelState:
     label: str | None = None  # the last label made, or why it was not
     label_ok: bool = True
     units: int = 0  # units ended on this fixture this shift
+    last: str | None = None  # the previous unit's result, kept in view while the next one starts
 
 
 class Line:
@@ -244,9 +245,10 @@ class Line:
                     if self._quitting:
                         return
                 if self.station.units_left() <= 0:
-                    self._update(slot, state="done", reason="the allocation is used up", left=0)
+                    self._finished(slot, "the allocation is used up")
                     return
-                self._update(slot, state="waiting", progress=0.0)
+                if self.panels[slot].state not in ("pass", "fail"):  # a result stays in view until the next unit
+                    self._update(slot, state="waiting", progress=0.0)
                 try:
                     device = run.fixture.next_device()
                 except Exception as e:
@@ -254,7 +256,7 @@ class Line:
                     self._say(f"fixture {slot} stopped: {e}", "error")
                     return
                 if device is None:
-                    self._update(slot, state="done", reason="no more devices on this fixture")
+                    self._finished(slot, "no more devices on this fixture")
                     return
                 if not self._wait_turn(slot):
                     return
@@ -270,7 +272,20 @@ class Line:
             except Exception as e:
                 self._say(f"fixture {slot}: cannot close: {e}", "error")
 
+    def _finished(self, slot: int, why: str) -> None:
+        before = self.panels[slot]
+        last = before.last
+        if before.state == "pass":
+            last = f"PASS {before.serial}"
+        elif before.state == "fail":
+            last = f"FAIL at {before.step} {before.serial or before.hardware_id or ''}".strip()
+        self._update(slot, state="done", reason=why, last=last, left=self.station.units_left(), progress=0.0)
+
     def _unit(self, slot: int, device: Device) -> None:
+        before = self.panels[slot]
+        if before.state in ("pass", "fail", "stopped"):
+            result = {"pass": "PASS", "fail": f"FAIL at {before.step}"}.get(before.state, "stop")
+            self._update(slot, last=f"{result} {before.serial or before.hardware_id or ''}".strip())
         self._update(slot, state="scanning", step=None, reason=None, serial=None, hardware_id=None, progress=0.0,
                      label=None, label_ok=True)  # fmt: skip
         label: str | None = None
