@@ -410,13 +410,15 @@ def record(
 
 
 @station.command("label")
-@click.argument("serials", nargs=-1, required=True)
+@click.argument("serials", nargs=-1)
 @_station_options
 @click.option("--operator", help="Who makes the labels (one of the configuration's operators).")
+@click.option("--all", "every", is_flag=True, help="Every unit this station provisioned (in place of SERIALS).")
 @json_option
 def label(
     serials: tuple[str, ...],
     operator: str | None,
+    every: bool,
     state_dir: Path,
     uri: Pkcs11Uri,
     station_id: str,
@@ -431,10 +433,12 @@ def label(
         raise InputError("labels are made as a station configuration says: give --config station.yaml")
     from vault.cli._record import label_units
 
+    if every == bool(serials):
+        raise InputError("name the units' serials, or give --all")
     who = config.check_operator(operator)
     with _open_station(state_dir, uri, station_id, root_cert, root_fingerprint, who) as opened:
         opened.resume(None)
-        label_units(opened, config.labels, serials, as_json=as_json)
+        label_units(opened, config.labels, serials or opened.provisioned_serials(), as_json=as_json)
 
 
 @station.command("status")

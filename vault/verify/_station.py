@@ -995,6 +995,11 @@ class Station:
             return 0
         return loaded.allocation - State.used(db, loaded.release.bundle_id)
 
+    def provisioned_serials(self) -> list[str]:
+        """The serials of every device this station provisioned (and did not scrap), in serial order."""
+        rows = self.state.read().execute("SELECT serial FROM devices WHERE state = 'provisioned' ORDER BY serial")
+        return [str(r[0]) for r in rows]
+
     def history(self, serial_or_hardware_id: str) -> tuple[tuple[Manifest, x509.Certificate | None], ...]:
         """Every manifest this station's log holds about one device, verified, in log order, with the device
         certificate each one carries.
