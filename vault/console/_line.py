@@ -29,6 +29,7 @@ from vault.errors import (
     TokenError,
     VaultError,
 )
+from vault.manifest import Manifest
 from vault.verify import ExportResult, Outcome, Station
 from vault.verify.devices import Device
 from vault.verify.devices._run import FixtureRun
@@ -367,25 +368,22 @@ class Line:
             return None
         return value.hex() if isinstance(value, bytes) and 1 <= len(value) <= 32 else None
 
-    def _bound_serial(self, hwid: str | None) -> str | None:
+    def _manifests(self, hwid: str | None) -> list[Manifest]:
+        """The device's committed manifests (what a panel shows of a unit that ended is the evidence)."""
         if hwid is None:
-            return None
+            return []
         try:
-            history = self.station.history(hwid)
+            return [m for m, _ in self.station.history(hwid)]
         except VaultError:
-            return None
-        return next((m.serial for m, _ in reversed(history) if m.serial is not None), None)
+            return []
+
+    def _bound_serial(self, hwid: str | None) -> str | None:
+        return next((m.serial for m in reversed(self._manifests(hwid)) if m.serial is not None), None)
 
     def _failed_step(self, hwid: str | None) -> str | None:
-        """The failed step the unit's committed manifest names (what the panel shows is the evidence)."""
-        if hwid is None:
-            return None
-        try:
-            history = self.station.history(hwid)
-        except VaultError:
-            return None
-        last = history[-1][0]
-        return last.failed_step if last.event == "failed" else last.event
+        """The failed step the unit's last manifest names."""
+        last = self._manifests(hwid)[-1:]
+        return None if not last else last[0].failed_step if last[0].event == "failed" else last[0].event
 
 
 def age_text(since: datetime.datetime, now: datetime.datetime) -> str:
