@@ -62,7 +62,7 @@ LOCK := $(BIN)/uv pip compile pyproject.toml --quiet --universal --python-versio
   --custom-compile-command "make lock"
 lock: $(VENV)/.installed
 	$(BIN)/pip install -q --disable-pip-version-check uv
-	$(LOCK) --upgrade --extra cli --extra test --extra esp32 -o requirements.lock
+	$(LOCK) --upgrade --extra cli --extra test --extra esp32 --extra console -o requirements.lock
 	$(LOCK) --upgrade -o requirements-station.lock
 
 clean:

@@ -184,6 +184,10 @@ step "station-1 provisions 10 simulated units on its 4 fixtures: unit 4's label 
 vault station provision --config "$work/station-1.yaml" --count 10 --label-mismatch 4 --fail 7:program --retry 7 \
   --rework 2 --rework 2 --rework 2 --rework 2 --operator alice
 
+step "station-1's labels: a QR code per provisioned unit (serial, hardware id digest, date), as PNG and as ZPL for a thermal printer; each print is recorded in the unit's log (the console does this as each unit passes)"
+vault station label --config "$work/station-1.yaml" --operator alice --all
+echo "labels       $work/labels (PNG and ZPL); one unit's record: vault station record SERIAL --config $work/station-1.yaml"
+
 step "station-2 rehearses its fixtures (a stand-in vendor tool on 2 of them): every step, nothing written, counted or logged"
 vault station provision --config "$work/station-2.yaml" --count 4 --operator bob --dry-run
 

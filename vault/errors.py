@@ -65,6 +65,7 @@ __all__ = [
     "LogError",
     "DeviceError",
     "DeviceTimeoutError",
+    "LabelError",
     "AdapterError",
     "StateError",
 ]
@@ -244,6 +245,10 @@ class DeviceError(VaultError):
 
 class DeviceTimeoutError(DeviceError):
     """A device stopped answering: a step did not finish within its timeout (the adapter gave up on it)."""
+
+
+class LabelError(VaultError):
+    """A unit's label could not be made or printed (its manifest is not affected: the unit stays good)."""
 
 
 class AdapterError(InputError):

@@ -35,6 +35,15 @@ device provisioned again, same identity and key), ``failed`` (stopped at
 override, with its reason in ``detail``). Key material never appears, only
 key ids.
 
+Operator events (:data:`OPERATOR_EVENTS`) name no unit: ``sign-in`` and
+``sign-out`` (an operator starts or ends a shift at the console; the subject
+is then the station itself, its hardware id being the station signing key's
+id), ``acknowledge`` (a supervisor, in ``operator``, acknowledges a stopped
+fixture: what stopped it and why it may go on in ``detail``; the subject is
+the device that stopped it, or the station for a clock problem) and
+``label`` (a label was printed for the device's bound ``serial``: what and
+where in ``detail``; ``failed_step`` ``print`` when the printer failed).
+
 This is the bottom layer shared by the station library, which writes
 manifests, and the audit, which reads millions of them: bytes in, a checked
 :class:`Manifest` out.
@@ -85,6 +94,7 @@ from vault.policy import format_time, parse_time
 __all__ = [
     "EVENTS",
     "MANIFEST_PREDICATE",
+    "OPERATOR_EVENTS",
     "MAX_MANIFEST_SIZE",
     "ImageRecord",
     "Manifest",
@@ -97,8 +107,14 @@ MANIFEST_PREDICATE = "https://vault.dev/manifest/v1"
 MAX_MANIFEST_SIZE = 64 * 1024
 """Largest manifest envelope accepted, in bytes; a real one is about 2 KiB."""
 
-EVENTS = ("provisioned", "retry", "rework", "failed", "scrap", "label-mismatch", "break-glass")
+EVENTS = (
+    "provisioned", "retry", "rework", "failed", "scrap", "label-mismatch", "break-glass",
+    "sign-in", "sign-out", "acknowledge", "label",
+)  # fmt: skip
 """Every event a manifest can record."""
+
+OPERATOR_EVENTS = ("sign-in", "sign-out", "acknowledge", "label")
+"""The events that record what people did at the station rather than what was done to a device."""
 
 _FIELDS = frozenset(
     {

@@ -81,7 +81,7 @@ _COUNTER_KEYS = 256  # distinct failed steps and weeks kept per station before "
 _INFO_CODES = frozenset(
     {
         "label-mismatch", "break-glass", "unit-failed", "unit-refused", "unit-interrupted", "unit-scrapped",
-        "unit-reworked",
+        "unit-reworked", "label-not-printed", "stop-acknowledged",
     }
 )  # fmt: skip
 

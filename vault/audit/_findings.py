@@ -85,6 +85,8 @@ CODES: dict[str, tuple[str, str]] = {
     "unit-refused": ("info", "a device refused before a unit was used (no unit left, or a device not taken)"),
     "unit-scrapped": ("info", "a device was scrapped"),
     "unit-reworked": ("info", "a device was provisioned again (rework)"),
+    "label-not-printed": ("low", "a unit passed but its label was not printed (the printer failed)"),
+    "stop-acknowledged": ("info", "a supervisor acknowledged a fixture the console stopped, and said why"),
 }
 """Every finding code: its severity and a short description."""
 

@@ -43,7 +43,7 @@ from vault.errors import FormatError, SignatureError, ThresholdError, VaultError
 from vault.evidence import MAX_RECORD_SIZE, RawChunk, decrypt_chunk
 from vault.formats import MAX_SIGNATURE_SIZE, PAYLOAD_TYPE_INTOTO, STATEMENT_TYPE
 from vault.formats._json import parse_json
-from vault.manifest import EVENTS, MANIFEST_PREDICATE, MAX_MANIFEST_SIZE, Manifest, open_manifest
+from vault.manifest import EVENTS, MANIFEST_PREDICATE, MAX_MANIFEST_SIZE, OPERATOR_EVENTS, Manifest, open_manifest
 from vault.merkle import leaf_hash
 from vault.policy import format_time
 
@@ -450,7 +450,9 @@ class _Chunk:
         # events and the quality figures
         self.events[event] += 1
         step = week = None
-        if event not in ("provisioned", "retry"):  # a retry's failure was the exception
+        if event in _OPERATOR_EVENTS:  # what people did: listed where worth a look, never an exception
+            self.operator_event(m, event, position)
+        elif event not in ("provisioned", "retry"):  # a retry's failure was the exception
             step = self.exception(m, event, position)
             week = _week(time)
         in_bundle = 0 if release is None else release.number
@@ -506,6 +508,15 @@ class _Chunk:
                 shown = f"the {m.event} device lacks image(s) " + ", ".join(repr(n[:64]) for n in missing[:8])
                 issues.append(("image-missing", position, mid, hwid, serial, shown))
 
+    def operator_event(self, m: _Fields, event: str, position: int) -> None:
+        """List a supervisor's acknowledgement and a label the printer did not print, as their findings."""
+        detail = (m.detail or "")[:200]
+        if event == "acknowledge":
+            shown = f"by {m.operator[:64]}: {detail}".rstrip(": ")
+            self.result.issues.append(("stop-acknowledged", position, m.id, m.hardware_id, m.serial, shown))
+        elif event == "label" and m.failed_step is not None:
+            self.result.issues.append(("label-not-printed", position, m.id, m.hardware_id, m.serial, detail))
+
     def exception(self, m: _Fields, event: str, position: int) -> str | None:
         """List an exception event as its info finding; the failed step of a failed unit, for the Pareto."""
         issues = self.result.issues
@@ -545,6 +556,7 @@ class _Ready(NamedTuple):
 
 
 _CERTIFIED = frozenset({"provisioned", "retry", "rework"})  # events after which the device holds a certificate
+_OPERATOR_EVENTS = frozenset(OPERATOR_EVENTS)
 
 
 def _canonical_entry(record: bytes, keyid: bytes) -> tuple[int, bytes, bytes, bytes, bytes | None] | None:

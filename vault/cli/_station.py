@@ -22,6 +22,7 @@ from vault.errors import (
     InputError,
     KeyNotFoundError,
     SignatureError,
+    StateError,
     TokenError,
     TokenOperationError,
 )
@@ -346,6 +347,98 @@ def _run_counts(results: list[Any]) -> str:
     for r in results:
         counts[r.event] = counts.get(r.event, 0) + 1
     return ", ".join(f"{n} {event}" for event, n in sorted(counts.items()))
+
+
+@station.command("console")
+@_station_options
+@click.option(
+    "--bundle-id", help="The loaded release to provision from: its bundle id or a prefix (default: the last loaded)."
+)
+def console(
+    state_dir: Path,
+    uri: Pkcs11Uri,
+    station_id: str,
+    root_cert: Path | None,
+    root_fingerprint: str | None,
+    bundle_id: str | None,
+) -> None:
+    """The operator's console (full screen): one panel per configured fixture, sign in and out, stops a
+    supervisor acknowledges, labels, and export on one key (F5). Needs --config."""
+    config = _config()
+    if config is None:
+        raise InputError("the console runs a station configuration: give --config station.yaml")
+    if not config.supervisors:
+        raise InputError(f"{config.path}: supervisors: the console needs the supervisors who may acknowledge a stop")
+    try:
+        from vault.console._app import make_console
+    except ImportError as e:
+        raise InputError(f"the console needs the console extra (pip install 'vault[console]'): {e}") from e
+    runs = config.make_fixtures(dry_run=False)  # every adapter checks its options before a device is touched
+    with _open_station(state_dir, uri, station_id, root_cert, root_fingerprint, config.operators[0]) as opened:
+        opened.resume(bundle_id)
+        opened.check_not_closed()
+        app = make_console(
+            opened, runs, adapters={f.slot: f.adapter for f in config.fixtures}, labels=config.labels,
+            label_source=config.label_source, operators=config.operators, supervisors=config.supervisors,
+            evidence=config.evidence, export_warning_hours=config.export_warning_hours,
+        )  # fmt: skip
+        app.run()
+    if app.line is not None and app.line.fatal is not None:
+        raise StateError(app.line.fatal)
+
+
+@station.command("record")
+@click.argument("serial")
+@_station_options
+@json_option
+def record(
+    serial: str,
+    state_dir: Path,
+    uri: Pkcs11Uri,
+    station_id: str,
+    root_cert: Path | None,
+    root_fingerprint: str | None,
+    as_json: bool,
+) -> None:
+    """What this station's log holds about one unit (SERIAL: its serial or hardware id): every event, the
+    images programmed, its certificate, its measurements and labels, each from a verified manifest."""
+    with _open_station(state_dir, uri, station_id, root_cert, root_fingerprint) as opened:
+        history = opened.history(serial)
+    from vault.cli._record import show_record
+
+    show_record(history, as_json=as_json)
+
+
+@station.command("label")
+@click.argument("serials", nargs=-1)
+@_station_options
+@click.option("--operator", help="Who makes the labels (one of the configuration's operators).")
+@click.option("--all", "every", is_flag=True, help="Every unit this station provisioned (in place of SERIALS).")
+@json_option
+def label(
+    serials: tuple[str, ...],
+    operator: str | None,
+    every: bool,
+    state_dir: Path,
+    uri: Pkcs11Uri,
+    station_id: str,
+    root_cert: Path | None,
+    root_fingerprint: str | None,
+    as_json: bool,
+) -> None:
+    """Make the label of provisioned units again (SERIALS: serials or hardware ids), as the configuration
+    says (PNG and ZPL, or its printer); each is recorded in the unit's log. Needs --config."""
+    config = _config()
+    if config is None:
+        raise InputError("labels are made as a station configuration says: give --config station.yaml")
+    from vault.cli._record import label_units
+
+    if every == bool(serials):
+        raise InputError("name the units' serials, or give --all")
+    who = config.check_operator(operator)
+    with _open_station(state_dir, uri, station_id, root_cert, root_fingerprint, who) as opened:
+        opened.resume(None)
+        label_units(opened, config.labels, serials or opened.provisioned_serials(), as_json=as_json)
 
 
 @station.command("status")

@@ -16,9 +16,25 @@ from pathlib import Path
 from typing import Any
 
 from vault._files import read_capped
-from vault._yaml import Enum, Field, Free, Hex, Int, Kind, List, Located, Map, Record, Str, load_yaml
+from vault._yaml import (
+    Checked,
+    Enum,
+    Field,
+    Free,
+    Hex,
+    Int,
+    Invalid,
+    Kind,
+    List,
+    Located,
+    Map,
+    Record,
+    Str,
+    load_yaml,
+)  # fmt: skip
 from vault.ceremony._script import pin_source_from
-from vault.errors import AdapterError, ScriptError, UriError
+from vault.console._labels import DEFAULT_CONTENT, LabelSpec, check_template
+from vault.errors import AdapterError, InputError, ScriptError, UriError
 from vault.token import Pkcs11Uri, parse_uri
 from vault.verify.devices import DEFAULT_TIMEOUTS, check_timeouts, load_adapter
 from vault.verify.devices._run import FixtureRun
@@ -48,6 +64,16 @@ _FIXTURE = Record(
     }
 )
 
+_PERSON = Str(pattern=r"[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}")
+
+
+def _check_template(template: str) -> None:
+    try:
+        check_template(template)
+    except InputError as e:
+        raise Invalid(str(e)) from e
+
+
 _SCHEMA = Record(
     {
         "station": Field(Str(pattern=r"[a-z][a-z0-9-]{0,31}")),
@@ -64,8 +90,20 @@ _SCHEMA = Record(
         ),
         "state": Field(Str(max_len=4096)),
         "evidence": Field(Str(max_len=4096), required=False),
-        "operators": Field(List(Str(pattern=r"[A-Za-z0-9][A-Za-z0-9 ._@-]{0,63}"), min_len=1, max_len=256)),
-        "label": Field(Record({"source": Field(Enum(["adapter", "none"]))}), required=False),
+        "operators": Field(List(_PERSON, min_len=1, max_len=256)),
+        "supervisors": Field(List(_PERSON, min_len=1, max_len=64), required=False),
+        "export-warning-hours": Field(Int(min=1, max=24 * 90), required=False, default=12),
+        "label": Field(
+            Record(
+                {
+                    "source": Field(Enum(["adapter", "none"])),
+                    "content": Field(Checked(Str(max_len=512), _check_template), required=False),
+                    "output": Field(Str(max_len=4096), required=False),
+                    "printer": Field(List(Str(max_len=4096), min_len=1, max_len=64), required=False),
+                }
+            ),
+            required=False,
+        ),
         "clock": Field(Record({"source": Field(Enum(["system"]))}), required=False),
         "timeouts": Field(_TIMEOUTS, required=False, default={}),
         "fixtures": Field(List(_Lined(_FIXTURE), min_len=1, max_len=64)),
@@ -98,8 +136,14 @@ class StationConfig:
     evidence: Path | None
     operators: tuple[str, ...]
     label_source: str
+    labels: LabelSpec
+    """How the console makes a label for each unit that passes (``label:`` content, output, printer)."""
     clock_source: str
     fixtures: tuple[FixtureConfig, ...]
+    supervisors: tuple[str, ...] = ()
+    """Who may acknowledge a fixture the console stopped (a label mismatch, a clone, a clock problem)."""
+    export_warning_hours: int = 12
+    """The console warns when the last evidence export is older than this."""
 
     def make_fixtures(self, *, dry_run: bool) -> list[FixtureRun]:
         """Every fixture from its adapter, options checked; no device is touched.
@@ -159,6 +203,7 @@ def load_station_config(path: Path) -> StationConfig:
     root, root_line = doc["root"]
     if (root["certificate"] is None) == (root["fingerprint"] is None):
         raise ScriptError(f"{path}:{root_line}: root: give exactly one of 'certificate' and 'fingerprint'")
+    label = doc["label"] or {"source": "adapter"}
     fixtures = []
     slots: dict[int, int] = {}
     for i, (f, line) in enumerate(doc["fixtures"]):
@@ -177,7 +222,14 @@ def load_station_config(path: Path) -> StationConfig:
         state=base / doc["state"],
         evidence=None if doc["evidence"] is None else base / doc["evidence"],
         operators=tuple(doc["operators"]),
-        label_source=(doc["label"] or {"source": "adapter"})["source"],
+        label_source=label["source"],
+        labels=LabelSpec(
+            content=label.get("content") or DEFAULT_CONTENT,
+            output=base / (label.get("output") or "labels"),
+            printer=None if not label.get("printer") else tuple(label["printer"]),
+        ),
+        supervisors=tuple(doc["supervisors"] or ()),
+        export_warning_hours=doc["export-warning-hours"],
         clock_source=(doc["clock"] or {"source": "system"})["source"],
         fixtures=tuple(fixtures),
     )

@@ -943,6 +943,85 @@ class Station:
             db.execute("UPDATE devices SET state = 'scrapped' WHERE hardware_id = ?", (hwid,))
         return outcome
 
+    # --- what people do at the station: shifts, acknowledgements, labels ---------------
+
+    @property
+    def station_subject(self) -> str:
+        """The hardware id of the station's own events (sign-in, sign-out): its signing key's id."""
+        return self._signing.key_id
+
+    def sign_in(self, operator: str) -> Outcome:
+        """Record that ``operator`` starts a shift here; the manifests from now on name them."""
+        self.operator = _label_text(operator, "operator")
+        return self._record("sign-in", self.station_subject, fixture=0, detail="shift started at the console")
+
+    def sign_out(self, *, detail: str = "shift ended at the console") -> Outcome:
+        """Record that the operator signed in ends their shift."""
+        return self._record("sign-out", self.station_subject, fixture=0, detail=_label_text(detail, "detail", 256))
+
+    def acknowledge(
+        self, supervisor: str, reason: str, *, stopped: str, fixture: int, hardware_id: str | None = None,
+        serial: str | None = None,
+    ) -> Outcome:  # fmt: skip
+        """Record a supervisor's acknowledgement of a fixture stopped by ``stopped`` (a label mismatch,
+        a clone, a clock problem), with the reason it may go on.
+
+        Raises:
+            InputError: the supervisor's name or the reason is empty or not printable.
+        """
+        who = _label_text(supervisor, "supervisor")
+        why = _label_text(reason.strip(), "reason", 200)
+        what = _label_text(stopped.strip() or "a stop", "stop", 200)
+        return self._record(
+            "acknowledge", hardware_id or self.station_subject, fixture=fixture, serial=serial, operator=who,
+            detail=f"{what[:120]}; why: {why}",
+        )  # fmt: skip
+
+    def record_label(self, outcome: Outcome, *, fixture: int, detail: str, failed: bool = False) -> Outcome:
+        """Record the label printed (or, ``failed``, not printed) for a unit the station just provisioned.
+
+        The label's serial is the one bound to the device (``outcome.serial``), never a typed value.
+        """
+        return self._record(
+            "label", outcome.hardware_id, fixture=fixture, serial=outcome.serial,
+            failed_step="print" if failed else None, detail=_label_text(detail, "detail", 256),
+        )  # fmt: skip
+
+    def units_left(self) -> int:
+        """Units of the loaded release's allocation not yet reserved (none once it is closed)."""
+        loaded = self.release
+        db = self.state.read()
+        if db.execute("SELECT 1 FROM closed WHERE bundle_id = ?", (loaded.release.bundle_id,)).fetchone():
+            return 0
+        return loaded.allocation - State.used(db, loaded.release.bundle_id)
+
+    def provisioned_serials(self) -> list[str]:
+        """The serials of every device this station provisioned (and did not scrap), in serial order."""
+        rows = self.state.read().execute("SELECT serial FROM devices WHERE state = 'provisioned' ORDER BY serial")
+        return [str(r[0]) for r in rows]
+
+    def history(self, serial_or_hardware_id: str) -> tuple[tuple[Manifest, x509.Certificate | None], ...]:
+        """Every manifest this station's log holds about one device, verified, in log order, with the device
+        certificate each one carries.
+
+        Raises:
+            IdentityError: the station knows no device by that serial or hardware id.
+        """
+        db = self.state.read()
+        key = serial_or_hardware_id.strip()
+        row = db.execute("SELECT hardware_id FROM devices WHERE serial = ?", (key,)).fetchone()
+        hwid = row[0] if row is not None else key.lower()
+        found = db.execute(
+            "SELECT envelope, certificate FROM log WHERE hardware_id = ? ORDER BY sequence", (hwid,)
+        ).fetchall()
+        if not found or hwid == self.station_subject:
+            raise IdentityError(f"this station's log has no device with serial or hardware id {key!r}")
+        trusted = {self._signing.key_id: self._signing.public_key}
+        return tuple(
+            (open_manifest(bytes(envelope), trusted), None if der is None else x509.load_der_x509_certificate(der))
+            for envelope, der in found
+        )
+
     def _close_orphans(self) -> None:
         """Give every unit a process left open when it died its "interrupted" manifest (exactly once)."""
         orphans = self.state.orphans()
