@@ -52,6 +52,7 @@ from vault.ceremony._common import (
     cosign,
     find_or_make,
     no_confirm,
+    officer_needs,
     root_pins,
     uninterrupted,
     with_pin,
@@ -131,8 +132,10 @@ def run_root_ceremony(
     # Every token is asked what it can do before any key is made (issue 16).
     root_caps = require_capabilities(credentials.root, [Need.EC_SIGNING, Need.HEAD_RECORDS], role="root token")
     for officer in script.officers:
-        officer_uri = credentials.officers[officer.id]
-        require_capabilities(officer_uri, [Need.EC_SIGNING], role=f"token of officer '{officer.id}'")
+        require_capabilities(
+            credentials.officers[officer.id], officer_needs(credentials.officers[officer.id], officer.custody),
+            role=f"token of officer '{officer.id}'",
+        )  # fmt: skip
     # A root token without a security officer (NSS softoken) keeps its user PIN split and has no SO PIN to replace.
     root_so = credentials.need("root_so") if Need.SO_LOGIN in root_caps.has else None
     with OutputFolder(out) as folder:
@@ -376,7 +379,7 @@ def _officer_keys(
     for officer in script.officers:
         details: dict[str, Any] = {}
         with open_token(credentials.officers[officer.id], rw=True) as token:
-            key = find_or_make(token, script.officer_key_label, script.curve)
+            key = find_or_make(token, script.officer_key_label, script.curve, named=credentials.officers[officer.id])
             keys[officer.id] = key.public_key
             if officer.custody == "sealed":
                 seal_key = find_or_make(token, script.seal_key_label, "P-256", "derive")
