@@ -576,6 +576,8 @@ def check_token_capabilities(script: OperationScript, credentials: Credentials) 
     if isinstance(spec, IssueRoles):
         for role, holder, uri, role_spec, usage in _role_holders(spec, credentials):
             with open_token(uri) as token:
+                if names_key(uri):
+                    token.key_for(uri)  # a key the credentials name (a PIV slot) must be there and usable
                 present = names_key(uri) or key_present(token, role_spec.key_label)
             needs = [Need.ECDSA] if usage == "sign" else [Need.ECDH]
             if not present:
