@@ -23,7 +23,7 @@ from vault.ceremony._shares import ShareSet
 from vault.crypto import verify_signature
 from vault.errors import InputError
 from vault.formats import Envelope, add_signature
-from vault.token import Need, Pkcs11Uri, TokenKey, TokenSession, open_token
+from vault.token import Capabilities, Need, Pkcs11Uri, TokenKey, TokenSession, open_token
 
 REHEARSAL_MARK = "REHEARSAL"
 ROOT_PIN_CHARS = 32  # 128 bits as hex: within the PIN length limits of common HSMs and smart cards
@@ -196,6 +196,19 @@ def officer_needs(uri: Pkcs11Uri, custody: str = "paper") -> list[Need]:
     if custody == "sealed":
         needs += [Need.EC_KEYGEN, Need.ECDH]
     return needs
+
+
+def capability_details(caps: Capabilities, *, without_so: str, without_backup: str) -> dict[str, str]:
+    """What a root token's transcript records of how its module serves the role (``token-capabilities``)."""
+    return {
+        "module": caps.module,
+        "security_officer": "SO PIN replaced by one derived from the split secret"
+        if Need.SO_LOGIN in caps.has
+        else f"none: the module has no security-officer login; {without_so}",
+        "root_key_backup": "wrapped under a trusted key-encryption key only"
+        if Need.TRUSTED_WRAP in caps.has
+        else f"none: the module does not enforce CKA_WRAP_WITH_TRUSTED; {without_backup}",
+    }
 
 
 def key_present(token: TokenSession, label: str) -> bool:

@@ -35,6 +35,7 @@ from vault.ceremony._common import (
     Confirm,
     Credentials,
     Officer,
+    capability_details,
     find_or_make,
     key_present,
     names_key,
@@ -445,20 +446,12 @@ def recover_root(backup_data: bytes, kek_shares: Sequence[str]) -> tuple[Callabl
         # ceremony on it does; a token that does not enforce CKA_WRAP_WITH_TRUSTED gets the key non-extractable.
         target_so = c.credentials.need("recovery_so") if Need.SO_LOGIN in caps.has else None
         backupable = Need.TRUSTED_WRAP in caps.has
-        c.record(
-            "recovery-token",
-            "token-capabilities",
-            details={
-                "module": caps.module,
-                "security_officer": "SO PIN replaced by one derived from the split secret" if target_so else (
-                    "none: the module has no security-officer login; only the user PIN comes from the shares"
-                ),
-                "root_key_backup": "wrapped under a trusted key-encryption key only" if backupable else (
-                    "none from this token: the module does not enforce CKA_WRAP_WITH_TRUSTED, so the recovered "
-                    "key is not extractable; the backup it came from stays the way back"
-                ),
-            },
-        )  # fmt: skip
+        details = capability_details(
+            caps,
+            without_so="only the user PIN comes from the shares",
+            without_backup="the recovered key is not extractable; the backup it came from stays the way back",
+        )
+        c.record("recovery-token", "token-capabilities", details=details)
         c.record(
             "vault",
             "check-backup",

@@ -49,6 +49,7 @@ from vault.ceremony._common import (
     Officer,
     OutputFolder,
     b64,
+    capability_details,
     cosign,
     find_or_make,
     no_confirm,
@@ -183,20 +184,10 @@ def _run(
                 "a new root needs a new token)"
             ) from e
         backupable = Need.TRUSTED_WRAP in root_caps.has
-        transcript.record(
-            "root-token",
-            "token-capabilities",
-            details={
-                "module": root_caps.module,
-                "security_officer": "SO PIN replaced by one derived from the split secret" if root_so else (
-                    "none: the module has no security-officer login; the user PIN alone is split"
-                ),
-                "root_key_backup": "wrapped under a trusted key-encryption key only" if backupable else (
-                    "none: the module does not enforce CKA_WRAP_WITH_TRUSTED; the root key is not extractable at all"
-                ),
-            },
-            now=now(),
-        )  # fmt: skip
+        details = capability_details(
+            root_caps, without_so="the user PIN alone is split", without_backup="the root key is not extractable at all"
+        )
+        transcript.record("root-token", "token-capabilities", details=details, now=now())
         root_key = _root_key(script, root_token, transcript, confirm, now, backupable=backupable)
 
         not_before = now().replace(microsecond=0)
