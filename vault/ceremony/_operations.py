@@ -35,7 +35,10 @@ from vault.ceremony._common import (
     Confirm,
     Credentials,
     Officer,
+    capability_details,
     find_or_make,
+    key_present,
+    names_key,
     no_confirm,
     root_pins,
     uninterrupted,
@@ -55,7 +58,7 @@ from vault.crypto import key_id, verify_signature
 from vault.enrolment import EnrolmentRequest, open_enrolment_request
 from vault.errors import InputError, PinIncorrectError, PolicyError, RollbackError
 from vault.policy import RoleKey, key_entry
-from vault.token import Need, Pkcs11Uri, TokenKey, TokenSession, open_token
+from vault.token import Need, Pkcs11Uri, TokenKey, TokenSession, open_token, require_capabilities
 from vault.token._pin import resolve_pin
 
 if TYPE_CHECKING:
@@ -257,27 +260,10 @@ def issue_roles(spec: IssueRoles) -> Operation:
     """The operation that certifies the release signer, approvers and auditor the script names."""
 
     def run(c: Ceremony) -> OperationResult:
-        wanted: list[tuple[str, str, Pkcs11Uri, RoleSpec, str]] = []  # role, holder, token, spec, usage
-        if spec.release_signer is not None:
-            wanted.append(("release-signer", "release", c.credentials.need("release"), spec.release_signer, "sign"))
-        if spec.approvers is not None:
-            approvers = spec.approvers
-            missing = [m.id for m in approvers.members if m.id not in c.credentials.approvers]
-            if missing:
-                raise InputError(f"the credentials file has no token for approver(s) {', '.join(missing)}")
-            approver_spec = RoleSpec(approvers.key_label, approvers.validity_days)
-            wanted += [
-                ("approver", m.id, c.credentials.approvers[m.id], approver_spec, "sign") for m in approvers.members
-            ]
-        if spec.auditor is not None:
-            wanted.append(("auditor", "auditor", c.credentials.need("auditor"), spec.auditor, "derive"))
-        if not wanted:
-            raise InputError("the script names no role to issue")
-
         found: list[tuple[str, str, ec.EllipticCurvePublicKey, RoleSpec]] = []
-        for role, holder, uri, role_spec, usage in wanted:
+        for role, holder, uri, role_spec, usage in _role_holders(spec, c.credentials):
             with open_token(uri, rw=True) as token:
-                key = find_or_make(token, role_spec.key_label, spec.curve, usage)
+                key = find_or_make(token, role_spec.key_label, spec.curve, usage, named=uri)
             _refuse_revoked(c, key.public_key, f"the {role} key of {holder}")
             c.record(holder, "role-key", details={"role": role, "key_id": key.key_id, "token": token.label})
             found.append((role, holder, key.public_key, role_spec))
@@ -314,6 +300,25 @@ def issue_roles(spec: IssueRoles) -> Operation:
         return OperationResult(predicate, outputs=outputs)
 
     return run
+
+
+def _role_holders(spec: IssueRoles, credentials: Credentials) -> list[tuple[str, str, Pkcs11Uri, RoleSpec, str]]:
+    """``(role, holder, token, spec, usage)`` of every holder the script names, from the credentials."""
+    wanted: list[tuple[str, str, Pkcs11Uri, RoleSpec, str]] = []
+    if spec.release_signer is not None:
+        wanted.append(("release-signer", "release", credentials.need("release"), spec.release_signer, "sign"))
+    if spec.approvers is not None:
+        approvers = spec.approvers
+        missing = [m.id for m in approvers.members if m.id not in credentials.approvers]
+        if missing:
+            raise InputError(f"the credentials file has no token for approver(s) {', '.join(missing)}")
+        approver_spec = RoleSpec(approvers.key_label, approvers.validity_days)
+        wanted += [("approver", m.id, credentials.approvers[m.id], approver_spec, "sign") for m in approvers.members]
+    if spec.auditor is not None:
+        wanted.append(("auditor", "auditor", credentials.need("auditor"), spec.auditor, "derive"))
+    if not wanted:
+        raise InputError("the script names no role to issue")
+    return wanted
 
 
 def _current_holder(c: Ceremony, role: str, holder: str) -> RoleKey | None:
@@ -390,8 +395,6 @@ def backup_root(spec: Backup) -> Operation:
     """The operation that writes ``root-key-backup.json`` and the KEK's custodian shares."""
 
     def run(c: Ceremony) -> OperationResult:
-        with c.root_session() as token:  # asked before anything is made: no alternative serves a backup
-            token.capabilities().require([Need.SO_LOGIN, Need.TRUSTED_WRAP], role="root token of a backup")
         c.confirm("wrap the root key under a new key-encryption key split among the custodians")
         label = f"backup-kek-{uuid.uuid4().hex[:12]}"
         with c.root_session() as token:
@@ -438,7 +441,17 @@ def recover_root(backup_data: bytes, kek_shares: Sequence[str]) -> tuple[Callabl
             )
         kek = _shares.combine_shares(list(kek_shares), backup.custody)
         target = c.credentials.need("recovery")
-        target_so = c.credentials.need("recovery_so")
+        caps = require_capabilities(target, RECOVERY_NEEDS, role="recovery token")
+        # A token without a security officer (NSS softoken) keeps only its user PIN, from the shares, as a root
+        # ceremony on it does; a token that does not enforce CKA_WRAP_WITH_TRUSTED gets the key non-extractable.
+        target_so = c.credentials.need("recovery_so") if Need.SO_LOGIN in caps.has else None
+        backupable = Need.TRUSTED_WRAP in caps.has
+        details = capability_details(
+            caps,
+            without_so="only the user PIN comes from the shares",
+            without_backup="the recovered key is not extractable; the backup it came from stays the way back",
+        )
+        c.record("recovery-token", "token-capabilities", details=details)
         c.record(
             "vault",
             "check-backup",
@@ -459,7 +472,9 @@ def recover_root(backup_data: bytes, kek_shares: Sequence[str]) -> tuple[Callabl
                 label = f"recovery-kek-{uuid.uuid4().hex[:12]}"
                 wrapping = token.import_kek(kek, label)
                 try:
-                    key = token.unwrap_ec_key(wrapping, backup.wrapped, backup.label, c.policy.root.public_key)
+                    key = token.unwrap_ec_key(
+                        wrapping, backup.wrapped, backup.label, c.policy.root.public_key, backupable=backupable
+                    )
                 finally:
                     token.destroy(wrapping)
             else:
@@ -474,8 +489,9 @@ def recover_root(backup_data: bytes, kek_shares: Sequence[str]) -> tuple[Callabl
                 c.policy_head, matched = check_policy_head(token, c.policy.version, c.policy.digest)
                 token.change_pin(resolve_pin(target, token.label), user_pin)
                 session.close()  # the security officer logs in only once the user's session is closed
-                with open_token(target_so, rw=True, so=True) as officer:
-                    officer.change_pin(resolve_pin(target_so, officer.label), so_pin)
+                if target_so is not None:
+                    with open_token(target_so, rw=True, so=True) as officer:
+                        officer.change_pin(resolve_pin(target_so, officer.label), so_pin)
         c.record(
             "root-token",
             "recover-root-key",
@@ -519,6 +535,50 @@ def _left_by_recovery(c: Ceremony, token: TokenSession) -> TokenKey | None:
     if len(private) == 1 and private[0].key_id == c.policy.root.key_id:
         return token.key_by_public(c.policy.root.public_key, backupable=True, unwrapped=True)
     raise InputError(f"token '{token.label}' already holds private keys; recover onto an empty token")
+
+
+# --- capabilities, asked before anything changes ------------------------------------------
+
+RECOVERY_NEEDS = [Need.ECDSA, Need.KEY_UNWRAP, Need.HEAD_RECORDS]
+"""What a recovery token must do; a security officer and CKA_WRAP_WITH_TRUSTED it may lack (see above)."""
+
+
+def check_token_capabilities(script: OperationScript, credentials: Credentials) -> None:
+    """Ask every token the ceremony will use what it can do, and refuse before anything changes.
+
+    The root token (the recovery token in a recovery) and the officers' tokens
+    are asked of their modules without a login; a role holder's token is
+    opened read-only to see whether its key is there already (else the token
+    must also make one). Nothing on any token changes.
+
+    Raises:
+        MechanismNotSupportedError: one line naming the token, the missing capability and the role.
+    """
+    spec = script.spec
+    if isinstance(spec, Recover):
+        require_capabilities(credentials.need("recovery"), RECOVERY_NEEDS, role="recovery token")
+    else:
+        root_needs = [Need.ECDSA, Need.HEAD_RECORDS]
+        if isinstance(spec, Backup):  # no other way serves a backup
+            root_needs += [Need.SO_LOGIN, Need.TRUSTED_WRAP]
+        require_capabilities(
+            credentials.root, root_needs, role="root token of a backup" if isinstance(spec, Backup) else "root token"
+        )
+    for officer, uri in credentials.officers.items():
+        require_capabilities(uri, [Need.ECDSA], role=f"token of officer '{officer}'")
+    if isinstance(spec, IssueRoles):
+        for role, holder, uri, role_spec, usage in _role_holders(spec, credentials):
+            with open_token(uri) as token:
+                if names_key(uri):
+                    token.key_for(uri)  # a key the credentials name (a PIV slot) must be there and usable
+                present = names_key(uri) or key_present(token, role_spec.key_label)
+            needs = [Need.ECDSA] if usage == "sign" else [Need.ECDH]
+            if not present:
+                needs.append(Need.EC_KEYGEN)
+            if role == "release-signer":
+                needs.append(Need.HEAD_RECORDS)  # the promotion log's head and the security counters
+            name = f"approver '{holder}'" if role == "approver" else role.replace("-", " ")
+            require_capabilities(uri, needs, role=f"token of the {name}")
 
 
 # --- dispatch ---------------------------------------------------------------------
@@ -615,6 +675,7 @@ def run_operation_ceremony(
         prepare, operation = recover_root(backup, backup_shares)
     else:
         raise InputError(f"no ceremony of type '{script.kind}'")
+    check_token_capabilities(script, credentials)
     return run_quorum_ceremony(
         script.kind,
         script.name,

@@ -49,9 +49,11 @@ from vault.ceremony._common import (
     Officer,
     OutputFolder,
     b64,
+    capability_details,
     cosign,
     find_or_make,
     no_confirm,
+    officer_needs,
     root_pins,
     uninterrupted,
     with_pin,
@@ -131,8 +133,10 @@ def run_root_ceremony(
     # Every token is asked what it can do before any key is made (issue 16).
     root_caps = require_capabilities(credentials.root, [Need.EC_SIGNING, Need.HEAD_RECORDS], role="root token")
     for officer in script.officers:
-        officer_uri = credentials.officers[officer.id]
-        require_capabilities(officer_uri, [Need.EC_SIGNING], role=f"token of officer '{officer.id}'")
+        require_capabilities(
+            credentials.officers[officer.id], officer_needs(credentials.officers[officer.id], officer.custody),
+            role=f"token of officer '{officer.id}'",
+        )  # fmt: skip
     # A root token without a security officer (NSS softoken) keeps its user PIN split and has no SO PIN to replace.
     root_so = credentials.need("root_so") if Need.SO_LOGIN in root_caps.has else None
     with OutputFolder(out) as folder:
@@ -180,20 +184,10 @@ def _run(
                 "a new root needs a new token)"
             ) from e
         backupable = Need.TRUSTED_WRAP in root_caps.has
-        transcript.record(
-            "root-token",
-            "token-capabilities",
-            details={
-                "module": root_caps.module,
-                "security_officer": "SO PIN replaced by one derived from the split secret" if root_so else (
-                    "none: the module has no security-officer login; the user PIN alone is split"
-                ),
-                "root_key_backup": "wrapped under a trusted key-encryption key only" if backupable else (
-                    "none: the module does not enforce CKA_WRAP_WITH_TRUSTED; the root key is not extractable at all"
-                ),
-            },
-            now=now(),
-        )  # fmt: skip
+        details = capability_details(
+            root_caps, without_so="the user PIN alone is split", without_backup="the root key is not extractable at all"
+        )
+        transcript.record("root-token", "token-capabilities", details=details, now=now())
         root_key = _root_key(script, root_token, transcript, confirm, now, backupable=backupable)
 
         not_before = now().replace(microsecond=0)
@@ -376,7 +370,7 @@ def _officer_keys(
     for officer in script.officers:
         details: dict[str, Any] = {}
         with open_token(credentials.officers[officer.id], rw=True) as token:
-            key = find_or_make(token, script.officer_key_label, script.curve)
+            key = find_or_make(token, script.officer_key_label, script.curve, named=credentials.officers[officer.id])
             keys[officer.id] = key.public_key
             if officer.custody == "sealed":
                 seal_key = find_or_make(token, script.seal_key_label, "P-256", "derive")

@@ -28,7 +28,7 @@ from vault.errors import (
 )
 from vault.pki import read_certificate
 from vault.policy import MAX_POLICY_SIZE, format_time
-from vault.token import Pkcs11Uri, TokenKey, TokenSession, open_token
+from vault.token import Need, Pkcs11Uri, TokenKey, TokenSession, open_token
 from vault.verify import DECRYPTION_LABEL, ISSUING_CA_LABEL, SIGNING_LABEL, STEPS, Station
 from vault.verify.devices._run import run_fixtures
 
@@ -667,6 +667,7 @@ def request(
             f"(the keys are {SIGNING_LABEL}, {ISSUING_CA_LABEL} and {DECRYPTION_LABEL})"
         )
     with open_token(uri, rw=True) as session:
+        _require_station_capabilities(session)
         signing, signing_new = _find_or_make(session, SIGNING_LABEL, curve, "sign")
         issuing_ca, issuing_ca_new = _find_or_make(session, ISSUING_CA_LABEL, curve, "sign")
         decryption, decryption_new = _find_or_make(session, DECRYPTION_LABEL, curve, "derive")
@@ -706,6 +707,21 @@ def request(
     click.echo(f"sha256       {digest}")
     click.echo(f"             {readable_digest(digest)}")
     click.echo("read these words to the officers: the ceremony shows them for the request it is given", err=True)
+
+
+def _require_station_capabilities(session: TokenSession) -> None:
+    """Refuse a token that cannot be a station's, in one line naming what it lacks, before any key is made.
+
+    A station signs (manifests, checkpoints, device certificates), unwraps a
+    bundle's data key by ECDH inside the token, and keeps its log head and
+    reservations in the token (data objects, or key carriers where the module
+    keeps none); a key that is not there yet must be made there.
+    """
+    needs = [Need.ECDSA, Need.ECDH, Need.HEAD_RECORDS]
+    labels = {info.label for info in session.objects() if info.type == "private"}
+    if not {SIGNING_LABEL, ISSUING_CA_LABEL, DECRYPTION_LABEL} <= labels:
+        needs.append(Need.EC_KEYGEN)
+    session.capabilities().require(needs, role="station token")
 
 
 def _find_or_make(session: TokenSession, label: str, curve: str, usage: str) -> tuple[TokenKey, bool]:

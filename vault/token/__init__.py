@@ -19,7 +19,7 @@ Example (against the development tokens ``softhsm/setup.sh`` makes)::
 from vault.token._capabilities import Capabilities, Need
 from vault.token._heads import Head
 from vault.token._keys import ObjectInfo, TokenKey, TokenSession, open_token
-from vault.token._require import require_capabilities
+from vault.token._require import probe_capabilities, require_capabilities
 from vault.token._session import MODULE_ENV, TokenInfo, list_tokens, load_module, module_path_for
 from vault.token._uri import Pkcs11Uri, format_uri, parse_uri
 
@@ -39,5 +39,6 @@ __all__ = [
     "module_path_for",
     "open_token",
     "parse_uri",
+    "probe_capabilities",
     "require_capabilities",
 ]

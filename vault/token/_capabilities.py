@@ -32,7 +32,11 @@ class Need(enum.Enum):
     """One thing a step needs of a token; the value is how a message names it."""
 
     EC_SIGNING = "EC P-256 key generation and ECDSA signing (CKM_EC_KEY_PAIR_GEN, CKM_ECDSA)"
+    EC_KEYGEN = "EC P-256 key generation (CKM_EC_KEY_PAIR_GEN)"
+    ECDSA = "ECDSA signing (CKM_ECDSA)"
+    """Signing with a key that is already on the token (a PIV card's, made by the card's own tool)."""
     ECDH = "ECDH key agreement (CKM_ECDH1_DERIVE)"
+    KEY_UNWRAP = "AES key unwrap of a key backup (CKM_AES_KEY_WRAP_PAD)"
     HEAD_RECORDS = "private token objects for head records"
     SO_LOGIN = "security-officer login (CKU_SO)"
     TRUSTED_WRAP = "AES key wrap under trusted keys only (CKM_AES_KEY_WRAP_PAD, enforced CKA_WRAP_WITH_TRUSTED)"
@@ -83,8 +87,14 @@ def capabilities_of(token: pkcs11.Token, profile: ModuleProfile) -> Capabilities
         return bool(info.flags & flags) and (not info.max_key_length or info.max_key_length >= 256)
 
     has = set()
-    if can(Mechanism.EC_KEY_PAIR_GEN, MechanismFlag.GENERATE_KEY_PAIR) and can(Mechanism.ECDSA, MechanismFlag.SIGN):
+    if can(Mechanism.EC_KEY_PAIR_GEN, MechanismFlag.GENERATE_KEY_PAIR):
+        has.add(Need.EC_KEYGEN)
+    if can(Mechanism.ECDSA, MechanismFlag.SIGN):
+        has.add(Need.ECDSA)
+    if {Need.EC_KEYGEN, Need.ECDSA} <= has:
         has.add(Need.EC_SIGNING)
+    if can(Mechanism.AES_KEY_WRAP_PAD, MechanismFlag.UNWRAP):
+        has.add(Need.KEY_UNWRAP)
     if can(Mechanism.ECDH1_DERIVE, MechanismFlag.DERIVE):
         has.add(Need.ECDH)
     has.add(Need.HEAD_RECORDS)  # data objects, or key carriers where the module keeps none

@@ -406,6 +406,14 @@ class TokenSession:
         fault = _protection_fault(private, self.profile, backupable=backupable, unwrapped=unwrapped)
         if fault is not None:
             raise KeyProtectionError(f"key '{label}' on token '{self.label}' {fault}")
+        if _quirks.read_bool(private, Attribute.ALWAYS_AUTHENTICATE):
+            # PKCS#11 wants the PIN again between C_SignInit and C_Sign; python-pkcs11 makes both in one
+            # call, so such a key would fail at its first signature, halfway through a ceremony.
+            raise MechanismNotSupportedError(
+                f"key '{label}' on token '{self.label}' asks for its PIN again at every use "
+                "(CKA_ALWAYS_AUTHENTICATE, as PIV slot 9c does), which vault cannot give: "
+                "use a key without it, such as PIV slot 9a (id=%01, 'PIV AUTH key'); see docs/piv.md"
+            )
 
     def delete_key(self, label: str | None = None, id: bytes | None = None) -> ObjectInfo:
         """Destroy the key pair with this label and/or CKA_ID (private half and public half), for good.
@@ -656,8 +664,7 @@ def _protection_fault(
             )
         if not profile.enforces_wrap_with_trusted:
             return (
-                f"is extractable (CKA_EXTRACTABLE) and {profile.name} does not enforce CKA_WRAP_WITH_TRUSTED; "
-                f"{_LEAVES}"
+                f"is extractable (CKA_EXTRACTABLE) and {profile.name} does not enforce CKA_WRAP_WITH_TRUSTED; {_LEAVES}"
             )
     if flag(Attribute.SENSITIVE) is not True:
         return f"is not sensitive (CKA_SENSITIVE false); {_LEAVES}"

@@ -4,22 +4,40 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from vault.token._capabilities import Capabilities, Need
-from vault.token._keys import open_token
+from vault.token._capabilities import Capabilities, Need, capabilities_of
+from vault.token._quirks import profile_for
+from vault.token._session import _text, find_token, translate_errors
 from vault.token._uri import Pkcs11Uri
 
 
-def require_capabilities(uri: Pkcs11Uri, needs: Iterable[Need], *, role: str) -> Capabilities:
-    """Log in to the token ``uri`` names (read-only), refuse unless it meets ``needs`` for ``role``.
+def probe_capabilities(uri: Pkcs11Uri) -> Capabilities:
+    """What the token ``uri`` names offers vault, asked of its module without logging in.
 
-    Nothing on the token changes. Returns what it offers, for the caller to
-    choose how to serve a role that can be served another way.
+    No PIN is read or spent and nothing on the token changes: the mechanisms
+    are the slot's, the rest is the module's measured profile. A root token
+    whose PIN the officers' shares hold is asked this way before the shares
+    are combined.
+
+    Raises:
+        TokenError: the module or the token cannot be found.
+    """
+    token = find_token(uri)
+    label = _text(token.label)
+    with translate_errors("asking the token what it can do", label):
+        profile = profile_for(_text(token.manufacturer_id), _text(token.model))
+        return capabilities_of(token, profile)
+
+
+def require_capabilities(uri: Pkcs11Uri, needs: Iterable[Need], *, role: str) -> Capabilities:
+    """Refuse unless the token ``uri`` names meets ``needs`` for ``role``; nothing on it changes.
+
+    Returns what it offers, for the caller to choose how to serve a role
+    that can be served another way.
 
     Raises:
         MechanismNotSupportedError: a need is missing; the line names it and ``role``.
-        TokenError: the token cannot be opened.
+        TokenError: the token cannot be found.
     """
-    with open_token(uri) as token:
-        capabilities = token.capabilities()
+    capabilities = probe_capabilities(uri)
     capabilities.require(needs, role=role)
     return capabilities
