@@ -376,9 +376,7 @@ def parse_manifest(statement: Statement) -> Manifest:
     if not isinstance(images, list) or len(images) > _MAX_IMAGES:
         raise FormatError(f"manifest: images must be a list of at most {_MAX_IMAGES}")
     keys = check_fields(p["keys"], _KEY_FIELDS, what="manifest keys")
-    quality = parse_quality(p["quality"]) if measured else None
-    if quality is not None and event in _CERTIFIED and not all(r.passed for r in quality.measurements):
-        raise FormatError(f"manifest: a {event} unit carries a failed measurement")
+    quality = parse_quality(p["quality"], event=event) if measured else None
     return Manifest(
         id=_hex(p["id"], "id", _ID, 32),
         sequence=_count(p["sequence"], "sequence"),
@@ -413,8 +411,8 @@ def parse_manifest(statement: Statement) -> Manifest:
     )
 
 
-def parse_quality(value: Any) -> QualityRecord:
-    """Read a manifest's ``quality`` field (also used by the audit's fast path: one format, one parser).
+def parse_quality(value: Any, *, event: str) -> QualityRecord:
+    """Read the ``quality`` field of a manifest of ``event`` (the audit's fast path uses it too: one parser).
 
     Raises:
         FormatError: a field is missing, unknown or malformed, a list is too long, or a verdict contradicts its limits.
@@ -425,11 +423,14 @@ def parse_quality(value: Any) -> QualityRecord:
                              ("calibration", calibration, MAX_COEFFICIENTS)):  # fmt: skip
         if not isinstance(items, list) or len(items) > cap:
             raise FormatError(f"manifest: quality.{name} must be a list of at most {cap}")
-    return QualityRecord(
+    record = QualityRecord(
         tuple(_timed(raw, i) for i, raw in enumerate(steps)),
         tuple(_reading(raw, i) for i, raw in enumerate(measurements)),
         tuple(_coefficient(raw, i) for i, raw in enumerate(calibration)),
     )
+    if event in _CERTIFIED and not all(r.passed for r in record.measurements):
+        raise FormatError(f"manifest: a {event} unit carries a failed measurement")
+    return record
 
 
 def _timed(raw: Any, index: int) -> tuple[str, int]:

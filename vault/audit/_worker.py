@@ -43,7 +43,15 @@ from vault.errors import FormatError, SignatureError, ThresholdError, VaultError
 from vault.evidence import MAX_RECORD_SIZE, RawChunk, decrypt_chunk
 from vault.formats import MAX_SIGNATURE_SIZE, PAYLOAD_TYPE_INTOTO, STATEMENT_TYPE
 from vault.formats._json import parse_json
-from vault.manifest import EVENTS, MANIFEST_PREDICATE, MAX_MANIFEST_SIZE, Manifest, open_manifest
+from vault.manifest import (
+    EVENTS,
+    MANIFEST_PREDICATE,
+    MAX_MANIFEST_SIZE,
+    Manifest,
+    QualityRecord,
+    open_manifest,
+    parse_quality,
+)
 from vault.merkle import leaf_hash
 from vault.policy import format_time
 
@@ -52,6 +60,7 @@ __all__ = [
     "Context",
     "Issue",
     "Label",
+    "Measured",
     "Stamp",
     "StationKeys",
     "init_worker",
@@ -108,6 +117,16 @@ for the audited release, the unit, the failed step of a failed unit, the ISO wee
 time in seconds since 1970, the fixture, the operator who acted (None for an interrupted unit, which the
 station closes on the operator's behalf when it starts again)) of a verified manifest."""
 
+Measured = tuple[
+    int,
+    str,
+    tuple[tuple[str, int], ...],
+    tuple[tuple[str, str, "float | None", "float | None", float, bool], ...],
+    tuple[tuple[str, str, float], ...],
+]
+"""(log position, ISO week, (step, milliseconds) in the order run, (name, unit, lower, upper, value, passed) of
+each measurement, (name, unit, value) of each calibration coefficient) of a manifest with a test record."""
+
 Clock = tuple[str, int, int, int, str, str, "str | None"]
 """(clock session, monotonic seconds, wall-clock seconds since 1970, log position, manifest id, hardware id,
 serial) of a manifest that records its station's monotonic clock."""
@@ -139,6 +158,7 @@ class ChunkResult:
     last_clock: Clock | None = None
     verified: int = 0
     events: dict[str, int] = field(default_factory=dict)
+    measured: list[Measured] = field(default_factory=list)  # the audited release's units with a test record
 
 
 # --- per-process state ----------------------------------------------------------------------
@@ -440,6 +460,17 @@ class _Chunk:
             (position, mid, event, hwid, serial, m.device_key_id, m.unit is not None, in_bundle, m.unit, step, week,
              epoch, m.fixture, operator)
         )  # fmt: skip
+        quality = m.quality
+        if quality is not None and in_bundle:
+            result.measured.append(
+                (
+                    position,
+                    week or _week(time),
+                    quality.steps,
+                    tuple((r.name, r.unit, r.lower, r.upper, r.value, r.passed) for r in quality.measurements),
+                    tuple((c.name, c.unit, c.value) for c in quality.calibration),
+                )
+            )
         if m.unit is not None:
             if in_bundle:
                 result.units.append((m.unit, event))
@@ -639,6 +670,7 @@ class _Fields(NamedTuple):
     operator: str = "operator"
     clock_session: str | None = None
     clock_monotonic: int | None = None
+    quality: QualityRecord | None = None
 
     @classmethod
     def of(cls, m: Manifest) -> _Fields:
@@ -668,6 +700,7 @@ class _Fields(NamedTuple):
             m.operator,
             m.clock_session,
             m.clock_monotonic,
+            m.quality,
         )
 
 
@@ -721,7 +754,7 @@ def _canonical_statement() -> re.Pattern[str]:
         ("label", optional_text),
         ("operator", text),
         ("policy_version", count),
-        ("product", text),
+        ("product", text + r'(?:,"quality":(\{(?:[^{}]|\{[^{}]*\})*\}))?'),
         ("security_counter", count),
         ("sequence", count),
         ("serial", optional_text),
@@ -787,7 +820,7 @@ def _statement_fields(text: str, usual_images: Mapping[str, tuple[tuple[str, str
     (
         bundle_id, certificate_serial, certificate_sha256, clock, clock_monotonic, clock_session, detail,
         device_key_id, event, failed_step,
-        fixture, hwid, mid, images_text, issuing_ca, signing, label, operator, policy_version, product,
+        fixture, hwid, mid, images_text, issuing_ca, signing, label, operator, policy_version, product, quality_text,
         security_counter, sequence, serial, station_id, time, unit, version, subject_digest, subject_hwid,
     ) = match.groups()  # fmt: skip
     if subject_hwid != hwid or hashlib.sha256(bytes.fromhex(hwid)).hexdigest() != subject_digest:
@@ -809,6 +842,13 @@ def _statement_fields(text: str, usual_images: Mapping[str, tuple[tuple[str, str
         _dt.datetime.fromisoformat(time)
     except ValueError:
         return None
+    quality = None
+    if quality_text is not None:  # the test record: read by the manifest's own parser
+        try:
+            quality = parse_quality(parse_json(quality_text.encode(), max_size=MAX_MANIFEST_SIZE, what="quality"),
+                                    event=event)  # fmt: skip
+        except FormatError:
+            return None
     return _Fields(
         mid,
         counts[0],
@@ -835,6 +875,7 @@ def _statement_fields(text: str, usual_images: Mapping[str, tuple[tuple[str, str
         operator,
         clock_session,
         monotonic,
+        quality,
     )
 
 
