@@ -85,6 +85,12 @@ class Measurement:
     upper: float | None = None
     step: str = "test"
 
+    def verdict(self) -> bool | None:
+        """Whether it passed: the adapter's own verdict, else its limits; None when neither says."""
+        if self.passed is not None or isinstance(self.value, str) or (self.lower is None and self.upper is None):
+            return self.passed
+        return (self.lower is None or self.value >= self.lower) and (self.upper is None or self.value <= self.upper)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name, "value": self.value, "unit": self.unit, "passed": self.passed,
