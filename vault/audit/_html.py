@@ -377,7 +377,12 @@ def _histogram_chart(where: str, m: MeasurementFigures) -> str:
         f'<line class="mean" x1="{mean_x:.1f}" y1="{top}" x2="{mean_x:.1f}" y2="{top + plot_h}" stroke="#1f4fa3" '
         'stroke-width="1.5"/>'
     )
-    cpk = f"Cpk {_g(m.cpk)}" if m.cpk is not None else f"Cpk: n/a (needs {CPK_MIN_UNITS} units and a spread)"
+    if m.cpk is not None:
+        cpk = f"Cpk {_g(m.cpk)}"
+    elif m.count < CPK_MIN_UNITS:
+        cpk = f"Cpk n/a (n &lt; {CPK_MIN_UNITS})"
+    else:
+        cpk = "Cpk n/a (no limit)" if m.lower is None and m.upper is None else "Cpk n/a (no spread)"
     caption = f"n={m.count:,} \u00b7 failed {m.failed:,} \u00b7 mean {_g(m.mean)} {_e(m.unit)} \u00b7 {cpk}"
     axis = (
         f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#90a4ae"/>'
