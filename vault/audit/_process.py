@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from vault.audit._worker import Measured
 
@@ -38,6 +38,8 @@ HISTOGRAM_BINS = 24
 
 _MAX_WEEKS = 530  # ten years of weeks per station; later weeks are not tallied (and counted as such)
 _MAX_KEYS = 64  # measurements (and coefficients, and steps) per station and week
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 
 class _Stats:
@@ -99,41 +101,35 @@ class ProcessTally:
             if position <= self.high:
                 continue
             self.high = position
-            week = self.weeks.get(week_name)
+            week = self._slot(self.weeks, week_name, _Week, _MAX_WEEKS)
             if week is None:
-                if len(self.weeks) >= _MAX_WEEKS:
-                    self.untallied += 1
-                    continue
-                week = self.weeks[week_name] = _Week()
+                continue
             week.units += 1
             for step, milliseconds in steps:
-                timed = week.steps.get(step)
-                if timed is None:
-                    if len(week.steps) >= _MAX_KEYS:
-                        self.untallied += 1
-                        continue
-                    timed = week.steps[step] = _Stats()
-                timed.add(milliseconds / 1000)
+                timed = self._slot(week.steps, step, _Stats, _MAX_KEYS)
+                if timed is not None:
+                    timed.add(milliseconds / 1000)
             for name, unit, lower, upper, value, passed in readings:
-                key = (name, unit, lower, upper)
-                measure = week.measurements.get(key)
-                if measure is None:
-                    if len(week.measurements) >= _MAX_KEYS:
-                        self.untallied += 1
-                        continue
-                    measure = week.measurements[key] = _Measure()
-                measure.stats.add(value)
-                measure.failed += not passed
-                if len(measure.sample) < HISTOGRAM_SAMPLE:
-                    measure.sample.append(value)
+                measure = self._slot(week.measurements, (name, unit, lower, upper), _Measure, _MAX_KEYS)
+                if measure is not None:
+                    measure.stats.add(value)
+                    measure.failed += not passed
+                    if len(measure.sample) < HISTOGRAM_SAMPLE:
+                        measure.sample.append(value)
             for name, unit, value in coefficients:
-                coefficient = week.calibration.get((name, unit))
-                if coefficient is None:
-                    if len(week.calibration) >= _MAX_KEYS:
-                        self.untallied += 1
-                        continue
-                    coefficient = week.calibration[(name, unit)] = _Stats()
-                coefficient.add(value)
+                coefficient = self._slot(week.calibration, (name, unit), _Stats, _MAX_KEYS)
+                if coefficient is not None:
+                    coefficient.add(value)
+
+    def _slot(self, table: dict[_K, _V], key: _K, make: Callable[[], _V], cap: int) -> _V | None:
+        """``table[key]``, made when new; None (and counted as untallied) when the table is full."""
+        found = table.get(key)
+        if found is None:
+            if len(table) >= cap:
+                self.untallied += 1
+                return None
+            found = table[key] = make()
+        return found
 
     def report(self) -> ProcessReport:
         """The figures, weeks in order."""
