@@ -14,7 +14,10 @@ does (``tests/verify``), then:
    ``provisioned`` and gets a real device certificate for a fresh P-256 key,
    laid out by ``vault.pki`` and signed by the station CA key in the token;
    with ``--no-certificates`` each is a ``failed`` (at ``program``) event
-   without one. One export file is written with ``EvidenceWriter`` to the
+   without one. With ``--records`` (the default) each carries a test record
+   as a station writes it (eight step times, two measurements with limits,
+   two calibration coefficients); ``--no-records`` gives manifests as they
+   were before test records existed. One export file is written with ``EvidenceWriter`` to the
    auditor's key: the export record, every entry in order, and a checkpoint
    signed by the station key over the Merkle root of the leaves. It is cached
    in the work folder (``--reuse DIR`` audits it again without generating).
@@ -123,6 +126,25 @@ def setup(work: Path, n: int) -> dict[str, object]:
 # --- generation ----------------------------------------------------------------------------------
 
 
+def _record(unit: int) -> object:
+    """A test record as the simulated adapter's station writes it, varying by unit."""
+    from vault.manifest import Coefficient, QualityRecord, Reading
+
+    steps = ("read-id", "program", "verify", "test", "generate-key", "certify", "install-certificate", "lock")
+    current = 0.045 + (unit % 97 - 48) * 0.00004
+    return QualityRecord(
+        tuple((step, 20 + (unit * (i + 7)) % 900) for i, step in enumerate(steps)),
+        (
+            Reading("supply current", current, "A", 0.03, 0.06, True),
+            Reading("boot time", 0.8 + (unit % 13) * 0.004, "s", None, 2.0, True),
+        ),
+        (
+            Coefficient("adc gain", 1.0 + (unit % 31 - 15) * 0.0001),
+            Coefficient("rtc trim", -3.0 + unit % 7 * 0.25, "ppm"),
+        ),
+    )
+
+
 def _generate_part(job: tuple[dict[str, object], int, int, bool, str]) -> tuple[int, float]:
     """Units ``lo`` to ``hi - 1`` (1-based) as lines ``envelope\\tcertificate-base64-or-empty``."""
     from cryptography import x509
@@ -136,6 +158,7 @@ def _generate_part(job: tuple[dict[str, object], int, int, bool, str]) -> tuple[
     from vault.token import open_token, parse_uri
 
     meta, lo, hi, certificates, out = job
+    records = bool(meta.get("records", False))
     release = meta["release"]
     assert isinstance(release, dict)
     root = x509.load_pem_x509_certificate(Path(str(meta["root"])).read_bytes())
@@ -188,6 +211,7 @@ def _generate_part(job: tuple[dict[str, object], int, int, bool, str]) -> tuple[
                 version=release["version"], security_counter=release["security_counter"],
                 policy_version=release["policy_version"], unit=unit, hardware_id=hwid, serial=serial, label=None,
                 keys=keys, time=when, clock="system", **fields,  # type: ignore[arg-type]
+                quality=_record(unit) if records and certificates else None,
             )  # fmt: skip
             envelope = sign_manifest(manifest, signing)
             f.write(envelope.decode())
@@ -391,6 +415,12 @@ def main() -> None:
         default=True,
         help="provisioned units with real device certificates (default) or failed units without",
     )
+    parser.add_argument(
+        "--records",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="manifests carry a test record as stations write them (default) or none, as before records existed",
+    )
     parser.add_argument("--workers", type=int, default=2, help="audit workers, generation and baseline processes")
     parser.add_argument("--dir", type=Path, default=None, help="where to work (default: a temporary folder)")
     parser.add_argument("--reuse", type=Path, default=None, help="a work folder of an earlier run: audit it again")
@@ -416,6 +446,7 @@ def main() -> None:
         print(f"setting up: ceremonies, two stations, a promoted bundle of {n} units in {work}")
         t0 = time.perf_counter()
         meta = setup(work, n)
+        meta["records"] = args.records and certificates
         print(f"  setup {time.perf_counter() - t0:.1f} s")
         print(f"generating {n} manifests ({'with' if certificates else 'without'} device certificates)")
         generation = generate(work, meta, n, certificates, args.workers)
@@ -433,7 +464,8 @@ def main() -> None:
     audit_wall, base_wall = float(audited["wall"]), float(base["wall"])  # type: ignore[arg-type]
     rss = int(audited["rss_kib"]) / 1024  # type: ignore[call-overload]
     print(
-        f"manifests    {n} ({'provisioned, with device certificates' if certificates else 'failed, no certificates'})"
+        f"manifests    {n} ({'provisioned, with device certificates' if certificates else 'failed, no certificates'}"
+        f"{', with test records' if meta.get('records') else ''})"
     )
     print(f"generation   {generation:8.1f} s")
     print(f"audit        {audit_wall:8.1f} s  ({n / audit_wall:.0f} manifests/s, {audited['verified']} verified)")

@@ -177,7 +177,7 @@ $(for slot in 1 2; do cat <<FIXTURE
 FIXTURE
 done)
   - {slot: 3, adapter: simulated}
-  - {slot: 4, adapter: simulated}
+  - {slot: 4, adapter: simulated, options: {fail-limit-every: 2}}   # every 2nd unit here draws too much current
 CONFIG
 
 step "station-1 provisions 10 simulated units on its 4 fixtures: unit 4's label is swapped, unit 7 fails to program and is retried, unit 2 comes back for rework four times (planted: the audit reports it as rework-repeated, medium)"
@@ -191,7 +191,7 @@ echo "labels       $work/labels (PNG and ZPL); one unit's record: vault station 
 step "station-2 rehearses its fixtures (a stand-in vendor tool on 2 of them): every step, nothing written, counted or logged"
 vault station provision --config "$work/station-2.yaml" --count 4 --operator bob --dry-run
 
-step "station-2 provisions 8 units on its 4 fixtures, then tries one more than its allocation"
+step "station-2 provisions 8 units on its 4 fixtures (on fixture 4 every 2nd unit fails its supply-current limit), then tries one more than its allocation"
 vault station provision --config "$work/station-2.yaml" --count 8 --operator bob
 status=0
 vault station provision --config "$work/station-2.yaml" --count 1 --operator bob || status=$?   # refused: exit 4
@@ -228,6 +228,9 @@ vault audit "$work/evidence" --root-cert "$rootca" --policy "$work/ceremony-stat
   --bundle "$work/release.vbundle" --token "$(uri vault-auditor)" \
   --json "$work/audit.json" --html "$work/audit.html"
 echo "HTML report: $work/audit.html"
+grep -q '"cpk_min_units"' "$work/audit.json" || { echo "demo: the audit has no process figures" >&2; exit 1; }
+echo "quality charts (test time per step, measurements against their limits with Cpk, calibration drift):"
+echo "  $work/audit.html#process"
 grep -q '"code": "rework-repeated"' "$work/audit.json" || { echo "demo: the planted rework-repeated was not found" >&2; exit 1; }
 echo "found the planted anomaly: unit 2 of station-1 reworked 4 times (rework-repeated, medium; more than --max-reworks 3)"
 

@@ -18,13 +18,27 @@ into the log a second time sits at the wrong position. Its predicate::
      "keys": {"signing": "<station signing key id>", "issuing_ca": "<station CA key id>"},
      "failed_step": null, "detail": null,
      "time": "2026-11-21T10:00:00Z", "clock": "system",
-     "clock_session": "<32 hex>", "clock_monotonic": 5012}   # optional, both or neither
+     "clock_session": "<32 hex>", "clock_monotonic": 5012,   # optional, both or neither
+     "quality": {                                              # optional: the unit's test record
+         "steps": [{"step": "program", "milliseconds": 3120}, ...],
+         "measurements": [{"name": "supply current", "value": "0.0421", "unit": "A",
+                           "lower": "0.03", "upper": "0.06", "passed": true, "step": "test"}],
+         "calibration": [{"name": "adc gain", "value": "1.0021", "unit": ""}]}}
 
 ``clock_session`` names one run of the station's process and
 ``clock_monotonic`` is its monotonic clock (whole seconds) when the manifest
 was signed: inside one session, the wall clock's step between two manifests
 must match the monotonic step, so a wall clock set forward mid-run shows. A
 manifest from before these fields existed has neither and still verifies.
+
+``quality`` is what the station measured of a unit it worked on: how long
+each step took, the test's measurements with their limits and verdicts, and
+the calibration coefficients found (``docs/adr/0010-measurements.md``).
+Numbers are decimal strings in Python's shortest round-trip spelling (JSON
+numbers here are whole only, so each value has one spelling); a measurement
+outside its limits is never ``passed``, and a unit certified as good
+(provisioned, retry, rework) never carries a failed one. A manifest without
+``quality`` (any from before it existed) still verifies.
 
 Events: ``provisioned`` (a new device, certified), ``retry`` (a device whose
 earlier attempts at this station all failed, certified on a new attempt; under
@@ -77,6 +91,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -95,11 +110,21 @@ __all__ = [
     "EVENTS",
     "MANIFEST_PREDICATE",
     "OPERATOR_EVENTS",
+    "MAX_COEFFICIENTS",
     "MAX_MANIFEST_SIZE",
+    "MAX_MEASUREMENTS",
+    "MAX_NAME",
+    "MAX_STEPS",
+    "MAX_UNIT",
+    "Coefficient",
     "ImageRecord",
     "Manifest",
+    "QualityRecord",
+    "Reading",
+    "number_text",
     "open_manifest",
     "parse_manifest",
+    "parse_quality",
     "sign_manifest",
 ]
 
@@ -145,6 +170,22 @@ _FIELDS = frozenset(
     }
 )
 _CLOCK_FIELDS = frozenset({"clock_session", "clock_monotonic"})  # optional, both or neither
+_QUALITY_FIELDS = frozenset({"steps", "measurements", "calibration"})
+_STEP_FIELDS = frozenset({"step", "milliseconds"})
+_READING_FIELDS = frozenset({"name", "value", "unit", "lower", "upper", "passed", "step"})
+_COEFFICIENT_FIELDS = frozenset({"name", "value", "unit"})
+_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:e[+-][0-9]+)?")
+_CERTIFIED = frozenset({"provisioned", "retry", "rework"})
+MAX_MEASUREMENTS = 64
+"""Measurements one manifest records at most (a manifest stays well under :data:`MAX_MANIFEST_SIZE`)."""
+MAX_COEFFICIENTS = 64
+"""Calibration coefficients one manifest records at most."""
+MAX_STEPS = 32
+"""Timed steps one manifest records at most."""
+MAX_NAME = 64
+"""Characters of a measurement's, coefficient's or step's name."""
+MAX_UNIT = 16
+"""Characters of a measurement's or coefficient's unit ("A", "mV", "ppm")."""
 _IMAGE_FIELDS = frozenset({"name", "sha256", "measurement"})
 _KEY_FIELDS = frozenset({"signing", "issuing_ca"})
 _HEX = re.compile(r"(?:[0-9a-f]{2})+")
@@ -162,6 +203,71 @@ class ImageRecord:
     name: str
     sha256: str
     measurement: str | None = None
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One measurement of the unit's test as recorded: its value, unit, limits (None: none) and verdict."""
+
+    name: str
+    value: float
+    unit: str
+    lower: float | None
+    upper: float | None
+    passed: bool
+    step: str = "test"
+
+    def shown(self) -> str:
+        """The value and unit, for a person: "0.095 A"."""
+        return f"{number_text(self.value)} {self.unit}".rstrip()
+
+    def limits(self) -> str:
+        """The limits, for a person: "[0.03, 0.06] A", "[.., 2.0] s"."""
+        lower = ".." if self.lower is None else number_text(self.lower)
+        upper = ".." if self.upper is None else number_text(self.upper)
+        return f"[{lower}, {upper}] {self.unit}".rstrip()
+
+
+@dataclass(frozen=True)
+class Coefficient:
+    """One calibration coefficient found for the unit."""
+
+    name: str
+    value: float
+    unit: str = ""
+
+
+@dataclass(frozen=True)
+class QualityRecord:
+    """What the station measured of one unit: (step, milliseconds) in the order run, readings, coefficients."""
+
+    steps: tuple[tuple[str, int], ...] = ()
+    measurements: tuple[Reading, ...] = ()
+    calibration: tuple[Coefficient, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``quality`` field as signed."""
+        return {
+            "steps": [{"step": step, "milliseconds": ms} for step, ms in self.steps],
+            "measurements": [
+                {
+                    "name": r.name,
+                    "value": number_text(r.value),
+                    "unit": r.unit,
+                    "lower": None if r.lower is None else number_text(r.lower),
+                    "upper": None if r.upper is None else number_text(r.upper),
+                    "passed": r.passed,
+                    "step": r.step,
+                }  # fmt: skip
+                for r in self.measurements
+            ],
+            "calibration": [{"name": c.name, "value": number_text(c.value), "unit": c.unit} for c in self.calibration],
+        }
+
+
+def number_text(value: float) -> str:
+    """A finite number as the manifest spells it: Python's shortest round-trip decimal ("0.1", "1e-05")."""
+    return repr(float(value))
 
 
 @dataclass(frozen=True)
@@ -194,6 +300,7 @@ class Manifest:
     clock: str
     clock_session: str | None = None
     clock_monotonic: int | None = None
+    quality: QualityRecord | None = None
 
     def statement(self) -> Statement:
         """The in-toto statement this manifest is signed as."""
@@ -230,6 +337,7 @@ class Manifest:
                 "time": format_time(self.time),
                 "clock": self.clock,
                 **monotonic,
+                **({} if self.quality is None else {"quality": self.quality.to_json()}),
             },
         )
 
@@ -270,7 +378,9 @@ def parse_manifest(statement: Statement) -> Manifest:
         raise FormatError(f"not a manifest (predicate type {quote(statement.predicate_type, 80)})")
     predicate = statement.predicate
     clocked = isinstance(predicate, dict) and not _CLOCK_FIELDS.isdisjoint(predicate)
-    p = check_fields(predicate, _FIELDS | _CLOCK_FIELDS if clocked else _FIELDS, what="manifest")
+    measured = isinstance(predicate, dict) and "quality" in predicate
+    allowed = (_FIELDS | _CLOCK_FIELDS if clocked else _FIELDS) | ({"quality"} if measured else frozenset())
+    p = check_fields(predicate, allowed, what="manifest")
     event = p["event"]
     if event not in EVENTS:
         raise FormatError(f"manifest: unknown event {quote(str(event), 40)}")
@@ -282,6 +392,7 @@ def parse_manifest(statement: Statement) -> Manifest:
     if not isinstance(images, list) or len(images) > _MAX_IMAGES:
         raise FormatError(f"manifest: images must be a list of at most {_MAX_IMAGES}")
     keys = check_fields(p["keys"], _KEY_FIELDS, what="manifest keys")
+    quality = parse_quality(p["quality"], event=event) if measured else None
     return Manifest(
         id=_hex(p["id"], "id", _ID, 32),
         sequence=_count(p["sequence"], "sequence"),
@@ -312,7 +423,80 @@ def parse_manifest(statement: Statement) -> Manifest:
         clock=_text(p["clock"], "clock"),
         clock_session=_hex(p["clock_session"], "clock_session", _ID, 32) if clocked else None,
         clock_monotonic=_count(p["clock_monotonic"], "clock_monotonic") if clocked else None,
+        quality=quality,
     )
+
+
+def parse_quality(value: Any, *, event: str) -> QualityRecord:
+    """Read the ``quality`` field of a manifest of ``event`` (the audit's fast path uses it too: one parser).
+
+    Raises:
+        FormatError: a field is missing, unknown or malformed, a list is too long, or a verdict contradicts its limits.
+    """
+    q = check_fields(value, _QUALITY_FIELDS, what="manifest quality")
+    steps, measurements, calibration = q["steps"], q["measurements"], q["calibration"]
+    for name, items, cap in (("steps", steps, MAX_STEPS), ("measurements", measurements, MAX_MEASUREMENTS),
+                             ("calibration", calibration, MAX_COEFFICIENTS)):  # fmt: skip
+        if not isinstance(items, list) or len(items) > cap:
+            raise FormatError(f"manifest: quality.{name} must be a list of at most {cap}")
+    record = QualityRecord(
+        tuple(_timed(raw, i) for i, raw in enumerate(steps)),
+        tuple(_reading(raw, i) for i, raw in enumerate(measurements)),
+        tuple(_coefficient(raw, i) for i, raw in enumerate(calibration)),
+    )
+    if event in _CERTIFIED and not all(r.passed for r in record.measurements):
+        raise FormatError(f"manifest: a {event} unit carries a failed measurement")
+    return record
+
+
+def _timed(raw: Any, index: int) -> tuple[str, int]:
+    entry = check_fields(raw, _STEP_FIELDS, what=f"manifest quality.steps[{index}]")
+    return _text(entry["step"], f"quality.steps[{index}].step", MAX_NAME), _count(
+        entry["milliseconds"], f"quality.steps[{index}].milliseconds"
+    )
+
+
+def _reading(raw: Any, index: int) -> Reading:
+    what = f"quality.measurements[{index}]"
+    entry = check_fields(raw, _READING_FIELDS, what=f"manifest {what}")
+    value = _number(entry["value"], f"{what}.value")
+    lower = None if entry["lower"] is None else _number(entry["lower"], f"{what}.lower")
+    upper = None if entry["upper"] is None else _number(entry["upper"], f"{what}.upper")
+    passed = entry["passed"]
+    if not isinstance(passed, bool):
+        raise FormatError(f"manifest: {what}.passed must be true or false")
+    if passed and ((lower is not None and value < lower) or (upper is not None and value > upper)):
+        raise FormatError(f"manifest: {what} is outside its limits but recorded as passed")
+    return Reading(
+        _text(entry["name"], f"{what}.name", MAX_NAME), value, _unit(entry["unit"], f"{what}.unit"), lower, upper,
+        passed, _text(entry["step"], f"{what}.step", MAX_NAME),
+    )  # fmt: skip
+
+
+def _coefficient(raw: Any, index: int) -> Coefficient:
+    what = f"quality.calibration[{index}]"
+    entry = check_fields(raw, _COEFFICIENT_FIELDS, what=f"manifest {what}")
+    return Coefficient(
+        _text(entry["name"], f"{what}.name", MAX_NAME),
+        _number(entry["value"], f"{what}.value"),
+        _unit(entry["unit"], f"{what}.unit"),
+    )
+
+
+def _number(value: object, what: str) -> float:
+    """A decimal string in its one spelling (:func:`number_text`), finite."""
+    if not isinstance(value, str) or len(value) > 32 or not _NUMBER.fullmatch(value):
+        raise FormatError(f"manifest: {what} must be a decimal number as text")
+    number = float(value)
+    if not math.isfinite(number) or number_text(number) != value:
+        raise FormatError(f"manifest: {what} must be a finite number in its shortest spelling")
+    return number
+
+
+def _unit(value: object, what: str) -> str:
+    if not isinstance(value, str) or len(value) > MAX_UNIT or not value.isprintable():
+        raise FormatError(f"manifest: {what} must be printable text of at most {MAX_UNIT} characters")
+    return value
 
 
 def _image(raw: Any, index: int) -> ImageRecord:
@@ -324,9 +508,9 @@ def _image(raw: Any, index: int) -> ImageRecord:
     )
 
 
-def _text(value: object, what: str) -> str:
-    if not isinstance(value, str) or not value or len(value) > _MAX_TEXT or not value.isprintable():
-        raise FormatError(f"manifest: {what} must be printable text of 1 to {_MAX_TEXT} characters")
+def _text(value: object, what: str, limit: int = _MAX_TEXT) -> str:
+    if not isinstance(value, str) or not value or len(value) > limit or not value.isprintable():
+        raise FormatError(f"manifest: {what} must be printable text of 1 to {limit} characters")
     return value
 
 

@@ -26,7 +26,16 @@ from vault.crypto import key_id, spki_der
 from vault.errors import FormatError
 from vault.evidence import RawChunk
 from vault.formats import Statement, canonical_json
-from vault.manifest import EVENTS, ImageRecord, Manifest, parse_manifest, sign_manifest
+from vault.manifest import (
+    EVENTS,
+    Coefficient,
+    ImageRecord,
+    Manifest,
+    QualityRecord,
+    Reading,
+    parse_manifest,
+    sign_manifest,
+)
 
 IMAGES = (("app.bin", "a1" * 32), ("config.bin", "b2" * 32))
 
@@ -86,6 +95,32 @@ def _predicate_variants() -> list[dict[str, Any]]:
         {"keys": {"signing": "ab" * 32}},
         {"keys": {"signing": "ab" * 32, "issuing_ca": "cd" * 32, "x": "y"}},
         {"extra": 1},
+    ]
+    out += [{"quality": q} for q in _quality_variants()]
+    return out
+
+
+def _quality_variants() -> list[Any]:
+    """The optional test record, on and over its parser's edges."""
+    reading = {"name": "supply current", "value": "0.045", "unit": "A", "lower": "0.03", "upper": "0.06",
+               "passed": True, "step": "test"}  # fmt: skip
+    record = {"steps": [{"step": "program", "milliseconds": 812}], "measurements": [reading],
+              "calibration": [{"name": "adc gain", "value": "1.0021", "unit": ""}]}  # fmt: skip
+    out: list[Any] = [record, {**record, "measurements": [], "calibration": [], "steps": []}, None, {}, [], 5]
+    for value in ("1", "1.0", "0.10", "1e5", "1e+16", "1e-05", "-0.0", "nan", "inf", "-inf", " 1.0", "1.0\n", 0.5, 1):
+        out.append({**record, "measurements": [{**reading, "value": value}]})
+        out.append({**record, "calibration": [{"name": "g", "value": value, "unit": ""}]})
+    for change in ({"name": ""}, {"name": "a{b}"}, {"name": "x" * 65}, {"unit": "u" * 17}, {"unit": ""},
+                   {"lower": None, "upper": None}, {"lower": "0.05"}, {"upper": "0.04"}, {"passed": False},
+                   {"passed": None}, {"step": "rf-test"}, {"step": None}, {"extra": 1}):  # fmt: skip
+        out.append({**record, "measurements": [{**reading, **change}]})
+    out += [
+        {**record, "measurements": [reading] * 64},
+        {**record, "measurements": [reading] * 65},
+        {**record, "steps": [{"step": "program", "milliseconds": -1}]},
+        {**record, "steps": [{"step": "program", "milliseconds": 2**63}]},
+        {**record, "steps": [{"step": "lock", "milliseconds": 1}] * 33},
+        {**record, "extra": []},
     ]
     return out
 
@@ -155,10 +190,22 @@ def test_lean_path_takes_every_manifest_a_station_writes(usual: dict[str, Any]) 
             unit=rng.choice([None, rng.randrange(10**6)]), detail=rng.choice([None, "read-back differs: 0x1f"]),
             images=rng.choice([(), tuple(ImageRecord(n, d, rng.choice([d, None])) for n, d in IMAGES)]),
             hardware_id=os.urandom(rng.randrange(1, 33)).hex(),
+            quality=rng.choice([None, _quality(rng)]),
         )  # fmt: skip
         payload = manifest.statement().to_bytes()
         lean = worker._statement_fields(payload.decode(), usual)
         assert lean is not None and lean == worker._Fields.of(manifest)
+
+
+def _quality(rng: random.Random) -> QualityRecord:
+    readings = tuple(
+        Reading(f"m{i}", rng.uniform(-1e6, 1e6), rng.choice(["", "A", "µV"]), rng.choice([None, -2e6]),
+                rng.choice([None, 2e6]), True, rng.choice(["test", "rf test"]))  # fmt: skip
+        for i in range(rng.randrange(4))
+    )
+    coefficients = tuple(Coefficient(f"c{i}", rng.gauss(1, 1e-3), "ppm") for i in range(rng.randrange(3)))
+    steps = tuple((step, rng.randrange(10**6)) for step in ("read-id", "program", "test"))
+    return QualityRecord(steps, readings, coefficients)
 
 
 def _chunk_result(records: list[bytes]) -> worker.ChunkResult:

@@ -29,6 +29,7 @@ from vault import merkle
 from vault.audit._closeout import DEFAULT_MAX_SILENCE, LogEnd, check_closeouts, read_closeouts
 from vault.audit._findings import MAX_EVIDENCE, Evidence, Findings, Thresholds
 from vault.audit._index import Index
+from vault.audit._process import ProcessTally
 from vault.audit._report import (
     BundleReport,
     BundleSummary,
@@ -378,6 +379,7 @@ class _Log:
     size: int | None = None
     root: bytes | None = None
     events: dict[str, int] = field(default_factory=dict)
+    process: ProcessTally = field(default_factory=ProcessTally)
 
 
 @dataclass(frozen=True)
@@ -773,6 +775,8 @@ class _Audit:
             self.index.add_labels(log.number, export.number, result.labels)
         for number, units in result.units.items():
             self.units(log, number).add(units)
+        if result.measured:
+            log.process.add(result.measured)
         counters_add(log.events, result.events, len(result.events) + len(log.events))
         if self.progress is not None:
             self.progress(AuditProgress(min(self.bytes_done, self.total_bytes), self.total_bytes, self.manifests))
@@ -1232,6 +1236,7 @@ class _Audit:
                     dict(log.events),
                     reconciliation,
                     quality,
+                    log.process.report(),
                 )
             )
         bundles = []

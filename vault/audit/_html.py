@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from html import escape
 
 from vault.audit._findings import SEVERITIES, Finding
+from vault.audit._process import CPK_MIN_UNITS, CalibrationTrend, MeasurementFigures, StepTime, WeekFigures
 from vault.audit._report import Report, percent
 
 __all__ = ["render"]
@@ -111,6 +112,7 @@ def render(report: Report, fail_on: str = "high") -> str:
     parts.append(_figure("Failure Pareto (all stations)", _pareto_chart(total_quality.failures)))
     parts.append(_figure("Exception events per ISO week", _weeks_chart(total_quality.exceptions_per_week)))
     parts.append("</div></section>")
+    parts.append(_process_section(report))
     parts.append(_exports_table(report))
     parts.append("</main></body></html>\n")
     return "\n".join(parts)
@@ -300,4 +302,191 @@ def _weeks_chart(weeks: Sequence[tuple[str, int]]) -> str:
     return (
         f'<svg role="img" aria-label="exceptions per week" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}">{axis}{"".join(bars)}</svg>'
+    )
+
+
+# --- process: step times, measurements against their limits, calibration drift -----------------------
+
+_WEEKS_DRAWN = 8  # weeks per station drawn as charts (the newest); the table lists every week
+
+
+def _g(value: float) -> str:
+    """A figure for a person: four significant digits."""
+    return f"{value:.4g}"
+
+
+def _process_section(report: Report) -> str:
+    parts = ['<section id="process"><h2>Process: test time, measurements, calibration</h2>']
+    measured = [s for s in report.stations if s.process.weeks]
+    if not measured:
+        parts.append('<p class="muted">No test records in the audited manifests.</p></section>')
+        return "\n".join(parts)
+    parts.append(
+        f'<p class="muted">Per station and ISO week, from the test records signed into each unit\'s manifest. '
+        f"Cpk is given for a measurement with limits and at least {CPK_MIN_UNITS} units in the week; "
+        "histograms are drawn from the first units of the week, the figures from all.</p>"
+    )
+    for station in measured:
+        name = station.station_id
+        process = station.process
+        parts.append(f"<h3>{_e(name)}</h3>")
+        parts.append(_measurement_table(station.station_id, process.weeks))
+        if process.calibration:
+            parts.append('<div class="charts">')
+            for trend in process.calibration:
+                parts.append(_figure(f"{name}: calibration {trend.name}", _drift_chart(name, trend)))
+            parts.append("</div>")
+        for week in process.weeks[-_WEEKS_DRAWN:]:
+            heading = f"{_e(name)} &middot; {_e(week.week)} &middot; {week.units:,} units"
+            parts.append(f'<h4>{heading}</h4><div class="charts">')
+            if week.steps:
+                parts.append(_figure("Test time per step", _steps_chart(f"{name} {week.week}", week.steps)))
+            for m in week.measurements:
+                parts.append(_figure(m.name, _histogram_chart(f"{name} {week.week}", m)))
+            parts.append("</div>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _measurement_table(station: str, weeks: Sequence[WeekFigures]) -> str:
+    rows = []
+    for week in weeks:
+        for m in week.measurements:
+            lower = "" if m.lower is None else _g(m.lower)
+            upper = "" if m.upper is None else _g(m.upper)
+            cpk = "&ndash;" if m.cpk is None else _g(m.cpk)
+            rows.append(
+                f"<tr><td>{_e(week.week)}</td><td>{_e(m.name)}</td><td>{_e(m.unit)}</td>"
+                f'<td class="n">{lower}</td><td class="n">{upper}</td><td class="n">{m.count:,}</td>'
+                f'<td class="n">{m.failed:,}</td><td class="n">{_g(m.mean)}</td>'
+                f'<td class="n">{"&ndash;" if m.stdev is None else _g(m.stdev)}</td><td class="n">{cpk}</td></tr>'
+            )
+    return (
+        f'<table aria-label="{_e(station)} measurements"><tr><th>week</th><th>measurement</th><th>unit</th>'
+        '<th class="n">lower</th><th class="n">upper</th><th class="n">units</th><th class="n">failed</th>'
+        '<th class="n">mean</th><th class="n">stdev</th><th class="n">Cpk</th></tr>' + "".join(rows) + "</table>"
+    )
+
+
+def _histogram_chart(where: str, m: MeasurementFigures) -> str:
+    """Bars of the week's values over the span of values and limits; the limits red, the mean blue."""
+    width, height, left, right, top, bottom = 360, 210, 36, 12, 34, 40
+    start, end, counts = m.histogram
+    plot_w, plot_h = width - left - right, height - top - bottom
+    peak = max(counts) or 1
+    slot = plot_w / len(counts)
+
+    def x_of(value: float) -> float:
+        return left + plot_w * (value - start) / (end - start)
+
+    bins = []
+    for i, count in enumerate(counts):
+        low, high = start + (end - start) * i / len(counts), start + (end - start) * (i + 1) / len(counts)
+        outside = (m.lower is not None and high <= m.lower) or (m.upper is not None and low >= m.upper)
+        h = plot_h * count / peak
+        bins.append(
+            f'<rect class="bin" data-count="{count}" x="{left + i * slot:.1f}" y="{top + plot_h - h:.1f}" '
+            f'width="{max(slot - 1, 1):.1f}" height="{h:.1f}" fill="{"#c62828" if outside else "#5c8dd6"}">'
+            f"<title>{_g(low)} to {_g(high)} {_e(m.unit)}: {count}</title></rect>"
+        )
+    marks = []
+    for label, value in (("LSL", m.lower), ("USL", m.upper)):
+        if value is not None:
+            x = x_of(value)
+            marks.append(
+                f'<line class="limit" x1="{x:.1f}" y1="{top - 4}" x2="{x:.1f}" y2="{top + plot_h}" stroke="#c62828" '
+                f'stroke-width="2" stroke-dasharray="5 3"/><text x="{x:.1f}" y="{top - 8}" text-anchor="middle" '
+                f'font-size="11" fill="#c62828">{label} {_g(value)}</text>'
+            )
+    mean_x = x_of(m.mean)
+    marks.append(
+        f'<line class="mean" x1="{mean_x:.1f}" y1="{top}" x2="{mean_x:.1f}" y2="{top + plot_h}" stroke="#1f4fa3" '
+        'stroke-width="1.5"/>'
+    )
+    if m.cpk is not None:
+        cpk = f"Cpk {_g(m.cpk)}"
+    elif m.count < CPK_MIN_UNITS:
+        cpk = f"Cpk n/a (n &lt; {CPK_MIN_UNITS})"
+    else:
+        cpk = "Cpk n/a (no limit)" if m.lower is None and m.upper is None else "Cpk n/a (no spread)"
+    caption = f"n={m.count:,} \u00b7 failed {m.failed:,} \u00b7 mean {_g(m.mean)} {_e(m.unit)} \u00b7 {cpk}"
+    axis = (
+        f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#90a4ae"/>'
+        f'<text x="{left}" y="{top + plot_h + 14}" font-size="10">{_g(start)}</text>'
+        f'<text x="{left + plot_w}" y="{top + plot_h + 14}" font-size="10" text-anchor="end">{_g(end)} '
+        f"{_e(m.unit)}</text>"
+        f'<text x="{left}" y="{height - 8}" font-size="11">{caption}</text>'
+    )
+    label = f"{where}: {m.name} distribution"
+    return (
+        f'<svg role="img" aria-label="{_e(label)}" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}">{axis}{"".join(bins)}{"".join(marks)}</svg>'
+    )
+
+
+def _steps_chart(where: str, steps: Sequence[StepTime]) -> str:
+    """Horizontal bars: each step's mean time, its longest as a tick."""
+    width, label_w, bar_h, gap = 360, 110, 16, 6
+    height = len(steps) * (bar_h + gap) + 10
+    span = width - label_w - 110
+    peak = max(s.longest for s in steps) or 1.0
+    body = []
+    for i, s in enumerate(steps):
+        y = i * (bar_h + gap) + 4
+        w = span * s.mean / peak
+        tick = label_w + span * s.longest / peak
+        body.append(
+            f'<text class="step" x="{label_w - 6}" y="{y + 12}" text-anchor="end" font-size="12">'
+            f"{_e(s.step[:18])}</text>"
+            f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="#26a69a">'
+            f"<title>{_e(s.step)}: mean {_g(s.mean)} s over {s.count:,} units</title></rect>"
+            f'<line x1="{tick:.1f}" y1="{y}" x2="{tick:.1f}" y2="{y + bar_h}" stroke="#37474f"/>'
+            f'<text x="{label_w + span + 6}" y="{y + 12}" font-size="11">{_g(s.mean)} s (max {_g(s.longest)})</text>'
+        )
+    label = f"{where}: test time per step"
+    return (
+        f'<svg role="img" aria-label="{_e(label)}" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}">{"".join(body)}</svg>'
+    )
+
+
+def _drift_chart(station: str, trend: CalibrationTrend) -> str:
+    """The coefficient's weekly mean (dots and a line) and its range each week (a vertical bar)."""
+    width, height, left, right, top, bottom = 520, 210, 60, 16, 16, 50
+    weeks = trend.weeks[-52:]
+    low = min(w.low for w in weeks)
+    high = max(w.high for w in weeks)
+    if high <= low:
+        pad = abs(low) * 0.01 or 1.0
+        low, high = low - pad, high + pad
+    plot_w, plot_h = width - left - right, height - top - bottom
+    slot = plot_w / len(weeks)
+
+    def y_of(value: float) -> float:
+        return top + plot_h * (1 - (value - low) / (high - low))
+
+    body, points = [], []
+    for i, w in enumerate(weeks):
+        x = left + slot * (i + 0.5)
+        y = y_of(w.mean)
+        points.append(f"{x:.1f},{y:.1f}")
+        body.append(
+            f'<line x1="{x:.1f}" y1="{y_of(w.high):.1f}" x2="{x:.1f}" y2="{y_of(w.low):.1f}" stroke="#b0bec5" '
+            f'stroke-width="6"/><circle class="mean" cx="{x:.1f}" cy="{y:.1f}" r="4" fill="#6a1b9a">'
+            f"<title>{_e(w.week)}: mean {_g(w.mean)} {_e(trend.unit)} over {w.count:,} units "
+            f"(range {_g(w.low)} to {_g(w.high)})</title></circle>"
+            f'<text transform="translate({x:.1f},{top + plot_h + 12}) rotate(35)" font-size="11">{_e(w.week)}</text>'
+        )
+    line = f'<polyline points="{" ".join(points)}" fill="none" stroke="#6a1b9a" stroke-width="2"/>'
+    axis = (
+        f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#90a4ae"/>'
+        f'<text x="{left - 4}" y="{top + 4}" font-size="10" text-anchor="end">{_g(high)}</text>'
+        f'<text x="{left - 4}" y="{top + plot_h}" font-size="10" text-anchor="end">{_g(low)}</text>'
+        f'<text x="{left}" y="{height - 4}" font-size="11">drift {trend.drift:+.4g} {_e(trend.unit)} '
+        f"from {_e(trend.weeks[0].week)} to {_e(trend.weeks[-1].week)}</text>"
+    )
+    label = f"{station}: {trend.name} over the weeks"
+    return (
+        f'<svg role="img" aria-label="{_e(label)}" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}">{axis}{"".join(body)}{line}</svg>'
     )

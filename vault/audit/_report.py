@@ -14,6 +14,7 @@ from typing import Any
 
 from vault import __version__
 from vault.audit._findings import CODES, SEVERITIES, Finding, severity_rank
+from vault.audit._process import ProcessReport
 
 __all__ = [
     "REPORT_FORMAT",
@@ -251,6 +252,7 @@ class StationReport:
     events: Mapping[str, int]
     reconciliation: Reconciliation
     quality: Quality
+    process: ProcessReport = field(default_factory=ProcessReport)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -263,6 +265,7 @@ class StationReport:
             "events": dict(sorted(self.events.items())),
             "reconciliation": self.reconciliation.to_json(),
             "quality": self.quality.to_json(),
+            "process": self.process.to_json(),
         }
 
 

@@ -43,7 +43,20 @@ from vault.errors import FormatError, SignatureError, ThresholdError, VaultError
 from vault.evidence import MAX_RECORD_SIZE, RawChunk, decrypt_chunk
 from vault.formats import MAX_SIGNATURE_SIZE, PAYLOAD_TYPE_INTOTO, STATEMENT_TYPE
 from vault.formats._json import parse_json
-from vault.manifest import EVENTS, MANIFEST_PREDICATE, MAX_MANIFEST_SIZE, OPERATOR_EVENTS, Manifest, open_manifest
+from vault.manifest import (
+    EVENTS,
+    MANIFEST_PREDICATE,
+    MAX_COEFFICIENTS,
+    MAX_MANIFEST_SIZE,
+    MAX_MEASUREMENTS,
+    MAX_NAME,
+    MAX_STEPS,
+    MAX_UNIT,
+    OPERATOR_EVENTS,
+    Manifest,
+    QualityRecord,
+    open_manifest,
+)
 from vault.merkle import leaf_hash
 from vault.policy import format_time
 
@@ -53,7 +66,9 @@ __all__ = [
     "Context",
     "Issue",
     "Label",
+    "Measured",
     "Stamp",
+    "Tested",
     "StationKeys",
     "init_worker",
     "process_chunk",
@@ -117,6 +132,24 @@ the audited release it is for (0: none), the unit, the failed step of a failed u
 exception event, the time in seconds since 1970, the fixture, the operator who acted (None for an interrupted
 unit, which the station closes on the operator's behalf when it starts again)) of a verified manifest."""
 
+Tested = tuple[
+    tuple[tuple[str, int], ...],
+    tuple[tuple[str, str, "float | None", "float | None", float, bool], ...],
+    tuple[tuple[str, str, float], ...],
+]
+"""A test record as the audit uses it: (step, milliseconds), (name, unit, lower, upper, value, passed) of each
+measurement, (name, unit, value) of each calibration coefficient."""
+
+Measured = tuple[
+    int,
+    str,
+    tuple[tuple[str, int], ...],
+    tuple[tuple[str, str, "float | None", "float | None", float, bool], ...],
+    tuple[tuple[str, str, float], ...],
+]
+"""(log position, ISO week, (step, milliseconds) in the order run, (name, unit, lower, upper, value, passed) of
+each measurement, (name, unit, value) of each calibration coefficient) of a manifest with a test record."""
+
 Clock = tuple[str, int, int, int, str, str, "str | None"]
 """(clock session, monotonic seconds, wall-clock seconds since 1970, log position, manifest id, hardware id,
 serial) of a manifest that records its station's monotonic clock."""
@@ -148,6 +181,7 @@ class ChunkResult:
     last_clock: Clock | None = None
     verified: int = 0
     events: dict[str, int] = field(default_factory=dict)
+    measured: list[Measured] = field(default_factory=list)  # the audited release's units with a test record
 
 
 # --- per-process state ----------------------------------------------------------------------
@@ -461,6 +495,8 @@ class _Chunk:
             (position, mid, event, hwid, serial, m.device_key_id, m.unit is not None, in_bundle, m.unit, step, week,
              epoch, m.fixture, operator)
         )  # fmt: skip
+        if m.quality is not None and in_bundle:
+            result.measured.append((position, week or _week(time), *m.quality))
         if m.unit is not None:
             if release is not None:
                 self.units[in_bundle].append((m.unit, event))
@@ -669,6 +705,7 @@ class _Fields(NamedTuple):
     operator: str = "operator"
     clock_session: str | None = None
     clock_monotonic: int | None = None
+    quality: Tested | None = None
 
     @classmethod
     def of(cls, m: Manifest) -> _Fields:
@@ -698,6 +735,7 @@ class _Fields(NamedTuple):
             m.operator,
             m.clock_session,
             m.clock_monotonic,
+            None if m.quality is None else _tested(m.quality),
         )
 
 
@@ -751,7 +789,9 @@ def _canonical_statement() -> re.Pattern[str]:
         ("label", optional_text),
         ("operator", text),
         ("policy_version", count),
-        ("product", text),
+        # the test record's three lists, found by their brackets (a name holding a "]" takes the generic path)
+        ("product", text + r'(?:,"quality":(\{"calibration":\[[^\]]*\],'
+                           r'"measurements":\[[^\]]*\],"steps":\[[^\]]*\]\}))?'),
         ("security_counter", count),
         ("sequence", count),
         ("serial", optional_text),
@@ -805,6 +845,83 @@ def _b64(text: str) -> bytes | None:
         return None
 
 
+def _tested(q: QualityRecord) -> Tested:
+    return (
+        q.steps,
+        tuple((r.name, r.unit, r.lower, r.upper, r.value, r.passed) for r in q.measurements),
+        tuple((c.name, c.unit, c.value) for c in q.calibration),
+    )
+
+
+def _canonical_quality() -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
+    """The test record exactly as a station writes it (canonical JSON), and one item of each of its lists.
+
+    Names (1 to 64 characters), units (0 to 16) and steps are matched without
+    escapes and numbers in their plain decimal form; what else
+    :func:`vault.manifest.parse_quality` checks (printability, the one
+    spelling of each number, finiteness, the verdicts against the limits) is
+    checked after the match.
+    """
+    name = rf'"([^"\\\x00-\x1f]{{1,{MAX_NAME}}})"'
+    unit = rf'"([^"\\\x00-\x1f]{{0,{MAX_UNIT}}})"'
+    number = r'"(-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:e[+-][0-9]+)?)"'
+    optional = rf"(?:null|{number})"
+    coefficient = rf'\{{"name":{name},"unit":{unit},"value":{number}\}}'
+    reading = (rf'\{{"lower":{optional},"name":{name},"passed":(true|false),"step":{name},"unit":{unit},'
+               rf'"upper":{optional},"value":{number}\}}')  # fmt: skip
+    step = rf'\{{"milliseconds":(0|[1-9][0-9]{{0,18}}),"step":{name}\}}'
+
+    def items(one: str) -> str:
+        bare = re.sub(r"\((?!\?:)", "(?:", one)  # the same item without its groups
+        return rf"\[((?:{bare}(?:,{bare})*)?)\]"
+
+    whole = rf'\{{"calibration":{items(coefficient)},"measurements":{items(reading)},"steps":{items(step)}\}}'
+    return re.compile(whole), re.compile(coefficient), re.compile(reading), re.compile(step)
+
+
+_QUALITY, _COEFFICIENT, _READING, _TIMED = _canonical_quality()
+
+
+def _quality_fields(text: str, event: str) -> Tested | None:
+    """A canonical test record read as :func:`vault.manifest.parse_quality` reads it, or None.
+
+    Its only free text is names and units, unescaped here, so the text is
+    printable exactly when they all are; a number is in its one spelling
+    when ``repr`` gives it back (which also refuses an overflow to inf).
+    """
+    match = _QUALITY.fullmatch(text)
+    if match is None or not text.isprintable():
+        return None
+    coefficients_text, readings_text, steps_text = match.groups()
+    steps = tuple([(step, int(ms)) for ms, step in _TIMED.findall(steps_text)])
+    raw_readings = _READING.findall(readings_text)
+    raw_coefficients = _COEFFICIENT.findall(coefficients_text)
+    if len(steps) > MAX_STEPS or len(raw_readings) > MAX_MEASUREMENTS or len(raw_coefficients) > MAX_COEFFICIENTS:
+        return None
+    if steps and max([ms for _, ms in steps]) >= _MAX_COUNT:
+        return None
+    readings = []
+    for lower, name, passed_text, _step, unit, upper, value in raw_readings:
+        number = float(value)
+        low = float(lower) if lower else None
+        high = float(upper) if upper else None
+        if repr(number) != value or (lower and repr(low) != lower) or (upper and repr(high) != upper):
+            return None
+        passed = passed_text == "true"
+        if passed and ((low is not None and number < low) or (high is not None and number > high)):
+            return None
+        readings.append((name, unit, low, high, number, passed))
+    coefficients = []
+    for name, unit, value in raw_coefficients:
+        number = float(value)
+        if repr(number) != value:
+            return None
+        coefficients.append((name, unit, number))
+    if event in _CERTIFIED and not all([r[5] for r in readings]):
+        return None
+    return steps, tuple(readings), tuple(coefficients)
+
+
 def _printable(text: str) -> bool:
     return 0 < len(text) <= 256 and text.isprintable()
 
@@ -817,7 +934,7 @@ def _statement_fields(text: str, usual_images: Mapping[str, tuple[tuple[str, str
     (
         bundle_id, certificate_serial, certificate_sha256, clock, clock_monotonic, clock_session, detail,
         device_key_id, event, failed_step,
-        fixture, hwid, mid, images_text, issuing_ca, signing, label, operator, policy_version, product,
+        fixture, hwid, mid, images_text, issuing_ca, signing, label, operator, policy_version, product, quality_text,
         security_counter, sequence, serial, station_id, time, unit, version, subject_digest, subject_hwid,
     ) = match.groups()  # fmt: skip
     if subject_hwid != hwid or hashlib.sha256(bytes.fromhex(hwid)).hexdigest() != subject_digest:
@@ -839,6 +956,11 @@ def _statement_fields(text: str, usual_images: Mapping[str, tuple[tuple[str, str
         _dt.datetime.fromisoformat(time)
     except ValueError:
         return None
+    quality = None
+    if quality_text is not None:
+        quality = _quality_fields(quality_text, event)
+        if quality is None:
+            return None
     return _Fields(
         mid,
         counts[0],
@@ -865,6 +987,7 @@ def _statement_fields(text: str, usual_images: Mapping[str, tuple[tuple[str, str
         operator,
         clock_session,
         monotonic,
+        quality,
     )
 
 

@@ -298,7 +298,8 @@ def provision(
         for r in results:
             click.echo(r.line())
             for m in r.measurements:
-                verdict = "" if m.passed is None else ("  pass" if m.passed else "  FAIL")
+                passed = m.verdict()
+                verdict = "" if passed is None else ("  pass" if passed else "  FAIL")
                 click.echo(f"             {m.name} {m.value} {m.unit}{verdict}")
         if dry_run:
             click.echo(f"dry run      {len(results)} devices walked through every step; nothing written, counted "

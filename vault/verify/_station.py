@@ -45,7 +45,7 @@ from vault.errors import (
 from vault.evidence import EvidenceWriter
 from vault.formats import Envelope, parse_json
 from vault.formats._json import canonical_json
-from vault.manifest import ImageRecord, Manifest, open_manifest, sign_manifest
+from vault.manifest import ImageRecord, Manifest, QualityRecord, open_manifest, sign_manifest
 from vault.policy import Station as EnrolledStation
 from vault.policy import TrustPolicy, format_time, load_policy
 from vault.release import Release, open_release
@@ -53,7 +53,7 @@ from vault.token import Head, Pkcs11Uri, TokenSession, open_token
 from vault.verify._closing import CloseResult, close_release, refuse_if_closed
 from vault.verify._device import Device, ImageToProgram
 from vault.verify._state import LogHead, State
-from vault.verify.devices._protocol import Progress, lock_device
+from vault.verify.devices._protocol import Progress, lock_device, record_test
 
 __all__ = [
     "COPY_SUFFIX",
@@ -178,11 +178,26 @@ class ExportResult:
 class _UnitFailed(Exception):
     """Internal: a step failed; carries the step and the error to record and raise."""
 
-    def __init__(self, step: str, error: VaultError, images: tuple[ImageRecord, ...] = ()) -> None:
+    def __init__(
+        self,
+        step: str,
+        error: VaultError,
+        images: tuple[ImageRecord, ...] = (),
+        tested: QualityRecord | None = None,
+    ) -> None:
         super().__init__(str(error))
         self.step = step
         self.error = error
         self.images = images  # the images programmed before the step failed
+        self.tested = tested  # what the test measured, when the test failed
+
+
+def _quality(times: dict[str, float], tested: QualityRecord | None) -> QualityRecord:
+    """The unit's quality record: each step's time (whole milliseconds, in the order run) and its test."""
+    steps = tuple((step, round(seconds * 1000)) for step, seconds in times.items())
+    if tested is None:
+        return QualityRecord(steps)
+    return QualityRecord(steps, tested.measurements, tested.calibration)
 
 
 class Station:
@@ -539,6 +554,8 @@ class Station:
                     f"the station clock ({format_time(now)}, {source}) is earlier than the last log entry ({last}); "
                     "fix the clock before provisioning"
                 )
+        times: dict[str, float] = {}
+        started = time.monotonic()
         try:
             hardware_id = device.read_hardware_id()
         except Exception as e:  # an adapter reports a failed step by raising anything
@@ -546,20 +563,28 @@ class Station:
         if not isinstance(hardware_id, bytes) or not 1 <= len(hardware_id) <= 32:
             raise DeviceError(f"fixture {fixture}: the device's hardware id must be 1 to 32 bytes")
         hwid = hardware_id.hex()
+        times["read-id"] = time.monotonic() - started
         if break_glass is not None:
             self._record(
                 "break-glass", hwid, fixture=fixture, label=label, detail=_label_text(break_glass, "reason", 256)
             )
         unit, serial, known_key, event = self._reserve(hwid, label, fixture, rework)
         images: tuple[ImageRecord, ...] = ()
+        tested: list[QualityRecord] = []  # the test's record, once it ran
         try:
-            images = self._program(device, loaded, progress)
-            public_key, device_key_id = self._device_key(device, hwid, known_key)
+            images = self._program(device, loaded, progress, times)
+            tested.append(self._test(device, times))
+            public_key, device_key_id = self._device_key(device, hwid, known_key, times)
+            started = time.monotonic()
             certificate = self._certify(public_key, serial, hardware_id, now)
+            times["certify"] = time.monotonic() - started
             self._step(
-                "install-certificate", device.install_certificate, certificate.public_bytes(serialization.Encoding.DER)
+                "install-certificate",
+                device.install_certificate,
+                certificate.public_bytes(serialization.Encoding.DER),
+                times=times,
             )
-            self._step("lock", lock_device, device, loaded.release.lock_profiles)
+            self._step("lock", lock_device, device, loaded.release.lock_profiles, times=times)
         except _UnitFailed as failed:
             self._finish(
                 "failed",
@@ -573,6 +598,7 @@ class Station:
                 None,
                 failed_step=failed.step,
                 detail=str(failed.error),
+                quality=_quality(times, failed.tested or (tested[0] if tested else None)),
             )
             raise failed.error from failed
         return self._finish(
@@ -585,6 +611,7 @@ class Station:
             images,
             device_key_id,
             certificate,
+            quality=_quality(times, tested[0]),
         )
 
     def check_not_closed(self) -> None:
@@ -696,15 +723,47 @@ class Station:
         )
         raise error
 
-    def _step(self, step: str, call: Callable[..., object], *args: object) -> object:
+    def _step(
+        self, step: str, call: Callable[..., object], *args: object, times: dict[str, float] | None = None
+    ) -> object:
+        started = time.monotonic()
         try:
             return call(*args)
         except VaultError as e:
             raise _UnitFailed(step, e) from e
         except Exception as e:  # an adapter reports a failed step by raising anything
             raise _UnitFailed(step, DeviceError(f"{step} failed: {e}")) from e
+        finally:
+            if times is not None:  # a step run once per image adds up
+                times[step] = times.get(step, 0.0) + time.monotonic() - started
 
-    def _program(self, device: Device, loaded: LoadedRelease, progress: Progress | None) -> tuple[ImageRecord, ...]:
+    def _test(self, device: Device, times: dict[str, float]) -> QualityRecord:
+        """The unit's test: the adapter's measurements and calibration, recorded; the first problem fails the unit.
+
+        A limit that fails names the measurement's step; a malformed entry
+        (no name, a value that is not a finite number) fails at "test". The
+        well-formed entries are recorded either way, in the failed manifest too.
+        """
+        measure = getattr(device, "measurements", None)
+        calibrate = getattr(device, "calibration", None)
+        if measure is None and calibrate is None:
+            return QualityRecord()
+        values = self._step("test", measure, times=times) if measure is not None else ()
+        coefficients = self._step("test", calibrate, times=times) if calibrate is not None else ()
+        for what, got in (("measurements", values), ("calibration", coefficients)):
+            if not isinstance(got, list | tuple):
+                raise _UnitFailed("test", DeviceError(f"test: the adapter's {what} are not a list"))
+        readings, found, problems = record_test(values, coefficients)  # type: ignore[arg-type]
+        record = QualityRecord(measurements=readings, calibration=found)
+        if problems:
+            step, line = problems[0]
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise _UnitFailed(step, DeviceError(f"{step}: {line}{more}"), tested=record)
+        return record
+
+    def _program(
+        self, device: Device, loaded: LoadedRelease, progress: Progress | None, times: dict[str, float]
+    ) -> tuple[ImageRecord, ...]:
         done: list[ImageRecord] = []
         try:
             reader = self._reader
@@ -725,7 +784,7 @@ class Station:
                             progress(image.name, taken, image.length)
 
                 try:
-                    self._step("program", device.program, image, hashed())
+                    self._step("program", device.program, image, hashed(), times=times)
                 finally:
                     chunks.close()
                 if digest.hexdigest() != image.sha256:
@@ -733,7 +792,7 @@ class Station:
                         "program",
                         AllowlistError(f"image '{image.name}' streamed to the device is not the allowed one"),
                     )
-                measurement = self._step("verify", device.read_measurement, image)
+                measurement = self._step("verify", device.read_measurement, image, times=times)
                 if measurement is not None and measurement != image.sha256:
                     raise _UnitFailed(
                         "verify",
@@ -750,8 +809,10 @@ class Station:
             raise _UnitFailed("program", e, tuple(done)) from e
         return tuple(done)
 
-    def _device_key(self, device: Device, hwid: str, known_key: str | None) -> tuple[object, str]:
-        der = self._step("generate-key", device.generate_key)
+    def _device_key(
+        self, device: Device, hwid: str, known_key: str | None, times: dict[str, float]
+    ) -> tuple[object, str]:
+        der = self._step("generate-key", device.generate_key, times=times)
         try:
             csr = x509.load_der_x509_csr(der if isinstance(der, bytes) else b"")
             public_key = pki.check_csr(csr)
@@ -809,6 +870,7 @@ class Station:
         *,
         failed_step: str | None = None,
         detail: str | None = None,
+        quality: QualityRecord | None = None,
     ) -> Outcome:
         """Append the unit's last manifest and close the unit, in one transaction."""
         state = "failed" if event == "failed" else "provisioned"
@@ -824,6 +886,7 @@ class Station:
                 outcome = self._append(
                     db, event, hwid, fixture=fixture, unit=unit, serial=serial, label=label, images=images,
                     device_key_id=device_key_id, certificate=certificate, failed_step=failed_step, detail=detail,
+                    quality=quality,
                 )  # fmt: skip
                 if device_key_id is not None:
                     db.execute(
@@ -861,6 +924,7 @@ class Station:
         detail: str | None = None,
         operator: str | None = None,
         release: _ReleaseRef | None = None,
+        quality: QualityRecord | None = None,
     ) -> Outcome:
         """Sign a manifest and append it to the log inside the caller's write transaction.
 
@@ -904,6 +968,7 @@ class Station:
             clock=source[:256],
             clock_session=None if self._monotonic is None else self._clock_session,
             clock_monotonic=None if self._monotonic is None else int(self._monotonic()),
+            quality=quality,
         )
         with self._token_lock:
             envelope = sign_manifest(manifest, self._signing)

@@ -25,6 +25,15 @@ def test_every_nth_device_fails_at_the_step_named() -> None:
     assert len({d.hardware_id for d in devices}) == 6
 
 
+def test_every_nth_device_fails_its_supply_current_limit() -> None:
+    fixture = make({"fail-limit-every": 2})
+    devices = [fixture.next_device() for _ in range(4)]
+    verdicts = [[m.verdict() for m in d.measurements()] for d in devices]
+    assert verdicts == [[True, True], [False, True], [True, True], [False, True]]
+    assert devices[0].measurements() == devices[0].measurements()  # a device measures the same each time
+    assert [c.name for c in devices[0].calibration()] == ["adc gain", "rtc trim"]
+
+
 def test_a_closed_fixture_places_no_device() -> None:
     fixture = make({})
     fixture.close()
@@ -40,6 +49,7 @@ def test_a_closed_fixture_places_no_device() -> None:
         ({"fail-step": "program", "fail-every": 0}, "fail-every", "whole number"),
         ({"fail-every": 2}, "fail-every", "needs a fail-step"),
         ({"label-prefix": "x" * 40}, "label-prefix", "at most 32"),
+        ({"fail-limit-every": -1}, "fail-limit-every", "whole number"),
     ],
 )
 def test_wrong_options_are_refused_naming_the_option(options: dict[str, Any], field: str, message: str) -> None:

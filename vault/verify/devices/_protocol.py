@@ -5,17 +5,20 @@ See ``docs/adr/0007-device-adapters.md`` for which steps run where (station, tok
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from vault.errors import AdapterError
+from vault.manifest import MAX_COEFFICIENTS, MAX_MEASUREMENTS, MAX_NAME, MAX_UNIT, Coefficient, Reading
 
 __all__ = [
     "DEFAULT_TIMEOUTS",
     "STEPS",
     "WRITING_STEPS",
     "Adapter",
+    "Calibration",
     "Device",
     "Fixture",
     "ImageToProgram",
@@ -24,6 +27,7 @@ __all__ = [
     "check_option_names",
     "check_timeouts",
     "lock_device",
+    "record_test",
 ]
 
 STEPS = ("read-id", "program", "verify", "generate-key", "certify", "install-certificate", "lock")
@@ -58,18 +62,145 @@ class ImageToProgram:
 
 @dataclass(frozen=True)
 class Measurement:
-    """One value a device or fixture measured during a unit (a supply voltage, a current, a read-back time).
+    """One value a device or fixture measured during a unit (a supply current, a boot time, a read-back time).
 
-    Shown to the operator with the unit's result; ``passed`` is None when the adapter sets no limit on it.
+    The station asks for a device's measurements once its images are
+    programmed and read back, before the device makes its key: that is the
+    unit's test. Each must have a name and a finite number as its value; it
+    is signed into the unit's manifest with its limits. A value below
+    ``lower`` or above ``upper`` (or ``passed`` False: a verdict the adapter
+    made itself) fails the unit at ``step``. ``passed`` None means "judge by
+    the limits"; a measurement without limits is recorded, never judged.
+
+    Adapters may also return text values for the operator (the esp32 adapter
+    reports its eFuse writes after the lock step this way); those are shown,
+    never recorded, and the station only asks for measurements at the test.
     """
 
     name: str
     value: float | str
     unit: str = ""
     passed: bool | None = None
+    lower: float | None = None
+    upper: float | None = None
+    step: str = "test"
+
+    def verdict(self) -> bool | None:
+        """Whether it passed: the adapter's own verdict, else its limits; None when neither says."""
+        if self.passed is not None or isinstance(self.value, str) or (self.lower is None and self.upper is None):
+            return self.passed
+        return (self.lower is None or self.value >= self.lower) and (self.upper is None or self.value <= self.upper)
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "value": self.value, "unit": self.unit, "passed": self.passed}
+        return {
+            "name": self.name, "value": self.value, "unit": self.unit, "passed": self.passed,
+            "lower": self.lower, "upper": self.upper, "step": self.step,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """One calibration coefficient the test found for this unit (an ADC gain, an oscillator trim).
+
+    Signed into the unit's manifest beside its measurements, so the audit
+    can follow each coefficient over weeks (drift of the fixture or of the parts).
+    """
+
+    name: str
+    value: float
+    unit: str = ""
+
+
+def record_test(
+    measurements: Sequence[object], calibration: Sequence[object]
+) -> tuple[tuple[Reading, ...], tuple[Coefficient, ...], list[tuple[str, str]]]:
+    """What an adapter's test returned, as the manifest records it, and what is wrong with it.
+
+    Every well-formed measurement and coefficient is kept, so the manifest
+    shows what was measured even when something else was not right.
+
+    Returns:
+        The readings, the coefficients, and the problems in order as (step,
+        one line): a measurement outside its limits names its own step; a
+        malformed entry (no name, a value that is not a finite number) is
+        at "test".
+    """
+    readings: list[Reading] = []
+    coefficients: list[Coefficient] = []
+    problems: list[tuple[str, str]] = []
+    for i, m in enumerate(measurements[:MAX_MEASUREMENTS]):
+        try:
+            reading = _reading(m, i)
+        except ValueError as e:
+            problems.append(("test", str(e)))
+            continue
+        readings.append(reading)
+        if not reading.passed:
+            problems.append(
+                (reading.step, f"{reading.name} = {reading.shown()} is outside its limits {reading.limits()}")
+            )
+    if len(measurements) > MAX_MEASUREMENTS:
+        problems.append(
+            ("test", f"the adapter returned {len(measurements)} measurements; at most {MAX_MEASUREMENTS} are recorded")
+        )
+    for i, c in enumerate(calibration[:MAX_COEFFICIENTS]):
+        try:
+            coefficients.append(_coefficient(c, i))
+        except ValueError as e:
+            problems.append(("test", str(e)))
+    if len(calibration) > MAX_COEFFICIENTS:
+        problems.append(
+            ("test", f"the adapter returned {len(calibration)} coefficients; at most {MAX_COEFFICIENTS} are recorded")
+        )
+    return tuple(readings), tuple(coefficients), problems
+
+
+def _name(value: object, what: str, limit: int) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{what} has no name")
+    if len(value) > limit or not value.isprintable():
+        raise ValueError(f"{what}'s name is not printable text of at most {limit} characters")
+    return value
+
+
+def _finite(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{what} is not a number: {str(value)[:40]!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{what} is not a finite number: {number}")
+    return number
+
+
+def _reading(m: object, index: int) -> Reading:
+    if not isinstance(m, Measurement):
+        raise ValueError(f"measurement {index} is a {type(m).__name__}, not a Measurement")
+    name = _name(m.name, f"measurement {index}", MAX_NAME)
+    what = f"measurement {name!r}"
+    value = _finite(m.value, f"{what}'s value")
+    lower = None if m.lower is None else _finite(m.lower, f"{what}'s lower limit")
+    upper = None if m.upper is None else _finite(m.upper, f"{what}'s upper limit")
+    if lower is not None and upper is not None and lower > upper:
+        raise ValueError(f"{what}'s lower limit {lower} is above its upper limit {upper}")
+    unit = m.unit
+    if not isinstance(unit, str) or len(unit) > MAX_UNIT or not unit.isprintable():
+        raise ValueError(f"{what}'s unit is not printable text of at most {MAX_UNIT} characters")
+    step = _name(m.step, f"{what}'s step", MAX_NAME)
+    within = (lower is None or value >= lower) and (upper is None or value <= upper)
+    return Reading(name, value, unit, lower, upper, within and m.passed is not False, step)
+
+
+def _coefficient(c: object, index: int) -> Coefficient:
+    if not isinstance(c, Calibration):
+        raise ValueError(f"calibration {index} is a {type(c).__name__}, not a Calibration")
+    name = _name(c.name, f"calibration coefficient {index}", MAX_NAME)
+    value = _finite(c.value, f"calibration coefficient {name!r}")
+    unit = c.unit
+    if not isinstance(unit, str) or len(unit) > MAX_UNIT or not unit.isprintable():
+        raise ValueError(
+            f"calibration coefficient {name!r}'s unit is not printable text of at most {MAX_UNIT} characters"
+        )
+    return Coefficient(name, value, unit)
 
 
 @runtime_checkable
@@ -86,8 +217,10 @@ class Device(Protocol):
 
     Optional, looked up with ``getattr``: ``read_label() -> str`` (a
     scanner at the fixture, for ``label: adapter``),
-    ``measurements() -> Sequence[Measurement]`` (shown with the unit's result)
-    and ``lock_with(profiles)`` (see :func:`lock_device`).
+    ``measurements() -> Sequence[Measurement]`` and ``calibration() ->
+    Sequence[Calibration]`` (the unit's test, asked once the images are read
+    back; recorded in the manifest, a limit that fails fails the unit) and
+    ``lock_with(profiles)`` (see :func:`lock_device`).
     """
 
     def read_hardware_id(self) -> bytes:

@@ -148,7 +148,8 @@ def run_fixtures(
         except VaultError as e:
             event, refusal = event_of(e)
             hwid = watched.hardware_id.hex()
-            return UnitResult(n, slot, hwid, label, event, None, str(e), refusal, _measurements(placed))
+            shown = () if refusal is not None else _measurements(placed)  # a refused device was never tested
+            return UnitResult(n, slot, hwid, label, event, None, str(e), refusal, shown)
         except Exception as e:  # an adapter bug reading the label: this unit fails, the fixture goes on
             return UnitResult(n, slot, watched.hardware_id.hex(), label, "failed", None, f"{type(e).__name__}: {e}")
         return UnitResult(

@@ -6,13 +6,21 @@ its fixture each time the station asks for the next device.
 
 Options (all optional): ``label-prefix`` (the printed labels are the prefix
 and 8 hex digits of the hardware id; default ``SN-``), ``fail-step`` and
-``fail-every`` (every Nth device on this fixture fails at that step).
+``fail-every`` (every Nth device on this fixture fails at that step),
+``fail-limit-every`` (every Nth device draws a supply current above its
+limit, so it fails the test).
+
+Each device has a test, as a real fixture would: its supply current (limits
+30 to 60 mA), its boot time (at most 2 s) and two calibration coefficients
+(an ADC gain near 1 and an RTC trim in ppm), drawn from the hardware id so
+that a device measures the same each time it is tested.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import random
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -22,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from vault.errors import AdapterError, DeviceError
-from vault.verify.devices._protocol import STEPS, ImageToProgram, check_option_names
+from vault.verify.devices._protocol import STEPS, Calibration, ImageToProgram, Measurement, check_option_names
 
 __all__ = ["SimulatedDevice", "SimulatedFixture", "simulated_adapter"]
 
@@ -35,6 +43,7 @@ class SimulatedDevice:
         label: the serial printed on its label (what a scanner would read).
         fail_at: a step from :data:`STEPS` that fails on this device.
         flip_flash: store one wrong byte, so the read-back measurement differs.
+        out_of_limit: its supply current is above its upper limit (the unit fails the test).
         dry_run: rehearse: nothing is written to the flash, no key is kept, no certificate stored, no lock set.
     """
 
@@ -45,6 +54,7 @@ class SimulatedDevice:
         label: str | None = None,
         fail_at: str | None = None,
         flip_flash: bool = False,
+        out_of_limit: bool = False,
         dry_run: bool = False,
     ) -> None:
         if fail_at is not None and fail_at not in STEPS:
@@ -58,6 +68,7 @@ class SimulatedDevice:
         self.certificate: bytes | None = None
         self.locked = False
         self.dry_run = dry_run
+        self.out_of_limit = out_of_limit
 
     def _step(self, step: str) -> None:
         if self.fail_at == step:
@@ -101,6 +112,26 @@ class SimulatedDevice:
         self._step("lock")
         self.locked = not self.dry_run
 
+    def measurements(self) -> list[Measurement]:
+        """The unit's test: its supply current and boot time, with their limits."""
+        draw = random.Random(self.hardware_id)
+        current = 0.045 + draw.gauss(0, 0.002)
+        if self.out_of_limit:
+            current = 0.072 + draw.random() * 0.01
+        boot = 0.8 + abs(draw.gauss(0, 0.05))
+        return [
+            Measurement("supply current", round(current, 5), "A", lower=0.030, upper=0.060),
+            Measurement("boot time", round(boot, 3), "s", upper=2.0),
+        ]
+
+    def calibration(self) -> list[Calibration]:
+        """The coefficients its test found: the ADC's gain and the RTC's trim."""
+        draw = random.Random(self.hardware_id[::-1])
+        return [
+            Calibration("adc gain", round(1.0 + draw.gauss(0, 0.002), 5)),
+            Calibration("rtc trim", round(draw.gauss(-3.0, 1.0), 2), "ppm"),
+        ]
+
     def unlock_for_rework(self) -> None:
         """What a technician does at the rework bench: open the device again (its key stays)."""
         self.locked = False
@@ -115,8 +146,11 @@ class SimulatedDevice:
 class SimulatedFixture:
     """A fixture that places a new :class:`SimulatedDevice` on itself each time it is asked."""
 
-    def __init__(self, *, label_prefix: str, fail_step: str | None, fail_every: int, dry_run: bool) -> None:
+    def __init__(
+        self, *, label_prefix: str, fail_step: str | None, fail_every: int, dry_run: bool, fail_limit_every: int = 0
+    ) -> None:
         self.label_prefix = label_prefix
+        self.fail_limit_every = fail_limit_every
         self.fail_step = fail_step
         self.fail_every = fail_every
         self.dry_run = dry_run
@@ -134,7 +168,10 @@ class SimulatedFixture:
             raise DeviceError("the simulated fixture is not open")
         self.placed += 1
         fails = self.fail_step is not None and self.placed % self.fail_every == 0
-        device = SimulatedDevice(os.urandom(8), fail_at=self.fail_step if fails else None, dry_run=self.dry_run)
+        out = self.fail_limit_every > 0 and self.placed % self.fail_limit_every == 0
+        device = SimulatedDevice(
+            os.urandom(8), fail_at=self.fail_step if fails else None, out_of_limit=out, dry_run=self.dry_run
+        )
         device.label = f"{self.label_prefix}{device.hardware_id.hex()[:8].upper()}"
         return device
 
@@ -143,7 +180,7 @@ def simulated_adapter(
     options: Mapping[str, Any], *, fixture: int, timeouts: Mapping[str, float], dry_run: bool
 ) -> SimulatedFixture:
     """The ``simulated`` adapter's entry point: check the options and make the fixture."""
-    known = ("label-prefix", "fail-step", "fail-every")
+    known = ("label-prefix", "fail-step", "fail-every", "fail-limit-every")
     check_option_names("simulated", options, known)
     prefix = options.get("label-prefix", "SN-")
     if not isinstance(prefix, str) or not prefix.isprintable() or len(prefix) > 32:
@@ -157,4 +194,9 @@ def simulated_adapter(
         raise AdapterError("fail-every is a whole number from 1", "fail-every")
     if "fail-every" in options and step is None:
         raise AdapterError("fail-every needs a fail-step", "fail-every")
-    return SimulatedFixture(label_prefix=prefix, fail_step=step, fail_every=every, dry_run=dry_run)
+    limit_every = options.get("fail-limit-every", 0)
+    if isinstance(limit_every, bool) or not isinstance(limit_every, int) or limit_every < 0:
+        raise AdapterError("fail-limit-every is a whole number (0: never)", "fail-limit-every")
+    return SimulatedFixture(
+        label_prefix=prefix, fail_step=step, fail_every=every, dry_run=dry_run, fail_limit_every=limit_every
+    )
