@@ -234,3 +234,48 @@ def test_a_label_template_with_an_unknown_field_is_refused_with_its_line(tmp_pat
     with pytest.raises(ScriptError, match=r"station.yaml:9: label.content: .*no field 'hwid_sha265' "
                                           r"\(did you mean 'hwid_sha256'\?\)"):  # fmt: skip
         load_station_config(path)
+
+
+def test_a_clone_stops_its_fixture_until_a_supervisor_acknowledges(world: World, tmp_path: Path) -> None:
+    first = device()
+    clone = device(label=first.label, hardware_id=first.hardware_id)  # the same hardware id, its own key
+    runs = [FixtureRun(1, Scripted([first, clone, device()])), FixtureRun(2, Scripted([device(), device()]))]
+    state = tmp_path / "state"
+    with world.station(state, operator="alice") as station:
+        station.load(world.bundle_path, world.policy)
+        app = make_console(
+            station, runs, adapters={1: "simulated", 2: "simulated"}, labels=None, label_source="adapter",
+            operators=["alice"], supervisors=["carol"], evidence=tmp_path / "evidence", export_warning_hours=8,
+        )  # fmt: skip
+
+        async def shift() -> str:
+            async with app.run_test(size=(150, 50)) as pilot:
+                line = app.line
+                assert line is not None
+                await pilot.press("f2")
+                await pilot.pause()
+                await pilot.press(*"alice", "enter")
+                await until(pilot, lambda: line.stopped() == [1], "fixture 1's stop")
+                await until(pilot, lambda: line.panels[2].state == "done", "fixture 2: the line keeps running")
+                await pilot.pause(0.5)
+                assert line.panels[1].state == "stopped" and line.stopped() == [1]  # it stays stopped
+                stopped = app.export_screenshot()
+                await pilot.click("#fixture-1")
+                await pilot.pause()
+                await pilot.click("#supervisor-0")
+                await pilot.pause()
+                await pilot.press(*"second board with one id; quarantined", "enter")
+                await until(pilot, lambda: line.panels[1].state == "done", "fixture 1 after the acknowledgement")
+                return stopped
+
+        stopped = svg_text(asyncio.run(shift()))
+        log = log_of(state, station)
+
+    for text in ("STOPPED", "clone", first.label):
+        assert text in stopped, text
+    hwid = first.hardware_id.hex()
+    assert [m.event for m in log if m.hardware_id == hwid] == ["provisioned", "failed", "acknowledge"]
+    (ack,) = [m for m in log if m.event == "acknowledge"]
+    assert ack.operator == "carol" and ack.fixture == 1 and ack.serial == first.label
+    assert "clone" in (ack.detail or "") and "quarantined" in (ack.detail or "")
+    assert len([m for m in log if m.event == "provisioned"]) == 4  # both fixtures finished their good devices

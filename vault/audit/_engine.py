@@ -31,6 +31,8 @@ from vault.audit._findings import MAX_EVIDENCE, Evidence, Findings, Thresholds
 from vault.audit._index import Index
 from vault.audit._process import ProcessTally
 from vault.audit._report import (
+    MAX_UNIT_EVENTS,
+    MAX_UNITS,
     BundleReport,
     BundleSummary,
     ExportSummary,
@@ -38,6 +40,8 @@ from vault.audit._report import (
     Reconciliation,
     Report,
     StationReport,
+    UnitEvent,
+    UnitRecord,
 )
 from vault.audit._worker import (
     AuditedRelease,
@@ -1326,6 +1330,24 @@ def _when(epoch: int) -> str:
     return format_time(datetime.fromtimestamp(epoch, UTC))
 
 
+def _unit_records(
+    index: Index, serials: Sequence[str], run: _Audit, export_names: dict[int, str]
+) -> tuple[UnitRecord, ...]:
+    """The record of each serial the findings name, from one query of the index, in the order given."""
+    stations = {log.number: log.station_id for log in run.logs.values()}
+    answers = index.unit_rows(serials, MAX_UNIT_EVENTS)
+    records = []
+    for serial in serials:
+        total, rows = answers.get(serial, (0, []))
+        events = tuple(
+            UnitEvent(stations.get(station, str(station)), position, _when(time), event, hwid, mid,
+                      export_names.get(export), fixture, operator, step)
+            for station, export, position, mid, event, hwid, time, fixture, operator, step in rows
+        )  # fmt: skip
+        records.append(UnitRecord(serial, events, total))
+    return tuple(records)
+
+
 def _events(rows: list[Any], *, after: str) -> str:
     """The events of a device's rows after its first ``after`` event, as "provisioned at station-2 position 7"."""
     at = next((i for i, r in enumerate(rows) if r[4] == after), 0)
@@ -1527,6 +1549,10 @@ def _audit(
                             now=now, max_silence=max_silence, findings=findings)  # fmt: skip
             stations, per_bundle, totals, quality = run.station_reports(answers)
             summaries = run.summaries + unreadable
+            found = findings.finish()
+            shown = (s for f in found for s in (*f.serials, *(e.serial for e in f.evidence)) if s is not None)
+            named = list(dict.fromkeys(shown))  # worst finding first
+            units = _unit_records(index, named[:MAX_UNITS], run, {e.number: e.name for e in opened})
     if progress is not None:
         progress(AuditProgress(total_bytes, total_bytes, run.manifests))
     return Report(
@@ -1540,8 +1566,10 @@ def _audit(
         exports=tuple(summaries),
         stations=tuple(stations),
         totals=(totals, quality),
-        findings=tuple(findings.finish()),
+        findings=tuple(found),
         manifests=run.manifests,
         verified=sum(log.verified for log in run.logs.values()),
         seconds=_time.monotonic() - started,
+        units=units,
+        units_named=len(named),
     )

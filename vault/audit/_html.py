@@ -7,12 +7,14 @@ ids, serials, messages, failed steps) is untrusted and escaped.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import re
+from collections.abc import Collection, Sequence
 from html import escape
 
 from vault.audit._findings import SEVERITIES, Finding
 from vault.audit._process import CPK_MIN_UNITS, CalibrationTrend, MeasurementFigures, StepTime, WeekFigures
-from vault.audit._report import Report, percent
+from vault.audit._report import Report, UnitRecord, percent
 
 __all__ = ["render"]
 
@@ -48,6 +50,21 @@ figcaption{font-weight:600;margin-bottom:6px}
 
 def _e(value: object) -> str:
     return escape(str(value), quote=True)
+
+
+def unit_anchor(serial: str) -> str:
+    """The HTML id of a serial's unit block: ``unit-``, the serial's letters, digits, ``-`` and ``_`` (others
+    as ``_``, at most 40), and a digest of the whole serial, so that two serials never share an id and no
+    attacker-chosen serial can close the attribute or spell markup."""
+    readable = re.sub(r"[^A-Za-z0-9_-]", "_", serial[:40])
+    return f"unit-{readable}-{hashlib.sha256(serial.encode()).hexdigest()[:12]}"
+
+
+def _serial(serial: str, linked: Collection[str]) -> str:
+    """A serial, escaped, linked to its unit block when the report has one."""
+    if serial in linked:
+        return f'<a href="#{unit_anchor(serial)}">{_e(serial)}</a>'
+    return _e(serial)
 
 
 def _sev(severity: str) -> str:
@@ -101,8 +118,10 @@ def render(report: Report, fail_on: str = "high") -> str:
     parts.append("</section>")
     # --- findings ---
     parts.append('<section id="findings"><h2>Findings</h2>')
-    parts.append(_findings_table(report.findings))
+    linked = {u.serial for u in report.units}
+    parts.append(_findings_table(report.findings, linked))
     parts.append("</section>")
+    parts.append(_units_section(report))
     # --- charts ---
     parts.append('<section id="charts"><h2>Quality</h2><div class="charts">')
     yields = [(s.station_id, s.quality.first_pass_yield) for s in report.stations]
@@ -161,16 +180,16 @@ def _bundles_tables(report: Report) -> str:
     return f'<h2>Bundles</h2><div id="bundles">{"".join(sections)}</div>'
 
 
-def _findings_table(findings: Sequence[Finding]) -> str:
+def _findings_table(findings: Sequence[Finding], linked: Collection[str]) -> str:
     if not findings:
         return "<p>No findings.</p>"
     rows = []
     for f in findings:
-        serials = ", ".join(f.serials[:5]) + (" …" if len(f.serials) > 5 else "")
+        serials = ", ".join(_serial(s, linked) for s in f.serials[:5]) + (" …" if len(f.serials) > 5 else "")
         evidence = "".join(
             f"<tr><td>{_e(item.export or '')}</td><td>{_e(item.station or '')}</td>"
             f'<td class="n">{"" if item.position is None else item.position}</td>'
-            f'<td class="mono">{_e(item.manifest_id or "")}</td><td>{_e(item.serial or "")}</td>'
+            f'<td class="mono">{_e(item.manifest_id or "")}</td><td>{_serial(item.serial or "", linked)}</td>'
             f'<td class="mono">{_e(item.hardware_id or "")}</td></tr>'
             for item in f.evidence
         )
@@ -185,12 +204,51 @@ def _findings_table(findings: Sequence[Finding]) -> str:
         )
         rows.append(
             f"<tr><td>{_sev(f.severity)}</td><td class=mono>{_e(f.code)}</td><td>{_e(f.message)}{details}</td>"
-            f'<td>{_e(", ".join(f.stations))}</td><td>{_e(serials)}</td><td class="n">{f.count:,}</td></tr>'
+            f'<td>{_e(", ".join(f.stations))}</td><td>{serials}</td><td class="n">{f.count:,}</td></tr>'
         )
     head = (
         "<tr><th>severity</th><th>code</th><th>finding</th><th>stations</th><th>serials</th><th class=n>count</th></tr>"
     )
     return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _units_section(report: Report) -> str:
+    """One block per serial the findings name: the device's events in log order and its hardware ids."""
+    if not report.units:
+        return ""
+    capped = (
+        f'<p class="muted">The findings name {report.units_named:,} serials; the first {len(report.units):,} '
+        "(worst finding first) are listed.</p>"
+        if report.units_truncated
+        else ""
+    )
+    head = (
+        "<tr><th>station</th><th class=n>position</th><th>time</th><th>event</th><th>failed step</th>"
+        "<th class=n>fixture</th><th>operator</th><th>hardware id</th><th>manifest</th><th>export</th></tr>"
+    )
+    blocks = []
+    for unit in report.units:
+        blocks.append(_unit_block(unit, head))
+    return f'<section id="units"><h2>Units</h2>{capped}{"".join(blocks)}</section>'
+
+
+def _unit_block(unit: UnitRecord, head: str) -> str:
+    rows = "".join(
+        f"<tr><td>{_e(e.station)}</td><td class=n>{e.position}</td><td>{_e(e.time)}</td><td>{_e(e.event)}</td>"
+        f"<td>{_e(e.failed_step or '')}</td><td class=n>{e.fixture}</td><td>{_e(e.operator or '')}</td>"
+        f"<td class=mono>{_e(e.hardware_id)}</td><td class=mono>{_e(e.manifest_id)}</td>"
+        f"<td class=mono>{_e(e.export or '')}</td></tr>"
+        for e in unit.events
+    )
+    hwids = ", ".join(_e(h) for h in unit.hardware_ids) or "none"
+    more = f" (the first {len(unit.events)} of {unit.events_total})" if unit.truncated else ""
+    table = f"<table>{head}{rows}</table>" if unit.events else "<p>No verified manifest names this serial.</p>"
+    return (
+        f'<div class="unit" id="{unit_anchor(unit.serial)}"><h3>Unit <span class=mono>{_e(unit.serial)}</span></h3>'
+        f'<p class="muted">hardware id{"s" if len(unit.hardware_ids) != 1 else ""}: '
+        f"<span class=mono>{hwids}</span> &middot; {unit.events_total} event{'s' if unit.events_total != 1 else ''}"
+        f"{more}</p>{table}</div>"
+    )
 
 
 def _exports_table(report: Report) -> str:

@@ -322,3 +322,26 @@ class Index:
             if len(rows) < limit:
                 rows.append(row[1:])
         return found
+
+    def unit_rows(self, serials: Sequence[str], limit: int) -> dict[str, tuple[int, list[tuple[Any, ...]]]]:
+        """For each of ``serials``, how many distinct manifests name it and the first ``limit`` of them
+        (station, export, position, manifest id, event, hardware id, time, fixture, operator, failed step), in
+        log order; a manifest exported twice is listed once (from its first export). One query for all."""
+        found: dict[str, tuple[int, list[tuple[Any, ...]]]] = {}
+        if not serials:
+            return found
+        self._db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted_serials (value TEXT PRIMARY KEY)")
+        self._db.execute("DELETE FROM wanted_serials")
+        self._db.executemany("INSERT OR IGNORE INTO wanted_serials VALUES (?)", [(s,) for s in serials])
+        sql = (
+            "SELECT serial, n, station, export, position, manifest_id, event, hardware_id, time, fixture, operator, "
+            "failed_step FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY serial ORDER BY station, position) AS r, "
+            "COUNT(*) OVER (PARTITION BY serial) AS n FROM ("
+            "SELECT serial, station, MIN(export) AS export, position, manifest_id, event, hardware_id, time, "
+            "fixture, operator, failed_step FROM entries WHERE serial IN (SELECT value FROM wanted_serials) "
+            "GROUP BY serial, station, position, manifest_id)) WHERE r <= ? ORDER BY serial, station, position"
+        )
+        for row in self._query(sql, int(limit)):
+            total, rows = found.setdefault(row[0], (int(row[1]), []))
+            rows.append(row[2:])
+        return found

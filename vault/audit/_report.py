@@ -25,9 +25,17 @@ __all__ = [
     "Reconciliation",
     "Report",
     "StationReport",
+    "UnitEvent",
+    "UnitRecord",
 ]
 
 REPORT_FORMAT = "vault-audit-report/v1"
+
+MAX_UNITS = 200
+"""Most serials the report keeps a record of (the first named by the findings, worst finding first)."""
+
+MAX_UNIT_EVENTS = 50
+"""Most events one unit's record lists (in log order; ``events_total`` has them all)."""
 
 
 @dataclass(frozen=True)
@@ -270,6 +278,63 @@ class StationReport:
 
 
 @dataclass(frozen=True)
+class UnitEvent:
+    """One verified manifest that names a unit's serial, as the audit's index holds it."""
+
+    station: str
+    position: int
+    time: str
+    event: str
+    hardware_id: str
+    manifest_id: str
+    export: str | None
+    fixture: int
+    operator: str | None
+    failed_step: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "station": self.station,
+            "position": self.position,
+            "time": self.time,
+            "event": self.event,
+            "hardware_id": self.hardware_id,
+            "manifest_id": self.manifest_id,
+            "export": self.export,
+            "fixture": self.fixture,
+            "operator": self.operator,
+            "failed_step": self.failed_step,
+        }
+
+
+@dataclass(frozen=True)
+class UnitRecord:
+    """What the evidence says of one serial a finding names: its events in log order (per station, by
+    position; at most :data:`MAX_UNIT_EVENTS`) and the hardware ids they name."""
+
+    serial: str
+    events: tuple[UnitEvent, ...]
+    events_total: int
+
+    @property
+    def hardware_ids(self) -> tuple[str, ...]:
+        """The distinct hardware ids of the events listed, in order of first appearance."""
+        return tuple(dict.fromkeys(e.hardware_id for e in self.events))
+
+    @property
+    def truncated(self) -> bool:
+        return self.events_total > len(self.events)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "hardware_ids": list(self.hardware_ids),
+            "events": [e.to_json() for e in self.events],
+            "events_total": self.events_total,
+            "truncated": self.truncated,
+        }
+
+
+@dataclass(frozen=True)
 class Report:
     """What an audit found. Serialise it with :meth:`to_json` or :meth:`to_html`.
 
@@ -283,6 +348,8 @@ class Report:
         findings: every finding, worst first.
         manifests: entries read; verified: manifests whose signature and fields hold.
         seconds: the audit's wall time.
+        units: a record of each serial the findings name (the first :data:`MAX_UNITS`, worst finding first).
+        units_named: how many distinct serials the findings name (more than ``len(units)`` when capped).
     """
 
     generated: str
@@ -296,6 +363,13 @@ class Report:
     manifests: int
     verified: int
     seconds: float = field(default=0.0, compare=False)
+    units: tuple[UnitRecord, ...] = ()
+    units_named: int = 0
+
+    @property
+    def units_truncated(self) -> bool:
+        """True when the findings name more serials than the report keeps a record of."""
+        return self.units_named > len(self.units)
 
     @property
     def bundle(self) -> BundleSummary | None:
@@ -351,6 +425,8 @@ class Report:
             "stations": [s.to_json() for s in self.stations],
             "totals": {"reconciliation": reconciliation.to_json(), "quality": quality.to_json()},
             "findings": [f.to_json() for f in self.findings],
+            "units": {u.serial: u.to_json() for u in self.units},
+            "units_listed": {"serials": len(self.units), "named": self.units_named, "truncated": self.units_truncated},
             "codes": {code: {"severity": sev, "description": text} for code, (sev, text) in CODES.items()},
         }
 

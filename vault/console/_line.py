@@ -20,6 +20,7 @@ from pathlib import Path
 
 from vault.console._labels import LabelData, LabelSpec, make_label
 from vault.errors import (
+    AlreadyProvisionedError,
     ClockError,
     CloneError,
     InputError,
@@ -36,8 +37,17 @@ from vault.verify.devices._run import FixtureRun
 
 __all__ = ["Line", "PanelState"]
 
-_STOPPING = (LabelMismatchError, CloneError, ClockError)
-"""What stops a fixture until a supervisor acknowledges it."""
+_STOPPING = (LabelMismatchError, CloneError, AlreadyProvisionedError, ClockError)
+"""What stops a fixture until a supervisor acknowledges it. A device presenting a hardware id the station
+already provisioned is refused as already provisioned: on a line that does not declare reworks that is a
+clone (or a good unit back on a fixture), and a person must look before the fixture goes on."""
+
+_STOP_NAMES: tuple[tuple[type[Exception], str], ...] = (
+    (LabelMismatchError, "label mismatch"),
+    (CloneError, "clone"),
+    (AlreadyProvisionedError, "clone"),
+    (ClockError, "clock problem"),
+)
 
 
 @dataclass(frozen=True)
@@ -316,8 +326,7 @@ class Line:
             return
         except _STOPPING as e:
             hwid = self._hardware_id(device)
-            what = {LabelMismatchError: "label mismatch", CloneError: "clone", ClockError: "clock problem"}
-            kind = next(name for cls, name in what.items() if isinstance(e, cls))
+            kind = next(name for cls, name in _STOP_NAMES if isinstance(e, cls))
             serial = self._bound_serial(hwid)
             with self._cv:
                 self._stops[slot] = (f"{kind}: {e}", hwid, serial)
