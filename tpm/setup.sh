@@ -53,11 +53,10 @@ find_lib() {  # find_lib NAME: the first NAME in the usual library folders
 }
 
 install_tpm() {
-  command -v swtpm >/dev/null 2>&1 && command -v tpm2_ptool >/dev/null 2>&1 && command -v tpm2-abrmd >/dev/null 2>&1 \
+  command -v swtpm >/dev/null 2>&1 && command -v tpm2_ptool >/dev/null 2>&1 \
     && command -v tpm2-abrmd >/dev/null 2>&1 && command -v dbus-daemon >/dev/null 2>&1 \
     && find_lib libtpm2_pkcs11.so >/dev/null && find_lib libtss2-tcti-tabrmd.so.0 >/dev/null \
     && find_lib libtss2-tcti-swtpm.so.0 >/dev/null && return 0
-  command -v tpm2-abrmd >/dev/null 2>&1 || [ ! -x /usr/sbin/tpm2-abrmd ] || { PATH="$PATH:/usr/sbin"; install_tpm; return; }
   if command -v apt-get >/dev/null 2>&1; then
     local sudo=""
     if [ "$(id -u)" != 0 ]; then
@@ -153,8 +152,8 @@ start_processes() {
 
 if [ "$stop" = 1 ]; then stop_processes; exit 0; fi
 [ "$reset" = 1 ] && reset_tokens
+PATH="$PATH:/usr/sbin"  # tpm2-abrmd
 install_tpm
-PATH="$PATH:/usr/sbin"
 module=$(find_lib libtpm2_pkcs11.so) || { echo "tpm2-pkcs11 is installed but libtpm2_pkcs11.so was not found" >&2; exit 1; }
 
 mkdir -p "$dir/state" "$dir/store" "$dir/pins" "$dir/run"
