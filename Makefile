@@ -1,7 +1,8 @@
 # vault: the two quick-start commands are `make demo` and `make test`.
 # Both install what they need: a virtual environment with vault, SoftHSM2,
 # and the development tokens (softhsm/setup.sh); `make test` also installs
-# NSS softoken, the second module (nss/setup.sh), and headless Chromium, which
+# NSS softoken, the second module (nss/setup.sh), tpm2-pkcs11 on swtpm
+# (tpm/setup.sh), and headless Chromium, which
 # renders the printable transcripts in a test.
 
 SHELL := /bin/bash
@@ -9,7 +10,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test setup tokens nss browser clean-tokens lint lock clean
+.PHONY: demo test setup tokens nss tpm browser clean-tokens lint lock clean
 
 setup: $(VENV)/.installed tokens
 
@@ -33,6 +34,11 @@ tokens:
 nss:
 	@bash nss/setup.sh --quiet
 
+# tpm2-pkcs11 on a software TPM (swtpm), for the officer/approver/release-signer steps (tests/tpm):
+# installs them and starts swtpm, a private D-Bus and tpm2-abrmd for the tokens in .tpm/.
+tpm:
+	@bash tpm/setup.sh --quiet
+
 # Headless Chromium (Debian's package) for the transcript print test.
 browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
@@ -49,7 +55,7 @@ clean-tokens:
 demo: setup
 	@PATH="$(CURDIR)/$(BIN):$$PATH" bash docs/demo.sh
 
-test: setup nss browser
+test: setup nss tpm browser
 	$(BIN)/python -m pytest
 
 lint: setup

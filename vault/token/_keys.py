@@ -45,7 +45,7 @@ from vault.errors import (
     TokenOperationError,
 )
 from vault.token import _capabilities, _heads, _quirks
-from vault.token._session import _text, open_session, translate_errors
+from vault.token._session import _text, module_profile, open_session, translate_errors
 from vault.token._uri import Pkcs11Uri
 
 MAX_LABEL = 32  # bytes: many tokens cut labels longer than this
@@ -186,7 +186,7 @@ class TokenSession:
         self.uri = uri
         self.label = _text(session.token.label)
         self.serial = _text(session.token.serial)
-        self.profile = _quirks.profile_for(_text(session.token.manufacturer_id), _text(session.token.model))
+        self.profile = module_profile(session.token, uri)
         """What vault knows of this token's module beyond what it reports (:mod:`vault.token._quirks`)."""
 
     # --- finding ------------------------------------------------------------
@@ -375,7 +375,11 @@ class TokenSession:
 
         with translate_errors(f"generating key '{label}'", self.label):
             (public, private), template = _quirks.generate_with_fallback(
-                generate, private_template, public_template, _USAGE_ATTRIBUTES[usage]
+                generate,
+                private_template,
+                public_template,
+                _USAGE_ATTRIBUTES[usage],
+                strict=self.profile.strict_key_template,
             )
             try:
                 fault = _protection_fault(private, self.profile, backupable=backupable, unwrapped=False)

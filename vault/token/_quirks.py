@@ -63,6 +63,9 @@ class ModuleProfile:
     where it does not, an extractable key can leave under any key and vault makes none."""
     token_data_objects: bool = True
     """The module stores private token data objects (CKO_DATA), where vault keeps head records."""
+    strict_key_template: bool = True
+    """The module accepts the strict key-pair template (unused capabilities explicitly false); where it
+    refuses it with a code that does not say "template", key generation starts at ``usage only``."""
 
 
 GENERIC = ModuleProfile("PKCS#11 module")
@@ -76,15 +79,32 @@ NSS_SOFTOKEN = ModuleProfile(
     "NSS softoken", so_login=False, local_reliable=False, enforces_wrap_with_trusted=False, token_data_objects=False
 )
 
+# tpm2-pkcs11 1.9 (Debian 12) on a TPM 2.0 (swtpm 0.7 in tests), measured by tests/tpm: the TPM makes
+# EC keys with both its sign and decrypt attributes, so the module answers a template with CKA_DECRYPT
+# or CKA_ENCRYPT false by CKR_GENERAL_ERROR ("User specified and TPM specified attr mismatch") rather
+# than a template code; it has a security officer, data objects, and CKA_LOCAL true on keys it made.
+# Its tokens report the TPM's maker and model (swtpm: "IBM", "SW   TPM"), so it is known by the
+# library's CK_INFO manufacturer instead.
+TPM2_PKCS11 = ModuleProfile("tpm2-pkcs11", strict_key_template=False)
+
 # (token manufacturer, start of the token model) -> profile
 PROFILES: dict[tuple[str, str], ModuleProfile] = {
     ("SoftHSM project", "SoftHSM"): SOFTHSM2,
     ("Mozilla Foundation", "NSS"): NSS_SOFTOKEN,
 }
+# module (CK_INFO) manufacturer -> profile, for modules whose tokens report the hardware's maker
+LIBRARY_PROFILES: dict[str, ModuleProfile] = {
+    "tpm2-software.github.io": TPM2_PKCS11,
+}
 
 
-def profile_for(manufacturer: str, model: str) -> ModuleProfile:
-    """The profile of the module behind a token with this CK_TOKEN_INFO manufacturer and model."""
+def profile_for(manufacturer: str, model: str, library: str = "") -> ModuleProfile:
+    """The profile of the module behind a token with this CK_TOKEN_INFO manufacturer and model.
+
+    ``library`` is the module's own CK_INFO manufacturer, where the caller knows it.
+    """
+    if library in LIBRARY_PROFILES:
+        return LIBRARY_PROFILES[library]
     for (maker, model_start), profile in PROFILES.items():
         if manufacturer == maker and model.startswith(model_start):
             return profile
@@ -159,14 +179,20 @@ def generate_with_fallback(
     private_template: dict[Attribute, Any],
     public_template: dict[Attribute, Any],
     uses: frozenset[Attribute],
+    *,
+    strict: bool = True,
 ) -> tuple[T, str]:
     """Run ``generate(private, public)`` down :func:`template_ladder` until the module accepts one.
 
     Returns the result and the name of the template that made it. Only a
     template refusal (CKR_ATTRIBUTE_*, CKR_TEMPLATE_INCONSISTENT) moves to
-    the next template; the last refusal is raised.
+    the next template; the last refusal is raised. ``strict=False`` (a
+    module whose profile says it refuses the strict template) starts at the
+    next one, which is no less protective.
     """
     ladder = template_ladder(private_template, public_template, uses)
+    if not strict:
+        ladder = ladder[1:]
     for name, private, public in ladder[:-1]:
         try:
             return generate(private, public), name

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from vault.token._capabilities import Capabilities, Need, capabilities_of
-from vault.token._quirks import profile_for
-from vault.token._session import _text, find_token, translate_errors
+from vault.token._session import _text, find_token, module_profile, translate_errors
 from vault.token._uri import Pkcs11Uri
 
 
@@ -24,8 +23,7 @@ def probe_capabilities(uri: Pkcs11Uri) -> Capabilities:
     token = find_token(uri)
     label = _text(token.label)
     with translate_errors("asking the token what it can do", label):
-        profile = profile_for(_text(token.manufacturer_id), _text(token.model))
-        return capabilities_of(token, profile)
+        return capabilities_of(token, module_profile(token, uri))
 
 
 def require_capabilities(uri: Pkcs11Uri, needs: Iterable[Need], *, role: str) -> Capabilities:

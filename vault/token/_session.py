@@ -33,6 +33,7 @@ from vault.errors import (
 from vault.token import _p11kit
 from vault.token._ckr import ckr_name
 from vault.token._pin import resolve_pin
+from vault.token._quirks import ModuleProfile, profile_for
 from vault.token._uri import Pkcs11Uri
 
 T = TypeVar("T")
@@ -108,6 +109,12 @@ def load_module(path: str) -> Any:
             raise ModuleLoadError(f"cannot load PKCS#11 module {path}: {e}") from e
         _modules[path] = lib
         return lib
+
+
+def module_profile(token: pkcs11.Token, uri: Pkcs11Uri) -> ModuleProfile:
+    """The measured profile of the module behind ``token`` (found through ``uri``'s module)."""
+    library = _text(load_module(module_path_for(uri)).manufacturer_id)
+    return profile_for(_text(token.manufacturer_id), _text(token.model), library)
 
 
 @dataclass(frozen=True)
@@ -188,6 +195,7 @@ def find_token(uri: Pkcs11Uri) -> pkcs11.Token:
         TokenNotFoundError: no token, or more than one, matches.
     """
     lib = load_module(module_path_for(uri))
+
     def initialised() -> list[pkcs11.Token]:
         found = [t for t in _matching_tokens(lib, uri) if t.flags & TokenFlag.TOKEN_INITIALIZED]
         if not found:  # SoftHSM2 leaves out a token whose files another process is writing: ask again
