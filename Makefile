@@ -1,9 +1,10 @@
 # vault: the two quick-start commands are `make demo` and `make test`.
 # Both install what they need: a virtual environment with vault, SoftHSM2,
 # and the development tokens (softhsm/setup.sh); `make test` also installs
-# NSS softoken, the second module (nss/setup.sh), tpm2-pkcs11 on swtpm
-# (tpm/setup.sh), and headless Chromium, which
-# renders the printable transcripts in a test.
+# NSS softoken, the second module (nss/setup.sh), and headless Chromium, which
+# renders the printable transcripts in a test; the TPM tests (tests/tpm) run
+# tpm/setup.sh themselves on a folder of their own (it installs swtpm and
+# tpm2-pkcs11 when missing) and stop what it started when they end.
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -35,7 +36,8 @@ nss:
 	@bash nss/setup.sh --quiet
 
 # tpm2-pkcs11 on a software TPM (swtpm), for the officer/approver/release-signer steps (tests/tpm):
-# installs them and starts swtpm, a private D-Bus and tpm2-abrmd for the tokens in .tpm/.
+# installs them and starts swtpm, a private D-Bus and tpm2-abrmd for the tokens in .tpm/
+# (for trying vault on a TPM by hand; `bash tpm/setup.sh --stop` ends them).
 tpm:
 	@bash tpm/setup.sh --quiet
 
@@ -55,7 +57,7 @@ clean-tokens:
 demo: setup
 	@PATH="$(CURDIR)/$(BIN):$$PATH" bash docs/demo.sh
 
-test: setup nss tpm browser
+test: setup nss browser
 	$(BIN)/python -m pytest
 
 lint: setup
