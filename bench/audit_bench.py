@@ -307,12 +307,16 @@ def child_audit(work: Path, workers: int, profile: bool) -> None:
     from cryptography import x509
 
     from vault.audit import audit, severity_rank
+    from vault.evidence import EvidenceReader
+    from vault.policy import parse_time
     from vault.token import open_token, parse_uri
 
     meta = json.loads((work / "meta.json").read_text())
     root = x509.load_pem_x509_certificate(Path(meta["root"]).read_bytes())
     policy = Path(meta["policy"]).read_bytes()
     exports = sorted((work / "exports").glob("*.vault-evidence"))
+    with EvidenceReader(exports[-1]) as newest:  # the audit runs an hour after the last export, not months later
+        now = parse_time(newest.header.created, what="the export time") + datetime.timedelta(hours=1)
     with open_token(parse_uri(meta["auditor_token"])) as session:
         key = session.key(label="auditor-decrypt")
         profiler = None
@@ -324,7 +328,7 @@ def child_audit(work: Path, workers: int, profile: bool) -> None:
         started = time.perf_counter()
         report = audit(
             exports, policy=policy, root_certificate=root, bundle_path=meta["bundle"], decapsulator=key,
-            workers=workers,
+            workers=workers, now=now,
         )  # fmt: skip
         wall = time.perf_counter() - started
         if profiler is not None:
