@@ -279,3 +279,19 @@ def test_a_clone_stops_its_fixture_until_a_supervisor_acknowledges(world: World,
     assert ack.operator == "carol" and ack.fixture == 1 and ack.serial == first.label
     assert "clone" in (ack.detail or "") and "quarantined" in (ack.detail or "")
     assert len([m for m in log if m.event == "provisioned"]) == 4  # both fixtures finished their good devices
+
+
+def test_the_label_command_says_printed_then_reprint(world: World, tmp_path: Path) -> None:
+    from vault.cli._record import label_units
+
+    state = tmp_path / "state"
+    with world.station(state, operator="alice") as station:
+        station.load(world.bundle_path, world.policy)
+        outcome = station.provision(device(), fixture=1)
+        spec = LabelSpec(output=tmp_path / "labels")
+        label_units(station, spec, [outcome.serial], as_json=True)
+        label_units(station, spec, [outcome.serial], as_json=True)
+        log = log_of(state, station)
+    details = [m.detail or "" for m in log if m.event == "label"]
+    assert len(details) == 2
+    assert details[0].startswith("printed: ") and details[1].startswith("reprint: ")

@@ -95,9 +95,9 @@ def label_units(station: Station, spec: LabelSpec, keys: Sequence[str], *, as_js
         good = [m for m, _ in history if m.event in _GOOD]
         if not good:
             raise IdentityError(f"unit {key!r} was never provisioned here: it gets no label")
-        found.append(good[-1])
+        found.append((good[-1], any(h.event == "label" and not h.failed_step for h, _ in history)))
     made = []
-    for m in found:
+    for m, labelled in found:
         assert m.serial is not None
         outcome = Outcome(m.event, m.hardware_id, m.serial, m.unit, m.sequence, m.id)
         data = LabelData.of(serial=m.serial, hardware_id=m.hardware_id, product=m.product, version=m.version,
@@ -107,7 +107,8 @@ def label_units(station: Station, spec: LabelSpec, keys: Sequence[str], *, as_js
         except LabelError as e:
             station.record_label(outcome, fixture=m.fixture, detail=f"not printed: {e}", failed=True)
             raise
-        station.record_label(outcome, fixture=m.fixture, detail=f"reprint: {printed.describe()}")
+        again = "reprint" if labelled else "printed"  # the console prints a unit's first label as it passes
+        station.record_label(outcome, fixture=m.fixture, detail=f"{again}: {printed.describe()}")
         made.append((m.serial, printed))
     if as_json:
         echo_json([{"serial": s, "content": p.content, "png": str(p.png), "zpl": str(p.zpl), "printed": p.printed}

@@ -77,6 +77,9 @@ def test_a_dry_run_device_walks_every_step_and_writes_nothing() -> None:
 def test_an_unknown_adapter_is_refused_naming_those_installed() -> None:
     assert {"simulated", "command"} <= set(installed_adapters())
     with pytest.raises(
-        AdapterError, match=r"no device adapter 'esp32x' is installed \(installed: .*command.*simulated"
+        AdapterError,
+        match=r"no device adapter 'esp32x' is installed \(did you mean 'esp32'\?\); installed: .*command.*simulated",
     ):
         load_adapter("esp32x")
+    with pytest.raises(AdapterError, match=r"no device adapter 'zzz' is installed; installed: "):
+        load_adapter("zzz")

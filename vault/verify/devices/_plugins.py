@@ -14,6 +14,7 @@ packages claiming one name are refused rather than one picked silently.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from importlib.metadata import EntryPoint, entry_points
 from typing import cast
@@ -60,7 +61,10 @@ def load_adapter(name: str) -> Adapter:
         )
     target = points[0].value if points else _BUILTIN.get(name)
     if target is None:
-        raise AdapterError(f"no device adapter '{name}' is installed (installed: {', '.join(installed_adapters())})")
+        installed = installed_adapters()
+        close = difflib.get_close_matches(name, installed, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise AdapterError(f"no device adapter '{name}' is installed{hint}; installed: {', '.join(installed)}")
     module_name, _, attribute = target.partition(":")
     try:
         loaded: object = importlib.import_module(module_name)
