@@ -34,44 +34,18 @@ done
 
 TOKENS="nss-root nss-release nss-officer-1 nss-officer-2 nss-officer-3 nss-approver-1 nss-approver-2 nss-approver-3 nss-station-1 nss-station-2 nss-auditor"
 
-say() { [ "$quiet" = 1 ] || echo "$@"; }
-
-find_lib() {  # find_lib NAME: the first NAME in the usual library folders
-  local d
-  for d in /usr/lib/x86_64-linux-gnu /usr/lib/aarch64-linux-gnu /usr/lib64 /usr/lib /usr/local/lib; do
-    [ -f "$d/$1" ] && { echo "$d/$1"; return 0; }
-  done
-  return 1
-}
+# shellcheck source=softhsm/common.sh
+. "$root/softhsm/common.sh"
 
 install_nss() {
   command -v certutil >/dev/null 2>&1 && find_lib libsoftokn3.so >/dev/null && find_lib libp11-kit.so.0 >/dev/null && return 0
-  if command -v apt-get >/dev/null 2>&1; then
-    local sudo=""
-    if [ "$(id -u)" != 0 ]; then
-      command -v sudo >/dev/null 2>&1 || { echo "NSS is missing and this user cannot install it: run 'apt-get install libnss3 libnss3-tools libp11-kit0' as root" >&2; exit 1; }
-      sudo="sudo"
-    fi
-    say "installing NSS (apt-get install libnss3 libnss3-tools libp11-kit0)"
-    export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get install -y -qq libnss3 libnss3-tools libp11-kit0 >/dev/null 2>&1 \
-      || { $sudo apt-get update -qq >/dev/null && $sudo apt-get install -y -qq libnss3 libnss3-tools libp11-kit0 >/dev/null; }
-  else
-    echo "NSS is missing: install NSS's libraries and tools and p11-kit with your package manager (Fedora: dnf install nss nss-tools p11-kit), then run this again" >&2
-    exit 1
-  fi
+  apt_install NSS "install NSS's libraries and tools and p11-kit with your package manager (Fedora: dnf install nss nss-tools p11-kit)" \
+    libnss3 libnss3-tools libp11-kit0
 }
 
-random_pin() { od -An -N8 -tx1 /dev/urandom | tr -d ' \n'; }
-
 reset_tokens() {
-  local project target
-  project=$(cd "$root" && pwd -P)
-  target=$(realpath -m -- "$dir")
-  case "$target" in
-    "$project"/?*) ;;
-    *) echo "setup.sh: --reset removes development tokens only inside the project folder $project; '$dir' is not inside it" >&2; exit 1 ;;
-  esac
+  local target
+  target=$(reset_target) || exit 1
   [ -e "$target" ] || return 0
   [ -f "$target/p11-kit/modules/vault-nss.module" ] || {
     echo "setup.sh: --reset: $target is not a token folder this script made (no p11-kit/modules/vault-nss.module); nothing removed" >&2

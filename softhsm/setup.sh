@@ -34,24 +34,12 @@ done
 
 TOKENS="vault-root vault-release vault-officer-1 vault-officer-2 vault-officer-3 vault-approver-1 vault-approver-2 vault-approver-3 vault-station-1 vault-station-2 vault-auditor"
 
-say() { [ "$quiet" = 1 ] || echo "$@"; }
+# shellcheck source=softhsm/common.sh
+. "$here/common.sh"
 
 install_softhsm() {
   command -v softhsm2-util >/dev/null 2>&1 && return 0
-  if command -v apt-get >/dev/null 2>&1; then
-    local sudo=""
-    if [ "$(id -u)" != 0 ]; then
-      command -v sudo >/dev/null 2>&1 || { echo "SoftHSM2 is missing and this user cannot install it: run 'apt-get install softhsm2' as root" >&2; exit 1; }
-      sudo="sudo"
-    fi
-    say "installing SoftHSM2 (apt-get install softhsm2)"
-    export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get install -y -qq softhsm2 >/dev/null 2>&1 \
-      || { $sudo apt-get update -qq >/dev/null && $sudo apt-get install -y -qq softhsm2 >/dev/null; }
-  else
-    echo "SoftHSM2 is missing: install it with your package manager (Fedora: dnf install softhsm; macOS: brew install softhsm; Arch: pacman -S softhsm), then run this again" >&2
-    exit 1
-  fi
+  apt_install SoftHSM2 "install it with your package manager (Fedora: dnf install softhsm; macOS: brew install softhsm; Arch: pacman -S softhsm)" softhsm2
 }
 
 find_module() {
@@ -65,17 +53,10 @@ find_module() {
   exit 1
 }
 
-random_pin() { od -An -N8 -tx1 /dev/urandom | tr -d ' \n'; }
-
 # --reset: remove only what this script made, only inside the project folder.
 reset_tokens() {
-  local project target
-  project=$(cd "$root" && pwd -P)
-  target=$(realpath -m -- "$dir")
-  case "$target" in
-    "$project"/?*) ;;
-    *) echo "setup.sh: --reset removes development tokens only inside the project folder $project; '$dir' is not inside it" >&2; exit 1 ;;
-  esac
+  local target
+  target=$(reset_target) || exit 1
   [ -e "$target" ] || return 0
   local made=""
   [ -f "$target/softhsm2.conf" ] && made=$(sed -n 's/^directories\.tokendir = //p' "$target/softhsm2.conf" | head -n1)

@@ -41,40 +41,17 @@ done
 TOKENS="tpm-officer-1 tpm-officer-2 tpm-approver-1 tpm-approver-2 tpm-release"
 PACKAGES="swtpm libtpm2-pkcs11-1 libtpm2-pkcs11-tools tpm2-tools tpm2-abrmd libtss2-tcti-tabrmd0 libtss2-tcti-swtpm0 dbus"
 
-say() { [ "$quiet" = 1 ] || echo "$@"; }
-
-find_lib() {  # find_lib NAME: the first NAME in the usual library folders
-  local d
-  for d in /usr/lib/x86_64-linux-gnu/pkcs11 /usr/lib/aarch64-linux-gnu/pkcs11 /usr/lib/x86_64-linux-gnu \
-           /usr/lib/aarch64-linux-gnu /usr/lib64/pkcs11 /usr/lib64 /usr/lib/pkcs11 /usr/lib /usr/local/lib; do
-    [ -f "$d/$1" ] && { echo "$d/$1"; return 0; }
-  done
-  return 1
-}
+# shellcheck source=softhsm/common.sh
+. "$root/softhsm/common.sh"
 
 install_tpm() {
   command -v swtpm >/dev/null 2>&1 && command -v tpm2_ptool >/dev/null 2>&1 \
     && command -v tpm2-abrmd >/dev/null 2>&1 && command -v dbus-daemon >/dev/null 2>&1 \
     && find_lib libtpm2_pkcs11.so >/dev/null && find_lib libtss2-tcti-tabrmd.so.0 >/dev/null \
     && find_lib libtss2-tcti-swtpm.so.0 >/dev/null && return 0
-  if command -v apt-get >/dev/null 2>&1; then
-    local sudo=""
-    if [ "$(id -u)" != 0 ]; then
-      command -v sudo >/dev/null 2>&1 || { echo "the software TPM is missing and this user cannot install it: run 'apt-get install $PACKAGES' as root" >&2; exit 1; }
-      sudo="sudo"
-    fi
-    say "installing the software TPM and tpm2-pkcs11 (apt-get install $PACKAGES)"
-    export DEBIAN_FRONTEND=noninteractive
-    # shellcheck disable=SC2086
-    $sudo apt-get install -y -qq $PACKAGES >/dev/null 2>&1 \
-      || { $sudo apt-get update -qq >/dev/null && $sudo apt-get install -y -qq $PACKAGES >/dev/null; }
-  else
-    echo "the software TPM is missing: install swtpm, tpm2-pkcs11 (library and tpm2_ptool), tpm2-tools, tpm2-abrmd and D-Bus with your package manager, then run this again" >&2
-    exit 1
-  fi
+  # shellcheck disable=SC2086
+  apt_install "the software TPM" "install swtpm, tpm2-pkcs11 (library and tpm2_ptool), tpm2-tools, tpm2-abrmd and D-Bus with your package manager" $PACKAGES
 }
-
-random_pin() { od -An -N8 -tx1 /dev/urandom | tr -d ' \n'; }
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
@@ -87,13 +64,8 @@ stop_processes() {  # only the processes this script started for DIR, by the pid
 }
 
 reset_tokens() {
-  local project target
-  project=$(cd "$root" && pwd -P)
-  target=$(realpath -m -- "$dir")
-  case "$target" in
-    "$project"/?*) ;;
-    *) echo "setup.sh: --reset removes development tokens only inside the project folder $project; '$dir' is not inside it" >&2; exit 1 ;;
-  esac
+  local target
+  target=$(reset_target) || exit 1
   [ -e "$target" ] || return 0
   [ -f "$target/store/tpm2_pkcs11.sqlite3" ] || [ -d "$target/run" ] || {
     echo "setup.sh: --reset: $target is not a token folder this script made (no store/tpm2_pkcs11.sqlite3); nothing removed" >&2
