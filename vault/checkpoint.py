@@ -79,6 +79,7 @@ __all__ = [
     "open_checkpoint",
     "parse_checkpoint_unverified",
     "sign_checkpoint",
+    "split_note",
     "verifier_key",
 ]
 
@@ -242,6 +243,18 @@ def parse_checkpoint_unverified(note: bytes, *, max_size: int = MAX_NOTE_SIZE) -
     """
     text, _ = _split_note(note, max_size=max_size)
     return _parse_body(text)
+
+
+def split_note(note: bytes, *, max_size: int = MAX_NOTE_SIZE) -> tuple[str, list[tuple[str, bytes, bytes]]]:
+    """The text of a signed note and its signature lines as (key name, key ID, signature); nothing verified.
+
+    For verifiers of other signature lines on the same note (cosignatures,
+    :mod:`vault.proof`): the note is read as strictly as by :func:`open_checkpoint`.
+
+    Raises:
+        FormatError: the note is malformed or too large.
+    """
+    return _split_note(note, max_size=max_size)
 
 
 def _split_note(note: bytes, *, max_size: int) -> tuple[str, list[tuple[str, bytes, bytes]]]:

@@ -141,6 +141,17 @@ _SCHEMA = Tagged(
                     required=False,
                 ),
                 "auditor": Field(_ROLE, required=False),
+                "cosigners": Field(
+                    Record(
+                        {
+                            "threshold": Field(Int(min=1, max=16)),
+                            "key_label": Field(Str(pattern=_LABEL)),
+                            "validity_days": Field(_DAYS),
+                            "members": Field(_PEOPLE),
+                        }
+                    ),
+                    required=False,
+                ),
             },
         ),
         "policy": Record(
@@ -193,6 +204,7 @@ _CREDENTIALS_SCHEMA = Record(
         "release": Field(Str(max_len=4096), required=False),
         "approvers": Field(Map(Str(max_len=4096), key=Str(pattern=_ID), max_len=16), required=False, default={}),
         "auditor": Field(Str(max_len=4096), required=False),
+        "cosigners": Field(Map(Str(max_len=4096), key=Str(pattern=_ID), max_len=16), required=False, default={}),
         "recovery": Field(Str(max_len=4096), required=False),
         "recovery_so": Field(Str(max_len=4096), required=False),
     }
@@ -303,18 +315,27 @@ def _operation_spec(kind: str, doc: dict[str, Any], path: Path) -> Any:
                     f"{path}: approvers.threshold: {approvers['threshold']} is more than the {len(members)} approvers"
                 )
             approvers = Approvers(approvers["threshold"], approvers["key_label"], approvers["validity_days"], members)
+        cosigners = doc["cosigners"]
+        if cosigners is not None:
+            members = _people(cosigners["members"], path, "cosigners.members")
+            if cosigners["threshold"] > len(members):
+                raise ScriptError(
+                    f"{path}: cosigners.threshold: {cosigners['threshold']} is more than the {len(members)} cosigners"
+                )
+            cosigners = Approvers(cosigners["threshold"], cosigners["key_label"], cosigners["validity_days"], members)
         return IssueRoles(
             curve=doc["curve"],
             release_signer=RoleSpec(**doc["release_signer"]) if doc["release_signer"] else None,
             approvers=approvers,
             auditor=RoleSpec(**doc["auditor"]) if doc["auditor"] else None,
+            cosigners=cosigners,
         )
     if kind == "policy":
         return RenewPolicy(doc["policy"].get("approvers_threshold"))
     if kind == "revoke":
         entries = []
         for i, entry in enumerate(doc["revoke"]):
-            needs_id = entry["role"] in ("station", "approver")
+            needs_id = entry["role"] in ("station", "approver", "cosigner")
             if needs_id != (entry["id"] is not None):
                 what = "needs an 'id'" if needs_id else "takes no 'id'"
                 raise ScriptError(f"{path}: revoke[{i}]: role '{entry['role']}' {what}")
@@ -365,6 +386,7 @@ def load_credentials(path: Path) -> Credentials:
         release=optional("release"),
         approvers={aid: uri(text, f"approvers.{aid}") for aid, text in doc["approvers"].items()},
         auditor=optional("auditor"),
+        cosigners={cid: uri(text, f"cosigners.{cid}") for cid, text in doc["cosigners"].items()},
         recovery=optional("recovery"),
         recovery_so=optional("recovery_so"),
     )
