@@ -215,6 +215,7 @@ class _Seen:
     last_event: dict[str, tuple[int, str]] = field(default_factory=dict)  # hwid -> (position, event)
     over_at: int | None = None  # first position past the station's allocation
     gap: bool = False
+    read: int = 0  # one past the highest position read
 
 
 def cosign(
@@ -342,13 +343,14 @@ def _entry(
     units: dict[str, int],
 ) -> None:
     position = value.get("sequence")
-    if not isinstance(position, int) or position < len(seen.leaves):
+    if not isinstance(position, int) or position < seen.read:
         return  # a duplicate export's entry, already read
-    if position != len(seen.leaves):
-        seen.gap = True
-        return
+    seen.read = position + 1
     envelope = str(value.get("envelope", "")).encode("utf-8")
-    seen.leaves.append(merkle.leaf_hash(envelope))
+    if position == len(seen.leaves) and not seen.gap:
+        seen.leaves.append(merkle.leaf_hash(envelope))
+    else:
+        seen.gap = True  # entries missing before this one: the log is cosigned (if at all) before the gap
     try:
         manifest = open_manifest(envelope, trusted)
     except VaultError:
@@ -381,8 +383,6 @@ def _first(finding: Finding, station_id: str, log: _Seen | None = None) -> int |
 def _limit(station_id: str, blocking: Sequence[Finding], log: _Seen) -> tuple[int, Finding | None]:
     """The largest size that may be cosigned, and the finding that holds it there (None: nothing does)."""
     limit, stopper = len(log.leaves), None
-    if log.gap:
-        limit = 0
     for finding in blocking:
         if not _touches(finding, station_id):
             continue
@@ -412,6 +412,8 @@ def _excluded(
     last = log.last_event.get(hwid)
     if last is not None and last[1] == "scrap":
         return "unit-scrapped", f"the device was scrapped at position {last[0]}"
+    if stopper is not None and position == _first(stopper, station_id, log):
+        return stopper.code, stopper.message[:300]
     if size is None or position >= size:
         cosigned = "was not cosigned" if size is None else f"was cosigned up to size {size} only"
         if stopper is None:

@@ -77,6 +77,7 @@ class Audited:
     devices: tuple[RegistryDevice, ...]
     excluded: tuple[Mapping[str, Any], ...]
     station_cas: Mapping[str, str]  # station id -> its issuing CA certificate (PEM), for AWS's CACertificatePem
+    logs: tuple[Mapping[str, Any], ...] = ()  # each station log: the size cosigned and the finding that held it
 
 
 def read_audited(folder: Path, policy: TrustPolicy) -> Audited:
@@ -112,7 +113,12 @@ def read_audited(folder: Path, policy: TrustPolicy) -> Audited:
         ca = policy.stations[station_id].issuing_ca.certificate
         if ca is not None:
             cas[station_id] = ca.public_bytes(serialization.Encoding.PEM).decode("ascii")
-    return Audited(policy.version, tuple(devices.values()), tuple(_excluded(excluded)), cas)
+    logs = [
+        {k: log.get(k) for k in ("station", "verified_size", "cosigned_size", "blocked_by", "blocked_at")}
+        for log in index.get("logs") or []
+        if isinstance(log, dict)
+    ]
+    return Audited(policy.version, tuple(devices.values()), tuple(_excluded(excluded)), cas, tuple(logs))
 
 
 def _device(folder: Path, item: Any, policy: TrustPolicy) -> RegistryDevice:
@@ -195,7 +201,8 @@ def write_registry(
     if "azure" in forms:
         enrollments = [azure_enrollment(d) for d in audited.devices]
         files["azure-dps-enrollments.json"] = _json({"mode": "create", "enrollments": enrollments})
-    files["excluded-devices.json"] = _json({"format": REGISTRY_FORMAT, "excluded": list(audited.excluded)})
+    listing = {"format": REGISTRY_FORMAT, "excluded": list(audited.excluded), "logs": list(audited.logs)}
+    files["excluded-devices.json"] = _json(listing)
     write_folder(out, files, overwrite=overwrite)
     return {name: out / name for name in files}
 
