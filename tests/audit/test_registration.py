@@ -79,6 +79,19 @@ def two_stations(
     return paths, hwids
 
 
+def test_the_role_ceremony_enrols_a_cosigning_key_apart_from_the_decryption_key(
+    world: World, policy: TrustPolicy, cosigner: TokenKey, auditor_key: TokenKey
+) -> None:
+    from vault.ceremony._policy_view import read_policy_view
+
+    assert policy.auditor is not None and policy.cosigners_threshold == 1
+    assert policy.cosigners["auditor"].key_id == cosigner.key_id != auditor_key.key_id == policy.auditor.key_id
+    certificate = policy.cosigners["auditor"].certificate
+    assert certificate is not None and "cosigner auditor" in certificate.subject.rfc4514_string()
+    lines = read_policy_view(world.policy, root_certificate=world.root_cert, now=NOW).lines()
+    assert "cosigners: 1 of 1" in lines and f"  {'auditor':<20} {cosigner.key_id}" in lines
+
+
 def test_a_clean_run_exports_every_device_with_a_proof_that_verifies(
     two_stations: tuple[list[Path], list[str]], cosigning: Callable[[list[Path]], Cosigning],
     policy: TrustPolicy, tmp_path: Path,
@@ -223,6 +236,20 @@ def test_audit_cosign_then_registry_export_and_verify(
     assert result.output.startswith("no: the proof is for another device") and result.output.count("\n") == 1
     again = CliRunner().invoke(cli, ["registry", "export", str(audited), *trust, "--out", str(tmp_path / "registry")])
     assert again.exit_code != 0 and "exists" in str(again.exception or again.output)
+
+
+def test_a_cosigning_key_the_policy_does_not_enrol_is_refused_before_the_audit(
+    world: World, two_stations: tuple[list[Path], list[str]], tmp_path: Path
+) -> None:
+    trust = ["--policy", str(world.policy_path), "--root-cert", str(world.root_cert_path)]
+    result = CliRunner().invoke(cli, [
+        "audit", *map(str, two_stations[0]), *trust, "--bundle", str(world.bundle_path),
+        "--token", world.key("auditor", "auditor-decrypt"), "--json", str(tmp_path / "audit.json"),
+        "--cosign", str(tmp_path / "audited"), "--cosign-key", "auditor-decrypt",
+    ])  # fmt: skip
+    assert result.exit_code != 0
+    assert "is not an auditor cosigning key of trust policy" in str(result.exception)
+    assert not (tmp_path / "audit.json").exists() and not (tmp_path / "audited").exists()
 
 
 # --- the cloud forms against the providers' own models ---------------------------------------------

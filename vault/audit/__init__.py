@@ -49,7 +49,15 @@ Example (with the development tokens, after ``vault station export``)::
     Path("audit.html").write_text(report.to_html())
 """
 
-from vault.audit._cosign import NOT_COSIGNED, AuditedDevice, CosignedLog, Cosigning, Excluded, cosign
+from vault.audit._cosign import (
+    NOT_COSIGNED,
+    AuditedDevice,
+    CosignedLog,
+    Cosigning,
+    Excluded,
+    cosign,
+    cosigner_holder,
+)
 from vault.audit._engine import JUMP_SECONDS, AuditProgress, audit
 from vault.audit._findings import CODES, MAX_EVIDENCE, SEVERITIES, Evidence, Finding, Thresholds, severity_rank
 from vault.audit._report import (
@@ -87,5 +95,6 @@ __all__ = [
     "Thresholds",
     "audit",
     "cosign",
+    "cosigner_holder",
     "severity_rank",
 ]

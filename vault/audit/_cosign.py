@@ -66,7 +66,16 @@ from vault.proof import (
     verify_device_proof,
 )
 
-__all__ = ["AUDITED_FORMAT", "NOT_COSIGNED", "AuditedDevice", "CosignedLog", "Cosigning", "Excluded", "cosign"]
+__all__ = [
+    "AUDITED_FORMAT",
+    "NOT_COSIGNED",
+    "AuditedDevice",
+    "CosignedLog",
+    "Cosigning",
+    "Excluded",
+    "cosign",
+    "cosigner_holder",
+]
 
 AUDITED_FORMAT = "vault-audited-devices/v1"
 """The ``format`` of ``audited.json``."""
@@ -242,12 +251,7 @@ def cosign(
     Raises:
         InputError: ``signer`` is not an enrolled cosigner, or an export cannot be read again.
     """
-    holder = next((h for h, k in policy.cosigners.items() if k.key_id == signer.key_id), None)
-    if holder is None:
-        raise InputError(
-            f"key {signer.key_id[:16]} is not an auditor cosigning key of trust policy v{policy.version} "
-            "(enrol it in the role ceremony, cosigners:)"
-        )
+    holder = cosigner_holder(policy, signer)
     rank = severity_rank(severity)
     blocking = [f for f in report.findings if severity_rank(f.severity) <= rank]
     allocations = _allocations(report)
@@ -293,6 +297,21 @@ def cosign(
     for device in result.devices[:1]:  # the first proof is checked as a verifier will, before anything is written
         verify_device_proof(device.certificate, device.proof, policy)
     return result
+
+
+def cosigner_holder(policy: TrustPolicy, signer: Signer) -> str:
+    """The policy holder id of the cosigning key ``signer``.
+
+    Raises:
+        InputError: the policy does not enrol it as a cosigner.
+    """
+    holder = next((h for h, k in policy.cosigners.items() if k.key_id == signer.key_id), None)
+    if holder is None:
+        raise InputError(
+            f"key {signer.key_id[:16]} is not an auditor cosigning key of trust policy v{policy.version} "
+            "(enrol it in the role ceremony, cosigners:)"
+        )
+    return holder
 
 
 def _allocations(report: Report) -> dict[str, dict[str, int]]:

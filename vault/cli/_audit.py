@@ -212,49 +212,59 @@ def audit(
             raise InputError(f"{out} exists; vault does not write over files (remove it, or pass --force)")
     root = _root(root_cert)
     policy = read_capped(policy_file, MAX_POLICY_SIZE, "trust policy")
-    with open_token(uri) as session, _progress() as progress:
+    with open_token(uri) as session:
         key = session.key_for(uri) if uri.object or uri.id else session.key(label=AUDITOR_LABEL)
-        report = run_audit(
-            paths,
-            policy=policy,
-            root_certificate=root,
-            bundle_path=bundle_files,
-            decapsulator=key,
-            workers=workers,
-            progress=progress,
-            thresholds=Thresholds(min_cycle, max_clock_step, operator_window, max_reworks),
-            closeouts=closeouts,
-            max_silence=max_silence,
-        )
-        cosigned = None
-        if cosign_out is not None:
-            cosigned = _cosign(report, paths, policy, root, key, session.key(label=cosign_key), cosign_severity)
-    if to_stdout:
-        click.echo(report.to_json(fail_on), nl=False)
-    elif json_out is not None:
-        write_new(json_out, report.to_json(fail_on).encode("utf-8"), overwrite=force)
-    if html_out is not None:
-        write_new(html_out, report.to_html(fail_on).encode("utf-8"), overwrite=force)
-    if cosigned is not None and cosign_out is not None:
-        cosigned.write(cosign_out, overwrite=force)
-    _summary(report, fail_on, None if to_stdout else json_out, html_out, err=to_stdout)
-    if cosigned is not None:
-        _cosign_summary(cosigned, cosign_out, err=to_stdout)
+        # the cosigning key is found and checked before the audit, so a wrong one costs no audit
+        cosigner = _cosigner(session, cosign_key, policy, root) if cosign_out is not None else None
+        with _progress() as progress:
+            report = run_audit(
+                paths,
+                policy=policy,
+                root_certificate=root,
+                bundle_path=bundle_files,
+                decapsulator=key,
+                workers=workers,
+                progress=progress,
+                thresholds=Thresholds(min_cycle, max_clock_step, operator_window, max_reworks),
+                closeouts=closeouts,
+                max_silence=max_silence,
+            )
+        if to_stdout:
+            click.echo(report.to_json(fail_on), nl=False)
+        elif json_out is not None:
+            write_new(json_out, report.to_json(fail_on).encode("utf-8"), overwrite=force)
+        if html_out is not None:
+            write_new(html_out, report.to_html(fail_on).encode("utf-8"), overwrite=force)
+        _summary(report, fail_on, None if to_stdout else json_out, html_out, err=to_stdout)
+        if cosigner is not None and cosign_out is not None:  # after the reports: they are kept whatever happens
+            cosigned = _cosign(report, paths, cosigner, key, cosign_severity)
+            cosigned.write(cosign_out, overwrite=force)
+            _cosign_summary(cosigned, cosign_out, err=to_stdout)
     if not report.passed(fail_on):
         click.get_current_context().exit(EXIT_FINDINGS)
 
 
-def _cosign(report: Any, paths: list[Path], policy: bytes, root: x509.Certificate, decrypt: Any, signer: Any,
-            severity: str) -> Any:  # fmt: skip
+def _cosigner(session: Any, label: str, policy: bytes, root: x509.Certificate) -> tuple[Any, Any]:
+    """The cosigning key and the verified policy, refused before the audit if the policy does not enrol it."""
+    from datetime import UTC, datetime
+
+    from vault.audit import cosigner_holder
+    from vault.policy import load_policy
+
+    trust = load_policy(policy, root, now=datetime.now(UTC), allow_expired=True)
+    signer = session.key(label=label)
+    cosigner_holder(trust, signer)
+    return signer, trust
+
+
+def _cosign(report: Any, paths: list[Path], cosigner: tuple[Any, Any], decrypt: Any, severity: str) -> Any:
     """Cosign what the audit verified (vault.audit.cosign), against the policy the audit used."""
     from datetime import UTC, datetime
 
     from vault.audit import cosign
-    from vault.policy import load_policy
 
-    now = datetime.now(UTC)
-    trust = load_policy(policy, root, now=now)
-    return cosign(report, paths, trust, decapsulator=decrypt, signer=signer, severity=severity, now=now)
+    signer, trust = cosigner
+    return cosign(report, paths, trust, decapsulator=decrypt, signer=signer, severity=severity, now=datetime.now(UTC))
 
 
 def _cosign_summary(cosigned: Any, folder: Path | None, *, err: bool) -> None:
