@@ -5,12 +5,10 @@ from __future__ import annotations
 import base64
 
 import pytest
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.audit.conftest import SoftSigner
 from vault import merkle
 from vault.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
-from vault.crypto import key_id
 from vault.errors import FormatError, ProofError
 from vault.policy import RoleKey
 from vault.proof import (
@@ -28,15 +26,7 @@ from vault.proof import (
 ORIGIN = "vault.dev/station/station-1"
 
 
-class Soft:
-    def __init__(self) -> None:
-        self._key = ec.generate_private_key(ec.SECP256R1())
-        self.public_key = self._key.public_key()
-        self.key_id = key_id(self.public_key)
-
-    def sign(self, data: bytes) -> bytes:
-        return self._key.sign(data, ec.ECDSA(hashes.SHA256()))
-
+class Soft(SoftSigner):
     def role(self) -> RoleKey:
         return RoleKey(self.key_id, self.public_key)
 

@@ -75,6 +75,7 @@ __all__ = [
     "MAX_SIGNATURES",
     "SIGNATURE_TYPE",
     "Checkpoint",
+    "canonical_b64decode",
     "note_key_id",
     "open_checkpoint",
     "parse_checkpoint_unverified",
@@ -336,6 +337,15 @@ def _check_key_name(name: str) -> None:
 def _check_key(public_key: ec.EllipticCurvePublicKey) -> None:
     if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(public_key.curve, ec.SECP256R1):
         raise InputError("checkpoint keys must be ECDSA P-256 keys (signed-note type 0x02 signs SHA-256)")
+
+
+def canonical_b64decode(value: str, *, what: str) -> bytes:
+    """Standard, padded, canonical base64 only (one spelling per byte string), as notes and proofs use.
+
+    Raises:
+        FormatError: not valid, or not canonical, standard base64.
+    """
+    return _b64decode(value, what=what)
 
 
 def _b64decode(value: str, *, what: str) -> bytes:

@@ -47,7 +47,6 @@ Example::
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import re
 import struct
@@ -59,7 +58,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from vault import merkle
-from vault.checkpoint import Checkpoint, open_checkpoint, parse_checkpoint_unverified, split_note
+from vault.checkpoint import (
+    Checkpoint,
+    canonical_b64decode,
+    open_checkpoint,
+    parse_checkpoint_unverified,
+    split_note,
+)
 from vault.crypto import Signer, spki_der, verify_signature
 from vault.errors import FormatError, InputError, ProofError, SignatureError, VaultError
 from vault.manifest import Manifest, open_manifest
@@ -249,12 +254,12 @@ def parse_proof(data: bytes, *, max_size: int = MAX_PROOF_SIZE) -> ProofFile:
     at = 1
     extra = b""
     if at < len(head) and head[at].startswith("extra "):
-        extra = _b64(head[at][6:], "proof extra data")
+        extra = canonical_b64decode(head[at][6:], what="proof extra data")
         at += 1
     if at >= len(head) or not head[at].startswith("index ") or not _INDEX.fullmatch(head[at][6:]):
         raise FormatError("proof has no 'index N' line (a decimal without leading zeros)")
     index = int(head[at][6:])
-    hashes = tuple(_b64(line, f"proof hash line {i + 1}") for i, line in enumerate(head[at + 1 :]))
+    hashes = tuple(canonical_b64decode(line, what=f"proof hash line {i + 1}") for i, line in enumerate(head[at + 1 :]))
     if len(hashes) > merkle.MAX_PROOF_HASHES:
         raise FormatError(f"proof has {len(hashes)} hashes, more than {merkle.MAX_PROOF_HASHES}")
     if any(len(h) != merkle.HASH_SIZE for h in hashes):
@@ -393,13 +398,4 @@ def _certificate(value: bytes | x509.Certificate) -> x509.Certificate:
     except ValueError as e:
         raise ProofError("the device certificate does not parse (PEM or DER X.509)") from e
 
-
-def _b64(value: str, what: str) -> bytes:
-    try:
-        decoded = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise FormatError(f"{what} is not valid standard base64") from e
-    if base64.b64encode(decoded).decode("ascii") != value:
-        raise FormatError(f"{what} is not canonical standard base64")
-    return decoded
 
