@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -50,11 +49,9 @@ def main() -> None:
     if args.dir is not None:
         args.dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="vault-proof-bench-", dir=args.dir))
-    os.environ.pop("SOFTHSM2_CONF", None)
-    subprocess.run(["bash", str(ROOT / "softhsm" / "setup.sh"), "--dir", str(work / "softhsm"), "--quiet"], check=True)
-    for line in (work / "softhsm" / "env").read_text().splitlines():
-        name, _, value = line.removeprefix("export ").partition("=")
-        os.environ[name] = value
+    from bench._setup import fresh_tokens
+
+    fresh_tokens(work)
 
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec

@@ -36,7 +36,6 @@ import argparse
 import os
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -92,10 +91,9 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="vault-station-bench-", dir=args.dir))
-    subprocess.run(["bash", str(ROOT / "softhsm" / "setup.sh"), "--dir", str(work / "softhsm"), "--quiet"], check=True)
-    for line in (work / "softhsm" / "env").read_text().splitlines():
-        name, _, value = line.removeprefix("export ").partition("=")
-        os.environ[name] = value
+    from bench._setup import fresh_tokens
+
+    fresh_tokens(work)
 
     from tests.verify.conftest import World
 
