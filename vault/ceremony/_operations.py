@@ -400,6 +400,8 @@ def revoke(spec: Revoke) -> Operation:
                 c.confirm(f"revoke {role} {holder} ({reason})")
                 _revoke(c, predicate, member, role, holder or "", reason)
                 del predicate[_GROUPS[role]]["keys"][holder]
+                if role == "cosigner" and not predicate["cosigners"]["keys"]:
+                    del predicate["cosigners"]  # no cosigner left: no device proof verifies until one is enrolled
             else:
                 held = policy.release_signer if role == "release-signer" else policy.auditor
                 if held is None:
