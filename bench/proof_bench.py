@@ -52,14 +52,10 @@ def main() -> None:
     if args.dir is not None:
         args.dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="vault-proof-bench-", dir=args.dir))
-    from bench._setup import fresh_tokens
-
-    fresh_tokens(work)
-
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from tests.verify.conftest import World
+    from bench._setup import fresh_world
     from vault.audit import audit, cosign
     from vault.policy import load_policy
     from vault.proof import verify_device_proof
@@ -67,9 +63,7 @@ def main() -> None:
     from vault.verify._simulate import run_simulation
 
     print(f"setting up: ceremonies, a promoted bundle, {args.devices} devices at station-1, in {work}")
-    world_dir = work / "world"
-    world_dir.mkdir()
-    world = World(world_dir)
+    world = fresh_world(work)
     bundle = world.bundle(allocation=f"{{station-1: {args.devices}, station-2: 1}}", total=args.devices + 1)
     with world.station(work / "state") as station:
         station.load(bundle, world.policy)

@@ -91,16 +91,10 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="vault-station-bench-", dir=args.dir))
-    from bench._setup import fresh_tokens
-
-    fresh_tokens(work)
-
-    from tests.verify.conftest import World
+    from bench._setup import fresh_world
 
     print(f"setting up: ceremonies, two stations, a promoted bundle ({args.image_kib} KiB image) in {work}")
-    world_dir = work / "world"
-    world_dir.mkdir()
-    world = World(world_dir)
+    world = fresh_world(work)
     (world.images / "app.bin").write_bytes(os.urandom(args.image_kib * 1024))
     n = args.units + args.fixtures  # + the warm-up units
     bundle = world.bundle(allocation=f"{{station-1: {n}, station-2: {n}}}", total=2 * n)

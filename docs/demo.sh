@@ -248,10 +248,10 @@ done
 head -c 300 "$work/registry/aws-iot-bulk.jsonl"; echo " ..."
 
 step "Onboarding server: one device's certificate and proof, checked offline against the trust policy"
-proof=$(ls "$work"/audited/devices/*.tlog-proof | head -1)
+proof=$(ls "$work"/audited/devices/station-1-*.tlog-proof | head -1)
 cut -c1-100 "$proof" | head -4; echo "..."
 vault registry verify "${proof%.tlog-proof}.pem" "$proof" "${policy[@]}"
-other=$(ls "$work"/audited/devices/*.pem | tail -1)
+other=$(ls "$work"/audited/devices/station-1-*.pem | tail -1)   # another device of the same station
 if vault registry verify "$other" "$proof" "${policy[@]}"; then
   echo "demo: a proof admitted another device's certificate" >&2; exit 1
 fi
