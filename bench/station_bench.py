@@ -36,6 +36,7 @@ import argparse
 import os
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -91,10 +92,17 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="vault-station-bench-", dir=args.dir))
-    from bench._setup import fresh_world
+    subprocess.run(["bash", str(ROOT / "softhsm" / "setup.sh"), "--dir", str(work / "softhsm"), "--quiet"], check=True)
+    for line in (work / "softhsm" / "env").read_text().splitlines():
+        name, _, value = line.removeprefix("export ").partition("=")
+        os.environ[name] = value
+
+    from tests.verify.conftest import World
 
     print(f"setting up: ceremonies, two stations, a promoted bundle ({args.image_kib} KiB image) in {work}")
-    world = fresh_world(work)
+    world_dir = work / "world"
+    world_dir.mkdir()
+    world = World(world_dir)
     (world.images / "app.bin").write_bytes(os.urandom(args.image_kib * 1024))
     n = args.units + args.fixtures  # + the warm-up units
     bundle = world.bundle(allocation=f"{{station-1: {n}, station-2: {n}}}", total=2 * n)
