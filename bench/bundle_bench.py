@@ -92,6 +92,7 @@ def child_build(work: Path, chunk_size: int) -> dict[str, object]:
     private = serialization.load_pem_private_key((work / "station.pem").read_bytes(), password=None)
     assert isinstance(private, ec.EllipticCurvePrivateKey)
     bundle = work / "bench.bundle"
+    cpu = time.process_time()
     start = time.perf_counter()
     with BundleWriter(bundle, chunk_size=chunk_size) as writer, (work / "image.bin").open("rb") as src:
         recipients = seal_recipients(writer.data_key, writer.bundle_id, {STATION: private.public_key()})
@@ -102,6 +103,7 @@ def child_build(work: Path, chunk_size: int) -> dict[str, object]:
     end = time.perf_counter()
     return {
         "seconds": end - start,
+        "cpu_seconds": time.process_time() - cpu,
         "encrypt_seconds": encrypted - start,
         "finish_seconds": end - encrypted,
         "plaintext_sha256": image.plaintext_sha256,
@@ -139,11 +141,16 @@ def num(result: dict[str, object], key: str) -> float:
     return float(value)
 
 
-def time_openssl(path: Path) -> tuple[float, str]:
+def time_openssl(path: Path) -> tuple[float, float, str]:
+    """``openssl dgst -sha256`` of ``path``: its wall time, its CPU time (user and system) and the digest."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     argv = ["openssl", "dgst", "-sha256", "-r", str(path)]
     result = subprocess.run(argv, check=True, capture_output=True, text=True, env=clean_environment())
-    return time.perf_counter() - start, result.stdout.split()[0]
+    seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return seconds, cpu, result.stdout.split()[0]
 
 
 # --- the parent -----------------------------------------------------------------
@@ -188,18 +195,18 @@ def run_rounds(work: Path, size: int, chunk_size: int, repeat: int) -> list[dict
     (work / "station.pem").write_bytes(pem)
     write_random(work / "image.bin", size)
     os.sync()  # so the image's own writeback does not land on the first build
-    _, expected = time_openssl(work / "image.bin")  # also warms the page cache
+    _, _, expected = time_openssl(work / "image.bin")  # also warms the page cache
     rounds: list[dict[str, dict[str, object]]] = []
     for _ in range(repeat):
         (work / "bench.bundle").unlink(missing_ok=True)
         os.sync()  # the last bundle's removal, not on this build
         build = run_child("build", work, chunk_size)
-        seconds, digest = time_openssl(work / "image.bin")
+        seconds, cpu, _ = time_openssl(work / "image.bin")
         verify = run_child("verify", work, chunk_size)
         for what, got in (("build", build["plaintext_sha256"]), ("verify", verify["plaintext_sha256"])):
             if got != expected:
                 raise SystemExit(f"bundle_bench: {what}: plaintext digest differs from openssl's")
-        rounds.append({"build": build, "verify": verify, "openssl": {"seconds": seconds}})
+        rounds.append({"build": build, "verify": verify, "openssl": {"seconds": seconds, "cpu_seconds": cpu}})
     rounds[-1]["bundle"] = {"size": (work / "bench.bundle").stat().st_size}
     return rounds
 
@@ -232,6 +239,13 @@ def report(rounds: list[dict[str, dict[str, object]]], size: int, chunk_size: in
     print(f"verify, whole process {whole:7.3f} s  (python start, imports, unwrap, decrypt, hash)")
     print(f"peak RSS build        {max(runs('build', 'peak_rss_mib')):7.1f} MiB")
     print(f"peak RSS verify       {max(runs('verify', 'peak_rss_mib')):7.1f} MiB")
+    cpu = statistics.median(
+        b / o for b, o in zip(runs("build", "cpu_seconds"), runs("openssl", "cpu_seconds"), strict=True)
+    )
+    print(f"CPU time build/openssl {cpu:6.2f}  (all threads; about 2 at best: SHA-256 of plaintext and ciphertext)")
+    print(
+        f"load average (1 min)  {os.getloadavg()[0]:7.2f}  (other work on the machine slows the two-thread build most)"
+    )
     pairs = [b / o for b, o in zip(build, openssl, strict=True)]
     print(f"ratio verify/openssl  {statistics.median(v / o for v, o in zip(verify, openssl, strict=True)):7.2f}")
     print(f"build/openssl by round  {', '.join(f'{p:.2f}' for p in pairs)}")

@@ -200,6 +200,7 @@ _MAX_NAME_BYTES = 255
 _COPY_BLOCK = 1024 * 1024  # bytes per read when hashing or copying on disk
 _BATCH_SIZE = 1024 * 1024  # plaintext bytes handed between threads at once: whole chunks, at least one
 _PIPELINE_DEPTH = 2  # batches one thread may run ahead of the other
+_WRITE_AHEAD = 8  # batches the writer's encrypting thread may run ahead of its storing one (rides out a busy CPU)
 _WRITEBACK_SIZE = 8 * 1024 * 1024  # new bundle bytes the disk is asked to start writing at once
 _PAGE = 64 * 1024  # a multiple of any page size: where writeback ranges end
 
@@ -877,14 +878,14 @@ class BundleWriter:
 
         # Read whole batches of chunks, one batch ahead, so the final chunk is known to be last. The buffers
         # are reused batch after batch: two of plaintext (this batch, the next), and of ciphertext one more
-        # than the second thread may hold.
+        # than the second thread may hold (made as they are first needed: a small image needs one).
         size = self.chunk_size
         batch = _batch_size(size)
         plaintexts = [memoryview(bytearray(batch)) for _ in range(2)]
-        ciphertexts = [memoryview(bytearray(batch + TAG_SIZE * (batch // size))) for _ in range(_PIPELINE_DEPTH + 1)]
+        ciphertexts: list[memoryview] = []
         plaintext_length = 0
         chunk = 0
-        with disk, _Behind(depth=_PIPELINE_DEPTH) as behind:
+        with disk, _Behind(depth=_WRITE_AHEAD) as behind:
             current = plaintexts[0][: _read_into(src, plaintexts[0])]
             for n in itertools.count():
                 ahead = plaintexts[(n + 1) % 2]
@@ -893,7 +894,9 @@ class BundleWriter:
                 if plaintext_length > MAX_IMAGE_SIZE:
                     raise InputError(f"image {quote(name)} is larger than the {MAX_IMAGE_SIZE}-byte limit")
                 plaintext_hash.update(current)
-                out = ciphertexts[n % len(ciphertexts)]
+                if len(ciphertexts) <= _WRITE_AHEAD:
+                    ciphertexts.append(memoryview(bytearray(batch + TAG_SIZE * (batch // size))))
+                out = ciphertexts[n % (_WRITE_AHEAD + 1)]
                 stored = 0
                 for start in range(0, max(len(current), 1), size):  # an empty image is one empty chunk
                     piece = current[start : start + size]
