@@ -16,28 +16,16 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
-import functools
 import os
 import stat
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 from vault.errors import FormatError, InputError
 
-__all__ = [
-    "append_whole",
-    "cut_back",
-    "ends_with",
-    "open_to_read",
-    "read_capped",
-    "size_text",
-    "start_writeback",
-    "write_new",
-]
+__all__ = ["append_whole", "cut_back", "ends_with", "open_to_read", "read_capped", "size_text", "write_new"]
 
 _BLOCK = 64 * 1024
 
@@ -168,37 +156,6 @@ def write_new(path: str | os.PathLike[str], data: bytes, *, overwrite: bool = Fa
             os.unlink(tmp)
         raise
     return target
-
-
-_SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>
-
-
-@functools.cache
-def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    """Linux's ``sync_file_range`` from the C library, or None where there is none."""
-    try:
-        call = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (AttributeError, OSError):
-        return None
-    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    call.restype = ctypes.c_int
-    return call
-
-
-def start_writeback(fd: int, offset: int, length: int) -> None:
-    """Have the kernel start writing ``length`` bytes of ``fd`` from ``offset`` to disk; do not wait for them.
-
-    A large file written and then fsynced spends the fsync waiting for the
-    disk; started as the writing goes, the disk works meanwhile and the
-    fsync finds little left. This never replaces the fsync: it makes
-    nothing durable. Linux only (``sync_file_range`` with
-    ``SYNC_FILE_RANGE_WRITE``); elsewhere, or if the call is refused, it
-    does nothing. It can block while the disk's queue is full, so call it
-    from a thread that has nothing else to do.
-    """
-    call = _sync_file_range()
-    if call is not None:
-        call(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
 def fsync_dir(directory: Path) -> None:

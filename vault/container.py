@@ -91,8 +91,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
+import functools
 import hashlib
 import itertools
+import mmap
 import os
 import re
 import secrets
@@ -112,7 +115,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from vault import formats, hpke
-from vault._files import fsync_dir, open_to_read, start_writeback
+from vault._files import fsync_dir, open_to_read
 from vault.crypto import key_id
 from vault.errors import DecryptionError, FormatError, InputError
 from vault.formats import canonical_json, parse_json
@@ -201,8 +204,9 @@ _COPY_BLOCK = 1024 * 1024  # bytes per read when hashing or copying on disk
 _BATCH_SIZE = 1024 * 1024  # plaintext bytes handed between threads at once: whole chunks, at least one
 _PIPELINE_DEPTH = 2  # batches one thread may run ahead of the other
 _WRITE_AHEAD = 8  # batches the writer's encrypting thread may run ahead of its storing one (rides out a busy CPU)
-_WRITEBACK_SIZE = 8 * 1024 * 1024  # new bundle bytes the disk is asked to start writing at once
-_PAGE = 64 * 1024  # a multiple of any page size: where writeback ranges end
+_DIRECT_ALIGN = 4096  # offsets, lengths and buffer addresses of writes that bypass the page cache
+_DIRECT_BLOCK = 4 * 1024 * 1024  # bytes per such write
+_DIRECT_AHEAD = 4  # such writes waiting for the disk at most
 
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -862,19 +866,13 @@ class BundleWriter:
         cipher = _ImageCipher(self.data_key, self.bundle_id, len(self._images), name)
         plaintext_hash = hashlib.sha256()
         ciphertext_hash = hashlib.sha256()
-        offset = flushed = self._offset
-        # A third thread asks the disk to start on what is written, so finish()'s one fsync has little left.
-        disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vault-bundle-writeback")
+        # Planned, the ciphertext is in its final place: it goes past the page cache (the fsync then has
+        # little left). Unplanned, it goes to the spool, to be copied behind the header.
+        sink = _DirectWrites(fd, self._tmp, self._offset) if self._plan is not None else _Writes(fd, self._offset)
 
         def store(ciphertext: memoryview) -> None:  # on the second thread
-            nonlocal offset, flushed
             ciphertext_hash.update(ciphertext)
-            offset += _pwrite_all(fd, [ciphertext], offset)
-            if offset - flushed >= _WRITEBACK_SIZE:
-                # Whole pages only: a page being written to disk may make the next write into it wait.
-                upto = offset - offset % _PAGE
-                disk.submit(start_writeback, fd, flushed, upto - flushed)
-                flushed = upto
+            sink.write(ciphertext)
 
         # Read whole batches of chunks, one batch ahead, so the final chunk is known to be last. The buffers
         # are reused batch after batch: two of plaintext (this batch, the next), and of ciphertext one more
@@ -885,7 +883,7 @@ class BundleWriter:
         ciphertexts: list[memoryview] = []
         plaintext_length = 0
         chunk = 0
-        with disk, _Behind(depth=_WRITE_AHEAD) as behind:
+        with sink, _Behind(depth=_WRITE_AHEAD) as behind:
             current = plaintexts[0][: _read_into(src, plaintexts[0])]
             for n in itertools.count():
                 ahead = plaintexts[(n + 1) % 2]
@@ -997,6 +995,105 @@ class BundleWriter:
             raise InputError(f"{self.path}: the recipients differ from those planned")
         if len(header.to_bytes()) != len(self._plan.to_bytes()):  # cannot differ when all the above agrees
             raise InputError(f"{self.path}: the header's length differs from the space reserved for it")
+
+
+class _Writes:
+    """Bytes written back to back into ``fd`` from ``offset`` on, through the page cache."""
+
+    def __init__(self, fd: int, offset: int) -> None:
+        self._fd = fd
+        self._offset = offset
+
+    def __enter__(self) -> _Writes:
+        return self
+
+    def write(self, data: memoryview) -> None:
+        self._offset += _pwrite_all(self._fd, [data], self._offset)
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        pass
+
+
+class _DirectWrites(_Writes):
+    """Bytes written back to back into ``fd`` from ``offset`` on, past the page cache where the file system allows.
+
+    A bundle's ciphertext is written once and not read again by its writer,
+    so copying it into the page cache and having the kernel write it out
+    at the fsync costs CPU and time for nothing. This copies it into
+    page-aligned blocks (the part of the first block before ``offset`` read
+    back from the file, the unaligned end kept for the next block) that a
+    background thread writes through a second descriptor opened with
+    ``O_DIRECT``, while the caller goes on. Whatever cannot go that way (the
+    unaligned end, a file system that refuses ``O_DIRECT``) goes through the
+    page cache, at the same offsets: the file's bytes are the same either way.
+    The caller still fsyncs ``fd``.
+    """
+
+    def __init__(self, fd: int, path: Path | None, offset: int) -> None:
+        super().__init__(fd, offset)
+        self._direct: int | None = None
+        try:
+            if path is not None and hasattr(os, "O_DIRECT"):
+                self._direct = os.open(path, os.O_WRONLY | os.O_DIRECT)
+        except OSError:
+            pass  # a file system without O_DIRECT: the page cache, then
+        self._start = offset - offset % _DIRECT_ALIGN  # file offset of the current block's first byte
+        self._blocks = [mmap.mmap(-1, _DIRECT_BLOCK) for _ in range(_DIRECT_AHEAD + 1)]  # page-aligned
+        self._current = 0
+        self._filled = offset - self._start
+        self._blocks[0][: self._filled] = os.pread(fd, self._filled, self._start).ljust(self._filled, b"\0")
+        self._disk = _Behind(depth=_DIRECT_AHEAD)
+
+    def __enter__(self) -> _DirectWrites:
+        return self
+
+    def write(self, data: memoryview) -> None:
+        while data:
+            block = self._blocks[self._current]
+            n = min(len(data), _DIRECT_BLOCK - self._filled)
+            block[self._filled : self._filled + n] = data[:n]
+            self._filled += n
+            data = data[n:]
+            if self._filled == _DIRECT_BLOCK:
+                self._send()
+
+    def _send(self) -> None:
+        """Hand the current block's whole aligned part to the disk thread; carry its end into the next block."""
+        aligned = self._filled - self._filled % _DIRECT_ALIGN
+        block = self._blocks[self._current]
+        self._disk.submit(functools.partial(self._write_at, self._start), memoryview(block)[:aligned])
+        self._current = (self._current + 1) % len(self._blocks)  # its write is done: at most _DIRECT_AHEAD wait
+        self._blocks[self._current][: self._filled - aligned] = block[aligned : self._filled]
+        self._start += aligned
+        self._filled -= aligned
+
+    def _write_at(self, offset: int, data: memoryview) -> None:  # on the disk thread
+        if self._direct is not None:
+            try:
+                _pwrite_all(self._direct, [data], offset)
+                return
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                os.close(self._direct)  # alignment this file system refuses: the page cache from here on
+                self._direct = None
+        _pwrite_all(self._fd, [data], offset)
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        try:
+            with self._disk:
+                if kind is None:
+                    self._send()
+            if kind is None:  # the unaligned end
+                _pwrite_all(self._fd, [memoryview(self._blocks[self._current])[: self._filled]], self._start)
+        finally:
+            if self._direct is not None:
+                os.close(self._direct)
+            self._blocks = []  # unmapped once the disk thread's last view of them is gone
 
 
 def _tail(envelope_bytes: bytes, images_end: int) -> bytes:
