@@ -722,7 +722,10 @@ class BundleWriter:
 
     Both write the same bytes. Encryption runs on two threads: this one reads
     the plaintext, hashes and encrypts it; a second hashes the ciphertext and
-    writes it.
+    writes it. Planned, a third hands it to the disk past the page cache
+    (``O_DIRECT`` where the file system allows), so the one fsync at the end
+    has little left to do. A crash leaves at most the temporary file, never a
+    partial bundle under ``path``.
 
     Args:
         path: the bundle to create; it must not exist.
