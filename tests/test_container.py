@@ -343,7 +343,7 @@ def test_short_reads_from_the_source_give_the_same_chunks(tmp_path: Path) -> Non
 # --- the planned writer: header space reserved, images encrypted in place ------------------
 
 
-PLANNED = {  # across batches, threads and 4 MiB direct writes, an empty image, one the size of a chunk, a small one
+PLANNED = {  # across batches, threads and 1 MiB direct writes, an empty image, one the size of a chunk, a small one
     "blocks.bin": _random(9 * 1024 * 1024 + 3, 11),
     "empty.bin": b"",
     "chunk.bin": _random(CS, 12),

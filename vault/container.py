@@ -203,9 +203,9 @@ _MAX_NAME_BYTES = 255
 _COPY_BLOCK = 1024 * 1024  # bytes per read when hashing or copying on disk
 _BATCH_SIZE = 1024 * 1024  # plaintext bytes handed between threads at once: whole chunks, at least one
 _PIPELINE_DEPTH = 2  # batches one thread may run ahead of the other
-_WRITE_AHEAD = 8  # batches the writer's encrypting thread may run ahead of its storing one (rides out a busy CPU)
+_WRITE_AHEAD = 4  # batches the writer's encrypting thread may run ahead of its storing one (rides out a busy CPU)
 _DIRECT_ALIGN = 4096  # offsets, lengths and buffer addresses of writes that bypass the page cache
-_DIRECT_BLOCK = 4 * 1024 * 1024  # bytes per such write
+_DIRECT_BLOCK = 1024 * 1024  # bytes per such write
 _DIRECT_AHEAD = 4  # such writes waiting for the disk at most
 
 _HEX32 = re.compile(r"[0-9a-f]{32}")
