@@ -802,6 +802,17 @@ class BundleWriter:
         source of another length fails: it changed since it was measured),
         and :meth:`finish` must be given these recipients.
 
+        Example:
+            >>> import io, os, tempfile
+            >>> from cryptography.hazmat.primitives.asymmetric import ec
+            >>> station = ec.generate_private_key(ec.SECP256R1()).public_key()
+            >>> with BundleWriter(os.path.join(tempfile.mkdtemp(), "release.bundle")) as writer:
+            ...     recipients = seal_recipients(writer.data_key, writer.bundle_id, {"station-1": station})
+            ...     writer.plan([("fw.bin", 8)], recipients)
+            ...     image = writer.add_image("fw.bin", io.BytesIO(b"firmware"))
+            ...     writer.finish(recipients, b'{"not": "checked here"}').images == (image.entry,)
+            True
+
         Raises:
             FormatError: a name, length or recipient is malformed, or the
                 header would be too large.
