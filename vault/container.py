@@ -1047,17 +1047,17 @@ class _DirectWrites(_Writes):
 
     def __init__(self, fd: int, path: Path | None, offset: int) -> None:
         super().__init__(fd, offset)
+        self._start = offset - offset % _DIRECT_ALIGN  # file offset of the current block's first byte
+        self._blocks = [mmap.mmap(-1, _DIRECT_BLOCK) for _ in range(_DIRECT_AHEAD + 1)]  # page-aligned
+        self._current = 0
+        self._filled = offset - self._start
+        self._blocks[0][: self._filled] = os.pread(fd, self._filled, self._start).ljust(self._filled, b"\0")
         self._direct: int | None = None
         try:
             if path is not None and hasattr(os, "O_DIRECT"):
                 self._direct = os.open(path, os.O_WRONLY | os.O_DIRECT)
         except OSError:
             pass  # a file system without O_DIRECT: the page cache, then
-        self._start = offset - offset % _DIRECT_ALIGN  # file offset of the current block's first byte
-        self._blocks = [mmap.mmap(-1, _DIRECT_BLOCK) for _ in range(_DIRECT_AHEAD + 1)]  # page-aligned
-        self._current = 0
-        self._filled = offset - self._start
-        self._blocks[0][: self._filled] = os.pread(fd, self._filled, self._start).ljust(self._filled, b"\0")
         self._disk = _Behind(depth=_DIRECT_AHEAD)
 
     def __enter__(self) -> _DirectWrites:
@@ -1099,9 +1099,13 @@ class _DirectWrites(_Writes):
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
         try:
-            with self._disk:
+            try:
                 if kind is None:
                     self._send()
+            except BaseException as e:
+                self._disk.__exit__(type(e), e, e.__traceback__)  # drops the writes not started
+                raise
+            self._disk.__exit__(kind, error, traceback)  # waits for every write (and raises its error) unless failing
             if kind is None:  # the unaligned end
                 _pwrite_all(self._fd, [memoryview(self._blocks[self._current])[: self._filled]], self._start)
         finally:
