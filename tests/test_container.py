@@ -421,9 +421,10 @@ def test_a_planned_writer_refuses_what_differs_from_its_plan(tmp_path: Path) -> 
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_planned_writer_leaves_only_its_temporary_file_until_finish(tmp_path: Path) -> None:
-    # Images go straight into a temporary file beside the bundle; the bundle's name appears only
-    # when the file is whole, and leaving without finish() removes the temporary file.
+def test_a_planned_writer_leaves_no_file_until_finish(tmp_path: Path) -> None:
+    # Images go straight into a file beside the bundle that has no name (O_TMPFILE), so a writer that
+    # stops halfway (here an exception, as a crash would) leaves nothing in the folder; the bundle's
+    # name appears only when the file is whole.
     key, bundle_id = new_data_key(), new_bundle_id()
     recipients = seal_recipients(key, bundle_id, {STATION: _station().public_key})
     target = tmp_path / "release.bundle"
@@ -431,10 +432,14 @@ def test_a_planned_writer_leaves_only_its_temporary_file_until_finish(tmp_path: 
         with BundleWriter(target, bundle_id=bundle_id, data_key=key, chunk_size=CS) as writer:
             writer.plan([("a.bin", 4)], recipients)
             writer.add_image("a.bin", io.BytesIO(b"data"))
-            (tmp,) = tmp_path.iterdir()
-            assert tmp.name.startswith(".release.bundle.") and tmp.name.endswith(".tmp")
+            assert list(tmp_path.iterdir()) == []
             raise RuntimeError("power cut, as far as this writer knows")
     assert list(tmp_path.iterdir()) == []
+    with BundleWriter(target, bundle_id=bundle_id, data_key=key, chunk_size=CS) as writer:
+        writer.plan([("a.bin", 4)], recipients)
+        writer.add_image("a.bin", io.BytesIO(b"data"))
+        writer.finish(recipients, _envelope())
+    assert [p.name for p in tmp_path.iterdir()] == ["release.bundle"]
 
 
 def test_a_failing_sink_stops_the_decryption_thread(tmp_path: Path) -> None:

@@ -656,6 +656,42 @@ def _make_temp(target: Path) -> tuple[int, Path]:
     return fd, Path(name)
 
 
+def _make_unnamed(target: Path) -> tuple[int, Path | None]:
+    """A file in ``target``'s folder with no name yet (``O_TMPFILE``): a crash leaves nothing behind.
+
+    Its path is ``None``; :func:`_link` names it. Where the kernel or file
+    system has no ``O_TMPFILE``, a named temporary file (:func:`_make_temp`).
+    """
+    flag = getattr(os, "O_TMPFILE", 0)
+    if flag:
+        try:
+            return os.open(target.parent, flag | os.O_RDWR, 0o600), None
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+                raise InputError(f"cannot write in {target.parent}: {e.strerror}") from e
+    return _make_temp(target)
+
+
+def _reopen_path(fd: int, tmp: Path | None) -> str | Path:
+    """A path that opens the file behind ``fd`` again (an unnamed file's is under /proc)."""
+    return tmp if tmp is not None else f"/proc/self/fd/{fd}"
+
+
+def _link(fd: int, tmp: Path | None, target: Path) -> None:
+    """Give the file behind ``fd`` the name ``target``, never over an existing file."""
+    try:
+        if tmp is None:  # linkat(AT_SYMLINK_FOLLOW): CPython only calls it when given a directory descriptor
+            folder = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.link(f"/proc/self/fd/{fd}", target.name, dst_dir_fd=folder, follow_symlinks=True)
+            finally:
+                os.close(folder)
+        else:
+            os.link(tmp, target)
+    except FileExistsError as e:
+        raise InputError(f"{target} exists; vault does not write over files") from e
+
+
 def _discard(fd: int | None, tmp: Path | None) -> None:
     if fd is not None:
         try:
@@ -700,9 +736,9 @@ def _read_into(src: IO[bytes], view: memoryview) -> int:
 class BundleWriter:
     """Write a new bundle file, image by image, in constant memory.
 
-    Everything is written to a temporary file in ``path``'s folder
-    (``.<name>.<random>.tmp``); :meth:`finish` fsyncs it once and hard-links
-    it to ``path``, which never replaces an existing file, so ``path`` holds
+    Everything is written to a file in ``path``'s folder that has no name
+    yet (``O_TMPFILE``; where the file system lacks it, ``.<name>.<random>.tmp``);
+    :meth:`finish` fsyncs it once and links it to ``path``, which never replaces an existing file, so ``path`` holds
     a whole bundle or nothing. Leaving the ``with`` block without
     :meth:`finish` (or with an exception) removes the temporary file.
 
@@ -769,7 +805,7 @@ class BundleWriter:
         return tuple(self._images)
 
     def __enter__(self) -> BundleWriter:
-        self._fd, self._tmp = _make_temp(self.path)
+        self._fd, self._tmp = _make_unnamed(self.path)
         self._state = "open"
         return self
 
@@ -882,7 +918,11 @@ class BundleWriter:
         ciphertext_hash = hashlib.sha256()
         # Planned, the ciphertext is in its final place: it goes past the page cache (the fsync then has
         # little left). Unplanned, it goes to the spool, to be copied behind the header.
-        sink = _DirectWrites(fd, self._tmp, self._offset) if self._plan is not None else _Writes(fd, self._offset)
+        sink: _Writes
+        if self._plan is not None:
+            sink = _DirectWrites(fd, _reopen_path(fd, self._tmp), self._offset)
+        else:
+            sink = _Writes(fd, self._offset)
 
         def store(ciphertext: memoryview) -> None:  # on the second thread
             ciphertext_hash.update(ciphertext)
@@ -971,14 +1011,12 @@ class BundleWriter:
                 _write_all(out, _tail(envelope_bytes, images_end))
             os.fsync(out)
             os.fchmod(out, 0o644)
+            _link(out, tmp, self.path)
             os.close(out)
             out = None
-            try:
-                os.link(tmp, self.path)
-            except FileExistsError as e:
-                raise InputError(f"{self.path} exists; vault does not write over files") from e
-            os.unlink(tmp)
-            tmp = None
+            if tmp is not None:
+                os.unlink(tmp)
+                tmp = None
             fsync_dir(self.path.parent)
         except OSError as e:
             self._state = "failed"
@@ -993,10 +1031,10 @@ class BundleWriter:
         self._fd = self._tmp = None
         return header
 
-    def _take_temp(self) -> tuple[int, Path]:
+    def _take_temp(self) -> tuple[int, Path | None]:
         """The temporary file, from now on the caller's to close and remove."""
         fd, tmp = self._fd, self._tmp
-        assert fd is not None and tmp is not None
+        assert fd is not None
         self._fd = self._tmp = None
         return fd, tmp
 
@@ -1045,7 +1083,7 @@ class _DirectWrites(_Writes):
     The caller still fsyncs ``fd``.
     """
 
-    def __init__(self, fd: int, path: Path | None, offset: int) -> None:
+    def __init__(self, fd: int, path: str | Path | None, offset: int) -> None:
         super().__init__(fd, offset)
         self._start = offset - offset % _DIRECT_ALIGN  # file offset of the current block's first byte
         self._blocks = [mmap.mmap(-1, _DIRECT_BLOCK) for _ in range(_DIRECT_AHEAD + 1)]  # page-aligned
