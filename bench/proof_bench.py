@@ -1,7 +1,9 @@
 """Benchmark the onboarding check: device proofs verified per second on one core, against bare ECDSA verifies.
 
-Not a test. It sets up fresh SoftHSM2 tokens in its own folder (whatever
-``SOFTHSM2_CONF`` the caller has), runs the ceremonies and builds a promoted
+Not a test. It sets up its own environment whatever the caller's shell
+holds (``bench/_own.py``: its own SoftHSM2 tokens under ``--dir``, made if
+missing, none of the caller's ``SOFTHSM2_*``, ``OPENSSL_*``... variables, the
+repository's ``.venv`` if need be), runs the ceremonies and builds a promoted
 bundle as the test suite does (``tests/verify``), provisions ``--devices``
 simulated devices at station-1, exports the evidence, audits it and cosigns
 it with the auditor's token (``vault.audit.cosign``), giving one C2SP
@@ -38,7 +40,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _own import ROOT, own_dir, own_environment, own_interpreter
+
+if __name__ == "__main__":
+    own_interpreter("cryptography", "pkcs11")
 sys.path.insert(0, str(ROOT))
 
 
@@ -46,16 +51,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--dir", type=Path, default=None, help="where to work (made if missing; default: temporary)")
+    parser.add_argument("--dir", type=Path, default=None, help="where to work, made if missing (default: temporary)")
     args = parser.parse_args()
 
-    if args.dir is not None:
-        args.dir.mkdir(parents=True, exist_ok=True)
+    own_dir(parser, args.dir)
     work = Path(tempfile.mkdtemp(prefix="vault-proof-bench-", dir=args.dir))
+    own_environment(work / "softhsm")
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from bench._setup import fresh_world
+    from tests.verify.conftest import World
     from vault.audit import audit, cosign
     from vault.policy import load_policy
     from vault.proof import verify_device_proof
@@ -63,7 +68,8 @@ def main() -> None:
     from vault.verify._simulate import run_simulation
 
     print(f"setting up: ceremonies, a promoted bundle, {args.devices} devices at station-1, in {work}")
-    world = fresh_world(work)
+    (work / "world").mkdir()
+    world = World(work / "world")
     bundle = world.bundle(allocation=f"{{station-1: {args.devices}, station-2: 1}}", total=args.devices + 1)
     with world.station(work / "state") as station:
         station.load(bundle, world.policy)
