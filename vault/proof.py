@@ -48,12 +48,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -68,8 +66,7 @@ from vault.checkpoint import (
 )
 from vault.crypto import Signer, spki_der, verify_signature
 from vault.errors import FormatError, InputError, ProofError, SignatureError, VaultError
-from vault.formats import STATEMENT_TYPE, Envelope, verify_envelope
-from vault.manifest import MANIFEST_PREDICATE, MAX_MANIFEST_SIZE
+from vault.manifest import Manifest, open_manifest
 from vault.pki import verify_issued_by
 from vault.policy import RoleKey, TrustPolicy
 
@@ -349,7 +346,7 @@ def _verify(certificate: bytes | x509.Certificate, proof: bytes, policy: TrustPo
         raise ProofError(f"the certificate is not issued by station {station_id}'s enrolled CA") from e
     _included(parsed, checkpoint)
     try:
-        manifest = _manifest(parsed.extra, station.signing)
+        manifest = open_manifest(parsed.extra, {station.signing.key_id: station.signing.public_key})
     except VaultError as e:
         raise ProofError(f"the proof's manifest does not verify under station {station_id}'s key: {e}") from e
     _matches(manifest, cert, station_id, parsed.index)
@@ -377,81 +374,7 @@ def _included(parsed: ProofFile, checkpoint: Checkpoint) -> None:
         raise ProofError(f"the manifest is not in the log at index {parsed.index} of size {checkpoint.size}") from e
 
 
-@dataclass(frozen=True)
-class _Manifest:
-    """The fields of a manifest a device proof stands on."""
-
-    id: str
-    sequence: int
-    event: str
-    station_id: str
-    hardware_id: str
-    serial: str | None
-    certificate_sha256: str | None
-
-
-def _manifest(envelope_bytes: bytes, signing: RoleKey) -> _Manifest:
-    """The station-signed manifest in a proof: its signature verified, then the fields a proof needs read.
-
-    The whole manifest was checked field by field by the audit before the
-    auditor cosigned the log holding it (a malformed one is a finding that
-    keeps the log from being cosigned), so the onboarding check verifies
-    the station's signature and reads, strictly typed, only what it relies
-    on: the statement and predicate types, the subject (the hardware id),
-    and the id, position, event, station, serial and certificate digest.
-    """
-    envelope = Envelope.from_json(envelope_bytes, max_size=MAX_MANIFEST_SIZE, what="manifest")
-    verify_envelope(envelope, {signing.key_id: signing.public_key}, 1, what="manifest")
-    statement = _loads(envelope.payload)
-    if not isinstance(statement, dict) or statement.get("_type") != STATEMENT_TYPE:
-        raise FormatError("the manifest is not an in-toto statement")
-    if statement.get("predicateType") != MANIFEST_PREDICATE or not isinstance(statement.get("predicate"), dict):
-        raise FormatError("the signed statement is not a manifest")
-    p = statement["predicate"]
-    text = {name: p.get(name) for name in ("id", "event", "station_id", "hardware_id")}
-    optional = {name: p.get(name) for name in ("serial", "certificate_sha256")}
-    sequence = p.get("sequence")
-    if not all(isinstance(v, str) for v in text.values()) or not all(
-        v is None or isinstance(v, str) for v in optional.values()
-    ):
-        raise FormatError("a manifest field has the wrong type")
-    if not isinstance(sequence, int) or isinstance(sequence, bool):
-        raise FormatError("the manifest's sequence is not a whole number")
-    hwid = text["hardware_id"]
-    try:
-        digest = hashlib.sha256(bytes.fromhex(hwid)).hexdigest()
-    except ValueError as e:
-        raise FormatError("the manifest's hardware id is not hex") from e
-    if statement.get("subject") != [{"name": f"hwid:{hwid}", "digest": {"sha256": digest}}]:
-        raise FormatError("the manifest's subject is not its hardware id")
-    serial, certificate = optional["serial"], optional["certificate_sha256"]
-    return _Manifest(text["id"], sequence, text["event"], text["station_id"], hwid, serial, certificate)
-
-
-def _loads(payload: bytes) -> Any:
-    """The signed statement's JSON: no duplicate key, no float or NaN, UTF-8 (the size is capped already).
-
-    Lighter than :func:`vault.formats.parse_json`, whose walk over every
-    value (the manifest's test records too) costs more than the signatures
-    here; the fields read are then type-checked one by one.
-    """
-
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        found = dict(items)
-        if len(found) != len(items):
-            raise ValueError("a duplicate key")
-        return found
-
-    def refuse(text: str) -> Any:
-        raise ValueError(f"the number {text[:20]}")
-
-    try:
-        return json.loads(payload.decode("utf-8"), object_pairs_hook=pairs, parse_float=refuse, parse_constant=refuse)
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise FormatError(f"the manifest statement is not strict JSON: {e}") from e
-
-
-def _matches(manifest: _Manifest, cert: x509.Certificate, station_id: str, index: int) -> None:
+def _matches(manifest: Manifest, cert: x509.Certificate, station_id: str, index: int) -> None:
     if manifest.station_id != station_id or manifest.sequence != index:
         where = f"station {manifest.station_id} position {manifest.sequence}"
         raise ProofError(f"the manifest names {where}, not the log's")
