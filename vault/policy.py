@@ -76,7 +76,7 @@ __all__ = [
 
 POLICY_PREDICATE = "https://vault.dev/trust-policy/v1"
 MAX_POLICY_SIZE = 4 * 1024 * 1024
-ROLES = ("officer", "approver", "release-signer", "station", "auditor")
+ROLES = ("officer", "approver", "release-signer", "station", "auditor", "secrets-recipient")
 
 _PREDICATE_FIELDS = frozenset(
     {
@@ -94,6 +94,7 @@ _PREDICATE_FIELDS = frozenset(
         "custody",
     }
 )
+_OPTIONAL_FIELDS = frozenset({"secrets_recipient"})  # absent from policies made before it existed
 _GROUP_FIELDS = frozenset({"threshold", "keys"})
 _CERTIFIED_FIELDS = frozenset({"key_id", "certificate"})
 _OFFICER_FIELDS = frozenset({"key_id", "spki"})
@@ -178,6 +179,8 @@ class TrustPolicy:
     custody: Mapping[str, Any]
     predicate: Mapping[str, Any] = field(repr=False)
     digest: str = ""  # SHA-256 hex of the envelope bytes as received
+    secrets_recipient: RoleKey | None = None
+    """The device maker's key that per-device secrets are sealed to (HPKE), in the device maker's token."""
 
     def revocation(self, key: str) -> Revocation | None:
         """The revocation of the key with id ``key``, if it was revoked."""
@@ -256,7 +259,8 @@ def load_policy(
     if statement.subjects != (expected_subject,):
         raise PolicyError("trust policy: its subject is not the pinned root certificate")
 
-    p = check_fields(statement.predicate, _PREDICATE_FIELDS, what="trust policy")
+    optional = _OPTIONAL_FIELDS & set(statement.predicate) if isinstance(statement.predicate, dict) else set()
+    p = check_fields(statement.predicate, _PREDICATE_FIELDS | optional, what="trust policy")
     root_entry = check_fields(p["root"], _ROOT_FIELDS, what="trust policy root")
     if root_entry["key_id"] != root_id or _b64(root_entry["certificate"], "root certificate") != root_der:
         raise PolicyError("trust policy: its root is not the pinned root certificate")
@@ -290,6 +294,9 @@ def load_policy(
         custody=_object(p["custody"], "custody"),
         predicate=p,
         digest=hashlib.sha256(data).hexdigest(),
+        secrets_recipient=None
+        if p.get("secrets_recipient") is None
+        else _certified(p["secrets_recipient"], root, "secrets recipient"),
     )
     _check_not_revoked(policy)
     if policy.version < highest_seen:
@@ -411,6 +418,8 @@ def _check_not_revoked(policy: TrustPolicy) -> None:
         in_roles.append(("release signer", policy.release_signer))
     if policy.auditor:
         in_roles.append(("auditor", policy.auditor))
+    if policy.secrets_recipient:
+        in_roles.append(("secrets recipient", policy.secrets_recipient))
     if policy.revocation(policy.root.key_id):
         raise PolicyError("trust policy: the root key itself is listed as revoked")
     for holder, key in in_roles:

@@ -56,11 +56,13 @@ from vault.audit._report import (
     BundleReport,
     BundleSummary,
     ExportSummary,
+    LotReport,
     Quality,
     Reconciliation,
     Report,
     StationReport,
 )
+from vault.audit._selection import AuditedDevice, Selection, audited_devices
 
 __all__ = [
     "CODES",
@@ -69,16 +71,20 @@ __all__ = [
     "REPORT_FORMAT",
     "SEVERITIES",
     "AuditProgress",
+    "AuditedDevice",
     "BundleReport",
     "BundleSummary",
     "Evidence",
     "ExportSummary",
     "Finding",
+    "LotReport",
     "Quality",
     "Reconciliation",
     "Report",
+    "Selection",
     "StationReport",
     "Thresholds",
     "audit",
+    "audited_devices",
     "severity_rank",
 ]

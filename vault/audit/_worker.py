@@ -150,6 +150,9 @@ Measured = tuple[
 """(log position, ISO week, (step, milliseconds) in the order run, (name, unit, lower, upper, value, passed) of
 each measurement, (name, unit, value) of each calibration coefficient) of a manifest with a test record."""
 
+LotRow = tuple[int, str, str, str]
+"""(log position, manifest id, component, lot code) of each lot a manifest records."""
+
 Clock = tuple[str, int, int, int, str, str, "str | None"]
 """(clock session, monotonic seconds, wall-clock seconds since 1970, log position, manifest id, hardware id,
 serial) of a manifest that records its station's monotonic clock."""
@@ -182,6 +185,7 @@ class ChunkResult:
     verified: int = 0
     events: dict[str, int] = field(default_factory=dict)
     measured: list[Measured] = field(default_factory=list)  # the audited release's units with a test record
+    lots: list[LotRow] = field(default_factory=list)  # the component lots each unit's manifest records
 
 
 # --- per-process state ----------------------------------------------------------------------
@@ -329,6 +333,8 @@ class _Chunk:
                 result.head = value
             elif kind == "checkpoint" and i == last_index and result.last:
                 result.tail = value
+            elif kind == "secrets":  # sealed per-device secrets for the device maker: opened by 'vault secrets'
+                pass
             else:
                 shown = kind if isinstance(kind, str) else "untyped"
                 result.misplaced.append(f"a {shown[:32]!r} record out of place (record {i} of chunk {result.index})")
@@ -495,6 +501,8 @@ class _Chunk:
             (position, mid, event, hwid, serial, m.device_key_id, m.unit is not None, in_bundle, m.unit, step, week,
              epoch, m.fixture, operator)
         )  # fmt: skip
+        if m.lots:
+            result.lots.extend((position, mid, component, lot) for component, lot in m.lots)
         if m.quality is not None and in_bundle:
             result.measured.append((position, week or _week(time), *m.quality))
         if m.unit is not None:
@@ -706,6 +714,7 @@ class _Fields(NamedTuple):
     clock_session: str | None = None
     clock_monotonic: int | None = None
     quality: Tested | None = None
+    lots: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def of(cls, m: Manifest) -> _Fields:
@@ -736,6 +745,7 @@ class _Fields(NamedTuple):
             m.clock_session,
             m.clock_monotonic,
             None if m.quality is None else _tested(m.quality),
+            tuple(sorted((m.lots or {}).items())),
         )
 
 

@@ -64,6 +64,7 @@ class Credentials:
     release: Pkcs11Uri | None = None
     approvers: Mapping[str, Pkcs11Uri] = field(default_factory=dict)
     auditor: Pkcs11Uri | None = None
+    backend: Pkcs11Uri | None = None  # the device maker's token: the secrets recipient's key
     recovery: Pkcs11Uri | None = None
     recovery_so: Pkcs11Uri | None = None
 

@@ -141,6 +141,7 @@ _SCHEMA = Tagged(
                     required=False,
                 ),
                 "auditor": Field(_ROLE, required=False),
+                "secrets_recipient": Field(_ROLE, required=False),
             },
         ),
         "policy": Record(
@@ -193,6 +194,7 @@ _CREDENTIALS_SCHEMA = Record(
         "release": Field(Str(max_len=4096), required=False),
         "approvers": Field(Map(Str(max_len=4096), key=Str(pattern=_ID), max_len=16), required=False, default={}),
         "auditor": Field(Str(max_len=4096), required=False),
+        "backend": Field(Str(max_len=4096), required=False),
         "recovery": Field(Str(max_len=4096), required=False),
         "recovery_so": Field(Str(max_len=4096), required=False),
     }
@@ -308,6 +310,7 @@ def _operation_spec(kind: str, doc: dict[str, Any], path: Path) -> Any:
             release_signer=RoleSpec(**doc["release_signer"]) if doc["release_signer"] else None,
             approvers=approvers,
             auditor=RoleSpec(**doc["auditor"]) if doc["auditor"] else None,
+            secrets_recipient=RoleSpec(**doc["secrets_recipient"]) if doc["secrets_recipient"] else None,
         )
     if kind == "policy":
         return RenewPolicy(doc["policy"].get("approvers_threshold"))
@@ -365,6 +368,7 @@ def load_credentials(path: Path) -> Credentials:
         release=optional("release"),
         approvers={aid: uri(text, f"approvers.{aid}") for aid, text in doc["approvers"].items()},
         auditor=optional("auditor"),
+        backend=optional("backend"),
         recovery=optional("recovery"),
         recovery_so=optional("recovery_so"),
     )
