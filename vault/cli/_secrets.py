@@ -89,11 +89,13 @@ def export(
     """
     from vault.errors import InputError
     from vault.policy import MAX_POLICY_SIZE
-    from vault.secrets import export_secrets, rows_csv, write_export
+    from vault.secrets import check_free, export_secrets, rows_csv, write_export
     from vault.token import open_token
 
     if (out is None) == (not to_stdout):
         raise InputError("give --out FOLDER for the rows (or --stdout to print them)")
+    if out is not None:
+        check_free(out, overwrite=force)  # before the audit: a refusal then costs nothing
     paths = _exports(exports)
     root = _root(root_cert)
     policy = read_capped(policy_file, MAX_POLICY_SIZE, "trust policy")

@@ -41,6 +41,7 @@ __all__ = [
     "RECIPIENT_LABEL",
     "BackendRow",
     "SecretsExport",
+    "check_free",
     "export_secrets",
     "refused_csv",
     "rows_csv",
@@ -264,6 +265,19 @@ def refused_csv(refused: Sequence[tuple[AuditedDevice, str]]) -> str:
     return out.getvalue()
 
 
+def check_free(out: Path, *, overwrite: bool = False) -> None:
+    """Refuse, before anything is opened, a folder that already holds the files :func:`write_export` writes.
+
+    Raises:
+        InputError: one of them exists and ``overwrite`` is false.
+    """
+    if overwrite:
+        return
+    for name in (f"{SECRETS_FILE}.csv", f"{SECRETS_FILE}.json", REFUSED_FILE):
+        if (out / name).exists():
+            raise InputError(f"{out / name} exists; vault does not write over files (remove it, or pass --force)")
+
+
 def write_export(
     result: SecretsExport, out: Path, *, overwrite: bool = False, say: Callable[[str], None] | None = None
 ) -> list[Path]:
@@ -275,6 +289,7 @@ def write_export(
     Raises:
         InputError: a file exists, or the folder cannot be made or written.
     """
+    check_free(out, overwrite=overwrite)
     try:
         out.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as e:
@@ -284,10 +299,6 @@ def write_export(
         (out / f"{SECRETS_FILE}.json", rows_json(result)),
         (out / REFUSED_FILE, refused_csv(result.refused)),
     ]
-    if not overwrite:
-        for path, _ in files:
-            if path.exists():
-                raise InputError(f"{path} exists; vault does not write over files (remove it, or pass --force)")
     written = []
     for path, text in files:
         written.append(write_new(path, text.encode("utf-8"), overwrite=overwrite, mode=0o600))
