@@ -6,7 +6,10 @@ from __future__ import annotations
 import base64
 import csv
 import dataclasses
+import json
 import os
+import sqlite3
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from tests.cli.test_station_config import STAND_IN, command_fixture, config, load
+from tests.cli.test_station_config import manifests as station_manifests
 from tests.cli.test_token_cli import assert_one_line_error, run
 from tests.conftest import forget_heads
 from tests.verify.conftest import World
@@ -24,6 +29,7 @@ from vault.manifest import Manifest, open_manifest
 from vault.secrets import SecretsExport, export_secrets
 from vault.token import format_uri, open_token
 from vault.verify import SimulatedDevice, Station
+from vault.verify._recover import recover_state
 from vault.verify._station import _check_secrets_recipient
 
 PSK = "nvs:psk"
@@ -270,3 +276,77 @@ def test_a_station_refuses_a_release_whose_recipient_is_not_the_policys(station:
     other = dataclasses.replace(loaded.release, secrets_recipient="ab" * 32)
     with pytest.raises(PolicyError, match="build the release again"):
         _check_secrets_recipient(other, loaded.policy)
+
+
+# --- the command adapter, the configuration's components, a recovered folder ------------------------
+
+
+def test_the_command_adapter_hands_each_secret_through_a_fifo_and_without_the_step_fails_the_unit(
+    sworld: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tool = f"[{sys.executable}, {STAND_IN}"
+    install = f"{{run: {tool}, put-secret, --port, '{{port}}', --name, '{{secret_target}}', '{{secret}}']}}"
+    fixtures = command_fixture(1, tmp_path / "port-1", **{"install-secret": install})
+    fixtures += command_fixture(2, tmp_path / "port-2")  # no install-secret step
+    for name in ("station-1", "station-2"):
+        forget_heads(sworld.tokens[name])
+    path = config(sworld, tmp_path, fixtures)
+    load(capsys, sworld, path)
+    code, _, err = run(capsys, "station", "provision", "--config", str(path), "--count", "2", "--operator", "alice")
+    assert code == 0, err
+    logged = {m["fixture"]: m for m in station_manifests(tmp_path / "state")}
+    assert logged[1]["event"] == "provisioned"
+    assert [s["installed"] for s in logged[1]["secrets"]] == [True, True]  # type: ignore[index]
+    assert logged[2]["event"] == "failed" and logged[2]["failed_step"] == "install-secret"
+    assert "has no install-secret step" in str(logged[2]["detail"])
+    assert [s["installed"] for s in logged[2]["secrets"]] == [False, False]  # type: ignore[index]
+    held = json.loads((tmp_path / "port-1" / "device-secrets.json").read_text())
+    uid = json.loads((tmp_path / "port-1" / "device.json").read_text())["uid"]
+
+    code, _, err = run(capsys, "station", "export", "--config", str(path))
+    assert code == 0, err
+    result = run_export(sworld, tmp_path / "evidence")
+    rows = {(r.hardware_id, r.secret_name): r.secret_hex for r in result.rows}
+    assert rows == {(uid, "backend-psk"): held[PSK], (uid, "storage-key"): held[STORAGE]}
+
+
+def test_components_and_lots_from_the_configuration_and_the_command_line(
+    sworld: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("station-1", "station-2"):
+        forget_heads(sworld.tokens[name])
+    simulated = "  - {slot: 1, adapter: simulated}\n"
+    bad = config(sworld, tmp_path, simulated, extra="components:\n  mcu: {pattern: 'L[0-9', lot: L1}\n")
+    code, _, err = run(capsys, "station", "status", "--config", str(bad))
+    assert code == 1
+    assert_one_line_error(err, "station.yaml:11: components.mcu.pattern: not a regular expression")
+    bad.write_text(bad.read_text().replace("pattern: 'L[0-9'", "pattern: 'L[0-9]{4}'"))
+    code, _, err = run(capsys, "station", "status", "--config", str(bad))
+    assert code == 1
+    assert_one_line_error(err, "station.yaml:11: components.mcu.lot: lot 'L1' does not match the pattern")
+
+    path = config(sworld, tmp_path, simulated, extra="components:\n  mcu: {pattern: 'L[0-9]{4}', lot: L0001}\n")
+    load(capsys, sworld, path)
+    code, _, err = run(capsys, "station", "lot", "set", "mcu", "X9", "--config", str(path))
+    assert code == 1
+    assert_one_line_error(err, "lot code 'X9' does not match mcu's lot pattern 'L[0-9]{4}'")
+    assert run(capsys, "station", "provision", "--config", str(path), "--count", "1", "--operator", "bob")[0] == 0
+    code, out, err = run(capsys, "station", "lot", "set", "mcu", "L0002", "--config", str(path))
+    assert code == 0 and "in force     mcu L0002" in out, err
+    assert run(capsys, "station", "provision", "--config", str(path), "--count", "1", "--operator", "bob")[0] == 0
+    assert [m["lots"] for m in station_manifests(tmp_path / "state")] == [{"mcu": "L0001"}, {"mcu": "L0002"}]
+
+
+def test_a_recovered_state_folder_keeps_the_sealed_secrets(sworld: World, station: Station, tmp_path: Path) -> None:
+    for i in range(2):
+        station.provision(SimulatedDevice(label=f"SN-RC{i}"), label=f"SN-RC{i}")
+    with pytest.raises(DeviceError):
+        station.provision(SimulatedDevice(label="SN-RCF", fail_at="verify"), label="SN-RCF")
+    station.export(tmp_path / "evidence")
+    before = station.state.read().execute("SELECT * FROM sealed_secrets ORDER BY sequence, name").fetchall()
+    assert len(before) == 6
+    recover_state(tmp_path / "recovered", token=sworld.tokens["station-1"], station_id="station-1",
+                  root=sworld.root_cert, sources=[tmp_path / "evidence"])  # fmt: skip
+    with sqlite3.connect(tmp_path / "recovered" / "station.sqlite") as db:
+        after = db.execute("SELECT * FROM sealed_secrets ORDER BY sequence, name").fetchall()
+    assert after == before
