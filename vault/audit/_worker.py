@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from vault.crypto import curve_of, load_spki
+from vault.device_secrets import parse_sealed_records
 from vault.errors import FormatError, SignatureError, ThresholdError, VaultError
 from vault.evidence import MAX_RECORD_SIZE, RawChunk, decrypt_chunk
 from vault.formats import MAX_SIGNATURE_SIZE, PAYLOAD_TYPE_INTOTO, STATEMENT_TYPE
@@ -56,6 +57,7 @@ from vault.manifest import (
     Manifest,
     QualityRecord,
     open_manifest,
+    parse_lots,
 )
 from vault.merkle import leaf_hash
 from vault.policy import format_time
@@ -766,6 +768,7 @@ _b2a = binascii.b2a_base64
 _MAX_SIG = MAX_SIGNATURE_SIZE
 _PAE_HEAD = b"DSSEv1 %d %s " % (len(PAYLOAD_TYPE_INTOTO), PAYLOAD_TYPE_INTOTO.encode())
 _MAX_COUNT = 2**63
+_MAX_PART = MAX_MANIFEST_SIZE  # an optional field's JSON, read after the match
 
 
 def _canonical_statement() -> re.Pattern[str]:
@@ -796,12 +799,15 @@ def _canonical_statement() -> re.Pattern[str]:
         ("id", r'"([0-9a-f]{32})"'),
         ("images", rf"\[((?:{image}(?:,{image}){{0,63}})?)\]"),
         ("keys", r'\{"issuing_ca":' + sha256 + ',"signing":' + sha256 + r"\}"),
-        ("label", optional_text),
+        # the component lots (a mapping of plain strings) and the sealed secrets' records (a list of flat
+        # objects), optional, found by their braces and brackets and read strictly after the match
+        ("label", optional_text + r'(?:,"lots":(\{[^{}]*\}))?'),
         ("operator", text),
         ("policy_version", count),
         # the test record's three lists, found by their brackets (a name holding a "]" takes the generic path)
         ("product", text + r'(?:,"quality":(\{"calibration":\[[^\]]*\],'
-                           r'"measurements":\[[^\]]*\],"steps":\[[^\]]*\]\}))?'),
+                           r'"measurements":\[[^\]]*\],"steps":\[[^\]]*\]\}))?'
+                           r'(?:,"secrets":(\[[^\]]*\]))?'),
         ("security_counter", count),
         ("sequence", count),
         ("serial", optional_text),
@@ -944,8 +950,9 @@ def _statement_fields(text: str, usual_images: Mapping[str, tuple[tuple[str, str
     (
         bundle_id, certificate_serial, certificate_sha256, clock, clock_monotonic, clock_session, detail,
         device_key_id, event, failed_step,
-        fixture, hwid, mid, images_text, issuing_ca, signing, label, operator, policy_version, product, quality_text,
-        security_counter, sequence, serial, station_id, time, unit, version, subject_digest, subject_hwid,
+        fixture, hwid, mid, images_text, issuing_ca, signing, label, lots_text, operator, policy_version, product,
+        quality_text, secrets_text, security_counter, sequence, serial, station_id, time, unit, version,
+        subject_digest, subject_hwid,
     ) = match.groups()  # fmt: skip
     if subject_hwid != hwid or hashlib.sha256(bytes.fromhex(hwid)).hexdigest() != subject_digest:
         return None
@@ -971,6 +978,14 @@ def _statement_fields(text: str, usual_images: Mapping[str, tuple[tuple[str, str
         quality = _quality_fields(quality_text, event)
         if quality is None:
             return None
+    lots: tuple[tuple[str, str], ...] = ()
+    try:  # checked as parse_manifest does (the secrets are only checked: the audit counts by lot, not by secret)
+        if lots_text is not None:
+            lots = tuple(sorted(parse_lots(parse_json(lots_text.encode(), max_size=_MAX_PART, what="lots")).items()))
+        if secrets_text is not None:
+            parse_sealed_records(parse_json(secrets_text.encode(), max_size=_MAX_PART, what="secrets"))
+    except FormatError:
+        return None
     return _Fields(
         mid,
         counts[0],
@@ -998,6 +1013,7 @@ def _statement_fields(text: str, usual_images: Mapping[str, tuple[tuple[str, str
         clock_session,
         monotonic,
         quality,
+        lots,
     )
 
 
