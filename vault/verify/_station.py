@@ -700,6 +700,11 @@ class Station:
             checked[name] = (compiled, lot)
         self._components = checked
 
+    @property
+    def components(self) -> tuple[str, ...]:
+        """The components whose lots this station records (:meth:`declare_components`), sorted."""
+        return tuple(sorted(getattr(self, "_components", {})))
+
     def set_lot(self, component: str, code: str) -> None:
         """Record the lot now in use for ``component`` (a reel scanned at the line), for every unit from now on.
 
