@@ -6,10 +6,9 @@ import dataclasses
 import datetime
 
 import pytest
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from vault.crypto import key_id
+from tests.audit.conftest import SoftSigner
 from vault.device_secrets import (
     SealedRecord,
     SecretSpec,
@@ -73,16 +72,6 @@ def test_a_malformed_manifest_secrets_field_is_refused() -> None:
         parse_sealed_records([{**good, "secret": "00"}])
 
 
-class _Signer:
-    def __init__(self) -> None:
-        self._key = ec.generate_private_key(ec.SECP256R1())
-        self.public_key = self._key.public_key()
-        self.key_id = key_id(self.public_key)
-
-    def sign(self, data: bytes) -> bytes:
-        return self._key.sign(data, ec.ECDSA(hashes.SHA256()))
-
-
 def _manifest(**changes: object) -> Manifest:
     base = Manifest(
         id="00" * 16, sequence=0, event="provisioned", station_id="station-1", operator="op", fixture=1,
@@ -95,7 +84,7 @@ def _manifest(**changes: object) -> Manifest:
 
 
 def test_secrets_and_lots_round_trip_and_manifests_without_them_read_as_before() -> None:
-    signer = _Signer()
+    signer = SoftSigner()
     trusted = {signer.key_id: signer.public_key}
     record = SealedRecord("backend-psk", "psk-256", "cd" * 32, "ab" * 32, False)
     full = _manifest(secrets=(record,), lots={"mcu": "L2311A"})

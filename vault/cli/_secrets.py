@@ -10,16 +10,24 @@ the secrets recipient's token) and writes the backend's rows. Exit status:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from vault._files import read_capped
-from vault.cli._audit import AUDITOR_LABEL, EXIT_FINDINGS, _closeouts, _exports, _root
+from vault.cli._audit import (
+    AUDITOR_LABEL,
+    EXIT_FINDINGS,
+    _closeouts,
+    _exports,
+    _root,
+    audit_limits,
+    evidence_inputs,
+)
 from vault.cli._options import PKCS11_URI, force_option
 from vault.token import Pkcs11Uri
 
 _SEVERITIES = ("critical", "high", "medium", "low", "info")
-_PATH = click.Path(exists=True, dir_okay=False, path_type=Path)
 _RECIPIENT_LABEL = "secrets-decrypt"  # vault.secrets.RECIPIENT_LABEL, without importing it for --help
 
 
@@ -29,17 +37,7 @@ def secrets() -> None:
 
 
 @secrets.command("export")
-@click.argument("exports", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--root-cert", type=_PATH, required=True, help="The pinned root certificate (PEM or DER).")
-@click.option("--policy", "policy_file", type=_PATH, required=True, help="The trust policy to audit against.")
-@click.option(
-    "--bundle",
-    "bundle_files",
-    type=click.Path(exists=True, path_type=Path),
-    required=True,
-    multiple=True,
-    help="A release bundle the stations used, or a folder of them; repeat for several releases.",
-)
+@evidence_inputs
 @click.option(
     "--auditor-token",
     "auditor_uri",
@@ -63,7 +61,7 @@ def secrets() -> None:
     show_default=True,
     help="Refuse a device touched by a finding at this severity or worse.",
 )
-@click.option("--workers", type=click.IntRange(1, 1024), help="Audit worker processes (default: one per CPU).")
+@audit_limits
 @force_option
 def export(
     exports: tuple[Path, ...],
@@ -75,18 +73,24 @@ def export(
     out: Path | None,
     to_stdout: bool,
     fail_on: str,
+    max_silence: Any,
     workers: int | None,
+    min_cycle: float,
+    max_clock_step: int,
+    operator_window: int,
+    max_reworks: int,
     force: bool,
 ) -> None:
     """Write the backend's rows (serial, hardware id, secret) for the devices an audit of EXPORTS passed.
 
-    Audits the exports as 'vault audit' does; a device touched by a finding at
+    Audits the exports as 'vault audit' does (with the same limits); a device touched by a finding at
     --fail-on or worse is refused and listed (serial, hardware id, station,
     finding) on standard error and in refused-devices.csv. The others' secrets
     are opened with the device maker's token and written to --out as
     backend-secrets.csv and backend-secrets.json, mode 0600. Secrets go to
     standard output only with --stdout.
     """
+    from vault.audit import Thresholds
     from vault.errors import InputError
     from vault.policy import MAX_POLICY_SIZE
     from vault.secrets import check_free, export_secrets, rows_csv, write_export
@@ -116,6 +120,10 @@ def export(
             fail_on=fail_on,
             closeouts=_closeouts(exports),
             workers=workers,
+            audit_options={
+                "thresholds": Thresholds(min_cycle, max_clock_step, operator_window, max_reworks),
+                "max_silence": max_silence,
+            },
         )
     report = result.report
     click.echo(
