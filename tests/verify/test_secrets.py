@@ -350,3 +350,14 @@ def test_a_recovered_state_folder_keeps_the_sealed_secrets(sworld: World, statio
     with sqlite3.connect(tmp_path / "recovered" / "station.sqlite") as db:
         after = db.execute("SELECT * FROM sealed_secrets ORDER BY sequence, name").fetchall()
     assert after == before
+
+
+def test_the_wrong_recipient_token_is_refused_before_anything_is_opened(
+    sworld: World, station: Station, tmp_path: Path
+) -> None:
+    station.provision(SimulatedDevice(label="SN-W1"), label="SN-W1")
+    station.export(tmp_path / "evidence")
+    with open_token(sworld.tokens["auditor"]) as a, pytest.raises(InputError, match="is not trust policy v5's secrets"):
+        export_secrets(sorted((tmp_path / "evidence").glob("*.vault-evidence")), policy=sworld.policy,
+                       root_certificate=sworld.root_cert, bundle_path=sworld.bundle_path,
+                       auditor=a.key(label="auditor-decrypt"), recipient=a.key(label="auditor-decrypt"))  # fmt: skip
