@@ -536,6 +536,14 @@ class Station:
         without any flag: the new attempt keeps its serial and, under the same
         release, its unit (no new unit is counted); a success is a ``retry``.
 
+        The per-device secrets the release declares are drawn from the station
+        token and sealed to the secrets recipient as soon as the unit is
+        reserved; the adapter installs each after the certificate, before the
+        lock. The manifest records each one sealed (installed or not), the
+        station keeps only the sealed blob (``docs/adr/0012-device-secrets.md``).
+        With components declared (:meth:`declare_components`), the manifest
+        records the lots in force.
+
         Args:
             device: the device on the fixture, behind its adapter.
             label: the serial scanned from its label; it must be the device's
