@@ -60,7 +60,7 @@ def test_reset_remakes_the_tokens_inside_the_project_only(tmp_path: Path) -> Non
         reset = _setup("--dir", str(directory), "--reset")
         assert reset.returncode == 0, reset.stderr
         assert f"removed the development tokens and PIN files in {directory}" in reset.stdout
-        assert reset.stdout.count("created token") == 11
+        assert reset.stdout.count("created token") == 12
         after = _slots(directory)
         assert [label for label, _ in after] == [label for label, _ in before]
         assert not {s for s in after if s[0]} & set(before)  # every token is new (a new serial)
