@@ -27,6 +27,7 @@ from cryptography import x509
 
 from vault._files import write_new
 from vault.audit import AuditedDevice, Report, audit, audited_devices
+from vault.crypto import key_id
 from vault.device_secrets import SecretSpec, binding, open_secret
 from vault.errors import DecryptionError, FormatError, InputError, VaultError
 from vault.evidence import MAX_RECORD_SIZE, EvidenceReader
@@ -150,8 +151,6 @@ def export_secrets(
 
 
 def _check_recipient(trust: TrustPolicy, recipient: Decapsulator) -> None:
-    from vault.crypto import key_id  # noqa: PLC0415 - only here
-
     held = trust.secrets_recipient
     if held is None:
         raise InputError(f"trust policy v{trust.version} names no secrets recipient: no secret was sealed under it")

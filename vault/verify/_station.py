@@ -275,6 +275,7 @@ class Station:
         self._release: LoadedRelease | None = None
         self._policy: TrustPolicy | None = None
         self._reader: BundleReader | None = None
+        self._components: dict[str, tuple[re.Pattern[str], str | None]] = {}  # see declare_components
 
     # --- opening ----------------------------------------------------------------
 
@@ -711,7 +712,7 @@ class Station:
     @property
     def components(self) -> tuple[str, ...]:
         """The components whose lots this station records (:meth:`declare_components`), sorted."""
-        return tuple(sorted(getattr(self, "_components", {})))
+        return tuple(sorted(self._components))
 
     def set_lot(self, component: str, code: str) -> None:
         """Record the lot now in use for ``component`` (a reel scanned at the line), for every unit from now on.
@@ -719,7 +720,7 @@ class Station:
         Raises:
             InputError: the component is not declared, or the code does not match its pattern.
         """
-        declared = getattr(self, "_components", {})
+        declared = self._components
         if component not in declared:
             known = ", ".join(sorted(declared)) or "none"
             raise InputError(f"no component '{component}' is declared in the station configuration (declared: {known})")
@@ -729,7 +730,7 @@ class Station:
 
     def lots(self) -> dict[str, str] | None:
         """The lot in force per declared component (scanned, else configured); None when none is declared."""
-        declared = getattr(self, "_components", {})
+        declared = self._components
         if not declared:
             return None
         lots = {}
