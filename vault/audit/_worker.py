@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from vault.crypto import curve_of, load_spki
-from vault.device_secrets import parse_sealed_records
+from vault.device_secrets import KINDS, MAX_SECRETS, NAME_PATTERN
 from vault.errors import FormatError, SignatureError, ThresholdError, VaultError
 from vault.evidence import MAX_RECORD_SIZE, RawChunk, decrypt_chunk
 from vault.formats import MAX_SIGNATURE_SIZE, PAYLOAD_TYPE_INTOTO, STATEMENT_TYPE
@@ -48,6 +48,7 @@ from vault.manifest import (
     EVENTS,
     MANIFEST_PREDICATE,
     MAX_COEFFICIENTS,
+    MAX_LOTS,
     MAX_MANIFEST_SIZE,
     MAX_MEASUREMENTS,
     MAX_NAME,
@@ -57,7 +58,6 @@ from vault.manifest import (
     Manifest,
     QualityRecord,
     open_manifest,
-    parse_lots,
 )
 from vault.merkle import leaf_hash
 from vault.policy import format_time
@@ -768,7 +768,17 @@ _b2a = binascii.b2a_base64
 _MAX_SIG = MAX_SIGNATURE_SIZE
 _PAE_HEAD = b"DSSEv1 %d %s " % (len(PAYLOAD_TYPE_INTOTO), PAYLOAD_TYPE_INTOTO.encode())
 _MAX_COUNT = 2**63
-_MAX_PART = MAX_MANIFEST_SIZE  # an optional field's JSON, read after the match
+# the optional lots (sorted, unique component names; the printability of codes is checked after the match)
+# and sealed secrets' records, exactly as a station writes them (vault.manifest.parse_lots, parse_sealed_records)
+_LOT_ITEM = r'"[a-z0-9][a-z0-9_.-]{0,63}":"[^"\\\x00-\x1f]{1,64}"'
+_LOTS = re.compile(rf"\{{(?:{_LOT_ITEM}(?:,{_LOT_ITEM}){{0,{MAX_LOTS - 1}}})?\}}")
+_LOT_PAIR = re.compile(r'"([a-z0-9][a-z0-9_.-]{0,63})":"([^"\\\x00-\x1f]{1,64})"')
+_KIND = "|".join(re.escape(k) for k in KINDS)
+_SECRET_ITEM = (
+    rf'\{{"installed":(?:true|false),"kind":"(?:{_KIND})","name":"{NAME_PATTERN}",'
+    r'"recipient":"[0-9a-f]{64}","sealed_sha256":"[0-9a-f]{64}"\}'
+)
+_SECRETS = re.compile(rf"\[(?:{_SECRET_ITEM}(?:,{_SECRET_ITEM}){{0,{MAX_SECRETS - 1}}})?\]")
 
 
 def _canonical_statement() -> re.Pattern[str]:
@@ -979,12 +989,14 @@ def _statement_fields(text: str, usual_images: Mapping[str, tuple[tuple[str, str
         if quality is None:
             return None
     lots: tuple[tuple[str, str], ...] = ()
-    try:  # checked as parse_manifest does (the secrets are only checked: the audit counts by lot, not by secret)
-        if lots_text is not None:
-            lots = tuple(sorted(parse_lots(parse_json(lots_text.encode(), max_size=_MAX_PART, what="lots")).items()))
-        if secrets_text is not None:
-            parse_sealed_records(parse_json(secrets_text.encode(), max_size=_MAX_PART, what="secrets"))
-    except FormatError:
+    if lots_text is not None:  # checked as parse_manifest does; the secrets' records only for their form
+        if not _LOTS.fullmatch(lots_text):
+            return None
+        lots = tuple(_LOT_PAIR.findall(lots_text))
+        names = [name for name, _ in lots]
+        if names != sorted(set(names)) or not all(code.isprintable() for _, code in lots):
+            return None
+    if secrets_text is not None and not _SECRETS.fullmatch(secrets_text):
         return None
     return _Fields(
         mid,
