@@ -334,7 +334,11 @@ def test_components_and_lots_from_the_configuration_and_the_command_line(
     code, out, err = run(capsys, "station", "lot", "set", "mcu", "L0002", "--config", str(path))
     assert code == 0 and "in force     mcu L0002" in out, err
     assert run(capsys, "station", "provision", "--config", str(path), "--count", "1", "--operator", "bob")[0] == 0
-    assert [m["lots"] for m in station_manifests(tmp_path / "state")] == [{"mcu": "L0001"}, {"mcu": "L0002"}]
+    logged = station_manifests(tmp_path / "state")
+    assert [m["lots"] for m in logged] == [{"mcu": "L0001"}, {"mcu": "L0002"}]
+    code, out, err = run(capsys, "station", "record", str(logged[1]["serial"]), "--config", str(path))
+    assert code == 0, err
+    assert "lots mcu L0002" in out and "secret backend-psk (psk-256) installed, sealed" in out
 
 
 def test_a_recovered_state_folder_keeps_the_sealed_secrets(sworld: World, station: Station, tmp_path: Path) -> None:
