@@ -83,12 +83,13 @@ def export(
 ) -> None:
     """Write the backend's rows (serial, hardware id, secret) for the devices an audit of EXPORTS passed.
 
-    Audits the exports as 'vault audit' does (with the same limits); a device touched by a finding at
-    --fail-on or worse is refused and listed (serial, hardware id, station,
-    finding) on standard error and in refused-devices.csv. The others' secrets
-    are opened with the device maker's token and written to --out as
-    backend-secrets.csv and backend-secrets.json, mode 0600. Secrets go to
-    standard output only with --stdout.
+    Audits the exports as 'vault audit' does (with the same limits); a device
+    touched by a finding at --fail-on or worse is refused and listed (serial,
+    hardware id, station, finding) on standard error and in
+    refused-devices.csv. The others' secrets are opened with the device
+    maker's token and written to --out as backend-secrets.csv and
+    backend-secrets.json, mode 0600. Secrets go to standard output only with
+    --stdout. Exit status: 0 when no device was refused, 3 when some were.
     """
     from vault.audit import Thresholds
     from vault.errors import InputError
