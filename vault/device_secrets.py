@@ -153,17 +153,22 @@ def open_secret(sealed: bytes, recipient: hpke.Decapsulator, info: bytes) -> byt
     return hpke.open_sealed(sealed, recipient, info=info)
 
 
+def _name_and_kind(name: object, kind: object, what: str) -> tuple[str, str]:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise FormatError(f"{what}.name: a secret's name is lower-case letters, digits, '_', '.', '-' (at most 64)")
+    if not isinstance(kind, str) or kind not in KINDS:
+        shown = quote(kind) if isinstance(kind, str) else repr(kind)
+        raise FormatError(f"{what}.kind: {shown} is not a secret kind vault knows ({', '.join(KINDS)})")
+    return name, kind
+
+
 def check_spec(name: object, kind: object, target: object, *, what: str) -> SecretSpec:
     """A secret declaration, checked: a known kind, a plain name and a target the adapter reads.
 
     Raises:
         FormatError: one line naming the field.
     """
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise FormatError(f"{what}.name: a secret's name is lower-case letters, digits, '_', '.', '-' (at most 64)")
-    if not isinstance(kind, str) or kind not in KINDS:
-        shown = quote(kind) if isinstance(kind, str) else repr(kind)
-        raise FormatError(f"{what}.kind: {shown} is not a secret kind vault knows ({', '.join(KINDS)})")
+    name, kind = _name_and_kind(name, kind, what)
     if not isinstance(target, str) or not _TARGET.fullmatch(target):
         raise FormatError(f"{what}.target: a target is text such as 'nvs:psk' (letters, digits, _.:/@-)")
     return SecretSpec(name, kind, target)
@@ -203,13 +208,11 @@ def parse_sealed_records(value: object) -> tuple[SealedRecord, ...]:
     records = []
     for i, raw in enumerate(value):
         entry = check_fields(raw, _RECORD_FIELDS, what=f"manifest secrets[{i}]")
-        spec = check_spec(entry["name"], entry["kind"], "x", what=f"manifest secrets[{i}]")
-        for name in ("sealed_sha256", "recipient"):
-            if not isinstance(entry[name], str) or not _SHA256.fullmatch(entry[name]):
-                raise FormatError(f"manifest: secrets[{i}].{name} must be a lower-case hex SHA-256")
+        name, kind = _name_and_kind(entry["name"], entry["kind"], f"manifest secrets[{i}]")
+        for field in ("sealed_sha256", "recipient"):
+            if not isinstance(entry[field], str) or not _SHA256.fullmatch(entry[field]):
+                raise FormatError(f"manifest: secrets[{i}].{field} must be a lower-case hex SHA-256")
         if not isinstance(entry["installed"], bool):
             raise FormatError(f"manifest: secrets[{i}].installed must be true or false")
-        records.append(
-            SealedRecord(spec.name, spec.kind, entry["sealed_sha256"], entry["recipient"], entry["installed"])
-        )
+        records.append(SealedRecord(name, kind, entry["sealed_sha256"], entry["recipient"], entry["installed"]))
     return tuple(records)
