@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import zxingcpp
 from PIL import Image
+from textual.widgets import Static
 
 from tests.cli.test_token_cli import run
 from tests.verify import conftest as verify_conftest
@@ -317,6 +318,9 @@ def test_a_new_reel_scanned_at_the_console_is_in_force_and_a_wrong_code_is_one_l
                 await pilot.pause()
                 await pilot.press(*"mcu L2312B", "enter")
                 await until(pilot, lambda: any("in force" in m for m in app.messages), "the new lot")
+                await pilot.pause()
+                app._refresh_top()
+                assert "lots mcu L2312B" in str(app.query_one("#top", Static).render())
 
         asyncio.run(scan())
         assert station.lots() == {"mcu": "L2312B"}

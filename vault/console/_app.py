@@ -306,6 +306,9 @@ class ConsoleApp(App[None]):
         left = min((p.left for p in self.line.panels.values()), default=0)
         stopped = self.line.stopped()
         parts = [self.station_label, f"operator: {who}", f"units left: {left}"]
+        lots = self.line.station.lots()
+        if lots:  # the reels in force (F6: a new one)
+            parts.append("lots " + ", ".join(f"{name} {lot}" for name, lot in lots.items()))
         if stopped:
             parts.append(f"STOPPED: fixture {', '.join(map(str, stopped))}")
         warning = self.query_one("#export-warning", Static)
