@@ -17,7 +17,10 @@ does (``tests/verify``), then:
    without one. With ``--records`` (the default) each carries a test record
    as a station writes it (eight step times, two measurements with limits,
    two calibration coefficients); ``--no-records`` gives manifests as they
-   were before test records existed. One export file is written with ``EvidenceWriter`` to the
+   were before test records existed. With ``--secrets`` each also records two
+   component lots and one per-device secret, and its sealed secret (random
+   bytes of a sealed PSK's size) follows its entry in the export, as a station
+   writes them (ADR 0012). One export file is written with ``EvidenceWriter`` to the
    auditor's key: the export record, every entry in order, and a checkpoint
    signed by the station key over the Merkle root of the leaves. It is cached
    in the work folder (``--reuse DIR`` audits it again without generating).
@@ -153,12 +156,14 @@ def _generate_part(job: tuple[dict[str, object], int, int, bool, str]) -> tuple[
 
     from vault import pki
     from vault.crypto import key_id
+    from vault.device_secrets import SealedRecord
     from vault.manifest import ImageRecord, Manifest, sign_manifest
     from vault.policy import load_policy
     from vault.token import open_token, parse_uri
 
     meta, lo, hi, certificates, out = job
     records = bool(meta.get("records", False))
+    secrets = bool(meta.get("secrets", False))
     release = meta["release"]
     assert isinstance(release, dict)
     root = x509.load_pem_x509_certificate(Path(str(meta["root"])).read_bytes())
@@ -205,6 +210,8 @@ def _generate_part(job: tuple[dict[str, object], int, int, bool, str]) -> tuple[
                     event="failed", images=(), device_key_id=None, certificate_serial=None, certificate_sha256=None,
                     failed_step="program", detail="program failed: the probe lost contact",
                 )  # fmt: skip
+            blob = os.urandom(113) if secrets else b""  # a sealed 32-byte PSK: 65-byte enc, 32 bytes, 16-byte tag
+            sealed = (SealedRecord("backend-psk", "psk-256", hashlib.sha256(blob).hexdigest(), "ab" * 32, True),)
             manifest = Manifest(
                 id=os.urandom(16).hex(), sequence=sequence, station_id="station-1", operator="operator",
                 fixture=1 + unit % 4, bundle_id=release["bundle_id"], product=release["product"],
@@ -212,11 +219,15 @@ def _generate_part(job: tuple[dict[str, object], int, int, bool, str]) -> tuple[
                 policy_version=release["policy_version"], unit=unit, hardware_id=hwid, serial=serial, label=None,
                 keys=keys, time=when, clock="system", **fields,  # type: ignore[arg-type]
                 quality=_record(unit) if records and certificates else None,
+                secrets=sealed if secrets else (),
+                lots={"mcu": f"L{2311 + unit // 1000}A", "antenna": "R-0042"} if secrets else None,
             )  # fmt: skip
             envelope = sign_manifest(manifest, signing)
             f.write(envelope.decode())
             f.write("\t")
             f.write(certificate_b64)
+            f.write("\t")
+            f.write(base64.b64encode(blob).decode())
             f.write("\n")
     return hi - lo, time.perf_counter() - started
 
@@ -274,7 +285,7 @@ def generate(work: Path, meta: dict[str, object], n: int, certificates: bool, pr
         for part in parts:
             with open(part) as f:
                 for line in f:
-                    envelope, _, certificate = line.rstrip("\n").partition("\t")
+                    envelope, certificate, blob = line.rstrip("\n").split("\t")
                     builder.append(merkle.leaf_hash(envelope.encode()))
                     writer.add(
                         canonical_json(
@@ -286,6 +297,9 @@ def generate(work: Path, meta: dict[str, object], n: int, certificates: bool, pr
                             }
                         )
                     )
+                    if blob:
+                        secrets = {"type": "secrets", "sequence": position, "sealed": {"backend-psk": blob}}
+                        writer.add(canonical_json(secrets))
                     position += 1
             os.unlink(part)
         assert position == n == builder.size
@@ -425,6 +439,12 @@ def main() -> None:
         default=True,
         help="manifests carry a test record as stations write them (default) or none, as before records existed",
     )
+    parser.add_argument(
+        "--secrets",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="manifests record component lots and a sealed per-device secret, which follows each entry (ADR 0012)",
+    )
     parser.add_argument("--workers", type=int, default=2, help="audit workers, generation and baseline processes")
     parser.add_argument("--dir", type=Path, default=None, help="where to work (default: a temporary folder)")
     parser.add_argument("--reuse", type=Path, default=None, help="a work folder of an earlier run: audit it again")
@@ -451,6 +471,7 @@ def main() -> None:
         t0 = time.perf_counter()
         meta = setup(work, n)
         meta["records"] = args.records and certificates
+        meta["secrets"] = args.secrets
         print(f"  setup {time.perf_counter() - t0:.1f} s")
         print(f"generating {n} manifests ({'with' if certificates else 'without'} device certificates)")
         generation = generate(work, meta, n, certificates, args.workers)
@@ -469,7 +490,8 @@ def main() -> None:
     rss = int(audited["rss_kib"]) / 1024  # type: ignore[call-overload]
     print(
         f"manifests    {n} ({'provisioned, with device certificates' if certificates else 'failed, no certificates'}"
-        f"{', with test records' if meta.get('records') else ''})"
+        f"{', with test records' if meta.get('records') else ''}"
+        f"{', with lots and sealed secrets' if meta.get('secrets') else ''})"
     )
     print(f"generation   {generation:8.1f} s")
     print(f"audit        {audit_wall:8.1f} s  ({n / audit_wall:.0f} manifests/s, {audited['verified']} verified)")

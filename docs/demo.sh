@@ -34,6 +34,7 @@ approvers:
   approver-2: "$(uri vault-approver-2)"
   approver-3: "$(uri vault-approver-3)"
 auditor: "$(uri vault-auditor)"
+backend: "$(uri vault-backend)"
 CREDS
 # After the root ceremony, two officers are enough: officer-3 stays home.
 grep -v officer-3 "$work/credentials.yaml" > "$work/credentials-2.yaml"
@@ -90,7 +91,13 @@ if vault ceremony run "$root/policies/renew-policy.yaml" --credentials "$work/cr
 fi
 test ! -e "$work/ceremony-stale"
 
-step "Release manager: build an encrypted bundle for both stations (12 and 8 of 20 units)"
+step "The device maker enrols its secrets recipient (a key in its own token, vault-backend): trust policy v5"
+vault ceremony run "$root/policies/secrets-recipient.yaml" --credentials "$work/credentials-2.yaml" \
+  --policy "$work/ceremony-station-2/policy-v4.json" --root-cert "$rootca" "${quorum[@]}" \
+  --out "$work/ceremony-secrets" --rehearsal --yes
+policy_file="$work/ceremony-secrets/policy-v5.json"
+
+step "Release manager: build an encrypted bundle for both stations (12 and 8 of 20 units), each unit with its own PSK"
 mkdir -p "$work/images"
 head -c 4194304 /dev/urandom > "$work/images/app.bin"
 printf 'serial-prefix=EXD\n' > "$work/images/config.bin"
@@ -110,8 +117,12 @@ images:
   - name: config.bin
     path: images/config.bin
     partition: config
+secrets:                       # each unit gets its own PSK for the backend, sealed to the device maker
+  - name: backend-psk
+    kind: psk-256
+    target: nvs:psk
 RELEASE
-policy=(--policy "$work/ceremony-station-2/policy-v4.json" --root-cert "$rootca")
+policy=(--policy "$policy_file" --root-cert "$rootca")
 vault bundle build "$work/release.yaml" -o "$work/release.vbundle" --log "$work/promotions.log" "${policy[@]}"
 
 step "Approvers inspect it; two of the three approve it in parallel, each from the exported statement alone"
@@ -135,7 +146,7 @@ step "Each station loads the promoted bundle: policy, approvals, window, counter
 station() { local n=$1; shift; vault station "$@" --state "$work/station-$n" --token "$(uri vault-station-$n)" \
   --station-id "station-$n" --root-cert "$rootca"; }
 for n in 1 2; do
-  station $n load --policy "$work/ceremony-station-2/policy-v4.json" --bundle "$work/release.vbundle"
+  station $n load --policy "$policy_file" --bundle "$work/release.vbundle"
 done
 
 step "Each station is described by a configuration file (stations/ has templates): its token, root, folders, fixtures"
@@ -147,6 +158,9 @@ state: station-1
 evidence: evidence
 operators: [alice]
 label: {source: adapter}
+components:                    # the lot of each component is recorded in every unit's manifest
+  mcu: {pattern: "L[0-9]{4}[A-Z]", lot: L2311A}
+  antenna: {pattern: "R-[0-9]{4}", lot: R-0042}
 fixtures:
 $(for slot in 1 2 3 4; do printf '  - {slot: %s, adapter: simulated}\n' "$slot"; done)
 CONFIG
@@ -160,6 +174,9 @@ evidence: evidence
 operators: [bob]
 label: {source: none}
 timeouts: {program: 120}
+components:
+  mcu: {pattern: "L[0-9]{4}[A-Z]", lot: L2311A}
+  antenna: {pattern: "R-[0-9]{4}", lot: R-0042}
 fixtures:
 $(for slot in 1 2; do cat <<FIXTURE
   - slot: $slot
@@ -173,6 +190,7 @@ $(for slot in 1 2; do cat <<FIXTURE
         verify: {run: [$tool, sha256, --port, "{port}", --name, "{image_name}"], sha256: {pattern: "([0-9a-f]{64})"}}
         generate-key: {run: [$tool, keygen, --port, "{port}", --out, "{workdir}/device.csr"], csr: {file: "{workdir}/device.csr"}}
         install-certificate: {run: [$tool, put-cert, --port, "{port}", "{certificate}"]}
+        install-secret: {run: [$tool, put-secret, --port, "{port}", --name, "{secret_target}", "{secret}"]}
         lock: {run: [$tool, lock, --port, "{port}"], dry-run: [$tool, lock, --check-only, --port, "{port}"]}
 FIXTURE
 done)
@@ -190,6 +208,12 @@ echo "labels       $work/labels (PNG and ZPL); one unit's record: vault station 
 
 step "station-2 rehearses its fixtures (a stand-in vendor tool on 2 of them): every step, nothing written, counted or logged"
 vault station provision --config "$work/station-2.yaml" --count 4 --operator bob --dry-run
+
+step "station-2's operator scans a new reel of MCUs: lot L2312B (a code not matching the lot pattern is refused)"
+if vault station lot set mcu 2312B --config "$work/station-2.yaml"; then
+  echo "demo: a lot code not matching its pattern was accepted" >&2; exit 1
+fi
+vault station lot set mcu L2312B --config "$work/station-2.yaml"
 
 step "station-2 provisions 8 units on its 4 fixtures (on fixture 4 every 2nd unit fails its supply-current limit), then tries one more than its allocation"
 vault station provision --config "$work/station-2.yaml" --count 8 --operator bob
@@ -213,18 +237,18 @@ fi
 
 step "station-2's allocation is used up; a second state folder would start from zero, but the count is in its token"
 if vault station load --state "$work/station-2-again" --token "$(uri vault-station-2)" --station-id station-2 \
-    --root-cert "$rootca" --policy "$work/ceremony-station-2/policy-v4.json" --bundle "$work/release.vbundle"; then
+    --root-cert "$rootca" --policy "$policy_file" --bundle "$work/release.vbundle"; then
   echo "demo: a second state folder was accepted" >&2; exit 1
 fi
 
 step "station-1's state folder is lost; it is rebuilt from its export copies, exactly to the token's head"
 mv "$work/station-1" "$work/station-1.lost"
 station 1 recover --from "$work/evidence"
-station 1 load --policy "$work/ceremony-station-2/policy-v4.json" --bundle "$work/release.vbundle"
+station 1 load --policy "$policy_file" --bundle "$work/release.vbundle"
 station 1 status
 
 step "The auditor decrypts both stations' evidence with the auditor key, checks it against the policy and the bundle, and cosigns the station checkpoints it verified (a proof per device)"
-vault audit "$work/evidence" --root-cert "$rootca" --policy "$work/ceremony-station-2/policy-v4.json" \
+vault audit "$work/evidence" --root-cert "$rootca" --policy "$policy_file" \
   --bundle "$work/release.vbundle" --token "$(uri vault-auditor)" \
   --json "$work/audit.json" --html "$work/audit.html" --cosign "$work/audited"
 echo "HTML report: $work/audit.html"
@@ -236,7 +260,7 @@ echo "found the planted anomaly: unit 2 of station-1 reworked 4 times (rework-re
 
 step "Back up the root key: wrapped in the token under a fresh KEK split 2 of 3 among custodians"
 vault ceremony run "$root/policies/backup.yaml" --credentials "$work/credentials-2.yaml" \
-  --policy "$work/ceremony-station-2/policy-v4.json" --root-cert "$rootca" "${quorum[@]}" \
+  --policy "$policy_file" --root-cert "$rootca" "${quorum[@]}" \
   --out "$work/ceremony-backup" --rehearsal --yes
 
 step "Cloud team: the allowed-devices list from audited evidence only (every proof verified), for AWS IoT and Azure DPS"
@@ -255,5 +279,40 @@ other=$(ls "$work"/audited/devices/station-1-*.pem | tail -1)   # another device
 if vault registry verify "$other" "$proof" "${policy[@]}"; then
   echo "demo: a proof admitted another device's certificate" >&2; exit 1
 fi
+
+step "Quality by component lot: first-pass yield and failures per reel (also bars in the HTML report's failure charts)"
+python3 - "$work/audit.json" <<'LOTS'
+import json, sys
+for lot in json.load(open(sys.argv[1]))["lots"]:
+    fpy = lot["first_pass_yield"]
+    rate = "-" if fpy["rate"] is None else f"{fpy['rate']:.0%}"
+    print(f"  {lot['component']:<8} {lot['lot']:<8} first pass {fpy['first_pass']}/{fpy['attempted']} ({rate}), failed {lot['failed']}")
+LOTS
+
+step "The device maker's backend team: the PSK of every audited device, opened with its own token (vault-backend)"
+# The same audit runs in-process; a device touched by a finding at medium or worse is refused (exit 3):
+# unit 2 of station-1, reworked four times (rework-repeated, medium), gets no backend row.
+status=0
+vault secrets export "$work/evidence" --root-cert "$rootca" --policy "$policy_file" --bundle "$work/release.vbundle" \
+  --auditor-token "$(uri vault-auditor)" --token "$(uri vault-backend)" --fail-on medium --out "$work/backend" || status=$?
+[ "$status" = 3 ] || { echo "demo: the secrets export exited $status, not 3 (one device refused)" >&2; exit 1; }
+ls -l "$work/backend"
+[ "$(stat -c %a "$work/backend/backend-secrets.csv")" = 600 ] || { echo "demo: the rows are not mode 0600" >&2; exit 1; }
+echo "refused (serial, hardware id, station, finding):"
+sed 1d "$work/backend/refused-devices.csv" | sed 's/^/  /'
+echo "backend rows (the first 5 of $(($(wc -l < "$work/backend/backend-secrets.csv") - 1)); the secrets shortened here):"
+head -6 "$work/backend/backend-secrets.csv" | sed -E 's/,([0-9a-f]{8})[0-9a-f]{56}$/,\1.../' | column -t -s,
+# the PSK a stand-in device on station-2's command fixtures holds is the one in its backend row
+checked=0
+for port in "$work"/ports/fixture-*; do
+  [ -f "$port/device-secrets.json" ] || continue   # the device last placed there was refused before install
+  uid=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["uid"])' "$port/device.json")
+  held=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["nvs:psk"])' "$port/device-secrets.json")
+  grep -q ",$uid,backend-psk,psk-256,$held\$" "$work/backend/backend-secrets.csv" \
+    || { echo "demo: device $uid's PSK is not the one in its backend row" >&2; exit 1; }
+  echo "device $uid on $(basename "$port") of station-2 holds the PSK of its backend row"
+  checked=$((checked + 1))
+done
+[ "$checked" -gt 0 ] || { echo "demo: no stand-in device holds a PSK" >&2; exit 1; }
 
 step "Demo complete: outputs are in .demo/ (printable transcripts: .demo/ceremony-*/transcript.html)"

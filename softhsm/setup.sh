@@ -32,7 +32,7 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$dir" ] || { echo "setup.sh: --dir needs a folder" >&2; exit 2; }
 
-TOKENS="vault-root vault-release vault-officer-1 vault-officer-2 vault-officer-3 vault-approver-1 vault-approver-2 vault-approver-3 vault-station-1 vault-station-2 vault-auditor"
+TOKENS="vault-root vault-release vault-officer-1 vault-officer-2 vault-officer-3 vault-approver-1 vault-approver-2 vault-approver-3 vault-station-1 vault-station-2 vault-auditor vault-backend"
 
 # shellcheck source=softhsm/common.sh
 . "$here/common.sh"

@@ -26,11 +26,11 @@ def _snapshot(directory: Path) -> dict[str, bytes]:
 def test_setup_twice_leaves_the_same_tokens(tmp_path: Path) -> None:
     directory = tmp_path / "hsm"
     first = subprocess.run(["bash", str(SETUP), "--dir", str(directory)], capture_output=True, text=True, check=True)
-    assert first.stdout.count("created token") == 11
+    assert first.stdout.count("created token") == 12
     assert f"export SOFTHSM2_CONF={directory}/softhsm2.conf" in first.stdout
     slots, files = _slots(directory), _snapshot(directory)
     assert [label for label, _ in slots if label] == sorted(
-        ["vault-root", "vault-release", "vault-auditor", "vault-station-1", "vault-station-2"]
+        ["vault-root", "vault-release", "vault-auditor", "vault-backend", "vault-station-1", "vault-station-2"]
         + [f"vault-{role}-{i}" for role in ("officer", "approver") for i in (1, 2, 3)]
     )
 
@@ -60,7 +60,7 @@ def test_reset_remakes_the_tokens_inside_the_project_only(tmp_path: Path) -> Non
         reset = _setup("--dir", str(directory), "--reset")
         assert reset.returncode == 0, reset.stderr
         assert f"removed the development tokens and PIN files in {directory}" in reset.stdout
-        assert reset.stdout.count("created token") == 11
+        assert reset.stdout.count("created token") == 12
         after = _slots(directory)
         assert [label for label, _ in after] == [label for label, _ in before]
         assert not {s for s in after if s[0]} & set(before)  # every token is new (a new serial)

@@ -23,7 +23,10 @@ into the log a second time sits at the wrong position. Its predicate::
          "steps": [{"step": "program", "milliseconds": 3120}, ...],
          "measurements": [{"name": "supply current", "value": "0.0421", "unit": "A",
                            "lower": "0.03", "upper": "0.06", "passed": true, "step": "test"}],
-         "calibration": [{"name": "adc gain", "value": "1.0021", "unit": ""}]}}
+         "calibration": [{"name": "adc gain", "value": "1.0021", "unit": ""}]},
+     "secrets": [{"name": "backend-psk", "kind": "psk-256", "sealed_sha256": "<hex>",   # optional
+                  "recipient": "<key id>", "installed": true}],
+     "lots": {"mcu": "L2311A", "antenna": "R-0042"}}                                      # optional
 
 ``clock_session`` names one run of the station's process and
 ``clock_monotonic`` is its monotonic clock (whole seconds) when the manifest
@@ -39,6 +42,14 @@ numbers here are whole only, so each value has one spelling); a measurement
 outside its limits is never ``passed``, and a unit certified as good
 (provisioned, retry, rework) never carries a failed one. A manifest without
 ``quality`` (any from before it existed) still verifies.
+
+``secrets`` records each per-device secret the release declares (see
+:mod:`vault.device_secrets`): its name and kind, the SHA-256 of the sealed
+blob that travels in the evidence export, the key id it is sealed to, and
+whether it reached the device (``installed``; false when the unit stopped
+before). Never the secret. ``lots`` names the component lot codes in force
+at the station for this unit (component name to lot code), so a failure can
+be traced to a reel. Both are optional: manifests without them verify as before.
 
 Events: ``provisioned`` (a new device, certified), ``retry`` (a device whose
 earlier attempts at this station all failed, certified on a new attempt; under
@@ -101,6 +112,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from vault.crypto import Signer
+from vault.device_secrets import SealedRecord, parse_sealed_records
 from vault.errors import FormatError
 from vault.formats import Envelope, Statement, Subject, open_statement, sign_statement
 from vault.formats._json import check_fields, quote
@@ -115,6 +127,7 @@ __all__ = [
     "MAX_MEASUREMENTS",
     "MAX_NAME",
     "MAX_STEPS",
+    "MAX_LOTS",
     "MAX_UNIT",
     "Coefficient",
     "ImageRecord",
@@ -123,6 +136,7 @@ __all__ = [
     "Reading",
     "number_text",
     "open_manifest",
+    "parse_lots",
     "parse_manifest",
     "parse_quality",
     "sign_manifest",
@@ -186,6 +200,11 @@ MAX_NAME = 64
 """Characters of a measurement's, coefficient's or step's name."""
 MAX_UNIT = 16
 """Characters of a measurement's or coefficient's unit ("A", "mV", "ppm")."""
+MAX_LOTS = 32
+"""Components whose lot one manifest records at most."""
+_OPTIONAL = frozenset({"quality", "secrets", "lots"})  # absent from manifests made before them (or without them)
+_COMPONENT = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+_MAX_LOT = 64
 _IMAGE_FIELDS = frozenset({"name", "sha256", "measurement"})
 _KEY_FIELDS = frozenset({"signing", "issuing_ca"})
 _HEX = re.compile(r"(?:[0-9a-f]{2})+")
@@ -301,6 +320,8 @@ class Manifest:
     clock_session: str | None = None
     clock_monotonic: int | None = None
     quality: QualityRecord | None = None
+    secrets: tuple[SealedRecord, ...] = ()
+    lots: Mapping[str, str] | None = None
 
     def statement(self) -> Statement:
         """The in-toto statement this manifest is signed as."""
@@ -338,6 +359,8 @@ class Manifest:
                 "clock": self.clock,
                 **monotonic,
                 **({} if self.quality is None else {"quality": self.quality.to_json()}),
+                **({"secrets": [s.to_json() for s in self.secrets]} if self.secrets else {}),
+                **({} if self.lots is None else {"lots": dict(self.lots)}),
             },
         )
 
@@ -378,8 +401,9 @@ def parse_manifest(statement: Statement) -> Manifest:
         raise FormatError(f"not a manifest (predicate type {quote(statement.predicate_type, 80)})")
     predicate = statement.predicate
     clocked = isinstance(predicate, dict) and not _CLOCK_FIELDS.isdisjoint(predicate)
-    measured = isinstance(predicate, dict) and "quality" in predicate
-    allowed = (_FIELDS | _CLOCK_FIELDS if clocked else _FIELDS) | ({"quality"} if measured else frozenset())
+    optional = _OPTIONAL & set(predicate) if isinstance(predicate, dict) else frozenset()
+    measured = "quality" in optional
+    allowed = (_FIELDS | _CLOCK_FIELDS if clocked else _FIELDS) | optional
     p = check_fields(predicate, allowed, what="manifest")
     event = p["event"]
     if event not in EVENTS:
@@ -424,7 +448,24 @@ def parse_manifest(statement: Statement) -> Manifest:
         clock_session=_hex(p["clock_session"], "clock_session", _ID, 32) if clocked else None,
         clock_monotonic=_count(p["clock_monotonic"], "clock_monotonic") if clocked else None,
         quality=quality,
+        secrets=parse_sealed_records(p["secrets"]) if "secrets" in p else (),
+        lots=parse_lots(p["lots"]) if "lots" in p else None,
     )
+
+
+def parse_lots(value: Any) -> dict[str, str]:
+    """Read a manifest's ``lots``: component name to the lot code in force for the unit.
+
+    Raises:
+        FormatError: not a mapping of component names to printable lot codes, or too many.
+    """
+    if not isinstance(value, dict) or len(value) > MAX_LOTS:
+        raise FormatError(f"manifest: lots must be a mapping of at most {MAX_LOTS} components")
+    for component, lot in value.items():
+        if not _COMPONENT.fullmatch(component):
+            raise FormatError(f"manifest: lots: {quote(component)} is not a component name")
+        _text(lot, f"lots.{component}", _MAX_LOT)
+    return dict(value)
 
 
 def parse_quality(value: Any, *, event: str) -> QualityRecord:

@@ -78,7 +78,7 @@ __all__ = [
 
 POLICY_PREDICATE = "https://vault.dev/trust-policy/v1"
 MAX_POLICY_SIZE = 4 * 1024 * 1024
-ROLES = ("officer", "approver", "release-signer", "station", "auditor", "cosigner")
+ROLES = ("officer", "approver", "release-signer", "station", "auditor", "cosigner", "secrets-recipient")
 
 _PREDICATE_FIELDS = frozenset(
     {
@@ -96,7 +96,7 @@ _PREDICATE_FIELDS = frozenset(
         "custody",
     }
 )
-_OPTIONAL_FIELDS = frozenset({"cosigners"})
+_OPTIONAL_FIELDS = frozenset({"cosigners", "secrets_recipient"})  # absent from policies made before they existed
 _GROUP_FIELDS = frozenset({"threshold", "keys"})
 _CERTIFIED_FIELDS = frozenset({"key_id", "certificate"})
 _OFFICER_FIELDS = frozenset({"key_id", "spki"})
@@ -184,6 +184,8 @@ class TrustPolicy:
     cosigners_threshold: int = 0
     cosigners: Mapping[str, RoleKey] = field(default_factory=dict)
     """The auditors' cosigning keys (C2SP tlog-cosignatures on station checkpoints), by holder id."""
+    secrets_recipient: RoleKey | None = None
+    """The device maker's key that per-device secrets are sealed to (HPKE), in the device maker's token."""
 
     def revocation(self, key: str) -> Revocation | None:
         """The revocation of the key with id ``key``, if it was revoked."""
@@ -306,6 +308,9 @@ def load_policy(
         digest=hashlib.sha256(data).hexdigest(),
         cosigners_threshold=cosigners_threshold,
         cosigners=cosigners,
+        secrets_recipient=None
+        if p.get("secrets_recipient") is None
+        else _certified(p["secrets_recipient"], root, "secrets recipient"),
     )
     _check_not_revoked(policy)
     if policy.version < highest_seen:
@@ -428,6 +433,8 @@ def _check_not_revoked(policy: TrustPolicy) -> None:
         in_roles.append(("release signer", policy.release_signer))
     if policy.auditor:
         in_roles.append(("auditor", policy.auditor))
+    if policy.secrets_recipient:
+        in_roles.append(("secrets recipient", policy.secrets_recipient))
     if policy.revocation(policy.root.key_id):
         raise PolicyError("trust policy: the root key itself is listed as revoked")
     for holder, key in in_roles:

@@ -13,6 +13,7 @@ the images (name and plaintext SHA-256); its predicate::
      "provenance": {"<image name>": {... the offline Sigstore verification result ...}},
      "policy": {"version": 3, "sha256": "<hex of the policy file>"},
      "lock_profiles": {"production": {"chip": "esp32s3", "efuses": {...}, "keys": [...]}},  (optional)
+     "secrets": {"recipient": "<key id>", "items": [{"name", "kind", "target"}]},           (optional)
      "built": "...Z"}
 
 The header digest binds the statement to the container's header, and so to
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from vault.device_secrets import SecretSpec, parse_release_secrets
 from vault.errors import FormatError, PolicyError, SignatureError, ThresholdError, ValidityError
 from vault.formats import Envelope, Statement, VerificationResult, inspect_signatures, open_statement
 from vault.formats._json import check_fields, quote
@@ -74,7 +76,7 @@ _FIELDS = frozenset(
         "built",
     }
 )
-_OPTIONAL = frozenset({"lock_profiles"})  # absent from releases built before lock profiles
+_OPTIONAL = frozenset({"lock_profiles", "secrets"})  # absent from releases built before them (or without them)
 _IMAGE_FIELDS = frozenset({"name", "sha256", "length", "ciphertext_sha256", "target"})
 
 
@@ -110,6 +112,10 @@ class Release:
     statement_sha256: str = ""
     lock_profiles: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """The eFuses (or other locks) the release asks devices to burn, by profile name; checked at build."""
+    secrets: tuple[SecretSpec, ...] = ()
+    """The per-device secrets each unit gets (:mod:`vault.device_secrets`), in the order installed."""
+    secrets_recipient: str | None = None
+    """The key id the secrets are sealed to: the trust policy's secrets recipient when the release was built."""
 
     def image(self, name: str) -> ReleaseImage:
         """The image called ``name``."""
@@ -173,6 +179,7 @@ def parse_release(statement: Statement) -> Release:
     allocation = {
         str(k): _count(v, f"allocation.{k}") for k, v in _mapping(production["allocation"], "allocation").items()
     }
+    recipient, secrets = parse_release_secrets(p["secrets"]) if "secrets" in p else (None, ())
     return Release(
         bundle_id=_text(p["bundle_id"], "bundle_id"),
         header_sha256=_hex(p["header_sha256"], "header_sha256"),
@@ -193,6 +200,8 @@ def parse_release(statement: Statement) -> Release:
             str(k): _mapping(v, f"lock_profiles.{k}")
             for k, v in _mapping(p.get("lock_profiles", {}), "lock_profiles").items()
         },
+        secrets=secrets,
+        secrets_recipient=recipient,
     )
 
 

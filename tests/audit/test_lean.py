@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from vault.audit import _worker as worker
 from vault.crypto import key_id, spki_der
+from vault.device_secrets import SealedRecord
 from vault.errors import FormatError
 from vault.evidence import RawChunk
 from vault.formats import Statement, canonical_json
@@ -97,6 +98,26 @@ def _predicate_variants() -> list[dict[str, Any]]:
         {"extra": 1},
     ]
     out += [{"quality": q} for q in _quality_variants()]
+    out += [{"lots": lots} for lots in _lot_variants()]
+    out += [{"secrets": secrets} for secrets in _secrets_variants()]
+    return out
+
+
+def _lot_variants() -> list[Any]:
+    """The optional component lots, on and over their parser's edges."""
+    return [{"mcu": "L2311A"}, {}, {"mcu": "L2311A", "antenna": "R-0042"}, {"MCU": "x"}, {"mcu": ""}, {"mcu": 5},
+            {"mcu": "a" * 64}, {"mcu": "a" * 65}, {"mcu": "tab\there"}, {f"c{i}": "x" for i in range(33)},
+            {"mcu": "x]"}, {"mcu": 'q"'}, [], None, 5, "L1"]  # fmt: skip
+
+
+def _secrets_variants() -> list[Any]:
+    """The optional sealed secrets' records, on and over their parser's edges."""
+    record = {"name": "backend-psk", "kind": "psk-256", "sealed_sha256": "ab" * 32, "recipient": "cd" * 32,
+              "installed": True}  # fmt: skip
+    out: list[Any] = [[record], [], [record] * 16, [record] * 17, None, {}, "x", [5]]
+    for change in ({"kind": "psk-128"}, {"name": "Bad"}, {"installed": 1}, {"installed": False},
+                   {"sealed_sha256": "AB" * 32}, {"recipient": "cd"}, {"extra": 1}, {"name": "x]y"}):  # fmt: skip
+        out.append([{**record, **change}])
     return out
 
 
@@ -191,6 +212,8 @@ def test_lean_path_takes_every_manifest_a_station_writes(usual: dict[str, Any]) 
             images=rng.choice([(), tuple(ImageRecord(n, d, rng.choice([d, None])) for n, d in IMAGES)]),
             hardware_id=os.urandom(rng.randrange(1, 33)).hex(),
             quality=rng.choice([None, _quality(rng)]),
+            lots=rng.choice([None, {"mcu": f"L{rng.randrange(10**4):04d}A", "antenna": "R-0042"}]),
+            secrets=rng.choice([(), (SealedRecord("psk", "psk-256", "ab" * 32, "cd" * 32, rng.random() < 0.5),)]),
         )  # fmt: skip
         payload = manifest.statement().to_bytes()
         lean = worker._statement_fields(payload.decode(), usual)

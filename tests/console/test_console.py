@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import zxingcpp
 from PIL import Image
+from textual.widgets import Static
 
 from tests.cli.test_token_cli import run
 from tests.verify import conftest as verify_conftest
@@ -295,3 +296,33 @@ def test_the_label_command_says_printed_then_reprint(world: World, tmp_path: Pat
     details = [m.detail or "" for m in log if m.event == "label"]
     assert len(details) == 2
     assert details[0].startswith("printed: ") and details[1].startswith("reprint: ")
+
+
+def test_a_new_reel_scanned_at_the_console_is_in_force_and_a_wrong_code_is_one_line(
+    world: World, tmp_path: Path
+) -> None:
+    runs = [FixtureRun(1, Scripted([]))]
+    with world.station(tmp_path / "state") as station:
+        station.load(world.bundle_path, world.policy)
+        station.declare_components({"mcu": (r"L[0-9]{4}[A-Z]", "L2311A")})
+        app = make_console(station, runs, adapters={1: "simulated"}, labels=None, label_source="adapter",
+                           operators=["bob"], supervisors=["carol"], evidence=None, export_warning_hours=1)  # fmt: skip
+
+        async def scan() -> None:
+            async with app.run_test(size=(120, 40)) as pilot:
+                await pilot.press("f6")
+                await pilot.pause()
+                await pilot.press(*"mcu 2312B", "enter")
+                await until(pilot, lambda: any("does not match" in m for m in app.messages), "the refusal")
+                await pilot.press("f6")
+                await pilot.pause()
+                await pilot.press(*"mcu L2312B", "enter")
+                await until(pilot, lambda: any("in force" in m for m in app.messages), "the new lot")
+                await pilot.pause()
+                app._refresh_top()
+                assert "lots mcu L2312B" in str(app.query_one("#top", Static).render())
+
+        asyncio.run(scan())
+        assert station.lots() == {"mcu": "L2312B"}
+    refused = [m for m in app.messages if "does not match" in m]
+    assert len(refused) == 1 and "\n" not in refused[0]

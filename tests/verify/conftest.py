@@ -37,9 +37,10 @@ def vault(*argv: str) -> str:
 class World:
     """The outputs of the ceremonies and bundles every station test starts from."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, secrets_recipient: bool = False) -> None:
+        """``secrets_recipient``: also enrol the device maker's secrets recipient (a ``backend`` token)."""
         self.folder = folder
-        self.tokens = init_tokens(folder, TOKENS)
+        self.tokens = init_tokens(folder, TOKENS + (["backend"] if secrets_recipient else []))
         self.root_cert_path = folder / "root" / "root-ca.pem"
         creds = folder / "root-creds.yaml"
         lines = [f'root: "{format_uri(self.tokens["root"])}"']
@@ -54,6 +55,8 @@ class World:
         lines += [f'release: "{format_uri(self.tokens["release"])}"', "approvers:"]
         lines += [f'  approver-{i}: "{format_uri(self.tokens[f"approver-{i}"])}"' for i in (1, 2, 3)]
         lines += [f'auditor: "{format_uri(self.tokens["auditor"])}"']
+        if secrets_recipient:
+            lines += [f'backend: "{format_uri(self.tokens["backend"])}"']
         quorum.write_text("\n".join(lines) + "\n")
         shares = ["--share", str(folder / "root" / "shares" / "officer-1.txt")]
         shares += ["--share", str(folder / "root" / "shares" / "officer-2.txt")]
@@ -70,6 +73,8 @@ class World:
             vault("station", "request", "--token", format_uri(self.tokens[f"station-{n}"]),
                   "--station-id", f"station-{n}", "-o", str(request))  # fmt: skip
             policy = ceremony("enrol-station.yaml", policy, f"enrol-{n}", "--request", str(request))
+        if secrets_recipient:
+            policy = ceremony("secrets-recipient.yaml", policy, "secrets")
         self.policy_path = policy
         self.policy = policy.read_bytes()
         self.images = folder / "images"
@@ -78,7 +83,14 @@ class World:
         (self.images / "config.bin").write_bytes(b"serial-prefix=EXD\n")
         self.promotions = folder / "promotions.log"
         self._count = 0
-        self.bundle_path = self.bundle(allocation="{station-1: 20, station-2: 10}")
+        extra = self.SECRETS if secrets_recipient else ""
+        self.bundle_path = self.bundle(allocation="{station-1: 20, station-2: 10}", extra=extra)
+
+    SECRETS = (
+        "secrets:\n  - {name: backend-psk, kind: psk-256, target: 'nvs:psk'}\n"
+        "  - {name: storage-key, kind: aes-256, target: 'otp:3'}\n"
+    )
+    """The per-device secrets of the bundles of a world with a secrets recipient."""
 
     @property
     def root_cert(self) -> x509.Certificate:
@@ -86,7 +98,7 @@ class World:
 
     def bundle(
         self, *, allocation: str, counter: int = 7, version: str = "1.4.0", expires: str = "2099-01-01T00:00:00Z",
-        promote: bool = True, approvers: tuple[int, ...] = (1, 3), total: int = 1000,
+        promote: bool = True, approvers: tuple[int, ...] = (1, 3), total: int = 1000, extra: str = "",
     ) -> Path:  # fmt: skip
         """Build, approve and (by default) promote a bundle; returns its path."""
         self._count += 1
@@ -96,7 +108,7 @@ class World:
             f"not_before: 2026-01-01T00:00:00Z\nexpires: {expires}\n"
             f"production:\n  total: {total}\n  allocation: {allocation}\n"
             "images:\n  - name: app.bin\n    path: images/app.bin\n    load_address: \"0x08000000\"\n"
-            "  - name: config.bin\n    path: images/config.bin\n    partition: config\n"
+            "  - name: config.bin\n    path: images/config.bin\n    partition: config\n" + extra
         )
         out = self.folder / f"release-{self._count}.vbundle"
         policy = ["--policy", str(self.policy_path), "--root-cert", str(self.root_cert_path)]

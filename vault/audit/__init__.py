@@ -51,10 +51,10 @@ Example (with the development tokens, after ``vault station export``)::
 
 from vault.audit._cosign import (
     NOT_COSIGNED,
-    AuditedDevice,
     CosignedLog,
     Cosigning,
     Excluded,
+    ProvenDevice,
     cosign,
     cosigner_holder,
 )
@@ -65,11 +65,13 @@ from vault.audit._report import (
     BundleReport,
     BundleSummary,
     ExportSummary,
+    LotReport,
     Quality,
     Reconciliation,
     Report,
     StationReport,
 )
+from vault.audit._selection import AuditedDevice, Selection, audited_devices
 
 __all__ = [
     "CODES",
@@ -86,15 +88,19 @@ __all__ = [
     "Cosigning",
     "Evidence",
     "Excluded",
+    "ProvenDevice",
     "ExportSummary",
     "Finding",
+    "LotReport",
     "Quality",
     "Reconciliation",
     "Report",
+    "Selection",
     "StationReport",
     "Thresholds",
     "audit",
     "cosign",
     "cosigner_holder",
+    "audited_devices",
     "severity_rank",
 ]

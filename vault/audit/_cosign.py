@@ -69,7 +69,7 @@ from vault.proof import (
 __all__ = [
     "AUDITED_FORMAT",
     "NOT_COSIGNED",
-    "AuditedDevice",
+    "ProvenDevice",
     "CosignedLog",
     "Cosigning",
     "Excluded",
@@ -137,7 +137,7 @@ class CosignedLog:
 
 
 @dataclass(frozen=True)
-class AuditedDevice:
+class ProvenDevice:
     """A device with a proof: its station, log position, identity, certificate and proof."""
 
     station_id: str
@@ -176,7 +176,7 @@ class Cosigning:
     severity: str
     cosigner: str
     logs: tuple[CosignedLog, ...]
-    devices: tuple[AuditedDevice, ...]
+    devices: tuple[ProvenDevice, ...]
     excluded: tuple[Excluded, ...]
 
     def to_json_value(self) -> dict[str, Any]:
@@ -289,7 +289,7 @@ def cosign(
             assert note is not None and der is not None and size is not None
             proof = format_proof(ProofFile(envelope, position, tuple(tree.path(position)), note))
             devices.append(
-                AuditedDevice(station_id, position, hwid, manifest.serial, manifest.event, manifest.id, der, proof)
+                ProvenDevice(station_id, position, hwid, manifest.serial, manifest.event, manifest.id, der, proof)
             )
     result = Cosigning(
         format_time(now), policy.version, policy.digest, severity, holder, tuple(logs), tuple(devices), tuple(excluded)

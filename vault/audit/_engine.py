@@ -36,6 +36,7 @@ from vault.audit._report import (
     BundleReport,
     BundleSummary,
     ExportSummary,
+    LotReport,
     Quality,
     Reconciliation,
     Report,
@@ -777,6 +778,8 @@ class _Audit:
             self.index.add(log.number, export.number, result.rows)
         if result.labels:
             self.index.add_labels(log.number, export.number, result.labels)
+        if result.lots:
+            self.index.add_lots(log.number, export.number, result.lots)
         for number, units in result.units.items():
             self.units(log, number).add(units)
         if result.measured:
@@ -1572,4 +1575,19 @@ def _audit(
         seconds=_time.monotonic() - started,
         units=units,
         units_named=len(named),
+        lots=_lot_reports(answers),
     )
+
+
+def _lot_reports(answers: dict[str, list[Any]]) -> tuple[LotReport, ...]:
+    """First-pass yield and failures per component lot, from the index's answers."""
+    failures: dict[tuple[str, str], dict[str, int]] = {}
+    for component, lot, step, count in answers.get("lot_failures", ()):
+        failures.setdefault((component, lot), {})[step] = int(count)
+    reports = []
+    for component, lot, attempted, first in answers.get("lot_yield", ()):
+        steps = failures.pop((component, lot), {})
+        reports.append(LotReport(component, lot, Quality.of(int(attempted), int(first or 0), steps, {})))
+    for (component, lot), steps in sorted(failures.items()):  # failures of units whose first attempt is elsewhere
+        reports.append(LotReport(component, lot, Quality.of(0, 0, steps, {})))
+    return tuple(reports)

@@ -130,6 +130,11 @@ def render(report: Report, fail_on: str = "high") -> str:
     parts.append(_figure("First-pass yield per station", _yield_chart(yields)))
     parts.append(_figure("Failure Pareto (all stations)", _pareto_chart(total_quality.failures)))
     parts.append(_figure("Exception events per ISO week", _weeks_chart(total_quality.exceptions_per_week)))
+    if report.lots:  # a bad reel shows as a tall bar
+        by_lot = sorted(((f"{lot.component} {lot.lot}", lot.failed) for lot in report.lots), key=lambda x: -x[1])
+        parts.append(_figure("Failures by component lot", _pareto_chart([item for item in by_lot if item[1]])))
+        yields = [(f"{lot.component} {lot.lot}", lot.quality.first_pass_yield) for lot in report.lots]
+        parts.append(_figure("First-pass yield per component lot", _yield_chart(yields)))
     parts.append("</div></section>")
     parts.append(_process_section(report))
     parts.append(_exports_table(report))

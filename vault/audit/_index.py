@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from vault.audit._worker import Label, Row
+from vault.audit._worker import Label, LotRow, Row
 
 __all__ = ["Index"]
 
@@ -50,6 +50,14 @@ CREATE TABLE labels (              -- the label-mismatch manifests that name the
     hardware_id TEXT NOT NULL,     -- the device refused
     serial TEXT,
     label TEXT NOT NULL            -- the serial its label read
+);
+CREATE TABLE lots (                -- the component lots each unit's manifest records
+    station INTEGER NOT NULL,
+    export INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    manifest_id TEXT NOT NULL,
+    component TEXT NOT NULL,
+    lot TEXT NOT NULL
 )
 """
 
@@ -118,6 +126,22 @@ QUESTIONS = {
         "e.station, e.export, e.position, e.manifest_id, e.event, e.hardware_id, e.serial FROM labels l "
         f"JOIN entries e ON e.serial = l.label AND e.hardware_id <> l.hardware_id AND e.event IN {_ASSIGNING} "
         "ORDER BY l.station, l.position, e.station, e.position LIMIT ?"
+    ),
+    # (component, lot, devices attempted, devices whose first attempt was provisioned): the first-pass yield per
+    # component lot, over the devices whose first attempt (as in "first_pass") records its lots
+    "lot_yield": (
+        "SELECT l.component, l.lot, COUNT(*), SUM(f.event = 'provisioned') FROM ("
+        "SELECT station, hardware_id, event, MIN(position) AS position FROM entries "
+        "WHERE event IN ('provisioned', 'label-mismatch') OR (event = 'failed' AND has_unit) "
+        "GROUP BY station, hardware_id) f JOIN (SELECT DISTINCT station, position, component, lot FROM lots) l "
+        "ON l.station = f.station AND l.position = f.position GROUP BY l.component, l.lot "
+        "ORDER BY l.component, l.lot LIMIT ?"
+    ),
+    # (component, lot, failed step, distinct manifests): the failures per component lot and step
+    "lot_failures": (
+        "SELECT l.component, l.lot, e.failed_step, COUNT(DISTINCT e.manifest_id) FROM entries e JOIN lots l "
+        "ON l.station = e.station AND l.position = e.position AND l.manifest_id = e.manifest_id "
+        "WHERE e.failed_step IS NOT NULL GROUP BY l.component, l.lot, e.failed_step LIMIT ?"
     ),
     # (manifest id, rows): a manifest id in several rows (one manifest exported twice is one of them)
     "replayed": "SELECT manifest_id, COUNT(*) AS n FROM entries GROUP BY manifest_id HAVING n > 1 LIMIT ?",
@@ -194,6 +218,11 @@ class Index:
         """Append the label-mismatch manifests of one chunk that name the label read."""
         values = f"{int(station)}, {int(export)}, ?, ?, ?, ?, ?"
         self._db.executemany(f"INSERT INTO labels VALUES ({values})", labels)
+
+    def add_lots(self, station: int, export: int, lots: Sequence[LotRow]) -> None:
+        """Append the component lots the manifests of one chunk record."""
+        values = f"{int(station)}, {int(export)}, ?, ?, ?, ?"
+        self._db.executemany(f"INSERT INTO lots VALUES ({values})", lots)
 
     def finish_loading(self) -> None:
         """Commit what was loaded; queries may follow."""

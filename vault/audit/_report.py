@@ -247,6 +247,30 @@ class Quality:
 
 
 @dataclass(frozen=True)
+class LotReport:
+    """One component lot (a reel) over all stations: the first-pass yield and failures of the units that used it."""
+
+    component: str
+    lot: str
+    quality: Quality
+
+    @property
+    def failed(self) -> int:
+        """Failed units that used this lot."""
+        return sum(c for _, c in self.quality.failures)
+
+    def to_json(self) -> dict[str, Any]:
+        quality = self.quality.to_json()
+        return {
+            "component": self.component,
+            "lot": self.lot,
+            "first_pass_yield": quality["first_pass_yield"],
+            "failed": self.failed,
+            "failure_pareto": quality["failure_pareto"],
+        }
+
+
+@dataclass(frozen=True)
 class StationReport:
     """One station: its log as the exports show it, its events, reconciliation and quality."""
 
@@ -365,6 +389,8 @@ class Report:
     seconds: float = field(default=0.0, compare=False)
     units: tuple[UnitRecord, ...] = ()
     units_named: int = 0
+    lots: tuple[LotReport, ...] = ()
+    """First-pass yield and failures per component lot, for the units whose manifests record lots."""
 
     @property
     def units_truncated(self) -> bool:
@@ -424,6 +450,7 @@ class Report:
             "exports": [e.to_json() for e in self.exports],
             "stations": [s.to_json() for s in self.stations],
             "totals": {"reconciliation": reconciliation.to_json(), "quality": quality.to_json()},
+            "lots": [lot.to_json() for lot in self.lots],
             "findings": [f.to_json() for f in self.findings],
             "units": {u.serial: u.to_json() for u in self.units},
             "units_listed": {"serials": len(self.units), "named": self.units_named, "truncated": self.units_truncated},

@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from vault.crypto import curve_of, load_spki
+from vault.device_secrets import KINDS, MAX_SECRETS, NAME_PATTERN
 from vault.errors import FormatError, SignatureError, ThresholdError, VaultError
 from vault.evidence import MAX_RECORD_SIZE, RawChunk, decrypt_chunk
 from vault.formats import MAX_SIGNATURE_SIZE, PAYLOAD_TYPE_INTOTO, STATEMENT_TYPE
@@ -47,6 +48,7 @@ from vault.manifest import (
     EVENTS,
     MANIFEST_PREDICATE,
     MAX_COEFFICIENTS,
+    MAX_LOTS,
     MAX_MANIFEST_SIZE,
     MAX_MEASUREMENTS,
     MAX_NAME,
@@ -150,6 +152,9 @@ Measured = tuple[
 """(log position, ISO week, (step, milliseconds) in the order run, (name, unit, lower, upper, value, passed) of
 each measurement, (name, unit, value) of each calibration coefficient) of a manifest with a test record."""
 
+LotRow = tuple[int, str, str, str]
+"""(log position, manifest id, component, lot code) of each lot a manifest records."""
+
 Clock = tuple[str, int, int, int, str, str, "str | None"]
 """(clock session, monotonic seconds, wall-clock seconds since 1970, log position, manifest id, hardware id,
 serial) of a manifest that records its station's monotonic clock."""
@@ -182,6 +187,7 @@ class ChunkResult:
     verified: int = 0
     events: dict[str, int] = field(default_factory=dict)
     measured: list[Measured] = field(default_factory=list)  # the audited release's units with a test record
+    lots: list[LotRow] = field(default_factory=list)  # the component lots each unit's manifest records
 
 
 # --- per-process state ----------------------------------------------------------------------
@@ -317,6 +323,8 @@ class _Chunk:
             if record.startswith(b'{"certificate":'):
                 self.entry(record)
                 continue
+            if record.startswith(b'{"sealed":') and record.endswith(b',"type":"secrets"}'):
+                continue  # sealed per-device secrets, as a station writes them: for 'vault secrets', not the audit
             try:
                 value = parse_json(record, max_size=MAX_RECORD_SIZE, what="evidence record")
             except FormatError as e:
@@ -329,6 +337,8 @@ class _Chunk:
                 result.head = value
             elif kind == "checkpoint" and i == last_index and result.last:
                 result.tail = value
+            elif kind == "secrets":  # sealed per-device secrets for the device maker: opened by 'vault secrets'
+                pass
             else:
                 shown = kind if isinstance(kind, str) else "untyped"
                 result.misplaced.append(f"a {shown[:32]!r} record out of place (record {i} of chunk {result.index})")
@@ -495,6 +505,8 @@ class _Chunk:
             (position, mid, event, hwid, serial, m.device_key_id, m.unit is not None, in_bundle, m.unit, step, week,
              epoch, m.fixture, operator)
         )  # fmt: skip
+        if m.lots:
+            result.lots.extend((position, mid, component, lot) for component, lot in m.lots)
         if m.quality is not None and in_bundle:
             result.measured.append((position, week or _week(time), *m.quality))
         if m.unit is not None:
@@ -706,6 +718,7 @@ class _Fields(NamedTuple):
     clock_session: str | None = None
     clock_monotonic: int | None = None
     quality: Tested | None = None
+    lots: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def of(cls, m: Manifest) -> _Fields:
@@ -736,6 +749,7 @@ class _Fields(NamedTuple):
             m.clock_session,
             m.clock_monotonic,
             None if m.quality is None else _tested(m.quality),
+            tuple(sorted((m.lots or {}).items())),
         )
 
 
@@ -756,6 +770,17 @@ _b2a = binascii.b2a_base64
 _MAX_SIG = MAX_SIGNATURE_SIZE
 _PAE_HEAD = b"DSSEv1 %d %s " % (len(PAYLOAD_TYPE_INTOTO), PAYLOAD_TYPE_INTOTO.encode())
 _MAX_COUNT = 2**63
+# the optional lots (sorted, unique component names; the printability of codes is checked after the match)
+# and sealed secrets' records, exactly as a station writes them (vault.manifest.parse_lots, parse_sealed_records)
+_LOT_ITEM = r'"[a-z0-9][a-z0-9_.-]{0,63}":"[^"\\\x00-\x1f]{1,64}"'
+_LOTS = re.compile(rf"\{{(?:{_LOT_ITEM}(?:,{_LOT_ITEM}){{0,{MAX_LOTS - 1}}})?\}}")
+_LOT_PAIR = re.compile(r'"([a-z0-9][a-z0-9_.-]{0,63})":"([^"\\\x00-\x1f]{1,64})"')
+_KIND = "|".join(re.escape(k) for k in KINDS)
+_SECRET_ITEM = (
+    rf'\{{"installed":(?:true|false),"kind":"(?:{_KIND})","name":"{NAME_PATTERN}",'
+    r'"recipient":"[0-9a-f]{64}","sealed_sha256":"[0-9a-f]{64}"\}'
+)
+_SECRETS = re.compile(rf"\[(?:{_SECRET_ITEM}(?:,{_SECRET_ITEM}){{0,{MAX_SECRETS - 1}}})?\]")
 
 
 def _canonical_statement() -> re.Pattern[str]:
@@ -786,12 +811,15 @@ def _canonical_statement() -> re.Pattern[str]:
         ("id", r'"([0-9a-f]{32})"'),
         ("images", rf"\[((?:{image}(?:,{image}){{0,63}})?)\]"),
         ("keys", r'\{"issuing_ca":' + sha256 + ',"signing":' + sha256 + r"\}"),
-        ("label", optional_text),
+        # the component lots (a mapping of plain strings) and the sealed secrets' records (a list of flat
+        # objects), optional, found by their braces and brackets and read strictly after the match
+        ("label", optional_text + r'(?:,"lots":(\{[^{}]*\}))?'),
         ("operator", text),
         ("policy_version", count),
         # the test record's three lists, found by their brackets (a name holding a "]" takes the generic path)
         ("product", text + r'(?:,"quality":(\{"calibration":\[[^\]]*\],'
-                           r'"measurements":\[[^\]]*\],"steps":\[[^\]]*\]\}))?'),
+                           r'"measurements":\[[^\]]*\],"steps":\[[^\]]*\]\}))?'
+                           r'(?:,"secrets":(\[[^\]]*\]))?'),
         ("security_counter", count),
         ("sequence", count),
         ("serial", optional_text),
@@ -934,8 +962,9 @@ def _statement_fields(text: str, usual_images: Mapping[str, tuple[tuple[str, str
     (
         bundle_id, certificate_serial, certificate_sha256, clock, clock_monotonic, clock_session, detail,
         device_key_id, event, failed_step,
-        fixture, hwid, mid, images_text, issuing_ca, signing, label, operator, policy_version, product, quality_text,
-        security_counter, sequence, serial, station_id, time, unit, version, subject_digest, subject_hwid,
+        fixture, hwid, mid, images_text, issuing_ca, signing, label, lots_text, operator, policy_version, product,
+        quality_text, secrets_text, security_counter, sequence, serial, station_id, time, unit, version,
+        subject_digest, subject_hwid,
     ) = match.groups()  # fmt: skip
     if subject_hwid != hwid or hashlib.sha256(bytes.fromhex(hwid)).hexdigest() != subject_digest:
         return None
@@ -961,6 +990,16 @@ def _statement_fields(text: str, usual_images: Mapping[str, tuple[tuple[str, str
         quality = _quality_fields(quality_text, event)
         if quality is None:
             return None
+    lots: tuple[tuple[str, str], ...] = ()
+    if lots_text is not None:  # checked as parse_manifest does; the secrets' records only for their form
+        if not _LOTS.fullmatch(lots_text):
+            return None
+        lots = tuple(_LOT_PAIR.findall(lots_text))
+        names = [name for name, _ in lots]
+        if names != sorted(set(names)) or not all(code.isprintable() for _, code in lots):
+            return None
+    if secrets_text is not None and not _SECRETS.fullmatch(secrets_text):
+        return None
     return _Fields(
         mid,
         counts[0],
@@ -988,6 +1027,7 @@ def _statement_fields(text: str, usual_images: Mapping[str, tuple[tuple[str, str
         clock_session,
         monotonic,
         quality,
+        lots,
     )
 
 

@@ -69,6 +69,12 @@ def build_bundle(
             raise PolicyError(
                 f"station '{station_id}' is not enrolled in trust policy v{policy.version} (enrolled: {known})"
             )
+    if description.secrets and policy.secrets_recipient is None:
+        raise PolicyError(
+            f"the release declares per-device secrets ({', '.join(s.name for s in description.secrets)}) but trust "
+            f"policy v{policy.version} names no secrets recipient to seal them to "
+            "(enrol one with policies/secrets-recipient.yaml)"
+        )
     if log is not None:
         last = last_counter(verify_log(log, release_signer_ids(policy)), description.product)
         if last is not None and description.security_counter < last:
@@ -134,6 +140,7 @@ def build_bundle(
                 "provenance": provenance,
                 "policy": {"version": policy.version, "sha256": policy.digest},
                 **({"lock_profiles": description.lock_profiles} if description.lock_profiles else {}),
+                **_secrets(description, policy),
                 "built": format_time(now),
             },
         )
@@ -149,6 +156,15 @@ def build_bundle(
 
 
 _MAX_PROVENANCE_FILE = 16 * 1024 * 1024
+
+
+def _secrets(description: ReleaseDescription, policy: TrustPolicy) -> dict[str, Any]:
+    """The statement's ``secrets`` field: the recipient's key id and each declared secret (none: no field)."""
+    if not description.secrets:
+        return {}
+    assert policy.secrets_recipient is not None  # checked before anything was written
+    items = [s.to_json() for s in description.secrets]
+    return {"secrets": {"recipient": policy.secrets_recipient.key_id, "items": items}}
 
 
 def _length(image: ImageSpec) -> int:

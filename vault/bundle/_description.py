@@ -27,6 +27,11 @@ the tests build, is ``policies/release.yaml``::
         chip: esp32s3                 # the eFuse names are checked against this chip's table
         efuses: {DIS_PAD_JTAG: 1, DIS_USB_JTAG: 1, SOFT_DIS_JTAG: 7}
 
+    secrets:                          # optional: per-device secrets each unit gets, sealed to the
+      - name: backend-psk             # device maker's secrets recipient (docs/adr/0012-device-secrets.md)
+        kind: psk-256                 # psk-256, aes-256 or kek-aes-256
+        target: nvs:psk               # where the adapter installs it (the adapter reads this)
+
 The recipients are the stations with an allocation.
 """
 
@@ -40,7 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from vault._files import read_capped
-from vault._yaml import Checked, DateTime, Field, Hex, Int, Invalid, List, Map, Record, Str, load_yaml
+from vault._yaml import Checked, DateTime, Enum, Field, Hex, Int, Invalid, List, Map, Record, Str, load_yaml
+from vault.device_secrets import KINDS, MAX_SECRETS, NAME_PATTERN, TARGET_PATTERN, SecretSpec
 from vault.errors import AdapterError, ScriptError
 
 MAX_DESCRIPTION = 256 * 1024
@@ -138,6 +144,20 @@ _DOCUMENT = Record(
         "lock_profiles": Field(
             Map(_LOCK_PROFILE, key=Str(pattern=r"[a-z0-9][a-z0-9_-]{0,31}"), min_len=1, max_len=16), required=False
         ),
+        "secrets": Field(
+            List(
+                Record(
+                    {
+                        "name": Field(Str(pattern=NAME_PATTERN)),
+                        "kind": Field(Enum(list(KINDS))),
+                        "target": Field(Str(pattern=TARGET_PATTERN)),
+                    }
+                ),
+                min_len=1,
+                max_len=MAX_SECRETS,
+            ),
+            required=False,
+        ),
     }
 )
 _SCHEMA = Checked(_DOCUMENT, _check_targets)
@@ -177,6 +197,8 @@ class ReleaseDescription:
     images: tuple[ImageSpec, ...]
     source_digest: str
     lock_profiles: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    secrets: tuple[SecretSpec, ...] = ()
+    """The per-device secrets every unit gets (``docs/adr/0012-device-secrets.md``)."""
 
 
 def load_release_description(path: Path) -> ReleaseDescription:
@@ -210,6 +232,11 @@ def load_release_description(path: Path) -> ReleaseDescription:
             p = entry["provenance"]
             provenance = Provenance(base / p["sigstore_bundle"], base / p["trusted_root"], p["identity"], p["issuer"])
         images.append(ImageSpec(entry["name"], base / entry["path"], target, provenance))
+    secrets = tuple(SecretSpec(s["name"], s["kind"], s["target"]) for s in doc["secrets"] or ())
+    secret_names = [s.name for s in secrets]
+    for i, name in enumerate(secret_names):
+        if name in secret_names[:i]:
+            raise ScriptError(f"{path}: secrets[{i}].name: '{name}' appears twice")
     return ReleaseDescription(
         product=doc["product"],
         version=doc["version"],
@@ -224,4 +251,5 @@ def load_release_description(path: Path) -> ReleaseDescription:
             name: {k: v for k, v in profile.items() if v is not None}
             for name, profile in (doc["lock_profiles"] or {}).items()
         },
+        secrets=secrets,
     )

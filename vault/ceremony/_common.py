@@ -65,6 +65,7 @@ class Credentials:
     approvers: Mapping[str, Pkcs11Uri] = field(default_factory=dict)
     auditor: Pkcs11Uri | None = None
     cosigners: Mapping[str, Pkcs11Uri] = field(default_factory=dict)  # auditors' cosigning tokens, by holder id
+    backend: Pkcs11Uri | None = None  # the device maker's token: the secrets recipient's key
     recovery: Pkcs11Uri | None = None
     recovery_so: Pkcs11Uri | None = None
 

@@ -57,7 +57,7 @@ from vault.ceremony._quorum import (
 from vault.crypto import key_id, verify_signature
 from vault.enrolment import EnrolmentRequest, open_enrolment_request
 from vault.errors import InputError, PinIncorrectError, PolicyError, RollbackError
-from vault.policy import RoleKey, key_entry
+from vault.policy import RoleKey, TrustPolicy, key_entry
 from vault.token import Need, Pkcs11Uri, TokenKey, TokenSession, open_token, require_capabilities
 from vault.token._pin import resolve_pin
 
@@ -101,7 +101,8 @@ class Approvers:
 
 @dataclass(frozen=True)
 class IssueRoles:
-    """``ceremony: roles``: certify the release signer, the approvers, the auditor and the cosigners (those named).
+    """``ceremony: roles``: certify the release signer, the approvers, the auditor, the cosigners and the
+    secrets recipient (those named).
 
     ``cosigners`` are the auditors' cosigning keys (a signing key, never the
     auditor's decryption key) and how many cosignatures a device proof needs.
@@ -112,6 +113,7 @@ class IssueRoles:
     approvers: Approvers | None
     auditor: RoleSpec | None
     cosigners: Approvers | None = None
+    secrets_recipient: RoleSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -338,6 +340,10 @@ def _role_holders(spec: IssueRoles, credentials: Credentials) -> list[tuple[str,
             raise InputError(f"the credentials file has no token for cosigner(s) {', '.join(missing)} (cosigners:)")
         cosigner_spec = RoleSpec(cosigners.key_label, cosigners.validity_days)
         wanted += [("cosigner", h, uri, cosigner_spec, "sign") for h, uri in tokens.items() if uri is not None]
+    if spec.secrets_recipient is not None:  # the device maker's key per-device secrets are sealed to
+        wanted.append(
+            ("secrets-recipient", "backend", credentials.need("backend"), spec.secrets_recipient, "derive")
+        )
     if not wanted:
         raise InputError("the script names no role to issue")
     return wanted
@@ -348,13 +354,20 @@ def _current_holder(c: Ceremony, role: str, holder: str) -> RoleKey | None:
         return c.policy.approvers.get(holder)
     if role == "cosigner":
         return c.policy.cosigners.get(holder)
-    return c.policy.release_signer if role == "release-signer" else c.policy.auditor
+    return _single_holder(c.policy, role)
+
+
+def _single_holder(policy: TrustPolicy, role: str) -> RoleKey | None:
+    """The key holding a role one key holds: release signer, auditor or secrets recipient."""
+    if role == "release-signer":
+        return policy.release_signer
+    return policy.secrets_recipient if role == "secrets-recipient" else policy.auditor
 
 
 def _role_profile(c: Ceremony, role: str, holder: str, spec: RoleSpec) -> pki.CertProfile:
     org, days = _organization(c), spec.validity_days
-    if role == "auditor":
-        return pki.key_agreement_profile(f"{c.mark}auditor", days, organization=org)
+    if role in ("auditor", "secrets-recipient"):
+        return pki.key_agreement_profile(f"{c.mark}{role.replace('-', ' ')}", days, organization=org)
     if role == "release-signer":
         return pki.signing_profile(
             f"{c.mark}release signer", days, extended_key_usages=(ExtendedKeyUsageOID.CODE_SIGNING,), organization=org
@@ -403,7 +416,7 @@ def revoke(spec: Revoke) -> Operation:
                 if role == "cosigner" and not predicate["cosigners"]["keys"]:
                     del predicate["cosigners"]  # no cosigner left: no device proof verifies until one is enrolled
             else:
-                held = policy.release_signer if role == "release-signer" else policy.auditor
+                held = _single_holder(policy, role)
                 if held is None:
                     raise InputError(f"policy v{policy.version} has no {role} to revoke")
                 c.confirm(f"revoke the {role} ({reason})")

@@ -59,7 +59,7 @@ class KeyHolding:
         """``approver approver-2``, ``station station-1 signing``, ``release signer``."""
         if self.role == "station":
             return f"station {self.holder} {_PARTS.get(self.part, self.part)}"
-        if self.role in ("release-signer", "auditor"):
+        if self.role in ("release-signer", "auditor", "secrets-recipient"):
             return self.role.replace("-", " ")
         return f"{self.role} {self.holder}"
 
@@ -131,7 +131,7 @@ class PolicyView:
         if self.count("cosigner"):
             out.append(f"cosigners: {self.cosigners_threshold} of {self.count('cosigner')}")
             out += [f"  {k.holder:<20} {k.key_id}" for k in self.keys if k.role == "cosigner"]
-        for role in ("release-signer", "auditor"):
+        for role in ("release-signer", "auditor", "secrets-recipient"):
             held = [k for k in self.keys if k.role == role]
             out.append(f"{role.replace('-', ' ')}: {held[0].key_id if held else 'none'}")
         out.append(f"stations: {len(self.stations)}")
@@ -161,8 +161,8 @@ def policy_view(predicate: Mapping[str, Any], *, statement_sha256: str, file_sha
         keys.append(KeyHolding("approver", holder, "", entry["key_id"]))
     for holder, entry in (predicate.get("cosigners") or {"keys": {}})["keys"].items():
         keys.append(KeyHolding("cosigner", holder, "", entry["key_id"]))
-    for role in ("release_signer", "auditor"):
-        if predicate[role] is not None:
+    for role in ("release_signer", "auditor", "secrets_recipient"):
+        if predicate.get(role) is not None:  # secrets_recipient: absent from older policies
             name = role.replace("_", "-")
             keys.append(KeyHolding(name, name, "", predicate[role]["key_id"]))
     stations = {}

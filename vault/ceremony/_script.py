@@ -140,6 +140,7 @@ _SCHEMA = Tagged(
                 "approvers": Field(_MEMBERS, required=False),
                 "auditor": Field(_ROLE, required=False),
                 "cosigners": Field(_MEMBERS, required=False),
+                "secrets_recipient": Field(_ROLE, required=False),
             },
         ),
         "policy": Record(
@@ -193,6 +194,7 @@ _CREDENTIALS_SCHEMA = Record(
         "approvers": Field(Map(Str(max_len=4096), key=Str(pattern=_ID), max_len=16), required=False, default={}),
         "auditor": Field(Str(max_len=4096), required=False),
         "cosigners": Field(Map(Str(max_len=4096), key=Str(pattern=_ID), max_len=16), required=False, default={}),
+        "backend": Field(Str(max_len=4096), required=False),
         "recovery": Field(Str(max_len=4096), required=False),
         "recovery_so": Field(Str(max_len=4096), required=False),
     }
@@ -301,6 +303,7 @@ def _operation_spec(kind: str, doc: dict[str, Any], path: Path) -> Any:
             approvers=_members(doc["approvers"], path, "approvers"),
             auditor=RoleSpec(**doc["auditor"]) if doc["auditor"] else None,
             cosigners=_members(doc["cosigners"], path, "cosigners"),
+            secrets_recipient=RoleSpec(**doc["secrets_recipient"]) if doc["secrets_recipient"] else None,
         )
     if kind == "policy":
         return RenewPolicy(doc["policy"].get("approvers_threshold"))
@@ -369,6 +372,7 @@ def load_credentials(path: Path) -> Credentials:
         approvers={aid: uri(text, f"approvers.{aid}") for aid, text in doc["approvers"].items()},
         auditor=optional("auditor"),
         cosigners={cid: uri(text, f"cosigners.{cid}") for cid, text in doc["cosigners"].items()},
+        backend=optional("backend"),
         recovery=optional("recovery"),
         recovery_so=optional("recovery_so"),
     )

@@ -111,18 +111,43 @@ def _limit(name: str, kind: click.ParamType[Any], default: float, what: str) -> 
     return click.option(name, type=kind, default=default, show_default=True, help=f"{what} ({code}).")
 
 
+def evidence_inputs(f: F) -> F:
+    """What an audit reads: the EXPORTS, ``--root-cert``, ``--policy`` and ``--bundle`` (also 'vault secrets')."""
+    f = click.option(
+        "--bundle",
+        "bundle_files",
+        type=click.Path(exists=True, path_type=Path),
+        required=True,
+        multiple=True,
+        help="A release bundle the stations used, or a folder whose every file is one; repeat for several releases.",
+    )(f)
+    f = click.option("--policy", "policy_file", type=_PATH, required=True, help="The trust policy to audit against.")(f)
+    f = click.option("--root-cert", type=_PATH, required=True, help="The pinned root certificate (PEM or DER).")(f)
+    return click.argument("exports", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))(f)
+
+
+def audit_limits(f: F) -> F:
+    """The audit's limits (``docs/audit-report.md``), ``--max-silence`` and ``--workers`` (also 'vault secrets')."""
+    f = _limit("--max-reworks", click.IntRange(0, 10**9), 3, "Reworks of one device allowed")(f)
+    f = _limit(
+        "--operator-window", click.IntRange(1, 10**9), 600, "Seconds of overlap at two stations for one operator"
+    )(f)
+    f = _limit("--max-clock-step", click.IntRange(0, 10**9), 300, "Seconds a wall clock may run ahead within one run")(
+        f
+    )
+    f = _limit("--min-cycle", click.FloatRange(0.01, 86400), 1.0, "Fastest a fixture finishes a unit, in seconds")(f)
+    f = click.option("--workers", type=click.IntRange(1, 1024), help="Worker processes (default: one per CPU).")(f)
+    return click.option(
+        "--max-silence",
+        default="7d",
+        show_default=True,
+        callback=_silence,
+        help="How old (90m, 36h, 7d, 2w) a station's newest export may be when it has not closed the release.",
+    )(f)
+
+
 @click.command("audit")
-@click.argument("exports", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--root-cert", type=_PATH, required=True, help="The pinned root certificate (PEM or DER).")
-@click.option("--policy", "policy_file", type=_PATH, required=True, help="The trust policy to audit against.")
-@click.option(
-    "--bundle",
-    "bundle_files",
-    type=click.Path(exists=True, path_type=Path),
-    required=True,
-    multiple=True,
-    help="A release bundle the stations used, or a folder whose every file is one; repeat for several releases.",
-)
+@evidence_inputs
 @click.option(
     "--token",
     "uri",
@@ -138,13 +163,6 @@ def _limit(name: str, kind: click.ParamType[Any], default: float, what: str) -> 
     default="high",
     show_default=True,
     help=f"Exit {EXIT_FINDINGS} when a finding is at this severity or worse.",
-)
-@click.option(
-    "--max-silence",
-    default="7d",
-    show_default=True,
-    callback=_silence,
-    help="How old (90m, 36h, 7d, 2w) a station's newest export may be when it has not closed the release.",
 )
 @click.option(
     "--cosign",
@@ -166,11 +184,7 @@ def _limit(name: str, kind: click.ParamType[Any], default: float, what: str) -> 
     show_default=True,
     help="Cosign no log entry, and give no proof to a device, that a finding at this severity or worse touches.",
 )
-@click.option("--workers", type=click.IntRange(1, 1024), help="Worker processes (default: one per CPU).")
-@_limit("--min-cycle", click.FloatRange(0.01, 86400), 1.0, "Fastest a fixture finishes a unit, in seconds")
-@_limit("--max-clock-step", click.IntRange(0, 10**9), 300, "Seconds a wall clock may run ahead within one run")
-@_limit("--operator-window", click.IntRange(1, 10**9), 600, "Seconds of overlap at two stations for one operator")
-@_limit("--max-reworks", click.IntRange(0, 10**9), 3, "Reworks of one device allowed")
+@audit_limits
 @force_option
 def audit(
     exports: tuple[Path, ...],

@@ -122,6 +122,9 @@ def _release_json(r: Any) -> dict[str, Any]:
         "recipients": dict(r.recipients),
         "provenance": dict(r.provenance),
         "lock_profiles": dict(r.lock_profiles),
+        "secrets": None
+        if not r.secrets
+        else {"recipient": r.secrets_recipient, "items": [s.to_json() for s in r.secrets]},
         "statement_sha256": r.statement_sha256,
         "statement_words": readable_digest(r.statement_sha256),
     }
@@ -174,6 +177,10 @@ def _show_release(r: Any, *, err: bool) -> None:
         burns = [f"{efuse}={value}" for efuse, value in sorted(profile.get("efuses", {}).items())]
         burns += [f"{k['block']} {k['purpose']} {k['digest']}" for k in profile.get("keys", [])]
         echo(f"lock profile  {name} ({profile.get('chip')}): {', '.join(burns)}")
+    for spec in r.secrets:
+        echo(f"secret        {spec.name} ({spec.kind}, {spec.length} bytes) installed at {spec.target}, per device")
+    if r.secrets:
+        echo(f"  sealed to   secrets recipient {r.secrets_recipient}")
     echo(f"statement     {r.statement_sha256}")
     echo(f"              {readable_digest(r.statement_sha256)}")
 

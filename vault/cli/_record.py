@@ -47,7 +47,8 @@ def show_record(history: Sequence[tuple[Manifest, x509.Certificate | None]], *, 
                  "fixture": m.fixture, "unit": m.unit, "bundle_id": m.bundle_id, "product": m.product,
                  "version": m.version, "label": m.label, "failed_step": m.failed_step, "detail": m.detail,
                  "images": [{"name": i.name, "sha256": i.sha256, "measurement": i.measurement} for i in m.images],
-                 "certificate": None if c is None else _certificate(c), "measurements": _measurements(m)}
+                 "certificate": None if c is None else _certificate(c), "measurements": _measurements(m),
+                 "secrets": [s.to_json() for s in m.secrets], "lots": m.lots}
                 for m, c in history
             ],
         })  # fmt: skip
@@ -70,6 +71,11 @@ def show_record(history: Sequence[tuple[Manifest, x509.Certificate | None]], *, 
             click.echo(f"             image {image.name}  {image.sha256}{check}")  # fmt: skip
         for x in _measurements(m):
             click.echo(f"             measured {x}")
+        for s in m.secrets:  # never the secret: its sealed copy's digest, for the device maker
+            where = "installed" if s.installed else "never installed"
+            click.echo(f"             secret {s.name} ({s.kind}) {where}, sealed {s.sealed_sha256[:16]}…")
+        if m.lots:
+            click.echo("             lots " + ", ".join(f"{c} {lot}" for c, lot in sorted(m.lots.items())))
         if certificate is not None:
             c = _certificate(certificate)
             click.echo(f"             certificate {c['serial']}  {c['subject']}  until {c['not_after']}")

@@ -111,7 +111,11 @@ def _open_station(
     root = _root(root_cert, root_fingerprint)
     if not new and not (state_dir / "station.sqlite").is_file():
         raise InputError(f"no station state in {state_dir}: run 'vault station load' first")
-    return Station(state_dir, token=uri, station_id=station_id, root=root, operator=operator)
+    opened = Station(state_dir, token=uri, station_id=station_id, root=root, operator=operator)
+    config = _config()
+    if config is not None and config.components:  # every unit's manifest records the lots in force
+        opened.declare_components(config.components)
+    return opened
 
 
 @station.command("load")
@@ -440,6 +444,39 @@ def label(
     with _open_station(state_dir, uri, station_id, root_cert, root_fingerprint, who) as opened:
         opened.resume(None)
         label_units(opened, config.labels, serials or opened.provisioned_serials(), as_json=as_json)
+
+
+@station.group("lot")
+def lot() -> None:
+    """Component lots: the reel of each component in use, recorded in every unit's manifest."""
+
+
+@lot.command("set")
+@click.argument("component")
+@click.argument("code")
+@_station_options
+def lot_set(
+    component: str,
+    code: str,
+    state_dir: Path,
+    uri: Pkcs11Uri,
+    station_id: str,
+    root_cert: Path | None,
+    root_fingerprint: str | None,
+) -> None:
+    """Set the lot CODE of COMPONENT (a reel just scanned) for every unit from the next one on.
+
+    The component and its lot code pattern are declared under 'components:'
+    in the station configuration (--config); a code that does not match the
+    pattern is refused.
+    """
+    if _config() is None:
+        raise InputError("give --config: the components and their lot code patterns are declared there")
+    with _open_station(state_dir, uri, station_id, root_cert, root_fingerprint) as opened:
+        opened.set_lot(component, code)
+        lots = opened.lots() or {}
+    click.echo(f"lot          {component} {code}: recorded in every unit's manifest from the next unit on")
+    click.echo("in force     " + ", ".join(f"{name} {value}" for name, value in lots.items()))
 
 
 @station.command("status")

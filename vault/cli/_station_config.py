@@ -11,7 +11,8 @@ Templates: ``stations/``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +75,27 @@ def _check_template(template: str) -> None:
         raise Invalid(str(e)) from e
 
 
+def _check_component(component: dict[str, Any]) -> None:
+    """A lot pattern that is a regular expression, and a configured lot that matches it."""
+    try:
+        pattern = re.compile(component["pattern"])
+    except re.error as e:
+        raise Invalid(f"not a regular expression: {e}", "pattern") from e
+    lot = component.get("lot")
+    if lot is not None and not pattern.fullmatch(lot):
+        raise Invalid(f"lot {lot!r} does not match the pattern {component['pattern']!r}", "lot")
+
+
+_COMPONENT = Checked(
+    Record(
+        {
+            "pattern": Field(Str(max_len=256)),
+            "lot": Field(Str(pattern=r"[ -~]{1,64}"), required=False),
+        }
+    ),
+    _check_component,
+)
+
 _SCHEMA = Record(
     {
         "station": Field(Str(pattern=r"[a-z][a-z0-9-]{0,31}")),
@@ -106,6 +128,7 @@ _SCHEMA = Record(
         ),
         "clock": Field(Record({"source": Field(Enum(["system"]))}), required=False),
         "timeouts": Field(_TIMEOUTS, required=False, default={}),
+        "components": Field(Map(_COMPONENT, key=Str(pattern=r"[a-z0-9][a-z0-9_.-]{0,63}"), max_len=32), required=False),
         "fixtures": Field(List(_Lined(_FIXTURE), min_len=1, max_len=64)),
     }
 )
@@ -144,6 +167,8 @@ class StationConfig:
     """Who may acknowledge a fixture the console stopped (a label mismatch, a clone, a clock problem)."""
     export_warning_hours: int = 12
     """The console warns when the last evidence export is older than this."""
+    components: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    """The components whose lot each unit's manifest records: name -> (lot code pattern, lot configured)."""
 
     def make_fixtures(self, *, dry_run: bool) -> list[FixtureRun]:
         """Every fixture from its adapter, options checked; no device is touched.
@@ -232,6 +257,7 @@ def load_station_config(path: Path) -> StationConfig:
         export_warning_hours=doc["export-warning-hours"],
         clock_source=(doc["clock"] or {"source": "system"})["source"],
         fixtures=tuple(fixtures),
+        components={name: (c["pattern"], c.get("lot")) for name, c in (doc["components"] or {}).items()},
     )
 
 

@@ -151,6 +151,37 @@ class PeopleScreen(ModalScreen[tuple[str, str] | None]):
         self.dismiss(None)
 
 
+class LotScreen(ModalScreen[tuple[str, str] | None]):
+    """A reel scanned (or typed): the component and its lot code, as ``COMPONENT CODE``."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, lots: dict[str, str]) -> None:
+        super().__init__()
+        self.lots = lots
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            shown = ", ".join(f"{name} {lot}" for name, lot in self.lots.items())
+            yield Label(f"New reel. In force: {shown}", id="dialog-title")
+            yield Input(placeholder="scan the reel, or type COMPONENT CODE (mcu L2312B), then Enter", id="lot")
+            yield Label("", id="dialog-error")
+
+    def on_mount(self) -> None:
+        self.query_one("#lot", Input).focus()
+
+    @on(Input.Submitted, "#lot")
+    def _scanned(self, event: Input.Submitted) -> None:
+        parts = event.value.split()
+        if len(parts) != 2:
+            self.query_one("#dialog-error", Label).update("give the component and the lot code: mcu L2312B")
+            return
+        self.dismiss((parts[0], parts[1]))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
 class ConsoleApp(App[None]):
     """``vault station console``: one panel per fixture, the shift's people, stops, and export."""
 
@@ -176,11 +207,13 @@ class ConsoleApp(App[None]):
     #people { height: auto; }
     #dialog-error { color: $error; }
     PeopleScreen { align: center middle; }
+    LotScreen { align: center middle; }
     """
     BINDINGS = [
         Binding("f2", "sign_in", "Sign in"),
         Binding("f3", "sign_out", "Sign out"),
         Binding("f5", "export", "Export"),
+        Binding("f6", "lot", "New reel"),
         Binding("f8", "acknowledge", "Acknowledge"),
         Binding("ctrl+q", "quit_console", "Quit"),
     ]
@@ -273,6 +306,9 @@ class ConsoleApp(App[None]):
         left = min((p.left for p in self.line.panels.values()), default=0)
         stopped = self.line.stopped()
         parts = [self.station_label, f"operator: {who}", f"units left: {left}"]
+        lots = self.line.station.lots()
+        if lots:  # the reels in force (F6: a new one)
+            parts.append("lots " + ", ".join(f"{name} {lot}" for name, lot in lots.items()))
         if stopped:
             parts.append(f"STOPPED: fixture {', '.join(map(str, stopped))}")
         warning = self.query_one("#export-warning", Static)
@@ -351,6 +387,25 @@ class ConsoleApp(App[None]):
             self.last_export = self.now()
 
         self._in_background("export", lambda: line.export(folder), exported)
+
+    def action_lot(self) -> None:
+        """A new reel: its component and lot code, recorded in every unit's manifest from the next unit on."""
+        assert self.line is not None
+        station = self.line.station
+        if not station.components:
+            self.notify("the station configuration declares no components", severity="warning")
+            return
+
+        def chosen(result: tuple[str, str] | None) -> None:
+            if result is not None:
+                component, code = result
+
+                def recorded(_: object) -> None:
+                    self.say(f"lot {component} {code} in force from the next unit", "good")
+
+                self._in_background("lot", lambda: station.set_lot(component, code), recorded)
+
+        self.push_screen(LotScreen(station.lots() or {}), chosen)
 
     @on(Button.Pressed, "#acknowledge")
     def _acknowledge_button(self) -> None:

@@ -117,6 +117,7 @@ class _Found:
     counters: dict[str, int] = field(default_factory=dict)
     open_units: dict[tuple[str, int], _Open] = field(default_factory=dict)
     releases: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # rows of a lost folder's releases table
+    sealed: dict[int, dict[str, bytes]] = field(default_factory=dict)  # sealed per-device secrets by log position
     notes: list[str] = field(default_factory=list)
 
 
@@ -254,9 +255,14 @@ def _from_copy(path: Path, station_id: str, key: TokenKey, found: _Found) -> Non
         except VaultError as e:
             raise StateError(f"{path} does not open as a copy of this station's export: {e}") from e
     try:
-        head, *body, tail = records
+        head, *records, tail = records
         if head["type"] != "export" or tail["type"] != "checkpoint" or head["sequence"] != reader.header.sequence:
             raise ValueError("records out of order")
+        body = [r for r in records if r["type"] != "secrets"]
+        for r in records:
+            if r["type"] == "secrets":  # the sealed per-device secrets beside their manifest
+                sealed = found.sealed.setdefault(int(r["sequence"]), {})
+                sealed.update({str(k): base64.b64decode(v, validate=True) for k, v in r["sealed"].items()})
         first, last = int(head["from"]), int(head["to"])
         if [int(r["sequence"]) for r in body] != list(range(first, last)):
             raise ValueError("entries out of order")
@@ -309,6 +315,9 @@ def _from_folder(folder: Path, found: _Found) -> None:
         for sequence, envelope, certificate in rows("log", "SELECT sequence, envelope, certificate FROM log"):
             cert = None if certificate is None else bytes(certificate)
             _add(found.entries, int(sequence), _Entry(bytes(envelope), cert, folder))
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'sealed_secrets'").fetchone():
+            for sequence, name, blob in rows("sealed secrets", "SELECT sequence, name, sealed FROM sealed_secrets"):
+                found.sealed.setdefault(int(sequence), {})[str(name)] = bytes(blob)
         for row in rows("exports", "SELECT sequence, size, root, checkpoint, path, created FROM exports"):
             export = _Export(int(row[0]), int(row[1]), bytes(row[2]), bytes(row[3]), str(row[4]), str(row[5]))
             _add_export(found, export, folder)
@@ -460,6 +469,15 @@ def _write(
                      leaf, entry.certificate, tree.root()),
                 )  # fmt: skip
                 last_time = max(last_time or when, when)
+                sealed = found.sealed.get(manifest.sequence, {})
+                db.executemany(  # only a blob the signed manifest names by its digest
+                    "INSERT INTO sealed_secrets (sequence, name, sealed) VALUES (?, ?, ?)",
+                    [
+                        (manifest.sequence, s.name, sealed[s.name])
+                        for s in manifest.secrets
+                        if s.name in sealed and hashlib.sha256(sealed[s.name]).hexdigest() == s.sealed_sha256
+                    ],
+                )
                 counters[manifest.product] = max(counters.get(manifest.product, 0), manifest.security_counter)
                 _bind(db, manifest)
             State.set_meta(db, "log_frontier", b"".join(tree.frontier))

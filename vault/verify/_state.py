@@ -13,6 +13,8 @@ fixture process on the station:
   process that reserved them and whether their manifest is written;
 - ``log``: the manifests in log order (the Merkle tree's leaves);
 - ``exports``: each evidence export's tree size, root and checkpoint;
+- ``sealed_secrets``: each per-device secret a manifest records, sealed to the
+  device maker's secrets recipient (never the secret itself), by log position;
 - ``closed``: the releases this station closed (or is closing), each with
   its signed close-out once made (see :meth:`vault.verify.Station.close`);
 - ``reserved``: units reserved per release (units recovered without a
@@ -84,6 +86,8 @@ CREATE TABLE IF NOT EXISTS exports (
     sequence INTEGER PRIMARY KEY, size INTEGER NOT NULL, root BLOB NOT NULL, checkpoint BLOB NOT NULL,
     path TEXT NOT NULL, created TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS closed (bundle_id TEXT PRIMARY KEY, started TEXT NOT NULL, closeout BLOB);
+CREATE TABLE IF NOT EXISTS sealed_secrets (
+    sequence INTEGER NOT NULL, name TEXT NOT NULL, sealed BLOB NOT NULL, PRIMARY KEY (sequence, name));
 """
 
 

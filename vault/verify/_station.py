@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -24,6 +25,7 @@ from vault import checkpoint as notes
 from vault import merkle, pki
 from vault.container import BundleReader, unwrap_data_key
 from vault.crypto import key_id
+from vault.device_secrets import SealedRecord, SecretSpec, binding, seal_secret
 from vault.errors import (
     AllocationError,
     AllowlistError,
@@ -53,7 +55,7 @@ from vault.token import Head, Pkcs11Uri, TokenSession, open_token
 from vault.verify._closing import CloseResult, close_release, refuse_if_closed
 from vault.verify._device import Device, ImageToProgram
 from vault.verify._state import LogHead, State
-from vault.verify.devices._protocol import Progress, lock_device, record_test
+from vault.verify.devices._protocol import Progress, install_secret, lock_device, record_test
 
 __all__ = [
     "COPY_SUFFIX",
@@ -192,6 +194,26 @@ class _UnitFailed(Exception):
         self.tested = tested  # what the test measured, when the test failed
 
 
+@dataclass
+class _Secret:
+    """One secret drawn for a unit: sealed at once; the plaintext only until the adapter took it."""
+
+    spec: SecretSpec
+    sealed: bytes
+    recipient: str
+    plaintext: bytearray = field(repr=False)
+    installed: bool = False
+
+    def record(self) -> SealedRecord:
+        """What the manifest records: the sealed blob's digest, never the secret."""
+        digest = hashlib.sha256(self.sealed).hexdigest()
+        return SealedRecord(self.spec.name, self.spec.kind, digest, self.recipient, self.installed)
+
+    def forget(self) -> None:
+        """Overwrite the plaintext (the sealed blob stays)."""
+        self.plaintext[:] = bytes(len(self.plaintext))
+
+
 def _quality(times: dict[str, float], tested: QualityRecord | None) -> QualityRecord:
     """The unit's quality record: each step's time (whole milliseconds, in the order run) and its test."""
     steps = tuple((step, round(seconds * 1000)) for step, seconds in times.items())
@@ -253,6 +275,7 @@ class Station:
         self._release: LoadedRelease | None = None
         self._policy: TrustPolicy | None = None
         self._reader: BundleReader | None = None
+        self._components: dict[str, tuple[re.Pattern[str], str | None]] = {}  # see declare_components
 
     # --- opening ----------------------------------------------------------------
 
@@ -378,6 +401,7 @@ class Station:
             if allocation == 0:
                 raise NotRecipientError(f"bundle {release.bundle_id} allocates no units to station '{self.station_id}'")
             self._check_counter(release)
+            _check_secrets_recipient(release, trust)
             with self._token_lock:
                 data_key = unwrap_data_key(recipient.wrapped_key, release.bundle_id, self.station_id, self._decryption)
             images = []
@@ -513,6 +537,14 @@ class Station:
         without any flag: the new attempt keeps its serial and, under the same
         release, its unit (no new unit is counted); a success is a ``retry``.
 
+        The per-device secrets the release declares are drawn from the station
+        token and sealed to the secrets recipient as soon as the unit is
+        reserved; the adapter installs each after the certificate, before the
+        lock. The manifest records each one sealed (installed or not), the
+        station keeps only the sealed blob (``docs/adr/0012-device-secrets.md``).
+        With components declared (:meth:`declare_components`), the manifest
+        records the lots in force.
+
         Args:
             device: the device on the fixture, behind its adapter.
             label: the serial scanned from its label; it must be the device's
@@ -571,7 +603,9 @@ class Station:
         unit, serial, known_key, event = self._reserve(hwid, label, fixture, rework)
         images: tuple[ImageRecord, ...] = ()
         tested: list[QualityRecord] = []  # the test's record, once it ran
+        secrets: list[_Secret] = []  # drawn and sealed first: a unit that stops early records them as unused
         try:
+            secrets += self._draw_secrets(loaded, hwid, serial)
             images = self._program(device, loaded, progress, times)
             tested.append(self._test(device, times))
             public_key, device_key_id = self._device_key(device, hwid, known_key, times)
@@ -584,6 +618,19 @@ class Station:
                 certificate.public_bytes(serialization.Encoding.DER),
                 times=times,
             )
+            for secret in secrets:
+                self._step(
+                    "install-secret",
+                    install_secret,
+                    device,
+                    secret.spec.name,
+                    secret.spec.kind,
+                    secret.spec.target,
+                    bytes(secret.plaintext),
+                    times=times,
+                )
+                secret.installed = True
+                secret.forget()
             self._step("lock", lock_device, device, loaded.release.lock_profiles, times=times)
         except _UnitFailed as failed:
             self._finish(
@@ -599,8 +646,13 @@ class Station:
                 failed_step=failed.step,
                 detail=str(failed.error),
                 quality=_quality(times, failed.tested or (tested[0] if tested else None)),
+                secrets=secrets,
+                lots=self.lots(),
             )
             raise failed.error from failed
+        finally:
+            for secret in secrets:
+                secret.forget()
         return self._finish(
             event,
             hwid,
@@ -612,7 +664,82 @@ class Station:
             device_key_id,
             certificate,
             quality=_quality(times, tested[0]),
+            secrets=secrets,
+            lots=self.lots(),
         )
+
+    def _draw_secrets(self, loaded: LoadedRelease, hwid: str, serial: str) -> list[_Secret]:
+        """Each secret the release declares, drawn from the station token's generator and sealed at once."""
+        release = loaded.release
+        if not release.secrets:
+            return []
+        recipient = loaded.policy.secrets_recipient
+        assert recipient is not None  # load() refused a release whose recipient the policy does not name
+        drawn = []
+        for spec in release.secrets:
+            try:
+                with self._token_lock:
+                    plaintext = bytearray(self._session.generate_random(spec.length))
+            except VaultError as e:
+                raise _UnitFailed("install-secret", e) from e
+            info = binding(release.bundle_id, self.station_id, hwid, serial, spec)
+            sealed = seal_secret(recipient.public_key, bytes(plaintext), info)
+            drawn.append(_Secret(spec, sealed, recipient.key_id, plaintext))
+        return drawn
+
+    # --- component lots -----------------------------------------------------------------
+
+    def declare_components(self, components: dict[str, tuple[str, str | None]]) -> None:
+        """The components whose lots this station records: name -> (lot code pattern, lot configured).
+
+        A lot scanned at the station (:meth:`set_lot`) replaces the configured one until another is
+        scanned; every unit's manifest records the lots in force (:meth:`lots`).
+
+        Raises:
+            InputError: a pattern is not a regular expression, or a configured lot does not match it.
+        """
+        checked: dict[str, tuple[re.Pattern[str], str | None]] = {}
+        for name, (pattern, lot) in components.items():
+            try:
+                compiled = re.compile(pattern)
+            except re.error as e:
+                raise InputError(f"component {name}: its lot pattern is not a regular expression: {e}") from e
+            if lot is not None:
+                _check_lot(name, compiled, lot)
+            checked[name] = (compiled, lot)
+        self._components = checked
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        """The components whose lots this station records (:meth:`declare_components`), sorted."""
+        return tuple(sorted(self._components))
+
+    def set_lot(self, component: str, code: str) -> None:
+        """Record the lot now in use for ``component`` (a reel scanned at the line), for every unit from now on.
+
+        Raises:
+            InputError: the component is not declared, or the code does not match its pattern.
+        """
+        declared = self._components
+        if component not in declared:
+            known = ", ".join(sorted(declared)) or "none"
+            raise InputError(f"no component '{component}' is declared in the station configuration (declared: {known})")
+        _check_lot(component, declared[component][0], code)
+        with self.state.write() as db:
+            State.set_meta(db, f"lot:{component}", code)
+
+    def lots(self) -> dict[str, str] | None:
+        """The lot in force per declared component (scanned, else configured); None when none is declared."""
+        declared = self._components
+        if not declared:
+            return None
+        lots = {}
+        for name, (pattern, configured) in sorted(declared.items()):
+            scanned = self.state.meta(f"lot:{name}")
+            lot = str(scanned) if scanned is not None and pattern.fullmatch(str(scanned)) else configured
+            if lot is not None:
+                lots[name] = lot
+        return lots
 
     def check_not_closed(self) -> None:
         """Refuse when the loaded release is closed at this station (no unit of it may start).
@@ -871,6 +998,8 @@ class Station:
         failed_step: str | None = None,
         detail: str | None = None,
         quality: QualityRecord | None = None,
+        secrets: Sequence[_Secret] = (),
+        lots: dict[str, str] | None = None,
     ) -> Outcome:
         """Append the unit's last manifest and close the unit, in one transaction."""
         state = "failed" if event == "failed" else "provisioned"
@@ -886,7 +1015,7 @@ class Station:
                 outcome = self._append(
                     db, event, hwid, fixture=fixture, unit=unit, serial=serial, label=label, images=images,
                     device_key_id=device_key_id, certificate=certificate, failed_step=failed_step, detail=detail,
-                    quality=quality,
+                    quality=quality, sealed=[(s.record(), s.sealed) for s in secrets], lots=lots,
                 )  # fmt: skip
                 if device_key_id is not None:
                     db.execute(
@@ -925,6 +1054,8 @@ class Station:
         operator: str | None = None,
         release: _ReleaseRef | None = None,
         quality: QualityRecord | None = None,
+        sealed: Sequence[tuple[SealedRecord, bytes]] = (),
+        lots: dict[str, str] | None = None,
     ) -> Outcome:
         """Sign a manifest and append it to the log inside the caller's write transaction.
 
@@ -969,6 +1100,8 @@ class Station:
             clock_session=None if self._monotonic is None else self._clock_session,
             clock_monotonic=None if self._monotonic is None else int(self._monotonic()),
             quality=quality,
+            secrets=tuple(record for record, _ in sealed),
+            lots=lots,
         )
         with self._token_lock:
             envelope = sign_manifest(manifest, self._signing)
@@ -978,6 +1111,10 @@ class Station:
             "INSERT INTO log (sequence, manifest_id, event, hardware_id, time, envelope, leaf_hash, certificate, root) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (sequence, manifest.id, event, hwid, when, envelope, leaf, certificate_der, root),
+        )
+        db.executemany(
+            "INSERT INTO sealed_secrets (sequence, name, sealed) VALUES (?, ?, ?)",
+            [(sequence, record.name, blob) for record, blob in sealed],
         )
         State.set_meta(db, "last_time", when)
         return Outcome(event, hwid, serial, unit, sequence, manifest.id, certificate)
@@ -1356,6 +1493,12 @@ class Station:
                         }
                     )
                 )
+                sealed: dict[int, dict[str, str]] = {}  # the per-device secrets, sealed to the device maker
+                for index, name, blob in db.execute(
+                    "SELECT sequence, name, sealed FROM sealed_secrets WHERE sequence >= ? AND sequence < ?",
+                    (start, size),
+                ):
+                    sealed.setdefault(index, {})[name] = base64.b64encode(blob).decode()
                 for index, envelope, certificate in db.execute(
                     "SELECT sequence, envelope, certificate FROM log "
                     "WHERE sequence >= ? AND sequence < ? ORDER BY sequence",
@@ -1371,6 +1514,8 @@ class Station:
                             }
                         )
                     )
+                    if index in sealed:  # beside its manifest, which records each blob's digest
+                        add(canonical_json({"type": "secrets", "sequence": index, "sealed": sealed.pop(index)}))
                 add(
                     canonical_json(
                         {
@@ -1454,6 +1599,35 @@ class _ReleaseRef:
     def of(cls, loaded: LoadedRelease) -> _ReleaseRef:
         r = loaded.release
         return cls(r.bundle_id, r.product, r.version, r.security_counter, loaded.policy.version)
+
+
+def _check_lot(component: str, pattern: re.Pattern[str], code: str) -> None:
+    if not isinstance(code, str) or not code.isprintable() or not 1 <= len(code) <= 64:
+        raise InputError(f"lot code for {component}: printable text of 1 to 64 characters, not {code!r}")
+    if not pattern.fullmatch(code):
+        raise InputError(f"lot code {code!r} does not match {component}'s lot pattern {pattern.pattern!r}")
+
+
+def _check_secrets_recipient(release: Release, policy: TrustPolicy) -> None:
+    """A release that declares secrets seals them to the policy's secrets recipient, or it is refused.
+
+    Raises:
+        PolicyError: the policy names no recipient, or another key than the release's.
+    """
+    if not release.secrets:
+        return
+    recipient = policy.secrets_recipient
+    if recipient is None:
+        raise PolicyError(
+            f"release {release.product} {release.version} declares per-device secrets, but trust policy "
+            f"v{policy.version} names no secrets recipient to seal them to"
+        )
+    if recipient.key_id != release.secrets_recipient:
+        raise PolicyError(
+            f"release {release.product} {release.version} seals its secrets to key "
+            f"{str(release.secrets_recipient)[:16]}, not to trust policy v{policy.version}'s secrets recipient "
+            f"{recipient.key_id[:16]}: build the release again under this policy"
+        )
 
 
 def _check_entry(

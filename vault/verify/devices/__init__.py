@@ -36,6 +36,7 @@ from vault.verify.devices._protocol import (
     Progress,
     check_option_names,
     check_timeouts,
+    install_secret,
     lock_device,
 )
 from vault.verify.devices._simulated import SimulatedDevice, SimulatedFixture
@@ -56,6 +57,7 @@ __all__ = [
     "SimulatedFixture",
     "check_option_names",
     "check_timeouts",
+    "install_secret",
     "installed_adapters",
     "load_adapter",
     "lock_device",

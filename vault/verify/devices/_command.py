@@ -12,6 +12,7 @@ Options (a station configuration's ``fixtures[].options``)::
       verify:      {run: [tool, sha256, "{image_name}"], sha256: {pattern: "([0-9a-f]{64})"}}
       generate-key: {run: [tool, keygen, -o, "{workdir}/device.csr"], csr: {file: "{workdir}/device.csr"}}
       install-certificate: {run: [tool, put-cert, "{certificate}"]}
+      install-secret: {run: [tool, put-secret, "{secret_target}", "{secret}"]}   # optional
       lock:        {run: [tool, lock], dry-run: [tool, lock, --check-only]}
 
 Every step but ``wait`` and ``read-label`` is required. Each is an argument
@@ -26,8 +27,16 @@ with a loader that reads a stream). An output (``hardware-id``, ``label``,
 ``pattern`` (its first group, or the whole match) or from a ``file`` the
 tool writes. A non-zero exit, a timeout or a missing output fails the step
 with the tool's last error line. In a dry run, the writing steps (program,
-generate-key, install-certificate, lock) run their ``dry-run`` command if
-they have one and are skipped if not.
+generate-key, install-certificate, install-secret, lock) run their
+``dry-run`` command if they have one and are skipped if not.
+
+``install-secret`` is needed only for a release that declares per-device
+secrets; it runs once per secret. The secret reaches the tool like an image:
+through a FIFO ``{secret}`` in the private folder, or on its standard input
+when the command names no ``{secret}``; never on its command line, never in a
+file. ``{secret_name}``, ``{secret_kind}`` and ``{secret_target}`` say which
+secret and where it goes. Without the step, a unit of such a release fails
+at ``install-secret``.
 """
 
 from __future__ import annotations
@@ -68,6 +77,7 @@ _PLACEHOLDERS: dict[str, set[str]] = {
     "verify": _COMMON | {"hardware_id"} | _IMAGE,
     "generate-key": _COMMON | {"hardware_id"},
     "install-certificate": _COMMON | {"hardware_id", "certificate", "certificate_pem"},
+    "install-secret": _COMMON | {"hardware_id", "secret", "secret_name", "secret_kind", "secret_target"},
     "lock": _COMMON | {"hardware_id"},
 }
 _OUTPUTS = {"read-id": "hardware-id", "read-label": "label", "verify": "sha256", "generate-key": "csr"}
@@ -271,8 +281,18 @@ class CommandDevice:
                 out.append(values[name])
         return "".join(out)
 
-    def run(self, step: str, extra: Mapping[str, str] | None = None, feed: Iterable[bytes] | None = None) -> str | None:
-        """Run ``step``'s command (its dry-run one in a dry run); returns its output, None if skipped."""
+    def run(
+        self,
+        step: str,
+        extra: Mapping[str, str] | None = None,
+        feed: Iterable[bytes] | None = None,
+        feed_as: str = "image",
+    ) -> str | None:
+        """Run ``step``'s command (its dry-run one in a dry run); returns its output, None if skipped.
+
+        ``feed`` (an image, a secret) reaches the tool through a FIFO named by the placeholder ``feed_as``
+        when the command has it, else on the tool's standard input.
+        """
         spec = self.fixture.steps[step]
         argv = spec.run
         if self.fixture.dry_run and step in WRITING_STEPS:
@@ -281,12 +301,12 @@ class CommandDevice:
             argv = spec.dry_run
         extra = dict(extra or {})
         fifo = None
-        if feed is not None and any("image" in _fields(a, "") for a in argv):
-            fifo = self.workdir / "image.fifo"
+        if feed is not None and any(feed_as in _fields(a, "") for a in argv):
+            fifo = self.workdir / f"{feed_as}.fifo"
             with contextlib.suppress(FileNotFoundError):
                 fifo.unlink()
             os.mkfifo(fifo, 0o600)
-            extra["image"] = str(fifo)
+            extra[feed_as] = str(fifo)
         command = [self._render(a, extra) for a in argv]
         timeout = self.fixture.timeouts.get(step, 60.0)
         tool = Path(command[1 if Path(command[0]).name.startswith("python") and len(command) > 1 else 0]).name
@@ -330,7 +350,7 @@ class CommandDevice:
             raise DeviceError(f"{step}: {tool} exited with status {process.returncode}: {_last_line(stderr, stdout)}")
         if feed is not None and (not fed or not isinstance(fed[0], int)):
             why = fed[0] if fed else "it never opened it"
-            raise DeviceError(f"{step}: {tool} ended before it read the whole image ({why})")
+            raise DeviceError(f"{step}: {tool} ended before it read the whole {feed_as} ({why})")
         return stdout[:_MAX_OUTPUT].decode("utf-8", "replace")
 
     def _output(self, step: str, stdout: str) -> str:
@@ -398,6 +418,15 @@ class CommandDevice:
         certificate = x509.load_der_x509_certificate(certificate_der)
         pem = certificate.public_bytes(serialization.Encoding.PEM).decode()
         self.run("install-certificate", {"certificate": str(path), "certificate_pem": pem})
+
+    def install_secret(self, name: str, kind: str, target: str, secret: bytes) -> None:
+        if "install-secret" not in self.fixture.steps:
+            raise DeviceError(
+                f"install-secret: this fixture's command adapter has no install-secret step, so it cannot "
+                f"install secret '{name}' (add one to its steps)"
+            )
+        values = {"secret_name": name, "secret_kind": kind, "secret_target": target}
+        self.run("install-secret", values, [secret], feed_as="secret")
 
     def lock(self) -> None:
         self.run("lock")

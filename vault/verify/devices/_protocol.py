@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from vault.errors import AdapterError
+from vault.errors import AdapterError, DeviceError
 from vault.manifest import MAX_COEFFICIENTS, MAX_MEASUREMENTS, MAX_NAME, MAX_UNIT, Coefficient, Reading
 
 __all__ = [
@@ -26,14 +26,15 @@ __all__ = [
     "Progress",
     "check_option_names",
     "check_timeouts",
+    "install_secret",
     "lock_device",
     "record_test",
 ]
 
-STEPS = ("read-id", "program", "verify", "generate-key", "certify", "install-certificate", "lock")
+STEPS = ("read-id", "program", "verify", "generate-key", "certify", "install-certificate", "install-secret", "lock")
 """The provisioning steps in order; a failed manifest names one of them (or "identity", "allocation")."""
 
-WRITING_STEPS = frozenset({"program", "generate-key", "install-certificate", "lock"})
+WRITING_STEPS = frozenset({"program", "generate-key", "install-certificate", "install-secret", "lock"})
 """The device steps that change the device; a dry run asks the adapter to rehearse them without writing."""
 
 DEFAULT_TIMEOUTS: Mapping[str, float] = {
@@ -42,6 +43,7 @@ DEFAULT_TIMEOUTS: Mapping[str, float] = {
     "verify": 300.0,
     "generate-key": 120.0,
     "install-certificate": 60.0,
+    "install-secret": 60.0,
     "lock": 120.0,
 }
 """Seconds each device step may take unless the station configuration says otherwise."""
@@ -219,7 +221,8 @@ class Device(Protocol):
     scanner at the fixture, for ``label: adapter``),
     ``measurements() -> Sequence[Measurement]`` and ``calibration() ->
     Sequence[Calibration]`` (the unit's test, asked once the images are read
-    back; recorded in the manifest, a limit that fails fails the unit) and
+    back; recorded in the manifest, a limit that fails fails the unit),
+    ``install_secret(name, kind, target, secret)`` (see :func:`install_secret`) and
     ``lock_with(profiles)`` (see :func:`lock_device`).
     """
 
@@ -317,6 +320,24 @@ def check_timeouts(values: Mapping[str, float]) -> dict[str, float]:
             raise AdapterError("a timeout is a number of seconds from 1 to 86400", step)
         merged[step] = float(seconds)
     return merged
+
+
+def install_secret(device: Device, name: str, kind: str, target: str, secret: bytes) -> None:
+    """The install-secret step: ``device.install_secret(name, kind, target, secret)``.
+
+    ``target`` is where the release says the secret goes ("nvs:psk", "otp:3"),
+    a string the adapter understands. The adapter must put ``secret`` on the
+    device and nowhere else: never in a file, a log, or a tool's command line.
+    An adapter without ``install_secret`` cannot install one, and the unit
+    fails at this step (its sealed secret is recorded as never installed).
+
+    Raises:
+        DeviceError: the adapter cannot install secrets.
+    """
+    install = getattr(device, "install_secret", None)
+    if install is None:
+        raise DeviceError(f"the device adapter cannot install secrets (secret '{name}', target '{target}')")
+    install(name, kind, target, secret)
 
 
 def lock_device(device: Device, profiles: Mapping[str, Mapping[str, Any]]) -> None:

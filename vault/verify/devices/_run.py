@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from vault.container import BundleReader
 from vault.errors import DeviceError, DeviceTimeoutError, StateError, TokenError, VaultError
 from vault.verify._simulate import ProvisioningInterrupted, UnitResult, event_of, run_threads
 from vault.verify._station import Station
-from vault.verify.devices._protocol import Device, Fixture, Measurement, Progress, lock_device
+from vault.verify.devices._protocol import Device, Fixture, Measurement, Progress, install_secret, lock_device
 
 __all__ = ["FixtureRun", "RunResult", "rehearse", "run_fixtures"]
 
@@ -257,6 +258,8 @@ def rehearse(station: Station, device: Device, *, label: str | None = None) -> b
     except (ValueError, TypeError, VaultError) as e:
         raise DeviceError(f"generate-key: the device's key request is not valid: {e}") from e
     step("install-certificate", device.install_certificate, _throwaway_certificate(public_key, label))
+    for spec in loaded.release.secrets:  # a throwaway secret: the adapter's dry run must not keep it
+        step("install-secret", install_secret, device, spec.name, spec.kind, spec.target, os.urandom(spec.length))
     step("lock", lock_device, device, loaded.release.lock_profiles)
     return hardware_id
 

@@ -67,6 +67,7 @@ class SimulatedDevice:
         self.key: ec.EllipticCurvePrivateKey | None = None
         self.certificate: bytes | None = None
         self.locked = False
+        self.secrets: dict[str, bytes] = {}  # target -> the secret installed there (a test reads it back)
         self.dry_run = dry_run
         self.out_of_limit = out_of_limit
 
@@ -107,6 +108,14 @@ class SimulatedDevice:
         self._step("install-certificate")
         if not self.dry_run:
             self.certificate = certificate_der
+
+    def install_secret(self, name: str, kind: str, target: str, secret: bytes) -> None:
+        """Keep ``secret`` at ``target``, as a device's secure storage would."""
+        self._step("install-secret")
+        if self.locked:
+            raise DeviceError(f"simulated device {self.hardware_id.hex()} is locked")
+        if not self.dry_run:
+            self.secrets[target] = bytes(secret)
 
     def lock(self) -> None:
         self._step("lock")
