@@ -170,10 +170,14 @@ QUESTIONS = {
 class Index:
     """A temporary SQLite table of manifests (see the module docstring)."""
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(self, directory: str | os.PathLike[str], *, existing: bool = False) -> None:
+        """The index in ``directory``: a new one, or (``existing``) the one an earlier audit left there, to
+        add to (an incremental audit's)."""
         self.path = Path(directory) / "audit-index.sqlite"
         self._db = sqlite3.connect(self.path, isolation_level=None)
-        self._db.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;" + _PRAGMAS + _SCHEMA)
+        self._db.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;" + _PRAGMAS)
+        if not existing:
+            self._db.executescript(_SCHEMA)
         self._db.execute("BEGIN")
 
     def __enter__(self) -> Index:
@@ -275,6 +279,7 @@ class Index:
             if len(rows) < limit:
                 rows.append(row[4:])
         return found
+
     def vanished(
         self, station: int, later: int, earlier: Sequence[int], ranges: Sequence[tuple[int, int]], limit: int
     ) -> tuple[int, list[tuple[Any, ...]]]:

@@ -124,7 +124,19 @@ Stamp = tuple[str, int, "str | None", "str | None", "str | None"]
 """(time, log position, manifest id, hardware id, serial) of a verified entry, for the time checks."""
 
 Row = tuple[
-    int, str, str, str, "str | None", "str | None", int, int, "int | None", "str | None", "str | None", int, int,
+    int,
+    str,
+    str,
+    str,
+    "str | None",
+    "str | None",
+    int,
+    int,
+    "int | None",
+    "str | None",
+    "str | None",
+    int,
+    int,
     "str | None",
 ]
 """(position, manifest id, event, hardware id, serial, device key id, whether it names a unit, the number of
@@ -790,8 +802,11 @@ def _canonical_statement() -> re.Pattern[str]:
         ("operator", text),
         ("policy_version", count),
         # the test record's three lists, found by their brackets (a name holding a "]" takes the generic path)
-        ("product", text + r'(?:,"quality":(\{"calibration":\[[^\]]*\],'
-                           r'"measurements":\[[^\]]*\],"steps":\[[^\]]*\]\}))?'),
+        (
+            "product",
+            text + r'(?:,"quality":(\{"calibration":\[[^\]]*\],'
+            r'"measurements":\[[^\]]*\],"steps":\[[^\]]*\]\}))?',
+        ),
         ("security_counter", count),
         ("sequence", count),
         ("serial", optional_text),

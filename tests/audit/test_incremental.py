@@ -1,0 +1,125 @@
+"""Incremental audits (``audit(..., state=DIR)``): the report of a full audit, from only what is new."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.audit.conftest import Forge, World, serious
+from vault.audit import Report, Thresholds, audit
+from vault.audit._state import StateFolder
+from vault.errors import InputError
+from vault.hpke import SoftwareDecapsulator
+from vault.token import TokenKey
+
+
+def _audit(world: World, key: TokenKey, paths: list[Path], state: Path | None = None, **kw: Any) -> Report:
+    return audit(
+        paths, policy=world.policy, root_certificate=world.root_cert, bundle_path=world.bundle_path,
+        decapsulator=key, workers=1, state=state, **kw,
+    )  # fmt: skip
+
+
+def _same(report: Report) -> dict[str, Any]:
+    """The report but for when it was made and how long it took."""
+    shown = json.loads(report.to_json())
+    del shown["generated"], shown["summary"]["seconds"]
+    return shown
+
+
+def test_an_incremental_audit_gives_the_full_audit_s_report_with_a_clone_in_the_old_exports(
+    forge: Forge, world: World, auditor_key: TokenKey, tmp_path: Path
+) -> None:
+    evidence, state = tmp_path / "evidence", tmp_path / "state"
+    devices = forge.provision(4)
+    first = forge.export(evidence)
+    forge.provision(2)
+    forge.add("provisioned", forge.device(hardware_id=devices[1].hardware_id))  # its twin is in export 1
+    forge.add("failed", failed_step="program", detail="probe lost contact")
+    second = forge.export(evidence)
+    forge.provision(1)
+    third = forge.export(evidence)
+
+    full = _audit(world, auditor_key, [first, second, third])
+    assert "duplicate-hardware-id" in serious(full)
+
+    _audit(world, auditor_key, [first], state)  # the first run makes the state
+    _audit(world, auditor_key, [first, second], state)  # export 1 again (skipped) and export 2
+    incremental = _audit(world, auditor_key, [third], state)  # only the new one
+    assert _same(incremental) == _same(full)
+    assert incremental.manifests == full.manifests == len(forge.log)
+
+
+def test_a_new_export_that_rewrites_the_audited_log_is_flagged_as_in_a_full_audit(
+    forge: Forge, world: World, auditor_key: TokenKey, tmp_path: Path
+) -> None:
+    evidence, state = tmp_path / "evidence", tmp_path / "state"
+    forge.provision(6)
+    first = forge.export(evidence)
+    for position in (2, 4):  # an insider re-signs the log from the start with other devices there
+        forge.log[position] = forge.manifest("provisioned", sequence=position, unit=position + 1)
+    forge.provision(2)
+    rewritten = forge.export(evidence, start=0)  # export 2, a history of its own
+
+    full = _audit(world, auditor_key, [first, rewritten])
+    assert "log-forked" in serious(full)
+    _audit(world, auditor_key, [first], state)
+    incremental = _audit(world, auditor_key, [rewritten], state)
+    assert _same(incremental) == _same(full)
+
+
+def test_an_export_that_forks_an_audited_one_or_comes_before_it_is_refused(
+    forge: Forge, world: World, auditor_key: TokenKey, tmp_path: Path
+) -> None:
+    evidence, state = tmp_path / "evidence", tmp_path / "state"
+    forge.provision(3)
+    first = forge.export(evidence)
+    forge.provision(2)
+    second = forge.export(evidence)
+    _audit(world, auditor_key, [first, second], state)
+    forge.log[1] = forge.manifest("provisioned", sequence=1, unit=2)
+    other = forge.export(tmp_path / "other", sequence=1, start=0, size=3, record_export=False)
+    with pytest.raises(InputError, match="claims export 1 of station-1, which the audit state holds"):
+        _audit(world, auditor_key, [other], state)
+    # a full audit reports the same file as a fork
+    assert "log-forked" in serious(_audit(world, auditor_key, [first, second, other]))
+
+
+def test_a_state_edited_swapped_or_made_for_other_inputs_is_refused(
+    forge: Forge, world: World, auditor_key: TokenKey, tmp_path: Path
+) -> None:
+    evidence, state = tmp_path / "evidence", tmp_path / "state"
+    forge.provision(3)
+    first = forge.export(evidence)
+    forge.provision(1)
+    second = forge.export(evidence)
+    _audit(world, auditor_key, [first], state)
+    generation = state / (state / "current").read_text().strip()
+    blob = generation / "state.pickle"
+    original = blob.read_bytes()
+
+    # another auditor's key (or anyone without the token's) cannot make or read a state that passes
+    stranger = SoftwareDecapsulator(ec.generate_private_key(ec.SECP256R1()))
+    with pytest.raises(InputError, match="not authentic for this auditor's token"):
+        StateFolder(state, stranger).load()
+
+    blob.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # one bit changed
+    with pytest.raises(InputError, match="not authentic for this auditor's token"):
+        _audit(world, auditor_key, [second], state)
+    blob.write_bytes(original)
+
+    with (generation / "audit-index.sqlite").open("ab") as index:  # the identity index changed
+        index.write(b"\0")
+    with pytest.raises(InputError, match="not authentic"):
+        _audit(world, auditor_key, [second], state)
+    with (generation / "audit-index.sqlite").open("r+b") as index:
+        index.truncate(index.seek(0, 2) - 1)
+
+    with pytest.raises(InputError, match="other thresholds"):
+        _audit(world, auditor_key, [second], state, thresholds=Thresholds(max_reworks=9))
+    report = _audit(world, auditor_key, [second], state)  # intact again: it carries on
+    assert report.manifests == 4
