@@ -7,14 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.audit.conftest import Forge, World, serious
 from vault.audit import Report, Thresholds, audit
 from vault.audit._state import StateFolder
+from vault.cli import cli, main
 from vault.errors import InputError
 from vault.hpke import SoftwareDecapsulator
-from vault.token import TokenKey
+from vault.token import TokenKey, format_uri
 
 
 def _audit(world: World, key: TokenKey, paths: list[Path], state: Path | None = None, **kw: Any) -> Report:
@@ -123,3 +125,27 @@ def test_a_state_edited_swapped_or_made_for_other_inputs_is_refused(
         _audit(world, auditor_key, [second], state, thresholds=Thresholds(max_reworks=9))
     report = _audit(world, auditor_key, [second], state)  # intact again: it carries on
     assert report.manifests == 4
+
+
+def test_the_command_line_keeps_the_state_and_refuses_an_edited_one_in_one_line(
+    forge: Forge, world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    evidence, state = tmp_path / "evidence", tmp_path / "state"
+    forge.provision(3)
+    forge.export(evidence)
+    argv = ["audit", str(evidence), "--root-cert", str(world.root_cert_path), "--policy", str(world.policy_path),
+            "--bundle", str(world.bundle_path), "--token", format_uri(world.tokens["auditor"]), "--workers", "1",
+            "--state", str(state)]  # fmt: skip
+    first = CliRunner().invoke(cli, argv, catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    forge.provision(2)
+    forge.export(evidence)
+    second = CliRunner().invoke(cli, argv, catch_exceptions=False)
+    assert second.exit_code == 0 and "audited     2 export(s)" in second.output and "5 manifests" in second.output
+    blob = state / (state / "current").read_text().strip() / "state.pickle"
+    blob.write_bytes(blob.read_bytes().replace(b"station-1", b"station-9", 1))
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not authentic for this auditor's token" in err, err

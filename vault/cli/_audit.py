@@ -146,6 +146,12 @@ def _limit(name: str, kind: click.ParamType[Any], default: float, what: str) -> 
     help="How old (90m, 36h, 7d, 2w) a station's newest export may be when it has not closed the release.",
 )
 @click.option("--workers", type=click.IntRange(1, 1024), help="Worker processes (default: one per CPU).")
+@click.option(
+    "--state",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep what was verified in this folder (made by the first run, authenticated by the token): "
+    "later runs audit only the exports not audited yet, with the report of a full audit.",
+)
 @_limit("--min-cycle", click.FloatRange(0.01, 86400), 1.0, "Fastest a fixture finishes a unit, in seconds")
 @_limit("--max-clock-step", click.IntRange(0, 10**9), 300, "Seconds a wall clock may run ahead within one run")
 @_limit("--operator-window", click.IntRange(1, 10**9), 600, "Seconds of overlap at two stations for one operator")
@@ -166,6 +172,7 @@ def audit(
     max_clock_step: int,
     operator_window: int,
     max_reworks: int,
+    state: Path | None,
     force: bool,
 ) -> None:
     """Audit evidence EXPORTS (files, or folders of *.vault-evidence and *.vault-closeout) from the stations.
@@ -201,6 +208,7 @@ def audit(
             thresholds=Thresholds(min_cycle, max_clock_step, operator_window, max_reworks),
             closeouts=closeouts,
             max_silence=max_silence,
+            state=state,
         )
     if to_stdout:
         click.echo(report.to_json(fail_on), nl=False)
