@@ -21,23 +21,39 @@ does (``tests/verify``), then:
    auditor's key: the export record, every entry in order, and a checkpoint
    signed by the station key over the Merkle root of the leaves. It is cached
    in the work folder (``--reuse DIR`` audits it again without generating).
-2. **audit**: ``vault.audit.audit`` in a child process with the auditor's
-   token key and ``--workers`` worker processes; the wall time of the call,
-   the child's peak RSS (``VmHWM`` of the main process; the workers are
-   forked by a forkserver, not by it). No finding may be ``high`` or worse.
+2. **audit**: ``vault.audit.audit`` of export 1 in a child process with the auditor's
+   token key and ``--workers`` worker processes; the wall time of the call, the
+   main process's CPU time, and the peak RSS (``VmHWM``) of the main process and
+   of every process under it (the forkserver and its workers, sampled). No
+   finding may be ``high`` or worse.
 3. **baseline**: in another child, a bare loop of as many ECDSA P-256
    verifications as the audit performs (one per manifest, plus one per
    device certificate) with ``cryptography``, split over as many processes,
    over real signatures of manifest-sized messages.
 
-It prints the audit's wall time against the baseline's (target <= 1.3) and
-its peak RSS (target <= 1 GiB).
+It prints the audit's wall time against the baseline's (target <= 1.15) and
+the peak RSS (target <= 512 MiB); its last line is the ratio
+(``ratio audit/bare 1.14``), so that it can be tracked from run to run.
+
+With ``--incremental``, generation writes a second export of ``--new``
+manifests (default 10,000) that extends station-1's log (its previous
+checkpoint export 1's, with the consistency proof), and the bench audits
+export 1 into a new audit state (``--state``; kept in the work folder and
+made once), then export 2 with a copy of that state (the incremental audit),
+then export 2 alone, and prints the incremental audit's wall time against
+the lone one's (target <= 1.2): last line ``ratio incremental/alone ...``.
+
+The bench sets up its own SoftHSM2 tokens and ignores whatever
+``SOFTHSM2_CONF``, ``VAULT_PKCS11_MODULE`` and ``VAULT_PIN_DIR`` the shell
+sets; ``--dir`` is made when it does not exist.
 
 Usage::
 
     python bench/audit_bench.py --manifests 20000
-    python bench/audit_bench.py --manifests 1000000 --no-certificates --dir /var/tmp
-    python bench/audit_bench.py --reuse /var/tmp/vault-audit-bench-XXXX    # audit the cached export again
+    python bench/audit_bench.py --manifests 1000000 --dir /var/tmp/audit-bench
+    python bench/audit_bench.py --reuse /var/tmp/audit-bench/vault-audit-bench-XXXX    # audit the cached export again
+    python bench/audit_bench.py --incremental --manifests 1000000 --new 10000 --dir /var/tmp/audit-bench
+    python bench/audit_bench.py --incremental --reuse /var/tmp/audit-bench/vault-audit-bench-XXXX
 """
 
 from __future__ import annotations
