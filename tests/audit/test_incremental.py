@@ -74,31 +74,36 @@ def test_a_new_export_that_rewrites_the_audited_log_is_flagged_as_in_a_full_audi
     assert _same(incremental) == _same(full)
 
 
+def _exports(forge: Forge, folder: Path, *units: int) -> list[Path]:
+    """One export after each batch of ``units`` provisioned devices."""
+    exports = []
+    for count in units:
+        forge.provision(count)
+        exports.append(forge.export(folder))
+    return exports
+
+
 def test_an_export_that_forks_an_audited_one_or_comes_before_it_is_refused(
     forge: Forge, world: World, auditor_key: TokenKey, tmp_path: Path
 ) -> None:
-    evidence, state = tmp_path / "evidence", tmp_path / "state"
-    forge.provision(3)
-    first = forge.export(evidence)
-    forge.provision(2)
-    second = forge.export(evidence)
-    _audit(world, auditor_key, [first, second], state)
+    state = tmp_path / "state"
+    first, second, third = _exports(forge, tmp_path / "evidence", 3, 2, 1)
+    _audit(world, auditor_key, [first, third], state)  # export 2 not received yet: a gap
     forge.log[1] = forge.manifest("provisioned", sequence=1, unit=2)
     other = forge.export(tmp_path / "other", sequence=1, start=0, size=3, record_export=False)
     with pytest.raises(InputError, match="claims export 1 of station-1, which the audit state holds"):
         _audit(world, auditor_key, [other], state)
+    with pytest.raises(InputError, match="is export 2 of station-1, earlier than export 3 the audit state"):
+        _audit(world, auditor_key, [second], state)
     # a full audit reports the same file as a fork
-    assert "log-forked" in serious(_audit(world, auditor_key, [first, second, other]))
+    assert "log-forked" in serious(_audit(world, auditor_key, [first, second, third, other]))
 
 
 def test_a_state_edited_swapped_or_made_for_other_inputs_is_refused(
     forge: Forge, world: World, auditor_key: TokenKey, tmp_path: Path
 ) -> None:
-    evidence, state = tmp_path / "evidence", tmp_path / "state"
-    forge.provision(3)
-    first = forge.export(evidence)
-    forge.provision(1)
-    second = forge.export(evidence)
+    state = tmp_path / "state"
+    first, second = _exports(forge, tmp_path / "evidence", 3, 1)
     _audit(world, auditor_key, [first], state)
     generation = state / (state / "current").read_text().strip()
     blob = generation / "state.pickle"

@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from vault._files import fsync_dir
 from vault.errors import InputError
 from vault.hpke import Decapsulator
 
@@ -98,14 +99,6 @@ def _sha256_file(path: Path) -> bytes:
         while block := f.read(1 << 20):
             digest.update(block)
     return digest.digest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class StateFolder:
@@ -173,15 +166,15 @@ class StateFolder:
         (staging / _BLOB).write_bytes(blob)
         (staging / _MAC).write_bytes(self._mac(generation, blob, _sha256_file(staging / INDEX_FILE)))
         for name in (_BLOB, _MAC, INDEX_FILE):
-            _fsync(staging / name)
+            fsync_dir(staging / name)
         target = self.path / generation
         shutil.rmtree(target, ignore_errors=True)  # a generation a stopped run staged but never made current
         os.rename(staging, target)
         pointer = self.path / f".{_CURRENT}.new"
         pointer.write_text(generation + "\n", encoding="ascii")
-        _fsync(pointer)
+        fsync_dir(pointer)
         os.replace(pointer, self.path / _CURRENT)
-        _fsync(self.path)
+        fsync_dir(self.path)
         if previous is not None:
             shutil.rmtree(self.path / previous, ignore_errors=True)
 
