@@ -60,12 +60,21 @@ _KEY = f"CASE WHEN event IN {_ASSIGNING} THEN device_key_id END"
 _TOP = 256  # failed steps and weeks listed per station before "other"
 
 
-def _top_per_station(column: str) -> str:
+def _top_per_station(column: str, manifests: str = "COUNT(DISTINCT manifest_id)") -> str:
     where = f"FROM entries WHERE {column} IS NOT NULL GROUP BY station"
     return (
-        f"SELECT station, {column}, n FROM (SELECT station, {column}, COUNT(DISTINCT manifest_id) AS n, "
-        f"ROW_NUMBER() OVER (PARTITION BY station ORDER BY COUNT(DISTINCT manifest_id) DESC, {column}) AS r "
-        f"{where}, {column}) WHERE r <= {_TOP} UNION ALL SELECT station, NULL, COUNT(DISTINCT manifest_id) {where}"
+        f"SELECT station, {column}, n FROM (SELECT station, {column}, {manifests} AS n, "
+        f"ROW_NUMBER() OVER (PARTITION BY station ORDER BY {manifests} DESC, {column}) AS r "
+        f"{where}, {column}) WHERE r <= {_TOP} UNION ALL SELECT station, NULL, {manifests} {where}"
+    )
+
+
+def _cycles(manifests: str) -> str:
+    return (
+        "SELECT station, fixture, MAX(n), time, position, manifest_id, hardware_id, serial, export, COUNT(*) FROM ("
+        "SELECT *, COUNT(*) OVER (PARTITION BY station, fixture ORDER BY time "
+        f"RANGE BETWEEN 59 PRECEDING AND CURRENT ROW) AS n FROM ({manifests})"
+        ") WHERE n > :per_minute GROUP BY station, fixture LIMIT :limit"
     )
 
 
@@ -141,13 +150,9 @@ QUESTIONS = {
     # (station, fixture, most units finished within one minute, then the time, position, manifest id,
     # hardware id, serial and export of the unit that ends that minute, units that end a minute over the
     # limit): fixtures faster than :per_minute units a minute. Each distinct manifest once.
-    "cycles": (
-        "SELECT station, fixture, MAX(n), time, position, manifest_id, hardware_id, serial, export, COUNT(*) FROM ("
-        "SELECT *, COUNT(*) OVER (PARTITION BY station, fixture ORDER BY time "
-        "RANGE BETWEEN 59 PRECEDING AND CURRENT ROW) AS n FROM ("
+    "cycles": _cycles(
         "SELECT station, fixture, time, position, manifest_id, hardware_id, serial, MIN(export) AS export "
-        f"FROM entries WHERE event IN {_ASSIGNING} GROUP BY station, manifest_id)"
-        ") WHERE n > :per_minute GROUP BY station, fixture LIMIT :limit"
+        f"FROM entries WHERE event IN {_ASSIGNING} GROUP BY station, manifest_id"
     ),
     # (operator, station, other station, overlap start, overlap end): an operator's stretches of work at two
     # stations (manifests no more than :window seconds apart) that overlap by more than :window seconds
@@ -165,6 +170,22 @@ QUESTIONS = {
     ),
 }
 """The questions asked of the whole index at the end, longest first."""
+
+UNIQUE = {
+    "counts": (
+        "SELECT station, in_bundle, event, has_unit, COUNT(*), COUNT(*) FROM entries "
+        "GROUP BY station, in_bundle, event, has_unit"
+    ),
+    "pareto": _top_per_station("failed_step", "COUNT(*)"),
+    "weeks": _top_per_station("week", "COUNT(*)"),
+    "cycles": _cycles(
+        "SELECT station, fixture, time, position, manifest_id, hardware_id, serial, export "
+        f"FROM entries WHERE event IN {_ASSIGNING}"
+    ),
+}
+"""The questions that count each distinct manifest once, as asked when no manifest id is in two rows (no
+``replayed`` answer): then every row is a distinct manifest, and the same answers need no de-duplication, the
+costliest part of those questions over a large index."""
 
 
 class Index:
@@ -220,20 +241,31 @@ class Index:
 
         params = dict(params or {})
 
-        def ask(name: str) -> tuple[str, list[tuple[Any, ...]]]:
+        def ask(name: str, unique: bool = False) -> tuple[str, list[tuple[Any, ...]]]:
             db = sqlite3.connect(self.path, isolation_level=None)
             try:
                 db.executescript(_PRAGMAS)
-                sql = QUESTIONS[name]
+                sql = UNIQUE[name] if unique else QUESTIONS[name]
                 args = (limit,) if "?" in sql else {"limit": limit, **params} if ":" in sql else ()
                 return name, db.execute(sql, args).fetchall()
             finally:
                 db.close()
 
+        # "replayed" first: when it finds no manifest id twice, the questions of UNIQUE are asked without
+        # de-duplicating; the others meanwhile
+        others = [name for name in QUESTIONS if name != "replayed" and name not in UNIQUE]
         if parallel <= 1:
-            return dict(map(ask, QUESTIONS))
-        with ThreadPoolExecutor(parallel, thread_name_prefix="audit-index") as pool:
-            return dict(pool.map(ask, QUESTIONS))
+            answers = dict([ask("replayed")])
+            answers.update(map(ask, others))
+            answers.update(ask(name, not answers["replayed"]) for name in UNIQUE)
+        else:
+            with ThreadPoolExecutor(parallel, thread_name_prefix="audit-index") as pool:
+                replayed = pool.submit(ask, "replayed")
+                rest = [pool.submit(ask, name) for name in others]
+                unique = not replayed.result()[1]
+                rest += [pool.submit(ask, name, unique) for name in UNIQUE]
+                answers = dict([replayed.result(), *(future.result() for future in rest)])
+        return {name: answers[name] for name in QUESTIONS}
 
     def rows_for_units(
         self, units: Sequence[tuple[int, int, int]], limit: int
