@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
@@ -154,19 +154,12 @@ QUESTIONS = {
         "SELECT station, fixture, time, position, manifest_id, hardware_id, serial, MIN(export) AS export "
         f"FROM entries WHERE event IN {_ASSIGNING} GROUP BY station, manifest_id"
     ),
-    # (operator, station, other station, overlap start, overlap end): an operator's stretches of work at two
-    # stations (manifests no more than :window seconds apart) that overlap by more than :window seconds
+    # (operator, station, time) of every act, in that order: read by _overlaps, which gives (operator, station,
+    # other station, overlap start, overlap end) of an operator's stretches of work at two stations (manifests
+    # no more than :window seconds apart) that overlap by more than :window seconds
     "operators": (
-        "WITH acts AS (SELECT DISTINCT operator, station, time FROM entries WHERE operator IS NOT NULL), "
-        "marked AS (SELECT operator, station, time, time - LAG(time) OVER (PARTITION BY operator, station "
-        "ORDER BY time) > :window AS fresh FROM acts), "
-        "numbered AS (SELECT operator, station, time, SUM(COALESCE(fresh, 1)) OVER (PARTITION BY operator, "
-        "station ORDER BY time ROWS UNBOUNDED PRECEDING) AS stretch FROM marked), "
-        "stretches AS (SELECT operator, station, MIN(time) AS t0, MAX(time) AS t1 FROM numbered "
-        "GROUP BY operator, station, stretch HAVING t1 - t0 > :window) "
-        "SELECT x.operator, x.station, y.station, MAX(x.t0, y.t0), MIN(x.t1, y.t1) FROM stretches x "
-        "JOIN stretches y ON x.operator = y.operator AND x.station < y.station "
-        "AND MIN(x.t1, y.t1) - MAX(x.t0, y.t0) > :window LIMIT :limit"
+        "SELECT DISTINCT operator, station, time FROM entries WHERE operator IS NOT NULL "
+        "ORDER BY operator, station, time"
     ),
 }
 """The questions asked of the whole index at the end, longest first."""
@@ -186,6 +179,30 @@ UNIQUE = {
 """The questions that count each distinct manifest once, as asked when no manifest id is in two rows (no
 ``replayed`` answer): then every row is a distinct manifest, and the same answers need no de-duplication, the
 costliest part of those questions over a large index."""
+
+
+def _overlaps(acts: Iterable[tuple[str, int, int]], window: float, limit: int) -> list[tuple[Any, ...]]:
+    """The answer to "operators" from its acts, in one pass: each operator's stretches of work per station
+    (acts no more than ``window`` seconds apart) longer than ``window``, and the first ``limit`` pairs of
+    them at two stations (the first station's number lower) that overlap by more than ``window``."""
+    stretches: dict[str, list[tuple[int, int, int]]] = {}  # operator -> (station, start, end), in order
+    current: list[Any] = []
+    for operator, station, time in [*acts, (None, None, None)]:
+        if current and operator == current[0] and station == current[1] and time - current[3] <= window:
+            current[3] = time
+            continue
+        if current and current[3] - current[2] > window:
+            stretches.setdefault(current[0], []).append((current[1], current[2], current[3]))
+        current = [operator, station, time, time]
+    pairs: list[tuple[Any, ...]] = []
+    for operator, spans in stretches.items():
+        for one, start, end in spans:
+            for other, other_start, other_end in spans:
+                if one < other and min(end, other_end) - max(start, other_start) > window:
+                    pairs.append((operator, one, other, max(start, other_start), min(end, other_end)))
+                    if len(pairs) >= limit:
+                        return pairs
+    return pairs
 
 
 class Index:
@@ -247,6 +264,8 @@ class Index:
                 db.executescript(_PRAGMAS)
                 sql = UNIQUE[name] if unique else QUESTIONS[name]
                 args = (limit,) if "?" in sql else {"limit": limit, **params} if ":" in sql else ()
+                if name == "operators":
+                    return name, _overlaps(db.execute(sql), params["window"], limit)
                 return name, db.execute(sql, args).fetchall()
             finally:
                 db.close()
