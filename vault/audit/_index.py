@@ -15,6 +15,7 @@ import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from itertools import chain
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -187,7 +188,7 @@ def _overlaps(acts: Iterable[tuple[str, int, int]], window: float, limit: int) -
     them at two stations (the first station's number lower) that overlap by more than ``window``."""
     stretches: dict[str, list[tuple[int, int, int]]] = {}  # operator -> (station, start, end), in order
     current: list[Any] = []
-    for operator, station, time in [*acts, (None, None, None)]:
+    for operator, station, time in chain(acts, [(None, None, None)]):  # streamed: the acts may be millions
         if current and operator == current[0] and station == current[1] and time - current[3] <= window:
             current[3] = time
             continue
