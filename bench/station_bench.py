@@ -15,7 +15,14 @@ then, in one state folder on the same disk:
 
 It prints units per second against commits per second (target >= 0.5: a
 unit needs two durable commits, one before the device is touched and one for
-its manifest) and the per-unit latency p50/p99.
+its manifest) and the per-unit latency p50/p99. The last line is that ratio,
+``ratio units/commits 0.13``, to track run after run.
+
+It sets up its own environment whatever the caller's shell holds: its own
+SoftHSM2 tokens under ``--dir`` (made if missing), and none of the caller's
+``OPENSSL_*``, ``P11_KIT_*``, ``PYTHON*``, ``SOFTHSM2_*`` or ``VAULT_*``
+variables (``bench/_own.py``); it runs from the repository's ``.venv`` when
+started with an interpreter that lacks the project's packages.
 
 With threads (the default) it also measures, in the same run, what the
 station token's head record costs: the same units are provisioned in
@@ -27,13 +34,14 @@ existed). It prints both rates and the difference per unit.
 Usage::
 
     python bench/station_bench.py                # 400 units, 4 fixtures
-    python bench/station_bench.py --units 1000 --fixtures 4 --image-kib 64
+    python bench/station_bench.py --units 1000 --fixtures 4 --image-kib 64 --dir /var/tmp/bench
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sqlite3
 import statistics
 import subprocess
@@ -43,8 +51,21 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _own import CALLERS, ROOT, own_dir, own_interpreter
+
+if __name__ == "__main__":
+    own_interpreter("cryptography", "pkcs11")
 sys.path.insert(0, str(ROOT))
+
+
+def own_environment(softhsm: Path) -> None:
+    """Fresh SoftHSM2 tokens in ``softhsm``, and this process's environment pointing at them and nothing else."""
+    for name in [name for name in os.environ if name.startswith(CALLERS)]:
+        del os.environ[name]
+    subprocess.run(["bash", str(ROOT / "softhsm" / "setup.sh"), "--dir", str(softhsm), "--quiet"], check=True)
+    for line in (softhsm / "env").read_text().splitlines():
+        name, _, value = line.removeprefix("export ").partition("=")
+        os.environ[name] = shlex.split(value)[0]
 
 
 def baseline(folder: Path, commits: int) -> float:
@@ -88,14 +109,12 @@ def main() -> None:
     parser.add_argument("--fixtures", type=int, default=4)
     parser.add_argument("--image-kib", type=int, default=300, help="size of the bundle's main image")
     parser.add_argument("--processes", action="store_true", help="each fixture in its own process")
-    parser.add_argument("--dir", type=Path, default=None, help="where to work (default: a temporary folder)")
+    parser.add_argument("--dir", type=Path, default=None, help="where to work, made if missing (default: temporary)")
     args = parser.parse_args()
 
+    own_dir(parser, args.dir)
     work = Path(tempfile.mkdtemp(prefix="vault-station-bench-", dir=args.dir))
-    subprocess.run(["bash", str(ROOT / "softhsm" / "setup.sh"), "--dir", str(work / "softhsm"), "--quiet"], check=True)
-    for line in (work / "softhsm" / "env").read_text().splitlines():
-        name, _, value = line.removeprefix("export ").partition("=")
-        os.environ[name] = value
+    own_environment(work / "softhsm")
 
     from tests.verify.conftest import World
 
@@ -124,6 +143,7 @@ def main() -> None:
             durations = [d for part in pool.map(_fixture_process, jobs) for d in part]
             wall = time.perf_counter() - start
         report(per_commit, share * args.fixtures, args.fixtures, wall, durations, "processes")
+        print(f"ratio units/commits {share * args.fixtures / wall * per_commit:.2f}")
         return
     anchored: list[float] = []
     bare: list[float] = []
@@ -145,6 +165,7 @@ def main() -> None:
     extra = (walls["anchored"] - walls["bare"]) / args.units * 1000
     print(f"no head      {bare_rate:8.1f} units/s    (station-2, state not anchored in its token, same run)")
     print(f"token head   {extra:+8.2f} ms per unit  ({head_rate / bare_rate:.2f}x the rate without it)")
+    print(f"ratio units/commits {head_rate * per_commit:.2f}")
 
 
 def run_threads(station: object, units: int, fixtures: int, durations: list[float]) -> float:

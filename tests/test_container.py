@@ -340,6 +340,108 @@ def test_short_reads_from_the_source_give_the_same_chunks(tmp_path: Path) -> Non
     assert _decrypt_all(tmp_path / "a.bundle", key) == {"fw.bin": data}
 
 
+# --- the planned writer: header space reserved, images encrypted in place ------------------
+
+
+PLANNED = {  # across batches, threads and 1 MiB direct writes, an empty image, one the size of a chunk, a small one
+    "blocks.bin": _random(9 * 1024 * 1024 + 3, 11),
+    "empty.bin": b"",
+    "chunk.bin": _random(CS, 12),
+    "small.bin": _random(5000, 13),
+}
+
+
+def _write_planned(path: Path, key: bytes, bundle_id: str, recipients: dict[str, Recipient], envelope: bytes) -> Header:
+    with BundleWriter(path, bundle_id=bundle_id, data_key=key, chunk_size=CS) as writer:
+        writer.plan([(name, len(data)) for name, data in PLANNED.items()], recipients)
+        for name, data in PLANNED.items():
+            writer.add_image(name, _Trickle(data) if name == "chunk.bin" else io.BytesIO(data))  # type: ignore[arg-type]
+        return writer.finish(recipients, envelope)
+
+
+def test_a_planned_bundle_is_byte_for_byte_the_unplanned_one(tmp_path: Path) -> None:
+    # One format: what the planned writer puts in place is what the spool-and-copy writer (and
+    # every bundle built before plan() existed) holds, and the one reader opens both.
+    key, bundle_id = new_data_key(), new_bundle_id()
+    station = _station()
+    recipients = seal_recipients(
+        key, bundle_id, {STATION: station.public_key, "station-2": _station(ec.SECP384R1()).public_key}
+    )
+    envelope = _envelope()
+    planned = _write_planned(tmp_path / "planned.bundle", key, bundle_id, recipients, envelope)
+    with BundleWriter(tmp_path / "spooled.bundle", bundle_id=bundle_id, data_key=key, chunk_size=CS) as writer:
+        for name, data in PLANNED.items():
+            writer.add_image(name, io.BytesIO(data))
+        spooled = writer.finish(recipients, envelope)
+    assert planned == spooled
+    assert (tmp_path / "planned.bundle").read_bytes() == (tmp_path / "spooled.bundle").read_bytes()
+    assert _decrypt_all(tmp_path / "planned.bundle", key) == PLANNED
+    assert (tmp_path / "planned.bundle").stat().st_mode & 0o777 == 0o644
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_planned_writer_refuses_what_differs_from_its_plan(tmp_path: Path) -> None:
+    key, bundle_id = new_data_key(), new_bundle_id()
+    recipients = seal_recipients(key, bundle_id, {STATION: _station().public_key})
+    target = tmp_path / "release.bundle"
+
+    def planned(images: list[tuple[str, int]]) -> BundleWriter:
+        writer = BundleWriter(target, bundle_id=bundle_id, data_key=key, chunk_size=CS).__enter__()
+        writer.plan(images, recipients)
+        return writer
+
+    cases: list[tuple[Callable[[BundleWriter], object], str]] = [
+        (lambda w: w.add_image("b.bin", io.BytesIO(b"data")), "next planned image is 'a.bin', not 'b.bin'"),
+        (lambda w: w.add_image("a.bin", io.BytesIO(b"dat")), "is 3 bytes, not the 4 planned"),
+        (lambda w: w.add_image("a.bin", io.BytesIO(b"data!")), "is 5 bytes, not the 4 planned"),
+        (lambda w: w.plan([("a.bin", 4)], recipients), "before its first image, and once"),
+        (lambda w: (w.add_image("a.bin", io.BytesIO(b"data")), w.finish(recipients, b"{}")), "not added: 'b.bin'"),
+    ]
+    for attempt, message in cases:
+        writer = planned([("a.bin", 4), ("b.bin", 0)])
+        with pytest.raises(InputError, match=message) as caught:
+            attempt(writer)
+        _one_line(caught.value)
+        writer.__exit__(InputError, caught.value, None)
+        assert list(tmp_path.iterdir()) == []
+    other = seal_recipients(key, bundle_id, {STATION: _station().public_key})
+    with pytest.raises(InputError, match="recipients differ"):
+        with BundleWriter(target, bundle_id=bundle_id, data_key=key, chunk_size=CS) as writer:
+            writer.plan([("a.bin", 4)], recipients)
+            writer.add_image("a.bin", io.BytesIO(b"data"))
+            writer.finish(other, b"{}")
+    with pytest.raises(InputError, match="before finish"):
+        with BundleWriter(target, bundle_id=bundle_id, data_key=key, chunk_size=CS) as writer:
+            with pytest.raises(FormatError, match="image name"):
+                writer.plan([("../a.bin", 4)], recipients)
+            with pytest.raises(FormatError, match="length is -1"):
+                writer.plan([("a.bin", -1)], recipients)
+            with pytest.raises(FormatError, match="1 to 1024 recipients"):
+                writer.plan([("a.bin", 4)], {})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_planned_writer_leaves_no_file_until_finish(tmp_path: Path) -> None:
+    # Images go straight into a file beside the bundle that has no name (O_TMPFILE), so a writer that
+    # stops halfway (here an exception, as a crash would) leaves nothing in the folder; the bundle's
+    # name appears only when the file is whole.
+    key, bundle_id = new_data_key(), new_bundle_id()
+    recipients = seal_recipients(key, bundle_id, {STATION: _station().public_key})
+    target = tmp_path / "release.bundle"
+    with pytest.raises(RuntimeError):
+        with BundleWriter(target, bundle_id=bundle_id, data_key=key, chunk_size=CS) as writer:
+            writer.plan([("a.bin", 4)], recipients)
+            writer.add_image("a.bin", io.BytesIO(b"data"))
+            assert list(tmp_path.iterdir()) == []
+            raise RuntimeError("power cut, as far as this writer knows")
+    assert list(tmp_path.iterdir()) == []
+    with BundleWriter(target, bundle_id=bundle_id, data_key=key, chunk_size=CS) as writer:
+        writer.plan([("a.bin", 4)], recipients)
+        writer.add_image("a.bin", io.BytesIO(b"data"))
+        writer.finish(recipients, _envelope())
+    assert [p.name for p in tmp_path.iterdir()] == ["release.bundle"]
+
+
 def test_a_failing_sink_stops_the_decryption_thread(tmp_path: Path) -> None:
     built = _build(tmp_path / "big.bundle", {"big.bin": _random(3 * 1024 * 1024, 8)})
     before = threading.active_count()

@@ -3,7 +3,9 @@
 Every check that can fail is made before the bundle file appears: the
 validity window, the stations (enrolled, not revoked), the security counter
 against the promotion log, each image's readability and its provenance. The
-images are streamed once (constant memory); the container writes into a
+images are streamed once (constant memory) and encrypted straight into
+place: the description lists the images and the stations, so the header's
+space is reserved first and written last. The container writes into a
 temporary file that becomes the bundle only when complete.
 """
 
@@ -18,7 +20,7 @@ from typing import Any
 
 from vault import container
 from vault._files import read_capped
-from vault.bundle._description import ReleaseDescription
+from vault.bundle._description import ImageSpec, ReleaseDescription
 from vault.bundle._log import last_counter, release_signer_ids, verify_log
 from vault.errors import InputError, PolicyError
 from vault.formats import PAYLOAD_TYPE_INTOTO, Envelope, Statement, Subject
@@ -83,10 +85,19 @@ def build_bundle(
 
     bundle_id = container.new_bundle_id()
     data_key = container.new_data_key()
+    recipients = {
+        station_id: container.Recipient(
+            policy.stations[station_id].decryption.key_id,
+            container.wrap_data_key(data_key, bundle_id, station_id, policy.stations[station_id].decryption.public_key),
+        )
+        for station_id in sorted(description.allocation)
+    }
     entries = []
     listed: list[dict[str, Any]] = []
     provenance: dict[str, Any] = {}
     with container.BundleWriter(out, bundle_id=bundle_id, data_key=data_key, chunk_size=chunk_size) as writer:
+        # The header's length is known now: the writer reserves its space and encrypts straight into place.
+        writer.plan([(image.name, _length(image)) for image in description.images], recipients)
         for image in description.images:
             try:
                 with image.path.open("rb") as source:
@@ -105,15 +116,6 @@ def build_bundle(
                     "target": image.target,
                 }
             )
-        recipients = {
-            station_id: container.Recipient(
-                policy.stations[station_id].decryption.key_id,
-                container.wrap_data_key(
-                    data_key, bundle_id, station_id, policy.stations[station_id].decryption.public_key
-                ),
-            )
-            for station_id in sorted(description.allocation)
-        }
         header = container.Header(bundle_id, chunk_size, tuple(entries), recipients)
         statement = Statement(
             subjects=tuple(Subject(name=i["name"], digest={"sha256": i["sha256"]}) for i in listed),
@@ -147,6 +149,14 @@ def build_bundle(
 
 
 _MAX_PROVENANCE_FILE = 16 * 1024 * 1024
+
+
+def _length(image: ImageSpec) -> int:
+    """The image file's length now; the writer refuses it if it reads another (the file changed meanwhile)."""
+    try:
+        return image.path.stat().st_size
+    except OSError as e:
+        raise InputError(f"image {image.name}: cannot read {image.path}: {e.strerror}") from e
 
 
 def _provenance_inputs(image: Any) -> tuple[bytes, bytes, str, str]:

@@ -1,0 +1,49 @@
+"""What each benchmark here sets up for itself, whatever the caller's shell holds.
+
+A benchmark is run by hand, from whatever shell and interpreter is at hand,
+and its figures are tracked run after run, so it must not measure something
+else because of the caller: another interpreter without the project's
+packages, ``SOFTHSM2_CONF`` naming the caller's tokens, an ``OPENSSL_*``
+variable changing what ``openssl`` does, a ``--dir`` not made yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+"""The repository."""
+
+CALLERS = ("OPENSSL_", "P11_KIT_", "PYTHON", "SOFTHSM2_", "VAULT_")
+"""Prefixes of the caller's variables a benchmark never inherits: they would change what it measures."""
+
+
+def clean_environment() -> dict[str, str]:
+    """The caller's environment without :data:`CALLERS`' variables, with the repository on the path."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith(CALLERS)}
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def own_interpreter(*modules: str) -> None:
+    """Run the script again in the repository's ``.venv`` if this interpreter lacks one of ``modules``."""
+    if all(importlib.util.find_spec(name) is not None for name in modules):
+        return
+    venv = ROOT / ".venv" / "bin" / "python"
+    if not venv.exists() or Path(sys.executable) == venv:
+        raise SystemExit(f"{Path(sys.argv[0]).name}: needs the project's packages: run `make setup` first")
+    os.execve(venv, [str(venv), *sys.argv], clean_environment())
+
+
+def own_dir(parser: argparse.ArgumentParser, folder: Path | None) -> None:
+    """Make ``--dir`` if it is missing; one line and exit 2 if it cannot be."""
+    if folder is None:
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        parser.error(f"--dir {folder}: {e.strerror or e}")
