@@ -43,9 +43,10 @@ made once), then export 2 with a copy of that state (the incremental audit),
 then export 2 alone, and prints the incremental audit's wall time against
 the lone one's (target <= 1.2): last line ``ratio incremental/alone ...``.
 
-The bench sets up its own SoftHSM2 tokens and ignores whatever
-``SOFTHSM2_CONF``, ``VAULT_PKCS11_MODULE`` and ``VAULT_PIN_DIR`` the shell
-sets; ``--dir`` is made when it does not exist.
+The bench sets up its own SoftHSM2 tokens and runs in the project's
+interpreter with none of the caller's ``SOFTHSM2_*``, ``VAULT_*``,
+``OPENSSL_*``, ``P11_KIT_*`` or ``PYTHON*`` variables (``bench/_own.py``);
+``--dir`` is made when it does not exist.
 
 Usage::
 
@@ -70,7 +71,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _own import ROOT, clean_environment, own_dir, own_interpreter
+
 sys.path.insert(0, str(ROOT))
 
 START = datetime.datetime(2026, 6, 1, 6, 0, 0, tzinfo=datetime.UTC)  # the first manifest's time
@@ -78,16 +80,16 @@ SAMPLES = 4096  # distinct signed messages the baseline cycles through
 _GAP = 120  # seconds between the first export and the second's first unit
 
 
-_OWN_ENV = ("SOFTHSM2_CONF", "VAULT_PKCS11_MODULE", "VAULT_PIN_DIR")  # what softhsm/setup.sh's env file sets
-
-
 def _clean_env() -> None:
-    """Forget whatever token set-up the caller's shell names: the bench makes and uses its own."""
-    for name in _OWN_ENV:
-        os.environ.pop(name, None)
+    """Forget whatever token set-up (and the rest of :data:`_own.CALLERS`) the caller's shell names: the bench
+    makes and uses its own, and its children inherit this."""
+    own = clean_environment()
+    os.environ.clear()
+    os.environ.update(own)
 
 
 def _env(work: Path) -> None:
+    """The environment of the work folder's own tokens (softhsm/setup.sh's env file)."""
     _clean_env()
     for line in (work / "softhsm" / "env").read_text().splitlines():
         name, _, value = line.removeprefix("export ").partition("=")
@@ -552,7 +554,9 @@ def main() -> None:
     if args.child_baseline is not None:
         return child_baseline(args.child_baseline, args.workers)
 
+    own_interpreter("cryptography", "pkcs11")
     _clean_env()
+    own_dir(parser, args.dir)
     if args.reuse is not None:
         work = args.reuse.resolve()
         if not (work / "meta.json").is_file():
@@ -568,8 +572,6 @@ def main() -> None:
     else:
         n, certificates = args.manifests, args.certificates
         new = args.new if args.incremental else 0
-        if args.dir is not None:
-            args.dir.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix="vault-audit-bench-", dir=args.dir))
         print(f"setting up: ceremonies, two stations, a promoted bundle of {n + new} units in {work}")
         t0 = time.perf_counter()
