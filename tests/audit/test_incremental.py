@@ -154,3 +154,23 @@ def test_the_command_line_keeps_the_state_and_refuses_an_edited_one_in_one_line(
     assert exited.value.code == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not authentic for this auditor's token" in err, err
+
+
+def test_one_audit_at_a_time_uses_a_state_and_a_stopped_run_s_staging_goes(
+    forge: Forge, world: World, auditor_key: TokenKey, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    first, second = _exports(forge, tmp_path / "evidence", 2, 1)
+    _audit(world, auditor_key, [first], state)
+    stopped = state / ".staging-stopped"  # what a run killed halfway leaves
+    stopped.mkdir()
+    (stopped / "audit-index.sqlite").write_bytes(b"half")
+    holder = StateFolder(state, auditor_key)
+    holder.lock()
+    try:
+        with pytest.raises(InputError, match="another audit is using the audit state"):
+            _audit(world, auditor_key, [second], state)
+    finally:
+        holder.release()
+    assert _audit(world, auditor_key, [second], state).manifests == 3
+    assert not stopped.exists() and sorted(p.name for p in state.iterdir()) == [".lock", "current", "gen-2"]

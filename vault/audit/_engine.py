@@ -1568,6 +1568,37 @@ def _audit(
         "bundles": [(summary.bundle_id, summary.statement_sha256) for _, summary in bundles],
         "thresholds": astuple(thresholds),
     }
+    try:
+        return _audit_with(
+            paths, trust, bundles, findings, decapsulator, folder, binding, state,
+            workers=workers, progress=progress, now=now, policy_sha256=policy_sha256, started=started,
+            thresholds=thresholds, closeouts=closeouts, max_silence=max_silence,
+        )  # fmt: skip
+    finally:
+        if folder is not None:
+            folder.release()
+
+
+def _audit_with(
+    paths: Sequence[str | os.PathLike[str]],
+    trust: TrustPolicy,
+    bundles: Sequence[tuple[Release, BundleSummary]],
+    findings: Findings,
+    decapsulator: Decapsulator,
+    folder: StateFolder | None,
+    binding: dict[str, Any],
+    state: str | os.PathLike[str] | None,
+    *,
+    workers: int,
+    progress: Callable[[AuditProgress], None] | None,
+    now: datetime,
+    policy_sha256: str,
+    started: float,
+    thresholds: Thresholds,
+    closeouts: Iterable[str | os.PathLike[str]],
+    max_silence: timedelta,
+) -> Report:
+    """The audit with the state folder (if any) held: what it carries, the new exports, the state after."""
     loaded = None if folder is None else folder.load()
     carried: dict[str, Any] = {"exports": [], "unreadable": [], "binding": binding}
     if loaded is not None:

@@ -27,6 +27,7 @@ in place and the same command completes it.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import os
@@ -107,6 +108,7 @@ class StateFolder:
     def __init__(self, path: str | os.PathLike[str], decapsulator: Decapsulator) -> None:
         self.path = Path(path)
         self._key = state_key(decapsulator)
+        self._lock: int | None = None
 
     def _mac(self, generation: str, blob: bytes, index_sha256: bytes) -> bytes:
         message = b"\n".join((STATE_FORMAT.encode(), generation.encode(), hashlib.sha256(blob).digest(), index_sha256))
@@ -122,14 +124,21 @@ class StateFolder:
         return name
 
     def load(self) -> tuple[dict[str, Any], Path] | None:
-        """The state the last run left (and its index file), or None when the folder holds none yet.
+        """The state the last run left (and its index file), or None when the folder holds none yet; the
+        folder is held (:meth:`lock`) until :meth:`release`.
 
         Raises:
-            InputError: the folder is not a state folder, or its state is not authentic for this
-                auditor's token (edited, swapped, or made with another token).
+            InputError: the folder is not a state folder, another audit is using it, or its state is
+                not authentic for this auditor's token (edited, swapped, or made with another token).
         """
-        if self.path.exists() and not self.path.is_dir():
-            raise InputError(f"{self.path} is not a folder: give the audit state folder (made by the first run)")
+        self.lock()
+        try:
+            return self._load()
+        except BaseException:
+            self.release()
+            raise
+
+    def _load(self) -> tuple[dict[str, Any], Path] | None:
         generation = self._generation()
         if generation is None:
             if self.path.is_dir() and any(p for p in self.path.iterdir() if not p.name.startswith(".")):
@@ -153,9 +162,41 @@ class StateFolder:
         return state, folder / INDEX_FILE
 
     def stage(self) -> Path:
-        """A new, empty staging folder inside the state folder (made first when missing)."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        """A new, empty staging folder inside the state folder (made first when missing), once no other
+        audit uses the folder; what a stopped run staged is removed.
+
+        Raises:
+            InputError: another audit is using the state folder.
+        """
+        self.lock()
+        for stale in self.path.glob(".staging-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         return Path(tempfile.mkdtemp(prefix=".staging-", dir=self.path))
+
+    def lock(self) -> None:
+        """Hold the folder (made when missing) until :meth:`release`: one audit at a time uses a state.
+
+        Raises:
+            InputError: another audit is using it, or it is not a folder.
+        """
+        if self._lock is not None:
+            return
+        if self.path.exists() and not self.path.is_dir():
+            raise InputError(f"{self.path} is not a folder: give the audit state folder (made by the first run)")
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock)
+            raise InputError(f"another audit is using the audit state in {self.path}") from None
+        self._lock = lock
+
+    def release(self) -> None:
+        """Let another audit use the folder."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def commit(self, staging: Path, state: dict[str, Any]) -> None:
         """Make ``staging`` (holding the index) with ``state`` the generation in use, atomically."""
