@@ -175,7 +175,8 @@ def _check_one(path: str, c: Closeout, end: LogEnd | None, findings: Findings) -
     if highest > c.units.used:
         findings.add(
             "closeout-mismatch",
-            f"{c.station_id}'s close-out ({path}) counts {c.units.used} units used; the evidence names unit {highest}",
+            f"{c.station_id}'s close-out ({path}) counts {c.units.used} units used; the evidence names unit "
+            f"{highest}",
             stations=[c.station_id],
             evidence=where,
         )
