@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -47,3 +49,13 @@ def own_dir(parser: argparse.ArgumentParser, folder: Path | None) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         parser.error(f"--dir {folder}: {e.strerror or e}")
+
+
+def own_environment(softhsm: Path) -> None:
+    """Fresh SoftHSM2 tokens in ``softhsm``, and this process's environment pointing at them and nothing else."""
+    for name in [name for name in os.environ if name.startswith(CALLERS)]:
+        del os.environ[name]
+    subprocess.run(["bash", str(ROOT / "softhsm" / "setup.sh"), "--dir", str(softhsm), "--quiet"], check=True)
+    for line in (softhsm / "env").read_text().splitlines():
+        name, _, value = line.removeprefix("export ").partition("=")
+        os.environ[name] = shlex.split(value)[0]

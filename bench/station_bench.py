@@ -41,31 +41,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from _own import CALLERS, ROOT, own_dir, own_interpreter
+from _own import ROOT, own_dir, own_environment, own_interpreter
 
 if __name__ == "__main__":
     own_interpreter("cryptography", "pkcs11")
 sys.path.insert(0, str(ROOT))
-
-
-def own_environment(softhsm: Path) -> None:
-    """Fresh SoftHSM2 tokens in ``softhsm``, and this process's environment pointing at them and nothing else."""
-    for name in [name for name in os.environ if name.startswith(CALLERS)]:
-        del os.environ[name]
-    subprocess.run(["bash", str(ROOT / "softhsm" / "setup.sh"), "--dir", str(softhsm), "--quiet"], check=True)
-    for line in (softhsm / "env").read_text().splitlines():
-        name, _, value = line.removeprefix("export ").partition("=")
-        os.environ[name] = shlex.split(value)[0]
 
 
 def baseline(folder: Path, commits: int) -> float:

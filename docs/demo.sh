@@ -56,7 +56,7 @@ vault shares check "$work/ceremony-root/transcript.json" --share "$work/ceremony
 rootca="$work/ceremony-root/root-ca.pem"
 quorum=(--share "$work/ceremony-root/shares/officer-1.txt" --share "$work/ceremony-root/shares/officer-2.txt")
 
-step "Role ceremony (2 of 3 officers): release signer, approvers 2 of 3, auditor -> trust policy v2"
+step "Role ceremony (2 of 3 officers): release signer, approvers 2 of 3, auditor, auditor cosigner -> trust policy v2"
 vault ceremony run "$root/policies/roles.yaml" --credentials "$work/credentials-2.yaml" \
   --policy "$work/ceremony-root/policy-v1.json" --root-cert "$rootca" "${quorum[@]}" \
   --out "$work/ceremony-roles" --rehearsal --yes
@@ -223,10 +223,10 @@ station 1 recover --from "$work/evidence"
 station 1 load --policy "$work/ceremony-station-2/policy-v4.json" --bundle "$work/release.vbundle"
 station 1 status
 
-step "The auditor decrypts both stations' evidence with the auditor key and checks it against the policy and the bundle"
+step "The auditor decrypts both stations' evidence with the auditor key, checks it against the policy and the bundle, and cosigns the station checkpoints it verified (a proof per device)"
 vault audit "$work/evidence" --root-cert "$rootca" --policy "$work/ceremony-station-2/policy-v4.json" \
   --bundle "$work/release.vbundle" --token "$(uri vault-auditor)" \
-  --json "$work/audit.json" --html "$work/audit.html"
+  --json "$work/audit.json" --html "$work/audit.html" --cosign "$work/audited"
 echo "HTML report: $work/audit.html"
 grep -q '"cpk_min_units"' "$work/audit.json" || { echo "demo: the audit has no process figures" >&2; exit 1; }
 echo "quality charts (test time per step, measurements against their limits with Cpk, calibration drift):"
@@ -238,5 +238,22 @@ step "Back up the root key: wrapped in the token under a fresh KEK split 2 of 3 
 vault ceremony run "$root/policies/backup.yaml" --credentials "$work/credentials-2.yaml" \
   --policy "$work/ceremony-station-2/policy-v4.json" --root-cert "$rootca" "${quorum[@]}" \
   --out "$work/ceremony-backup" --rehearsal --yes
+
+step "Cloud team: the allowed-devices list from audited evidence only (every proof verified), for AWS IoT and Azure DPS"
+vault registry export "$work/audited" "${policy[@]}" --out "$work/registry"
+for n in 1 2; do
+  grep -q "\"station\": \"station-$n\"" "$work/registry/allowed-devices.json" \
+    || { echo "demo: no device of station-$n in the registry" >&2; exit 1; }
+done
+head -c 300 "$work/registry/aws-iot-bulk.jsonl"; echo " ..."
+
+step "Onboarding server: one device's certificate and proof, checked offline against the trust policy"
+proof=$(ls "$work"/audited/devices/station-1-*.tlog-proof | head -1)
+cut -c1-100 "$proof" | head -4; echo "..."
+vault registry verify "${proof%.tlog-proof}.pem" "$proof" "${policy[@]}"
+other=$(ls "$work"/audited/devices/station-1-*.pem | tail -1)   # another device of the same station
+if vault registry verify "$other" "$proof" "${policy[@]}"; then
+  echo "demo: a proof admitted another device's certificate" >&2; exit 1
+fi
 
 step "Demo complete: outputs are in .demo/ (printable transcripts: .demo/ceremony-*/transcript.html)"

@@ -92,7 +92,7 @@ def test_vault_verify_imports_with_cryptography_and_python_pkcs11_alone(clean_py
     code = (
         "import json, sys, sysconfig\n"
         "import vault.verify\n"
-        "from vault.verify import Station, SimulatedDevice\n"
+        "from vault.verify import Station, SimulatedDevice, verify_device_proof\n"
         f"heavy = [m for m in {HEAVY!r} if m in sys.modules or any(n.startswith(m + '.') for n in sys.modules)]\n"
         "files = {getattr(m, '__file__', None) for m in list(sys.modules.values())} - {None}\n"
         "print(json.dumps({'heavy': heavy, 'vault': vault.verify.__file__, 'prefix': sys.prefix,\n"

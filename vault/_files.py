@@ -25,7 +25,16 @@ from pathlib import Path
 
 from vault.errors import FormatError, InputError
 
-__all__ = ["append_whole", "cut_back", "ends_with", "open_to_read", "read_capped", "size_text", "write_new"]
+__all__ = [
+    "append_whole",
+    "cut_back",
+    "ends_with",
+    "open_to_read",
+    "read_capped",
+    "size_text",
+    "write_folder",
+    "write_new",
+]
 
 _BLOCK = 64 * 1024
 
@@ -114,6 +123,58 @@ def read_capped(path: str | os.PathLike[str], cap: int, what: str) -> bytes:
     if got > cap:
         raise FormatError(f"{name}: {what} is larger than the {size_text(cap)} limit")
     return b"".join(parts)
+
+
+def write_folder(folder: str | os.PathLike[str], files: dict[str, bytes], *, overwrite: bool = False) -> Path:
+    """Write a new folder whole: ``files`` (relative path to bytes) into a temporary folder, then renamed.
+
+    A reader never sees half the folder, and a crash leaves only a hidden
+    ``.<name>.*`` folder beside it. Without ``overwrite`` an existing folder is
+    refused; with it, the old folder is replaced.
+
+    Raises:
+        InputError: the folder exists and ``overwrite`` is false, a path
+            escapes the folder, or it cannot be written.
+    """
+    target = Path(folder)
+    if target.exists() and not overwrite:
+        raise InputError(f"{target} exists; vault does not write over files (remove it, or pass --force)")
+    parent = target.absolute().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=parent))
+    except OSError as e:
+        raise InputError(f"cannot write {target}: {e.strerror or e}") from e
+    try:
+        for name, data in files.items():
+            path = work / name
+            if Path(name).is_absolute() or ".." in Path(name).parts:
+                raise InputError(f"{name!r} is not a path inside {target}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=parent))
+            os.rename(target, old / target.name)
+            os.rename(work, target)
+            _remove_tree(old)
+        else:
+            os.rename(work, target)
+        fsync_dir(parent)
+    except BaseException as e:
+        _remove_tree(work)
+        if isinstance(e, OSError):
+            raise InputError(f"cannot write {target}: {e.strerror or e}") from e
+        raise
+    return target
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def write_new(path: str | os.PathLike[str], data: bytes, *, overwrite: bool = False, mode: int = 0o644) -> Path:

@@ -75,10 +75,12 @@ __all__ = [
     "MAX_SIGNATURES",
     "SIGNATURE_TYPE",
     "Checkpoint",
+    "canonical_b64decode",
     "note_key_id",
     "open_checkpoint",
     "parse_checkpoint_unverified",
     "sign_checkpoint",
+    "split_note",
     "verifier_key",
 ]
 
@@ -244,6 +246,18 @@ def parse_checkpoint_unverified(note: bytes, *, max_size: int = MAX_NOTE_SIZE) -
     return _parse_body(text)
 
 
+def split_note(note: bytes, *, max_size: int = MAX_NOTE_SIZE) -> tuple[str, list[tuple[str, bytes, bytes]]]:
+    """The text of a signed note and its signature lines as (key name, key ID, signature); nothing verified.
+
+    For verifiers of other signature lines on the same note (cosignatures,
+    :mod:`vault.proof`): the note is read as strictly as by :func:`open_checkpoint`.
+
+    Raises:
+        FormatError: the note is malformed or too large.
+    """
+    return _split_note(note, max_size=max_size)
+
+
 def _split_note(note: bytes, *, max_size: int) -> tuple[str, list[tuple[str, bytes, bytes]]]:
     """The text of a signed note and its signature lines as (key name, key ID, signature)."""
     if not isinstance(note, bytes):
@@ -323,6 +337,15 @@ def _check_key_name(name: str) -> None:
 def _check_key(public_key: ec.EllipticCurvePublicKey) -> None:
     if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(public_key.curve, ec.SECP256R1):
         raise InputError("checkpoint keys must be ECDSA P-256 keys (signed-note type 0x02 signs SHA-256)")
+
+
+def canonical_b64decode(value: str, *, what: str) -> bytes:
+    """Standard, padded, canonical base64 only (one spelling per byte string), as notes and proofs use.
+
+    Raises:
+        FormatError: not valid, or not canonical, standard base64.
+    """
+    return _b64decode(value, what=what)
 
 
 def _b64decode(value: str, *, what: str) -> bytes:

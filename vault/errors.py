@@ -63,6 +63,7 @@ __all__ = [
     "CloneError",
     "ClockError",
     "LogError",
+    "ProofError",
     "DeviceError",
     "DeviceTimeoutError",
     "LabelError",
@@ -234,6 +235,10 @@ class ClockError(VerificationError):
 
 class LogError(VerificationError):
     """A log, checkpoint or proof does not verify: truncated, rewritten or forked."""
+
+
+class ProofError(VerificationError):
+    """A device proof does not show that an audited log holds this device."""
 
 
 # --- device and state --------------------------------------------------------

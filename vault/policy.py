@@ -5,8 +5,10 @@ predicate type :data:`POLICY_PREDICATE`. Its one subject is the root
 certificate. The predicate names the root, the officers (threshold and
 signing keys), the release approvers (threshold and certified keys), the
 release signer, the enrolled stations (signing, decryption and issuing CA
-keys, each certified by the root), the auditor's decryption key, the keys
-revoked so far and the public records of the custody share sets.
+keys, each certified by the root), the auditor's decryption key, the
+auditors' cosigning keys and their threshold (``cosigners``, optional: a
+policy from before they existed has none), the keys revoked so far and the
+public records of the custody share sets.
 
 This module is the bottom layer every verifier shares (the station library,
 bundle promotion, the audit): bytes in, a checked :class:`TrustPolicy` out,
@@ -76,7 +78,7 @@ __all__ = [
 
 POLICY_PREDICATE = "https://vault.dev/trust-policy/v1"
 MAX_POLICY_SIZE = 4 * 1024 * 1024
-ROLES = ("officer", "approver", "release-signer", "station", "auditor")
+ROLES = ("officer", "approver", "release-signer", "station", "auditor", "cosigner")
 
 _PREDICATE_FIELDS = frozenset(
     {
@@ -94,6 +96,7 @@ _PREDICATE_FIELDS = frozenset(
         "custody",
     }
 )
+_OPTIONAL_FIELDS = frozenset({"cosigners"})
 _GROUP_FIELDS = frozenset({"threshold", "keys"})
 _CERTIFIED_FIELDS = frozenset({"key_id", "certificate"})
 _OFFICER_FIELDS = frozenset({"key_id", "spki"})
@@ -178,6 +181,9 @@ class TrustPolicy:
     custody: Mapping[str, Any]
     predicate: Mapping[str, Any] = field(repr=False)
     digest: str = ""  # SHA-256 hex of the envelope bytes as received
+    cosigners_threshold: int = 0
+    cosigners: Mapping[str, RoleKey] = field(default_factory=dict)
+    """The auditors' cosigning keys (C2SP tlog-cosignatures on station checkpoints), by holder id."""
 
     def revocation(self, key: str) -> Revocation | None:
         """The revocation of the key with id ``key``, if it was revoked."""
@@ -256,7 +262,8 @@ def load_policy(
     if statement.subjects != (expected_subject,):
         raise PolicyError("trust policy: its subject is not the pinned root certificate")
 
-    p = check_fields(statement.predicate, _PREDICATE_FIELDS, what="trust policy")
+    present = _OPTIONAL_FIELDS & set(statement.predicate) if isinstance(statement.predicate, dict) else set()
+    p = check_fields(statement.predicate, _PREDICATE_FIELDS | present, what="trust policy")
     root_entry = check_fields(p["root"], _ROOT_FIELDS, what="trust policy root")
     if root_entry["key_id"] != root_id or _b64(root_entry["certificate"], "root certificate") != root_der:
         raise PolicyError("trust policy: its root is not the pinned root certificate")
@@ -264,6 +271,13 @@ def load_policy(
 
     officers_threshold, officers = _group(p["officers"], "officers", lambda e, w: _officer_key(e, w))
     approvers_threshold, approvers = _group(p["approvers"], "approvers", lambda e, w: _certified(e, root, w))
+    cosigners_threshold, cosigners = 0, dict[str, RoleKey]()
+    if "cosigners" in p:
+        cosigners_threshold, cosigners = _group(p["cosigners"], "cosigners", lambda e, w: _certified(e, root, w))
+        if cosigners_threshold > len(cosigners):
+            raise PolicyError(
+                f"trust policy: cosigner threshold {cosigners_threshold} exceeds the {len(cosigners)} cosigners"
+            )
     if officers_threshold > len(officers):
         raise PolicyError(f"trust policy: officer threshold {officers_threshold} exceeds the {len(officers)} officers")
     verify_envelope(
@@ -290,6 +304,8 @@ def load_policy(
         custody=_object(p["custody"], "custody"),
         predicate=p,
         digest=hashlib.sha256(data).hexdigest(),
+        cosigners_threshold=cosigners_threshold,
+        cosigners=cosigners,
     )
     _check_not_revoked(policy)
     if policy.version < highest_seen:
@@ -406,6 +422,7 @@ def _revocations(value: object) -> tuple[Revocation, ...]:
 def _check_not_revoked(policy: TrustPolicy) -> None:
     in_roles: list[tuple[str, RoleKey]] = [(f"officer {k}", v) for k, v in policy.officers.items()]
     in_roles += [(f"approver {k}", v) for k, v in policy.approvers.items()]
+    in_roles += [(f"cosigner {k}", v) for k, v in policy.cosigners.items()]
     in_roles += [(f"station {s.id}", key) for s in policy.stations.values() for key in s.keys()]
     if policy.release_signer:
         in_roles.append(("release signer", policy.release_signer))

@@ -243,3 +243,27 @@ def test_backup_and_recovery_onto_a_fresh_token(setup: Setup) -> None:
     code, _, err = setup.ceremony(POLICIES / "renew-policy.yaml", v1, "after", creds=recovered)
     assert code == 0, err
     assert setup.policy(setup.tmp / "after" / "policy-v2.json").version == 2
+
+
+def test_the_roles_ceremony_enrols_the_auditors_cosigning_key_and_revoke_takes_it_out(setup: Setup) -> None:
+    code, _, err = setup.ceremony(POLICIES / "roles.yaml", setup.root / "policy-v1.json", "roles")
+    assert code == 0, err
+    v2 = setup.policy(setup.tmp / "roles" / "policy-v2.json")
+    assert v2.auditor is not None and v2.cosigners_threshold == 1 and sorted(v2.cosigners) == ["auditor"]
+    with open_token(setup.tokens["auditor"]) as token:  # a second key in the auditor's token: it signs
+        cosigning = token.key(label="auditor-cosign")
+        assert cosigning.key_id == v2.cosigners["auditor"].key_id != v2.auditor.key_id
+        verify_signature(cosigning.public_key, b"checkpoint", cosigning.sign(b"checkpoint"))
+    _openssl_verify(setup.root / "root-ca.pem", setup.tmp / "roles" / "certs" / "cosigner-auditor.pem")
+
+    script = setup.tmp / "revoke-cosigner.yaml"
+    script.write_text(
+        "ceremony: revoke\nname: Revoke the cosigner\nrevoke:\n"
+        "  - role: cosigner\n    id: auditor\n    reason: cosigning key lost\npolicy:\n  expires_days: 365\n"
+    )
+    code, _, err = setup.ceremony(script, setup.tmp / "roles" / "policy-v2.json", "revoke")
+    assert code == 0, err
+    v3 = setup.policy(setup.tmp / "revoke" / "policy-v3.json")
+    assert v3.cosigners == {} and v3.auditor == v2.auditor
+    (revoked,) = [r for r in v3.revoked if r.role == "cosigner"]
+    assert (revoked.key_id, revoked.holder, revoked.version) == (v2.cosigners["auditor"].key_id, "auditor", 3)

@@ -49,6 +49,15 @@ Example (with the development tokens, after ``vault station export``)::
     Path("audit.html").write_text(report.to_html())
 """
 
+from vault.audit._cosign import (
+    NOT_COSIGNED,
+    AuditedDevice,
+    CosignedLog,
+    Cosigning,
+    Excluded,
+    cosign,
+    cosigner_holder,
+)
 from vault.audit._engine import JUMP_SECONDS, AuditProgress, audit
 from vault.audit._findings import CODES, MAX_EVIDENCE, SEVERITIES, Evidence, Finding, Thresholds, severity_rank
 from vault.audit._report import (
@@ -66,12 +75,17 @@ __all__ = [
     "CODES",
     "JUMP_SECONDS",
     "MAX_EVIDENCE",
+    "NOT_COSIGNED",
     "REPORT_FORMAT",
     "SEVERITIES",
     "AuditProgress",
+    "AuditedDevice",
     "BundleReport",
     "BundleSummary",
+    "CosignedLog",
+    "Cosigning",
     "Evidence",
+    "Excluded",
     "ExportSummary",
     "Finding",
     "Quality",
@@ -80,5 +94,7 @@ __all__ = [
     "StationReport",
     "Thresholds",
     "audit",
+    "cosign",
+    "cosigner_holder",
     "severity_rank",
 ]

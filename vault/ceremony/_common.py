@@ -64,6 +64,7 @@ class Credentials:
     release: Pkcs11Uri | None = None
     approvers: Mapping[str, Pkcs11Uri] = field(default_factory=dict)
     auditor: Pkcs11Uri | None = None
+    cosigners: Mapping[str, Pkcs11Uri] = field(default_factory=dict)  # auditors' cosigning tokens, by holder id
     recovery: Pkcs11Uri | None = None
     recovery_so: Pkcs11Uri | None = None
 

@@ -101,12 +101,17 @@ class Approvers:
 
 @dataclass(frozen=True)
 class IssueRoles:
-    """``ceremony: roles``: certify the release signer, the approvers and the auditor (those named)."""
+    """``ceremony: roles``: certify the release signer, the approvers, the auditor and the cosigners (those named).
+
+    ``cosigners`` are the auditors' cosigning keys (a signing key, never the
+    auditor's decryption key) and how many cosignatures a device proof needs.
+    """
 
     curve: str
     release_signer: RoleSpec | None
     approvers: Approvers | None
     auditor: RoleSpec | None
+    cosigners: Approvers | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +148,10 @@ def _organization(c: Ceremony) -> str | None:
     names = c.root_certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
     value = names[0].value if names else None
     return value if isinstance(value, str) else None
+
+
+_GROUPS = {"approver": "approvers", "cosigner": "cosigners"}
+"""The roles held by a group of named members with a threshold, and their field in the policy."""
 
 
 def _predicate(c: Ceremony) -> dict[str, Any]:
@@ -281,22 +290,25 @@ def issue_roles(spec: IssueRoles) -> Operation:
                     continue
                 if current is not None:
                     _revoke(c, predicate, current, role, holder, "rotated: a new key took the role")
-                name = f"{role}-{holder}" if role == "approver" else role
+                name = f"{role}-{holder}" if role in _GROUPS else role
                 certificate = c.issue(token, public, _role_profile(c, role, holder, role_spec), name)
                 entry = key_entry(public, certificate)
-                if role == "approver":
-                    predicate["approvers"]["keys"][holder] = entry
+                if role in _GROUPS:
+                    predicate.setdefault(_GROUPS[role], {"threshold": 1, "keys": {}})["keys"][holder] = entry
                 else:
                     predicate[role.replace("-", "_")] = entry
-                what = f"approver {holder}" if role == "approver" else role.replace("-", " ")
+                what = f"{role} {holder}" if role in _GROUPS else role.replace("-", " ")
                 outputs[f"{what} certificate"] = c.out / "certs" / f"{name}.pem"
-        if spec.approvers is not None:
-            listed = {m.id for m in spec.approvers.members}
-            for holder, held in policy.approvers.items():
+        for role, group in (("approver", spec.approvers), ("cosigner", spec.cosigners)):
+            if group is None:
+                continue
+            listed = {m.id for m in group.members}
+            held_now = policy.approvers if role == "approver" else policy.cosigners
+            for holder, held in held_now.items():
                 if holder not in listed:
-                    _revoke(c, predicate, held, "approver", holder, "removed from the approvers")
-                    del predicate["approvers"]["keys"][holder]
-            predicate["approvers"]["threshold"] = spec.approvers.threshold
+                    _revoke(c, predicate, held, role, holder, f"removed from the {_GROUPS[role]}")
+                    del predicate[_GROUPS[role]]["keys"][holder]
+            predicate[_GROUPS[role]]["threshold"] = group.threshold
         return OperationResult(predicate, outputs=outputs)
 
     return run
@@ -316,6 +328,16 @@ def _role_holders(spec: IssueRoles, credentials: Credentials) -> list[tuple[str,
         wanted += [("approver", m.id, credentials.approvers[m.id], approver_spec, "sign") for m in approvers.members]
     if spec.auditor is not None:
         wanted.append(("auditor", "auditor", credentials.need("auditor"), spec.auditor, "derive"))
+    if spec.cosigners is not None:
+        cosigners = spec.cosigners
+        tokens = {m.id: credentials.cosigners.get(m.id) for m in cosigners.members}
+        if "auditor" in tokens and tokens["auditor"] is None:
+            tokens["auditor"] = credentials.auditor  # the auditor's own token holds its cosigning key too
+        missing = [holder for holder, uri in tokens.items() if uri is None]
+        if missing:
+            raise InputError(f"the credentials file has no token for cosigner(s) {', '.join(missing)} (cosigners:)")
+        cosigner_spec = RoleSpec(cosigners.key_label, cosigners.validity_days)
+        wanted += [("cosigner", h, uri, cosigner_spec, "sign") for h, uri in tokens.items() if uri is not None]
     if not wanted:
         raise InputError("the script names no role to issue")
     return wanted
@@ -324,6 +346,8 @@ def _role_holders(spec: IssueRoles, credentials: Credentials) -> list[tuple[str,
 def _current_holder(c: Ceremony, role: str, holder: str) -> RoleKey | None:
     if role == "approver":
         return c.policy.approvers.get(holder)
+    if role == "cosigner":
+        return c.policy.cosigners.get(holder)
     return c.policy.release_signer if role == "release-signer" else c.policy.auditor
 
 
@@ -335,7 +359,7 @@ def _role_profile(c: Ceremony, role: str, holder: str, spec: RoleSpec) -> pki.Ce
         return pki.signing_profile(
             f"{c.mark}release signer", days, extended_key_usages=(ExtendedKeyUsageOID.CODE_SIGNING,), organization=org
         )
-    return pki.signing_profile(f"{c.mark}approver {holder}", days, organization=org)
+    return pki.signing_profile(f"{c.mark}{role} {holder}", days, organization=org)
 
 
 # --- renew, revoke ------------------------------------------------------------------
@@ -369,13 +393,15 @@ def revoke(spec: Revoke) -> Operation:
                 for key in station.keys():
                     _revoke(c, predicate, key, "station", station.id, reason)
                 del predicate["stations"][station.id]
-            elif role == "approver":
-                approver = policy.approvers.get(holder or "")
-                if approver is None:
-                    raise InputError(f"no approver '{holder}' in policy v{policy.version}")
-                c.confirm(f"revoke approver {holder} ({reason})")
-                _revoke(c, predicate, approver, "approver", holder or "", reason)
-                del predicate["approvers"]["keys"][holder]
+            elif role in _GROUPS:
+                member = (policy.approvers if role == "approver" else policy.cosigners).get(holder or "")
+                if member is None:
+                    raise InputError(f"no {role} '{holder}' in policy v{policy.version}")
+                c.confirm(f"revoke {role} {holder} ({reason})")
+                _revoke(c, predicate, member, role, holder or "", reason)
+                del predicate[_GROUPS[role]]["keys"][holder]
+                if role == "cosigner" and not predicate["cosigners"]["keys"]:
+                    del predicate["cosigners"]  # no cosigner left: no device proof verifies until one is enrolled
             else:
                 held = policy.release_signer if role == "release-signer" else policy.auditor
                 if held is None:
@@ -577,7 +603,7 @@ def check_token_capabilities(script: OperationScript, credentials: Credentials) 
                 needs.append(Need.EC_KEYGEN)
             if role == "release-signer":
                 needs.append(Need.HEAD_RECORDS)  # the promotion log's head and the security counters
-            name = f"approver '{holder}'" if role == "approver" else role.replace("-", " ")
+            name = f"{role} '{holder}'" if role in _GROUPS else role.replace("-", " ")
             require_capabilities(uri, needs, role=f"token of the {name}")
 
 

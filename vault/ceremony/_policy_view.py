@@ -83,6 +83,7 @@ class PolicyView:
     revoked: tuple[Mapping[str, Any], ...]
     custody: Mapping[str, str]  # share set name -> "m of n"
     statement_sha256: str
+    cosigners_threshold: int = 0
     file_sha256: str | None = None
     root_pinned: bool = False
     expired: bool = False
@@ -105,6 +106,7 @@ class PolicyView:
             "file_sha256": self.file_sha256,
             "officers": {"threshold": self.officers_threshold, "count": self.count("officer")},
             "approvers": {"threshold": self.approvers_threshold, "count": self.count("approver")},
+            "cosigners": {"threshold": self.cosigners_threshold, "count": self.count("cosigner")},
             "keys": [k.to_dict() for k in self.keys],
             "stations": dict(self.stations),
             "revoked": [dict(r) for r in self.revoked],
@@ -126,6 +128,9 @@ class PolicyView:
         out += [f"  {k.holder:<20} {k.key_id}" for k in self.keys if k.role == "officer"]
         out.append(f"approvers: {self.approvers_threshold} of {self.count('approver')}")
         out += [f"  {k.holder:<20} {k.key_id}" for k in self.keys if k.role == "approver"]
+        if self.count("cosigner"):
+            out.append(f"cosigners: {self.cosigners_threshold} of {self.count('cosigner')}")
+            out += [f"  {k.holder:<20} {k.key_id}" for k in self.keys if k.role == "cosigner"]
         for role in ("release-signer", "auditor"):
             held = [k for k in self.keys if k.role == role]
             out.append(f"{role.replace('-', ' ')}: {held[0].key_id if held else 'none'}")
@@ -154,6 +159,8 @@ def policy_view(predicate: Mapping[str, Any], *, statement_sha256: str, file_sha
         keys.append(KeyHolding("officer", holder, "", entry["key_id"]))
     for holder, entry in predicate["approvers"]["keys"].items():
         keys.append(KeyHolding("approver", holder, "", entry["key_id"]))
+    for holder, entry in (predicate.get("cosigners") or {"keys": {}})["keys"].items():
+        keys.append(KeyHolding("cosigner", holder, "", entry["key_id"]))
     for role in ("release_signer", "auditor"):
         if predicate[role] is not None:
             name = role.replace("_", "-")
@@ -174,6 +181,7 @@ def policy_view(predicate: Mapping[str, Any], *, statement_sha256: str, file_sha
         root_key_id=predicate["root"]["key_id"],
         officers_threshold=predicate["officers"]["threshold"],
         approvers_threshold=predicate["approvers"]["threshold"],
+        cosigners_threshold=(predicate.get("cosigners") or {"threshold": 0})["threshold"],
         keys=tuple(keys),
         stations=stations,
         revoked=tuple(dict(r) for r in predicate["revoked"]),

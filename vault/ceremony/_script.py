@@ -39,6 +39,14 @@ _LABEL = r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,31}"
 _PEOPLE = List(Record({"id": Field(Str(pattern=_ID)), "name": Field(Str(max_len=200))}), min_len=1, max_len=16)
 _WITNESSES = Field(List(Str(max_len=200), max_len=32), required=False, default=[])
 _DAYS = Int(min=1, max=36500)
+_MEMBERS = Record(  # a group of named role holders with a threshold: the approvers, the cosigners
+    {
+        "threshold": Field(Int(min=1, max=16)),
+        "key_label": Field(Str(pattern=_LABEL)),
+        "validity_days": Field(_DAYS),
+        "members": Field(_PEOPLE),
+    }
+)
 
 
 def _kind(name: str) -> Field:
@@ -129,18 +137,9 @@ _SCHEMA = Tagged(
             {
                 "curve": Field(Enum(list(CURVES)), required=False, default="P-256"),
                 "release_signer": Field(_ROLE, required=False),
-                "approvers": Field(
-                    Record(
-                        {
-                            "threshold": Field(Int(min=1, max=16)),
-                            "key_label": Field(Str(pattern=_LABEL)),
-                            "validity_days": Field(_DAYS),
-                            "members": Field(_PEOPLE),
-                        }
-                    ),
-                    required=False,
-                ),
+                "approvers": Field(_MEMBERS, required=False),
                 "auditor": Field(_ROLE, required=False),
+                "cosigners": Field(_MEMBERS, required=False),
             },
         ),
         "policy": Record(
@@ -193,6 +192,7 @@ _CREDENTIALS_SCHEMA = Record(
         "release": Field(Str(max_len=4096), required=False),
         "approvers": Field(Map(Str(max_len=4096), key=Str(pattern=_ID), max_len=16), required=False, default={}),
         "auditor": Field(Str(max_len=4096), required=False),
+        "cosigners": Field(Map(Str(max_len=4096), key=Str(pattern=_ID), max_len=16), required=False, default={}),
         "recovery": Field(Str(max_len=4096), required=False),
         "recovery_so": Field(Str(max_len=4096), required=False),
     }
@@ -295,26 +295,19 @@ def _operation_spec(kind: str, doc: dict[str, Any], path: Path) -> Any:
             raise ScriptError(f"{path}: station.name: a name needs an id; leave both out to take them from the request")
         return EnrolStation(station["id"], station["name"], station["validity_days"])
     if kind == "roles":
-        approvers = doc["approvers"]
-        if approvers is not None:
-            members = _people(approvers["members"], path, "approvers.members")
-            if approvers["threshold"] > len(members):
-                raise ScriptError(
-                    f"{path}: approvers.threshold: {approvers['threshold']} is more than the {len(members)} approvers"
-                )
-            approvers = Approvers(approvers["threshold"], approvers["key_label"], approvers["validity_days"], members)
         return IssueRoles(
             curve=doc["curve"],
             release_signer=RoleSpec(**doc["release_signer"]) if doc["release_signer"] else None,
-            approvers=approvers,
+            approvers=_members(doc["approvers"], path, "approvers"),
             auditor=RoleSpec(**doc["auditor"]) if doc["auditor"] else None,
+            cosigners=_members(doc["cosigners"], path, "cosigners"),
         )
     if kind == "policy":
         return RenewPolicy(doc["policy"].get("approvers_threshold"))
     if kind == "revoke":
         entries = []
         for i, entry in enumerate(doc["revoke"]):
-            needs_id = entry["role"] in ("station", "approver")
+            needs_id = entry["role"] in ("station", "approver", "cosigner")
             if needs_id != (entry["id"] is not None):
                 what = "needs an 'id'" if needs_id else "takes no 'id'"
                 raise ScriptError(f"{path}: revoke[{i}]: role '{entry['role']}' {what}")
@@ -329,6 +322,16 @@ def _operation_spec(kind: str, doc: dict[str, Any], path: Path) -> Any:
             )
         return Backup(custodians["threshold"], members)
     return Recover()
+
+
+def _members(group: dict[str, Any] | None, path: Path, what: str) -> Approvers | None:
+    """A group of role holders (``approvers:``, ``cosigners:``), its threshold no more than its members."""
+    if group is None:
+        return None
+    members = _people(group["members"], path, f"{what}.members")
+    if group["threshold"] > len(members):
+        raise ScriptError(f"{path}: {what}.threshold: {group['threshold']} is more than the {len(members)} {what}")
+    return Approvers(group["threshold"], group["key_label"], group["validity_days"], members)
 
 
 def pin_source_from(uri: Pkcs11Uri, base: Path) -> Pkcs11Uri:
@@ -365,6 +368,7 @@ def load_credentials(path: Path) -> Credentials:
         release=optional("release"),
         approvers={aid: uri(text, f"approvers.{aid}") for aid, text in doc["approvers"].items()},
         auditor=optional("auditor"),
+        cosigners={cid: uri(text, f"cosigners.{cid}") for cid, text in doc["cosigners"].items()},
         recovery=optional("recovery"),
         recovery_so=optional("recovery_so"),
     )

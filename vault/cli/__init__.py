@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import click
 
 from vault import __version__
-from vault.cli import _audit, _bundle, _ceremony, _policy, _station, _token
+from vault.cli import _audit, _bundle, _ceremony, _policy, _registry, _station, _token
 from vault.errors import VaultError
 
 __all__ = ["cli", "main"]
@@ -39,6 +39,7 @@ cli.add_command(_policy.policy)
 cli.add_command(_station.station)
 cli.add_command(_bundle.bundle)
 cli.add_command(_audit.audit)
+cli.add_command(_registry.registry)
 
 
 def _first_sentence(text: str) -> str:

@@ -27,6 +27,7 @@ EXIT_FINDINGS = 3
 """The exit status when a finding is at or above ``--fail-on``."""
 
 AUDITOR_LABEL = "auditor-decrypt"
+COSIGN_LABEL = "auditor-cosign"
 _SEVERITIES = ("critical", "high", "medium", "low", "info")  # vault.audit.SEVERITIES, without importing it here
 _EXPORT_SUFFIX = ".vault-evidence"
 _STATION_COPY_SUFFIX = ".station-copy"  # vault.verify.COPY_SUFFIX, without importing the station library here
@@ -145,6 +146,26 @@ def _limit(name: str, kind: click.ParamType[Any], default: float, what: str) -> 
     callback=_silence,
     help="How old (90m, 36h, 7d, 2w) a station's newest export may be when it has not closed the release.",
 )
+@click.option(
+    "--cosign",
+    "cosign_out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Cosign the verified station checkpoints and write them, with a proof per audited device, "
+    "to this new folder (for 'vault registry export').",
+)
+@click.option(
+    "--cosign-key",
+    default=COSIGN_LABEL,
+    show_default=True,
+    help="The label of the cosigning key in the auditor's token (enrolled in the policy's cosigners).",
+)
+@click.option(
+    "--cosign-severity",
+    type=click.Choice(_SEVERITIES),
+    default="high",
+    show_default=True,
+    help="Cosign no log entry, and give no proof to a device, that a finding at this severity or worse touches.",
+)
 @click.option("--workers", type=click.IntRange(1, 1024), help="Worker processes (default: one per CPU).")
 @click.option(
     "--state",
@@ -167,6 +188,9 @@ def audit(
     html_out: Path | None,
     fail_on: str,
     max_silence: Any,
+    cosign_out: Path | None,
+    cosign_key: str,
+    cosign_severity: str,
     workers: int | None,
     min_cycle: float,
     max_clock_step: int,
@@ -190,35 +214,77 @@ def audit(
     paths = _exports(exports)
     closeouts = _closeouts(exports)
     to_stdout = json_out == _STDOUT
-    for out in (None if to_stdout else json_out, html_out):
+    for out in (None if to_stdout else json_out, html_out, cosign_out):
         if out is not None and out.exists() and not force:
             raise InputError(f"{out} exists; vault does not write over files (remove it, or pass --force)")
     root = _root(root_cert)
     policy = read_capped(policy_file, MAX_POLICY_SIZE, "trust policy")
-    with open_token(uri) as session, _progress() as progress:
+    with open_token(uri) as session:
         key = session.key_for(uri) if uri.object or uri.id else session.key(label=AUDITOR_LABEL)
-        report = run_audit(
-            paths,
-            policy=policy,
-            root_certificate=root,
-            bundle_path=bundle_files,
-            decapsulator=key,
-            workers=workers,
-            progress=progress,
-            thresholds=Thresholds(min_cycle, max_clock_step, operator_window, max_reworks),
-            closeouts=closeouts,
-            max_silence=max_silence,
-            state=state,
-        )
-    if to_stdout:
-        click.echo(report.to_json(fail_on), nl=False)
-    elif json_out is not None:
-        write_new(json_out, report.to_json(fail_on).encode("utf-8"), overwrite=force)
-    if html_out is not None:
-        write_new(html_out, report.to_html(fail_on).encode("utf-8"), overwrite=force)
-    _summary(report, fail_on, None if to_stdout else json_out, html_out, err=to_stdout)
+        # the cosigning key is found and checked before the audit, so a wrong one costs no audit
+        cosigner = _cosigner(session, cosign_key, policy, root) if cosign_out is not None else None
+        with _progress() as progress:
+            report = run_audit(
+                paths,
+                policy=policy,
+                root_certificate=root,
+                bundle_path=bundle_files,
+                decapsulator=key,
+                workers=workers,
+                progress=progress,
+                thresholds=Thresholds(min_cycle, max_clock_step, operator_window, max_reworks),
+                closeouts=closeouts,
+                max_silence=max_silence,
+                state=state,
+            )
+        if to_stdout:
+            click.echo(report.to_json(fail_on), nl=False)
+        elif json_out is not None:
+            write_new(json_out, report.to_json(fail_on).encode("utf-8"), overwrite=force)
+        if html_out is not None:
+            write_new(html_out, report.to_html(fail_on).encode("utf-8"), overwrite=force)
+        _summary(report, fail_on, None if to_stdout else json_out, html_out, err=to_stdout)
+        if cosigner is not None and cosign_out is not None:  # after the reports: they are kept whatever happens
+            cosigned = _cosign(report, paths, cosigner, key, cosign_severity)
+            cosigned.write(cosign_out, overwrite=force)
+            _cosign_summary(cosigned, cosign_out, err=to_stdout)
     if not report.passed(fail_on):
         click.get_current_context().exit(EXIT_FINDINGS)
+
+
+def _cosigner(session: Any, label: str, policy: bytes, root: x509.Certificate) -> tuple[Any, Any]:
+    """The cosigning key and the verified policy, refused before the audit if the policy does not enrol it."""
+    from datetime import UTC, datetime
+
+    from vault.audit import cosigner_holder
+    from vault.policy import load_policy
+
+    trust = load_policy(policy, root, now=datetime.now(UTC), allow_expired=True)
+    signer = session.key(label=label)
+    cosigner_holder(trust, signer)
+    return signer, trust
+
+
+def _cosign(report: Any, paths: list[Path], cosigner: tuple[Any, Any], decrypt: Any, severity: str) -> Any:
+    """Cosign what the audit verified (vault.audit.cosign), against the policy the audit used."""
+    from datetime import UTC, datetime
+
+    from vault.audit import cosign
+
+    signer, trust = cosigner
+    return cosign(report, paths, trust, decapsulator=decrypt, signer=signer, severity=severity, now=datetime.now(UTC))
+
+
+def _cosign_summary(cosigned: Any, folder: Path | None, *, err: bool) -> None:
+    for log in cosigned.logs:
+        if log.size is None:
+            why = f": {log.blocked_by}" if log.blocked_by else ""
+            click.echo(f"cosigned    {log.station_id}: nothing (verified {log.verified_size}){why}", err=err)
+        else:
+            stop = f", held at {log.blocked_by}" if log.blocked_by else ""
+            click.echo(f"cosigned    {log.station_id} up to {log.size} of {log.verified_size}{stop}", err=err)
+    excluded = len(cosigned.excluded)
+    click.echo(f"proofs      {len(cosigned.devices)} device(s), {excluded} excluded, in {folder}", err=err)
 
 
 def _summary(report: Any, fail_on: str, json_out: Path | None, html_out: Path | None, *, err: bool = False) -> None:

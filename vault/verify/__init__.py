@@ -42,8 +42,14 @@ Example (with the development tokens and an enrolled station, as in ``make demo`
         outcome = station.provision(SimulatedDevice(label="SN-0001"), label="SN-0001", fixture=1)
         print(outcome.event, outcome.serial, station.status().releases[0].left)
         station.export("evidence")
+
+An onboarding server checks a device's certificate and its audited proof
+with :func:`verify_device_proof` (from :mod:`vault.proof`, re-exported here):
+it raises :class:`vault.errors.ProofError` with the one-line reason, or
+returns the device, its log position and the auditors who cosigned.
 """
 
+from vault.proof import DeviceProof, verify_device_proof
 from vault.verify._device import STEPS, Device, ImageToProgram, SimulatedDevice
 from vault.verify._recover import RecoveryResult, recover_state
 from vault.verify._station import (
@@ -71,6 +77,7 @@ __all__ = [
     "AllocationStatus",
     "Clock",
     "Device",
+    "DeviceProof",
     "ExportResult",
     "ImageToProgram",
     "LoadedRelease",
@@ -82,4 +89,5 @@ __all__ = [
     "log_origin",
     "recover_state",
     "system_clock",
+    "verify_device_proof",
 ]
