@@ -1568,69 +1568,42 @@ def _audit(
         "bundles": [(summary.bundle_id, summary.statement_sha256) for _, summary in bundles],
         "thresholds": astuple(thresholds),
     }
-    try:
-        return _audit_with(
-            paths, trust, bundles, findings, decapsulator, folder, binding, state,
-            workers=workers, progress=progress, now=now, policy_sha256=policy_sha256, started=started,
-            thresholds=thresholds, closeouts=closeouts, max_silence=max_silence,
-        )  # fmt: skip
+    try:  # the state folder (if any) held throughout: what it carries, the new exports, the state after
+        loaded = None if folder is None else folder.load()
+        carried: dict[str, Any] = {"exports": [], "unreadable": [], "binding": binding}
+        if loaded is not None:
+            carried = loaded[0]
+            _check_binding(Path(state or ""), carried["binding"], binding)
+            findings = carried["findings"]  # those of the bundles are the same again: the state's, not twice
+            paths = _new_exports(paths, carried)
+        earlier: list[_Export] = carried["exports"]
+        opened, unreadable = _open_exports(paths, decapsulator, findings, first=len(earlier))
+        unreadable = [*carried["unreadable"], *unreadable]  # as a full audit lists them: after the others
+        for export in opened:
+            if export.status == "verified" and export.station_id not in trust.stations:
+                export.status = "unknown-station"
+        staging = None if folder is None else folder.stage()
+        try:
+            report, frozen = _run_audit(
+                opened, earlier, unreadable, trust, bundles, findings, loaded, staging,
+                workers=workers, progress=progress, now=now, policy_sha256=policy_sha256, started=started,
+                thresholds=thresholds, closeouts=closeouts, max_silence=max_silence,
+            )  # fmt: skip
+            if folder is not None and staging is not None:
+                frozen.update(
+                    exports=[replace(e, data_key=None) for e in (*earlier, *opened)],
+                    unreadable=unreadable,
+                    binding=binding,
+                )
+                folder.commit(staging, frozen)
+                staging = None
+            return report
+        finally:
+            if staging is not None:
+                StateFolder.abandon(staging)
     finally:
         if folder is not None:
             folder.release()
-
-
-def _audit_with(
-    paths: Sequence[str | os.PathLike[str]],
-    trust: TrustPolicy,
-    bundles: Sequence[tuple[Release, BundleSummary]],
-    findings: Findings,
-    decapsulator: Decapsulator,
-    folder: StateFolder | None,
-    binding: dict[str, Any],
-    state: str | os.PathLike[str] | None,
-    *,
-    workers: int,
-    progress: Callable[[AuditProgress], None] | None,
-    now: datetime,
-    policy_sha256: str,
-    started: float,
-    thresholds: Thresholds,
-    closeouts: Iterable[str | os.PathLike[str]],
-    max_silence: timedelta,
-) -> Report:
-    """The audit with the state folder (if any) held: what it carries, the new exports, the state after."""
-    loaded = None if folder is None else folder.load()
-    carried: dict[str, Any] = {"exports": [], "unreadable": [], "binding": binding}
-    if loaded is not None:
-        carried = loaded[0]
-        _check_binding(Path(state or ""), carried["binding"], binding)
-        findings = carried["findings"]  # those of the bundles are the same again: the state's, not twice
-        paths = _new_exports(paths, carried)
-    earlier: list[_Export] = carried["exports"]
-    opened, unreadable = _open_exports(paths, decapsulator, findings, first=len(earlier))
-    unreadable = [*carried["unreadable"], *unreadable]  # as a full audit lists them: after the others
-    for export in opened:
-        if export.status == "verified" and export.station_id not in trust.stations:
-            export.status = "unknown-station"
-    staging = None if folder is None else folder.stage()
-    try:
-        report, frozen = _run_audit(
-            opened, earlier, unreadable, trust, bundles, findings, loaded, staging,
-            workers=workers, progress=progress, now=now, policy_sha256=policy_sha256, started=started,
-            thresholds=thresholds, closeouts=closeouts, max_silence=max_silence,
-        )  # fmt: skip
-        if folder is not None and staging is not None:
-            frozen.update(
-                exports=[replace(e, data_key=None) for e in (*earlier, *opened)],
-                unreadable=unreadable,
-                binding=binding,
-            )
-            folder.commit(staging, frozen)
-            staging = None
-        return report
-    finally:
-        if staging is not None:
-            StateFolder.abandon(staging)
 
 
 def _check_binding(state: Path, theirs: dict[str, Any], ours: dict[str, Any]) -> None:
