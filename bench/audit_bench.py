@@ -24,23 +24,40 @@ does (``tests/verify``), then:
    auditor's key: the export record, every entry in order, and a checkpoint
    signed by the station key over the Merkle root of the leaves. It is cached
    in the work folder (``--reuse DIR`` audits it again without generating).
-2. **audit**: ``vault.audit.audit`` in a child process with the auditor's
-   token key and ``--workers`` worker processes; the wall time of the call,
-   the child's peak RSS (``VmHWM`` of the main process; the workers are
-   forked by a forkserver, not by it). No finding may be ``high`` or worse.
+2. **audit**: ``vault.audit.audit`` of export 1 in a child process with the auditor's
+   token key and ``--workers`` worker processes; the wall time of the call, the
+   main process's CPU time, and the peak RSS (``VmHWM``) of the main process and
+   of every process under it (the forkserver and its workers, sampled). No
+   finding may be ``high`` or worse.
 3. **baseline**: in another child, a bare loop of as many ECDSA P-256
    verifications as the audit performs (one per manifest, plus one per
    device certificate) with ``cryptography``, split over as many processes,
    over real signatures of manifest-sized messages.
 
-It prints the audit's wall time against the baseline's (target <= 1.3) and
-its peak RSS (target <= 1 GiB).
+It prints the audit's wall time against the baseline's (target <= 1.15) and
+the peak RSS (target <= 512 MiB); its last line is the ratio
+(``ratio audit/bare 1.14``), so that it can be tracked from run to run.
+
+With ``--incremental``, generation writes a second export of ``--new``
+manifests (default 10,000) that extends station-1's log (its previous
+checkpoint export 1's, with the consistency proof), and the bench audits
+export 1 into a new audit state (``--state``; kept in the work folder and
+made once), then export 2 with a copy of that state (the incremental audit),
+then export 2 alone, and prints the incremental audit's wall time against
+the lone one's (target <= 1.2): last line ``ratio incremental/alone ...``.
+
+The bench sets up its own SoftHSM2 tokens and runs in the project's
+interpreter with none of the caller's ``SOFTHSM2_*``, ``VAULT_*``,
+``OPENSSL_*``, ``P11_KIT_*`` or ``PYTHON*`` variables (``bench/_own.py``);
+``--dir`` is made when it does not exist.
 
 Usage::
 
     python bench/audit_bench.py --manifests 20000
-    python bench/audit_bench.py --manifests 1000000 --no-certificates --dir /var/tmp
-    python bench/audit_bench.py --reuse /var/tmp/vault-audit-bench-XXXX    # audit the cached export again
+    python bench/audit_bench.py --manifests 1000000 --dir /var/tmp/audit-bench
+    python bench/audit_bench.py --reuse /var/tmp/audit-bench/vault-audit-bench-XXXX    # audit the cached export again
+    python bench/audit_bench.py --incremental --manifests 1000000 --new 10000 --dir /var/tmp/audit-bench
+    python bench/audit_bench.py --incremental --reuse /var/tmp/audit-bench/vault-audit-bench-XXXX
 """
 
 from __future__ import annotations
@@ -57,14 +74,26 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _own import ROOT, clean_environment, own_dir, own_interpreter
+
 sys.path.insert(0, str(ROOT))
 
 START = datetime.datetime(2026, 6, 1, 6, 0, 0, tzinfo=datetime.UTC)  # the first manifest's time
 SAMPLES = 4096  # distinct signed messages the baseline cycles through
+_GAP = 120  # seconds between the first export and the second's first unit
+
+
+def _clean_env() -> None:
+    """Forget whatever token set-up (and the rest of :data:`_own.CALLERS`) the caller's shell names: the bench
+    makes and uses its own, and its children inherit this."""
+    own = clean_environment()
+    os.environ.clear()
+    os.environ.update(own)
 
 
 def _env(work: Path) -> None:
+    """The environment of the work folder's own tokens (softhsm/setup.sh's env file)."""
+    _clean_env()
     for line in (work / "softhsm" / "env").read_text().splitlines():
         name, _, value = line.removeprefix("export ").partition("=")
         os.environ[name] = value
@@ -148,8 +177,9 @@ def _record(unit: int) -> object:
     )
 
 
-def _generate_part(job: tuple[dict[str, object], int, int, bool, str]) -> tuple[int, float]:
-    """Units ``lo`` to ``hi - 1`` (1-based) as lines ``envelope\\tcertificate-base64-or-empty``."""
+def _generate_part(job: tuple[dict[str, object], int, int, bool, str, int]) -> tuple[int, float]:
+    """Units ``lo`` to ``hi - 1`` (1-based) as lines ``envelope\\tcertificate-base64-or-empty``; units after
+    ``split`` (those of the second export) are dated two minutes later, after the first export was made."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -161,7 +191,7 @@ def _generate_part(job: tuple[dict[str, object], int, int, bool, str]) -> tuple[
     from vault.policy import load_policy
     from vault.token import open_token, parse_uri
 
-    meta, lo, hi, certificates, out = job
+    meta, lo, hi, certificates, out, split = job
     records = bool(meta.get("records", False))
     secrets = bool(meta.get("secrets", False))
     release = meta["release"]
@@ -183,7 +213,7 @@ def _generate_part(job: tuple[dict[str, object], int, int, bool, str]) -> tuple[
         ca_not_after = issuer_certificate.not_valid_after_utc
         for unit in range(lo, hi):
             sequence = unit - 1
-            when = START + datetime.timedelta(seconds=sequence)
+            when = START + datetime.timedelta(seconds=sequence + (_GAP if unit > split else 0))
             hardware_id = os.urandom(16)
             hwid = hardware_id.hex()
             serial = f"station-1-{release['bundle_id'][:8]}-{unit:07d}"
@@ -232,23 +262,22 @@ def _generate_part(job: tuple[dict[str, object], int, int, bool, str]) -> tuple[
     return hi - lo, time.perf_counter() - started
 
 
-def generate(work: Path, meta: dict[str, object], n: int, certificates: bool, processes: int) -> float:
+def generate(work: Path, meta: dict[str, object], n: int, new: int, certificates: bool, processes: int) -> float:
+    """Export 1 holds units 1..n; with ``new``, export 2 extends the log by units n+1..n+new (its previous
+    checkpoint export 1's, with the consistency proof between them)."""
     import multiprocessing
 
     from cryptography import x509
 
-    from vault import checkpoint as notes
-    from vault import merkle
-    from vault.evidence import EvidenceWriter
-    from vault.formats._json import canonical_json
-    from vault.policy import format_time, load_policy
-    from vault.token import open_token, parse_uri
-    from vault.verify import log_origin
+    from vault.policy import load_policy
 
     started = time.perf_counter()
-    bounds = [1 + n * i // processes for i in range(processes + 1)]
-    parts = [str(work / f"part-{i}.lines") for i in range(processes)]
-    jobs = [(meta, bounds[i], bounds[i + 1], certificates, parts[i]) for i in range(processes)]
+    jobs = []
+    for lo, hi in ((1, n + 1), (n + 1, n + new + 1)):
+        bounds = [lo + (hi - lo) * i // processes for i in range(processes + 1)]
+        for i in range(processes):
+            if bounds[i] < bounds[i + 1]:
+                jobs.append((meta, bounds[i], bounds[i + 1], certificates, str(work / f"part-{len(jobs)}.lines"), n))
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
         for made, seconds in pool.map(_generate_part, jobs):
             print(f"  {made} manifests signed in {seconds:.1f} s ({made / seconds:.0f}/s in one process)")
@@ -258,13 +287,35 @@ def generate(work: Path, meta: dict[str, object], n: int, certificates: bool, pr
     assert policy.auditor is not None
     exports = work / "exports"
     exports.mkdir(exist_ok=True)
-    created = format_time(START + datetime.timedelta(seconds=n + 60))
-    builder = merkle.TreeBuilder()
+    leaves: list[bytes] = []
+    first = [job[4] for job in jobs if job[2] <= n + 1]
+    second = [job[4] for job in jobs if job[1] > n]
+    note = _write_export(meta, policy_bytes, policy.auditor.public_key, 1, 0, n, None, first, leaves, exports)
+    if new:
+        _write_export(meta, policy_bytes, policy.auditor.public_key, 2, n, n + new, note, second, leaves, exports)
+    return time.perf_counter() - started
+
+
+def _write_export(
+    meta: dict[str, object], policy_bytes: bytes, auditor: object, sequence: int, start: int, end: int,
+    previous: bytes | None, parts: list[str], leaves: list[bytes], folder: Path,
+) -> bytes:  # fmt: skip
+    """Export ``sequence`` of station-1: entries ``start`` to ``end - 1`` from the part files, and a checkpoint
+    (with the consistency proof from ``previous``); ``leaves`` holds the log's leaf hashes so far. Its note."""
+    from vault import checkpoint as notes
+    from vault import merkle
+    from vault.evidence import EvidenceWriter
+    from vault.formats._json import canonical_json
+    from vault.policy import format_time
+    from vault.token import open_token, parse_uri
+    from vault.verify import log_origin
+
+    created = format_time(START + datetime.timedelta(seconds=end + 60 + (_GAP if sequence > 1 else 0)))
     with EvidenceWriter(
-        exports / "station-1-000001.vault-evidence",
-        recipient=policy.auditor.public_key,
+        folder / f"station-1-{sequence:06d}.vault-evidence",
+        recipient=auditor,  # type: ignore[arg-type]
         station_id="station-1",
-        sequence=1,
+        sequence=sequence,
         created=created,
     ) as writer:
         writer.add(
@@ -272,51 +323,88 @@ def generate(work: Path, meta: dict[str, object], n: int, certificates: bool, pr
                 {
                     "type": "export",
                     "station_id": "station-1",
-                    "sequence": 1,
-                    "from": 0,
-                    "to": n,
+                    "sequence": sequence,
+                    "from": start,
+                    "to": end,
                     "created": created,
-                    "previous_checkpoint": None,
+                    "previous_checkpoint": None if previous is None else previous.decode(),
                     "policy": base64.b64encode(policy_bytes).decode(),
                 }
             )
         )
-        position = 0
+        position = start
         for part in parts:
             with open(part) as f:
                 for line in f:
                     envelope, certificate, blob = line.rstrip("\n").split("\t")
-                    builder.append(merkle.leaf_hash(envelope.encode()))
-                    writer.add(
-                        canonical_json(
-                            {
-                                "type": "entry",
-                                "sequence": position,
-                                "envelope": envelope,
-                                "certificate": certificate or None,
-                            }
-                        )
-                    )
+                    leaves.append(merkle.leaf_hash(envelope.encode()))
+                    record = {
+                        "type": "entry",
+                        "sequence": position,
+                        "envelope": envelope,
+                        "certificate": certificate or None,
+                    }
+                    writer.add(canonical_json(record))
                     if blob:
                         secrets = {"type": "secrets", "sequence": position, "sealed": {"backend-psk": blob}}
                         writer.add(canonical_json(secrets))
                     position += 1
             os.unlink(part)
-        assert position == n == builder.size
+        assert position == end == len(leaves)
+        size, root = merkle.root_from_leaf_hashes(leaves)
+        proof = [] if previous is None else merkle.consistency_proof(start, end, lambda a, b: leaves[a:b])
         origin = log_origin("station-1")
         with open_token(parse_uri(str(meta["station_token"]))) as session:
             note = notes.sign_checkpoint(
-                notes.Checkpoint(origin, n, builder.root()), session.key(label="station-signing"), origin
+                notes.Checkpoint(origin, size, root), session.key(label="station-signing"), origin
             )
-        writer.add(canonical_json({"type": "checkpoint", "checkpoint": note.decode(), "consistency": []}))
+        consistency = [base64.b64encode(h).decode() for h in proof]
+        writer.add(canonical_json({"type": "checkpoint", "checkpoint": note.decode(), "consistency": consistency}))
         writer.finish()
-    return time.perf_counter() - started
+    return note
 
 
 # --- the audit, in a child -----------------------------------------------------------------------
 
 
-def child_audit(work: Path, workers: int, profile: bool) -> None:
+class _TreeRss:
+    """The peak RSS (``VmHWM``) of this process's descendants (the forkserver's workers), sampled."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peaks: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self.sample()
+
+    def sample(self) -> None:
+        todo, seen = [os.getpid()], set()
+        while todo:
+            pid = todo.pop()
+            try:
+                for task in os.listdir(f"/proc/{pid}/task"):
+                    todo.extend(int(c) for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split())
+                if pid != os.getpid() and pid not in seen:
+                    seen.add(pid)
+                    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                        if line.startswith("VmHWM:"):
+                            self.peaks[pid] = max(self.peaks.get(pid, 0), int(line.split()[1]))
+            except (OSError, ValueError):
+                continue
+
+    def stop(self) -> dict[int, int]:
+        self.sample()
+        self._stop.set()
+        self._thread.join()
+        return self.peaks
+
+
+def child_audit(work: Path, workers: int, profile: bool, exports: list[Path], state: Path | None) -> None:
     _env(work)
     from cryptography import x509
 
@@ -328,7 +416,6 @@ def child_audit(work: Path, workers: int, profile: bool) -> None:
     meta = json.loads((work / "meta.json").read_text())
     root = x509.load_pem_x509_certificate(Path(meta["root"]).read_bytes())
     policy = Path(meta["policy"]).read_bytes()
-    exports = sorted((work / "exports").glob("*.vault-evidence"))
     with EvidenceReader(exports[-1]) as newest:  # the audit runs an hour after the last export, not months later
         now = parse_time(newest.header.created, what="the export time") + datetime.timedelta(hours=1)
     with open_token(parse_uri(meta["auditor_token"])) as session:
@@ -339,19 +426,26 @@ def child_audit(work: Path, workers: int, profile: bool) -> None:
 
             profiler = cProfile.Profile()
             profiler.enable()
+        tree = _TreeRss()
+        cpu = time.process_time()
         started = time.perf_counter()
+        extra = {} if state is None else {"state": state}
         report = audit(
             exports, policy=policy, root_certificate=root, bundle_path=meta["bundle"], decapsulator=key,
-            workers=workers, now=now,
+            workers=workers, now=now, **extra,
         )  # fmt: skip
         wall = time.perf_counter() - started
+        cpu = time.process_time() - cpu
+        peaks = tree.stop()
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(str(work / "audit.prof"))
     worst = [f for f in report.findings if severity_rank(f.severity) <= severity_rank("high")]
     result = {
         "wall": wall,
+        "main_cpu": cpu,
         "rss_kib": _peak_rss_kib(),
+        "workers_kib": sorted(peaks.values(), reverse=True),
         "manifests": report.manifests,
         "verified": report.verified,
         "findings": len(report.findings),
@@ -416,9 +510,23 @@ def child_baseline(verifications: int, processes: int) -> None:
 
 
 def _child(*argv: str) -> dict[str, object]:
-    run = subprocess.run([sys.executable, __file__, *argv], check=True, capture_output=True, text=True)
+    run = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True)
+    if run.returncode != 0:
+        raise SystemExit(f"a child failed ({' '.join(argv[:2])}):\n{run.stderr[-4000:]}")
     line = next(x for x in run.stdout.splitlines() if x.startswith("RESULT "))
     return json.loads(line.removeprefix("RESULT "))
+
+
+def _audit_child(work: Path, workers: int, exports: list[Path], *, state: Path | None = None, profile: bool = False):
+    argv = ["--child-audit", str(work), "--workers", str(workers), "--exports", *map(str, exports)]
+    return _child(*argv, *(["--state", str(state)] if state else []), *(["--profile"] if profile else []))
+
+
+def _rss_line(audited: dict[str, object]) -> str:
+    main_mib = int(audited["rss_kib"]) / 1024  # type: ignore[call-overload]
+    others = [k / 1024 for k in audited["workers_kib"]]  # type: ignore[attr-defined]
+    shown = ", ".join(f"{k:.0f}" for k in others[:4]) or "none"
+    return f"main {main_mib:.1f} MiB, other processes {shown} MiB; whole tree {main_mib + sum(others):.1f} MiB"
 
 
 # --- main ----------------------------------------------------------------------------------------
@@ -446,62 +554,110 @@ def main() -> None:
         help="manifests record component lots and a sealed per-device secret, which follows each entry (ADR 0012)",
     )
     parser.add_argument("--workers", type=int, default=2, help="audit workers, generation and baseline processes")
-    parser.add_argument("--dir", type=Path, default=None, help="where to work (default: a temporary folder)")
+    parser.add_argument("--dir", type=Path, default=None, help="where to work (made when missing; default: /tmp)")
     parser.add_argument("--reuse", type=Path, default=None, help="a work folder of an earlier run: audit it again")
     parser.add_argument("--profile", action="store_true", help="cProfile the audit's main process (audit.prof)")
+    parser.add_argument(
+        "--incremental",
+        action="store_true",
+        help="audit a second export of --new manifests with the state of the first, against auditing it alone",
+    )
+    parser.add_argument("--new", type=int, default=10000, help="manifests in the second export (--incremental)")
     parser.add_argument("--child-audit", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--child-baseline", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--exports", type=Path, nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--state", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child_audit is not None:
-        return child_audit(args.child_audit, args.workers, args.profile)
+        return child_audit(args.child_audit, args.workers, args.profile, args.exports, args.state)
     if args.child_baseline is not None:
         return child_baseline(args.child_baseline, args.workers)
 
+    own_interpreter("cryptography", "pkcs11")
+    _clean_env()
+    own_dir(parser, args.dir)
     if args.reuse is not None:
         work = args.reuse.resolve()
+        if not (work / "meta.json").is_file():
+            raise SystemExit(f"{work} is not a work folder of this bench (no meta.json)")
         _env(work)
         meta = json.loads((work / "meta.json").read_text())
         n, certificates, generation = meta["manifests"], meta["certificates"], meta["generation"]
-        print(f"reusing {work}: {n} manifests, certificates {'on' if certificates else 'off'}")
+        new = meta.get("new", 0)
+        on = "on" if certificates else "off"
+        print(f"reusing {work}: {n} manifests (+{new} in a second export), certificates {on}")
+        if args.incremental and not new:
+            raise SystemExit(f"{work} has no second export: generate with --incremental")
     else:
         n, certificates = args.manifests, args.certificates
+        new = args.new if args.incremental else 0
         work = Path(tempfile.mkdtemp(prefix="vault-audit-bench-", dir=args.dir))
-        print(f"setting up: ceremonies, two stations, a promoted bundle of {n} units in {work}")
+        print(f"setting up: ceremonies, two stations, a promoted bundle of {n + new} units in {work}")
         t0 = time.perf_counter()
-        meta = setup(work, n)
+        meta = setup(work, n + new)
         meta["records"] = args.records and certificates
         meta["secrets"] = args.secrets
         print(f"  setup {time.perf_counter() - t0:.1f} s")
-        print(f"generating {n} manifests ({'with' if certificates else 'without'} device certificates)")
-        generation = generate(work, meta, n, certificates, args.workers)
-        meta.update(manifests=n, certificates=certificates, generation=generation)
+        print(f"generating {n} (+{new}) manifests ({'with' if certificates else 'without'} device certificates)")
+        generation = generate(work, meta, n, new, certificates, args.workers)
+        meta.update(manifests=n, new=new, certificates=certificates, generation=generation)
         (work / "meta.json").write_text(json.dumps(meta, indent=1))
 
-    size = sum(p.stat().st_size for p in (work / "exports").glob("*.vault-evidence"))
-    print(f"auditing ({size / 2**20:.0f} MiB export, {args.workers} workers)")
-    child = ["--child-audit", str(work), "--workers", str(args.workers)] + (["--profile"] if args.profile else [])
-    audited = _child(*child)
+    exports = sorted((work / "exports").glob("*.vault-evidence"))
+    kind = "provisioned, with device certificates" if certificates else "failed, no certificates"
+    kind += ", with test records" if meta.get("records") else ""
+    if args.incremental:
+        return _incremental(work, args, exports, n, new, kind)
+    size = exports[0].stat().st_size
+    print(f"auditing export 1 ({size / 2**20:.0f} MiB, {args.workers} workers)")
+    audited = _audit_child(work, args.workers, exports[:1], profile=args.profile)
     verifications = n * (2 if certificates else 1)
     print(f"baseline: {verifications} ECDSA P-256 verifications in {args.workers} processes")
     base = _child("--child-baseline", str(verifications), "--workers", str(args.workers))
 
     audit_wall, base_wall = float(audited["wall"]), float(base["wall"])  # type: ignore[arg-type]
-    rss = int(audited["rss_kib"]) / 1024  # type: ignore[call-overload]
-    print(
-        f"manifests    {n} ({'provisioned, with device certificates' if certificates else 'failed, no certificates'}"
-        f"{', with test records' if meta.get('records') else ''}"
-        f"{', with lots and sealed secrets' if meta.get('secrets') else ''})"
-    )
+    print(f"manifests    {n} ({kind}{', with lots and sealed secrets' if meta.get('secrets') else ''})")
     print(f"generation   {generation:8.1f} s")
     print(f"audit        {audit_wall:8.1f} s  ({n / audit_wall:.0f} manifests/s, {audited['verified']} verified)")
+    print(f"  main CPU   {float(audited['main_cpu']):8.1f} s  (the audit's main process, beside its workers)")  # type: ignore[arg-type]
     print(f"baseline     {base_wall:8.1f} s  ({verifications} verifications, {verifications / base_wall:.0f}/s)")
-    print(f"ratio        {audit_wall / base_wall:8.2f}    (target <= 1.3)")
-    print(f"peak RSS     {rss:8.1f} MiB (the audit's main process; target <= 1024)")
+    print(f"peak RSS     {_rss_line(audited)} (target <= 512 MiB)")
     print(f"findings     {audited['findings']}: {audited['by_code']}")
     print(f"work folder  {work}  (--reuse it to audit again)")
     if audited["high"]:
-        raise SystemExit(f"findings at or above high: {audited['high']}")
+        print(f"findings at or above high: {audited['high']}")
+    print(f"ratio audit/bare {audit_wall / base_wall:.2f}")
+    if audited["high"]:
+        raise SystemExit(1)
+
+
+def _incremental(work: Path, args: argparse.Namespace, exports: list[Path], n: int, new: int, kind: str) -> None:
+    """Export 1 audited with a fresh state; export 2 audited with that state, and alone; the two compared."""
+    import shutil
+
+    state = work / "audit-state"
+    if not (state / "export-1-done").exists():
+        shutil.rmtree(state, ignore_errors=True)
+        print(f"auditing export 1 ({n} manifests) into a new state {state}")
+        first = _audit_child(work, args.workers, exports[:1], state=state)
+        print(f"  {float(first['wall']):.1f} s, {_rss_line(first)}")  # type: ignore[arg-type]
+        (state / "export-1-done").write_text(json.dumps(first))
+    scratch = work / "audit-state-run"
+    shutil.rmtree(scratch, ignore_errors=True)
+    shutil.copytree(state, scratch)  # the state after export 1, kept for the next run
+    print(f"auditing export 2 ({new} manifests) with the state of export 1 (incremental)")
+    incremental = _audit_child(work, args.workers, exports, state=scratch)
+    shutil.rmtree(scratch, ignore_errors=True)
+    print(f"auditing export 2 ({new} manifests) alone")
+    alone = _audit_child(work, args.workers, exports[1:2])
+    inc_wall, alone_wall = float(incremental["wall"]), float(alone["wall"])  # type: ignore[arg-type]
+    print(f"manifests    {n} + {new} ({kind})")
+    print(f"incremental  {inc_wall:8.2f} s  (export 2 after export 1's state; {_rss_line(incremental)})")
+    print(f"alone        {alone_wall:8.2f} s  (export 2 by itself; {_rss_line(alone)})")
+    print(f"findings     incremental {incremental['by_code']}; alone {alone['by_code']}")
+    print(f"work folder  {work}  (--reuse it --incremental to measure again)")
+    print(f"ratio incremental/alone {inc_wall / alone_wall:.2f}")
 
 
 if __name__ == "__main__":

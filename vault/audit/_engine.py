@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import copy
 import hashlib
 import multiprocessing
 import os
+import shutil
 import tempfile
 import time as _time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -44,6 +46,7 @@ from vault.audit._report import (
     UnitEvent,
     UnitRecord,
 )
+from vault.audit._state import INDEX_FILE, StateFolder
 from vault.audit._worker import (
     AuditedRelease,
     ChunkResult,
@@ -221,10 +224,10 @@ def _full(path: Path) -> str:
 
 
 def _open_exports(
-    paths: Sequence[str | os.PathLike[str]], decapsulator: Decapsulator, findings: Findings
+    paths: Sequence[str | os.PathLike[str]], decapsulator: Decapsulator, findings: Findings, first: int = 0
 ) -> tuple[list[_Export], list[ExportSummary]]:
-    """The exports whose header reads, sorted per station by sequence; and a summary of each file that
-    does not read as an export at all (each also an ``export-invalid`` finding).
+    """The exports whose header reads, sorted per station by sequence, numbered from ``first``; and a summary
+    of each file that does not read as an export at all (each also an ``export-invalid`` finding).
 
     Raises:
         DecryptionError: every export is sealed to another auditor key (the wrong token was given).
@@ -255,7 +258,7 @@ def _open_exports(
         with reader:
             header = reader.header
             export = _Export(
-                len(exports),
+                first + len(exports),
                 path,
                 _full(path),
                 header.station_id,
@@ -296,7 +299,7 @@ def _open_exports(
                     stations=[export.station_id],
                     evidence=[Evidence(export.name, export.station_id)],
                 )
-    if foreign and len(foreign) == len(exports) and not unreadable:
+    if foreign and len(foreign) == len(exports) and not unreadable and not first:
         raise DecryptionError(foreign[0])
     for (station_id, sequence), claimants in claims.items():
         if len(claimants) > 1:  # never choose silently: both are audited, one as a branch, and this is said
@@ -521,6 +524,25 @@ class _Audit:
         self.runs: dict[int, _Run] = {}
         self.rewrites: list[_Rewrite] = []  # named at the end, with the entries each one lost
 
+    def restore(self, carried: dict[str, Any]) -> None:
+        """Take up what an earlier run verified (:meth:`snapshot`), before reading the exports that are new."""
+        self.logs = carried["logs"]
+        for log in self.logs.values():
+            log.enrolled = self.policy.stations.get(log.station_id)  # the same policy: the state is bound to it
+        self.summaries = carried["summaries"]
+        self.rewrites = carried["rewrites"]
+        self.manifests = carried["manifests"]
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the next run needs to carry on from here: every export read and nothing of the end's queries.
+        Copies (without keys or data keys), to be serialised before the end of the audit changes anything."""
+        return {
+            "logs": {station: replace(log, enrolled=None) for station, log in self.logs.items()},
+            "summaries": list(self.summaries),
+            "rewrites": [replace(r, export=replace(r.export, data_key=None)) for r in self.rewrites],
+            "manifests": self.manifests,
+        }
+
     def log(self, station_id: str) -> _Log:
         log = self.logs.get(station_id)
         if log is None:
@@ -535,7 +557,7 @@ class _Audit:
         return units
 
     def named(self, number: int) -> str:
-        """" of bundle <id> (<product> <version>)" when several bundles are audited; "" when one is."""
+        """ " of bundle <id> (<product> <version>)" when several bundles are audited; "" when one is."""
         if len(self.releases) == 1:
             return ""
         release = self.releases[number]
@@ -694,8 +716,12 @@ class _Audit:
             run.broken = "its export record does not have exactly the fields " + ", ".join(sorted(fields))
             return
         opened = head.get("open_units", [])
-        if not isinstance(opened, list) or len(opened) > _MAX_OPEN_UNITS or not all(
-            isinstance(u, list) and len(u) == 2 and isinstance(u[0], str) and type(u[1]) is int for u in opened
+        if (
+            not isinstance(opened, list)
+            or len(opened) > _MAX_OPEN_UNITS
+            or not all(
+                isinstance(u, list) and len(u) == 2 and isinstance(u[0], str) and type(u[1]) is int for u in opened
+            )
         ):
             run.broken = "its open_units are not a list of [bundle id, unit] pairs"
             return
@@ -1156,9 +1182,9 @@ class _Audit:
             station, export, position, manifest_id, hwid, serial, label = rows[0][:7]
             owners = sorted({r[12] for r in rows})
             evidence = [Evidence(export_names.get(export), stations[station], position, manifest_id, serial, hwid)]
-            evidence += [
-                Evidence(export_names.get(r[8]), stations[r[7]], r[9], r[10], r[13], r[12]) for r in rows
-            ][: MAX_EVIDENCE - 1]
+            evidence += [Evidence(export_names.get(r[8]), stations[r[7]], r[9], r[10], r[13], r[12]) for r in rows][
+                : MAX_EVIDENCE - 1
+            ]
             self.findings.add(
                 "label-misbound",
                 f"{stations[station]}: the label {label!r} read on device {hwid} is the serial of device "
@@ -1451,6 +1477,7 @@ def audit(
     thresholds: Thresholds | None = None,
     closeouts: Iterable[str | os.PathLike[str]] = (),
     max_silence: timedelta = DEFAULT_MAX_SILENCE,
+    state: str | os.PathLike[str] | None = None,
 ) -> Report:
     """Audit evidence exports against a trust policy and the releases they were made under.
 
@@ -1471,13 +1498,19 @@ def audit(
             against the policy and against where each station's evidence ends.
         max_silence: how old the newest export of a station with an allocation
             and no close-out may be before it is a ``station-silent`` finding.
+        state: a folder where the audit keeps what it verified (:mod:`vault.audit._state`), authenticated
+            with ``decapsulator``: the first run makes it; a later run with the same policy, bundles and
+            thresholds reads only the exports it has not audited yet and gives the report a full audit of
+            all of them gives. It refuses an export that forks or precedes what the state audited.
 
     Returns:
         The report. Problems in the evidence are findings in it, never exceptions.
 
     Raises:
         InputError: a bundle cannot be read or is not one (also a file in a folder given), two
-            different bundles share one bundle id, or no export or no bundle was given.
+            different bundles share one bundle id, or no export or no bundle was given; the state is
+            not authentic for this auditor's token, was made for other inputs, or an export forks or
+            precedes what it audited.
         DecryptionError: every export is sealed to another auditor key (an export
             that cannot be read, or one sealed to another key among others, is a finding).
         PolicyError, SignatureError, FormatError: the trust policy does not verify.
@@ -1504,6 +1537,7 @@ def audit(
         thresholds=thresholds or Thresholds(),
         closeouts=closeouts,
         max_silence=max_silence,
+        state=state,
     )
 
 
@@ -1522,6 +1556,7 @@ def _audit(
     thresholds: Thresholds | None = None,
     closeouts: Iterable[str | os.PathLike[str]] = (),
     max_silence: timedelta = DEFAULT_MAX_SILENCE,
+    state: str | os.PathLike[str] | None = None,
 ) -> Report:
     """The audit once the policy and the releases are verified (the benchmark starts here too)."""
     thresholds = thresholds or Thresholds()
@@ -1529,33 +1564,159 @@ def _audit(
         workers = os.cpu_count() or 1
     if workers < 1:
         raise InputError("an audit needs at least one worker")
-    opened, unreadable = _open_exports(paths, decapsulator, findings)
-    for export in opened:
-        if export.station_id not in trust.stations and export.status == "verified":
-            export.status = "unknown-station"
+    folder = None if state is None else StateFolder(state, decapsulator)
+    binding = {
+        "auditor": key_id(decapsulator.public_key),
+        "policy_sha256": policy_sha256,
+        "bundles": [(summary.bundle_id, summary.statement_sha256) for _, summary in bundles],
+        "thresholds": astuple(thresholds),
+    }
+    try:  # the state folder (if any) held throughout: what it carries, the new exports, the state after
+        loaded = None if folder is None else folder.load()
+        carried: dict[str, Any] = {"exports": [], "unreadable": [], "binding": binding}
+        if loaded is not None:
+            carried = loaded[0]
+            _check_binding(Path(state or ""), carried["binding"], binding)
+            findings = carried["findings"]  # those of the bundles are the same again: the state's, not twice
+            paths = _new_exports(paths, carried)
+        earlier: list[_Export] = carried["exports"]
+        opened, unreadable = _open_exports(paths, decapsulator, findings, first=len(earlier))
+        unreadable = [*carried["unreadable"], *unreadable]  # as a full audit lists them: after the others
+        for export in opened:
+            if export.status == "verified" and export.station_id not in trust.stations:
+                export.status = "unknown-station"
+        staging = None if folder is None else folder.stage()
+        try:
+            report, frozen = _run_audit(
+                opened, earlier, unreadable, trust, bundles, findings, loaded, staging,
+                workers=workers, progress=progress, now=now, policy_sha256=policy_sha256, started=started,
+                thresholds=thresholds, closeouts=closeouts, max_silence=max_silence,
+            )  # fmt: skip
+            if folder is not None and staging is not None:
+                frozen.update(
+                    exports=[replace(e, data_key=None) for e in (*earlier, *opened)],
+                    unreadable=unreadable,
+                    binding=binding,
+                )
+                folder.commit(staging, frozen)
+                staging = None
+            return report
+        finally:
+            if staging is not None:
+                StateFolder.abandon(staging)
+    finally:
+        if folder is not None:
+            folder.release()
+
+
+def _check_binding(state: Path, theirs: dict[str, Any], ours: dict[str, Any]) -> None:
+    """Refuse a state made for other inputs: its findings would not be this audit's."""
+    names = {"auditor": "auditor key", "policy_sha256": "trust policy", "bundles": "release bundles",
+             "thresholds": "thresholds (--min-cycle, --max-clock-step, --operator-window, --max-reworks)"}  # fmt: skip
+    for name, shown in names.items():
+        if theirs.get(name) != ours[name]:
+            raise InputError(
+                f"the audit state in {state} was made with other {shown}: give the same ones, "
+                "or audit without --state (or with a new state folder)"
+            )
+
+
+def _new_exports(paths: Sequence[str | os.PathLike[str]], carried: dict[str, Any]) -> list[str | os.PathLike[str]]:
+    """The exports the state has not audited: one it audited (the same file or a copy) and an unreadable
+    file it reported are left out.
+
+    Raises:
+        InputError: an export claims a place in a log the state audited otherwise (a fork of it), or
+            comes before the last export the state audited of its station: only a full audit can
+            place it among the others.
+    """
+    covered = {(e.export_id, e.header_sha256) for e in carried["exports"]}
+    claims = {(e.station_id, e.sequence): e for e in carried["exports"] if e.status != "duplicate"}
+    last: dict[str, int] = {}
+    for e in carried["exports"]:
+        last[e.station_id] = max(last.get(e.station_id, -1), e.sequence)
+    reported = {u.name for u in carried["unreadable"]}
+    new: list[str | os.PathLike[str]] = []
+    for given in paths:
+        path = Path(given)
+        try:
+            with EvidenceReader(path) as reader:
+                header = reader.header
+        except VaultError:
+            if _full(path) not in reported:
+                new.append(given)
+            continue
+        if (header.export_id, header.header_sha256) in covered:
+            continue
+        station, sequence = header.station_id, header.sequence
+        audited = claims.get((station, sequence))
+        if audited is not None:
+            raise InputError(
+                f"{path} claims export {sequence} of {station}, which the audit state holds from another file "
+                f"({audited.name}): a fork of the log; audit without --state to have it reported"
+            )
+        if sequence < last.get(station, -1):
+            raise InputError(
+                f"{path} is export {sequence} of {station}, earlier than export {last[station]} the audit state "
+                "already holds: audit without --state"
+            )
+        new.append(given)
+    return new
+
+
+def _run_audit(
+    opened: list[_Export],
+    earlier: list[_Export],
+    unreadable: list[ExportSummary],
+    trust: TrustPolicy,
+    bundles: Sequence[tuple[Release, BundleSummary]],
+    findings: Findings,
+    loaded: tuple[dict[str, Any], Path] | None,
+    staging: Path | None,
+    *,
+    workers: int,
+    progress: Callable[[AuditProgress], None] | None,
+    now: datetime,
+    policy_sha256: str,
+    started: float,
+    thresholds: Thresholds,
+    closeouts: Iterable[str | os.PathLike[str]],
+    max_silence: timedelta,
+) -> tuple[Report, dict[str, Any]]:
+    """Read the exports, ask the index, report; with ``staging``, the index lives there (continued from the
+    state's when ``loaded``) and the state to carry on from is returned too (else an empty dict)."""
     total_bytes = sum(e.size for e in opened)
+    everything = [*earlier, *opened]
+    frozen: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="vault-audit-") as scratch:
-        with Index(scratch) as index:
+        if staging is not None and loaded is not None:
+            shutil.copyfile(loaded[1], staging / INDEX_FILE)
+        with Index(scratch if staging is None else staging, existing=loaded is not None) as index:
             releases = [release for release, _ in bundles]
             run = _Audit(trust, releases, findings, index, progress, total_bytes, thresholds)
+            if loaded is not None:
+                run.restore(loaded[0])
             run.run(opened, _context(trust, releases, thresholds), workers)
             index.finish_loading()
+            if staging is not None:  # serialised now: the end below changes the logs and the findings
+                frozen = {"findings": copy.deepcopy(findings), **copy.deepcopy(run.snapshot())}
             limits = {
                 "max_reworks": thresholds.max_reworks,
                 "per_minute": thresholds.per_minute(),
                 "window": thresholds.operator_window,
             }
             answers = index.grouped(_FINDINGS_PER_QUESTION, parallel=workers, params=limits)
-            run.identities(answers, {e.number: e.name for e in opened})
-            run.vanished({e.number: e.name for e in opened})
-            check_closeouts(read_closeouts(closeouts, trust, findings), _log_ends(run, opened), releases,
+            names = {e.number: e.name for e in everything}
+            run.identities(answers, names)
+            run.vanished(names)
+            check_closeouts(read_closeouts(closeouts, trust, findings), _log_ends(run, everything), releases,
                             now=now, max_silence=max_silence, findings=findings)  # fmt: skip
             stations, per_bundle, totals, quality = run.station_reports(answers)
             summaries = run.summaries + unreadable
             found = findings.finish()
             shown = (s for f in found for s in (*f.serials, *(e.serial for e in f.evidence)) if s is not None)
             named = list(dict.fromkeys(shown))  # worst finding first
-            units = _unit_records(index, named[:MAX_UNITS], run, {e.number: e.name for e in opened})
+            units = _unit_records(index, named[:MAX_UNITS], run, names)
     if progress is not None:
         progress(AuditProgress(total_bytes, total_bytes, run.manifests))
     return Report(
@@ -1576,7 +1737,7 @@ def _audit(
         units=units,
         units_named=len(named),
         lots=_lot_reports(answers),
-    )
+    ), frozen
 
 
 def _lot_reports(answers: dict[str, list[Any]]) -> tuple[LotReport, ...]:

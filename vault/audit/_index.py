@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from itertools import chain
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -68,12 +69,21 @@ _KEY = f"CASE WHEN event IN {_ASSIGNING} THEN device_key_id END"
 _TOP = 256  # failed steps and weeks listed per station before "other"
 
 
-def _top_per_station(column: str) -> str:
+def _top_per_station(column: str, manifests: str = "COUNT(DISTINCT manifest_id)") -> str:
     where = f"FROM entries WHERE {column} IS NOT NULL GROUP BY station"
     return (
-        f"SELECT station, {column}, n FROM (SELECT station, {column}, COUNT(DISTINCT manifest_id) AS n, "
-        f"ROW_NUMBER() OVER (PARTITION BY station ORDER BY COUNT(DISTINCT manifest_id) DESC, {column}) AS r "
-        f"{where}, {column}) WHERE r <= {_TOP} UNION ALL SELECT station, NULL, COUNT(DISTINCT manifest_id) {where}"
+        f"SELECT station, {column}, n FROM (SELECT station, {column}, {manifests} AS n, "
+        f"ROW_NUMBER() OVER (PARTITION BY station ORDER BY {manifests} DESC, {column}) AS r "
+        f"{where}, {column}) WHERE r <= {_TOP} UNION ALL SELECT station, NULL, {manifests} {where}"
+    )
+
+
+def _cycles(manifests: str) -> str:
+    return (
+        "SELECT station, fixture, MAX(n), time, position, manifest_id, hardware_id, serial, export, COUNT(*) FROM ("
+        "SELECT *, COUNT(*) OVER (PARTITION BY station, fixture ORDER BY time "
+        f"RANGE BETWEEN 59 PRECEDING AND CURRENT ROW) AS n FROM ({manifests})"
+        ") WHERE n > :per_minute GROUP BY station, fixture LIMIT :limit"
     )
 
 
@@ -165,39 +175,72 @@ QUESTIONS = {
     # (station, fixture, most units finished within one minute, then the time, position, manifest id,
     # hardware id, serial and export of the unit that ends that minute, units that end a minute over the
     # limit): fixtures faster than :per_minute units a minute. Each distinct manifest once.
-    "cycles": (
-        "SELECT station, fixture, MAX(n), time, position, manifest_id, hardware_id, serial, export, COUNT(*) FROM ("
-        "SELECT *, COUNT(*) OVER (PARTITION BY station, fixture ORDER BY time "
-        "RANGE BETWEEN 59 PRECEDING AND CURRENT ROW) AS n FROM ("
+    "cycles": _cycles(
         "SELECT station, fixture, time, position, manifest_id, hardware_id, serial, MIN(export) AS export "
-        f"FROM entries WHERE event IN {_ASSIGNING} GROUP BY station, manifest_id)"
-        ") WHERE n > :per_minute GROUP BY station, fixture LIMIT :limit"
+        f"FROM entries WHERE event IN {_ASSIGNING} GROUP BY station, manifest_id"
     ),
-    # (operator, station, other station, overlap start, overlap end): an operator's stretches of work at two
-    # stations (manifests no more than :window seconds apart) that overlap by more than :window seconds
+    # (operator, station, time) of every act, in that order: read by _overlaps, which gives (operator, station,
+    # other station, overlap start, overlap end) of an operator's stretches of work at two stations (manifests
+    # no more than :window seconds apart) that overlap by more than :window seconds
     "operators": (
-        "WITH acts AS (SELECT DISTINCT operator, station, time FROM entries WHERE operator IS NOT NULL), "
-        "marked AS (SELECT operator, station, time, time - LAG(time) OVER (PARTITION BY operator, station "
-        "ORDER BY time) > :window AS fresh FROM acts), "
-        "numbered AS (SELECT operator, station, time, SUM(COALESCE(fresh, 1)) OVER (PARTITION BY operator, "
-        "station ORDER BY time ROWS UNBOUNDED PRECEDING) AS stretch FROM marked), "
-        "stretches AS (SELECT operator, station, MIN(time) AS t0, MAX(time) AS t1 FROM numbered "
-        "GROUP BY operator, station, stretch HAVING t1 - t0 > :window) "
-        "SELECT x.operator, x.station, y.station, MAX(x.t0, y.t0), MIN(x.t1, y.t1) FROM stretches x "
-        "JOIN stretches y ON x.operator = y.operator AND x.station < y.station "
-        "AND MIN(x.t1, y.t1) - MAX(x.t0, y.t0) > :window LIMIT :limit"
+        "SELECT DISTINCT operator, station, time FROM entries WHERE operator IS NOT NULL "
+        "ORDER BY operator, station, time"
     ),
 }
 """The questions asked of the whole index at the end, longest first."""
+
+UNIQUE = {
+    "counts": (
+        "SELECT station, in_bundle, event, has_unit, COUNT(*), COUNT(*) FROM entries "
+        "GROUP BY station, in_bundle, event, has_unit"
+    ),
+    "pareto": _top_per_station("failed_step", "COUNT(*)"),
+    "weeks": _top_per_station("week", "COUNT(*)"),
+    "cycles": _cycles(
+        "SELECT station, fixture, time, position, manifest_id, hardware_id, serial, export "
+        f"FROM entries WHERE event IN {_ASSIGNING}"
+    ),
+}
+"""The questions that count each distinct manifest once, as asked when no manifest id is in two rows (no
+``replayed`` answer): then every row is a distinct manifest, and the same answers need no de-duplication, the
+costliest part of those questions over a large index."""
+
+
+def _overlaps(acts: Iterable[tuple[str, int, int]], window: float, limit: int) -> list[tuple[Any, ...]]:
+    """The answer to "operators" from its acts, in one pass: each operator's stretches of work per station
+    (acts no more than ``window`` seconds apart) longer than ``window``, and the first ``limit`` pairs of
+    them at two stations (the first station's number lower) that overlap by more than ``window``."""
+    stretches: dict[str, list[tuple[int, int, int]]] = {}  # operator -> (station, start, end), in order
+    current: list[Any] = []
+    for operator, station, time in chain(acts, [(None, None, None)]):  # streamed: the acts may be millions
+        if current and operator == current[0] and station == current[1] and time - current[3] <= window:
+            current[3] = time
+            continue
+        if current and current[3] - current[2] > window:
+            stretches.setdefault(current[0], []).append((current[1], current[2], current[3]))
+        current = [operator, station, time, time]
+    pairs: list[tuple[Any, ...]] = []
+    for operator, spans in stretches.items():
+        for one, start, end in spans:
+            for other, other_start, other_end in spans:
+                if one < other and min(end, other_end) - max(start, other_start) > window:
+                    pairs.append((operator, one, other, max(start, other_start), min(end, other_end)))
+                    if len(pairs) >= limit:
+                        return pairs
+    return pairs
 
 
 class Index:
     """A temporary SQLite table of manifests (see the module docstring)."""
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(self, directory: str | os.PathLike[str], *, existing: bool = False) -> None:
+        """The index in ``directory``: a new one, or (``existing``) the one an earlier audit left there, to
+        add to (an incremental audit's)."""
         self.path = Path(directory) / "audit-index.sqlite"
         self._db = sqlite3.connect(self.path, isolation_level=None)
-        self._db.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;" + _PRAGMAS + _SCHEMA)
+        self._db.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;" + _PRAGMAS)
+        if not existing:
+            self._db.executescript(_SCHEMA)
         self._db.execute("BEGIN")
 
     def __enter__(self) -> Index:
@@ -245,20 +288,33 @@ class Index:
 
         params = dict(params or {})
 
-        def ask(name: str) -> tuple[str, list[tuple[Any, ...]]]:
+        def ask(name: str, unique: bool = False) -> tuple[str, list[tuple[Any, ...]]]:
             db = sqlite3.connect(self.path, isolation_level=None)
             try:
                 db.executescript(_PRAGMAS)
-                sql = QUESTIONS[name]
+                sql = UNIQUE[name] if unique else QUESTIONS[name]
                 args = (limit,) if "?" in sql else {"limit": limit, **params} if ":" in sql else ()
+                if name == "operators":
+                    return name, _overlaps(db.execute(sql), params["window"], limit)
                 return name, db.execute(sql, args).fetchall()
             finally:
                 db.close()
 
+        # "replayed" first: when it finds no manifest id twice, the questions of UNIQUE are asked without
+        # de-duplicating; the others meanwhile
+        others = [name for name in QUESTIONS if name != "replayed" and name not in UNIQUE]
         if parallel <= 1:
-            return dict(map(ask, QUESTIONS))
-        with ThreadPoolExecutor(parallel, thread_name_prefix="audit-index") as pool:
-            return dict(pool.map(ask, QUESTIONS))
+            answers = dict([ask("replayed")])
+            answers.update(map(ask, others))
+            answers.update(ask(name, not answers["replayed"]) for name in UNIQUE)
+        else:
+            with ThreadPoolExecutor(parallel, thread_name_prefix="audit-index") as pool:
+                replayed = pool.submit(ask, "replayed")
+                rest = [pool.submit(ask, name) for name in others]
+                unique = not replayed.result()[1]
+                rest += [pool.submit(ask, name, unique) for name in UNIQUE]
+                answers = dict([replayed.result(), *(future.result() for future in rest)])
+        return {name: answers[name] for name in QUESTIONS}
 
     def rows_for_units(
         self, units: Sequence[tuple[int, int, int]], limit: int
@@ -304,6 +360,7 @@ class Index:
             if len(rows) < limit:
                 rows.append(row[4:])
         return found
+
     def vanished(
         self, station: int, later: int, earlier: Sequence[int], ranges: Sequence[tuple[int, int]], limit: int
     ) -> tuple[int, list[tuple[Any, ...]]]:

@@ -55,17 +55,24 @@ class _Stats:
         self.high = -math.inf
 
     def add(self, value: float) -> None:
-        self.count += 1
-        delta = value - self.mean
-        self.mean += delta / self.count
-        self.m2 += delta * (value - self.mean)
-        self.low = min(self.low, value)
-        self.high = max(self.high, value)
+        _welford(self, value)
 
     @property
     def stdev(self) -> float | None:
         """The sample standard deviation (n - 1), or None below two values."""
         return math.sqrt(self.m2 / (self.count - 1)) if self.count > 1 else None
+
+
+def _welford(stats: _Stats, value: float) -> None:
+    """Add ``value`` to ``stats`` (Welford's update; the values are finite)."""
+    count = stats.count = stats.count + 1
+    delta = value - stats.mean
+    mean = stats.mean = stats.mean + delta / count
+    stats.m2 += delta * (value - mean)
+    if value < stats.low:
+        stats.low = value
+    if value > stats.high:
+        stats.high = value
 
 
 class _Measure:
@@ -96,30 +103,40 @@ class ProcessTally:
         self.untallied = 0  # records over the caps (weeks, measurements per week)
 
     def add(self, items: Iterable[Measured]) -> None:
-        """Tally the test records of one chunk (:attr:`ChunkResult.measured`)."""
+        """Tally the test records of one chunk (:attr:`ChunkResult.measured`).
+
+        The main process runs this for every record, so the table look-ups are
+        made once per key and :func:`_welford` is called directly.
+        """
+        slot, weeks, high = self._slot, self.weeks, self.high
         for position, week_name, steps, readings, coefficients in items:
-            if position <= self.high:
+            if position <= high:
                 continue
-            self.high = position
-            week = self._slot(self.weeks, week_name, _Week, _MAX_WEEKS)
+            high = position
+            week = weeks.get(week_name) or slot(weeks, week_name, _Week, _MAX_WEEKS)
             if week is None:
                 continue
             week.units += 1
+            table = week.steps
             for step, milliseconds in steps:
-                timed = self._slot(week.steps, step, _Stats, _MAX_KEYS)
+                timed = table.get(step) or slot(table, step, _Stats, _MAX_KEYS)
                 if timed is not None:
-                    timed.add(milliseconds / 1000)
+                    _welford(timed, milliseconds / 1000)
+            measures = week.measurements
             for name, unit, lower, upper, value, passed in readings:
-                measure = self._slot(week.measurements, (name, unit, lower, upper), _Measure, _MAX_KEYS)
+                key = (name, unit, lower, upper)
+                measure = measures.get(key) or slot(measures, key, _Measure, _MAX_KEYS)
                 if measure is not None:
-                    measure.stats.add(value)
+                    _welford(measure.stats, value)
                     measure.failed += not passed
                     if len(measure.sample) < HISTOGRAM_SAMPLE:
                         measure.sample.append(value)
+            calibration = week.calibration
             for name, unit, value in coefficients:
-                coefficient = self._slot(week.calibration, (name, unit), _Stats, _MAX_KEYS)
+                coefficient = calibration.get((name, unit)) or slot(calibration, (name, unit), _Stats, _MAX_KEYS)
                 if coefficient is not None:
-                    coefficient.add(value)
+                    _welford(coefficient, value)
+        self.high = high
 
     def _slot(self, table: dict[_K, _V], key: _K, make: Callable[[], _V], cap: int) -> _V | None:
         """``table[key]``, made when new; None (and counted as untallied) when the table is full."""

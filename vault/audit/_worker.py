@@ -126,7 +126,19 @@ Stamp = tuple[str, int, "str | None", "str | None", "str | None"]
 """(time, log position, manifest id, hardware id, serial) of a verified entry, for the time checks."""
 
 Row = tuple[
-    int, str, str, str, "str | None", "str | None", int, int, "int | None", "str | None", "str | None", int, int,
+    int,
+    str,
+    str,
+    str,
+    "str | None",
+    "str | None",
+    int,
+    int,
+    "int | None",
+    "str | None",
+    "str | None",
+    int,
+    int,
     "str | None",
 ]
 """(position, manifest id, event, hardware id, serial, device key id, whether it names a unit, the number of
@@ -881,8 +893,8 @@ def _tested(q: QualityRecord) -> Tested:
     )
 
 
-def _canonical_quality() -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
-    """The test record exactly as a station writes it (canonical JSON), and one item of each of its lists.
+def _canonical_quality() -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
+    """One item of each list of a test record exactly as a station writes it (canonical JSON).
 
     Names (1 to 64 characters), units (0 to 16) and steps are matched without
     escapes and numbers in their plain decimal form; what else
@@ -899,15 +911,21 @@ def _canonical_quality() -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[s
                rf'"upper":{optional},"value":{number}\}}')  # fmt: skip
     step = rf'\{{"milliseconds":(0|[1-9][0-9]{{0,18}}),"step":{name}\}}'
 
-    def items(one: str) -> str:
-        bare = re.sub(r"\((?!\?:)", "(?:", one)  # the same item without its groups
-        return rf"\[((?:{bare}(?:,{bare})*)?)\]"
-
-    whole = rf'\{{"calibration":{items(coefficient)},"measurements":{items(reading)},"steps":{items(step)}\}}'
-    return re.compile(whole), re.compile(coefficient), re.compile(reading), re.compile(step)
+    # each item also as a whole (the first group), so that the items found can be checked to tile their list
+    return re.compile(f"({coefficient})"), re.compile(f"({reading})"), re.compile(f"({step})")
 
 
-_QUALITY, _COEFFICIENT, _READING, _TIMED = _canonical_quality()
+_COEFFICIENT, _READING, _TIMED = _canonical_quality()
+_Q_HEAD, _Q_MEASUREMENTS, _Q_STEPS, _Q_END = '{"calibration":[', '],"measurements":[', '],"steps":[', "]}"
+
+
+def _items(pattern: re.Pattern[str], text: str) -> list[Any] | None:
+    """Every item of a list's text (between its brackets), or None unless the items are the whole text:
+    one scan both reads and checks the list."""
+    found = pattern.findall(text)
+    if ",".join([item[0] for item in found]) != text:
+        return None
+    return found
 
 
 def _quality_fields(text: str, event: str) -> Tested | None:
@@ -917,19 +935,23 @@ def _quality_fields(text: str, event: str) -> Tested | None:
     printable exactly when they all are; a number is in its one spelling
     when ``repr`` gives it back (which also refuses an overflow to inf).
     """
-    match = _QUALITY.fullmatch(text)
-    if match is None or not text.isprintable():
+    # the three lists by their brackets (a name holding one gives items that do not tile their list: None)
+    middle = text.find(_Q_MEASUREMENTS)
+    last = text.find(_Q_STEPS, middle + 1)
+    if not text.startswith(_Q_HEAD) or not text.endswith(_Q_END) or middle < 0 or last < 0 or not text.isprintable():
         return None
-    coefficients_text, readings_text, steps_text = match.groups()
-    steps = tuple([(step, int(ms)) for ms, step in _TIMED.findall(steps_text)])
-    raw_readings = _READING.findall(readings_text)
-    raw_coefficients = _COEFFICIENT.findall(coefficients_text)
+    raw_coefficients = _items(_COEFFICIENT, text[len(_Q_HEAD) : middle])
+    raw_readings = _items(_READING, text[middle + len(_Q_MEASUREMENTS) : last])
+    raw_steps = _items(_TIMED, text[last + len(_Q_STEPS) : -len(_Q_END)])
+    if raw_coefficients is None or raw_readings is None or raw_steps is None:
+        return None
+    steps = tuple([(step, int(ms)) for _, ms, step in raw_steps])
     if len(steps) > MAX_STEPS or len(raw_readings) > MAX_MEASUREMENTS or len(raw_coefficients) > MAX_COEFFICIENTS:
         return None
     if steps and max([ms for _, ms in steps]) >= _MAX_COUNT:
         return None
     readings = []
-    for lower, name, passed_text, _step, unit, upper, value in raw_readings:
+    for _, lower, name, passed_text, _step, unit, upper, value in raw_readings:
         number = float(value)
         low = float(lower) if lower else None
         high = float(upper) if upper else None
@@ -940,7 +962,7 @@ def _quality_fields(text: str, event: str) -> Tested | None:
             return None
         readings.append((name, unit, low, high, number, passed))
     coefficients = []
-    for name, unit, value in raw_coefficients:
+    for _, name, unit, value in raw_coefficients:
         number = float(value)
         if repr(number) != value:
             return None

@@ -184,6 +184,12 @@ def audit_limits(f: F) -> F:
     show_default=True,
     help="Cosign no log entry, and give no proof to a device, that a finding at this severity or worse touches.",
 )
+@click.option(
+    "--state",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep what was verified in this folder (made by the first run, authenticated by the token): "
+    "later runs audit only the exports not audited yet, with the report of a full audit.",
+)
 @audit_limits
 @force_option
 def audit(
@@ -204,6 +210,7 @@ def audit(
     max_clock_step: int,
     operator_window: int,
     max_reworks: int,
+    state: Path | None,
     force: bool,
 ) -> None:
     """Audit evidence EXPORTS (files, or folders of *.vault-evidence and *.vault-closeout) from the stations.
@@ -242,6 +249,7 @@ def audit(
                 thresholds=Thresholds(min_cycle, max_clock_step, operator_window, max_reworks),
                 closeouts=closeouts,
                 max_silence=max_silence,
+                state=state,
             )
         if to_stdout:
             click.echo(report.to_json(fail_on), nl=False)

@@ -1,0 +1,176 @@
+"""Incremental audits (``audit(..., state=DIR)``): the report of a full audit, from only what is new."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.audit.conftest import Forge, World, serious
+from vault.audit import Report, Thresholds, audit
+from vault.audit._state import StateFolder
+from vault.cli import cli, main
+from vault.errors import InputError
+from vault.hpke import SoftwareDecapsulator
+from vault.token import TokenKey, format_uri
+
+
+def _audit(world: World, key: TokenKey, paths: list[Path], state: Path | None = None, **kw: Any) -> Report:
+    return audit(
+        paths, policy=world.policy, root_certificate=world.root_cert, bundle_path=world.bundle_path,
+        decapsulator=key, workers=1, state=state, **kw,
+    )  # fmt: skip
+
+
+def _same(report: Report) -> dict[str, Any]:
+    """The report but for when it was made and how long it took."""
+    shown = json.loads(report.to_json())
+    del shown["generated"], shown["summary"]["seconds"]
+    return shown
+
+
+def test_an_incremental_audit_gives_the_full_audit_s_report_with_a_clone_in_the_old_exports(
+    forge: Forge, world: World, auditor_key: TokenKey, tmp_path: Path
+) -> None:
+    evidence, state = tmp_path / "evidence", tmp_path / "state"
+    devices = forge.provision(4)
+    first = forge.export(evidence)
+    forge.provision(2)
+    forge.add("provisioned", forge.device(hardware_id=devices[1].hardware_id))  # its twin is in export 1
+    forge.add("failed", failed_step="program", detail="probe lost contact")
+    second = forge.export(evidence)
+    forge.provision(1)
+    third = forge.export(evidence)
+
+    full = _audit(world, auditor_key, [first, second, third])
+    assert "duplicate-hardware-id" in serious(full)
+
+    _audit(world, auditor_key, [first], state)  # the first run makes the state
+    _audit(world, auditor_key, [first, second], state)  # export 1 again (skipped) and export 2
+    incremental = _audit(world, auditor_key, [third], state)  # only the new one
+    assert _same(incremental) == _same(full)
+    assert incremental.manifests == full.manifests == len(forge.log)
+
+
+def test_a_new_export_that_rewrites_the_audited_log_is_flagged_as_in_a_full_audit(
+    forge: Forge, world: World, auditor_key: TokenKey, tmp_path: Path
+) -> None:
+    evidence, state = tmp_path / "evidence", tmp_path / "state"
+    forge.provision(6)
+    first = forge.export(evidence)
+    for position in (2, 4):  # an insider re-signs the log from the start with other devices there
+        forge.log[position] = forge.manifest("provisioned", sequence=position, unit=position + 1)
+    forge.provision(2)
+    rewritten = forge.export(evidence, start=0)  # export 2, a history of its own
+
+    full = _audit(world, auditor_key, [first, rewritten])
+    assert "log-forked" in serious(full)
+    _audit(world, auditor_key, [first], state)
+    incremental = _audit(world, auditor_key, [rewritten], state)
+    assert _same(incremental) == _same(full)
+
+
+def _exports(forge: Forge, folder: Path, *units: int) -> list[Path]:
+    """One export after each batch of ``units`` provisioned devices."""
+    exports = []
+    for count in units:
+        forge.provision(count)
+        exports.append(forge.export(folder))
+    return exports
+
+
+def test_an_export_that_forks_an_audited_one_or_comes_before_it_is_refused(
+    forge: Forge, world: World, auditor_key: TokenKey, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    first, second, third = _exports(forge, tmp_path / "evidence", 3, 2, 1)
+    _audit(world, auditor_key, [first, third], state)  # export 2 not received yet: a gap
+    forge.log[1] = forge.manifest("provisioned", sequence=1, unit=2)
+    other = forge.export(tmp_path / "other", sequence=1, start=0, size=3, record_export=False)
+    with pytest.raises(InputError, match="claims export 1 of station-1, which the audit state holds"):
+        _audit(world, auditor_key, [other], state)
+    with pytest.raises(InputError, match="is export 2 of station-1, earlier than export 3 the audit state"):
+        _audit(world, auditor_key, [second], state)
+    # a full audit reports the same file as a fork
+    assert "log-forked" in serious(_audit(world, auditor_key, [first, second, third, other]))
+
+
+def test_a_state_edited_swapped_or_made_for_other_inputs_is_refused(
+    forge: Forge, world: World, auditor_key: TokenKey, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    first, second = _exports(forge, tmp_path / "evidence", 3, 1)
+    _audit(world, auditor_key, [first], state)
+    generation = state / (state / "current").read_text().strip()
+    blob = generation / "state.pickle"
+    original = blob.read_bytes()
+
+    # another auditor's key (or anyone without the token's) cannot make or read a state that passes
+    stranger = SoftwareDecapsulator(ec.generate_private_key(ec.SECP256R1()))
+    with pytest.raises(InputError, match="not authentic for this auditor's token"):
+        StateFolder(state, stranger).load()
+
+    blob.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # one bit changed
+    with pytest.raises(InputError, match="not authentic for this auditor's token"):
+        _audit(world, auditor_key, [second], state)
+    blob.write_bytes(original)
+
+    with (generation / "audit-index.sqlite").open("ab") as index:  # the identity index changed
+        index.write(b"\0")
+    with pytest.raises(InputError, match="not authentic"):
+        _audit(world, auditor_key, [second], state)
+    with (generation / "audit-index.sqlite").open("r+b") as index:
+        index.truncate(index.seek(0, 2) - 1)
+
+    with pytest.raises(InputError, match="other thresholds"):
+        _audit(world, auditor_key, [second], state, thresholds=Thresholds(max_reworks=9))
+    report = _audit(world, auditor_key, [second], state)  # intact again: it carries on
+    assert report.manifests == 4
+
+
+def test_the_command_line_keeps_the_state_and_refuses_an_edited_one_in_one_line(
+    forge: Forge, world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    evidence, state = tmp_path / "evidence", tmp_path / "state"
+    forge.provision(3)
+    forge.export(evidence)
+    argv = ["audit", str(evidence), "--root-cert", str(world.root_cert_path), "--policy", str(world.policy_path),
+            "--bundle", str(world.bundle_path), "--token", format_uri(world.tokens["auditor"]), "--workers", "1",
+            "--state", str(state)]  # fmt: skip
+    first = CliRunner().invoke(cli, argv, catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    forge.provision(2)
+    forge.export(evidence)
+    second = CliRunner().invoke(cli, argv, catch_exceptions=False)
+    assert second.exit_code == 0 and "audited     2 export(s)" in second.output and "5 manifests" in second.output
+    blob = state / (state / "current").read_text().strip() / "state.pickle"
+    blob.write_bytes(blob.read_bytes().replace(b"station-1", b"station-9", 1))
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not authentic for this auditor's token" in err, err
+
+
+def test_one_audit_at_a_time_uses_a_state_and_a_stopped_run_s_staging_goes(
+    forge: Forge, world: World, auditor_key: TokenKey, tmp_path: Path
+) -> None:
+    state = tmp_path / "state"
+    first, second = _exports(forge, tmp_path / "evidence", 2, 1)
+    _audit(world, auditor_key, [first], state)
+    stopped = state / ".staging-stopped"  # what a run killed halfway leaves
+    stopped.mkdir()
+    (stopped / "audit-index.sqlite").write_bytes(b"half")
+    holder = StateFolder(state, auditor_key)
+    holder.lock()
+    try:
+        with pytest.raises(InputError, match="another audit is using the audit state"):
+            _audit(world, auditor_key, [second], state)
+    finally:
+        holder.release()
+    assert _audit(world, auditor_key, [second], state).manifests == 3
+    assert not stopped.exists() and sorted(p.name for p in state.iterdir()) == [".lock", "current", "gen-2"]

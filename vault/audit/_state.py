@@ -1,0 +1,225 @@
+"""The state an incremental audit keeps between runs, authenticated by the auditor's token.
+
+An auditor who audited a station's exports 1..n and receives n+1 audits only
+the new export: the verified state of the earlier ones (each station log's
+Merkle frontiers and signed roots, the identity index of every verified
+manifest, the units used, the counters and test-record tallies, the findings
+raised so far) is kept in a folder the auditor names (``vault audit --state``).
+
+The folder is only as trustworthy as its authentication: a state edited to
+drop a clone's first appearance, or swapped for another auditor's, would
+hide findings. So every generation of the state carries a MAC over the
+SHA-256 of its two files, keyed by a secret only the auditor's token can
+compute: the ECDH of the token's key with a fixed point of the curve whose
+discrete logarithm nobody knows (found by hashing a fixed string onto the
+curve), through HKDF. Anyone can read the state's public key but nobody
+without the token's private key can compute that secret, so a state that
+was edited, moved between auditors or made up is refused with one line,
+before any of it is read.
+
+Layout: ``DIR/current`` names the generation in use (``gen-<n>``), which
+holds ``state.pickle`` (the engine's state, read only after the MAC holds),
+``audit-index.sqlite`` (the identity index) and ``state.mac``. A run works
+in a new staging folder and switches ``current`` with a rename once the
+audit finished, so a run that stops halfway leaves the previous generation
+in place and the same command completes it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import hmac
+import os
+import pickle
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from vault._files import fsync_dir
+from vault.errors import InputError
+from vault.hpke import Decapsulator
+
+__all__ = ["STATE_FORMAT", "StateFolder", "state_key"]
+
+STATE_FORMAT = "vault-audit-state/v1"
+INDEX_FILE = "audit-index.sqlite"
+_CURRENT = "current"
+_BLOB = "state.pickle"
+_MAC = "state.mac"
+_ANCHOR_LABEL = b"vault audit state: a point of unknown discrete logarithm"
+
+# (p, b) of y^2 = x^3 - 3x + b over GF(p); both primes are 3 mod 4, so a square root is one power
+_CURVES: dict[str, tuple[int, int, ec.EllipticCurve]] = {
+    "secp256r1": (
+        0xFFFFFFFF00000001000000000000000000000000FFFFFFFFFFFFFFFFFFFFFFFF,
+        0x5AC635D8AA3A93E7B3EBBD55769886BC651D06B0CC53B0F63BCE3C3E27D2604B,
+        ec.SECP256R1(),
+    ),
+    "secp384r1": (
+        0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEFFFFFFFF0000000000000000FFFFFFFF,
+        0xB3312FA7E23EE7E4988E056BE3F82D19181D9C6EFE8141120314088F5013875AC656398D8A2ED19D2A85C8EDD3EC2AEF,
+        ec.SECP384R1(),
+    ),
+}
+
+
+def _anchor(curve_name: str) -> ec.EllipticCurvePublicKey:
+    """The first point of the curve whose x coordinate is a hash of the label and a counter (try and
+    increment): nobody knows its discrete logarithm."""
+    try:
+        p, b, curve = _CURVES[curve_name]
+    except KeyError:
+        raise InputError(f"an audit state needs an auditor key on P-256 or P-384, not {curve_name}") from None
+    size = (p.bit_length() + 7) // 8
+    for counter in range(1000):
+        x = int.from_bytes(hashlib.shake_256(_ANCHOR_LABEL + counter.to_bytes(4, "big")).digest(size), "big")
+        if x >= p:
+            continue
+        rhs = (pow(x, 3, p) - 3 * x + b) % p
+        y = pow(rhs, (p + 1) // 4, p)
+        if y * y % p == rhs:
+            return ec.EllipticCurvePublicNumbers(x, min(y, p - y), curve).public_key()
+    raise AssertionError("no point found")  # pragma: no cover - about one counter in two gives one
+
+
+def state_key(decapsulator: Decapsulator) -> bytes:
+    """The MAC key of the audit state: only the holder of the auditor's private key can compute it."""
+    secret = decapsulator.ecdh(_anchor(decapsulator.public_key.curve.name))
+    return HKDF(hashes.SHA256(), 32, salt=None, info=STATE_FORMAT.encode()).derive(secret)
+
+
+def _sha256_file(path: Path) -> bytes:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.digest()
+
+
+class StateFolder:
+    """An auditor's state folder: :meth:`load` the generation in use, :meth:`stage` a new one, :meth:`commit` it."""
+
+    def __init__(self, path: str | os.PathLike[str], decapsulator: Decapsulator) -> None:
+        self.path = Path(path)
+        self._key = state_key(decapsulator)
+        self._lock: int | None = None
+
+    def _mac(self, generation: str, blob: bytes, index_sha256: bytes) -> bytes:
+        message = b"\n".join((STATE_FORMAT.encode(), generation.encode(), hashlib.sha256(blob).digest(), index_sha256))
+        return hmac.new(self._key, message, hashlib.sha256).digest()
+
+    def _generation(self) -> str | None:
+        current = self.path / _CURRENT
+        if not current.is_file():
+            return None
+        name = current.read_text(encoding="ascii", errors="replace").strip()
+        if not name.startswith("gen-") or not name[4:].isdigit():
+            raise InputError(f"{current} does not name a state generation: the audit state is damaged")
+        return name
+
+    def load(self) -> tuple[dict[str, Any], Path] | None:
+        """The state the last run left (and its index file), or None when the folder holds none yet; the
+        folder is held (:meth:`lock`) until :meth:`release`.
+
+        Raises:
+            InputError: the folder is not a state folder, another audit is using it, or its state is
+                not authentic for this auditor's token (edited, swapped, or made with another token).
+        """
+        self.lock()
+        try:
+            return self._load()
+        except BaseException:
+            self.release()
+            raise
+
+    def _load(self) -> tuple[dict[str, Any], Path] | None:
+        generation = self._generation()
+        if generation is None:
+            if self.path.is_dir() and any(p for p in self.path.iterdir() if not p.name.startswith(".")):
+                raise InputError(f"{self.path} holds files but no audit state: give an empty or a state folder")
+            return None
+        folder = self.path / generation
+        try:
+            blob = (folder / _BLOB).read_bytes()
+            mac = (folder / _MAC).read_bytes()
+            index_sha256 = _sha256_file(folder / INDEX_FILE)
+        except OSError as e:
+            raise InputError(f"the audit state in {self.path} is incomplete: {e.strerror}: {e.filename}") from e
+        if not hmac.compare_digest(mac, self._mac(generation, blob, index_sha256)):
+            raise InputError(
+                f"the audit state in {self.path} is not authentic for this auditor's token "
+                "(edited, swapped, or made with another token): refused"
+            )
+        state = pickle.loads(blob)  # authenticated above: written by this auditor's own earlier run
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise InputError(f"the audit state in {self.path} is not a {STATE_FORMAT} state")
+        return state, folder / INDEX_FILE
+
+    def stage(self) -> Path:
+        """A new, empty staging folder inside the state folder (made first when missing), once no other
+        audit uses the folder; what a stopped run staged is removed.
+
+        Raises:
+            InputError: another audit is using the state folder.
+        """
+        self.lock()
+        for stale in self.path.glob(".staging-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        return Path(tempfile.mkdtemp(prefix=".staging-", dir=self.path))
+
+    def lock(self) -> None:
+        """Hold the folder (made when missing) until :meth:`release`: one audit at a time uses a state.
+
+        Raises:
+            InputError: another audit is using it, or it is not a folder.
+        """
+        if self._lock is not None:
+            return
+        if self.path.exists() and not self.path.is_dir():
+            raise InputError(f"{self.path} is not a folder: give the audit state folder (made by the first run)")
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock)
+            raise InputError(f"another audit is using the audit state in {self.path}") from None
+        self._lock = lock
+
+    def release(self) -> None:
+        """Let another audit use the folder."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    def commit(self, staging: Path, state: dict[str, Any]) -> None:
+        """Make ``staging`` (holding the index) with ``state`` the generation in use, atomically."""
+        previous = self._generation()
+        number = 1 + (int(previous[4:]) if previous else 0)
+        generation = f"gen-{number}"
+        blob = pickle.dumps({**state, "format": STATE_FORMAT}, protocol=pickle.HIGHEST_PROTOCOL)
+        (staging / _BLOB).write_bytes(blob)
+        (staging / _MAC).write_bytes(self._mac(generation, blob, _sha256_file(staging / INDEX_FILE)))
+        for name in (_BLOB, _MAC, INDEX_FILE):
+            fsync_dir(staging / name)
+        target = self.path / generation
+        shutil.rmtree(target, ignore_errors=True)  # a generation a stopped run staged but never made current
+        os.rename(staging, target)
+        pointer = self.path / f".{_CURRENT}.new"
+        pointer.write_text(generation + "\n", encoding="ascii")
+        fsync_dir(pointer)
+        os.replace(pointer, self.path / _CURRENT)
+        fsync_dir(self.path)
+        if previous is not None:
+            shutil.rmtree(self.path / previous, ignore_errors=True)
+
+    @staticmethod
+    def abandon(staging: Path) -> None:
+        """Remove a staging folder of a run that did not finish."""
+        shutil.rmtree(staging, ignore_errors=True)
