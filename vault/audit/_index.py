@@ -230,6 +230,140 @@ def _overlaps(acts: Iterable[tuple[str, int, int]], window: float, limit: int) -
     return pairs
 
 
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS entries_by_hardware_id ON entries (hardware_id, station);
+CREATE INDEX IF NOT EXISTS entries_by_manifest_id ON entries (manifest_id);
+CREATE INDEX IF NOT EXISTS entries_by_serial ON entries (serial);
+CREATE INDEX IF NOT EXISTS entries_by_key ON entries (device_key_id);
+CREATE INDEX IF NOT EXISTS entries_by_unit ON entries (station, in_bundle, unit);
+CREATE INDEX IF NOT EXISTS entries_by_position ON entries (station, position);
+CREATE INDEX IF NOT EXISTS lots_by_position ON lots (station, position)
+"""
+# the identity and grouping columns, indexed in a kept (--state) index: an incremental audit asks about the
+# groups its new rows touch, each a lookup
+
+_TOUCHED = {  # the groups the new rows (rowid > :last) touch, one temporary table each
+    "hardware_id": "SELECT DISTINCT hardware_id FROM entries WHERE rowid > :last",
+    "device_key_id": "SELECT DISTINCT device_key_id FROM entries WHERE rowid > :last AND device_key_id IS NOT NULL",
+    "serial": "SELECT DISTINCT serial FROM entries WHERE rowid > :last AND serial IS NOT NULL",
+    "manifest_id": "SELECT DISTINCT manifest_id FROM entries WHERE rowid > :last",
+    "unit": "SELECT DISTINCT station, in_bundle, unit FROM entries WHERE rowid > :last AND unit IS NOT NULL",
+    # a device's first attempt at a station, and the lots of that attempt's position: every device of a
+    # station position the new rows fill (a new export may restate or rewrite an audited position)
+    "device": (
+        "SELECT DISTINCT e.station, e.hardware_id FROM (SELECT DISTINCT station, position FROM entries "
+        "WHERE rowid > :last) n JOIN entries e ON e.station = n.station AND e.position = n.position"
+    ),
+    # labels read by new label-mismatch manifests, and serials new manifests assign (the two sides of "misbound")
+    "label": (
+        "SELECT label FROM labels WHERE rowid > :last_label UNION "
+        f"SELECT serial FROM entries WHERE rowid > :last AND serial IS NOT NULL AND event IN {_ASSIGNING}"
+    ),
+}
+
+_TOUCHED_COLUMNS = {"unit": "station, in_bundle, unit", "device": "station, hardware_id"}
+
+_ROWS_OF = {  # the rows of the touched groups, standing for "entries" in a question
+    "hardware_id": "(SELECT e.* FROM touched_hardware_id t JOIN entries e ON e.hardware_id = t.value)",
+    "device_key_id": "(SELECT e.* FROM touched_device_key_id t JOIN entries e ON e.device_key_id = t.value)",
+    "serial": "(SELECT e.* FROM touched_serial t JOIN entries e ON e.serial = t.value)",
+    "manifest_id": "(SELECT e.* FROM touched_manifest_id t JOIN entries e ON e.manifest_id = t.value)",
+    "unit": (
+        "(SELECT e.* FROM touched_unit t JOIN entries e "
+        "ON e.station = t.station AND e.in_bundle = t.in_bundle AND e.unit = t.unit)"
+    ),
+    "device": (
+        "(SELECT e.* FROM touched_device t JOIN entries e ON e.hardware_id = t.hardware_id AND e.station = t.station)"
+    ),
+}
+
+BY_GROUP = {  # question: the groups its answers are per, and how many leading columns of an answer name one
+    "devices": ("hardware_id", 1),
+    "keys": ("device_key_id", 1),
+    "serials": ("serial", 1),
+    "replayed": ("manifest_id", 1),
+    "scrapped": ("hardware_id", 1),
+    "reworks": ("hardware_id", 1),
+    "units": ("unit", 3),
+}
+"""The questions whose answers are per group (a hardware id, a serial...): an incremental audit asks them
+about the groups the new rows touch and keeps the others' answers."""
+
+_FIRST_ATTEMPTS = (
+    "SELECT station, hardware_id, event, MIN(position) AS position FROM {entries} "
+    "WHERE event IN ('provisioned', 'label-mismatch') OR (event = 'failed' AND has_unit) GROUP BY station, hardware_id"
+)
+
+
+def _tally_top(column: str) -> str:
+    where = f"FROM {{entries}} WHERE {column} IS NOT NULL GROUP BY station"
+    return (
+        f"SELECT station, {column}, COUNT(DISTINCT manifest_id) {where}, {column} "
+        f"UNION ALL SELECT station, NULL, COUNT(DISTINCT manifest_id) {where}"
+    )
+
+
+TALLIES = {  # question: (the groups it sums over, key columns, the tally over the rows {entries} and {lots})
+    "counts": ("manifest_id", 4, QUESTIONS["counts"].replace("FROM entries", "FROM {entries}")),
+    "pareto": ("manifest_id", 2, _tally_top("failed_step")),
+    "weeks": ("manifest_id", 2, _tally_top("week")),
+    "first_pass": (
+        "device",
+        1,
+        f"SELECT station, COUNT(*), SUM(event = 'provisioned') FROM ({_FIRST_ATTEMPTS}) GROUP BY station",
+    ),
+    "lot_yield": (
+        "device",
+        2,
+        "SELECT component, lot, COUNT(*), SUM(p) FROM (SELECT DISTINCT f.station, f.hardware_id, l.component, "
+        f"l.lot, f.event = 'provisioned' AS p FROM ({_FIRST_ATTEMPTS}) f JOIN {{lots}} l "
+        "ON l.station = f.station AND l.position = f.position) GROUP BY component, lot",
+    ),
+    "lot_failures": (
+        "manifest_id",
+        3,
+        "SELECT l.component, l.lot, e.failed_step, COUNT(DISTINCT e.manifest_id) FROM {entries} e JOIN {lots} l "
+        "ON l.station = e.station AND l.position = e.position AND l.manifest_id = e.manifest_id "
+        "WHERE e.failed_step IS NOT NULL GROUP BY l.component, l.lot, e.failed_step",
+    ),
+}
+"""The questions whose answers are sums over groups (a manifest's contribution, a device's first attempt):
+an incremental audit keeps them whole as running tallies, takes out what the touched groups contributed
+before and adds what they contribute now."""
+
+
+def _tally_add(tally: dict[tuple[Any, ...], list[int]], rows: Iterable[tuple[Any, ...]], keys: int, sign: int) -> None:
+    for row in rows:
+        values = tally.setdefault(tuple(row[:keys]), [0] * (len(row) - keys))
+        for at, value in enumerate(row[keys:]):
+            values[at] += sign * int(value or 0)
+
+
+def _key(value: Any) -> tuple[Any, ...]:
+    """Sorts as SQLite's GROUP BY does (NULL first, then numbers, then text by code point)."""
+    return tuple((0, 0) if v is None else (1, v) if isinstance(v, int) else (2, v) for v in value)
+
+
+def _from_tallies(name: str, tally: dict[tuple[Any, ...], list[int]], limit: int) -> list[tuple[Any, ...]]:
+    """The answer to question ``name`` (as :data:`QUESTIONS` words it) from its whole tally."""
+    rows = sorted(
+        ((*key, *values) for key, values in tally.items() if values[0]), key=lambda r: _key(r[: TALLIES[name][1]])
+    )
+    if name in ("pareto", "weeks"):  # each station's most frequent first, then each station's total
+        listed = [r for r in rows if r[1] is not None]
+        listed.sort(key=lambda r: (r[0], -r[2], r[1]))
+        top: list[tuple[Any, ...]] = []
+        per: dict[int, int] = {}
+        for row in listed:
+            per[row[0]] = per.get(row[0], 0) + 1
+            if per[row[0]] <= _TOP:
+                top.append(row)
+        return top + [r for r in rows if r[1] is None]
+    if name in ("lot_yield", "lot_failures"):
+        return rows[:limit]
+    return rows
+
+
 class Index:
     """A temporary SQLite table of manifests (see the module docstring)."""
 
@@ -241,6 +375,11 @@ class Index:
         self._db.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;" + _PRAGMAS)
         if not existing:
             self._db.executescript(_SCHEMA)
+        # the rows an earlier audit left: those after them are this run's (rowids grow as rows are appended)
+        self._last = {
+            table: self._db.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {table}").fetchone()[0]
+            for table in ("entries", "labels")
+        }
         self._db.execute("BEGIN")
 
     def __enter__(self) -> Index:
@@ -267,9 +406,83 @@ class Index:
         values = f"{int(station)}, {int(export)}, ?, ?, ?, ?"
         self._db.executemany(f"INSERT INTO lots VALUES ({values})", lots)
 
-    def finish_loading(self) -> None:
-        """Commit what was loaded; queries may follow."""
+    def finish_loading(self, *, kept: bool = False) -> None:
+        """Commit what was loaded; queries may follow. A ``kept`` index (an audit state's) gets (or keeps up)
+        the indexes of its grouping columns, for the next run's :meth:`grouped_since`."""
         self._db.execute("COMMIT")
+        if kept:
+            self._db.executescript(_INDEXES)
+
+    def _ask(self, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        return self._db.execute(sql, params).fetchall()
+
+    def tallies(self) -> dict[str, dict[tuple[Any, ...], list[int]]]:
+        """The whole tallies of :data:`TALLIES` (kept for the next run's :meth:`grouped_since`)."""
+        tallies: dict[str, dict[tuple[Any, ...], list[int]]] = {}
+        for name, (_, keys, sql) in TALLIES.items():
+            tallies[name] = {}
+            whole = sql.replace("{entries}", "entries").replace("{lots}", "lots")
+            _tally_add(tallies[name], self._ask(whole, {}), keys, 1)
+        return tallies
+
+    def grouped_since(
+        self, first_export: int, kept: Mapping[str, Any], limit: int, params: Mapping[str, float]
+    ) -> tuple[dict[str, list[tuple[Any, ...]]], dict[str, Any]]:
+        """The answers of :meth:`grouped` for an index that holds rows of an earlier audit, whose answers
+        and tallies are ``kept`` (as this returns them for the next run): the questions of :data:`BY_GROUP`
+        are asked about the groups the new rows (of exports from ``first_export``) touch and merged with
+        the kept answers of the others; the tallies of :data:`TALLIES` are brought up to date with what
+        the touched groups contributed before and contribute now. The rest are asked of the whole index,
+        as is a question whose kept answer was capped at ``limit`` (the groups past the cap are unknown)."""
+        values = {"last": self._last["entries"], "last_label": self._last["labels"], "first": int(first_export)}
+        for group, sql in _TOUCHED.items():
+            columns = _TOUCHED_COLUMNS.get(group, "value")
+            self._db.execute(f"DROP TABLE IF EXISTS temp.touched_{group}")
+            self._db.execute(f"CREATE TEMP TABLE touched_{group} ({columns}, PRIMARY KEY ({columns})) WITHOUT ROWID")
+            self._db.execute(f"INSERT OR IGNORE INTO touched_{group} {sql}", values)
+        touched = {
+            group: {row if group == "unit" else row[0] for row in self._db.execute(f"SELECT * FROM touched_{group}")}
+            for group in ("hardware_id", "device_key_id", "serial", "manifest_id", "unit", "label")
+        }
+        answers: dict[str, list[tuple[Any, ...]]] = {}
+        kept_answers = dict(kept["answers"])
+        ask_params = {"limit": limit, **params}
+        for name, (group, keys) in BY_GROUP.items():
+            previous = kept_answers[name]
+            if len(previous) >= limit:  # capped: which groups past the cap answer is not known
+                answers[name] = self._ask(QUESTIONS[name].replace("?", ":limit"), ask_params)
+                continue
+            sql = QUESTIONS[name].replace("?", ":limit").replace("FROM entries", f"FROM {_ROWS_OF[group]}")
+            fresh = self._ask(sql, ask_params)
+            ours = touched[group]
+            merged = [r for r in previous if (r[:keys] if keys > 1 else r[0]) not in ours] + fresh
+            answers[name] = sorted(merged, key=lambda r, k=keys: _key(r[:k]))[:limit]  # type: ignore[misc]
+        previous = kept_answers["misbound"]
+        if len(previous) >= limit:
+            answers["misbound"] = self._ask(QUESTIONS["misbound"].replace("?", ":limit"), ask_params)
+        else:
+            labels = "(SELECT * FROM labels WHERE label IN (SELECT value FROM touched_label))"
+            sql = QUESTIONS["misbound"].replace("?", ":limit").replace("FROM labels", f"FROM {labels}")
+            merged = [r for r in previous if r[6] not in touched["label"]] + self._ask(sql, ask_params)
+            merged = list(dict.fromkeys(merged))
+            answers["misbound"] = sorted(merged, key=lambda r: (r[0], r[2], r[7], r[9], *_key(r)))[:limit]
+        tallies = {name: {key: list(v) for key, v in tally.items()} for name, tally in kept["tallies"].items()}
+        for name, (group, keys, sql) in TALLIES.items():
+            rows = _ROWS_OF[group]
+            now = sql.replace("{entries}", rows).replace("{lots}", "lots")
+            before = sql.replace("{entries}", f"(SELECT * FROM {rows} WHERE export < :first)")
+            before = before.replace("{lots}", "(SELECT * FROM lots WHERE export < :first)")
+            _tally_add(tallies[name], self._ask(now, values), keys, 1)
+            _tally_add(tallies[name], self._ask(before, values), keys, -1)
+            answers[name] = _from_tallies(name, tallies[name], limit)
+        for name in ("cycles", "operators"):  # asked of the whole index (see docs/adr/0014-audit-state.md)
+            sql = (UNIQUE if name in UNIQUE and not answers["replayed"] else QUESTIONS)[name]
+            if name == "operators":
+                answers[name] = _overlaps(self._db.execute(sql), params["window"], limit)
+            else:
+                answers[name] = self._ask(sql, ask_params)
+        kept_now = {"answers": {name: answers[name] for name in (*BY_GROUP, "misbound")}, "tallies": tallies}
+        return {name: answers[name] for name in QUESTIONS}, kept_now
 
     def _query(self, sql: str, *args: Any) -> Iterator[tuple[Any, ...]]:
         yield from self._db.execute(sql, args)
