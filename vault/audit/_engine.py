@@ -30,7 +30,7 @@ from cryptography import x509
 from vault import merkle
 from vault.audit._closeout import DEFAULT_MAX_SILENCE, LogEnd, check_closeouts, read_closeouts
 from vault.audit._findings import MAX_EVIDENCE, Evidence, Findings, Thresholds
-from vault.audit._index import BY_GROUP, Index
+from vault.audit._index import KEPT, Index
 from vault.audit._process import ProcessTally
 from vault.audit._report import (
     MAX_UNIT_EVENTS,
@@ -1711,8 +1711,8 @@ def _run_audit(
             else:
                 answers = index.grouped(_FINDINGS_PER_QUESTION, parallel=workers, params=limits)
                 if staging is not None:
-                    kept_answers = {name: answers[name] for name in (*BY_GROUP, "misbound")}
-                    questions = {"answers": kept_answers, "tallies": index.tallies()}
+                    kept_answers = {name: answers[name] for name in KEPT}
+                    questions = {"answers": kept_answers, "tallies": index.tallies(thresholds.operator_window)}
             if staging is not None:
                 frozen["questions"] = questions
             names = {e.number: e.name for e in everything}

@@ -206,21 +206,28 @@ UNIQUE = {
 costliest part of those questions over a large index."""
 
 
-def _overlaps(acts: Iterable[tuple[str, int, int]], window: float, limit: int) -> list[tuple[Any, ...]]:
-    """The answer to "operators" from its acts, in one pass: each operator's stretches of work per station
-    (acts no more than ``window`` seconds apart) longer than ``window``, and the first ``limit`` pairs of
-    them at two stations (the first station's number lower) that overlap by more than ``window``."""
-    stretches: dict[str, list[tuple[int, int, int]]] = {}  # operator -> (station, start, end), in order
+def _stretches(acts: Iterable[tuple[str, int, int]], window: float) -> Iterator[tuple[str, int, int, int]]:
+    """Each (operator, station, start, end) stretch of work (acts no more than ``window`` seconds apart) of
+    ``acts`` sorted by operator, station and time, streamed: the acts may be millions."""
     current: list[Any] = []
-    for operator, station, time in chain(acts, [(None, None, None)]):  # streamed: the acts may be millions
+    for operator, station, time in chain(acts, [(None, None, None)]):
         if current and operator == current[0] and station == current[1] and time - current[3] <= window:
             current[3] = time
             continue
-        if current and current[3] - current[2] > window:
-            stretches.setdefault(current[0], []).append((current[1], current[2], current[3]))
+        if current:
+            yield current[0], current[1], current[2], current[3]
         current = [operator, station, time, time]
+
+
+def _pairs(stretches: Iterable[tuple[str, int, int, int]], window: float, limit: int) -> list[tuple[Any, ...]]:
+    """The first ``limit`` pairs of stretches (sorted by operator, station and start) longer than ``window``
+    of one operator at two stations (the first station's number lower) that overlap by more than ``window``."""
+    long: dict[str, list[tuple[int, int, int]]] = {}  # operator -> (station, start, end), in order
+    for operator, station, start, end in stretches:
+        if end - start > window:
+            long.setdefault(operator, []).append((station, start, end))
     pairs: list[tuple[Any, ...]] = []
-    for operator, spans in stretches.items():
+    for operator, spans in long.items():
         for one, start, end in spans:
             for other, other_start, other_end in spans:
                 if one < other and min(end, other_end) - max(start, other_start) > window:
@@ -230,6 +237,22 @@ def _overlaps(acts: Iterable[tuple[str, int, int]], window: float, limit: int) -
     return pairs
 
 
+def _overlaps(acts: Iterable[tuple[str, int, int]], window: float, limit: int) -> list[tuple[Any, ...]]:
+    """The answer to "operators" from its acts (sorted by operator, station and time), in one pass."""
+    return _pairs(_stretches(acts, window), window, limit)
+
+
+def _joined(spans: Iterable[tuple[int, int]], window: float) -> list[tuple[int, int]]:
+    """Spans (stretches, and single acts as (t, t)) joined where less than ``window`` seconds apart."""
+    joined: list[list[int]] = []
+    for start, end in sorted(spans):
+        if joined and start - joined[-1][1] <= window:
+            joined[-1][1] = max(joined[-1][1], end)
+        else:
+            joined.append([start, end])
+    return [(start, end) for start, end in joined]
+
+
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS entries_by_hardware_id ON entries (hardware_id, station);
 CREATE INDEX IF NOT EXISTS entries_by_manifest_id ON entries (manifest_id);
@@ -237,7 +260,15 @@ CREATE INDEX IF NOT EXISTS entries_by_serial ON entries (serial);
 CREATE INDEX IF NOT EXISTS entries_by_key ON entries (device_key_id);
 CREATE INDEX IF NOT EXISTS entries_by_unit ON entries (station, in_bundle, unit);
 CREATE INDEX IF NOT EXISTS entries_by_position ON entries (station, position);
-CREATE INDEX IF NOT EXISTS lots_by_position ON lots (station, position)
+CREATE INDEX IF NOT EXISTS entries_by_fixture ON entries (station, fixture, time);
+CREATE INDEX IF NOT EXISTS lots_by_position ON lots (station, position);
+CREATE TABLE IF NOT EXISTS stretches (  -- every operator's stretches of work per station (see _stretches)
+    operator TEXT NOT NULL,
+    station INTEGER NOT NULL,
+    start INTEGER NOT NULL,
+    end INTEGER NOT NULL,
+    PRIMARY KEY (operator, station, start)
+) WITHOUT ROWID
 """
 # the identity and grouping columns, indexed in a kept (--state) index: an incremental audit asks about the
 # groups its new rows touch, each a lookup
@@ -288,6 +319,9 @@ BY_GROUP = {  # question: the groups its answers are per, and how many leading c
 }
 """The questions whose answers are per group (a hardware id, a serial...): an incremental audit asks them
 about the groups the new rows touch and keeps the others' answers."""
+
+KEPT = (*BY_GROUP, "misbound", "operators", "cycles")
+"""The answers an incremental audit keeps for the next run (with the tallies)."""
 
 _FIRST_ATTEMPTS = (
     "SELECT station, hardware_id, event, MIN(position) AS position FROM {entries} "
@@ -416,8 +450,12 @@ class Index:
     def _ask(self, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         return self._db.execute(sql, params).fetchall()
 
-    def tallies(self) -> dict[str, dict[tuple[Any, ...], list[int]]]:
-        """The whole tallies of :data:`TALLIES` (kept for the next run's :meth:`grouped_since`)."""
+    def tallies(self, window: float) -> dict[str, dict[tuple[Any, ...], list[int]]]:
+        """The whole tallies of :data:`TALLIES`, and every operator's stretches of work (``window``) in the
+        index itself: kept for the next run's :meth:`grouped_since`."""
+        self._db.execute("DELETE FROM stretches")
+        stretches = list(_stretches(self._db.execute(QUESTIONS["operators"]), window))  # the acts streamed
+        self._db.executemany("INSERT INTO stretches VALUES (?, ?, ?, ?)", stretches)
         tallies: dict[str, dict[tuple[Any, ...], list[int]]] = {}
         for name, (_, keys, sql) in TALLIES.items():
             tallies[name] = {}
@@ -475,13 +513,9 @@ class Index:
             _tally_add(tallies[name], self._ask(now, values), keys, 1)
             _tally_add(tallies[name], self._ask(before, values), keys, -1)
             answers[name] = _from_tallies(name, tallies[name], limit)
-        for name in ("cycles", "operators"):  # asked of the whole index (see docs/adr/0014-audit-state.md)
-            sql = (UNIQUE if name in UNIQUE and not answers["replayed"] else QUESTIONS)[name]
-            if name == "operators":
-                answers[name] = _overlaps(self._db.execute(sql), params["window"], limit)
-            else:
-                answers[name] = self._ask(sql, ask_params)
-        kept_now = {"answers": {name: answers[name] for name in (*BY_GROUP, "misbound")}, "tallies": tallies}
+        answers["operators"] = self._operators_since(kept_answers["operators"], params["window"], limit)
+        answers["cycles"] = self._cycles_since(kept_answers["cycles"], not answers["replayed"], values, ask_params)
+        kept_now = {"answers": {name: answers[name] for name in KEPT}, "tallies": tallies}
         return {name: answers[name] for name in QUESTIONS}, kept_now
 
     def _query(self, sql: str, *args: Any) -> Iterator[tuple[Any, ...]]:
@@ -528,6 +562,89 @@ class Index:
                 rest += [pool.submit(ask, name, unique) for name in UNIQUE]
                 answers = dict([replayed.result(), *(future.result() for future in rest)])
         return {name: answers[name] for name in QUESTIONS}
+
+    def _operators_since(self, kept: list[tuple[Any, ...]], window: float, limit: int) -> list[tuple[Any, ...]]:
+        """The "operators" answer: the stretches of each operator and station the new rows name joined with
+        their acts, the pairs of the operators they name asked again, the others' kept."""
+        acts: dict[tuple[str, int], list[int]] = {}
+        for operator, station, time in self._db.execute(
+            "SELECT DISTINCT operator, station, time FROM entries WHERE rowid > ? AND operator IS NOT NULL",
+            (self._last["entries"],),
+        ):
+            acts.setdefault((operator, station), []).append(time)
+        for (operator, station), times in acts.items():
+            low, high = min(times) - window, max(times) + window  # further stretches cannot join them
+            near = self._db.execute(
+                "DELETE FROM stretches WHERE operator = ? AND station = ? AND start <= ? AND end >= ? "
+                "RETURNING start, end",
+                (operator, station, high, low),
+            ).fetchall()
+            joined = _joined([*near, *((t, t) for t in times)], window)
+            self._db.executemany(
+                "INSERT INTO stretches VALUES (?, ?, ?, ?)", [(operator, station, a, b) for a, b in joined]
+            )
+        operators = sorted({operator for operator, _ in acts})
+        if len(kept) >= limit:  # capped: ask every operator's stretches
+            operators, kept = [], []
+            where = ""
+        else:
+            where = f"operator IN ({', '.join('?' * len(operators))}) AND " if operators else "0 AND "
+        fresh = _pairs(
+            self._db.execute(
+                f"SELECT operator, station, start, end FROM stretches WHERE {where}end - start > ? "
+                "ORDER BY operator, station, start",
+                (*operators, window),
+            ),
+            window,
+            limit,
+        )
+        named = set(operators)
+        return sorted([p for p in kept if p[0] not in named] + fresh, key=lambda p: p[0])[:limit]
+
+    def _cycles_since(
+        self, kept: list[tuple[Any, ...]], unique: bool, values: Mapping[str, int], params: Mapping[str, Any]
+    ) -> list[tuple[Any, ...]]:
+        """The "cycles" answer: for each fixture the new rows name, the units from the first new one's minute
+        on counted again (with the rows before them in that minute), the rest of its answer kept; asked of
+        the whole index when a manifest is in two rows, a kept answer was capped, or a fixture's fastest
+        minute the state kept is among those counted again."""
+        whole = (UNIQUE if unique else QUESTIONS)["cycles"]
+        if not unique or len(kept) >= params["limit"]:
+            return self._ask(whole, params)
+        self._db.execute("DROP TABLE IF EXISTS temp.touched_fixture")
+        self._db.execute(
+            "CREATE TEMP TABLE touched_fixture (station, fixture, since, PRIMARY KEY (station, fixture)) WITHOUT ROWID"
+        )
+        self._db.execute(
+            "INSERT INTO touched_fixture SELECT station, fixture, MIN(time) FROM entries "
+            f"WHERE rowid > :last AND event IN {_ASSIGNING} GROUP BY station, fixture",
+            values,
+        )
+        since = {(s, f): t for s, f, t in self._db.execute("SELECT * FROM touched_fixture")}
+        if any(row[3] >= since.get((row[0], row[1]), row[3] + 1) for row in kept):
+            return self._ask(whole, params)
+
+        def minutes(old: bool) -> dict[tuple[int, int], tuple[Any, ...]]:
+            rows = (
+                "SELECT e.station, e.fixture, e.time, e.position, e.manifest_id, e.hardware_id, e.serial, e.export, "
+                "t.since FROM touched_fixture t JOIN entries e ON e.station = t.station AND e.fixture = t.fixture "
+                f"AND e.time >= t.since - 59 WHERE e.event IN {_ASSIGNING}" + (" AND e.export < :first" if old else "")
+            )
+            sql = _cycles(rows).replace(") WHERE n > :per_minute", ") WHERE n > :per_minute AND time >= since")
+            return {(r[0], r[1]): r for r in self._ask(sql, {**params, **values, "limit": -1})}
+
+        now, before = minutes(False), minutes(True)
+        answers = [row for row in kept if (row[0], row[1]) not in since]
+        for group in since:
+            old = next((row for row in kept if (row[0], row[1]) == group), None)
+            over = (old[9] if old else 0) - (before[group][9] if group in before else 0)
+            new = now.get(group)
+            over += new[9] if new else 0
+            if over:
+                best = new if new is not None and (old is None or new[2] > old[2]) else old
+                assert best is not None
+                answers.append((*best[:9], over))
+        return sorted(answers, key=lambda r: (r[0], r[1]))[: params["limit"]]
 
     def rows_for_units(
         self, units: Sequence[tuple[int, int, int]], limit: int
