@@ -283,7 +283,7 @@ _TOUCHED = {  # the groups the new rows (rowid > :last) touch, one temporary tab
     # station position the new rows fill (a new export may restate or rewrite an audited position)
     "device": (
         "SELECT DISTINCT e.station, e.hardware_id FROM (SELECT DISTINCT station, position FROM entries "
-        "WHERE rowid > :last) n JOIN entries e ON e.station = n.station AND e.position = n.position"
+        "WHERE rowid > :last) n CROSS JOIN entries e ON e.station = n.station AND e.position = n.position"
     ),
     # labels read by new label-mismatch manifests, and serials new manifests assign (the two sides of "misbound")
     "label": (
@@ -295,16 +295,17 @@ _TOUCHED = {  # the groups the new rows (rowid > :last) touch, one temporary tab
 _TOUCHED_COLUMNS = {"unit": "station, in_bundle, unit", "device": "station, hardware_id"}
 
 _ROWS_OF = {  # the rows of the touched groups, standing for "entries" in a question
-    "hardware_id": "(SELECT e.* FROM touched_hardware_id t JOIN entries e ON e.hardware_id = t.value)",
-    "device_key_id": "(SELECT e.* FROM touched_device_key_id t JOIN entries e ON e.device_key_id = t.value)",
-    "serial": "(SELECT e.* FROM touched_serial t JOIN entries e ON e.serial = t.value)",
-    "manifest_id": "(SELECT e.* FROM touched_manifest_id t JOIN entries e ON e.manifest_id = t.value)",
+    "hardware_id": "(SELECT e.* FROM touched_hardware_id t CROSS JOIN entries e ON e.hardware_id = t.value)",
+    "device_key_id": "(SELECT e.* FROM touched_device_key_id t CROSS JOIN entries e ON e.device_key_id = t.value)",
+    "serial": "(SELECT e.* FROM touched_serial t CROSS JOIN entries e ON e.serial = t.value)",
+    "manifest_id": "(SELECT e.* FROM touched_manifest_id t CROSS JOIN entries e ON e.manifest_id = t.value)",
     "unit": (
-        "(SELECT e.* FROM touched_unit t JOIN entries e "
+        "(SELECT e.* FROM touched_unit t CROSS JOIN entries e "
         "ON e.station = t.station AND e.in_bundle = t.in_bundle AND e.unit = t.unit)"
     ),
     "device": (
-        "(SELECT e.* FROM touched_device t JOIN entries e ON e.hardware_id = t.hardware_id AND e.station = t.station)"
+        "(SELECT e.* FROM touched_device t CROSS JOIN entries e "
+        "ON e.hardware_id = t.hardware_id AND e.station = t.station)"
     ),
 }
 
@@ -627,8 +628,9 @@ class Index:
         def minutes(old: bool) -> dict[tuple[int, int], tuple[Any, ...]]:
             rows = (
                 "SELECT e.station, e.fixture, e.time, e.position, e.manifest_id, e.hardware_id, e.serial, e.export, "
-                "t.since FROM touched_fixture t JOIN entries e ON e.station = t.station AND e.fixture = t.fixture "
-                f"AND e.time >= t.since - 59 WHERE e.event IN {_ASSIGNING}" + (" AND e.export < :first" if old else "")
+                "t.since FROM touched_fixture t CROSS JOIN entries e "
+                "ON e.station = t.station AND e.fixture = t.fixture AND e.time >= t.since - 59 "
+                f"WHERE e.event IN {_ASSIGNING}" + (" AND e.export < :first" if old else "")
             )
             sql = _cycles(rows).replace(") WHERE n > :per_minute", ") WHERE n > :per_minute AND time >= since")
             return {(r[0], r[1]): r for r in self._ask(sql, {**params, **values, "limit": -1})}
