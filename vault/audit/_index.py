@@ -7,6 +7,11 @@ one serial or one device key on two devices, a manifest id seen twice, the
 first-pass yield) are answered by a handful of grouped queries over the
 whole table at the end, run side by side.
 SQLite sorts on disk, so memory stays bounded however many manifests there are.
+
+An index kept in an audit state (``--state``) also indexes its grouping
+columns and keeps every operator's stretches of work: the next run asks the
+questions only about the groups its new rows touch and merges with the
+answers and tallies the state kept (:meth:`Index.grouped_since`, ADR 0014).
 """
 
 from __future__ import annotations
