@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +13,7 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.audit.conftest import Forge, World, serious
+from tests.audit.test_checks import other_station
 from vault.audit import Report, Thresholds, audit
 from vault.audit._state import StateFolder
 from vault.cli import cli, main
@@ -174,3 +177,62 @@ def test_one_audit_at_a_time_uses_a_state_and_a_stopped_run_s_staging_goes(
         holder.release()
     assert _audit(world, auditor_key, [second], state).manifests == 3
     assert not stopped.exists() and sorted(p.name for p in state.iterdir()) == [".lock", "current", "gen-2"]
+
+
+def test_each_question_asked_of_the_new_rows_only_gives_the_full_audit_s_findings(
+    forge: Forge, world: World, station_keys: dict[str, tuple[TokenKey, TokenKey]], auditor_key: TokenKey,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """Every finding of a question the incremental audit asks only about the touched groups, each with its
+    other half in an export the state already audited."""
+    limits = Thresholds(min_cycle=30, max_reworks=1)  # more than 3 units a minute; more than 1 rework
+    evidence, state = tmp_path / "evidence", tmp_path / "state"
+    two = other_station(world, station_keys, forge)
+    # export 1 of station-1: the first halves
+    twin = forge.provision(1)[0]
+    reworked = forge.device()
+    forge.add("rework", reworked, unit=forge.add("provisioned", reworked).manifest.unit)  # 1: at the limit
+    serial = forge.add("provisioned").manifest.serial
+    scrapped = forge.device()
+    forge.add("scrap", scrapped, unit=forge.add("failed", scrapped, failed_step="verify").manifest.unit)
+    failing = forge.device()
+    forge.add("failed", failing, failed_step="program", lots={"mcu": "L1"})
+    owner = forge.add("provisioned").manifest
+    replayed = forge.add("provisioned", lots={"mcu": "L1"})
+    hole = forge.units + 1
+    forge.add("provisioned", unit=hole + 1)  # unit `hole` left out: filled by export 2
+    forge.units = hole + 1
+    mallory = forge.time + datetime.timedelta(minutes=1)
+    for i in range(5):  # 20 minutes at station-1
+        forge.add("provisioned", when=mallory + datetime.timedelta(minutes=4 * i), operator="mallory")
+    burst = forge.time + datetime.timedelta(minutes=5)
+    for i in range(2):  # two units in 20 s: half a burst
+        forge.add("provisioned", when=burst + datetime.timedelta(seconds=10 * i))
+    first = forge.export(evidence)
+    # export 2 of station-1 and export 1 of station-2: the other halves
+    for i in range(2):  # two more in the same minute: 4 > 3
+        forge.add("provisioned", when=burst + datetime.timedelta(seconds=30 + 10 * i))
+    forge.add("provisioned", forge.device(hardware_id=twin.hardware_id))  # a clone
+    forge.add("rework", reworked, unit=hole + 1)  # the second rework: past the limit
+    forge.add("provisioned", forge.device(serial))  # one serial on two devices
+    forge.add("provisioned", scrapped)  # back after its scrap
+    forge.add("retry", failing, unit=forge.add("failed", failing, failed_step="program").manifest.unit)
+    forge.add("label-mismatch", forge.device(), label=owner.serial, serial=None, unit=None)
+    forge.add("provisioned", unit=hole)
+    forge.log.append(replace(replayed, envelope=replayed.envelope))  # the same manifest at a second position
+    second = forge.export(evidence)
+    for i in range(6):  # at station-2 from 5 minutes in: her stretches overlap by 15 minutes
+        two.add("provisioned", when=mallory + datetime.timedelta(minutes=5 + 3 * i), operator="mallory")
+    other = two.export(evidence)
+    forge.provision(1)
+    third = forge.export(evidence)
+
+    full = _audit(world, auditor_key, [first, second, other, third], thresholds=limits)
+    expected = {"duplicate-hardware-id", "rework-repeated", "duplicate-serial", "scrap-reprovisioned",
+                "label-misbound", "manifest-replayed", "cycle-too-fast", "operator-two-stations"}  # fmt: skip
+    assert expected <= full.codes(), full.codes()
+    assert "unit-hole" not in full.codes() and any(lot.lot == "L1" for lot in full.lots)
+    assert _audit(world, auditor_key, [first], state, thresholds=limits).codes() >= {"unit-hole"}
+    _audit(world, auditor_key, [first, second], state, thresholds=limits)
+    incremental = _audit(world, auditor_key, [third, other], state, thresholds=limits)
+    assert _same(incremental) == _same(full)

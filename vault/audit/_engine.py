@@ -30,7 +30,7 @@ from cryptography import x509
 from vault import merkle
 from vault.audit._closeout import DEFAULT_MAX_SILENCE, LogEnd, check_closeouts, read_closeouts
 from vault.audit._findings import MAX_EVIDENCE, Evidence, Findings, Thresholds
-from vault.audit._index import Index
+from vault.audit._index import KEPT, Index
 from vault.audit._process import ProcessTally
 from vault.audit._report import (
     MAX_UNIT_EVENTS,
@@ -1697,7 +1697,7 @@ def _run_audit(
             if loaded is not None:
                 run.restore(loaded[0])
             run.run(opened, _context(trust, releases, thresholds), workers)
-            index.finish_loading()
+            index.finish_loading(kept=staging is not None)
             if staging is not None:  # serialised now: the end below changes the logs and the findings
                 frozen = {"findings": copy.deepcopy(findings), **copy.deepcopy(run.snapshot())}
             limits = {
@@ -1705,7 +1705,16 @@ def _run_audit(
                 "per_minute": thresholds.per_minute(),
                 "window": thresholds.operator_window,
             }
-            answers = index.grouped(_FINDINGS_PER_QUESTION, parallel=workers, params=limits)
+            kept = None if loaded is None else loaded[0].get("questions")  # none in a state of before they were kept
+            if kept is not None:  # only the groups the new exports touch are asked about
+                answers, questions = index.grouped_since(len(earlier), kept, _FINDINGS_PER_QUESTION, limits)
+            else:
+                answers = index.grouped(_FINDINGS_PER_QUESTION, parallel=workers, params=limits)
+                if staging is not None:
+                    kept_answers = {name: answers[name] for name in KEPT}
+                    questions = {"answers": kept_answers, "tallies": index.tallies(thresholds.operator_window)}
+            if staging is not None:
+                frozen["questions"] = questions
             names = {e.number: e.name for e in everything}
             run.identities(answers, names)
             run.vanished(names)

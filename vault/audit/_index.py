@@ -7,6 +7,11 @@ one serial or one device key on two devices, a manifest id seen twice, the
 first-pass yield) are answered by a handful of grouped queries over the
 whole table at the end, run side by side.
 SQLite sorts on disk, so memory stays bounded however many manifests there are.
+
+An index kept in an audit state (``--state``) also indexes its grouping
+columns and keeps every operator's stretches of work: the next run asks the
+questions only about the groups its new rows touch and merges with the
+answers and tallies the state kept (:meth:`Index.grouped_since`, ADR 0014).
 """
 
 from __future__ import annotations
@@ -206,21 +211,28 @@ UNIQUE = {
 costliest part of those questions over a large index."""
 
 
-def _overlaps(acts: Iterable[tuple[str, int, int]], window: float, limit: int) -> list[tuple[Any, ...]]:
-    """The answer to "operators" from its acts, in one pass: each operator's stretches of work per station
-    (acts no more than ``window`` seconds apart) longer than ``window``, and the first ``limit`` pairs of
-    them at two stations (the first station's number lower) that overlap by more than ``window``."""
-    stretches: dict[str, list[tuple[int, int, int]]] = {}  # operator -> (station, start, end), in order
+def _stretches(acts: Iterable[tuple[str, int, int]], window: float) -> Iterator[tuple[str, int, int, int]]:
+    """Each (operator, station, start, end) stretch of work (acts no more than ``window`` seconds apart) of
+    ``acts`` sorted by operator, station and time, streamed: the acts may be millions."""
     current: list[Any] = []
-    for operator, station, time in chain(acts, [(None, None, None)]):  # streamed: the acts may be millions
+    for operator, station, time in chain(acts, [(None, None, None)]):
         if current and operator == current[0] and station == current[1] and time - current[3] <= window:
             current[3] = time
             continue
-        if current and current[3] - current[2] > window:
-            stretches.setdefault(current[0], []).append((current[1], current[2], current[3]))
+        if current:
+            yield current[0], current[1], current[2], current[3]
         current = [operator, station, time, time]
+
+
+def _pairs(stretches: Iterable[tuple[str, int, int, int]], window: float, limit: int) -> list[tuple[Any, ...]]:
+    """The first ``limit`` pairs of stretches (sorted by operator, station and start) longer than ``window``
+    of one operator at two stations (the first station's number lower) that overlap by more than ``window``."""
+    long: dict[str, list[tuple[int, int, int]]] = {}  # operator -> (station, start, end), in order
+    for operator, station, start, end in stretches:
+        if end - start > window:
+            long.setdefault(operator, []).append((station, start, end))
     pairs: list[tuple[Any, ...]] = []
-    for operator, spans in stretches.items():
+    for operator, spans in long.items():
         for one, start, end in spans:
             for other, other_start, other_end in spans:
                 if one < other and min(end, other_end) - max(start, other_start) > window:
@@ -228,6 +240,168 @@ def _overlaps(acts: Iterable[tuple[str, int, int]], window: float, limit: int) -
                     if len(pairs) >= limit:
                         return pairs
     return pairs
+
+
+def _overlaps(acts: Iterable[tuple[str, int, int]], window: float, limit: int) -> list[tuple[Any, ...]]:
+    """The answer to "operators" from its acts (sorted by operator, station and time), in one pass."""
+    return _pairs(_stretches(acts, window), window, limit)
+
+
+def _joined(spans: Iterable[tuple[int, int]], window: float) -> list[tuple[int, int]]:
+    """Spans (stretches, and single acts as (t, t)) joined where less than ``window`` seconds apart."""
+    joined: list[list[int]] = []
+    for start, end in sorted(spans):
+        if joined and start - joined[-1][1] <= window:
+            joined[-1][1] = max(joined[-1][1], end)
+        else:
+            joined.append([start, end])
+    return [(start, end) for start, end in joined]
+
+
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS entries_by_hardware_id ON entries (hardware_id, station);
+CREATE INDEX IF NOT EXISTS entries_by_manifest_id ON entries (manifest_id);
+CREATE INDEX IF NOT EXISTS entries_by_serial ON entries (serial);
+CREATE INDEX IF NOT EXISTS entries_by_key ON entries (device_key_id);
+CREATE INDEX IF NOT EXISTS entries_by_unit ON entries (station, in_bundle, unit);
+CREATE INDEX IF NOT EXISTS entries_by_position ON entries (station, position);
+CREATE INDEX IF NOT EXISTS entries_by_fixture ON entries (station, fixture, time);
+CREATE INDEX IF NOT EXISTS lots_by_position ON lots (station, position);
+CREATE TABLE IF NOT EXISTS stretches (  -- every operator's stretches of work per station (see _stretches)
+    operator TEXT NOT NULL,
+    station INTEGER NOT NULL,
+    start INTEGER NOT NULL,
+    end INTEGER NOT NULL,
+    PRIMARY KEY (operator, station, start)
+) WITHOUT ROWID
+"""
+# the identity and grouping columns, indexed in a kept (--state) index: an incremental audit asks about the
+# groups its new rows touch, each a lookup
+
+_TOUCHED = {  # the groups the new rows (rowid > :last) touch, one temporary table each
+    "hardware_id": "SELECT DISTINCT hardware_id FROM entries WHERE rowid > :last",
+    "device_key_id": "SELECT DISTINCT device_key_id FROM entries WHERE rowid > :last AND device_key_id IS NOT NULL",
+    "serial": "SELECT DISTINCT serial FROM entries WHERE rowid > :last AND serial IS NOT NULL",
+    "manifest_id": "SELECT DISTINCT manifest_id FROM entries WHERE rowid > :last",
+    "unit": "SELECT DISTINCT station, in_bundle, unit FROM entries WHERE rowid > :last AND unit IS NOT NULL",
+    # a device's first attempt at a station, and the lots of that attempt's position: every device of a
+    # station position the new rows fill (a new export may restate or rewrite an audited position)
+    "device": (
+        "SELECT DISTINCT e.station, e.hardware_id FROM (SELECT DISTINCT station, position FROM entries "
+        "WHERE rowid > :last) n CROSS JOIN entries e ON e.station = n.station AND e.position = n.position"
+    ),
+    # labels read by new label-mismatch manifests, and serials new manifests assign (the two sides of "misbound")
+    "label": (
+        "SELECT label FROM labels WHERE rowid > :last_label UNION "
+        f"SELECT serial FROM entries WHERE rowid > :last AND serial IS NOT NULL AND event IN {_ASSIGNING}"
+    ),
+}
+
+_TOUCHED_COLUMNS = {"unit": "station, in_bundle, unit", "device": "station, hardware_id"}
+
+_ROWS_OF = {  # the rows of the touched groups, standing for "entries" in a question
+    "hardware_id": "(SELECT e.* FROM touched_hardware_id t CROSS JOIN entries e ON e.hardware_id = t.value)",
+    "device_key_id": "(SELECT e.* FROM touched_device_key_id t CROSS JOIN entries e ON e.device_key_id = t.value)",
+    "serial": "(SELECT e.* FROM touched_serial t CROSS JOIN entries e ON e.serial = t.value)",
+    "manifest_id": "(SELECT e.* FROM touched_manifest_id t CROSS JOIN entries e ON e.manifest_id = t.value)",
+    "unit": (
+        "(SELECT e.* FROM touched_unit t CROSS JOIN entries e "
+        "ON e.station = t.station AND e.in_bundle = t.in_bundle AND e.unit = t.unit)"
+    ),
+    "device": (
+        "(SELECT e.* FROM touched_device t CROSS JOIN entries e "
+        "ON e.hardware_id = t.hardware_id AND e.station = t.station)"
+    ),
+}
+
+BY_GROUP = {  # question: the groups its answers are per, and how many leading columns of an answer name one
+    "devices": ("hardware_id", 1),
+    "keys": ("device_key_id", 1),
+    "serials": ("serial", 1),
+    "replayed": ("manifest_id", 1),
+    "scrapped": ("hardware_id", 1),
+    "reworks": ("hardware_id", 1),
+    "units": ("unit", 3),
+}
+"""The questions whose answers are per group (a hardware id, a serial...): an incremental audit asks them
+about the groups the new rows touch and keeps the others' answers."""
+
+KEPT = (*BY_GROUP, "misbound", "operators", "cycles")
+"""The answers an incremental audit keeps for the next run (with the tallies)."""
+
+_FIRST_ATTEMPTS = (
+    "SELECT station, hardware_id, event, MIN(position) AS position FROM {entries} "
+    "WHERE event IN ('provisioned', 'label-mismatch') OR (event = 'failed' AND has_unit) GROUP BY station, hardware_id"
+)
+
+
+def _tally_top(column: str) -> str:
+    where = f"FROM {{entries}} WHERE {column} IS NOT NULL GROUP BY station"
+    return (
+        f"SELECT station, {column}, COUNT(DISTINCT manifest_id) {where}, {column} "
+        f"UNION ALL SELECT station, NULL, COUNT(DISTINCT manifest_id) {where}"
+    )
+
+
+TALLIES = {  # question: (the groups it sums over, key columns, the tally over the rows {entries} and {lots})
+    "counts": ("manifest_id", 4, QUESTIONS["counts"].replace("FROM entries", "FROM {entries}")),
+    "pareto": ("manifest_id", 2, _tally_top("failed_step")),
+    "weeks": ("manifest_id", 2, _tally_top("week")),
+    "first_pass": (
+        "device",
+        1,
+        f"SELECT station, COUNT(*), SUM(event = 'provisioned') FROM ({_FIRST_ATTEMPTS}) GROUP BY station",
+    ),
+    "lot_yield": (
+        "device",
+        2,
+        "SELECT component, lot, COUNT(*), SUM(p) FROM (SELECT DISTINCT f.station, f.hardware_id, l.component, "
+        f"l.lot, f.event = 'provisioned' AS p FROM ({_FIRST_ATTEMPTS}) f JOIN {{lots}} l "
+        "ON l.station = f.station AND l.position = f.position) GROUP BY component, lot",
+    ),
+    "lot_failures": (
+        "manifest_id",
+        3,
+        "SELECT l.component, l.lot, e.failed_step, COUNT(DISTINCT e.manifest_id) FROM {entries} e JOIN {lots} l "
+        "ON l.station = e.station AND l.position = e.position AND l.manifest_id = e.manifest_id "
+        "WHERE e.failed_step IS NOT NULL GROUP BY l.component, l.lot, e.failed_step",
+    ),
+}
+"""The questions whose answers are sums over groups (a manifest's contribution, a device's first attempt):
+an incremental audit keeps them whole as running tallies, takes out what the touched groups contributed
+before and adds what they contribute now."""
+
+
+def _tally_add(tally: dict[tuple[Any, ...], list[int]], rows: Iterable[tuple[Any, ...]], keys: int, sign: int) -> None:
+    for row in rows:
+        values = tally.setdefault(tuple(row[:keys]), [0] * (len(row) - keys))
+        for at, value in enumerate(row[keys:]):
+            values[at] += sign * int(value or 0)
+
+
+def _key(value: Any) -> tuple[Any, ...]:
+    """Sorts as SQLite's GROUP BY does (NULL first, then numbers, then text by code point)."""
+    return tuple((0, 0) if v is None else (1, v) if isinstance(v, int) else (2, v) for v in value)
+
+
+def _from_tallies(name: str, tally: dict[tuple[Any, ...], list[int]], limit: int) -> list[tuple[Any, ...]]:
+    """The answer to question ``name`` (as :data:`QUESTIONS` words it) from its whole tally."""
+    rows = sorted(
+        ((*key, *values) for key, values in tally.items() if values[0]), key=lambda r: _key(r[: TALLIES[name][1]])
+    )
+    if name in ("pareto", "weeks"):  # each station's most frequent first, then each station's total
+        listed = [r for r in rows if r[1] is not None]
+        listed.sort(key=lambda r: (r[0], -r[2], r[1]))
+        top: list[tuple[Any, ...]] = []
+        per: dict[int, int] = {}
+        for row in listed:
+            per[row[0]] = per.get(row[0], 0) + 1
+            if per[row[0]] <= _TOP:
+                top.append(row)
+        return top + [r for r in rows if r[1] is None]
+    if name in ("lot_yield", "lot_failures"):
+        return rows[:limit]
+    return rows
 
 
 class Index:
@@ -241,6 +415,11 @@ class Index:
         self._db.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;" + _PRAGMAS)
         if not existing:
             self._db.executescript(_SCHEMA)
+        # the rows an earlier audit left: those after them are this run's (rowids grow as rows are appended)
+        self._last = {
+            table: self._db.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {table}").fetchone()[0]
+            for table in ("entries", "labels")
+        }
         self._db.execute("BEGIN")
 
     def __enter__(self) -> Index:
@@ -267,9 +446,83 @@ class Index:
         values = f"{int(station)}, {int(export)}, ?, ?, ?, ?"
         self._db.executemany(f"INSERT INTO lots VALUES ({values})", lots)
 
-    def finish_loading(self) -> None:
-        """Commit what was loaded; queries may follow."""
+    def finish_loading(self, *, kept: bool = False) -> None:
+        """Commit what was loaded; queries may follow. A ``kept`` index (an audit state's) gets (or keeps up)
+        the indexes of its grouping columns, for the next run's :meth:`grouped_since`."""
         self._db.execute("COMMIT")
+        if kept:
+            self._db.executescript(_INDEXES)
+
+    def _ask(self, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        return self._db.execute(sql, params).fetchall()
+
+    def tallies(self, window: float) -> dict[str, dict[tuple[Any, ...], list[int]]]:
+        """The whole tallies of :data:`TALLIES`, and every operator's stretches of work (``window``) in the
+        index itself: kept for the next run's :meth:`grouped_since`."""
+        self._db.execute("DELETE FROM stretches")
+        stretches = list(_stretches(self._db.execute(QUESTIONS["operators"]), window))  # the acts streamed
+        self._db.executemany("INSERT INTO stretches VALUES (?, ?, ?, ?)", stretches)
+        tallies: dict[str, dict[tuple[Any, ...], list[int]]] = {}
+        for name, (_, keys, sql) in TALLIES.items():
+            tallies[name] = {}
+            whole = sql.replace("{entries}", "entries").replace("{lots}", "lots")
+            _tally_add(tallies[name], self._ask(whole, {}), keys, 1)
+        return tallies
+
+    def grouped_since(
+        self, first_export: int, kept: Mapping[str, Any], limit: int, params: Mapping[str, float]
+    ) -> tuple[dict[str, list[tuple[Any, ...]]], dict[str, Any]]:
+        """The answers of :meth:`grouped` for an index that holds rows of an earlier audit, whose answers
+        and tallies are ``kept`` (as this returns them for the next run): the questions of :data:`BY_GROUP`
+        are asked about the groups the new rows (of exports from ``first_export``) touch and merged with
+        the kept answers of the others; the tallies of :data:`TALLIES` are brought up to date with what
+        the touched groups contributed before and contribute now. The rest are asked of the whole index,
+        as is a question whose kept answer was capped at ``limit`` (the groups past the cap are unknown)."""
+        values = {"last": self._last["entries"], "last_label": self._last["labels"], "first": int(first_export)}
+        for group, sql in _TOUCHED.items():
+            columns = _TOUCHED_COLUMNS.get(group, "value")
+            self._db.execute(f"DROP TABLE IF EXISTS temp.touched_{group}")
+            self._db.execute(f"CREATE TEMP TABLE touched_{group} ({columns}, PRIMARY KEY ({columns})) WITHOUT ROWID")
+            self._db.execute(f"INSERT OR IGNORE INTO touched_{group} {sql}", values)
+        touched = {
+            group: {row if group == "unit" else row[0] for row in self._db.execute(f"SELECT * FROM touched_{group}")}
+            for group in ("hardware_id", "device_key_id", "serial", "manifest_id", "unit", "label")
+        }
+        answers: dict[str, list[tuple[Any, ...]]] = {}
+        kept_answers = dict(kept["answers"])
+        ask_params = {"limit": limit, **params}
+        for name, (group, keys) in BY_GROUP.items():
+            previous = kept_answers[name]
+            if len(previous) >= limit:  # capped: which groups past the cap answer is not known
+                answers[name] = self._ask(QUESTIONS[name].replace("?", ":limit"), ask_params)
+                continue
+            sql = QUESTIONS[name].replace("?", ":limit").replace("FROM entries", f"FROM {_ROWS_OF[group]}")
+            fresh = self._ask(sql, ask_params)
+            ours = touched[group]
+            merged = [r for r in previous if (r[:keys] if keys > 1 else r[0]) not in ours] + fresh
+            answers[name] = sorted(merged, key=lambda r, k=keys: _key(r[:k]))[:limit]  # type: ignore[misc]
+        previous = kept_answers["misbound"]
+        if len(previous) >= limit:
+            answers["misbound"] = self._ask(QUESTIONS["misbound"].replace("?", ":limit"), ask_params)
+        else:
+            labels = "(SELECT * FROM labels WHERE label IN (SELECT value FROM touched_label))"
+            sql = QUESTIONS["misbound"].replace("?", ":limit").replace("FROM labels", f"FROM {labels}")
+            merged = [r for r in previous if r[6] not in touched["label"]] + self._ask(sql, ask_params)
+            merged = list(dict.fromkeys(merged))
+            answers["misbound"] = sorted(merged, key=lambda r: (r[0], r[2], r[7], r[9], *_key(r)))[:limit]
+        tallies = {name: {key: list(v) for key, v in tally.items()} for name, tally in kept["tallies"].items()}
+        for name, (group, keys, sql) in TALLIES.items():
+            rows = _ROWS_OF[group]
+            now = sql.replace("{entries}", rows).replace("{lots}", "lots")
+            before = sql.replace("{entries}", f"(SELECT * FROM {rows} WHERE export < :first)")
+            before = before.replace("{lots}", "(SELECT * FROM lots WHERE export < :first)")
+            _tally_add(tallies[name], self._ask(now, values), keys, 1)
+            _tally_add(tallies[name], self._ask(before, values), keys, -1)
+            answers[name] = _from_tallies(name, tallies[name], limit)
+        answers["operators"] = self._operators_since(kept_answers["operators"], params["window"], limit)
+        answers["cycles"] = self._cycles_since(kept_answers["cycles"], not answers["replayed"], values, ask_params)
+        kept_now = {"answers": {name: answers[name] for name in KEPT}, "tallies": tallies}
+        return {name: answers[name] for name in QUESTIONS}, kept_now
 
     def _query(self, sql: str, *args: Any) -> Iterator[tuple[Any, ...]]:
         yield from self._db.execute(sql, args)
@@ -315,6 +568,90 @@ class Index:
                 rest += [pool.submit(ask, name, unique) for name in UNIQUE]
                 answers = dict([replayed.result(), *(future.result() for future in rest)])
         return {name: answers[name] for name in QUESTIONS}
+
+    def _operators_since(self, kept: list[tuple[Any, ...]], window: float, limit: int) -> list[tuple[Any, ...]]:
+        """The "operators" answer: the stretches of each operator and station the new rows name joined with
+        their acts, the pairs of the operators they name asked again, the others' kept."""
+        acts: dict[tuple[str, int], list[int]] = {}
+        for operator, station, time in self._db.execute(
+            "SELECT DISTINCT operator, station, time FROM entries WHERE rowid > ? AND operator IS NOT NULL",
+            (self._last["entries"],),
+        ):
+            acts.setdefault((operator, station), []).append(time)
+        for (operator, station), times in acts.items():
+            low, high = min(times) - window, max(times) + window  # further stretches cannot join them
+            near = self._db.execute(
+                "DELETE FROM stretches WHERE operator = ? AND station = ? AND start <= ? AND end >= ? "
+                "RETURNING start, end",
+                (operator, station, high, low),
+            ).fetchall()
+            joined = _joined([*near, *((t, t) for t in times)], window)
+            self._db.executemany(
+                "INSERT INTO stretches VALUES (?, ?, ?, ?)", [(operator, station, a, b) for a, b in joined]
+            )
+        operators = sorted({operator for operator, _ in acts})
+        if len(kept) >= limit:  # capped: ask every operator's stretches
+            operators, kept = [], []
+            where = ""
+        else:
+            where = f"operator IN ({', '.join('?' * len(operators))}) AND " if operators else "0 AND "
+        fresh = _pairs(
+            self._db.execute(
+                f"SELECT operator, station, start, end FROM stretches WHERE {where}end - start > ? "
+                "ORDER BY operator, station, start",
+                (*operators, window),
+            ),
+            window,
+            limit,
+        )
+        named = set(operators)
+        return sorted([p for p in kept if p[0] not in named] + fresh, key=lambda p: p[0])[:limit]
+
+    def _cycles_since(
+        self, kept: list[tuple[Any, ...]], unique: bool, values: Mapping[str, int], params: Mapping[str, Any]
+    ) -> list[tuple[Any, ...]]:
+        """The "cycles" answer: for each fixture the new rows name, the units from the first new one's minute
+        on counted again (with the rows before them in that minute), the rest of its answer kept; asked of
+        the whole index when a manifest is in two rows, a kept answer was capped, or a fixture's fastest
+        minute the state kept is among those counted again."""
+        whole = (UNIQUE if unique else QUESTIONS)["cycles"]
+        if not unique or len(kept) >= params["limit"]:
+            return self._ask(whole, params)
+        self._db.execute("DROP TABLE IF EXISTS temp.touched_fixture")
+        self._db.execute(
+            "CREATE TEMP TABLE touched_fixture (station, fixture, since, PRIMARY KEY (station, fixture)) WITHOUT ROWID"
+        )
+        self._db.execute(
+            "INSERT INTO touched_fixture SELECT station, fixture, MIN(time) FROM entries "
+            f"WHERE rowid > :last AND event IN {_ASSIGNING} GROUP BY station, fixture",
+            values,
+        )
+        since = {(s, f): t for s, f, t in self._db.execute("SELECT * FROM touched_fixture")}
+        if any(row[3] >= since.get((row[0], row[1]), row[3] + 1) for row in kept):
+            return self._ask(whole, params)
+
+        def minutes(old: bool) -> dict[tuple[int, int], tuple[Any, ...]]:
+            rows = (
+                "SELECT e.station, e.fixture, e.time, e.position, e.manifest_id, e.hardware_id, e.serial, e.export, "
+                "t.since FROM touched_fixture t CROSS JOIN entries e "
+                "ON e.station = t.station AND e.fixture = t.fixture AND e.time >= t.since - 59 "
+                f"WHERE e.event IN {_ASSIGNING}" + (" AND e.export < :first" if old else "")
+            )
+            sql = _cycles(rows).replace(") WHERE n > :per_minute", ") WHERE n > :per_minute AND time >= since")
+            return {(r[0], r[1]): r for r in self._ask(sql, {**params, **values, "limit": -1})}
+
+        now, before = minutes(False), minutes(True)
+        answers = [row for row in kept if (row[0], row[1]) not in since]
+        for group in since:
+            old = next((row for row in kept if (row[0], row[1]) == group), None)
+            over = (old[9] if old else 0) - (before[group][9] if group in before else 0)
+            new = now.get(group)
+            over += new[9] if new else 0
+            if over:
+                best = new if new is not None and (old is None or new[2] > old[2]) else old
+                assert best is not None
+                answers.append((*best[:9], over))
+        return sorted(answers, key=lambda r: (r[0], r[1]))[: params["limit"]]
 
     def rows_for_units(
         self, units: Sequence[tuple[int, int, int]], limit: int
