@@ -97,7 +97,9 @@ def export(
     from vault.secrets import check_free, export_secrets, rows_csv, write_export
     from vault.token import open_token
 
-    if (out is None) == (not to_stdout):
+    if out is not None and to_stdout:
+        raise InputError("give either --out FOLDER or --stdout, not both")
+    if out is None and not to_stdout:
         raise InputError("give --out FOLDER for the rows (or --stdout to print them)")
     if out is not None:
         check_free(out, overwrite=force)  # before the audit: a refusal then costs nothing
