@@ -13,7 +13,6 @@ import base64
 import binascii
 import copy
 import hashlib
-import multiprocessing
 import os
 import shutil
 import tempfile
@@ -58,6 +57,7 @@ from vault.audit._worker import (
     counters_add,
     init_worker,
     process_chunk,
+    start_pool,
     time_issue,
 )
 from vault.checkpoint import Checkpoint, open_checkpoint, parse_checkpoint_unverified
@@ -620,8 +620,7 @@ class _Audit:
     def run(self, exports: list[_Export], context: Context, workers: int) -> None:
         pool = None
         if workers > 1:
-            method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-            pool = multiprocessing.get_context(method).Pool(workers, initializer=init_worker, initargs=(context,))
+            pool = start_pool(workers, context)
         else:
             init_worker(context)
         window = max(2, 3 * workers)
