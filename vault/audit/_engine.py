@@ -68,6 +68,7 @@ from vault.errors import (
     FormatError,
     InputError,
     LogError,
+    RollbackError,
     SignatureError,
     VaultError,
     VerificationError,
@@ -134,6 +135,11 @@ def _load_bundle(
         )
     if release.bundle_id != header_id:
         raise FormatError(f"{path}: the release statement names another bundle id than the bundle's header")
+    if release.policy_version > policy.version:  # the stations' keys and the auditor's may have changed since
+        raise RollbackError(
+            f"{path}: the release was built under trust policy v{release.policy_version}; "
+            f"the policy given is v{policy.version} (stale: give the current policy)"
+        )
     summary = BundleSummary(
         bundle_id=release.bundle_id,
         product=release.product,
