@@ -153,6 +153,24 @@ def test_the_cli_writes_0600_files_and_prints_secrets_only_when_asked(
     assert not (tmp_path / "both").exists()
 
 
+def test_an_audit_that_fails_without_naming_a_device_still_exits_3(
+    sworld: World, station: Station, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    station.provision(SimulatedDevice(label="SN-CUT1"), label="SN-CUT1")
+    evidence = tmp_path / "evidence"
+    station.export(evidence)
+    (export,) = evidence.glob("*.vault-evidence")
+    export.write_bytes(export.read_bytes()[:3000])  # truncated on its way: nothing in it can be read
+    code, _, err = run(capsys, "secrets", "export", str(evidence), "--root-cert", str(sworld.root_cert_path),
+                       "--policy", str(sworld.policy_path), "--bundle", str(sworld.bundle_path),
+                       "--auditor-token", format_uri(sworld.tokens["auditor"]),
+                       "--token", format_uri(sworld.tokens["backend"]), "--workers", "1",
+                       "--out", str(tmp_path / "backend"))  # fmt: skip
+    assert code == 3, err
+    assert "FAIL at high" in err and "exported     0 secret(s)" in err
+    assert "FAIL         1 finding(s) at or above high" in err and "Traceback" not in err
+
+
 def test_an_export_interrupted_while_writing_leaves_no_file_and_runs_again(
     sworld: World, station: Station, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
