@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vault._files import ends_with, read_capped, size_text
+from vault._files import ends_with, read_capped, size_text, write_folder
 from vault.container import BundleReader
 from vault.errors import FormatError, InputError
 from vault.evidence import EvidenceReader
@@ -119,3 +119,24 @@ def test_ends_with_reads_only_the_tail(tmp_path: Path) -> None:
 )
 def test_size_text(size: int, text: str) -> None:
     assert size_text(size) == text
+
+
+def test_a_folder_another_writer_finished_meanwhile_is_kept_and_the_second_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    target = tmp_path / "registry"
+    real = tempfile.mkdtemp
+
+    def other_writer_finishes(*args: object, **kwargs: object) -> str:  # while this one writes its files
+        work = real(*args, **kwargs)  # type: ignore[call-overload]
+        target.mkdir()
+        (target / "allowed-devices.json").write_text("the first export")
+        return work
+
+    monkeypatch.setattr(tempfile, "mkdtemp", other_writer_finishes)
+    with pytest.raises(InputError, match="registry exists; vault does not write over files"):
+        write_folder(target, {"allowed-devices.json": b"the second export"})
+    assert (target / "allowed-devices.json").read_text() == "the first export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["registry"]  # no hidden half-written folder left

@@ -130,7 +130,9 @@ def write_folder(folder: str | os.PathLike[str], files: dict[str, bytes], *, ove
 
     A reader never sees half the folder, and a crash leaves only a hidden
     ``.<name>.*`` folder beside it. Without ``overwrite`` an existing folder is
-    refused; with it, the old folder is replaced.
+    refused, also one another writer finished meanwhile (two exports into one
+    folder: the second is refused, the first kept); with it, the old folder is
+    replaced.
 
     Raises:
         InputError: the folder exists and ``overwrite`` is false, a path
@@ -138,7 +140,7 @@ def write_folder(folder: str | os.PathLike[str], files: dict[str, bytes], *, ove
     """
     target = Path(folder)
     if target.exists() and not overwrite:
-        raise InputError(f"{target} exists; vault does not write over files (remove it, or pass --force)")
+        raise _exists(target)
     parent = target.absolute().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -155,13 +157,18 @@ def write_folder(folder: str | os.PathLike[str], files: dict[str, bytes], *, ove
                 out.write(data)
                 out.flush()
                 os.fsync(out.fileno())
-        if target.exists():
+        if target.exists() and overwrite:
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=parent))
             os.rename(target, old / target.name)
             os.rename(work, target)
             _remove_tree(old)
         else:
-            os.rename(work, target)
+            try:  # a folder another writer finished meanwhile (not empty) is never replaced
+                os.rename(work, target)
+            except OSError as e:
+                if e.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR):
+                    raise
+                raise _exists(target) from e
         fsync_dir(parent)
     except BaseException as e:
         _remove_tree(work)
@@ -169,6 +176,10 @@ def write_folder(folder: str | os.PathLike[str], files: dict[str, bytes], *, ove
             raise InputError(f"cannot write {target}: {e.strerror or e}") from e
         raise
     return target
+
+
+def _exists(target: Path) -> InputError:
+    return InputError(f"{target} exists; vault does not write over files (remove it, or pass --force)")
 
 
 def _remove_tree(path: Path) -> None:

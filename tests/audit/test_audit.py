@@ -64,6 +64,22 @@ def test_workers_in_processes_give_the_same_report(clean_exports: list[Path], ru
     assert alone.stations == pooled.stations
 
 
+def test_pool_workers_leave_ctrl_c_to_the_parent_and_the_parent_keeps_it() -> None:
+    """A terminal's Ctrl-C reaches every worker too: they ignore it, so only the parent's one line is printed."""
+    import signal
+
+    from vault.audit._worker import Context, start_pool
+
+    pool = start_pool(2, Context(stations=(), releases=(), jump_seconds=0))
+    try:
+        assert pool.apply(signal.getsignal, (signal.SIGINT,)) == signal.SIG_IGN
+    finally:
+        pool.terminate()
+        pool.join()
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())  # held back only while starting
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 # --- one crafted export per finding ------------------------------------------------------------
 
 

@@ -199,6 +199,19 @@ def test_bad_bundle_inputs_are_one_line_and_exit_1(
     assert "two different bundles with one bundle id" in err and str(before) in err and str(after) in err
 
 
+def test_a_policy_older_than_the_one_the_release_was_built_under_is_refused(
+    world: World, forge: Forge, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    forge.provision(1)
+    exports = [forge.export(tmp_path / "evidence")]
+    stale = next((world.policy_path.parent.parent / "enrol-1").glob("policy-v*.json"))
+    argv = _argv(world, exports, world.bundle_path)
+    argv[argv.index(str(world.policy_path))] = str(stale)
+    err = _fails_in_one_line(argv, capsys)
+    assert "the release was built under trust policy v" in err and "stale: give the current policy" in err
+    assert f"the policy given is v{stale.stem.removeprefix('policy-v')}" in err
+
+
 @pytest.mark.slow
 def test_a_bundle_whose_station_a_later_policy_revoked_still_audits(
     softhsm_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]

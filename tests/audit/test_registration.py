@@ -204,6 +204,18 @@ def test_a_tampered_audited_folder_stops_the_export(
     assert not (tmp_path / "registry").exists()
 
 
+def test_a_policy_older_than_the_one_the_folder_was_cosigned_under_is_refused(
+    two_stations: tuple[list[Path], list[str]], cosigning: Callable[[list[Path]], Cosigning],
+    policy: TrustPolicy, tmp_path: Path,
+) -> None:  # fmt: skip
+    result = cosigning(two_stations[0])
+    replace(result, policy_version=policy.version + 1).write(tmp_path / "audited")  # as if cosigned under a newer one
+    with pytest.raises(InputError, match=f"trust policy v{policy.version + 1}; the policy given is v{policy.version}"):
+        read_audited(tmp_path / "audited", policy)
+    result.write(tmp_path / "audited-now")
+    assert len(read_audited(tmp_path / "audited-now", policy).devices) == len(result.devices)
+
+
 def test_a_key_that_is_not_an_enrolled_cosigner_cosigns_nothing(
     two_stations: tuple[list[Path], list[str]], run_audit: Audit, policy: TrustPolicy, auditor_key: TokenKey
 ) -> None:

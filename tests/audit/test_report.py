@@ -173,6 +173,10 @@ def test_the_command_writes_the_reports_and_never_over_a_file(world: World, mixe
     assert out_html.read_text().startswith("<!DOCTYPE html>")
     again = CliRunner().invoke(cli, argv)
     assert again.exit_code == 1 and "exists" in str(again.exception)
+    missing = tmp_path / "reports" / "audit.json"  # a folder not made yet: refused before the audit runs
+    nowhere = CliRunner().invoke(cli, _argv(world, mixed, extra=("--json", str(missing))))
+    assert nowhere.exit_code == 1 and f"no folder {missing.parent} (make it first)" in str(nowhere.exception)
+    assert "audited" not in nowhere.output
 
 
 def test_bad_input_is_one_line_and_exit_1(

@@ -225,3 +225,20 @@ def test_ctrl_c_while_the_cli_still_loads_is_one_line() -> None:
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stderr) == (130, "vault: interrupted\n")
+
+
+def test_ctrl_c_while_a_command_runs_is_one_line(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import vault.pki
+
+    def interrupted(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(vault.pki, "read_certificate", interrupted)  # Ctrl-C as the command reads its inputs
+    files = [tmp_path / name for name in ("device.pem", "device.tlog-proof", "policy.json", "root-ca.pem")]
+    for path in files:
+        path.write_text("-")
+    cert, proof, policy, root = map(str, files)
+    code, out, err = run(capsys, "registry", "verify", cert, proof, "--policy", policy, "--root-cert", root)
+    assert (code, out, err) == (130, "", "vault: interrupted\n")

@@ -147,6 +147,60 @@ def test_the_cli_writes_0600_files_and_prints_secrets_only_when_asked(
     code, _, err = run(capsys, *base)
     assert code == 1
     assert_one_line_error(err, "give --out FOLDER")
+    code, _, err = run(capsys, *base, "--stdout", "--out", str(tmp_path / "both"))
+    assert code == 1
+    assert_one_line_error(err, "give either --out FOLDER or --stdout, not both")
+    assert not (tmp_path / "both").exists()
+
+
+def test_an_audit_that_fails_without_naming_a_device_still_exits_3(
+    sworld: World, station: Station, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    station.provision(SimulatedDevice(label="SN-CUT1"), label="SN-CUT1")
+    evidence = tmp_path / "evidence"
+    station.export(evidence)
+    (export,) = evidence.glob("*.vault-evidence")
+    export.write_bytes(export.read_bytes()[:3000])  # truncated on its way: nothing in it can be read
+    code, _, err = run(capsys, "secrets", "export", str(evidence), "--root-cert", str(sworld.root_cert_path),
+                       "--policy", str(sworld.policy_path), "--bundle", str(sworld.bundle_path),
+                       "--auditor-token", format_uri(sworld.tokens["auditor"]),
+                       "--token", format_uri(sworld.tokens["backend"]), "--workers", "1",
+                       "--out", str(tmp_path / "backend"))  # fmt: skip
+    assert code == 3, err
+    assert "FAIL at high" in err and "exported     0 secret(s)" in err
+    assert "FAIL         1 finding(s) at or above high" in err and "Traceback" not in err
+
+
+def test_an_export_interrupted_while_writing_leaves_no_file_and_runs_again(
+    sworld: World, station: Station, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vault.secrets._export as export_module
+
+    station.provision(SimulatedDevice(label="SN-INT1"), label="SN-INT1")
+    evidence = tmp_path / "evidence"
+    station.export(evidence)
+    result = run_export(sworld, evidence)
+    real_write, calls = export_module.write_new, []
+
+    def interrupted(*args: Any, **kwargs: Any) -> Path:  # Ctrl-C once the first file is written
+        calls.append(args[0])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_write(*args, **kwargs)
+
+    out = tmp_path / "backend"
+    monkeypatch.setattr(export_module, "write_new", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_module.write_export(result, out)
+    assert not out.exists()  # neither the first file nor the folder this export made
+    out.mkdir()
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        export_module.write_export(result, out)
+    assert out.is_dir() and not list(out.iterdir())  # a folder that was there stays, empty
+    monkeypatch.setattr(export_module, "write_new", real_write)
+    written = export_module.write_export(result, out)  # the same export completes
+    assert sorted(p.name for p in written) == sorted(p.name for p in out.iterdir())
 
 
 def test_a_unit_that_stops_before_installing_records_its_secrets_as_never_installed(station: Station) -> None:

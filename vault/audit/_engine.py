@@ -13,7 +13,6 @@ import base64
 import binascii
 import copy
 import hashlib
-import multiprocessing
 import os
 import shutil
 import tempfile
@@ -58,6 +57,7 @@ from vault.audit._worker import (
     counters_add,
     init_worker,
     process_chunk,
+    start_pool,
     time_issue,
 )
 from vault.checkpoint import Checkpoint, open_checkpoint, parse_checkpoint_unverified
@@ -68,6 +68,7 @@ from vault.errors import (
     FormatError,
     InputError,
     LogError,
+    RollbackError,
     SignatureError,
     VaultError,
     VerificationError,
@@ -134,6 +135,11 @@ def _load_bundle(
         )
     if release.bundle_id != header_id:
         raise FormatError(f"{path}: the release statement names another bundle id than the bundle's header")
+    if release.policy_version > policy.version:  # the stations' keys and the auditor's may have changed since
+        raise RollbackError(
+            f"{path}: the release was built under trust policy v{release.policy_version}; "
+            f"the policy given is v{policy.version} (stale: give the current policy)"
+        )
     summary = BundleSummary(
         bundle_id=release.bundle_id,
         product=release.product,
@@ -620,8 +626,7 @@ class _Audit:
     def run(self, exports: list[_Export], context: Context, workers: int) -> None:
         pool = None
         if workers > 1:
-            method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-            pool = multiprocessing.get_context(method).Pool(workers, initializer=init_worker, initargs=(context,))
+            pool = start_pool(workers, context)
         else:
             init_worker(context)
         window = max(2, 3 * workers)

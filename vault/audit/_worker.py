@@ -27,7 +27,10 @@ from __future__ import annotations
 import binascii
 import datetime as _dt
 import hashlib
+import multiprocessing
+import multiprocessing.pool
 import re
+import signal
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -72,6 +75,8 @@ __all__ = [
     "Stamp",
     "Tested",
     "StationKeys",
+    "init_pool_worker",
+    "start_pool",
     "init_worker",
     "process_chunk",
     "time_issue",
@@ -274,6 +279,32 @@ class _State:
 
 
 _state: _State | None = None
+
+
+def start_pool(workers: int, context: Context) -> multiprocessing.pool.Pool:
+    """``workers`` worker processes, each with ``context``, that leave Ctrl-C to their parent.
+
+    Ctrl-C is held back (blocked, not lost) in the parent while the pool
+    starts, so no worker, nor the forkserver, is stopped while it starts up
+    (Python would print a traceback); once started, the workers ignore it
+    (:func:`init_pool_worker`) and the parent terminates them.
+    """
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        return multiprocessing.get_context(method).Pool(workers, initializer=init_pool_worker, initargs=(context,))
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def init_pool_worker(context: Context) -> None:
+    """A pool worker's initializer: Ctrl-C is ignored (the parent stops the pool), then :func:`init_worker`.
+
+    A terminal sends Ctrl-C to every process of the command; only the
+    parent should answer it, with one line, and terminate its workers.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    init_worker(context)
 
 
 def init_worker(context: Context) -> None:

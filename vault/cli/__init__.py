@@ -24,7 +24,19 @@ __all__ = ["cli", "main"]
 _state = {"verbose": False}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
+class _Interrupted(Exception):
+    """Ctrl-C while a command ran, carried past click (which would print a blank line and 'Aborted')."""
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as e:
+            raise _Interrupted from e
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
 @click.version_option(__version__, prog_name="vault")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks with errors.")
 def cli(verbose: bool) -> None:
@@ -81,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             traceback.print_exc()
         click.echo(f"vault: error: {e}", err=True)
         sys.exit(1)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Interrupted):
         click.echo("vault: interrupted", err=True)
         sys.exit(130)
     except Exception as e:  # a bug: say so in one line, keep the traceback for --verbose

@@ -231,6 +231,9 @@ def audit(
     for out in (None if to_stdout else json_out, html_out, cosign_out):
         if out is not None and out.exists() and not force:
             raise InputError(f"{out} exists; vault does not write over files (remove it, or pass --force)")
+    for out in (None if to_stdout else json_out, html_out):  # refused before the audit, not after it
+        if out is not None and not out.absolute().parent.is_dir():
+            raise InputError(f"cannot write {out}: no folder {out.parent} (make it first)")
     root = _root(root_cert)
     policy = read_capped(policy_file, MAX_POLICY_SIZE, "trust policy")
     with open_token(uri) as session:

@@ -4,7 +4,8 @@
 token), opens the per-device secrets of the devices the audit passed (with
 the secrets recipient's token) and writes the backend's rows. Exit status:
 0 when every device with secrets was exported, 3 when the audit refused some
-(they are listed), 1 when it cannot run, 2 for a usage error.
+(they are listed) or failed (an export it could not read), 1 when it cannot
+run, 2 for a usage error.
 """
 
 from __future__ import annotations
@@ -89,7 +90,8 @@ def export(
     refused-devices.csv. The others' secrets are opened with the device
     maker's token and written to --out as backend-secrets.csv and
     backend-secrets.json, mode 0600. Secrets go to standard output only with
-    --stdout. Exit status: 0 when no device was refused, 3 when some were.
+    --stdout. Exit status: 0 when no device was refused and the audit passed
+    at --fail-on, 3 when some were refused or the audit failed.
     """
     from vault.audit import Thresholds
     from vault.errors import InputError
@@ -97,7 +99,9 @@ def export(
     from vault.secrets import check_free, export_secrets, rows_csv, write_export
     from vault.token import open_token
 
-    if (out is None) == (not to_stdout):
+    if out is not None and to_stdout:
+        raise InputError("give either --out FOLDER or --stdout, not both")
+    if out is None and not to_stdout:
         raise InputError("give --out FOLDER for the rows (or --stdout to print them)")
     if out is not None:
         check_free(out, overwrite=force)  # before the audit: a refusal then costs nothing
@@ -144,5 +148,10 @@ def export(
     )
     for device, code in result.refused:
         click.echo(f"  refused    {device.serial or '-'}  {device.hardware_id}  {device.station_id}  {code}", err=True)
-    if result.refused:
+    failing = report.at_or_above(fail_on)
+    if failing and not result.refused:  # e.g. an export that cannot be read: its devices are not even seen
+        first = failing[0]
+        click.echo(f"FAIL         {len(failing)} finding(s) at or above {fail_on}, first {first.code}: "
+                   "run 'vault audit' for the report", err=True)  # fmt: skip
+    if result.refused or failing:
         click.get_current_context().exit(EXIT_FINDINGS)

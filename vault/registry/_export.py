@@ -89,7 +89,8 @@ def read_audited(folder: Path, policy: TrustPolicy) -> Audited:
     that does not stops the export (its one-line reason names the file).
 
     Raises:
-        InputError: the folder is not an audited-devices folder, or a proof does not verify.
+        InputError: the folder is not an audited-devices folder, it was cosigned under a newer trust
+            policy than ``policy`` (a stale one), or a proof does not verify.
     """
     index = parse_json(
         read_capped(folder / "audited.json", _MAX_INDEX, "audited devices index"),
@@ -98,6 +99,12 @@ def read_audited(folder: Path, policy: TrustPolicy) -> Audited:
     )
     if not isinstance(index, dict) or index.get("format") != AUDITED_FORMAT:
         raise FormatError(f"{folder}/audited.json is not a {AUDITED_FORMAT} index (written by 'vault audit --cosign')")
+    made_under = index.get("policy", {}).get("version") if isinstance(index.get("policy"), dict) else None
+    if isinstance(made_under, int) and made_under > policy.version:
+        raise InputError(
+            f"{folder} was cosigned under trust policy v{made_under}; the policy given is v{policy.version} "
+            "(stale: give the current policy)"
+        )
     listed = index.get("devices")
     excluded = index.get("excluded")
     if not isinstance(listed, list) or not isinstance(excluded, list):

@@ -12,6 +12,7 @@ finding, never opened.
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import hashlib
 import io
@@ -283,12 +284,16 @@ def write_export(
     """Write the rows (CSV and JSON) and the refused devices into the folder ``out``, each file mode 0600.
 
     The folder is made (mode 0700) when missing. Every file is written
-    atomically and never over an existing one unless ``overwrite``.
+    atomically and never over an existing one unless ``overwrite``; the three
+    go together: a write that stops halfway (an error, Ctrl-C, another export
+    into the same folder) removes the files it had written (and the folder it
+    made), so the same command run again completes.
 
     Raises:
         InputError: a file exists, or the folder cannot be made or written.
     """
     check_free(out, overwrite=overwrite)
+    made = not out.exists()
     try:
         out.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as e:
@@ -298,9 +303,18 @@ def write_export(
         (out / f"{SECRETS_FILE}.json", rows_json(result)),
         (out / REFUSED_FILE, refused_csv(result.refused)),
     ]
-    written = []
-    for path, text in files:
-        written.append(write_new(path, text.encode("utf-8"), overwrite=overwrite, mode=0o600))
-        if say is not None:
+    written: list[Path] = []
+    try:
+        for path, text in files:
+            written.append(write_new(path, text.encode("utf-8"), overwrite=overwrite, mode=0o600))
+    except BaseException:
+        for path in written if not overwrite else []:  # only files this call made; --force keeps what it replaced
+            path.unlink(missing_ok=True)
+        if made:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+    if say is not None:
+        for path in written:
             say(f"wrote        {path}")
     return written
