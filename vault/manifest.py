@@ -119,6 +119,7 @@ from vault.formats._json import check_fields, quote
 from vault.policy import format_time, parse_time
 
 __all__ = [
+    "CERTIFIED_EVENTS",
     "EVENTS",
     "MANIFEST_PREDICATE",
     "OPERATOR_EVENTS",
@@ -189,7 +190,8 @@ _STEP_FIELDS = frozenset({"step", "milliseconds"})
 _READING_FIELDS = frozenset({"name", "value", "unit", "lower", "upper", "passed", "step"})
 _COEFFICIENT_FIELDS = frozenset({"name", "value", "unit"})
 _NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:e[+-][0-9]+)?")
-_CERTIFIED = frozenset({"provisioned", "retry", "rework"})
+CERTIFIED_EVENTS = frozenset({"provisioned", "retry", "rework"})
+"""Events after which the device holds a certificate: its device was good."""
 MAX_MEASUREMENTS = 64
 """Measurements one manifest records at most (a manifest stays well under :data:`MAX_MANIFEST_SIZE`)."""
 MAX_COEFFICIENTS = 64
@@ -485,7 +487,7 @@ def parse_quality(value: Any, *, event: str) -> QualityRecord:
         tuple(_reading(raw, i) for i, raw in enumerate(measurements)),
         tuple(_coefficient(raw, i) for i, raw in enumerate(calibration)),
     )
-    if event in _CERTIFIED and not all(r.passed for r in record.measurements):
+    if event in CERTIFIED_EVENTS and not all(r.passed for r in record.measurements):
         raise FormatError(f"manifest: a {event} unit carries a failed measurement")
     return record
 

@@ -66,12 +66,11 @@ from vault.checkpoint import (
 )
 from vault.crypto import Signer, spki_der, verify_signature
 from vault.errors import FormatError, InputError, ProofError, SignatureError, VaultError
-from vault.manifest import Manifest, open_manifest
+from vault.manifest import CERTIFIED_EVENTS, Manifest, open_manifest
 from vault.pki import verify_issued_by
 from vault.policy import RoleKey, TrustPolicy
 
 __all__ = [
-    "CERTIFIED_EVENTS",
     "COSIGNATURE_HEADER",
     "MAX_PROOF_SIZE",
     "PROOF_HEADER",
@@ -97,9 +96,6 @@ COSIGNATURE_HEADER = b"cosignature/v1\n"
 
 MAX_PROOF_SIZE = 256 * 1024
 """Largest proof file read, in bytes, checked before it is parsed."""
-
-CERTIFIED_EVENTS = frozenset({"provisioned", "retry", "rework"})
-"""Manifest events that issue a device certificate: the ones a device proof may stand on."""
 
 _ALGORITHM = b"cosignature/v1+ecdsa-p256"
 _KEY_ID_SIZE = 4

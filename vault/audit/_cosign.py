@@ -54,10 +54,9 @@ from vault.crypto import Signer
 from vault.errors import InputError, VaultError
 from vault.evidence import EvidenceReader
 from vault.formats._json import parse_json
-from vault.manifest import open_manifest
+from vault.manifest import CERTIFIED_EVENTS, open_manifest
 from vault.policy import TrustPolicy, format_time
 from vault.proof import (
-    CERTIFIED_EVENTS,
     ProofFile,
     cosign_checkpoint,
     cosigner_key_name,

@@ -48,6 +48,7 @@ from vault.evidence import MAX_RECORD_SIZE, RawChunk, decrypt_chunk
 from vault.formats import MAX_SIGNATURE_SIZE, PAYLOAD_TYPE_INTOTO, STATEMENT_TYPE
 from vault.formats._json import parse_json
 from vault.manifest import (
+    CERTIFIED_EVENTS,
     EVENTS,
     MANIFEST_PREDICATE,
     MAX_COEFFICIENTS,
@@ -431,7 +432,7 @@ class _Chunk:
                 continue
             if fields is None:
                 continue
-            if certificate is not None or fields.certificate_sha256 is not None or fields.event in _CERTIFIED:
+            if certificate is not None or fields.certificate_sha256 is not None or fields.event in CERTIFIED_EVENTS:
                 parts = _certificate_parts(fields, certificate, certificate is not None, station)
             else:
                 parts = (None, None, None, None)
@@ -478,7 +479,7 @@ class _Chunk:
             return
         fields = _Fields.of(manifest)
         problem = None
-        if encoded is not None or fields.certificate_sha256 is not None or fields.event in _CERTIFIED:
+        if encoded is not None or fields.certificate_sha256 is not None or fields.event in CERTIFIED_EVENTS:
             der = None if encoded is None else _b64(encoded)
             problem = _check_certificate(fields, der, encoded is not None, station)
         self.manifest(fields, position, problem, station)
@@ -509,7 +510,7 @@ class _Chunk:
             self.unusual(m, position, release, station)
         if certificate_problem is not None:
             issues.append(("certificate-invalid", position, mid, hwid, serial, certificate_problem))
-        if m.label is not None and m.label != serial and event in _CERTIFIED:
+        if m.label is not None and m.label != serial and event in CERTIFIED_EVENTS:
             shown = f"the {event} device's label reads {m.label[:64]!r}"
             issues.append(("label-serial-differs", position, mid, hwid, serial, shown))
         # time: per station monotonic, inside the window, no implausible jump
@@ -592,7 +593,7 @@ class _Chunk:
             elif measurement is not None and measurement != sha256:
                 shown = f"image {name[:64]!r} reads back {measurement[:16]}"
                 issues.append(("image-not-allowed", position, mid, hwid, serial, shown))
-        if m.event in _CERTIFIED:  # a device recorded as good holds every image of its release (another
+        if m.event in CERTIFIED_EVENTS:  # a device recorded as good holds every image of its release (another
             programmed = {name for name, _, _ in m.images}  # digest under its name is image-not-allowed)
             missing = [name for name, _ in release.facts.image_order if name not in programmed]
             if missing:
@@ -646,7 +647,6 @@ class _Ready(NamedTuple):
     station: _Station
 
 
-_CERTIFIED = frozenset({"provisioned", "retry", "rework"})  # events after which the device holds a certificate
 _OPERATOR_EVENTS = frozenset(OPERATOR_EVENTS)
 
 
@@ -998,7 +998,7 @@ def _quality_fields(text: str, event: str) -> Tested | None:
         if repr(number) != value:
             return None
         coefficients.append((name, unit, number))
-    if event in _CERTIFIED and not all([r[5] for r in readings]):
+    if event in CERTIFIED_EVENTS and not all([r[5] for r in readings]):
         return None
     return steps, tuple(readings), tuple(coefficients)
 

@@ -34,7 +34,7 @@ from vault.errors import DecryptionError, FormatError, InputError, VaultError
 from vault.evidence import MAX_RECORD_SIZE, EvidenceReader
 from vault.formats import parse_json
 from vault.hpke import Decapsulator
-from vault.manifest import Manifest, open_manifest
+from vault.manifest import CERTIFIED_EVENTS, Manifest, open_manifest
 from vault.policy import TrustPolicy, format_time, load_policy
 
 __all__ = [
@@ -55,7 +55,6 @@ EXPORT_FORMAT = "vault-backend-secrets/v1"
 RECIPIENT_LABEL = "secrets-decrypt"
 """The label of the secrets recipient's key in the device maker's token."""
 CSV_FIELDS = ("serial", "hardware_id", "secret_name", "secret_kind", "secret_hex")
-_CERTIFIED = frozenset({"provisioned", "retry", "rework"})
 SECRETS_FILE = "backend-secrets"
 REFUSED_FILE = "refused-devices.csv"
 
@@ -185,7 +184,7 @@ def _sealed_units(
                     kind = value.get("type") if isinstance(value, dict) else None
                     if kind == "entry":
                         manifest = open_manifest(str(value["envelope"]).encode(), trusted)
-                        if manifest.event in _CERTIFIED and manifest.secrets:
+                        if manifest.event in CERTIFIED_EVENTS and manifest.secrets:
                             manifests[int(value["sequence"])] = manifest
                     elif kind == "secrets":
                         blobs = value["sealed"]
