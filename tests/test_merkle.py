@@ -12,6 +12,7 @@ from vault.errors import FormatError, LogError
 from vault.merkle import (
     EMPTY_ROOT,
     MAX_PROOF_HASHES,
+    InclusionPaths,
     TreeBuilder,
     consistency_proof,
     inclusion_proof,
@@ -432,3 +433,17 @@ def test_verification_is_fast_enough_for_an_audit() -> None:
     for _ in range(1000):
         verify_consistency(1234, 3000, old_root, builder.root(), proof)
     assert time.perf_counter() - started < 2.0
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 8, 33])
+def test_inclusion_paths_are_the_inclusion_proofs_and_verify(size: int) -> None:
+    leaves = [leaf_hash(i.to_bytes(4, "big")) for i in range(size)]
+    paths = InclusionPaths(leaves)
+    _, root = root_from_leaf_hashes(leaves)
+    assert paths.root() == root
+    for index in range(size):
+        path = paths.path(index)
+        assert path == inclusion_proof(index, size, lambda a, b: leaves[a:b])
+        verify_inclusion(index, size, leaves[index], path, root)
+    with pytest.raises(FormatError):
+        paths.path(size)

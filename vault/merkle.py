@@ -53,6 +53,7 @@ __all__ = [
     "HASH_SIZE",
     "MAX_PROOF_HASHES",
     "MAX_TREE_SIZE",
+    "InclusionPaths",
     "LeafHashes",
     "TreeBuilder",
     "consistency_proof",
@@ -245,17 +246,68 @@ def inclusion_proof(index: int, size: int, leaf_hashes: LeafHashes) -> list[byte
     _check_size(index, what="leaf index")
     if index >= size:
         raise FormatError(f"entry {index} is not in a tree of size {size}")
+    return _path(index, size, lambda start, end: subtree_hash(leaf_hashes, start, end))
+
+
+class InclusionPaths:
+    """RFC 9162 inclusion proofs for many entries of one tree held in memory, each subtree hashed once.
+
+    :func:`inclusion_proof` hashes the subtrees of each path from the leaves
+    again; proving every entry of a tree that way costs O(n) per entry. Here
+    each subtree hash is kept once computed, so proving them all costs O(n log n)
+    in all, and memory is about two hashes per leaf.
+
+    Example:
+        >>> leaves = [leaf_hash(bytes([i])) for i in range(5)]
+        >>> paths = InclusionPaths(leaves)
+        >>> paths.path(3) == inclusion_proof(3, 5, lambda a, b: leaves[a:b])
+        True
+    """
+
+    def __init__(self, leaves: Sequence[bytes]) -> None:
+        for leaf in leaves:
+            _check_hash(leaf, what="leaf hash")
+        self._leaves = leaves
+        self._memo: dict[tuple[int, int], bytes] = {}
+
+    @property
+    def size(self) -> int:
+        return len(self._leaves)
+
+    def root(self) -> bytes:
+        """The tree's root (MTH)."""
+        return self._hash(0, len(self._leaves)) if self._leaves else EMPTY_ROOT
+
+    def path(self, index: int) -> list[bytes]:
+        """The inclusion proof of entry ``index``, ordered from the leaf up (see :func:`inclusion_proof`)."""
+        _check_size(index, what="leaf index")
+        if index >= len(self._leaves):
+            raise FormatError(f"entry {index} is not in a tree of size {len(self._leaves)}")
+        return _path(index, len(self._leaves), self._hash)
+
+    def _hash(self, start: int, end: int) -> bytes:
+        if end - start == 1:
+            return self._leaves[start]
+        found = self._memo.get((start, end))
+        if found is None:
+            k = _split(end - start)
+            found = node_hash(self._hash(start, start + k), self._hash(start + k, end))
+            self._memo[(start, end)] = found
+        return found
+
+
+def _path(index: int, size: int, subtree: Callable[[int, int], bytes]) -> list[bytes]:
+    """PATH(index, D[size]) of RFC 9162 section 2.1.3.1, with ``subtree(start, end)`` giving MTH of a range."""
     outer: list[bytes] = []  # PATH(m, D[n]) = PATH(inner) : outer, so collected outside-in
-    start, end, m = 0, size, index
+    start, end = 0, size
     while end - start > 1:
         k = _split(end - start)
-        if m < k:
-            outer.append(subtree_hash(leaf_hashes, start + k, end))
+        if index - start < k:
+            outer.append(subtree(start + k, end))
             end = start + k
         else:
-            outer.append(subtree_hash(leaf_hashes, start, start + k))
+            outer.append(subtree(start, start + k))
             start += k
-            m -= k
     outer.reverse()
     return outer
 

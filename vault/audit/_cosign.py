@@ -269,15 +269,14 @@ def cosign(
             station = policy.stations[station_id]
             origin = station_origin(station_id)
             checkpoint = open_checkpoint(log.notes[size], station.signing.public_key, origin, origin=origin)
-            _, recomputed = merkle.root_from_leaf_hashes(log.leaves[:size])
-            if recomputed != checkpoint.root:
+            tree = merkle.InclusionPaths(log.leaves[:size])
+            if tree.root() != checkpoint.root:
                 size = None  # the audit flags a rewrite; never cosign what does not add up
             else:
                 note = cosign_checkpoint(log.notes[size], signer, key_name, timestamp)
                 root = checkpoint.root.hex()
         code, at = (stopper.code, _first(stopper, station_id, log)) if stopper is not None else (None, None)
         logs.append(CosignedLog(station_id, verified, size, root, note, code, at))
-        tree = _Tree(log.leaves[: size or 0])
         for hwid, (position, envelope, der, manifest) in sorted(log.certified.items(), key=lambda kv: kv[1][0]):
             reason = _excluded(hwid, manifest.serial, station_id, position, blocking, log, size, stopper)
             if reason is None and der is None:
@@ -285,8 +284,10 @@ def cosign(
             if reason is not None:
                 excluded.append(Excluded(station_id, position, hwid, manifest.serial, *reason))
                 continue
-            assert note is not None and der is not None and size is not None
-            proof = format_proof(ProofFile(envelope, position, tuple(tree.path(position)), note))
+            assert note is not None and der is not None and size is not None and root is not None
+            path = tree.path(position)
+            merkle.verify_inclusion(position, size, log.leaves[position], path, bytes.fromhex(root))
+            proof = format_proof(ProofFile(envelope, position, tuple(path), note))
             devices.append(
                 ProvenDevice(station_id, position, hwid, manifest.serial, manifest.event, manifest.id, der, proof)
             )
@@ -442,43 +443,3 @@ def _excluded(
             why = f"{stopper.code} touches {where}"
         return NOT_COSIGNED, f"station {station_id}'s log {cosigned}: {why}"
     return None
-
-
-class _Tree:
-    """RFC 9162 inclusion paths for every leaf of one tree, each subtree hash computed once."""
-
-    def __init__(self, leaves: Sequence[bytes]) -> None:
-        self._leaves = leaves
-        self._memo: dict[tuple[int, int], bytes] = {}
-
-    def _hash(self, start: int, end: int) -> bytes:
-        if end - start == 1:
-            return self._leaves[start]
-        found = self._memo.get((start, end))
-        if found is None:
-            k = _split(end - start)
-            found = merkle.node_hash(self._hash(start, start + k), self._hash(start + k, end))
-            self._memo[(start, end)] = found
-        return found
-
-    def path(self, index: int) -> list[bytes]:
-        """The inclusion path of leaf ``index``, leaf's sibling first, checked against the root."""
-        size = len(self._leaves)
-        outer: list[bytes] = []
-        start, end = 0, size
-        while end - start > 1:
-            k = _split(end - start)
-            if index - start < k:
-                outer.append(self._hash(start + k, end))
-                end = start + k
-            else:
-                outer.append(self._hash(start, start + k))
-                start += k
-        outer.reverse()
-        merkle.verify_inclusion(index, size, self._leaves[index], outer, self._hash(0, size))
-        return outer
-
-
-def _split(n: int) -> int:
-    """The largest power of two smaller than ``n`` (RFC 9162's split point)."""
-    return 1 << ((n - 1).bit_length() - 1)
