@@ -21,21 +21,11 @@ root=$(dirname "$here")
 dir="$root/.nss"
 quiet=0
 reset=0
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --dir) dir=$2; shift 2 ;;
-    --quiet) quiet=1; shift ;;
-    --reset) reset=1; shift ;;
-    -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "setup.sh: unknown option '$1' (try --help)" >&2; exit 2 ;;
-  esac
-done
-[ -n "$dir" ] || { echo "setup.sh: --dir needs a folder" >&2; exit 2; }
-
-TOKENS="nss-root nss-release nss-officer-1 nss-officer-2 nss-officer-3 nss-approver-1 nss-approver-2 nss-approver-3 nss-station-1 nss-station-2 nss-auditor"
-
 # shellcheck source=softhsm/common.sh
 . "$root/softhsm/common.sh"
+parse_options 17 "$@"
+
+TOKENS="nss-root nss-release nss-officer-1 nss-officer-2 nss-officer-3 nss-approver-1 nss-approver-2 nss-approver-3 nss-station-1 nss-station-2 nss-auditor"
 
 install_nss() {
   command -v certutil >/dev/null 2>&1 && find_lib libsoftokn3.so >/dev/null && find_lib libp11-kit.so.0 >/dev/null && return 0

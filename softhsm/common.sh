@@ -44,3 +44,22 @@ reset_target() {
     *) echo "setup.sh: --reset removes development tokens only inside the project folder $project; '$dir' is not inside it" >&2; exit 1 ;;
   esac
 }
+
+# parse_options HELP_LAST_LINE ARGS...: the set-up scripts' options, into the caller's variables:
+# --dir DIR (dir), --quiet (quiet=1), --reset (reset=1), --stop (stop=1, only where the caller set
+# stop=0), -h/--help (prints the calling script's header comment, lines 2..HELP_LAST_LINE).
+parse_options() {
+  local help_end=$1 script=${BASH_SOURCE[1]}
+  shift
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --dir) dir=$2; shift 2 ;;
+      --quiet) quiet=1; shift ;;
+      --reset) reset=1; shift ;;
+      --stop) [ -n "${stop+set}" ] || { echo "setup.sh: unknown option '$1' (try --help)" >&2; exit 2; }; stop=1; shift ;;
+      -h|--help) sed -n "2,${help_end}p" "$script" | sed 's/^# \{0,1\}//'; exit 0 ;;
+      *) echo "setup.sh: unknown option '$1' (try --help)" >&2; exit 2 ;;
+    esac
+  done
+  [ -n "$dir" ] || { echo "setup.sh: --dir needs a folder" >&2; exit 2; }
+}

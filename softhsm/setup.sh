@@ -21,21 +21,11 @@ root=$(dirname "$here")
 dir="$root/.softhsm"
 quiet=0
 reset=0
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --dir) dir=$2; shift 2 ;;
-    --quiet) quiet=1; shift ;;
-    --reset) reset=1; shift ;;
-    -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "setup.sh: unknown option '$1' (try --help)" >&2; exit 2 ;;
-  esac
-done
-[ -n "$dir" ] || { echo "setup.sh: --dir needs a folder" >&2; exit 2; }
-
-TOKENS="vault-root vault-release vault-officer-1 vault-officer-2 vault-officer-3 vault-approver-1 vault-approver-2 vault-approver-3 vault-station-1 vault-station-2 vault-auditor vault-backend"
-
 # shellcheck source=softhsm/common.sh
 . "$here/common.sh"
+parse_options 16 "$@"
+
+TOKENS="vault-root vault-release vault-officer-1 vault-officer-2 vault-officer-3 vault-approver-1 vault-approver-2 vault-approver-3 vault-station-1 vault-station-2 vault-auditor vault-backend"
 
 install_softhsm() {
   command -v softhsm2-util >/dev/null 2>&1 && return 0

@@ -26,23 +26,13 @@ dir="$root/.tpm"
 quiet=0
 reset=0
 stop=0
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --dir) dir=$2; shift 2 ;;
-    --quiet) quiet=1; shift ;;
-    --reset) reset=1; shift ;;
-    --stop) stop=1; shift ;;
-    -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "setup.sh: unknown option '$1' (try --help)" >&2; exit 2 ;;
-  esac
-done
-[ -n "$dir" ] || { echo "setup.sh: --dir needs a folder" >&2; exit 2; }
+# shellcheck source=softhsm/common.sh
+. "$root/softhsm/common.sh"
+parse_options 20 "$@"
 
 TOKENS="tpm-officer-1 tpm-officer-2 tpm-approver-1 tpm-approver-2 tpm-release"
 PACKAGES="swtpm libtpm2-pkcs11-1 libtpm2-pkcs11-tools tpm2-tools tpm2-abrmd libtss2-tcti-tabrmd0 libtss2-tcti-swtpm0 dbus"
 
-# shellcheck source=softhsm/common.sh
-. "$root/softhsm/common.sh"
 
 install_tpm() {
   command -v swtpm >/dev/null 2>&1 && command -v tpm2_ptool >/dev/null 2>&1 \
