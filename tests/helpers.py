@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -62,3 +63,19 @@ def import_software_key(
          Attribute.EC_POINT: wrap_ec_point(point)}
     )  # fmt: skip
     return software
+
+
+def write_small_release(folder: Path, image: bytes) -> Path:
+    """A one-image release description (example-sensor 1.4.0, 10 units, 4 for station-1) and its image in
+    ``folder``; the path of ``release.yaml``, as the whole-flow tests on other modules build it."""
+    images = folder / "images"
+    images.mkdir()
+    (images / "app.bin").write_bytes(image)
+    release = folder / "release.yaml"
+    release.write_text(
+        "product: example-sensor\nversion: 1.4.0\nsecurity_counter: 7\n"
+        "not_before: 2026-01-01T00:00:00Z\nexpires: 2099-01-01T00:00:00Z\n"
+        "production:\n  total: 10\n  allocation: {station-1: 4}\n"
+        'images:\n  - name: app.bin\n    path: images/app.bin\n    load_address: "0x08000000"\n'
+    )
+    return release

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 
 from tests.cli.test_token_cli import run
 from tests.conftest import so_uri
+from tests.helpers import write_small_release
 from vault.cli import cli
 from vault.token import Pkcs11Uri, format_uri, open_token
 
@@ -98,18 +99,10 @@ def test_officers_approvers_and_release_signer_on_the_tpm(
     vault("station", "request", "--token", station, "--station-id", "station-1", "-o", str(request))
     policy = ceremony("enrol-station.yaml", policy, "enrol-1", "--request", str(request))
 
-    images = tmp_path / "images"
-    images.mkdir()
-    (images / "app.bin").write_bytes(bytes(range(256)) * 100)
-    (tmp_path / "release.yaml").write_text(
-        "product: example-sensor\nversion: 1.4.0\nsecurity_counter: 7\n"
-        "not_before: 2026-01-01T00:00:00Z\nexpires: 2099-01-01T00:00:00Z\n"
-        "production:\n  total: 10\n  allocation: {station-1: 4}\n"
-        'images:\n  - name: app.bin\n    path: images/app.bin\n    load_address: "0x08000000"\n'
-    )
+    release = write_small_release(tmp_path, bytes(range(256)) * 100)
     bundle, log = tmp_path / "release.vbundle", tmp_path / "promotions.log"
     trust = ["--policy", str(policy), "--root-cert", str(root_cert)]
-    vault("bundle", "build", str(tmp_path / "release.yaml"), "-o", str(bundle), "--log", str(log), *trust)
+    vault("bundle", "build", str(release), "-o", str(bundle), "--log", str(log), *trust)
     for i in (1, 2):
         vault(
             "bundle", "approve", str(bundle), "--yes", "--key", tpm(f"approver-{i}", object="approver-signing"), *trust
