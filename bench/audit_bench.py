@@ -632,12 +632,23 @@ def main() -> None:
         raise SystemExit(1)
 
 
+def _current_format(state: Path) -> bool:
+    """Whether the state folder's generation in use was written in this vault's state format."""
+    from vault.audit._state import STATE_FORMAT
+
+    try:
+        generation = (state / "current").read_text().strip()
+        return (state / generation / "format").read_text().strip() == STATE_FORMAT
+    except OSError:
+        return False
+
+
 def _incremental(work: Path, args: argparse.Namespace, exports: list[Path], n: int, new: int, kind: str) -> None:
     """Export 1 audited with a fresh state; export 2 audited with that state, and alone; the two compared."""
     import shutil
 
     state = work / "audit-state"
-    if not (state / "export-1-done").exists():
+    if not (state / "export-1-done").exists() or not _current_format(state):
         shutil.rmtree(state, ignore_errors=True)
         print(f"auditing export 1 ({n} manifests) into a new state {state}")
         first = _audit_child(work, args.workers, exports[:1], state=state)

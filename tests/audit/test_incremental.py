@@ -115,7 +115,9 @@ def test_a_state_edited_swapped_or_made_for_other_inputs_is_refused(
     # another auditor's key (or anyone without the token's) cannot make or read a state that passes
     stranger = SoftwareDecapsulator(ec.generate_private_key(ec.SECP256R1()))
     with pytest.raises(InputError, match="not authentic for this auditor's token"):
-        StateFolder(state, stranger).load()
+        theirs = StateFolder(state, stranger)
+        theirs.load(theirs.stage())
+    theirs.release()
 
     blob.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # one bit changed
     with pytest.raises(InputError, match="not authentic for this auditor's token"):
@@ -128,6 +130,11 @@ def test_a_state_edited_swapped_or_made_for_other_inputs_is_refused(
         _audit(world, auditor_key, [second], state)
     with (generation / "audit-index.sqlite").open("r+b") as index:
         index.truncate(index.seek(0, 2) - 1)
+
+    (generation / "format").unlink()  # as vault-audit-state/v1 left it: the index hashed with SHA-256
+    with pytest.raises(InputError, match=r"made by another version of vault \('vault-audit-state/v1'"):
+        _audit(world, auditor_key, [second], state)
+    (generation / "format").write_text("vault-audit-state/v2\n")
 
     with pytest.raises(InputError, match="other thresholds"):
         _audit(world, auditor_key, [second], state, thresholds=Thresholds(max_reworks=9))

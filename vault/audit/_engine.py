@@ -14,7 +14,6 @@ import binascii
 import copy
 import hashlib
 import os
-import shutil
 import tempfile
 import time as _time
 from collections import deque
@@ -45,7 +44,7 @@ from vault.audit._report import (
     UnitEvent,
     UnitRecord,
 )
-from vault.audit._state import INDEX_FILE, StateFolder
+from vault.audit._state import StateFolder
 from vault.audit._worker import (
     AuditedRelease,
     ChunkResult,
@@ -1576,8 +1575,11 @@ def _audit(
         "bundles": [(summary.bundle_id, summary.statement_sha256) for _, summary in bundles],
         "thresholds": astuple(thresholds),
     }
+    staging: Path | None = None
     try:  # the state folder (if any) held throughout: what it carries, the new exports, the state after
-        loaded = None if folder is None else folder.load()
+        if folder is not None:
+            staging = folder.stage()
+        loaded = None if folder is None or staging is None else folder.load(staging)
         carried: dict[str, Any] = {"exports": [], "unreadable": [], "binding": binding}
         if loaded is not None:
             carried = loaded[0]
@@ -1590,26 +1592,23 @@ def _audit(
         for export in opened:
             if export.status == "verified" and export.station_id not in trust.stations:
                 export.status = "unknown-station"
-        staging = None if folder is None else folder.stage()
-        try:
-            report, frozen = _run_audit(
-                opened, earlier, unreadable, trust, bundles, findings, loaded, staging,
-                workers=workers, progress=progress, now=now, policy_sha256=policy_sha256, started=started,
-                thresholds=thresholds, closeouts=closeouts, max_silence=max_silence,
-            )  # fmt: skip
-            if folder is not None and staging is not None:
-                frozen.update(
-                    exports=[replace(e, data_key=None) for e in (*earlier, *opened)],
-                    unreadable=unreadable,
-                    binding=binding,
-                )
-                folder.commit(staging, frozen)
-                staging = None
-            return report
-        finally:
-            if staging is not None:
-                StateFolder.abandon(staging)
+        report, frozen = _run_audit(
+            opened, earlier, unreadable, trust, bundles, findings, loaded, staging,
+            workers=workers, progress=progress, now=now, policy_sha256=policy_sha256, started=started,
+            thresholds=thresholds, closeouts=closeouts, max_silence=max_silence,
+        )  # fmt: skip
+        if folder is not None and staging is not None:
+            frozen.update(
+                exports=[replace(e, data_key=None) for e in (*earlier, *opened)],
+                unreadable=unreadable,
+                binding=binding,
+            )
+            folder.commit(staging, frozen)
+            staging = None
+        return report
     finally:
+        if staging is not None:
+            StateFolder.abandon(staging)
         if folder is not None:
             folder.release()
 
@@ -1694,8 +1693,6 @@ def _run_audit(
     everything = [*earlier, *opened]
     frozen: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="vault-audit-") as scratch:
-        if staging is not None and loaded is not None:
-            shutil.copyfile(loaded[1], staging / INDEX_FILE)
         with Index(scratch if staging is None else staging, existing=loaded is not None) as index:
             releases = [release for release, _ in bundles]
             run = _Audit(trust, releases, findings, index, progress, total_bytes, thresholds)

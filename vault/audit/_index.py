@@ -69,6 +69,7 @@ CREATE TABLE lots (                -- the component lots each unit's manifest re
 
 _ASSIGNING = "('provisioned', 'retry', 'rework')"  # events after which the device holds its serial and key
 _PRAGMAS = "PRAGMA temp_store = FILE; PRAGMA cache_size = -32768;"
+_KEPT_MAP = 1 << 30  # bytes of a kept (audit state's) index mapped at most; its pages are the page cache's
 _KEY = f"CASE WHEN event IN {_ASSIGNING} THEN device_key_id END"
 
 _TOP = 256  # failed steps and weeks listed per station before "other"
@@ -415,6 +416,8 @@ class Index:
         self._db.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;" + _PRAGMAS)
         if not existing:
             self._db.executescript(_SCHEMA)
+        else:  # new rows land all over the kept indexes: their pages read through a map, not a copy each
+            self._db.execute(f"PRAGMA mmap_size = {_KEPT_MAP}")
         # the rows an earlier audit left: those after them are this run's (rowids grow as rows are appended)
         self._last = {
             table: self._db.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {table}").fetchone()[0]
