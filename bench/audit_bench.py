@@ -42,9 +42,10 @@ With ``--incremental``, generation writes a second export of ``--new``
 manifests (default 10,000) that extends station-1's log (its previous
 checkpoint export 1's, with the consistency proof), and the bench audits
 export 1 into a new audit state (``--state``; kept in the work folder and
-made once), then export 2 with a copy of that state (the incremental audit),
-then export 2 alone, and prints the incremental audit's wall time against
-the lone one's (target <= 1.2): last line ``ratio incremental/alone ...``.
+made once), then ``--rounds`` times (default 5) export 2 with a fresh copy
+of that state (the incremental audit) and export 2 alone, side by side, and
+prints the median of the rounds' ratios of the incremental audit's wall time
+to the lone one's (target <= 1.2): last line ``ratio incremental/alone ...``.
 
 The bench sets up its own SoftHSM2 tokens and runs in the project's
 interpreter with none of the caller's ``SOFTHSM2_*``, ``VAULT_*``,
@@ -68,6 +69,7 @@ import datetime
 import hashlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -563,11 +565,16 @@ def main() -> None:
         help="audit a second export of --new manifests with the state of the first, against auditing it alone",
     )
     parser.add_argument("--new", type=int, default=10000, help="manifests in the second export (--incremental)")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="incremental and alone runs side by side (--incremental): the median"
+    )
     parser.add_argument("--child-audit", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--child-baseline", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--exports", type=Path, nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--state", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
 
     if args.child_audit is not None:
         return child_audit(args.child_audit, args.workers, args.profile, args.exports, args.state)
@@ -655,20 +662,26 @@ def _incremental(work: Path, args: argparse.Namespace, exports: list[Path], n: i
         print(f"  {float(first['wall']):.1f} s, {_rss_line(first)}")  # type: ignore[arg-type]
         (state / "export-1-done").write_text(json.dumps(first))
     scratch = work / "audit-state-run"
+    pairs = []
+    for round_ in range(args.rounds):  # incremental and alone side by side, round after round
+        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.copytree(state, scratch)  # the state after export 1, kept for the next run
+        os.sync()  # the copy on the disk, as an auditor's kept state is: its writeback not inside the run
+        print(f"round {round_ + 1}: export 2 ({new} manifests) with the state of export 1, then alone")
+        incremental = _audit_child(work, args.workers, exports, state=scratch)
+        alone = _audit_child(work, args.workers, exports[1:2])
+        pairs.append((float(incremental["wall"]), float(alone["wall"])))  # type: ignore[arg-type]
+        print(f"  incremental {pairs[-1][0]:6.2f} s, alone {pairs[-1][1]:6.2f} s: {pairs[-1][0] / pairs[-1][1]:.2f}")
     shutil.rmtree(scratch, ignore_errors=True)
-    shutil.copytree(state, scratch)  # the state after export 1, kept for the next run
-    print(f"auditing export 2 ({new} manifests) with the state of export 1 (incremental)")
-    incremental = _audit_child(work, args.workers, exports, state=scratch)
-    shutil.rmtree(scratch, ignore_errors=True)
-    print(f"auditing export 2 ({new} manifests) alone")
-    alone = _audit_child(work, args.workers, exports[1:2])
-    inc_wall, alone_wall = float(incremental["wall"]), float(alone["wall"])  # type: ignore[arg-type]
+    inc_wall = statistics.median(p[0] for p in pairs)
+    alone_wall = statistics.median(p[1] for p in pairs)
     print(f"manifests    {n} + {new} ({kind})")
-    print(f"incremental  {inc_wall:8.2f} s  (export 2 after export 1's state; {_rss_line(incremental)})")
-    print(f"alone        {alone_wall:8.2f} s  (export 2 by itself; {_rss_line(alone)})")
+    print(f"incremental  {inc_wall:8.2f} s  (median; export 2 after export 1's state; {_rss_line(incremental)})")
+    print(f"alone        {alone_wall:8.2f} s  (median; export 2 by itself; {_rss_line(alone)})")
     print(f"findings     incremental {incremental['by_code']}; alone {alone['by_code']}")
+    print(f"load average {os.getloadavg()[0]:8.2f}  (1 min)")
     print(f"work folder  {work}  (--reuse it --incremental to measure again)")
-    print(f"ratio incremental/alone {inc_wall / alone_wall:.2f}")
+    print(f"ratio incremental/alone {statistics.median(a / b for a, b in pairs):.2f}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import chain
 from pathlib import Path
 from types import TracebackType
@@ -69,6 +69,7 @@ CREATE TABLE lots (                -- the component lots each unit's manifest re
 
 _ASSIGNING = "('provisioned', 'retry', 'rework')"  # events after which the device holds its serial and key
 _PRAGMAS = "PRAGMA temp_store = FILE; PRAGMA cache_size = -32768;"
+_TOUCHED_FILE = "touched-groups.sqlite"  # beside the index while an incremental run asks about the new rows
 _KEPT_MAP = 1 << 30  # bytes of a kept (audit state's) index mapped at most; its pages are the page cache's
 _KEY = f"CASE WHEN event IN {_ASSIGNING} THEN device_key_id END"
 
@@ -482,50 +483,95 @@ class Index:
         the touched groups contributed before and contribute now. The rest are asked of the whole index,
         as is a question whose kept answer was capped at ``limit`` (the groups past the cap are unknown)."""
         values = {"last": self._last["entries"], "last_label": self._last["labels"], "first": int(first_export)}
-        for group, sql in _TOUCHED.items():
-            columns = _TOUCHED_COLUMNS.get(group, "value")
-            self._db.execute(f"DROP TABLE IF EXISTS temp.touched_{group}")
-            self._db.execute(f"CREATE TEMP TABLE touched_{group} ({columns}, PRIMARY KEY ({columns})) WITHOUT ROWID")
-            self._db.execute(f"INSERT OR IGNORE INTO touched_{group} {sql}", values)
-        touched = {
-            group: {row if group == "unit" else row[0] for row in self._db.execute(f"SELECT * FROM touched_{group}")}
-            for group in ("hardware_id", "device_key_id", "serial", "manifest_id", "unit", "label")
-        }
+        # the touched groups go to a database of their own beside the index, which every connection attaches
+        touched_path = self.path.with_name(_TOUCHED_FILE)
+        touched_path.unlink(missing_ok=True)
+        self._db.execute("ATTACH DATABASE ? AS touched", (str(touched_path),))
+        try:
+            for group, sql in _TOUCHED.items():
+                columns = _TOUCHED_COLUMNS.get(group, "value")
+                self._db.execute(
+                    f"CREATE TABLE touched.touched_{group} ({columns}, PRIMARY KEY ({columns})) WITHOUT ROWID"
+                )
+                self._db.execute(f"INSERT OR IGNORE INTO touched.touched_{group} {sql}", values)
+            touched = {
+                group: {row if group == "unit" else row[0] for row in self._query(f"SELECT * FROM touched_{group}")}
+                for group in ("hardware_id", "device_key_id", "serial", "manifest_id", "unit", "label")
+            }
+            kept_answers = dict(kept["answers"])
+            ask_params = {"limit": limit, **params}
+            asks: dict[tuple[str, str], tuple[str, Mapping[str, Any]]] = {}  # every lookup, asked two at a time
+            for name, (group, _) in BY_GROUP.items():
+                if len(kept_answers[name]) >= limit:  # capped: which groups past the cap answer is not known
+                    asks[name, "whole"] = (QUESTIONS[name].replace("?", ":limit"), ask_params)
+                else:
+                    sql = QUESTIONS[name].replace("?", ":limit").replace("FROM entries", f"FROM {_ROWS_OF[group]}")
+                    asks[name, "touched"] = (sql, ask_params)
+            if len(kept_answers["misbound"]) >= limit:
+                asks["misbound", "whole"] = (QUESTIONS["misbound"].replace("?", ":limit"), ask_params)
+            else:
+                labels = "(SELECT * FROM labels WHERE label IN (SELECT value FROM touched_label))"
+                sql = QUESTIONS["misbound"].replace("?", ":limit").replace("FROM labels", f"FROM {labels}")
+                asks["misbound", "touched"] = (sql, ask_params)
+            for name, (group, _, sql) in TALLIES.items():
+                rows = _ROWS_OF[group]
+                before = sql.replace("{entries}", f"(SELECT * FROM {rows} WHERE export < :first)")
+                asks[name, "now"] = (sql.replace("{entries}", rows).replace("{lots}", "lots"), values)
+                asks[name, "before"] = (before.replace("{lots}", "(SELECT * FROM lots WHERE export < :first)"), values)
+            with ThreadPoolExecutor(2, thread_name_prefix="audit-index") as pool:
+                futures = {key: pool.submit(self._ask_apart, sql, params) for key, (sql, params) in asks.items()}
+                unique = not self._fresh_replayed(futures, kept_answers, touched)
+                cycles = self._cycles_since(kept_answers["cycles"], unique, values, ask_params)  # meanwhile
+                got = {key: future.result() for key, future in futures.items()}
+        finally:
+            self._db.execute("DETACH DATABASE touched")
+            touched_path.unlink(missing_ok=True)
         answers: dict[str, list[tuple[Any, ...]]] = {}
-        kept_answers = dict(kept["answers"])
-        ask_params = {"limit": limit, **params}
         for name, (group, keys) in BY_GROUP.items():
-            previous = kept_answers[name]
-            if len(previous) >= limit:  # capped: which groups past the cap answer is not known
-                answers[name] = self._ask(QUESTIONS[name].replace("?", ":limit"), ask_params)
+            if (name, "whole") in got:
+                answers[name] = got[name, "whole"]
                 continue
-            sql = QUESTIONS[name].replace("?", ":limit").replace("FROM entries", f"FROM {_ROWS_OF[group]}")
-            fresh = self._ask(sql, ask_params)
             ours = touched[group]
-            merged = [r for r in previous if (r[:keys] if keys > 1 else r[0]) not in ours] + fresh
+            merged = [r for r in kept_answers[name] if (r[:keys] if keys > 1 else r[0]) not in ours]
+            merged += got[name, "touched"]
             answers[name] = sorted(merged, key=lambda r, k=keys: _key(r[:k]))[:limit]  # type: ignore[misc]
-        previous = kept_answers["misbound"]
-        if len(previous) >= limit:
-            answers["misbound"] = self._ask(QUESTIONS["misbound"].replace("?", ":limit"), ask_params)
+        if ("misbound", "whole") in got:
+            answers["misbound"] = got["misbound", "whole"]
         else:
-            labels = "(SELECT * FROM labels WHERE label IN (SELECT value FROM touched_label))"
-            sql = QUESTIONS["misbound"].replace("?", ":limit").replace("FROM labels", f"FROM {labels}")
-            merged = [r for r in previous if r[6] not in touched["label"]] + self._ask(sql, ask_params)
+            merged = [r for r in kept_answers["misbound"] if r[6] not in touched["label"]] + got["misbound", "touched"]
             merged = list(dict.fromkeys(merged))
             answers["misbound"] = sorted(merged, key=lambda r: (r[0], r[2], r[7], r[9], *_key(r)))[:limit]
         tallies = {name: {key: list(v) for key, v in tally.items()} for name, tally in kept["tallies"].items()}
-        for name, (group, keys, sql) in TALLIES.items():
-            rows = _ROWS_OF[group]
-            now = sql.replace("{entries}", rows).replace("{lots}", "lots")
-            before = sql.replace("{entries}", f"(SELECT * FROM {rows} WHERE export < :first)")
-            before = before.replace("{lots}", "(SELECT * FROM lots WHERE export < :first)")
-            _tally_add(tallies[name], self._ask(now, values), keys, 1)
-            _tally_add(tallies[name], self._ask(before, values), keys, -1)
+        for name, (_, keys, _) in TALLIES.items():
+            _tally_add(tallies[name], got[name, "now"], keys, 1)
+            _tally_add(tallies[name], got[name, "before"], keys, -1)
             answers[name] = _from_tallies(name, tallies[name], limit)
         answers["operators"] = self._operators_since(kept_answers["operators"], params["window"], limit)
-        answers["cycles"] = self._cycles_since(kept_answers["cycles"], not answers["replayed"], values, ask_params)
+        answers["cycles"] = cycles
         kept_now = {"answers": {name: answers[name] for name in KEPT}, "tallies": tallies}
         return {name: answers[name] for name in QUESTIONS}, kept_now
+
+    def _fresh_replayed(
+        self,
+        futures: Mapping[tuple[str, str], Future[list[tuple[Any, ...]]]],
+        kept: Mapping[str, list[tuple[Any, ...]]],
+        touched: Mapping[str, set[Any]],
+    ) -> bool:
+        """Whether the "replayed" answer (as :meth:`grouped_since` merges it) names any manifest."""
+        if ("replayed", "whole") in futures:
+            return bool(futures["replayed", "whole"].result())
+        ours = touched[BY_GROUP["replayed"][0]]
+        return any(r[0] not in ours for r in kept["replayed"]) or bool(futures["replayed", "touched"].result())
+
+    def _ask_apart(self, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """``sql`` asked on a connection of its own (SQLite works outside the GIL), the touched groups attached."""
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            db.executescript(_PRAGMAS + f"PRAGMA mmap_size = {_KEPT_MAP};")
+            db.execute("ATTACH DATABASE ? AS touched", (str(self.path.with_name(_TOUCHED_FILE)),))
+            return db.execute(sql, params).fetchall()
+        finally:
+            db.close()
 
     def _query(self, sql: str, *args: Any) -> Iterator[tuple[Any, ...]]:
         yield from self._db.execute(sql, args)
