@@ -924,39 +924,48 @@ class BundleWriter:
         else:
             sink = _Writes(fd, self._offset)
 
-        def store(ciphertext: memoryview) -> None:  # on the second thread
-            ciphertext_hash.update(ciphertext)
-            sink.write(ciphertext)
-
-        # Read whole batches of chunks, one batch ahead, so the final chunk is known to be last. The buffers
-        # are reused batch after batch: two of plaintext (this batch, the next), and of ciphertext one more
-        # than the second thread may hold (made as they are first needed: a small image needs one).
         size = self.chunk_size
         batch = _batch_size(size)
-        plaintexts = [memoryview(bytearray(batch)) for _ in range(2)]
-        ciphertexts: list[memoryview] = []
+        ciphertext = memoryview(bytearray(0))
+
+        def encrypt(first: int, plaintext: memoryview, final: bool) -> None:  # on the second thread
+            nonlocal ciphertext
+            if not ciphertext:  # one buffer: the sink has taken the bytes when its write returns
+                ciphertext = memoryview(bytearray(batch + TAG_SIZE * (batch // size)))
+            stored = 0
+            for chunk, start in enumerate(range(0, max(len(plaintext), 1), size), first):  # empty: one empty chunk
+                piece = plaintext[start : start + size]
+                last = final and start + size >= len(plaintext)
+                cipher.encrypt_into(chunk, last, piece, ciphertext[stored : stored + len(piece) + TAG_SIZE])
+                stored += len(piece) + TAG_SIZE
+            ciphertext_hash.update(ciphertext[:stored])
+            sink.write(ciphertext[:stored])
+
+        # Two threads share the work about evenly: this one reads and hashes the plaintext, the second
+        # encrypts, hashes the ciphertext and stores it. Read whole batches of chunks, one batch ahead, so the
+        # final chunk is known to be last. The plaintext buffers are reused batch after batch: one for each
+        # batch the second thread may hold, this batch and the next (made as they are first needed: a small
+        # image needs one or two).
+        plaintexts: list[memoryview] = []
+
+        def buffer(n: int) -> memoryview:
+            if len(plaintexts) <= n % (_WRITE_AHEAD + 2):
+                plaintexts.append(memoryview(bytearray(batch)))
+            return plaintexts[n % (_WRITE_AHEAD + 2)]
+
         plaintext_length = 0
         chunk = 0
         with sink, _Behind(depth=_WRITE_AHEAD) as behind:
-            current = plaintexts[0][: _read_into(src, plaintexts[0])]
+            current = buffer(0)[: _read_into(src, buffer(0))]
             for n in itertools.count():
-                ahead = plaintexts[(n + 1) % 2]
+                ahead = buffer(n + 1)
                 following = ahead[: _read_into(src, ahead) if len(current) == batch else 0]
                 plaintext_length += len(current)
                 if plaintext_length > MAX_IMAGE_SIZE:
                     raise InputError(f"image {quote(name)} is larger than the {MAX_IMAGE_SIZE}-byte limit")
                 plaintext_hash.update(current)
-                if len(ciphertexts) <= _WRITE_AHEAD:
-                    ciphertexts.append(memoryview(bytearray(batch + TAG_SIZE * (batch // size))))
-                out = ciphertexts[n % (_WRITE_AHEAD + 1)]
-                stored = 0
-                for start in range(0, max(len(current), 1), size):  # an empty image is one empty chunk
-                    piece = current[start : start + size]
-                    last = not following and start + size >= len(current)
-                    cipher.encrypt_into(chunk, last, piece, out[stored : stored + len(piece) + TAG_SIZE])
-                    stored += len(piece) + TAG_SIZE
-                    chunk += 1
-                behind.submit(store, out[:stored])
+                behind.submit(encrypt, chunk, current, not following)
+                chunk += max(1, -(-len(current) // size))
                 if not following:
                     break
                 current = following
@@ -1196,8 +1205,8 @@ class _Behind:
     def __enter__(self) -> _Behind:
         return self
 
-    def submit(self, call: Callable[[memoryview], None], data: memoryview) -> None:
-        self._pending.append(self._pool.submit(call, data))
+    def submit(self, call: Callable[..., None], *args: Any) -> None:
+        self._pending.append(self._pool.submit(call, *args))
         while len(self._pending) > self._depth:
             self._pending.popleft().result()
 
