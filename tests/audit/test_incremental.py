@@ -166,6 +166,23 @@ def test_the_command_line_keeps_the_state_and_refuses_an_edited_one_in_one_line(
     assert len(err.splitlines()) == 1 and "not authentic for this auditor's token" in err, err
 
 
+def test_a_state_folder_whose_parent_is_missing_is_a_typo_refused_in_one_line(
+    forge: Forge, world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The first run makes the state folder, never its parents: a mistyped parent would start a new state."""
+    evidence, typo = tmp_path / "evidence", tmp_path / "audti" / "state"
+    forge.provision(1)
+    forge.export(evidence)
+    with pytest.raises(SystemExit) as exited:
+        main(["audit", str(evidence), "--root-cert", str(world.root_cert_path), "--policy", str(world.policy_path),
+              "--bundle", str(world.bundle_path), "--token", format_uri(world.tokens["auditor"]), "--workers", "1",
+              "--state", str(typo)])  # fmt: skip
+    assert exited.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"no folder {typo.parent} for the audit state" in err, err
+    assert not typo.parent.exists()
+
+
 def test_one_audit_at_a_time_uses_a_state_and_a_stopped_run_s_staging_goes(
     forge: Forge, world: World, auditor_key: TokenKey, tmp_path: Path
 ) -> None:
