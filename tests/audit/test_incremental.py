@@ -59,6 +59,26 @@ def test_an_incremental_audit_gives_the_full_audit_s_report_with_a_clone_in_the_
     assert incremental.manifests == full.manifests == len(forge.log)
 
 
+def test_the_exports_are_listed_as_in_a_full_audit_when_a_later_run_adds_to_the_first_station(
+    forge: Forge, world: World, station_keys: dict[str, tuple[TokenKey, TokenKey]], auditor_key: TokenKey,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """A full audit lists the exports per station by sequence; the state's listing is in the order of its runs."""
+    evidence, state = tmp_path / "evidence", tmp_path / "state"
+    two = other_station(world, station_keys, forge)
+    first = _exports(forge, evidence, 2)[0]
+    two.provision(2)
+    other = two.export(evidence)
+    second = _exports(forge, evidence, 1)[0]
+
+    full = _audit(world, auditor_key, [first, other, second])
+    _audit(world, auditor_key, [first, other], state)
+    incremental = _audit(world, auditor_key, [second], state)
+    listed = [(e.station_id, e.sequence) for e in incremental.exports]
+    assert listed == [("station-1", 1), ("station-1", 2), ("station-2", 1)]
+    assert _same(incremental) == _same(full)
+
+
 def test_a_new_export_that_rewrites_the_audited_log_is_flagged_as_in_a_full_audit(
     forge: Forge, world: World, auditor_key: TokenKey, tmp_path: Path
 ) -> None:
