@@ -590,9 +590,14 @@ def main() -> None:
         work = args.reuse.resolve()
         if not (work / "meta.json").is_file():
             raise SystemExit(f"{work} is not a work folder of this bench (no meta.json)")
-        _env(work)
-        meta = json.loads((work / "meta.json").read_text())
-        n, certificates, generation = meta["manifests"], meta["certificates"], meta["generation"]
+        try:  # a folder of another bench, or one a stopped setup left
+            meta = json.loads((work / "meta.json").read_text())
+            n, certificates, generation = meta["manifests"], meta["certificates"], meta["generation"]
+            _env(work)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"{work} is not a work folder of this bench (meta.json, softhsm/env): {type(e).__name__}: {e}") from None
+        if not (work / "exports").is_dir() or not any((work / "exports").glob("*.vault-evidence")):
+            raise SystemExit(f"{work} is not a work folder of this bench (no exports/*.vault-evidence)")
         new = meta.get("new", 0)
         on = "on" if certificates else "off"
         print(f"reusing {work}: {n} manifests (+{new} in a second export), certificates {on}")
