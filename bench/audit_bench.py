@@ -595,7 +595,8 @@ def main() -> None:
             n, certificates, generation = meta["manifests"], meta["certificates"], meta["generation"]
             _env(work)
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise SystemExit(f"{work} is not a work folder of this bench (meta.json, softhsm/env): {type(e).__name__}: {e}") from None
+            why = f"{type(e).__name__}: {e}"
+            raise SystemExit(f"{work} is not a work folder of this bench (meta.json, softhsm/env): {why}") from None
         if not (work / "exports").is_dir() or not any((work / "exports").glob("*.vault-evidence")):
             raise SystemExit(f"{work} is not a work folder of this bench (no exports/*.vault-evidence)")
         new = meta.get("new", 0)
