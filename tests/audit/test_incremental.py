@@ -223,6 +223,24 @@ def test_one_audit_at_a_time_uses_a_state_and_a_stopped_run_s_staging_goes(
     assert not stopped.exists() and sorted(p.name for p in state.iterdir()) == [".lock", "current", "gen-2"]
 
 
+def test_a_first_run_stopped_before_naming_its_generation_is_completed_by_the_same_command(
+    forge: Forge, world: World, auditor_key: TokenKey, tmp_path: Path
+) -> None:
+    """Its generation is renamed into place, then `current` is written: stopped between the two, the folder
+    holds `gen-1` alone, and the same audit again starts the state afresh (a folder of other files is refused)."""
+    state = tmp_path / "state"
+    first, second = _exports(forge, tmp_path / "evidence", 2, 1)
+    _audit(world, auditor_key, [first], state)
+    (state / "current").unlink()  # as a first run stopped before its last rename leaves the folder
+    assert _audit(world, auditor_key, [first], state).manifests == 2
+    assert sorted(p.name for p in state.iterdir()) == [".lock", "current", "gen-1"]
+    assert _audit(world, auditor_key, [second], state).manifests == 3
+    (state / "current").unlink()
+    (state / "gen-2").rename(state / "gen-7")  # not what a stopped first run leaves
+    with pytest.raises(InputError, match="holds files but no audit state"):
+        _audit(world, auditor_key, [first, second], state)
+
+
 def test_each_question_asked_of_the_new_rows_only_gives_the_full_audit_s_findings(
     forge: Forge, world: World, station_keys: dict[str, tuple[TokenKey, TokenKey]], auditor_key: TokenKey,
     tmp_path: Path,
