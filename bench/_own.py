@@ -15,6 +15,7 @@ import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,6 +40,21 @@ def own_interpreter(*modules: str) -> None:
     if not venv.exists() or Path(sys.executable) == venv:
         raise SystemExit(f"{Path(sys.argv[0]).name}: needs the project's packages: run `make setup` first")
     os.execve(venv, [str(venv), *sys.argv], clean_environment())
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number of at least ``low``, else argparse's one-line usage error."""
+
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
+        return value
+
+    return whole
 
 
 def own_dir(parser: argparse.ArgumentParser, folder: Path | None) -> None:

@@ -76,7 +76,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _own import ROOT, clean_environment, own_dir, own_interpreter
+from _own import ROOT, at_least, clean_environment, own_dir, own_interpreter
 
 sys.path.insert(0, str(ROOT))
 
@@ -536,7 +536,7 @@ def _rss_line(audited: dict[str, object]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--manifests", type=int, default=20000)
+    parser.add_argument("--manifests", type=at_least(1), default=20000)
     parser.add_argument(
         "--certificates",
         action=argparse.BooleanOptionalAction,
@@ -555,7 +555,9 @@ def main() -> None:
         default=False,
         help="manifests record component lots and a sealed per-device secret, which follows each entry (ADR 0012)",
     )
-    parser.add_argument("--workers", type=int, default=2, help="audit workers, generation and baseline processes")
+    parser.add_argument(
+        "--workers", type=at_least(1), default=2, help="audit workers, generation and baseline processes"
+    )
     parser.add_argument("--dir", type=Path, default=None, help="where to work (made when missing; default: /tmp)")
     parser.add_argument("--reuse", type=Path, default=None, help="a work folder of an earlier run: audit it again")
     parser.add_argument("--profile", action="store_true", help="cProfile the audit's main process (audit.prof)")
@@ -564,7 +566,7 @@ def main() -> None:
         action="store_true",
         help="audit a second export of --new manifests with the state of the first, against auditing it alone",
     )
-    parser.add_argument("--new", type=int, default=10000, help="manifests in the second export (--incremental)")
+    parser.add_argument("--new", type=at_least(1), default=10000, help="manifests in the second export (--incremental)")
     parser.add_argument(
         "--rounds", type=int, default=5, help="incremental and alone runs side by side (--incremental): the median"
     )
@@ -588,9 +590,15 @@ def main() -> None:
         work = args.reuse.resolve()
         if not (work / "meta.json").is_file():
             raise SystemExit(f"{work} is not a work folder of this bench (no meta.json)")
-        _env(work)
-        meta = json.loads((work / "meta.json").read_text())
-        n, certificates, generation = meta["manifests"], meta["certificates"], meta["generation"]
+        try:  # a folder of another bench, or one a stopped setup left
+            meta = json.loads((work / "meta.json").read_text())
+            n, certificates, generation = meta["manifests"], meta["certificates"], meta["generation"]
+            _env(work)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            why = f"{type(e).__name__}: {e}"
+            raise SystemExit(f"{work} is not a work folder of this bench (meta.json, softhsm/env): {why}") from None
+        if not (work / "exports").is_dir() or not any((work / "exports").glob("*.vault-evidence")):
+            raise SystemExit(f"{work} is not a work folder of this bench (no exports/*.vault-evidence)")
         new = meta.get("new", 0)
         on = "on" if certificates else "off"
         print(f"reusing {work}: {n} manifests (+{new} in a second export), certificates {on}")

@@ -42,7 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _own import ROOT, clean_environment, own_dir, own_interpreter
+from _own import ROOT, at_least, clean_environment, own_dir, own_interpreter
 
 if __name__ == "__main__":
     own_interpreter("cryptography")
@@ -53,6 +53,8 @@ from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 
 from vault.container import (  # noqa: E402
     DEFAULT_CHUNK_SIZE,
+    MAX_CHUNK_SIZE,
+    MIN_CHUNK_SIZE,
     BundleReader,
     BundleWriter,
     seal_recipients,
@@ -166,10 +168,10 @@ def time_openssl(path: Path) -> tuple[float, float, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--size-mib", type=int, default=1024, help="image size in MiB (default 1024)")
+    parser.add_argument("--size-mib", type=at_least(0), default=1024, help="image size in MiB (default 1024)")
     parser.add_argument("--quick", action="store_true", help="a 64 MiB image")
-    parser.add_argument("--chunk-kib", type=int, default=DEFAULT_CHUNK_SIZE // 1024, help="chunk size in KiB")
-    parser.add_argument("--repeat", type=int, default=5, help="rounds of build, openssl, verify (default 5)")
+    parser.add_argument("--chunk-kib", type=at_least(1), default=DEFAULT_CHUNK_SIZE // 1024, help="chunk size in KiB")
+    parser.add_argument("--repeat", type=at_least(1), default=5, help="rounds of build, openssl, verify (default 5)")
     parser.add_argument(
         "--dir", type=Path, help="work folder, made if missing (default: a temporary one, removed after)"
     )
@@ -184,8 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result))
         return 0
 
-    if args.repeat < 1:
-        parser.error("--repeat must be at least 1")
+    if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+        parser.error(f"--chunk-kib must be {MIN_CHUNK_SIZE // 1024} to {MAX_CHUNK_SIZE // 1024}")
     own_dir(parser, args.dir)
     size = (64 if args.quick else args.size_mib) * MIB
     with tempfile.TemporaryDirectory(prefix="vault-bench-", dir=args.dir) as tmp:

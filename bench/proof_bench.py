@@ -40,7 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _own import ROOT, own_dir, own_environment, own_interpreter
+from _own import ROOT, at_least, own_dir, own_environment, own_interpreter
 
 if __name__ == "__main__":
     own_interpreter("cryptography", "pkcs11")
@@ -49,8 +49,8 @@ sys.path.insert(0, str(ROOT))
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--devices", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--devices", type=at_least(1), default=200)
+    parser.add_argument("--rounds", type=at_least(1), default=20)
     parser.add_argument("--dir", type=Path, default=None, help="where to work, made if missing (default: temporary)")
     args = parser.parse_args()
 

@@ -49,7 +49,7 @@ import threading
 import time
 from pathlib import Path
 
-from _own import ROOT, own_dir, own_environment, own_interpreter
+from _own import ROOT, at_least, own_dir, own_environment, own_interpreter
 
 if __name__ == "__main__":
     own_interpreter("cryptography", "pkcs11")
@@ -93,12 +93,14 @@ def _fixture_process(args: tuple[Path, object, Path, Path, bytes, int, int]) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--units", type=int, default=400)
-    parser.add_argument("--fixtures", type=int, default=4)
-    parser.add_argument("--image-kib", type=int, default=300, help="size of the bundle's main image")
+    parser.add_argument("--units", type=at_least(2), default=400)
+    parser.add_argument("--fixtures", type=at_least(1), default=4)
+    parser.add_argument("--image-kib", type=at_least(0), default=300, help="size of the bundle's main image")
     parser.add_argument("--processes", action="store_true", help="each fixture in its own process")
     parser.add_argument("--dir", type=Path, default=None, help="where to work, made if missing (default: temporary)")
     args = parser.parse_args()
+    if args.units < 2 * args.fixtures:
+        parser.error("--units must be at least twice --fixtures (each fixture times two units or more)")
 
     own_dir(parser, args.dir)
     work = Path(tempfile.mkdtemp(prefix="vault-station-bench-", dir=args.dir))

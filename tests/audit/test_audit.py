@@ -80,6 +80,26 @@ def test_pool_workers_leave_ctrl_c_to_the_parent_and_the_parent_keeps_it() -> No
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_the_forkserver_starts_with_ctrl_c_held_back() -> None:
+    """Ctrl-C while the forkserver imports would print its traceback: the first pool of a process (which
+    also starts the resource tracker, and that unblocks Ctrl-C) must start the forkserver with it held back."""
+    import subprocess
+    import sys
+
+    first_pool = (
+        "import signal\n"
+        "from multiprocessing import forkserver\n"
+        "from vault.audit._worker import Context, start_pool\n"
+        "pool = start_pool(1, Context(stations=(), releases=(), jump_seconds=0))\n"
+        "status = open(f'/proc/{forkserver._forkserver._forkserver_pid}/status').read().splitlines()\n"
+        "blocked = int(next(line for line in status if line.startswith('SigBlk:')).split()[1], 16)\n"
+        "pool.terminate()\n"
+        "print(bool(blocked & 1 << signal.SIGINT - 1))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", first_pool], capture_output=True, text=True, timeout=60, check=True)
+    assert run.stdout.strip() == "True"
+
+
 # --- one crafted export per finding ------------------------------------------------------------
 
 

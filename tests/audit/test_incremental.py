@@ -59,6 +59,26 @@ def test_an_incremental_audit_gives_the_full_audit_s_report_with_a_clone_in_the_
     assert incremental.manifests == full.manifests == len(forge.log)
 
 
+def test_the_exports_are_listed_as_in_a_full_audit_when_a_later_run_adds_to_the_first_station(
+    forge: Forge, world: World, station_keys: dict[str, tuple[TokenKey, TokenKey]], auditor_key: TokenKey,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """A full audit lists the exports per station by sequence; the state's listing is in the order of its runs."""
+    evidence, state = tmp_path / "evidence", tmp_path / "state"
+    two = other_station(world, station_keys, forge)
+    first = _exports(forge, evidence, 2)[0]
+    two.provision(2)
+    other = two.export(evidence)
+    second = _exports(forge, evidence, 1)[0]
+
+    full = _audit(world, auditor_key, [first, other, second])
+    _audit(world, auditor_key, [first, other], state)
+    incremental = _audit(world, auditor_key, [second], state)
+    listed = [(e.station_id, e.sequence) for e in incremental.exports]
+    assert listed == [("station-1", 1), ("station-1", 2), ("station-2", 1)]
+    assert _same(incremental) == _same(full)
+
+
 def test_a_new_export_that_rewrites_the_audited_log_is_flagged_as_in_a_full_audit(
     forge: Forge, world: World, auditor_key: TokenKey, tmp_path: Path
 ) -> None:
@@ -166,6 +186,23 @@ def test_the_command_line_keeps_the_state_and_refuses_an_edited_one_in_one_line(
     assert len(err.splitlines()) == 1 and "not authentic for this auditor's token" in err, err
 
 
+def test_a_state_folder_whose_parent_is_missing_is_a_typo_refused_in_one_line(
+    forge: Forge, world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The first run makes the state folder, never its parents: a mistyped parent would start a new state."""
+    evidence, typo = tmp_path / "evidence", tmp_path / "audti" / "state"
+    forge.provision(1)
+    forge.export(evidence)
+    with pytest.raises(SystemExit) as exited:
+        main(["audit", str(evidence), "--root-cert", str(world.root_cert_path), "--policy", str(world.policy_path),
+              "--bundle", str(world.bundle_path), "--token", format_uri(world.tokens["auditor"]), "--workers", "1",
+              "--state", str(typo)])  # fmt: skip
+    assert exited.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"no folder {typo.parent} for the audit state" in err, err
+    assert not typo.parent.exists()
+
+
 def test_one_audit_at_a_time_uses_a_state_and_a_stopped_run_s_staging_goes(
     forge: Forge, world: World, auditor_key: TokenKey, tmp_path: Path
 ) -> None:
@@ -184,6 +221,24 @@ def test_one_audit_at_a_time_uses_a_state_and_a_stopped_run_s_staging_goes(
         holder.release()
     assert _audit(world, auditor_key, [second], state).manifests == 3
     assert not stopped.exists() and sorted(p.name for p in state.iterdir()) == [".lock", "current", "gen-2"]
+
+
+def test_a_first_run_stopped_before_naming_its_generation_is_completed_by_the_same_command(
+    forge: Forge, world: World, auditor_key: TokenKey, tmp_path: Path
+) -> None:
+    """Its generation is renamed into place, then `current` is written: stopped between the two, the folder
+    holds `gen-1` alone, and the same audit again starts the state afresh (a folder of other files is refused)."""
+    state = tmp_path / "state"
+    first, second = _exports(forge, tmp_path / "evidence", 2, 1)
+    _audit(world, auditor_key, [first], state)
+    (state / "current").unlink()  # as a first run stopped before its last rename leaves the folder
+    assert _audit(world, auditor_key, [first], state).manifests == 2
+    assert sorted(p.name for p in state.iterdir()) == [".lock", "current", "gen-1"]
+    assert _audit(world, auditor_key, [second], state).manifests == 3
+    (state / "current").unlink()
+    (state / "gen-2").rename(state / "gen-7")  # not what a stopped first run leaves
+    with pytest.raises(InputError, match="holds files but no audit state"):
+        _audit(world, auditor_key, [first, second], state)
 
 
 def test_each_question_asked_of_the_new_rows_only_gives_the_full_audit_s_findings(

@@ -1723,7 +1723,8 @@ def _run_audit(
             check_closeouts(read_closeouts(closeouts, trust, findings), _log_ends(run, everything), releases,
                             now=now, max_silence=max_silence, findings=findings)  # fmt: skip
             stations, per_bundle, totals, quality = run.station_reports(answers)
-            summaries = run.summaries + unreadable
+            # per station by sequence, as a full audit reads them (a state's runs read them in their order)
+            summaries = sorted(run.summaries, key=lambda e: (e.station_id, e.sequence)) + unreadable
             found = findings.finish()
             shown = (s for f in found for s in (*f.serials, *(e.serial for e in f.evidence)) if s is not None)
             named = list(dict.fromkeys(shown))  # worst finding first

@@ -167,7 +167,8 @@ class StateFolder:
     def _load(self, staging: Path) -> tuple[dict[str, Any], Path] | None:
         generation = self._generation()
         if generation is None:
-            if self.path.is_dir() and any(p for p in self.path.iterdir() if not p.name.startswith(".")):
+            stopped = "gen-1"  # the first run's generation, left when it stopped before `current` named it
+            if self.path.is_dir() and any(p.name != stopped for p in self.path.iterdir() if not p.name.startswith(".")):
                 raise InputError(f"{self.path} holds files but no audit state: give an empty or a state folder")
             return None
         folder = self.path / generation

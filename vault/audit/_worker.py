@@ -29,6 +29,7 @@ import datetime as _dt
 import hashlib
 import multiprocessing
 import multiprocessing.pool
+import multiprocessing.resource_tracker
 import re
 import signal
 from collections import Counter
@@ -291,6 +292,9 @@ def start_pool(workers: int, context: Context) -> multiprocessing.pool.Pool:
     (:func:`init_pool_worker`) and the parent terminates them.
     """
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    # The resource tracker, started by the first pool, unblocks Ctrl-C once it has started; started
+    # here first, it cannot unblock it while the forkserver starts below.
+    multiprocessing.resource_tracker.ensure_running()
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         return multiprocessing.get_context(method).Pool(workers, initializer=init_pool_worker, initargs=(context,))

@@ -234,6 +234,8 @@ def audit(
     for out in (None if to_stdout else json_out, html_out):  # refused before the audit, not after it
         if out is not None and not out.absolute().parent.is_dir():
             raise InputError(f"cannot write {out}: no folder {out.parent} (make it first)")
+    if state is not None and not state.exists() and not state.absolute().parent.is_dir():  # a typo, not a new state
+        raise InputError(f"no folder {state.parent} for the audit state {state} (the first run makes only that folder)")
     root = _root(root_cert)
     policy = read_capped(policy_file, MAX_POLICY_SIZE, "trust policy")
     with open_token(uri) as session:
