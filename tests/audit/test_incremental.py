@@ -154,6 +154,12 @@ def test_a_state_edited_swapped_or_made_for_other_inputs_is_refused(
     (generation / "format").unlink()  # as vault-audit-state/v1 left it: the index hashed with SHA-256
     with pytest.raises(InputError, match=r"made by another version of vault \('vault-audit-state/v1'"):
         _audit(world, auditor_key, [second], state)
+    (generation / "format").write_text("vault-audiu-state/v2\n")  # edited, not an older vault's: the MAC decides
+    ours = StateFolder(state, auditor_key)
+    try:
+        assert ours.load(ours.stage()) is not None  # the format file only names an older vault; it guards nothing
+    finally:
+        ours.release()
     (generation / "format").write_text("vault-audit-state/v2\n")
 
     with pytest.raises(InputError, match="other thresholds"):
@@ -211,6 +217,7 @@ def test_one_audit_at_a_time_uses_a_state_and_a_stopped_run_s_staging_goes(
     _audit(world, auditor_key, [first], state)
     stopped = state / ".staging-stopped"  # what a run killed halfway leaves
     stopped.mkdir()
+    (state / "gen-0").mkdir()  # a generation a run stopped before removing, once it had switched `current`
     (stopped / "audit-index.sqlite").write_bytes(b"half")
     holder = StateFolder(state, auditor_key)
     holder.lock()

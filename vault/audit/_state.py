@@ -58,6 +58,7 @@ _CURRENT = "current"
 _BLOB = "state.pickle"
 _MAC = "state.mac"
 _FORMAT = "format"
+_OLDER_FORMATS = frozenset({"vault-audit-state/v1"})  # named in their refusal
 _BLOCK = 4 << 20  # bytes read, hashed and written at once
 _ANCHOR_LABEL = b"vault audit state: a point of unknown discrete logarithm"
 
@@ -176,7 +177,7 @@ class StateFolder:
             made = (folder / _FORMAT).read_text(encoding="ascii", errors="replace").strip()
         except OSError:
             made = "vault-audit-state/v1"  # v1 wrote no format file
-        if made != STATE_FORMAT and (folder / _MAC).is_file():
+        if made in _OLDER_FORMATS and (folder / _MAC).is_file():  # any other text: the MAC decides
             raise InputError(
                 f"the audit state in {self.path} was made by another version of vault ({made[:40]!r}, this one "
                 f"reads {STATE_FORMAT}): audit without --state, or with a new state folder"
@@ -254,8 +255,9 @@ class StateFolder:
         fsync_dir(pointer)
         os.replace(pointer, self.path / _CURRENT)
         fsync_dir(self.path)
-        if previous is not None:
-            shutil.rmtree(self.path / previous, ignore_errors=True)
+        for stale in self.path.glob("gen-*"):  # the previous one, and any a run stopped before removing
+            if stale.name != generation:
+                shutil.rmtree(stale, ignore_errors=True)
 
     @staticmethod
     def abandon(staging: Path) -> None:
