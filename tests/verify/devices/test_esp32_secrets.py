@@ -10,16 +10,19 @@ from __future__ import annotations
 import base64
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import forget_heads
 from tests.verify.conftest import World
 from tests.verify.devices.conftest import MAC, soon
-from vault.errors import DeviceError, DeviceTimeoutError
+from vault.errors import AdapterError, DeviceError, DeviceTimeoutError
 from vault.manifest import open_manifest
-from vault.verify import SimulatedDevice
+from vault.verify import SimulatedDevice, Station
 from vault.verify.devices import DEFAULT_TIMEOUTS, install_secret
+from vault.verify.devices._run import FixtureRun, run_fixtures
 from vault.verify.devices.esp32 import parse_secret_target
 from vault.verify.devices.esp32._device import Esp32Device, Esp32Fixture
 from vault.verify.devices.esp32._factory_app import FactoryApp
@@ -128,20 +131,43 @@ class Esp32Secrets(SimulatedDevice):
         self.esp32.install_secret(name, kind, target, secret)
 
 
+@pytest.fixture(scope="module")
+def sworld(softhsm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> World:
+    """An enrolled world whose release declares backend-psk (nvs:psk) and storage-key (otp:3)."""
+    return World(tmp_path_factory.mktemp("esp32-secrets-world"), secrets_recipient=True)
+
+
+@pytest.fixture
+def station(sworld: World, tmp_path: Path) -> Iterator[Station]:
+    forget_heads(sworld.tokens["station-1"])  # each test starts a new state folder
+    with sworld.station(tmp_path / "state") as opened:
+        opened.load(sworld.bundle_path, sworld.policy)
+        yield opened
+
+
 def test_a_station_unit_installs_its_psk_through_the_esp32_adapter_and_records_the_unusable_one(
-    softhsm_dir: Path, tmp_path: Path, app: App
+    station: Station, app: App
 ) -> None:
     factory, process = app
-    (tmp_path / "world").mkdir()
-    world = World(tmp_path / "world", secrets_recipient=True)  # declares backend-psk (nvs:psk), storage-key (otp:3)
     unit = Esp32Secrets(device(factory), label="SN-E1")
-    with world.station(tmp_path / "state") as station:
-        station.load(world.bundle_path, world.policy)
-        with pytest.raises(DeviceError, match="no secret target 'otp:3'"):
-            station.provision(unit, label=unit.label)
-        rows = station.state.read().execute("SELECT envelope FROM log ORDER BY sequence").fetchall()
-        trusted = {station.enrolled.signing.key_id: station.enrolled.signing.public_key}
-        manifest = open_manifest(bytes(rows[-1][0]), trusted)
+    with pytest.raises(DeviceError, match="no secret target 'otp:3'"):
+        station.provision(unit, label=unit.label)
+    rows = station.state.read().execute("SELECT envelope FROM log ORDER BY sequence").fetchall()
+    trusted = {station.enrolled.signing.key_id: station.enrolled.signing.public_key}
+    manifest = open_manifest(bytes(rows[-1][0]), trusted)
     assert manifest.failed_step == "install-secret"
     assert [(s.name, s.installed) for s in manifest.secrets] == [("backend-psk", True), ("storage-key", False)]
     assert stored(factory, process) == [f"secret nvs:vault/psk {unit.handed['nvs:psk'].hex()}"]
+
+
+def test_a_run_on_an_esp32_fixture_stops_before_any_unit_when_a_secret_target_is_not_its_own(
+    station: Station,
+) -> None:
+    options = parse_options({"port": "/dev/nonexistent-tty", "chip": "esp32s3", "lock-profile": "none", "wait": 1})
+    fixture = Esp32Fixture(options, slot=3, timeouts=DEFAULT_TIMEOUTS, dry_run=False)
+    with pytest.raises(AdapterError) as refused:
+        run_fixtures(station, [FixtureRun(3, fixture)], count=1)
+    assert station.state.read().execute("SELECT count(*) FROM log").fetchone()[0] == 0
+    assert str(refused.value).startswith(
+        "fixture 3 cannot install secret 'storage-key': the esp32 adapter has no secret target 'otp:3' (it takes"
+    )

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from vault.errors import AdapterError, DeviceError, DeviceTimeoutError
+from vault.release import Release
 from vault.verify.devices._protocol import ImageToProgram, Measurement
 from vault.verify.devices.esp32._efuse import Burned, burn_profile, twin_of, virtual_chip
 from vault.verify.devices.esp32._factory_app import FactoryApp
@@ -56,6 +57,18 @@ class Esp32Fixture:
         self.reads_labels = False
         self._last: bytes | None = None
         self._device: Esp32Device | None = None
+
+    def check_release(self, release: Release) -> None:
+        """Every secret the release declares has a target this adapter installs (checked before a run).
+
+        Raises:
+            AdapterError: the first secret whose target it does not know, named with this fixture.
+        """
+        for spec in release.secrets:
+            try:
+                parse_secret_target(spec.target)
+            except AdapterError as e:
+                raise AdapterError(f"fixture {self.slot} cannot install secret '{spec.name}': {e}") from e
 
     def open(self) -> None:
         _esptool()
