@@ -106,3 +106,33 @@ def test_the_lock_step_hands_the_profiles_to_an_adapter_that_applies_them_and_lo
     plain = SimulatedDevice()
     lock_device(plain, profiles)
     assert plain.locked
+
+
+def secrets(*targets: str) -> str:
+    return "secrets:\n" + "".join(f"  - {{name: s{i}, kind: psk-256, target: '{t}'}}\n" for i, t in enumerate(targets))
+
+
+def test_a_secret_target_the_esp32_adapter_cannot_install_is_refused_with_its_line(release: Release) -> None:
+    cases = [
+        (("otp:3",), "otp:3", "secrets[0].target: the esp32 adapter has no secret target 'otp:3' (it takes nvs:"),
+        (("nvs:psk", "efuse:BLOCK_KEY2/USER"), "USER", "secrets[1].target: the esp32 adapter burns a secret only"),
+        (("nvs:psk", "nvs:vault/psk"), "nvs:vault/psk", "secrets[1].target: another secret already goes to nvs:vault"),
+        (("efuse:BLOCK_KEY0/HMAC_UP",), "BLOCK_KEY0/", "a lock profile burns a public-key digest into BLOCK_KEY0"),
+    ]
+    for targets, text, expected in cases:
+        path = release.description("bad.yaml", extra=PROFILE + secrets(*targets))
+        code, _, err = release.bundle("build", str(path), "-o", str(release.setup.tmp / "bad.vbundle"))
+        assert code == 1, text
+        assert_one_line_error(err, f"bad.yaml:{line_of(release, text)}: ")
+        assert expected in err, err
+        assert not (release.setup.tmp / "bad.vbundle").exists()
+    # targets the adapter takes pass these checks (this policy then has no secrets recipient to seal them to)
+    path = release.description(
+        "bad.yaml", extra=PROFILE + secrets("nvs:psk", "nvs:wifi/psk", "efuse:BLOCK_KEY3/HMAC_UP")
+    )
+    code, _, err = release.bundle("build", str(path), "-o", str(release.setup.tmp / "bad.vbundle"))
+    assert code == 1 and "names no secrets recipient" in err, err
+    # without an ESP chip's lock profile the target is another adapter's business
+    path = release.description("bad.yaml", extra=secrets("otp:3"))
+    code, _, err = release.bundle("build", str(path), "-o", str(release.setup.tmp / "bad.vbundle"))
+    assert code == 1 and "names no secrets recipient" in err, err

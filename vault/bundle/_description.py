@@ -30,7 +30,8 @@ the tests build, is ``policies/release.yaml``::
     secrets:                          # optional: per-device secrets each unit gets, sealed to the
       - name: backend-psk             # device maker's secrets recipient (docs/adr/0012-device-secrets.md)
         kind: psk-256                 # psk-256, aes-256 or kek-aes-256
-        target: nvs:psk               # where the adapter installs it (the adapter reads this)
+        target: nvs:psk               # where the adapter installs it (the adapter reads this; esp32:
+                                      # nvs:[NAMESPACE/]KEY or efuse:BLOCK_KEYn/PURPOSE, docs/esp32.md)
 
 The recipients are the stations with an allocation.
 """
@@ -66,8 +67,13 @@ def _check_lock_profile(profile: dict[str, Any]) -> None:
 
 
 def _check_targets(doc: dict[str, Any]) -> None:
-    """A release with an ESP chip's lock profile writes whole 4 KiB flash sectors: offsets aligned to them."""
-    if not any(p["chip"].startswith("esp32") for p in (doc["lock_profiles"] or {}).values()):
+    """A release with an ESP chip's lock profile is for the esp32 adapter: targets it can write.
+
+    Flash offsets are whole 4 KiB sectors; each secret's target is a form the
+    adapter accepts, none twice, and no eFuse key block a lock profile burns.
+    """
+    esp_profiles = [p for p in (doc["lock_profiles"] or {}).values() if p["chip"].startswith("esp32")]
+    if not esp_profiles:
         return
     for i, image in enumerate(doc["images"]):
         address = image["load_address"]
@@ -76,6 +82,21 @@ def _check_targets(doc: dict[str, Any]) -> None:
                 f"{address} is not a multiple of 0x1000 (an ESP chip's flash is written in 4 KiB sectors)",
                 f"images[{i}].load_address",
             )
+    from vault.verify.devices.esp32 import parse_secret_target  # noqa: PLC0415 - as for a lock profile
+
+    profile_blocks = {key["block"] for p in esp_profiles for key in p["keys"] or ()}
+    places: list[str] = []
+    for i, secret in enumerate(doc["secrets"] or ()):
+        try:
+            target = parse_secret_target(secret["target"])
+        except AdapterError as e:
+            raise Invalid(str(e), f"secrets[{i}].target") from e
+        place = target.block or target.wire()
+        if place in places:
+            raise Invalid(f"another secret already goes to {place}", f"secrets[{i}].target")
+        if place in profile_blocks:
+            raise Invalid(f"a lock profile burns a public-key digest into {place}", f"secrets[{i}].target")
+        places.append(place)
 
 
 _LOCK_PROFILE = Checked(

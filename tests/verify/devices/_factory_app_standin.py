@@ -1,8 +1,10 @@
 """A stand-in for a factory app on an ESP32-S3, speaking vault's CSR line protocol on a pty's master side.
 
-Usage: python _factory_app_standin.py FD MAC MODE, MODE one of: good, refuse, silent, wrong-mac, bad-store.
+Usage: python _factory_app_standin.py FD MAC MODE, MODE one of: good, refuse, silent, wrong-mac, bad-store,
+no-secrets (answers SECRET "ERR unknown request", as an app from before it), echo (repeats a secret in its ERR),
+mute-secrets (never answers SECRET).
 It prints a boot log first (which the station must skip), keeps its key between requests (a CSR-DRY key is
-thrown away), and writes what it stored to stderr for the test to check.
+thrown away), and writes what it stored to stderr for the test to check (a secret as "secret TARGET HEX").
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import base64
 import hashlib
 import os
 import sys
+from collections.abc import Callable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -60,6 +63,25 @@ def main() -> None:
                 if words[1] == "CERT":
                     print(f"stored {hashlib.sha256(der).hexdigest()}", file=sys.stderr, flush=True)
                 say(f"VAULT CERT-OK {hashlib.sha256(stored).hexdigest()}")
+            elif words[1] in ("SECRET", "SECRET-DRY"):
+                secret(words[1:], mode, say)
+            else:
+                say("VAULT ERR unknown request")
+
+
+def secret(words: list[str], mode: str, say: Callable[[str], None]) -> None:
+    """SECRET NAME KIND TARGET BASE64: stored in "NVS" (stderr here) and answered with its digest."""
+    verb, name, _kind, target, encoded = words
+    if mode == "no-secrets":
+        say("VAULT ERR unknown request")
+    elif mode == "echo":
+        say(f"VAULT ERR cannot write {encoded[:20]} to {target}")
+    elif mode != "mute-secrets":
+        value = base64.b64decode(encoded)
+        stored = value + (b"\x00" if mode == "bad-store" else b"")
+        if verb == "SECRET":
+            print(f"secret {target} {stored.hex()}", file=sys.stderr, flush=True)
+        say(f"VAULT SECRET-OK {name} {hashlib.sha256(stored).hexdigest()}")
 
 
 if __name__ == "__main__":

@@ -264,6 +264,12 @@ class Fixture(Protocol):
     ``close`` always follows a successful ``open``, also after a failure.
     ``next_device`` waits for the next device on the fixture and returns
     it, or None when no more will come (the fixture's run ends).
+
+    Optional, looked up with ``getattr``: ``check_release(release)``, asked
+    once before a run with the loaded :class:`vault.release.Release`
+    (before ``open``); it raises :class:`vault.errors.AdapterError` for what
+    this fixture's devices cannot do (the esp32 adapter: a secret target it
+    does not know), so the run stops before any unit starts.
     """
 
     def open(self) -> None: ...

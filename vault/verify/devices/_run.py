@@ -104,12 +104,19 @@ def run_fixtures(
     """Provision (or, with ``dry_run``, rehearse) up to ``count`` devices over ``fixtures`` at once.
 
     Each fixture is opened, asked for devices until ``count`` units have
-    started on all fixtures together (or it has no more), and closed.
+    started on all fixtures together (or it has no more), and closed. A
+    fixture with ``check_release`` is asked first whether its devices can
+    take the loaded release.
 
     Raises:
+        AdapterError: a fixture's devices cannot take the release (nothing started).
         ProvisioningInterrupted: Ctrl-C; the units on the fixtures finished and were logged first.
         StateError, TokenError: the station cannot go on; the line stopped.
     """
+    for run in fixtures:  # what a fixture's devices cannot do stops the run before any unit starts
+        check = getattr(run.fixture, "check_release", None)
+        if check is not None:
+            check(station.release.release)
     guard = threading.Lock()
     started = 0
     results: dict[int, UnitResult] = {}

@@ -4,10 +4,12 @@ Each fixture is one serial port with one chip on it at a time. The
 hardware id is the chip's base MAC (or its OPTIONAL_UNIQUE_ID eFuse); the
 images go where the release's targets say and are read back and hashed
 with SHA-256; the device key is made on the device by the factory app
-(the CSR exchange in :mod:`._factory_app`); the lock burns the lock
-profile the release names, read back to confirm. A dry run writes no
-flash, asks the app for a throwaway key, and burns the lock profile on
-espefuse's virtual chip. Needs ``pip install 'vault[esp32]'`` (esptool 5).
+(the CSR exchange in :mod:`._factory_app`), which also stores the
+release's per-device secrets where their targets say (:mod:`._secrets`);
+the lock burns the lock profile the release names, read back to confirm.
+A dry run writes no flash, asks the app for a throwaway key, has it check
+each secret without storing it, and burns the lock profile on espefuse's
+virtual chip. Needs ``pip install 'vault[esp32]'`` (esptool 5).
 
 Example (a station configuration's fixture)::
 
@@ -35,8 +37,19 @@ from vault.verify.devices.esp32._profile import (
     _espefuse,
     parse_lock_profile,
 )
+from vault.verify.devices.esp32._secrets import SECRET_PURPOSES, SecretTarget, parse_secret_target
 
-__all__ = ["CHIPS", "KEY_PURPOSES", "KeyDigest", "LockProfile", "esp32_adapter", "parse_lock_profile"]
+__all__ = [
+    "CHIPS",
+    "KEY_PURPOSES",
+    "SECRET_PURPOSES",
+    "KeyDigest",
+    "LockProfile",
+    "SecretTarget",
+    "esp32_adapter",
+    "parse_lock_profile",
+    "parse_secret_target",
+]
 
 
 def esp32_adapter(options: Mapping[str, Any], *, fixture: int, timeouts: Mapping[str, float], dry_run: bool) -> Any:

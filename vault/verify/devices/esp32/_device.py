@@ -5,8 +5,8 @@ the hardware id; write each image where its target says (an offset, or a
 partition of the table already in flash), in 256 KiB segments so the
 progress is the device's; read each image back and hash it with SHA-256;
 reset into the firmware and ask the factory app for a key request, then
-hand it the certificate; connect to the ROM loader again and burn the
-release's lock profile, reading it back.
+hand it the certificate and the release's per-device secrets; connect to
+the ROM loader again and burn the release's lock profile, reading it back.
 
 Nothing here has run against a real ESP32-S3: see ``docs/esp32.md`` for
 what was and was not tested.
@@ -22,13 +22,15 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from vault.errors import DeviceError, DeviceTimeoutError
+from vault.errors import AdapterError, DeviceError, DeviceTimeoutError
+from vault.release import Release
 from vault.verify.devices._protocol import ImageToProgram, Measurement
 from vault.verify.devices.esp32._efuse import Burned, burn_profile, twin_of, virtual_chip
 from vault.verify.devices.esp32._factory_app import FactoryApp
 from vault.verify.devices.esp32._options import Esp32Options
 from vault.verify.devices.esp32._partitions import TABLE_SIZE, find_partition
 from vault.verify.devices.esp32._profile import LockProfile, parse_lock_profile
+from vault.verify.devices.esp32._secrets import parse_secret_target
 
 __all__ = ["Esp32Device", "Esp32Fixture"]
 
@@ -55,6 +57,18 @@ class Esp32Fixture:
         self.reads_labels = False
         self._last: bytes | None = None
         self._device: Esp32Device | None = None
+
+    def check_release(self, release: Release) -> None:
+        """Every secret the release declares has a target this adapter installs (checked before a run).
+
+        Raises:
+            AdapterError: the first secret whose target it does not know, named with this fixture.
+        """
+        for spec in release.secrets:
+            try:
+                parse_secret_target(spec.target)
+            except AdapterError as e:
+                raise AdapterError(f"fixture {self.slot} cannot install secret '{spec.name}': {e}") from e
 
     def open(self) -> None:
         _esptool()
@@ -235,6 +249,15 @@ class Esp32Device:
     def install_certificate(self, certificate_der: bytes) -> None:
         deadline = self._deadline("install-certificate")
         self._factory_app().certificate(certificate_der, deadline, dry_run=self.dry_run)
+
+    def install_secret(self, name: str, kind: str, target: str, secret: bytes) -> None:
+        """Have the factory app store a per-device secret where ``target`` says (``SECRET-DRY`` in a dry run)."""
+        deadline = self._deadline("install-secret")
+        try:
+            place = parse_secret_target(target)
+        except AdapterError as e:
+            raise DeviceError(f"install-secret: secret '{name}': {e}") from e
+        self._factory_app().secret(name, kind, place.wire(), secret, deadline, dry_run=self.dry_run)
 
     def lock(self) -> None:
         self.lock_with({})

@@ -13,10 +13,16 @@ boot log) are ignored. Protocol version 1::
     device:  VAULT CSR <base64 DER PKCS#10>          (CSR-DRY: a throwaway key, nothing kept)
     station: VAULT CERT <base64 DER>  | VAULT CERT-DRY <base64 DER>
     device:  VAULT CERT-OK <hex SHA-256 of the DER it stored>   (CERT-DRY: checked, nothing stored)
+    station: VAULT SECRET <name> <kind> <target> <base64>  | VAULT SECRET-DRY <name> <kind> <target> <base64>
+    device:  VAULT SECRET-OK <name> <hex SHA-256 of the bytes it stored>   (SECRET-DRY: checked, nothing stored)
     device, to any request:  VAULT ERR <reason>                 (the step fails with that reason)
 
 ``VAULT CSR`` keeps an existing key (a rework asks again and gets the same
-key's request). Documented in ``docs/esp32.md``.
+key's request). ``SECRET`` came later within version 1: an app that does not
+know it answers ``ERR`` and the step fails saying so; the station asks for it
+only when the release declares secrets. The secret is on the serial line and
+nowhere else: an answer that repeats it is never shown. Documented in
+``docs/esp32.md``.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 import time
 
 from vault.errors import DeviceError, DeviceTimeoutError
@@ -32,6 +39,8 @@ __all__ = ["MAX_LINE", "FactoryApp"]
 
 MAX_LINE = 16 * 1024
 _PREFIX = b"VAULT "
+_WORD = re.compile(r"[A-Z][A-Z-]{0,19}")  # a protocol word, shown in an error; anything else is not
+_WINDOW = 8  # bytes of a secret (or 12 characters of its base64 or hex) an answer may not repeat
 
 
 class FactoryApp:
@@ -68,16 +77,18 @@ class FactoryApp:
                 return None
             self._buffer += self._serial.read(max(1, self._serial.in_waiting))
 
-    def _answer(self, request: str, expect: str, deadline: float, step: str) -> str:
+    def _answer(self, request: str, expect: str, deadline: float, step: str, secret: bytes = b"") -> str:
         self._send(request)
         line = self._line(deadline)
         if line is None:
             raise DeviceTimeoutError(f"{step}: the factory app did not answer '{request.split()[1]}' in time")
         word, _, rest = line.decode("ascii", "replace").partition(" ")
         if word == "ERR":
-            raise DeviceError(f"{step}: the factory app says: {rest[:200]}")
+            reason = "(its reason repeats the secret: not shown)" if _repeats(line, secret) else rest[:200]
+            raise DeviceError(f"{step}: the factory app says: {reason}")
         if word != expect:
-            raise DeviceError(f"{step}: the factory app answered '{word[:20]}', expected '{expect}'")
+            shown = f"'{word}'" if _WORD.fullmatch(word) else "an unexpected line"
+            raise DeviceError(f"{step}: the factory app answered {shown}, expected '{expect}'")
         return rest
 
     def hello(self, deadline: float) -> bytes:
@@ -114,3 +125,44 @@ class FactoryApp:
         stored = self._answer(request, "CERT-OK", deadline, "install-certificate").strip().lower()
         if stored != hashlib.sha256(der).hexdigest():
             raise DeviceError("install-certificate: the factory app stored other bytes than the certificate sent")
+
+    def secret(self, name: str, kind: str, target: str, secret: bytes, deadline: float, *, dry_run: bool) -> None:
+        """Hand a per-device secret over; the app's digest of what it stored must be the secret's.
+
+        ``target`` is in the form the app receives (:meth:`._secrets.SecretTarget.wire`). No error
+        message carries the secret, or a part of it that the app repeated.
+        """
+        verb = "SECRET-DRY" if dry_run else "SECRET"
+        request = f"VAULT {verb} {name} {kind} {target} {base64.b64encode(secret).decode()}"
+        try:
+            answer = self._answer(request, "SECRET-OK", deadline, "install-secret", secret)
+        except DeviceTimeoutError:
+            raise
+        except DeviceError as e:
+            if "says: unknown" not in str(e):
+                raise
+            raise DeviceError(
+                f"{e} (this factory app cannot install secrets: flash one that answers SECRET, docs/esp32.md)"
+            ) from e
+        answered, _, digest = answer.strip().partition(" ")
+        if answered != name:
+            raise DeviceError(f"install-secret: the factory app's SECRET-OK is not for secret '{name}'")
+        if digest.lower() != hashlib.sha256(secret).hexdigest():
+            raise DeviceError(f"install-secret: the factory app stored other bytes than secret '{name}' sent")
+
+
+def _repeats(line: bytes, secret: bytes) -> bool:
+    """Whether ``line`` holds a run of ``secret`` (raw, base64, or hex in either case) long enough to matter."""
+    if not secret:
+        return False
+    text = line.lower()
+    forms = (
+        (secret, line, _WINDOW),
+        (base64.b64encode(secret), line, _WINDOW * 3 // 2),
+        (secret.hex().encode(), text, _WINDOW * 3 // 2),
+    )
+    for form, haystack, window in forms:
+        size = min(window, len(form))
+        if any(form[i : i + size] in haystack for i in range(len(form) - size + 1)):
+            return True
+    return False
