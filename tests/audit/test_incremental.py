@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,25 @@ def test_the_exports_are_listed_as_in_a_full_audit_when_a_later_run_adds_to_the_
     listed = [(e.station_id, e.sequence) for e in incremental.exports]
     assert listed == [("station-1", 1), ("station-1", 2), ("station-2", 1)]
     assert _same(incremental) == _same(full)
+
+
+def test_a_copy_of_an_audited_export_under_another_name_is_listed_as_a_duplicate_as_in_a_full_audit(
+    forge: Forge, world: World, auditor_key: TokenKey, tmp_path: Path
+) -> None:
+    evidence, state = tmp_path / "evidence", tmp_path / "state"
+    first, second = _exports(forge, evidence, 2, 1)
+    copy = tmp_path / "elsewhere" / first.name
+    copy.parent.mkdir()
+    shutil.copyfile(first, copy)
+
+    full = _audit(world, auditor_key, [first, second, copy])
+    _audit(world, auditor_key, [first], state)
+    incremental = _audit(world, auditor_key, [first, second, copy], state)
+    statuses = sorted((e.file, e.status) for e in incremental.exports)
+    assert [status for file, status in statuses if file.endswith("elsewhere/" + first.name)] == ["duplicate"]
+    assert _same(incremental) == _same(full)
+    again = _audit(world, auditor_key, [first, second, copy], state)  # held by the state now: listed once
+    assert sorted((e.file, e.status) for e in again.exports) == statuses
 
 
 def test_a_new_export_that_rewrites_the_audited_log_is_flagged_as_in_a_full_audit(

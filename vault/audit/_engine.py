@@ -229,10 +229,15 @@ def _full(path: Path) -> str:
 
 
 def _open_exports(
-    paths: Sequence[str | os.PathLike[str]], decapsulator: Decapsulator, findings: Findings, first: int = 0
+    paths: Sequence[str | os.PathLike[str]],
+    decapsulator: Decapsulator,
+    findings: Findings,
+    first: int = 0,
+    earlier: Sequence[_Export] = (),
 ) -> tuple[list[_Export], list[ExportSummary]]:
     """The exports whose header reads, sorted per station by sequence, numbered from ``first``; and a summary
-    of each file that does not read as an export at all (each also an ``export-invalid`` finding).
+    of each file that does not read as an export at all (each also an ``export-invalid`` finding). A copy of
+    an export read before, here or in the ``earlier`` exports of an audit state, is listed as a duplicate.
 
     Raises:
         DecryptionError: every export is sealed to another auditor key (the wrong token was given).
@@ -241,7 +246,7 @@ def _open_exports(
     exports: list[_Export] = []
     unreadable: list[ExportSummary] = []
     seen_paths: set[Path] = set()
-    seen_ids: dict[str, _Export] = {}
+    seen_ids: dict[str, _Export] = {e.export_id: e for e in earlier if e.status in ("verified", "unknown-station")}
     claims: dict[tuple[str, int], list[_Export]] = {}
     foreign: list[str] = []
     for given in paths:
@@ -1587,7 +1592,7 @@ def _audit(
             findings = carried["findings"]  # those of the bundles are the same again: the state's, not twice
             paths = _new_exports(paths, carried)
         earlier: list[_Export] = carried["exports"]
-        opened, unreadable = _open_exports(paths, decapsulator, findings, first=len(earlier))
+        opened, unreadable = _open_exports(paths, decapsulator, findings, first=len(earlier), earlier=earlier)
         unreadable = [*carried["unreadable"], *unreadable]  # as a full audit lists them: after the others
         for export in opened:
             if export.status == "verified" and export.station_id not in trust.stations:
@@ -1635,6 +1640,7 @@ def _new_exports(paths: Sequence[str | os.PathLike[str]], carried: dict[str, Any
             place it among the others.
     """
     covered = {(e.export_id, e.header_sha256) for e in carried["exports"]}
+    names = {e.name for e in carried["exports"]}
     claims = {(e.station_id, e.sequence): e for e in carried["exports"] if e.status != "duplicate"}
     last: dict[str, int] = {}
     for e in carried["exports"]:
@@ -1651,6 +1657,8 @@ def _new_exports(paths: Sequence[str | os.PathLike[str]], carried: dict[str, Any
                 new.append(given)
             continue
         if (header.export_id, header.header_sha256) in covered:
+            if _full(path) not in names:  # a copy under another name: listed as a duplicate, as a full audit does
+                new.append(given)
             continue
         station, sequence = header.station_id, header.sequence
         audited = claims.get((station, sequence))
