@@ -39,7 +39,6 @@ import os
 import pickle
 import shutil
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -129,21 +128,6 @@ def _copy_digest(source: Path, target: Path) -> bytes:
     return _index_digest(target)
 
 
-def _write_back(path: Path) -> threading.Thread:
-    """Start writing ``path`` to the disk on a thread of its own (fsync works outside the GIL): the copy's
-    hundreds of megabytes go while the workers verify, and the commit's fsync has only the run's pages left."""
-
-    def run() -> None:
-        try:
-            fsync_dir(path)
-        except OSError:
-            pass  # the commit's own fsync reports it
-
-    thread = threading.Thread(target=run, name="audit-state-writeback", daemon=True)
-    thread.start()
-    return thread
-
-
 class StateFolder:
     """An auditor's state folder: :meth:`load` the generation in use, :meth:`stage` a new one, :meth:`commit` it."""
 
@@ -151,7 +135,6 @@ class StateFolder:
         self.path = Path(path)
         self._key = state_key(decapsulator)
         self._lock: int | None = None
-        self._writeback: threading.Thread | None = None
 
     def _mac(self, generation: str, blob: bytes, index_digest: bytes) -> bytes:
         message = b"\n".join((STATE_FORMAT.encode(), generation.encode(), hashlib.sha256(blob).digest(), index_digest))
@@ -204,7 +187,6 @@ class StateFolder:
             blob = (folder / _BLOB).read_bytes()
             mac = (folder / _MAC).read_bytes()
             index_digest = _copy_digest(folder / INDEX_FILE, copy)
-            self._writeback = _write_back(copy)
         except OSError as e:
             raise InputError(f"the audit state in {self.path} is incomplete: {e.strerror}: {e.filename}") from e
         if not hmac.compare_digest(mac, self._mac(generation, blob, index_digest)):
@@ -259,8 +241,6 @@ class StateFolder:
         previous = self._generation()
         number = 1 + (int(previous[4:]) if previous else 0)
         generation = f"gen-{number}"
-        if self._writeback is not None:
-            self._writeback.join()
         blob = pickle.dumps({**state, "format": STATE_FORMAT}, protocol=pickle.HIGHEST_PROTOCOL)
         (staging / _BLOB).write_bytes(blob)
         (staging / _MAC).write_bytes(self._mac(generation, blob, _index_digest(staging / INDEX_FILE)))
