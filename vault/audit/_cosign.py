@@ -52,7 +52,7 @@ from vault.audit._report import Report
 from vault.checkpoint import open_checkpoint
 from vault.crypto import Signer
 from vault.errors import InputError, VaultError
-from vault.evidence import EvidenceReader
+from vault.evidence import MAX_RECORD_SIZE, EvidenceReader
 from vault.formats._json import parse_json
 from vault.manifest import CERTIFIED_EVENTS, open_manifest
 from vault.policy import TrustPolicy, format_time
@@ -81,8 +81,6 @@ AUDITED_FORMAT = "vault-audited-devices/v1"
 
 NOT_COSIGNED = "log-not-cosigned"
 """The exclusion code of a device whose manifest lies beyond its station's cosigned checkpoint."""
-
-_MAX_RECORD = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -342,7 +340,7 @@ def _read(
             with EvidenceReader(path) as reader:
                 data_key = reader.open(decapsulator)
                 for record in reader.records(data_key):
-                    value = parse_json(bytes(record), max_size=_MAX_RECORD, what="evidence record")
+                    value = parse_json(bytes(record), max_size=MAX_RECORD_SIZE, what="evidence record")
                     kind = value.get("type") if isinstance(value, dict) else None
                     if kind == "entry":
                         _entry(seen, value, trusted, allocations, station_id, units)
