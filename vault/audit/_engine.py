@@ -1587,7 +1587,7 @@ def _audit(
         loaded = None if folder is None or staging is None else folder.load(staging)
         carried: dict[str, Any] = {"exports": [], "unreadable": [], "binding": binding}
         if loaded is not None:
-            carried = loaded[0]
+            carried = loaded
             _check_binding(Path(state or ""), carried["binding"], binding)
             findings = carried["findings"]  # those of the bundles are the same again: the state's, not twice
             paths = _new_exports(paths, carried)
@@ -1683,7 +1683,7 @@ def _run_audit(
     trust: TrustPolicy,
     bundles: Sequence[tuple[Release, BundleSummary]],
     findings: Findings,
-    loaded: tuple[dict[str, Any], Path] | None,
+    loaded: dict[str, Any] | None,
     staging: Path | None,
     *,
     workers: int,
@@ -1705,7 +1705,7 @@ def _run_audit(
             releases = [release for release, _ in bundles]
             run = _Audit(trust, releases, findings, index, progress, total_bytes, thresholds)
             if loaded is not None:
-                run.restore(loaded[0])
+                run.restore(loaded)
             run.run(opened, _context(trust, releases, thresholds), workers)
             index.finish_loading(kept=staging is not None)
             if staging is not None:  # serialised now: the end below changes the logs and the findings
@@ -1715,7 +1715,7 @@ def _run_audit(
                 "per_minute": thresholds.per_minute(),
                 "window": thresholds.operator_window,
             }
-            kept = None if loaded is None else loaded[0].get("questions")  # none in a state of before they were kept
+            kept = None if loaded is None else loaded.get("questions")  # none in a state of before they were kept
             if kept is not None:  # only the groups the new exports touch are asked about
                 answers, questions = index.grouped_since(len(earlier), kept, _FINDINGS_PER_QUESTION, limits)
             else:

@@ -59,7 +59,7 @@ _BLOB = "state.pickle"
 _MAC = "state.mac"
 _FORMAT = "format"
 _OLDER_FORMATS = frozenset({"vault-audit-state/v1"})  # named in their refusal
-_BLOCK = 4 << 20  # bytes read, hashed and written at once
+_BLOCK = 4 << 20  # bytes of the index read and hashed at once
 _ANCHOR_LABEL = b"vault audit state: a point of unknown discrete logarithm"
 
 # (p, b) of y^2 = x^3 - 3x + b over GF(p); both primes are 3 mod 4, so a square root is one power
@@ -149,9 +149,9 @@ class StateFolder:
             raise InputError(f"{current} does not name a state generation: the audit state is damaged")
         return name
 
-    def load(self, staging: Path) -> tuple[dict[str, Any], Path] | None:
-        """The state the last run left, its index copied into ``staging`` (a folder of :meth:`stage`) and
-        the copy's path, or None when the folder holds none yet; the folder is held (:meth:`lock`) until
+    def load(self, staging: Path) -> dict[str, Any] | None:
+        """The state the last run left, its index copied into ``staging`` (a folder of :meth:`stage`, as
+        :data:`INDEX_FILE`), or None when the folder holds none yet; the folder is held (:meth:`lock`) until
         :meth:`release`.
 
         Raises:
@@ -165,7 +165,7 @@ class StateFolder:
             self.release()
             raise
 
-    def _load(self, staging: Path) -> tuple[dict[str, Any], Path] | None:
+    def _load(self, staging: Path) -> dict[str, Any] | None:
         generation = self._generation()
         if generation is None:
             stopped = "gen-1"  # the first run's generation, left when it stopped before `current` named it
@@ -197,7 +197,7 @@ class StateFolder:
         state = pickle.loads(blob)  # authenticated above: written by this auditor's own earlier run
         if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
             raise InputError(f"the audit state in {self.path} is not a {STATE_FORMAT} state")
-        return state, copy
+        return state
 
     def stage(self) -> Path:
         """A new, empty staging folder inside the state folder (made first when missing), once no other
