@@ -965,7 +965,7 @@ class BundleWriter:
                     raise InputError(f"image {quote(name)} is larger than the {MAX_IMAGE_SIZE}-byte limit")
                 plaintext_hash.update(current)
                 behind.submit(encrypt, chunk, current, not following)
-                chunk += max(1, -(-len(current) // size))
+                chunk += chunk_count(len(current), size)
                 if not following:
                     break
                 current = following
