@@ -9,6 +9,7 @@ which install it needs instead.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 # The distributions of the `cli` extra, by the module the CLI imports from each.
@@ -35,4 +36,7 @@ def main() -> None:
             f"library alone (no module {e.name!r})\n"
         )
         sys.exit(2)
-    run()
+    try:
+        run()
+    finally:  # the outcome is decided: a Ctrl-C while the interpreter shuts down (the worker pools' clean-up)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # would otherwise end it silently with -SIGINT

@@ -227,6 +227,29 @@ def test_ctrl_c_while_the_cli_still_loads_is_one_line() -> None:
     assert (done.returncode, done.stderr) == (130, "vault: interrupted\n")
 
 
+def test_ctrl_c_after_the_command_finished_changes_nothing() -> None:
+    """A Ctrl-C while the interpreter shuts down (the worker pools' clean-up runs at exit) neither prints
+    nor changes the exit status: the command's outcome is decided."""
+    import subprocess
+
+    script = (
+        "import atexit, os, signal, sys, time, types\n"
+        "def late():\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(0.2)\n"
+        "atexit.register(late)\n"
+        "done = types.ModuleType('vault.cli')\n"
+        "def finished():\n"
+        "    sys.exit(0)\n"
+        "done.main = finished\n"
+        "sys.modules['vault.cli'] = done\n"
+        "from vault._entry import main\n"
+        "main()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stderr) == (0, "")
+
+
 def test_ctrl_c_while_a_command_runs_is_one_line(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
