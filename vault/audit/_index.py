@@ -70,6 +70,7 @@ CREATE TABLE lots (                -- the component lots each unit's manifest re
 _ASSIGNING = "('provisioned', 'retry', 'rework')"  # events after which the device holds its serial and key
 _PRAGMAS = "PRAGMA temp_store = FILE; PRAGMA cache_size = -32768;"
 _TOUCHED_FILE = "touched-groups.sqlite"  # beside the index while an incremental run asks about the new rows
+_ROWS_FILE = "touched-rows-{}.sqlite"  # the rows of one kind of touched group, beside the index meanwhile
 _KEPT_MAP = 1 << 30  # bytes of a kept (audit state's) index mapped at most; its pages are the page cache's
 _KEY = f"CASE WHEN event IN {_ASSIGNING} THEN device_key_id END"
 
@@ -301,7 +302,7 @@ _TOUCHED = {  # the groups the new rows (rowid > :last) touch, one temporary tab
 
 _TOUCHED_COLUMNS = {"unit": "station, in_bundle, unit", "device": "station, hardware_id"}
 
-_ROWS_OF = {  # the rows of the touched groups, standing for "entries" in a question
+_LOOK_UP = {  # the rows of each touched group, looked up once in the kept index (see Index._look_up)
     "hardware_id": "(SELECT e.* FROM touched_hardware_id t CROSS JOIN entries e ON e.hardware_id = t.value)",
     "device_key_id": "(SELECT e.* FROM touched_device_key_id t CROSS JOIN entries e ON e.device_key_id = t.value)",
     "serial": "(SELECT e.* FROM touched_serial t CROSS JOIN entries e ON e.serial = t.value)",
@@ -315,6 +316,10 @@ _ROWS_OF = {  # the rows of the touched groups, standing for "entries" in a ques
         "ON e.hardware_id = t.hardware_id AND e.station = t.station)"
     ),
 }
+
+_ROWS_OF = {group: f"rows_{group}.rows" for group in _LOOK_UP}
+"""The rows of the touched groups as the questions read them (standing for "entries"): the tables the
+look-ups filled, each in a database of its own that every question's connection attaches."""
 
 BY_GROUP = {  # question: the groups its answers are per, and how many leading columns of an answer name one
     "devices": ("hardware_id", 1),
@@ -494,6 +499,7 @@ class Index:
                     f"CREATE TABLE touched.touched_{group} ({columns}, PRIMARY KEY ({columns})) WITHOUT ROWID"
                 )
                 self._db.execute(f"INSERT OR IGNORE INTO touched.touched_{group} {sql}", values)
+            self._look_up()
             touched = {
                 group: {row if group == "unit" else row[0] for row in self._query(f"SELECT * FROM touched_{group}")}
                 for group in ("hardware_id", "device_key_id", "serial", "manifest_id", "unit", "label")
@@ -525,7 +531,8 @@ class Index:
                 got = {key: future.result() for key, future in futures.items()}
         finally:
             self._db.execute("DETACH DATABASE touched")
-            touched_path.unlink(missing_ok=True)
+            for path in (touched_path, *map(self._rows_path, _LOOK_UP)):
+                path.unlink(missing_ok=True)
         answers: dict[str, list[tuple[Any, ...]]] = {}
         for name, (group, keys) in BY_GROUP.items():
             if (name, "whole") in got:
@@ -563,12 +570,46 @@ class Index:
         ours = touched[BY_GROUP["replayed"][0]]
         return any(r[0] not in ours for r in kept["replayed"]) or bool(futures["replayed", "touched"].result())
 
-    def _ask_apart(self, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-        """``sql`` asked on a connection of its own (SQLite works outside the GIL), the touched groups attached."""
+    def _rows_path(self, group: str) -> Path:
+        return self.path.with_name(_ROWS_FILE.format(group))
+
+    def _look_up(self) -> None:
+        """Fill the tables of :data:`_ROWS_OF`: each kind of touched group's rows, looked up once in the kept
+        index (two kinds at a time, each written to a database of its own), so that the questions that
+        follow read a few thousand rows rather than each looking them up again."""
+
+        def look_up(group: str) -> None:
+            path = self._rows_path(group)
+            path.unlink(missing_ok=True)
+            db = self._apart(attach_rows=False)
+            try:
+                db.execute("ATTACH DATABASE ? AS looked", (str(path),))
+                db.executescript("PRAGMA looked.journal_mode = OFF; PRAGMA looked.synchronous = OFF;")
+                db.execute(f"CREATE TABLE looked.rows AS SELECT * FROM {_LOOK_UP[group]}")
+            finally:
+                db.close()
+
+        with ThreadPoolExecutor(2, thread_name_prefix="audit-index") as pool:
+            list(pool.map(look_up, _LOOK_UP))
+
+    def _apart(self, *, attach_rows: bool = True) -> sqlite3.Connection:
+        """A connection of its own to the kept index (SQLite works outside the GIL), the touched groups
+        attached, and (``attach_rows``) their rows (:data:`_ROWS_OF`)."""
         db = sqlite3.connect(self.path, isolation_level=None)
         try:
             db.executescript(_PRAGMAS + f"PRAGMA mmap_size = {_KEPT_MAP};")
             db.execute("ATTACH DATABASE ? AS touched", (str(self.path.with_name(_TOUCHED_FILE)),))
+            for group in _LOOK_UP if attach_rows else ():
+                db.execute(f"ATTACH DATABASE ? AS rows_{group}", (str(self._rows_path(group)),))
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _ask_apart(self, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        """``sql`` asked on a connection of its own (:meth:`_apart`)."""
+        db = self._apart()
+        try:
             return db.execute(sql, params).fetchall()
         finally:
             db.close()
