@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import ec
 
+import vault.audit._index
 from tests.audit.conftest import Forge, World, serious
 from tests.audit.test_checks import other_station
 from vault.audit import Report, Thresholds, audit
@@ -21,6 +22,14 @@ from vault.cli import cli, main
 from vault.errors import InputError
 from vault.hpke import SoftwareDecapsulator
 from vault.token import TokenKey, format_uri
+
+
+@pytest.fixture(autouse=True, params=["layered", "merged"])
+def layering(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test twice: every run adds its rows to the state's layered index (as when they are few beside
+    its base), and every run merges them into one file first (as when they have grown)."""
+    monkeypatch.setattr(vault.audit._index, "MERGE_SHARE", 1e9 if request.param == "layered" else 0.0)
+    return str(request.param)
 
 
 def _audit(world: World, key: TokenKey, paths: list[Path], state: Path | None = None, **kw: Any) -> Report:
@@ -38,7 +47,7 @@ def _same(report: Report) -> dict[str, Any]:
 
 
 def test_an_incremental_audit_gives_the_full_audit_s_report_with_a_clone_in_the_old_exports(
-    forge: Forge, world: World, auditor_key: TokenKey, tmp_path: Path
+    forge: Forge, world: World, auditor_key: TokenKey, tmp_path: Path, layering: str
 ) -> None:
     evidence, state = tmp_path / "evidence", tmp_path / "state"
     devices = forge.provision(4)
@@ -54,9 +63,14 @@ def test_an_incremental_audit_gives_the_full_audit_s_report_with_a_clone_in_the_
     assert "duplicate-hardware-id" in serious(full)
 
     _audit(world, auditor_key, [first], state)  # the first run makes the state
+    base = (state / "gen-1" / "audit-index-base.sqlite").stat()
     _audit(world, auditor_key, [first, second], state)  # export 1 again (skipped) and export 2
     incremental = _audit(world, auditor_key, [third], state)  # only the new one
     assert _same(incremental) == _same(full)
+    assert sorted(p.name for p in state.iterdir() if not p.name.startswith(".")) == ["current", "gen-3"]
+    now = (state / "gen-3" / "audit-index-base.sqlite").stat()
+    # the base the first run made, never written since (the same file), unless every run merged
+    assert ((now.st_ino, now.st_mtime_ns) == (base.st_ino, base.st_mtime_ns)) == (layering == "layered")
     assert incremental.manifests == full.manifests == len(forge.log)
 
 
@@ -164,23 +178,31 @@ def test_a_state_edited_swapped_or_made_for_other_inputs_is_refused(
         _audit(world, auditor_key, [second], state)
     blob.write_bytes(original)
 
-    with (generation / "audit-index.sqlite").open("ab") as index:  # the identity index changed
-        index.write(b"\0")
-    with pytest.raises(InputError, match="not authentic"):
+    for name in ("audit-index.sqlite", "audit-index-base.sqlite"):  # either file of the identity index changed
+        with (generation / name).open("ab") as index:
+            index.write(b"\0")
+        with pytest.raises(InputError, match="not authentic"):
+            _audit(world, auditor_key, [second], state)
+        with (generation / name).open("r+b") as index:
+            index.truncate(index.seek(0, 2) - 1)
+    (generation / "audit-index-base.sqlite").rename(tmp_path / "base")  # or gone
+    with pytest.raises(InputError, match="incomplete: No such file"):
         _audit(world, auditor_key, [second], state)
-    with (generation / "audit-index.sqlite").open("r+b") as index:
-        index.truncate(index.seek(0, 2) - 1)
+    (tmp_path / "base").rename(generation / "audit-index-base.sqlite")
 
     (generation / "format").unlink()  # as vault-audit-state/v1 left it: the index hashed with SHA-256
     with pytest.raises(InputError, match=r"made by another version of vault \('vault-audit-state/v1'"):
         _audit(world, auditor_key, [second], state)
-    (generation / "format").write_text("vault-audiu-state/v2\n")  # edited, not an older vault's: the MAC decides
+    (generation / "format").write_text("vault-audit-state/v2\n")  # v2 kept the index in one file
+    with pytest.raises(InputError, match=r"made by another version of vault \('vault-audit-state/v2'"):
+        _audit(world, auditor_key, [second], state)
+    (generation / "format").write_text("vault-audiu-state/v3\n")  # edited, not an older vault's: the MAC decides
     ours = StateFolder(state, auditor_key)
     try:
         assert ours.load(ours.stage()) is not None  # the format file only names an older vault; it guards nothing
     finally:
         ours.release()
-    (generation / "format").write_text("vault-audit-state/v2\n")
+    (generation / "format").write_text("vault-audit-state/v3\n")
 
     with pytest.raises(InputError, match="other thresholds"):
         _audit(world, auditor_key, [second], state, thresholds=Thresholds(max_reworks=9))

@@ -1737,6 +1737,8 @@ def _run_audit(
             shown = (s for f in found for s in (*f.serials, *(e.serial for e in f.evidence)) if s is not None)
             named = list(dict.fromkeys(shown))  # worst finding first
             units = _unit_records(index, named[:MAX_UNITS], run, names)
+            if staging is not None:
+                index.keep()
     if progress is not None:
         progress(AuditProgress(total_bytes, total_bytes, run.manifests))
     return Report(

@@ -12,12 +12,22 @@ An index kept in an audit state (``--state``) also indexes its grouping
 columns and keeps every operator's stretches of work: the next run asks the
 questions only about the groups its new rows touch and merges with the
 answers and tallies the state kept (:meth:`Index.grouped_since`, ADR 0014).
+
+A kept index is layered (:meth:`Index.keep`): a base file that later runs
+only read (an audit state links it from one generation to the next, and
+authenticates it once a run) and a small file of the rows added since,
+which each run copies and extends. The questions reach both through
+temporary views; those an incremental run asks of the new rows' groups look
+each kind of group up in both files' indexes, once. When the added rows
+reach an eighth of the base, a run merges them into a new base.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
+import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import chain
@@ -69,6 +79,11 @@ CREATE TABLE lots (                -- the component lots each unit's manifest re
 
 _ASSIGNING = "('provisioned', 'retry', 'rework')"  # events after which the device holds its serial and key
 _PRAGMAS = "PRAGMA temp_store = FILE; PRAGMA cache_size = -32768;"
+INDEX_FILE = "audit-index.sqlite"  # the index; in a layered one, the rows added since its base
+BASE_FILE = "audit-index-base.sqlite"  # a layered index's base: only read
+MERGE_SHARE = 1 / 8  # a layered index is merged into one file when its own file grows past this share of its base
+_TABLES = ("entries", "labels", "lots")
+_VIEWS = "".join(f"CREATE TEMP VIEW {t} AS SELECT * FROM base.{t} UNION ALL SELECT * FROM main.{t};" for t in _TABLES)
 _TOUCHED_FILE = "touched-groups.sqlite"  # beside the index while an incremental run asks about the new rows
 _ROWS_FILE = "touched-rows-{}.sqlite"  # the rows of one kind of touched group, beside the index meanwhile
 _KEPT_MAP = 1 << 30  # bytes of a kept (audit state's) index mapped at most; its pages are the page cache's
@@ -262,15 +277,15 @@ def _joined(spans: Iterable[tuple[int, int]], window: float) -> list[tuple[int, 
 
 
 _INDEXES = """
-CREATE INDEX IF NOT EXISTS entries_by_hardware_id ON entries (hardware_id, station);
-CREATE INDEX IF NOT EXISTS entries_by_manifest_id ON entries (manifest_id);
-CREATE INDEX IF NOT EXISTS entries_by_serial ON entries (serial);
-CREATE INDEX IF NOT EXISTS entries_by_key ON entries (device_key_id);
-CREATE INDEX IF NOT EXISTS entries_by_unit ON entries (station, in_bundle, unit);
-CREATE INDEX IF NOT EXISTS entries_by_position ON entries (station, position);
-CREATE INDEX IF NOT EXISTS entries_by_fixture ON entries (station, fixture, time);
-CREATE INDEX IF NOT EXISTS lots_by_position ON lots (station, position);
-CREATE TABLE IF NOT EXISTS stretches (  -- every operator's stretches of work per station (see _stretches)
+CREATE INDEX IF NOT EXISTS main.entries_by_hardware_id ON entries (hardware_id, station);
+CREATE INDEX IF NOT EXISTS main.entries_by_manifest_id ON entries (manifest_id);
+CREATE INDEX IF NOT EXISTS main.entries_by_serial ON entries (serial);
+CREATE INDEX IF NOT EXISTS main.entries_by_key ON entries (device_key_id);
+CREATE INDEX IF NOT EXISTS main.entries_by_unit ON entries (station, in_bundle, unit);
+CREATE INDEX IF NOT EXISTS main.entries_by_position ON entries (station, position);
+CREATE INDEX IF NOT EXISTS main.entries_by_fixture ON entries (station, fixture, time);
+CREATE INDEX IF NOT EXISTS main.lots_by_position ON lots (station, position);
+CREATE TABLE IF NOT EXISTS main.stretches (  -- every operator's stretches of work per station (see _stretches)
     operator TEXT NOT NULL,
     station INTEGER NOT NULL,
     start INTEGER NOT NULL,
@@ -281,45 +296,59 @@ CREATE TABLE IF NOT EXISTS stretches (  -- every operator's stretches of work pe
 # the identity and grouping columns, indexed in a kept (--state) index: an incremental audit asks about the
 # groups its new rows touch, each a lookup
 
-_TOUCHED = {  # the groups the new rows (rowid > :last) touch, one temporary table each
-    "hardware_id": "SELECT DISTINCT hardware_id FROM entries WHERE rowid > :last",
-    "device_key_id": "SELECT DISTINCT device_key_id FROM entries WHERE rowid > :last AND device_key_id IS NOT NULL",
-    "serial": "SELECT DISTINCT serial FROM entries WHERE rowid > :last AND serial IS NOT NULL",
-    "manifest_id": "SELECT DISTINCT manifest_id FROM entries WHERE rowid > :last",
-    "unit": "SELECT DISTINCT station, in_bundle, unit FROM entries WHERE rowid > :last AND unit IS NOT NULL",
+# the groups the new rows (this file's, rowid > :last: NOT INDEXED, or SQLite may read a whole index for the
+# DISTINCT) touch, one table each; {entries}: see Index._both
+_TOUCHED = {
+    "hardware_id": "SELECT DISTINCT hardware_id FROM main.entries NOT INDEXED WHERE rowid > :last",
+    "device_key_id": (
+        "SELECT DISTINCT device_key_id FROM main.entries NOT INDEXED WHERE rowid > :last AND device_key_id IS NOT NULL"
+    ),
+    "serial": "SELECT DISTINCT serial FROM main.entries NOT INDEXED WHERE rowid > :last AND serial IS NOT NULL",
+    "manifest_id": "SELECT DISTINCT manifest_id FROM main.entries NOT INDEXED WHERE rowid > :last",
+    "unit": (
+        "SELECT DISTINCT station, in_bundle, unit FROM main.entries NOT INDEXED WHERE rowid > :last "
+        "AND unit IS NOT NULL"
+    ),
     # a device's first attempt at a station, and the lots of that attempt's position: every device of a
     # station position the new rows fill (a new export may restate or rewrite an audited position)
     "device": (
-        "SELECT DISTINCT e.station, e.hardware_id FROM (SELECT DISTINCT station, position FROM entries "
-        "WHERE rowid > :last) n CROSS JOIN entries e ON e.station = n.station AND e.position = n.position"
+        "SELECT DISTINCT e.station, e.hardware_id FROM (SELECT DISTINCT station, position FROM main.entries "
+        "NOT INDEXED WHERE rowid > :last) n CROSS JOIN {entries} e ON e.station = n.station AND e.position = n.position"
     ),
     # labels read by new label-mismatch manifests, and serials new manifests assign (the two sides of "misbound")
     "label": (
-        "SELECT label FROM labels WHERE rowid > :last_label UNION "
-        f"SELECT serial FROM entries WHERE rowid > :last AND serial IS NOT NULL AND event IN {_ASSIGNING}"
+        "SELECT label FROM main.labels NOT INDEXED WHERE rowid > :last_label UNION "
+        "SELECT serial FROM main.entries NOT INDEXED WHERE rowid > :last AND serial IS NOT NULL "
+        f"AND event IN {_ASSIGNING}"
     ),
 }
 
 _TOUCHED_COLUMNS = {"unit": "station, in_bundle, unit", "device": "station, hardware_id"}
 
-_LOOK_UP = {  # the rows of each touched group, looked up once in the kept index (see Index._look_up)
-    "hardware_id": "(SELECT e.* FROM touched_hardware_id t CROSS JOIN entries e ON e.hardware_id = t.value)",
-    "device_key_id": "(SELECT e.* FROM touched_device_key_id t CROSS JOIN entries e ON e.device_key_id = t.value)",
-    "serial": "(SELECT e.* FROM touched_serial t CROSS JOIN entries e ON e.serial = t.value)",
-    "manifest_id": "(SELECT e.* FROM touched_manifest_id t CROSS JOIN entries e ON e.manifest_id = t.value)",
+_LOOK_UP = {  # the rows of each kind of touched group, looked up once (see Index._look_up); {entries}: see _both
+    "hardware_id": "SELECT e.* FROM touched_hardware_id t CROSS JOIN {entries} e ON e.hardware_id = t.value",
+    "device_key_id": "SELECT e.* FROM touched_device_key_id t CROSS JOIN {entries} e ON e.device_key_id = t.value",
+    "serial": "SELECT e.* FROM touched_serial t CROSS JOIN {entries} e ON e.serial = t.value",
+    "manifest_id": "SELECT e.* FROM touched_manifest_id t CROSS JOIN {entries} e ON e.manifest_id = t.value",
     "unit": (
-        "(SELECT e.* FROM touched_unit t CROSS JOIN entries e "
-        "ON e.station = t.station AND e.in_bundle = t.in_bundle AND e.unit = t.unit)"
+        "SELECT e.* FROM touched_unit t CROSS JOIN {entries} e "
+        "ON e.station = t.station AND e.in_bundle = t.in_bundle AND e.unit = t.unit"
     ),
     "device": (
-        "(SELECT e.* FROM touched_device t CROSS JOIN entries e "
-        "ON e.hardware_id = t.hardware_id AND e.station = t.station)"
+        "SELECT e.* FROM touched_device t CROSS JOIN {entries} e "
+        "ON e.hardware_id = t.hardware_id AND e.station = t.station"
     ),
+    "label": "SELECT e.* FROM touched_label t CROSS JOIN {entries} e ON e.serial = t.value",  # misbound's other side
 }
+# the lots recorded at the positions of the rows looked up for the tallies that join them (after those)
+_LOOK_UP_LOTS = (
+    "SELECT l.* FROM (SELECT station, position FROM rows_device.rows UNION SELECT station, position "
+    "FROM rows_manifest_id.rows) p CROSS JOIN {lots} l ON l.station = p.station AND l.position = p.position"
+)
 
-_ROWS_OF = {group: f"rows_{group}.rows" for group in _LOOK_UP}
-"""The rows of the touched groups as the questions read them (standing for "entries"): the tables the
-look-ups filled, each in a database of its own that every question's connection attaches."""
+_ROWS_OF = {group: f"rows_{group}.rows" for group in (*_LOOK_UP, "lots")}
+"""The rows of the touched groups as the questions read them (standing for "entries", or "lots"): the
+tables the look-ups filled, each in a database of its own that a question's connection attaches."""
 
 BY_GROUP = {  # question: the groups its answers are per, and how many leading columns of an answer name one
     "devices": ("hardware_id", 1),
@@ -416,20 +445,90 @@ class Index:
 
     def __init__(self, directory: str | os.PathLike[str], *, existing: bool = False) -> None:
         """The index in ``directory``: a new one, or (``existing``) the one an earlier audit left there, to
-        add to (an incremental audit's)."""
-        self.path = Path(directory) / "audit-index.sqlite"
-        self._db = sqlite3.connect(self.path, isolation_level=None)
-        self._db.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;" + _PRAGMAS)
+        add to (an incremental audit's): one file, or layered (:meth:`keep`); a layered one whose own rows
+        have grown past an eighth of its base is merged into one file first."""
+        self.path = Path(directory).resolve() / INDEX_FILE
+        self.base = self.path.with_name(BASE_FILE)
+        self.layered = existing and self.base.exists()
+        if self.layered and self.path.stat().st_size > self.base.stat().st_size * MERGE_SHARE:
+            self._merge()
+        self._db = self._connect(kept=existing)
+        self._indexed = existing  # whether the grouping columns are indexed (those of a kept index are)
         if not existing:
             self._db.executescript(_SCHEMA)
-        else:  # new rows land all over the kept indexes: their pages read through a map, not a copy each
-            self._db.execute(f"PRAGMA mmap_size = {_KEPT_MAP}")
         # the rows an earlier audit left: those after them are this run's (rowids grow as rows are appended)
         self._last = {
-            table: self._db.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {table}").fetchone()[0]
+            table: self._db.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM main.{table}").fetchone()[0]
             for table in ("entries", "labels")
         }
         self._db.execute("BEGIN")
+
+    def _connect(self, *, kept: bool = True) -> sqlite3.Connection:
+        """A connection to the index; a layered one's base attached (read only) and the views that join the
+        two files' rows; a ``kept`` index's pages read through a map (new rows land all over its indexes)."""
+        db = sqlite3.connect(self.path, isolation_level=None, uri=True)  # a resolved path: never taken as a URI
+        try:
+            db.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;" + _PRAGMAS)
+            if kept:
+                db.execute(f"PRAGMA mmap_size = {_KEPT_MAP}")
+            if self.layered:
+                base = f"file:{urllib.parse.quote(str(self.base))}?mode=ro&immutable=1"
+                db.execute("ATTACH DATABASE ? AS base", (base,))
+                db.executescript(f"PRAGMA base.mmap_size = {_KEPT_MAP};" + _VIEWS)
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _both(self, template: str, table: str = "entries") -> str:
+        """``template`` over every row of ``table`` (``{entries}`` or ``{lots}`` in it): in a layered index, the
+        union of the template over the base's table and over this file's, each reached through its own
+        indexes (SQLite would read a view of the two whole to join it)."""
+        mark = "{" + table + "}"
+        if mark not in template:  # of this file's rows only
+            return template
+        if not self.layered:
+            return template.replace(mark, f"main.{table}")
+        return f"{template.replace(mark, f'base.{table}')} UNION ALL {template.replace(mark, f'main.{table}')}"
+
+    def _merge(self) -> None:
+        """Make a layered index one file again: a copy of its base with its own rows appended."""
+        merged = self.path.with_name(".merging-" + INDEX_FILE)
+        shutil.copyfile(self.base, merged)
+        db = sqlite3.connect(merged, isolation_level=None)
+        try:
+            db.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;" + _PRAGMAS)
+            db.execute("ATTACH DATABASE ? AS added", (str(self.path),))
+            db.execute("BEGIN")
+            for table in _TABLES:
+                db.execute(f"INSERT INTO main.{table} SELECT * FROM added.{table} ORDER BY rowid")
+            db.execute("DELETE FROM main.stretches")
+            db.execute("INSERT INTO main.stretches SELECT * FROM added.stretches")
+            db.execute("COMMIT")
+        finally:
+            db.close()
+        os.replace(merged, self.path)
+        self.base.unlink()
+        self.layered = False
+
+    def keep(self) -> None:
+        """Leave a kept index (an audit state's) layered: when it is one file, that file becomes the base
+        (:data:`BASE_FILE`, which later runs only read) and an empty file takes its place for the rows of
+        later runs, with the operators' stretches (which every run rewrites). The index is closed."""
+        self._db.close()
+        if self.layered:
+            return
+        os.replace(self.path, self.base)
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            db.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;" + _SCHEMA + ";" + _INDEXES)
+            db.execute("ATTACH DATABASE ? AS base", (str(self.base),))
+            db.execute("BEGIN")
+            db.execute("INSERT INTO main.stretches SELECT * FROM base.stretches")
+            db.execute("DELETE FROM base.stretches")
+            db.execute("COMMIT")
+        finally:
+            db.close()
 
     def __enter__(self) -> Index:
         return self
@@ -443,17 +542,17 @@ class Index:
         """Append the rows of one chunk."""
         # station and export are this audit's own integers, so they can be spelled into the statement
         values = f"{int(station)}, {int(export)}, " + ", ".join("?" * 14)
-        self._db.executemany(f"INSERT INTO entries VALUES ({values})", rows)
+        self._db.executemany(f"INSERT INTO main.entries VALUES ({values})", rows)
 
     def add_labels(self, station: int, export: int, labels: Sequence[Label]) -> None:
         """Append the label-mismatch manifests of one chunk that name the label read."""
         values = f"{int(station)}, {int(export)}, ?, ?, ?, ?, ?"
-        self._db.executemany(f"INSERT INTO labels VALUES ({values})", labels)
+        self._db.executemany(f"INSERT INTO main.labels VALUES ({values})", labels)
 
     def add_lots(self, station: int, export: int, lots: Sequence[LotRow]) -> None:
         """Append the component lots the manifests of one chunk record."""
         values = f"{int(station)}, {int(export)}, ?, ?, ?, ?"
-        self._db.executemany(f"INSERT INTO lots VALUES ({values})", lots)
+        self._db.executemany(f"INSERT INTO main.lots VALUES ({values})", lots)
 
     def finish_loading(self, *, kept: bool = False) -> None:
         """Commit what was loaded; queries may follow. A ``kept`` index (an audit state's) gets (or keeps up)
@@ -461,6 +560,7 @@ class Index:
         self._db.execute("COMMIT")
         if kept:
             self._db.executescript(_INDEXES)
+            self._indexed = True
 
     def _ask(self, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         return self._db.execute(sql, params).fetchall()
@@ -468,9 +568,9 @@ class Index:
     def tallies(self, window: float) -> dict[str, dict[tuple[Any, ...], list[int]]]:
         """The whole tallies of :data:`TALLIES`, and every operator's stretches of work (``window``) in the
         index itself: kept for the next run's :meth:`grouped_since`."""
-        self._db.execute("DELETE FROM stretches")
+        self._db.execute("DELETE FROM main.stretches")
         stretches = list(_stretches(self._db.execute(QUESTIONS["operators"]), window))  # the acts streamed
-        self._db.executemany("INSERT INTO stretches VALUES (?, ?, ?, ?)", stretches)
+        self._db.executemany("INSERT INTO main.stretches VALUES (?, ?, ?, ?)", stretches)
         tallies: dict[str, dict[tuple[Any, ...], list[int]]] = {}
         for name, (_, keys, sql) in TALLIES.items():
             tallies[name] = {}
@@ -498,7 +598,7 @@ class Index:
                 self._db.execute(
                     f"CREATE TABLE touched.touched_{group} ({columns}, PRIMARY KEY ({columns})) WITHOUT ROWID"
                 )
-                self._db.execute(f"INSERT OR IGNORE INTO touched.touched_{group} {sql}", values)
+                self._db.execute(f"INSERT OR IGNORE INTO touched.touched_{group} {self._both(sql)}", values)
             self._look_up()
             touched = {
                 group: {row if group == "unit" else row[0] for row in self._query(f"SELECT * FROM touched_{group}")}
@@ -506,32 +606,35 @@ class Index:
             }
             kept_answers = dict(kept["answers"])
             ask_params = {"limit": limit, **params}
-            asks: dict[tuple[str, str], tuple[str, Mapping[str, Any]]] = {}  # every lookup, asked two at a time
+            # every question, asked two at a time: (its SQL, parameters, the touched groups whose rows it reads)
+            asks: dict[tuple[str, str], tuple[str, Mapping[str, Any], tuple[str, ...]]] = {}
             for name, (group, _) in BY_GROUP.items():
                 if len(kept_answers[name]) >= limit:  # capped: which groups past the cap answer is not known
-                    asks[name, "whole"] = (QUESTIONS[name].replace("?", ":limit"), ask_params)
+                    asks[name, "whole"] = (QUESTIONS[name].replace("?", ":limit"), ask_params, ())
                 else:
                     sql = QUESTIONS[name].replace("?", ":limit").replace("FROM entries", f"FROM {_ROWS_OF[group]}")
-                    asks[name, "touched"] = (sql, ask_params)
+                    asks[name, "touched"] = (sql, ask_params, (group,))
             if len(kept_answers["misbound"]) >= limit:
-                asks["misbound", "whole"] = (QUESTIONS["misbound"].replace("?", ":limit"), ask_params)
+                asks["misbound", "whole"] = (QUESTIONS["misbound"].replace("?", ":limit"), ask_params, ())
             else:
                 labels = "(SELECT * FROM labels WHERE label IN (SELECT value FROM touched_label))"
                 sql = QUESTIONS["misbound"].replace("?", ":limit").replace("FROM labels", f"FROM {labels}")
-                asks["misbound", "touched"] = (sql, ask_params)
+                sql = sql.replace("JOIN entries e", f"JOIN {_ROWS_OF['label']} e")
+                asks["misbound", "touched"] = (sql, ask_params, ("label",))
             for name, (group, _, sql) in TALLIES.items():
-                rows = _ROWS_OF[group]
+                rows, lots = _ROWS_OF[group], _ROWS_OF["lots"]
                 before = sql.replace("{entries}", f"(SELECT * FROM {rows} WHERE export < :first)")
-                asks[name, "now"] = (sql.replace("{entries}", rows).replace("{lots}", "lots"), values)
-                asks[name, "before"] = (before.replace("{lots}", "(SELECT * FROM lots WHERE export < :first)"), values)
+                before = before.replace("{lots}", f"(SELECT * FROM {lots} WHERE export < :first)")
+                asks[name, "now"] = (sql.replace("{entries}", rows).replace("{lots}", lots), values, (group, "lots"))
+                asks[name, "before"] = (before, values, (group, "lots"))
             with ThreadPoolExecutor(2, thread_name_prefix="audit-index") as pool:
-                futures = {key: pool.submit(self._ask_apart, sql, params) for key, (sql, params) in asks.items()}
+                futures = {key: pool.submit(self._ask_apart, *ask) for key, ask in asks.items()}
                 unique = not self._fresh_replayed(futures, kept_answers, touched)
                 cycles = self._cycles_since(kept_answers["cycles"], unique, values, ask_params)  # meanwhile
                 got = {key: future.result() for key, future in futures.items()}
         finally:
             self._db.execute("DETACH DATABASE touched")
-            for path in (touched_path, *map(self._rows_path, _LOOK_UP)):
+            for path in (touched_path, *map(self._rows_path, _ROWS_OF)):
                 path.unlink(missing_ok=True)
         answers: dict[str, list[tuple[Any, ...]]] = {}
         for name, (group, keys) in BY_GROUP.items():
@@ -574,41 +677,43 @@ class Index:
         return self.path.with_name(_ROWS_FILE.format(group))
 
     def _look_up(self) -> None:
-        """Fill the tables of :data:`_ROWS_OF`: each kind of touched group's rows, looked up once in the kept
-        index (two kinds at a time, each written to a database of its own), so that the questions that
-        follow read a few thousand rows rather than each looking them up again."""
+        """Fill the tables of :data:`_ROWS_OF`: each kind of touched group's rows (and the lots at their
+        positions), looked up once in the kept index (two kinds at a time, each written to a database of
+        its own), so that the questions that follow read those rows rather than each looking them up."""
 
         def look_up(group: str) -> None:
             path = self._rows_path(group)
             path.unlink(missing_ok=True)
-            db = self._apart(attach_rows=False)
+            reads = ("device", "manifest_id") if group == "lots" else ()
+            db = self._apart(reads)
             try:
                 db.execute("ATTACH DATABASE ? AS looked", (str(path),))
                 db.executescript("PRAGMA looked.journal_mode = OFF; PRAGMA looked.synchronous = OFF;")
-                db.execute(f"CREATE TABLE looked.rows AS SELECT * FROM {_LOOK_UP[group]}")
+                sql = self._both(_LOOK_UP_LOTS, "lots") if group == "lots" else self._both(_LOOK_UP[group])
+                db.execute(f"CREATE TABLE looked.rows AS {sql}")
             finally:
                 db.close()
 
         with ThreadPoolExecutor(2, thread_name_prefix="audit-index") as pool:
             list(pool.map(look_up, _LOOK_UP))
+        look_up("lots")
 
-    def _apart(self, *, attach_rows: bool = True) -> sqlite3.Connection:
+    def _apart(self, groups: Sequence[str]) -> sqlite3.Connection:
         """A connection of its own to the kept index (SQLite works outside the GIL), the touched groups
-        attached, and (``attach_rows``) their rows (:data:`_ROWS_OF`)."""
-        db = sqlite3.connect(self.path, isolation_level=None)
+        attached, and the rows of ``groups`` (:data:`_ROWS_OF`)."""
+        db = self._connect()
         try:
-            db.executescript(_PRAGMAS + f"PRAGMA mmap_size = {_KEPT_MAP};")
             db.execute("ATTACH DATABASE ? AS touched", (str(self.path.with_name(_TOUCHED_FILE)),))
-            for group in _LOOK_UP if attach_rows else ():
+            for group in groups:
                 db.execute(f"ATTACH DATABASE ? AS rows_{group}", (str(self._rows_path(group)),))
         except BaseException:
             db.close()
             raise
         return db
 
-    def _ask_apart(self, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-        """``sql`` asked on a connection of its own (:meth:`_apart`)."""
-        db = self._apart()
+    def _ask_apart(self, sql: str, params: Mapping[str, Any], groups: Sequence[str]) -> list[tuple[Any, ...]]:
+        """``sql`` asked on a connection of its own (:meth:`_apart`), the rows of ``groups`` attached."""
+        db = self._apart(groups)
         try:
             return db.execute(sql, params).fetchall()
         finally:
@@ -632,9 +737,8 @@ class Index:
         params = dict(params or {})
 
         def ask(name: str, unique: bool = False) -> tuple[str, list[tuple[Any, ...]]]:
-            db = sqlite3.connect(self.path, isolation_level=None)
+            db = self._connect(kept=self.layered)
             try:
-                db.executescript(_PRAGMAS)
                 sql = UNIQUE[name] if unique else QUESTIONS[name]
                 args = (limit,) if "?" in sql else {"limit": limit, **params} if ":" in sql else ()
                 if name == "operators":
@@ -664,20 +768,20 @@ class Index:
         their acts, the pairs of the operators they name asked again, the others' kept."""
         acts: dict[tuple[str, int], list[int]] = {}
         for operator, station, time in self._db.execute(
-            "SELECT DISTINCT operator, station, time FROM entries WHERE rowid > ? AND operator IS NOT NULL",
+            "SELECT DISTINCT operator, station, time FROM main.entries WHERE rowid > ? AND operator IS NOT NULL",
             (self._last["entries"],),
         ):
             acts.setdefault((operator, station), []).append(time)
         for (operator, station), times in acts.items():
             low, high = min(times) - window, max(times) + window  # further stretches cannot join them
             near = self._db.execute(
-                "DELETE FROM stretches WHERE operator = ? AND station = ? AND start <= ? AND end >= ? "
+                "DELETE FROM main.stretches WHERE operator = ? AND station = ? AND start <= ? AND end >= ? "
                 "RETURNING start, end",
                 (operator, station, high, low),
             ).fetchall()
             joined = _joined([*near, *((t, t) for t in times)], window)
             self._db.executemany(
-                "INSERT INTO stretches VALUES (?, ?, ?, ?)", [(operator, station, a, b) for a, b in joined]
+                "INSERT INTO main.stretches VALUES (?, ?, ?, ?)", [(operator, station, a, b) for a, b in joined]
             )
         operators = sorted({operator for operator, _ in acts})
         if len(kept) >= limit:  # capped: ask every operator's stretches
@@ -687,7 +791,7 @@ class Index:
             where = f"operator IN ({', '.join('?' * len(operators))}) AND " if operators else "0 AND "
         fresh = _pairs(
             self._db.execute(
-                f"SELECT operator, station, start, end FROM stretches WHERE {where}end - start > ? "
+                f"SELECT operator, station, start, end FROM main.stretches WHERE {where}end - start > ? "
                 "ORDER BY operator, station, start",
                 (*operators, window),
             ),
@@ -712,7 +816,7 @@ class Index:
             "CREATE TEMP TABLE touched_fixture (station, fixture, since, PRIMARY KEY (station, fixture)) WITHOUT ROWID"
         )
         self._db.execute(
-            "INSERT INTO touched_fixture SELECT station, fixture, MIN(time) FROM entries "
+            "INSERT INTO touched_fixture SELECT station, fixture, MIN(time) FROM main.entries "
             f"WHERE rowid > :last AND event IN {_ASSIGNING} GROUP BY station, fixture",
             values,
         )
@@ -721,13 +825,13 @@ class Index:
             return self._ask(whole, params)
 
         def minutes(old: bool) -> dict[tuple[int, int], tuple[Any, ...]]:
-            rows = (
+            matching = self._both(
                 "SELECT e.station, e.fixture, e.time, e.position, e.manifest_id, e.hardware_id, e.serial, e.export, "
-                "t.since FROM touched_fixture t CROSS JOIN entries e "
+                "t.since FROM touched_fixture t CROSS JOIN {entries} e "
                 "ON e.station = t.station AND e.fixture = t.fixture AND e.time >= t.since - 59 "
                 f"WHERE e.event IN {_ASSIGNING}" + (" AND e.export < :first" if old else "")
             )
-            sql = _cycles(rows).replace(") WHERE n > :per_minute", ") WHERE n > :per_minute AND time >= since")
+            sql = _cycles(matching).replace(") WHERE n > :per_minute", ") WHERE n > :per_minute AND time >= since")
             return {(r[0], r[1]): r for r in self._ask(sql, {**params, **values, "limit": -1})}
 
         now, before = minutes(False), minutes(True)
@@ -754,12 +858,13 @@ class Index:
         self._db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted_units (station INTEGER, bundle INTEGER, unit INTEGER)")
         self._db.execute("DELETE FROM wanted_units")
         self._db.executemany("INSERT INTO wanted_units VALUES (?, ?, ?)", list(found))
-        for row in self._query(
+        join = "CROSS JOIN" if self._indexed else "JOIN"  # through the kept index's, or SQLite's own choice
+        matching = self._both(
             "SELECT e.unit, e.in_bundle, e.station, e.export, e.position, e.manifest_id, e.event, e.hardware_id, "
-            "e.serial FROM entries e JOIN wanted_units w "
-            "ON e.station = w.station AND e.in_bundle = w.bundle AND e.unit = w.unit "
-            "ORDER BY e.station, e.position"
-        ):
+            f"e.serial FROM wanted_units w {join} {{entries}} e "
+            "ON e.station = w.station AND e.in_bundle = w.bundle AND e.unit = w.unit"
+        )
+        for row in self._query(f"SELECT * FROM ({matching}) ORDER BY station, position"):
             rows = found[(row[2], row[1], row[0])]
             if len(rows) < limit:
                 rows.append(row[2:])
@@ -827,10 +932,11 @@ class Index:
         self._db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (value TEXT PRIMARY KEY)")
         self._db.execute("DELETE FROM wanted")
         self._db.executemany("INSERT OR IGNORE INTO wanted VALUES (?)", [(v,) for v in values])
-        for row in self._query(
-            f"SELECT {column}, station, export, position, manifest_id, event, hardware_id, serial FROM entries "
-            f"WHERE {column} IN (SELECT value FROM wanted) ORDER BY station, position"
-        ):
+        matching = self._both(
+            f"SELECT {column}, station, export, position, manifest_id, event, hardware_id, serial FROM {{entries}} "
+            f"WHERE {column} IN (SELECT value FROM wanted)"
+        )
+        for row in self._query(f"SELECT * FROM ({matching}) ORDER BY station, position"):
             rows = found[row[0]]
             if len(rows) < limit:
                 rows.append(row[1:])
@@ -851,7 +957,9 @@ class Index:
             "failed_step FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY serial ORDER BY station, position) AS r, "
             "COUNT(*) OVER (PARTITION BY serial) AS n FROM ("
             "SELECT serial, station, MIN(export) AS export, position, manifest_id, event, hardware_id, time, "
-            "fixture, operator, failed_step FROM entries WHERE serial IN (SELECT value FROM wanted_serials) "
+            "fixture, operator, failed_step FROM ("
+            + self._both("SELECT * FROM {entries} WHERE serial IN (SELECT value FROM wanted_serials)")
+            + ") "
             "GROUP BY serial, station, position, manifest_id)) WHERE r <= ? ORDER BY serial, station, position"
         )
         for row in self._query(sql, int(limit)):

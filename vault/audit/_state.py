@@ -9,9 +9,10 @@ raised so far) is kept in a folder the auditor names (``vault audit --state``).
 The folder is only as trustworthy as its authentication: a state edited to
 drop a clone's first appearance, or swapped for another auditor's, would
 hide findings. So every generation of the state carries a MAC over the
-digests of its two files (the index's BLAKE3, which hashes the hundreds of
-megabytes of a million manifests' index in a tenth of a second where SHA-256
-takes half a second; the engine state's SHA-256), keyed by a secret only the auditor's token can
+digests of its three files (the BLAKE3 of each of the index's two files,
+which hashes the hundreds of megabytes of a million manifests' index in a
+tenth of a second where SHA-256 takes half a second; the engine state's
+SHA-256), keyed by a secret only the auditor's token can
 compute: the ECDH of the token's key with a fixed point of the curve whose
 discrete logarithm nobody knows (found by hashing a fixed string onto the
 curve), through HKDF. Anyone can read the state's public key but nobody
@@ -21,13 +22,16 @@ before any of it is read.
 
 Layout: ``DIR/current`` names the generation in use (``gen-<n>``), which
 holds ``state.pickle`` (the engine's state, read only after the MAC holds),
-``audit-index.sqlite`` (the identity index), ``state.mac`` and ``format``
+the identity index (layered, see :mod:`vault.audit._index`: its base
+``audit-index-base.sqlite``, which no run writes, and
+``audit-index.sqlite``, the rows added since), ``state.mac`` and ``format``
 (the state format, only to name an older vault's state in the refusal). A
-run copies the index into a new staging folder and hashes the copy (which
-the run then reads and extends, so what was authenticated is what is used),
-and switches ``current`` with a rename once the audit finished, so a
-run that stops halfway leaves the previous generation in place and the same
-command completes it.
+run copies the small file into a new staging folder and links the base
+there, and hashes both (what the run then reads, and extends, is what was
+authenticated), and switches ``current`` with a rename once the audit
+finished, so a run that stops halfway leaves the previous generation in
+place and the same command completes it. A run does not copy the base, and
+hashes it only once when it did not make it (BLAKE3 of the link it reads).
 """
 
 from __future__ import annotations
@@ -47,18 +51,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from vault._files import fsync_dir
+from vault.audit._index import BASE_FILE, INDEX_FILE
 from vault.errors import InputError
 from vault.hpke import Decapsulator
 
 __all__ = ["STATE_FORMAT", "StateFolder", "state_key"]
 
-STATE_FORMAT = "vault-audit-state/v2"  # v2: the index digest is BLAKE3 (v1: SHA-256)
-INDEX_FILE = "audit-index.sqlite"
+STATE_FORMAT = "vault-audit-state/v3"  # v3: the index in two files; v2: one, its digest BLAKE3; v1: SHA-256
 _CURRENT = "current"
 _BLOB = "state.pickle"
 _MAC = "state.mac"
 _FORMAT = "format"
-_OLDER_FORMATS = frozenset({"vault-audit-state/v1"})  # named in their refusal
+_OLDER_FORMATS = frozenset({"vault-audit-state/v1", "vault-audit-state/v2"})  # named in their refusal
 _BLOCK = 4 << 20  # bytes of the index read and hashed at once
 _ANCHOR_LABEL = b"vault audit state: a point of unknown discrete logarithm"
 
@@ -128,6 +132,16 @@ def _copy_digest(source: Path, target: Path) -> bytes:
     return _index_digest(target)
 
 
+def _link(source: Path, target: Path) -> None:
+    """``target`` the same file as ``source`` (a copy where the file system cannot link)."""
+    try:
+        os.link(source, target)
+    except FileNotFoundError:
+        raise
+    except OSError:  # pragma: no cover - a file system without hard links
+        shutil.copyfile(source, target)
+
+
 class StateFolder:
     """An auditor's state folder: :meth:`load` the generation in use, :meth:`stage` a new one, :meth:`commit` it."""
 
@@ -135,10 +149,11 @@ class StateFolder:
         self.path = Path(path)
         self._key = state_key(decapsulator)
         self._lock: int | None = None
+        self._base: tuple[tuple[int, int], bytes] | None = None  # the base :meth:`load` linked: (its file, digest)
 
-    def _mac(self, generation: str, blob: bytes, index_digest: bytes) -> bytes:
-        message = b"\n".join((STATE_FORMAT.encode(), generation.encode(), hashlib.sha256(blob).digest(), index_digest))
-        return hmac.new(self._key, message, hashlib.sha256).digest()
+    def _mac(self, generation: str, blob: bytes, index_digest: bytes, base_digest: bytes) -> bytes:
+        parts = (STATE_FORMAT.encode(), generation.encode(), hashlib.sha256(blob).digest(), index_digest, base_digest)
+        return hmac.new(self._key, b"\n".join(parts), hashlib.sha256).digest()
 
     def _generation(self) -> str | None:
         current = self.path / _CURRENT
@@ -182,14 +197,18 @@ class StateFolder:
                 f"the audit state in {self.path} was made by another version of vault ({made[:40]!r}, this one "
                 f"reads {STATE_FORMAT}): audit without --state, or with a new state folder"
             )
-        copy = staging / INDEX_FILE
+        base = staging / BASE_FILE
         try:
             blob = (folder / _BLOB).read_bytes()
             mac = (folder / _MAC).read_bytes()
-            index_digest = _copy_digest(folder / INDEX_FILE, copy)
+            index_digest = _copy_digest(folder / INDEX_FILE, staging / INDEX_FILE)
+            _link(folder / BASE_FILE, base)
+            base_digest = _index_digest(base)
+            seen = base.stat()
         except OSError as e:
             raise InputError(f"the audit state in {self.path} is incomplete: {e.strerror}: {e.filename}") from e
-        if not hmac.compare_digest(mac, self._mac(generation, blob, index_digest)):
+        self._base = (seen.st_dev, seen.st_ino), base_digest
+        if not hmac.compare_digest(mac, self._mac(generation, blob, index_digest, base_digest)):
             raise InputError(
                 f"the audit state in {self.path} is not authentic for this auditor's token "
                 "(edited, swapped, or made with another token): refused"
@@ -243,9 +262,15 @@ class StateFolder:
         generation = f"gen-{number}"
         blob = pickle.dumps({**state, "format": STATE_FORMAT}, protocol=pickle.HIGHEST_PROTOCOL)
         (staging / _BLOB).write_bytes(blob)
-        (staging / _MAC).write_bytes(self._mac(generation, blob, _index_digest(staging / INDEX_FILE)))
+        base = staging / BASE_FILE
+        seen = base.stat()
+        if self._base is not None and self._base[0] == (seen.st_dev, seen.st_ino):
+            base_digest = self._base[1]  # the base load linked and hashed: no run writes a base
+        else:  # one this run made
+            base_digest = _index_digest(base)
+        (staging / _MAC).write_bytes(self._mac(generation, blob, _index_digest(staging / INDEX_FILE), base_digest))
         (staging / _FORMAT).write_text(STATE_FORMAT + "\n", encoding="ascii")
-        for name in (_BLOB, _MAC, _FORMAT, INDEX_FILE):
+        for name in (_BLOB, _MAC, _FORMAT, INDEX_FILE, BASE_FILE):
             fsync_dir(staging / name)
         target = self.path / generation
         shutil.rmtree(target, ignore_errors=True)  # a generation a stopped run staged but never made current
