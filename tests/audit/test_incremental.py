@@ -74,6 +74,41 @@ def test_an_incremental_audit_gives_the_full_audit_s_report_with_a_clone_in_the_
     assert incremental.manifests == full.manifests == len(forge.log)
 
 
+def test_a_finding_the_state_kept_is_asked_again_when_new_rows_touch_its_group(
+    forge: Forge, world: World, auditor_key: TokenKey, tmp_path: Path
+) -> None:
+    """A clone, a shared serial and a replayed manifest found in the first two exports come back in the third:
+    their kept answers give way to the answers asked again (not both, nor the old)."""
+    evidence, state = tmp_path / "evidence", tmp_path / "state"
+    twin = forge.provision(1)[0]
+    serial = forge.add("provisioned").manifest.serial
+    replayed = forge.add("provisioned")
+    first = forge.export(evidence)
+    forge.add("provisioned", forge.device(hardware_id=twin.hardware_id))
+    forge.add("provisioned", forge.device(serial))
+    forge.log.append(replace(replayed, envelope=replayed.envelope))
+    second = forge.export(evidence)
+    forge.add("provisioned", forge.device(hardware_id=twin.hardware_id))  # a third time
+    forge.add("provisioned", forge.device(serial))  # a third device
+    forge.log.append(replace(replayed, envelope=replayed.envelope))  # a third position
+    third = forge.export(evidence)
+
+    full = _audit(world, auditor_key, [first, second, third])
+    assert {"duplicate-hardware-id", "duplicate-serial", "manifest-replayed"} <= full.codes()
+    _audit(world, auditor_key, [first], state)
+    kept = _audit(world, auditor_key, [second], state)
+    assert {"duplicate-hardware-id", "duplicate-serial", "manifest-replayed"} <= kept.codes()
+    incremental = _audit(world, auditor_key, [third], state)
+    assert _same(incremental) == _same(full)
+    folder = StateFolder(state, auditor_key)  # what the next run starts from: each group's answer once, now
+    try:
+        answers = folder.load(folder.stage())["questions"]["answers"]  # type: ignore[index]
+    finally:
+        folder.release()
+    assert [r[:2] for r in answers["devices"]] == [(twin.hardware_id.hex(), 3)]
+    assert [r for r in answers["serials"]] == [(serial, 3)]
+
+
 def test_the_exports_are_listed_as_in_a_full_audit_when_a_later_run_adds_to_the_first_station(
     forge: Forge, world: World, station_keys: dict[str, tuple[TokenKey, TokenKey]], auditor_key: TokenKey,
     tmp_path: Path,

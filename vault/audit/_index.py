@@ -593,18 +593,17 @@ class Index:
         touched_path.unlink(missing_ok=True)
         self._db.execute("ATTACH DATABASE ? AS touched", (str(touched_path),))
         try:
+            self._db.executescript("PRAGMA touched.journal_mode = OFF; PRAGMA touched.synchronous = OFF; BEGIN;")
             for group, sql in _TOUCHED.items():
                 columns = _TOUCHED_COLUMNS.get(group, "value")
                 self._db.execute(
                     f"CREATE TABLE touched.touched_{group} ({columns}, PRIMARY KEY ({columns})) WITHOUT ROWID"
                 )
                 self._db.execute(f"INSERT OR IGNORE INTO touched.touched_{group} {self._both(sql)}", values)
+            self._db.execute("COMMIT")
             self._look_up()
-            touched = {
-                group: {row if group == "unit" else row[0] for row in self._query(f"SELECT * FROM touched_{group}")}
-                for group in ("hardware_id", "device_key_id", "serial", "manifest_id", "unit", "label")
-            }
             kept_answers = dict(kept["answers"])
+            touched = self._touched_of(kept_answers)
             ask_params = {"limit": limit, **params}
             # every question, asked two at a time: (its SQL, parameters, the touched groups whose rows it reads)
             asks: dict[tuple[str, str], tuple[str, Mapping[str, Any], tuple[str, ...]]] = {}
@@ -660,6 +659,22 @@ class Index:
         answers["cycles"] = cycles
         kept_now = {"answers": {name: answers[name] for name in KEPT}, "tallies": tallies}
         return {name: answers[name] for name in QUESTIONS}, kept_now
+
+    def _touched_of(self, kept: Mapping[str, list[tuple[Any, ...]]]) -> dict[str, set[Any]]:
+        """Of the groups the ``kept`` answers name, those the new rows touch (each looked up in its table of
+        touched groups): the kept answers about them are asked again, the others stand."""
+        named: dict[str, set[Any]] = {group: set() for group in ("label", *(g for g, _ in BY_GROUP.values()))}
+        for name, (group, keys) in BY_GROUP.items():
+            named[group].update(r[:keys] if keys > 1 else r[0] for r in kept[name])
+        named["label"].update(r[6] for r in kept["misbound"])
+        touched: dict[str, set[Any]] = {}
+        for group, values in named.items():
+            columns = [c.strip() for c in _TOUCHED_COLUMNS.get(group, "value").split(",")]
+            sql = f"SELECT 1 FROM touched_{group} WHERE " + " AND ".join(f"{c} = ?" for c in columns)
+            touched[group] = {
+                v for v in values if self._db.execute(sql, v if len(columns) > 1 else (v,)).fetchone() is not None
+            }
+        return touched
 
     def _fresh_replayed(
         self,
