@@ -46,22 +46,33 @@ def _reads_whole(plan: list[str]) -> list[str]:
     return [step for step in plan if step.startswith("SCAN") and ("entries" in step or "lots" in step)]
 
 
-def test_the_touched_groups_and_their_rows_are_looked_up_through_the_indexes_of_both_files(layered: Index) -> None:
+def test_the_touched_groups_and_their_rows_are_looked_up_through_the_indexes_of_both_files(
+    layered: Index, tmp_path: Path
+) -> None:
     db = layered._db
-    db.execute("ATTACH DATABASE ? AS touched", (str(layered.path.with_name("touched-groups.sqlite")),))
     values = {"last": layered._last["entries"], "last_label": layered._last["labels"], "first": 2}
     for group, sql in _TOUCHED.items():
+        db.execute("ATTACH DATABASE ? AS looked", (str(tmp_path / f"{group}.sqlite"),))
         columns = _TOUCHED_COLUMNS.get(group, "value")
-        db.execute(f"CREATE TABLE touched.touched_{group} ({columns}, PRIMARY KEY ({columns})) WITHOUT ROWID")
+        db.execute(f"CREATE TABLE looked.touched ({columns}, PRIMARY KEY ({columns})) WITHOUT ROWID")
         both = layered._both(sql)
         assert not _reads_whole(_plan(db, both, values)), (group, _plan(db, both, values))
-        db.execute(f"INSERT OR IGNORE INTO touched.touched_{group} {both}", values)
-    assert db.execute("SELECT COUNT(*) FROM touched_hardware_id").fetchone()[0] == 100  # this run's rows only
-    for group, sql in _LOOK_UP.items():
-        plan = _plan(db, layered._both(sql))
+        db.execute(f"INSERT OR IGNORE INTO looked.touched {both}", values)
+        if group == "hardware_id":
+            assert db.execute("SELECT COUNT(*) FROM looked.touched").fetchone()[0] == 100  # this run's rows only
+        plan = _plan(db, layered._both(_LOOK_UP[group]))
         assert _searches(plan) == 2 and not _reads_whole(plan), (group, plan)
-    rows = db.execute(layered._both(_LOOK_UP["device"])).fetchall()
-    assert sorted(r[2] for r in rows) == list(range(3000, 3100))  # their positions
+        if group == "device":
+            rows = db.execute(layered._both(_LOOK_UP["device"])).fetchall()
+            assert sorted(r[2] for r in rows) == list(range(3000, 3100))  # their positions
+        db.execute("DETACH DATABASE looked")
+
+
+def test_an_incremental_run_leaves_no_file_of_its_questions_beside_the_index(layered: Index) -> None:
+    answers = {name: [] for name in (*vault.audit._index.KEPT,)}
+    layered.grouped_since(2, {"answers": answers, "tallies": {name: {} for name in vault.audit._index.TALLIES}},
+                          limit=10, params={"max_reworks": 1, "per_minute": 60, "window": 600})  # fmt: skip
+    assert sorted(p.name for p in layered.path.parent.iterdir()) == ["audit-index-base.sqlite", "audit-index.sqlite"]
 
 
 def test_the_rows_behind_findings_come_from_both_files_through_their_indexes(layered: Index) -> None:

@@ -84,8 +84,7 @@ BASE_FILE = "audit-index-base.sqlite"  # a layered index's base: only read
 MERGE_SHARE = 1 / 8  # a layered index is merged into one file when its own file grows past this share of its base
 _TABLES = ("entries", "labels", "lots")
 _VIEWS = "".join(f"CREATE TEMP VIEW {t} AS SELECT * FROM base.{t} UNION ALL SELECT * FROM main.{t};" for t in _TABLES)
-_TOUCHED_FILE = "touched-groups.sqlite"  # beside the index while an incremental run asks about the new rows
-_ROWS_FILE = "touched-rows-{}.sqlite"  # the rows of one kind of touched group, beside the index meanwhile
+_ROWS_FILE = "touched-{}.sqlite"  # one kind of touched group and its rows, beside the index while they are asked
 _KEPT_MAP = 1 << 30  # bytes of a kept (audit state's) index mapped at most; its pages are the page cache's
 _KEY = f"CASE WHEN event IN {_ASSIGNING} THEN device_key_id END"
 
@@ -325,20 +324,20 @@ _TOUCHED = {
 
 _TOUCHED_COLUMNS = {"unit": "station, in_bundle, unit", "device": "station, hardware_id"}
 
-_LOOK_UP = {  # the rows of each kind of touched group, looked up once (see Index._look_up); {entries}: see _both
-    "hardware_id": "SELECT e.* FROM touched_hardware_id t CROSS JOIN {entries} e ON e.hardware_id = t.value",
-    "device_key_id": "SELECT e.* FROM touched_device_key_id t CROSS JOIN {entries} e ON e.device_key_id = t.value",
-    "serial": "SELECT e.* FROM touched_serial t CROSS JOIN {entries} e ON e.serial = t.value",
-    "manifest_id": "SELECT e.* FROM touched_manifest_id t CROSS JOIN {entries} e ON e.manifest_id = t.value",
+_LOOK_UP = {  # the rows of each kind of touched group (of _TOUCHED), looked up once (Index._look_up); {entries}: _both
+    "hardware_id": "SELECT e.* FROM looked.touched t CROSS JOIN {entries} e ON e.hardware_id = t.value",
+    "device_key_id": "SELECT e.* FROM looked.touched t CROSS JOIN {entries} e ON e.device_key_id = t.value",
+    "serial": "SELECT e.* FROM looked.touched t CROSS JOIN {entries} e ON e.serial = t.value",
+    "manifest_id": "SELECT e.* FROM looked.touched t CROSS JOIN {entries} e ON e.manifest_id = t.value",
     "unit": (
-        "SELECT e.* FROM touched_unit t CROSS JOIN {entries} e "
+        "SELECT e.* FROM looked.touched t CROSS JOIN {entries} e "
         "ON e.station = t.station AND e.in_bundle = t.in_bundle AND e.unit = t.unit"
     ),
     "device": (
-        "SELECT e.* FROM touched_device t CROSS JOIN {entries} e "
+        "SELECT e.* FROM looked.touched t CROSS JOIN {entries} e "
         "ON e.hardware_id = t.hardware_id AND e.station = t.station"
     ),
-    "label": "SELECT e.* FROM touched_label t CROSS JOIN {entries} e ON e.serial = t.value",  # misbound's other side
+    "label": "SELECT e.* FROM looked.touched t CROSS JOIN {entries} e ON e.serial = t.value",  # misbound's other side
 }
 # the lots recorded at the positions of the rows looked up for the tallies that join them (after those)
 _LOOK_UP_LOTS = (
@@ -588,20 +587,8 @@ class Index:
         the touched groups contributed before and contribute now. The rest are asked of the whole index,
         as is a question whose kept answer was capped at ``limit`` (the groups past the cap are unknown)."""
         values = {"last": self._last["entries"], "last_label": self._last["labels"], "first": int(first_export)}
-        # the touched groups go to a database of their own beside the index, which every connection attaches
-        touched_path = self.path.with_name(_TOUCHED_FILE)
-        touched_path.unlink(missing_ok=True)
-        self._db.execute("ATTACH DATABASE ? AS touched", (str(touched_path),))
         try:
-            self._db.executescript("PRAGMA touched.journal_mode = OFF; PRAGMA touched.synchronous = OFF; BEGIN;")
-            for group, sql in _TOUCHED.items():
-                columns = _TOUCHED_COLUMNS.get(group, "value")
-                self._db.execute(
-                    f"CREATE TABLE touched.touched_{group} ({columns}, PRIMARY KEY ({columns})) WITHOUT ROWID"
-                )
-                self._db.execute(f"INSERT OR IGNORE INTO touched.touched_{group} {self._both(sql)}", values)
-            self._db.execute("COMMIT")
-            self._look_up()
+            self._look_up(values)
             kept_answers = dict(kept["answers"])
             touched = self._touched_of(kept_answers)
             ask_params = {"limit": limit, **params}
@@ -616,7 +603,7 @@ class Index:
             if len(kept_answers["misbound"]) >= limit:
                 asks["misbound", "whole"] = (QUESTIONS["misbound"].replace("?", ":limit"), ask_params, ())
             else:
-                labels = "(SELECT * FROM labels WHERE label IN (SELECT value FROM touched_label))"
+                labels = "(SELECT * FROM labels WHERE label IN (SELECT value FROM rows_label.touched))"
                 sql = QUESTIONS["misbound"].replace("?", ":limit").replace("FROM labels", f"FROM {labels}")
                 sql = sql.replace("JOIN entries e", f"JOIN {_ROWS_OF['label']} e")
                 asks["misbound", "touched"] = (sql, ask_params, ("label",))
@@ -626,14 +613,14 @@ class Index:
                 before = before.replace("{lots}", f"(SELECT * FROM {lots} WHERE export < :first)")
                 asks[name, "now"] = (sql.replace("{entries}", rows).replace("{lots}", lots), values, (group, "lots"))
                 asks[name, "before"] = (before, values, (group, "lots"))
+            first = sorted(asks, key=lambda key: key[0] != "replayed")  # cycles waits for it
             with ThreadPoolExecutor(2, thread_name_prefix="audit-index") as pool:
-                futures = {key: pool.submit(self._ask_apart, *ask) for key, ask in asks.items()}
+                futures = {key: pool.submit(self._ask_apart, *asks[key]) for key in first}
                 unique = not self._fresh_replayed(futures, kept_answers, touched)
                 cycles = self._cycles_since(kept_answers["cycles"], unique, values, ask_params)  # meanwhile
                 got = {key: future.result() for key, future in futures.items()}
         finally:
-            self._db.execute("DETACH DATABASE touched")
-            for path in (touched_path, *map(self._rows_path, _ROWS_OF)):
+            for path in map(self._rows_path, _ROWS_OF):
                 path.unlink(missing_ok=True)
         answers: dict[str, list[tuple[Any, ...]]] = {}
         for name, (group, keys) in BY_GROUP.items():
@@ -667,13 +654,19 @@ class Index:
         for name, (group, keys) in BY_GROUP.items():
             named[group].update(r[:keys] if keys > 1 else r[0] for r in kept[name])
         named["label"].update(r[6] for r in kept["misbound"])
-        touched: dict[str, set[Any]] = {}
+        touched: dict[str, set[Any]] = {group: set() for group in named}
         for group, values in named.items():
+            if not values:
+                continue
             columns = [c.strip() for c in _TOUCHED_COLUMNS.get(group, "value").split(",")]
-            sql = f"SELECT 1 FROM touched_{group} WHERE " + " AND ".join(f"{c} = ?" for c in columns)
-            touched[group] = {
-                v for v in values if self._db.execute(sql, v if len(columns) > 1 else (v,)).fetchone() is not None
-            }
+            sql = "SELECT 1 FROM looked.touched WHERE " + " AND ".join(f"{c} = ?" for c in columns)
+            self._db.execute("ATTACH DATABASE ? AS looked", (str(self._rows_path(group)),))
+            try:
+                for value in values:
+                    if self._db.execute(sql, value if len(columns) > 1 else (value,)).fetchone() is not None:
+                        touched[group].add(value)
+            finally:
+                self._db.execute("DETACH DATABASE looked")
         return touched
 
     def _fresh_replayed(
@@ -691,21 +684,27 @@ class Index:
     def _rows_path(self, group: str) -> Path:
         return self.path.with_name(_ROWS_FILE.format(group))
 
-    def _look_up(self) -> None:
-        """Fill the tables of :data:`_ROWS_OF`: each kind of touched group's rows (and the lots at their
-        positions), looked up once in the kept index (two kinds at a time, each written to a database of
-        its own), so that the questions that follow read those rows rather than each looking them up."""
+    def _look_up(self, values: Mapping[str, int]) -> None:
+        """Fill the tables of :data:`_ROWS_OF`: for each kind of group (:data:`_TOUCHED`), the groups the new
+        rows touch and their rows, looked up once in the kept index, and then the lots at their positions;
+        two kinds at a time, each in a database of its own, so that the questions that follow read those
+        rows rather than each looking them up."""
 
         def look_up(group: str) -> None:
             path = self._rows_path(group)
             path.unlink(missing_ok=True)
-            reads = ("device", "manifest_id") if group == "lots" else ()
-            db = self._apart(reads)
+            db = self._apart(("device", "manifest_id") if group == "lots" else ())
             try:
                 db.execute("ATTACH DATABASE ? AS looked", (str(path),))
-                db.executescript("PRAGMA looked.journal_mode = OFF; PRAGMA looked.synchronous = OFF;")
-                sql = self._both(_LOOK_UP_LOTS, "lots") if group == "lots" else self._both(_LOOK_UP[group])
-                db.execute(f"CREATE TABLE looked.rows AS {sql}")
+                db.executescript("PRAGMA looked.journal_mode = OFF; PRAGMA looked.synchronous = OFF; BEGIN;")
+                if group == "lots":
+                    db.execute(f"CREATE TABLE looked.rows AS {self._both(_LOOK_UP_LOTS, 'lots')}")
+                else:
+                    columns = _TOUCHED_COLUMNS.get(group, "value")
+                    db.execute(f"CREATE TABLE looked.touched ({columns}, PRIMARY KEY ({columns})) WITHOUT ROWID")
+                    db.execute(f"INSERT OR IGNORE INTO looked.touched {self._both(_TOUCHED[group])}", values)
+                    db.execute(f"CREATE TABLE looked.rows AS {self._both(_LOOK_UP[group])}")
+                db.execute("COMMIT")
             finally:
                 db.close()
 
@@ -714,11 +713,10 @@ class Index:
         look_up("lots")
 
     def _apart(self, groups: Sequence[str]) -> sqlite3.Connection:
-        """A connection of its own to the kept index (SQLite works outside the GIL), the touched groups
-        attached, and the rows of ``groups`` (:data:`_ROWS_OF`)."""
+        """A connection of its own to the kept index (SQLite works outside the GIL), the touched groups of
+        ``groups`` and their rows attached (:data:`_ROWS_OF`)."""
         db = self._connect()
         try:
-            db.execute("ATTACH DATABASE ? AS touched", (str(self.path.with_name(_TOUCHED_FILE)),))
             for group in groups:
                 db.execute(f"ATTACH DATABASE ? AS rows_{group}", (str(self._rows_path(group)),))
         except BaseException:
