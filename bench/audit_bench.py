@@ -47,6 +47,16 @@ of that state (the incremental audit) and export 2 alone, side by side, and
 prints the median of the rounds' ratios of the incremental audit's wall time
 to the lone one's (target <= 1.2): last line ``ratio incremental/alone ...``.
 
+With ``--floor`` (and ``--reuse`` of a folder with certificates), it
+measures, in one process, on the last export's real entry records, the
+least Python any audit must run per manifest beside its two verifications:
+the entry record's parts found by position (two base64 decodes and the
+leaf's SHA-256: the audit's own reader), the statement parsed by the
+standard library's JSON parser in C (no field read or checked), and a row
+pickled back and inserted into an index; against two verifications of the
+baseline's kind in the same process. Its last line is the ratio the audit
+could reach if it did only that (``ratio floor/bare ...``).
+
 The bench sets up its own SoftHSM2 tokens and runs in the project's
 interpreter with none of the caller's ``SOFTHSM2_*``, ``VAULT_*``,
 ``OPENSSL_*``, ``P11_KIT_*`` or ``PYTHON*`` variables (``bench/_own.py``);
@@ -562,6 +572,9 @@ def main() -> None:
     parser.add_argument("--reuse", type=Path, default=None, help="a work folder of an earlier run: audit it again")
     parser.add_argument("--profile", action="store_true", help="cProfile the audit's main process (audit.prof)")
     parser.add_argument(
+        "--floor", action="store_true", help="with --reuse: the least Python per manifest, against 2 verifications"
+    )
+    parser.add_argument(
         "--incremental",
         action="store_true",
         help="audit a second export of --new manifests with the state of the first, against auditing it alone",
@@ -624,6 +637,10 @@ def main() -> None:
     kind += ", with test records" if meta.get("records") else ""
     if args.incremental:
         return _incremental(work, args, exports, n, new, kind)
+    if args.floor:
+        if args.reuse is None or not certificates:
+            raise SystemExit("--floor measures a work folder with certificates: give it with --reuse")
+        return _floor(work, exports[-1])
     size = exports[0].stat().st_size
     print(f"auditing export 1 ({size / 2**20:.0f} MiB, {args.workers} workers)")
     audited = _audit_child(work, args.workers, exports[:1], profile=args.profile)
@@ -645,6 +662,68 @@ def main() -> None:
     print(f"ratio audit/bare {audit_wall / base_wall:.2f}")
     if audited["high"]:
         raise SystemExit(1)
+
+
+def _floor(work: Path, export: Path) -> None:
+    """The least Python per manifest an audit runs beside its two verifications (see the module's text)."""
+    import pickle
+    import sqlite3
+    from collections.abc import Callable
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from vault.audit._worker import _canonical_entry
+    from vault.evidence import EvidenceReader, decrypt_chunk
+    from vault.token import open_token, parse_uri
+
+    meta = json.loads((work / "meta.json").read_text())
+    with open_token(parse_uri(meta["auditor_token"])) as session, EvidenceReader(export) as reader:
+        key = reader.open(session.key(label="auditor-decrypt"))
+        records = [r for chunk in reader.raw_chunks() for r in decrypt_chunk(key, reader.header.header_sha256, chunk)]
+    entries = [r for r in records if r.startswith(b'{"certificate":')]
+    start = entries[0].find(b'keyid\\":\\"') + len(b'keyid\\":\\"')
+    keyid = entries[0][start : start + 64]
+    parts = [_canonical_entry(record, keyid) for record in entries]
+    if not entries or any(part is None for part in parts):
+        raise SystemExit(f"{export}: not every entry is in the form a station writes")
+    rows = [
+        (i, "m" * 64, "provisioned", "h" * 16, "s" * 12, "k" * 64, 1, 1, i, None, None, i, 1, "op")
+        for i in range(len(entries))
+    ]
+    index = sqlite3.connect(":memory:")
+    index.execute(f"CREATE TABLE entries ({', '.join(f'c{i}' for i in range(14))})")
+    signer = ec.generate_private_key(ec.SECP256R1())
+    algorithm = ec.ECDSA(hashes.SHA256())
+    signed = [(p[1], signer.sign(p[1], algorithm)) for p in parts[:SAMPLES]]  # type: ignore[index]
+    public = signer.public_key()
+
+    def best(step: Callable[[], object], per: int) -> float:
+        times = []
+        for _ in range(5):
+            started = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - started)
+        return min(times) / per * 1e6
+
+    steps = {
+        "entry record: parts by position, 2 base64, leaf": lambda: [_canonical_entry(r, keyid) for r in entries],
+        "statement: json.loads (C), nothing read": lambda: [json.loads(p[1]) for p in parts],  # type: ignore[index]
+        "row: pickled, unpickled, inserted": lambda: index.executemany(
+            f"INSERT INTO entries VALUES ({', '.join('?' * 14)})", pickle.loads(pickle.dumps(rows, protocol=5))
+        ),
+    }
+    python = 0.0
+    print(f"floor, per manifest ({len(entries)} real entry records of {export.name}, best of 5, one process):")
+    for name, step in steps.items():
+        cost = best(step, len(entries))
+        python += cost
+        print(f"  {name:50s} {cost:6.1f} µs")
+    verify = best(lambda: [public.verify(sig, msg, algorithm) for msg, sig in signed], len(signed)) * 2
+    print(f"  {'at least, in Python':50s} {python:6.1f} µs")
+    print(f"  {'two ECDSA P-256 verifications':50s} {verify:6.1f} µs")
+    print(f"  1.15 leaves {0.15 * verify:.1f} µs of Python per manifest, the main process's included")
+    print(f"ratio floor/bare {(verify + python) / verify:.2f}")
 
 
 def _current_format(state: Path) -> bool:
