@@ -68,6 +68,7 @@ Usage::
     python bench/audit_bench.py --manifests 1000000 --dir /var/tmp/audit-bench
     python bench/audit_bench.py --reuse /var/tmp/audit-bench/vault-audit-bench-XXXX    # audit the cached export again
     python bench/audit_bench.py --incremental --manifests 1000000 --new 10000 --dir /var/tmp/audit-bench
+    python bench/audit_bench.py --floor --reuse /var/tmp/audit-bench/vault-audit-bench-XXXX
     python bench/audit_bench.py --incremental --reuse /var/tmp/audit-bench/vault-audit-bench-XXXX
 """
 
