@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -214,6 +215,7 @@ def test_a_state_edited_swapped_or_made_for_other_inputs_is_refused(
     blob.write_bytes(original)
 
     for name in ("audit-index.sqlite", "audit-index-base.sqlite"):  # either file of the identity index changed
+        (generation / name).chmod(0o600)  # the base is made read-only
         with (generation / name).open("ab") as index:
             index.write(b"\0")
         with pytest.raises(InputError, match="not authentic"):
@@ -242,6 +244,45 @@ def test_a_state_edited_swapped_or_made_for_other_inputs_is_refused(
     with pytest.raises(InputError, match="other thresholds"):
         _audit(world, auditor_key, [second], state, thresholds=Thresholds(max_reworks=9))
     report = _audit(world, auditor_key, [second], state)  # intact again: it carries on
+    assert report.manifests == 4
+
+
+def test_a_base_others_could_write_after_it_is_hashed_is_refused_and_the_same_command_then_runs(
+    forge: Forge, world: World, auditor_key: TokenKey, tmp_path: Path
+) -> None:
+    """The index's base is linked from one generation to the next, not copied: a file planted in its place
+    (a link, another user's file, one others may write, a pipe) could be written after it is hashed, so it
+    is refused, with one line and without waiting on a pipe; the base a run makes is read-only."""
+    state = tmp_path / "state"
+    first, second = _exports(forge, tmp_path / "evidence", 3, 1)
+    _audit(world, auditor_key, [first], state)
+    base = state / "gen-1" / "audit-index-base.sqlite"
+    assert base.stat().st_mode & 0o777 == 0o400
+    kept = tmp_path / "kept-base"
+    base.rename(kept)
+
+    base.symlink_to(kept)  # the same bytes, through a link
+    with pytest.raises(InputError, match="something other than a file only this user can write"):
+        _audit(world, auditor_key, [second], state)
+    base.unlink()
+    shutil.copyfile(kept, base)
+    base.chmod(0o664)  # the same bytes, writable by the group
+    with pytest.raises(InputError, match="something other than a file only this user can write"):
+        _audit(world, auditor_key, [second], state)
+    base.unlink()
+    os.mkfifo(base)  # a pipe: hashing it would wait forever
+    with pytest.raises(InputError, match="something other than a file only this user can write"):
+        _audit(world, auditor_key, [second], state)
+    base.unlink()
+    os.mkfifo(state / "gen-1" / "audit-index.sqlite.new")
+    (state / "gen-1" / "audit-index.sqlite").rename(tmp_path / "small")
+    (state / "gen-1" / "audit-index.sqlite.new").rename(state / "gen-1" / "audit-index.sqlite")
+    kept.rename(base)
+    with pytest.raises(InputError, match="something other than a file only this user can write"):
+        _audit(world, auditor_key, [second], state)
+    (tmp_path / "small").replace(state / "gen-1" / "audit-index.sqlite")
+
+    report = _audit(world, auditor_key, [second], state)  # the state as the first run left it: it carries on
     assert report.manifests == 4
 
 

@@ -82,6 +82,7 @@ _PRAGMAS = "PRAGMA temp_store = FILE; PRAGMA cache_size = -32768;"
 INDEX_FILE = "audit-index.sqlite"  # the index; in a layered one, the rows added since its base
 BASE_FILE = "audit-index-base.sqlite"  # a layered index's base: only read
 MERGE_SHARE = 1 / 8  # a layered index is merged into one file when its own file grows past this share of its base
+_MERGE_CACHE = "PRAGMA cache_size = -524288;"  # KiB of SQLite's cache while merging (after _PRAGMAS' own)
 _TABLES = ("entries", "labels", "lots")
 _VIEWS = "".join(f"CREATE TEMP VIEW {t} AS SELECT * FROM base.{t} UNION ALL SELECT * FROM main.{t};" for t in _TABLES)
 _ROWS_FILE = "touched-{}.sqlite"  # one kind of touched group and its rows, beside the index while they are asked
@@ -157,7 +158,9 @@ QUESTIONS = {
         "SELECT DISTINCT l.station, l.export, l.position, l.manifest_id, l.hardware_id, l.serial, l.label, "
         "e.station, e.export, e.position, e.manifest_id, e.event, e.hardware_id, e.serial FROM labels l "
         f"JOIN entries e ON e.serial = l.label AND e.hardware_id <> l.hardware_id AND e.event IN {_ASSIGNING} "
-        "ORDER BY l.station, l.position, e.station, e.position LIMIT ?"
+        # then every column: the order is total, so the rows kept under the limit are the same however
+        # SQLite plans it (two label rows may share a station and position: a rewritten log)
+        "ORDER BY 1, 3, 8, 10, 2, 4, 5, 6, 7, 9, 11, 12, 13, 14 LIMIT ?"
     ),
     # (component, lot, devices attempted, devices whose first attempt was provisioned): the first-pass yield per
     # component lot, over the devices whose first attempt (as in "first_pass") records its lots
@@ -496,7 +499,9 @@ class Index:
         shutil.copyfile(self.base, merged)
         db = sqlite3.connect(merged, isolation_level=None)
         try:
-            db.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;" + _PRAGMAS)
+            # the added rows land all over the base's indexes: a cache that holds most of their pages (the
+            # merge of 125,000 rows into 1,000,000 took 3.2 s with the default cache, 2.2 s with this one)
+            db.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;" + _PRAGMAS + _MERGE_CACHE)
             db.execute("ATTACH DATABASE ? AS added", (str(self.path),))
             db.execute("BEGIN")
             for table in _TABLES:

@@ -26,12 +26,15 @@ the identity index (layered, see :mod:`vault.audit._index`: its base
 ``audit-index-base.sqlite``, which no run writes, and
 ``audit-index.sqlite``, the rows added since), ``state.mac`` and ``format``
 (the state format, only to name an older vault's state in the refusal). A
-run copies the small file into a new staging folder and links the base
-there, and hashes both (what the run then reads, and extends, is what was
-authenticated), and switches ``current`` with a rename once the audit
-finished, so a run that stops halfway leaves the previous generation in
-place and the same command completes it. A run does not copy the base, and
-hashes it only once when it did not make it (BLAKE3 of the link it reads).
+run copies the small file into a new staging folder (what the run then
+reads and extends is the copy it hashed) and links the base there, and
+switches ``current`` with a rename once the audit finished, so a run that
+stops halfway leaves the previous generation in place and the same command
+completes it. The base is not copied (unless the run merges the small file
+into it): it is hashed through the link, and only a regular file that this
+user owns and nobody else may write is linked, made read-only when it is
+made, so that nobody else can plant a file in the folder and write to it
+after it was hashed. A run hashes the base once when it did not make it.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import hmac
 import os
 import pickle
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -134,11 +138,33 @@ def _copy_digest(source: Path, target: Path) -> bytes:
 def _link(source: Path, target: Path) -> None:
     """``target`` the same file as ``source`` (a copy where the file system cannot link)."""
     try:
-        os.link(source, target)
+        os.link(source, target, follow_symlinks=False)
     except FileNotFoundError:
         raise
     except OSError:  # pragma: no cover - a file system without hard links
-        shutil.copyfile(source, target)
+        shutil.copyfile(source, target, follow_symlinks=False)
+
+
+def _own_file(path: Path, state: Path, *, only_mine: bool = True) -> os.stat_result:
+    """``path``'s status, when it is a regular file (not a link, nor a pipe a read would wait on) and, with
+    ``only_mine``, one this user owns and nobody else may write.
+
+    Raises:
+        InputError: it is anything else: not this user's state, or planted to be written after it is hashed.
+        OSError: it cannot be read.
+    """
+    seen = path.lstat()
+    others = seen.st_uid != os.geteuid() or seen.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if not stat.S_ISREG(seen.st_mode) or (only_mine and others):
+        raise InputError(
+            f"the audit state in {state} holds {path.name} as something other than a file only this user "
+            "can write (another user's file, a link, a pipe, or writable by others): refused"
+        )
+    return seen
+
+
+def _identity(seen: os.stat_result) -> tuple[int, int, int, int]:
+    return seen.st_dev, seen.st_ino, seen.st_size, seen.st_mtime_ns
 
 
 class StateFolder:
@@ -148,7 +174,7 @@ class StateFolder:
         self.path = Path(path)
         self._key = state_key(decapsulator)
         self._lock: int | None = None
-        self._base: tuple[tuple[int, int], bytes] | None = None  # the base :meth:`load` linked: (its file, digest)
+        self._base: tuple[tuple[int, int, int, int], bytes] | None = None  # the base load linked: (file, digest)
 
     def _mac(self, generation: str, blob: bytes, index_digest: bytes, base_digest: bytes) -> bytes:
         parts = (STATE_FORMAT.encode(), generation.encode(), hashlib.sha256(blob).digest(), index_digest, base_digest)
@@ -200,13 +226,16 @@ class StateFolder:
         try:
             blob = (folder / _BLOB).read_bytes()
             mac = (folder / _MAC).read_bytes()
+            _own_file(folder / INDEX_FILE, self.path, only_mine=False)  # copied, and the copy hashed
             index_digest = _copy_digest(folder / INDEX_FILE, staging / INDEX_FILE)
+            _own_file(folder / BASE_FILE, self.path)
             _link(folder / BASE_FILE, base)
+            seen = _own_file(base, self.path)
             base_digest = _index_digest(base)
-            seen = base.stat()
         except OSError as e:
-            raise InputError(f"the audit state in {self.path} is incomplete: {e.strerror}: {e.filename}") from e
-        self._base = (seen.st_dev, seen.st_ino), base_digest
+            shown = f"{e.strerror}: {e.filename}" if e.strerror else str(e)
+            raise InputError(f"the audit state in {self.path} is incomplete: {shown}") from e
+        self._base = _identity(seen), base_digest
         if not hmac.compare_digest(mac, self._mac(generation, blob, index_digest, base_digest)):
             raise InputError(
                 f"the audit state in {self.path} is not authentic for this auditor's token "
@@ -262,10 +291,10 @@ class StateFolder:
         blob = pickle.dumps({**state, "format": STATE_FORMAT}, protocol=pickle.HIGHEST_PROTOCOL)
         (staging / _BLOB).write_bytes(blob)
         base = staging / BASE_FILE
-        seen = base.stat()
-        if self._base is not None and self._base[0] == (seen.st_dev, seen.st_ino):
+        if self._base is not None and self._base[0] == _identity(base.stat()):
             base_digest = self._base[1]  # the base load linked and hashed: no run writes a base
-        else:  # one this run made
+        else:  # one this run made: read-only from now on (later runs link it, and refuse one others can write)
+            os.chmod(base, stat.S_IRUSR)
             base_digest = _index_digest(base)
         (staging / _MAC).write_bytes(self._mac(generation, blob, _index_digest(staging / INDEX_FILE), base_digest))
         (staging / _FORMAT).write_text(STATE_FORMAT + "\n", encoding="ascii")
