@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tracemalloc
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -179,6 +180,27 @@ def test_raw_chunks_pickle_for_worker_processes(tmp_path: Path) -> None:
         data_key = reader.open(AUDITOR)
     assert all(isinstance(c, RawChunk) for c in chunks)
     assert [r for c in chunks for r in decrypt_chunk(data_key, header.header_sha256, c)] == records
+
+
+def test_a_worker_reads_each_chunk_from_its_place_as_the_reader_found_it(tmp_path: Path) -> None:
+    """The audit's workers get where each chunk lies (pickled), not its bytes, and read it themselves."""
+    records = _records(40, seed=3)
+    path = tmp_path / "x.evidence"
+    header = _write(path, records)
+    with EvidenceReader(path) as reader:
+        places = pickle.loads(pickle.dumps(list(reader.chunk_places())))
+        expected = list(reader.raw_chunks())
+        data_key = reader.open(AUDITOR)
+    assert len(places) > 1 and [p.index for p in places] == list(range(len(places)))
+    assert [p.last for p in places] == [False] * (len(places) - 1) + [True]
+    with EvidenceReader(path) as worker:  # another opening of the same file, as a worker process has
+        read = [worker.read_chunk(place) for place in reversed(places)][::-1]
+        assert read == expected
+        assert [r for c in read for r in decrypt_chunk(data_key, header.header_sha256, c)] == records
+        last = places[-1]
+        for outside in (replace(last, length=last.length + 1), replace(last, offset=0), replace(last, length=3)):
+            with pytest.raises(FormatError, match="no such chunk in this file"):
+                worker.read_chunk(outside)
 
 
 def test_a_record_larger_than_a_chunk_gets_a_chunk_of_its_own(tmp_path: Path) -> None:

@@ -119,6 +119,7 @@ __all__ = [
     "MAX_RECORD_SIZE",
     "MIN_CHUNK_SIZE",
     "TAG_SIZE",
+    "ChunkPlace",
     "EvidenceHeader",
     "EvidenceReader",
     "EvidenceWriter",
@@ -340,6 +341,21 @@ class RawChunk:
     index: int
     last: bool
     ciphertext: bytes
+
+
+@dataclass(frozen=True)
+class ChunkPlace:
+    """Where one chunk lies in an export: its index, whether the file ends after it, and its ciphertext's
+    offset and length (checked against the export's layout by :meth:`EvidenceReader.chunk_places`).
+
+    Plain values: a worker process that has the export open reads the chunk itself
+    (:meth:`EvidenceReader.read_chunk`), so its ciphertext is not copied to it through a pipe.
+    """
+
+    index: int
+    last: bool
+    offset: int
+    length: int
 
 
 def _nonce_aad(header_sha256: bytes, index: int, last: bool) -> tuple[bytes, bytes]:
@@ -765,7 +781,28 @@ class EvidenceReader:
         return data_key
 
     def raw_chunks(self) -> Iterator[RawChunk]:
-        """The export's chunks as stored, in file order, read one at a time.
+        """The export's chunks as stored, in file order, read one at a time (see :meth:`chunk_places`).
+
+        Raises:
+            FormatError: see :meth:`chunk_places`.
+            InputError: the file cannot be read.
+        """
+        for place in self.chunk_places():
+            yield self.read_chunk(place)
+
+    def read_chunk(self, place: ChunkPlace) -> RawChunk:
+        """The chunk at ``place`` (one of :meth:`chunk_places`, of this file or of another opening of it).
+
+        Raises:
+            FormatError: the place is not inside the file, or the file ends early (it changed).
+            InputError: the file cannot be read.
+        """
+        if place.offset < self._chunks_offset or place.length < TAG_SIZE or place.offset + place.length > self.size:
+            raise self._fail(f"chunk {place.index}: no such chunk in this file (changed while being read?)")
+        return RawChunk(place.index, place.last, self._read(place.offset, place.length))
+
+    def chunk_places(self) -> Iterator[ChunkPlace]:
+        """Where the export's chunks lie, in file order, their length fields read one at a time.
 
         Each chunk's length is checked against the largest chunk this export
         can hold and against the file's size before its bytes are read. A
@@ -794,7 +831,7 @@ class EvidenceReader:
                     f"chunk {index}: its {length} bytes run past the end of the file at {self.size} (truncated)"
                 )
             last = end == self.size
-            yield RawChunk(index, last, self._read(offset + _U32.size, length))
+            yield ChunkPlace(index, last, offset + _U32.size, length)
             if last:
                 return
             offset = end

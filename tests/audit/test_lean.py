@@ -15,6 +15,7 @@ import json
 import os
 import random
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -222,8 +223,15 @@ def test_lean_path_takes_every_manifest_a_station_writes(usual: dict[str, Any]) 
 
 def _quality(rng: random.Random) -> QualityRecord:
     readings = tuple(
-        Reading(f"m{i}", rng.uniform(-1e6, 1e6), rng.choice(["", "A", "µV"]), rng.choice([None, -2e6]),
-                rng.choice([None, 2e6]), True, rng.choice(["test", "rf test"]))  # fmt: skip
+        Reading(
+            f"m{i}",
+            rng.uniform(-1e6, 1e6),
+            rng.choice(["", "A", "µV"]),
+            rng.choice([None, -2e6]),
+            rng.choice([None, 2e6]),
+            True,
+            rng.choice(["test", "rf test"]),
+        )  # fmt: skip
         for i in range(rng.randrange(4))
     )
     coefficients = tuple(Coefficient(f"c{i}", rng.gauss(1, 1e-3), "ppm") for i in range(rng.randrange(3)))
@@ -240,7 +248,7 @@ def _chunk_result(records: list[bytes]) -> worker.ChunkResult:
     plaintext = b"".join(len(r).to_bytes(4, "big") + r for r in records)
     nonce, aad = _nonce_aad(header, 1, True)
     chunk = RawChunk(1, True, AESGCM(key).encrypt(nonce, plaintext, aad))
-    return worker.process_chunk((0, "station-1", key, header, chunk))
+    return worker.check_chunk(0, "station-1", key, header, chunk)
 
 
 def test_any_spelling_of_an_entry_gives_the_same_result(usual: dict[str, Any]) -> None:
@@ -329,3 +337,25 @@ def test_the_usual_device_subject_is_read_without_parsing_names(organization: st
     )
     other = x509.load_der_x509_certificate(der)
     assert other.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == "SN-ü 42"
+
+
+def test_a_worker_refuses_a_chunk_of_an_export_replaced_while_it_was_audited(tmp_path: Path) -> None:
+    """The workers read each chunk from the export's path: a file put in its place after the main process
+    read the header gives that chunk an error naming the change, never another export's records."""
+    from tests.test_evidence import AUDITOR, _records, _write
+    from vault.evidence import EvidenceReader
+
+    path = tmp_path / "station-1-000001.vault-evidence"
+    header = _write(path, _records(30, seed=5))
+    with EvidenceReader(path) as reader:
+        places, data_key = list(reader.chunk_places()), reader.open(AUDITOR)
+    worker.init_worker(worker.Context((), (), 3600))
+    try:
+        task = (0, "station-1", data_key, header.header_sha256, str(path), places[0])
+        assert worker.process_chunk(task).error is None
+        _write(tmp_path / "other", _records(30, seed=6), sequence=2)
+        (tmp_path / "other").replace(path)  # another export under the same name
+        worker.close_worker()  # the next export's first chunk: the worker opens the path again
+        assert "changed while it was being audited" in str(worker.process_chunk(task).error)
+    finally:
+        worker.close_worker()

@@ -53,6 +53,7 @@ from vault.audit._worker import (
     Stamp,
     StationKeys,
     clock_step,
+    close_worker,
     counters_add,
     init_worker,
     process_chunk,
@@ -643,8 +644,12 @@ class _Audit:
                 if export.status in ("verified", "unknown-station") and export.data_key is not None:
                     try:
                         with EvidenceReader(export.path) as reader:
-                            for chunk in reader.raw_chunks():
-                                task = (export.number, export.station_id, export.data_key, export.header_sha256, chunk)
+                            path = os.path.abspath(export.path)  # the workers read each chunk themselves
+                            for place in reader.chunk_places():
+                                task = (
+                                    export.number, export.station_id, export.data_key, export.header_sha256, path,
+                                    place,
+                                )  # fmt: skip
                                 if pool is None:
                                     pending.append(("chunk", process_chunk(task)))
                                 else:
@@ -661,6 +666,8 @@ class _Audit:
             if pool is not None:
                 pool.terminate()
                 pool.join()
+            else:
+                close_worker()
 
     def _drain(self, pending: deque[tuple[str, Any]], *, until_chunk: bool) -> int:
         """Handle items from the left until one chunk was handled (or the queue is empty)."""

@@ -44,8 +44,8 @@ from cryptography.x509.oid import NameOID
 
 from vault.crypto import curve_of, load_spki
 from vault.device_secrets import KINDS, MAX_SECRETS, NAME_PATTERN
-from vault.errors import FormatError, SignatureError, ThresholdError, VaultError
-from vault.evidence import MAX_RECORD_SIZE, RawChunk, decrypt_chunk
+from vault.errors import FormatError, InputError, SignatureError, ThresholdError, VaultError
+from vault.evidence import MAX_RECORD_SIZE, ChunkPlace, EvidenceReader, RawChunk, decrypt_chunk
 from vault.formats import MAX_SIGNATURE_SIZE, PAYLOAD_TYPE_INTOTO, STATEMENT_TYPE
 from vault.formats._json import parse_json
 from vault.manifest import (
@@ -278,6 +278,28 @@ class _State:
                 ec.ECDSA(ca_curve.hash()),
                 _SIGNATURE_OIDS[ca_curve.name],
             )
+        self.reader: EvidenceReader | None = None  # the export this process reads its chunks from
+
+    def read(self, path: str, header_sha256: bytes, place: ChunkPlace) -> RawChunk:
+        """The chunk at ``place`` of the export at ``path``, read here (its ciphertext not sent through a
+        pipe), from a file whose header is still the one the main process read (``header_sha256``).
+
+        Raises:
+            InputError: the file cannot be read, or it changed while it was being audited.
+        """
+        reader = self.reader
+        if reader is None or str(reader.path) != path:
+            self.close()
+            reader = self.reader = EvidenceReader(path)
+            if reader.header.header_sha256 != header_sha256:
+                raise InputError(f"{path} changed while it was being audited (its header is another export's)")
+        return reader.read_chunk(place)
+
+    def close(self) -> None:
+        """Close the export this process reads from."""
+        if self.reader is not None:
+            self.reader.close()
+            self.reader = None
 
 
 _state: _State | None = None
@@ -318,16 +340,35 @@ def init_worker(context: Context) -> None:
     _state = _State(context)
 
 
+def close_worker() -> None:
+    """Close what :func:`init_worker` opened in this process (an in-process audit's end)."""
+    if _state is not None:
+        _state.close()
+
+
 # --- the chunk ---------------------------------------------------------------------------------
 
 
-def process_chunk(task: tuple[int, str, bytes, bytes, RawChunk]) -> ChunkResult:
-    """Decrypt one chunk of an export and check every record in it.
+def process_chunk(task: tuple[int, str, bytes, bytes, str, ChunkPlace]) -> ChunkResult:
+    """Read one chunk of an export here, decrypt it and check every record in it (:func:`check_chunk`).
 
     Args:
-        task: (export number, the header's station id, data key, header SHA-256, chunk).
+        task: (export number, the header's station id, data key, header SHA-256, the export's path, where
+            the chunk lies in it).
     """
-    export, station_id, data_key, header_sha256, chunk = task
+    export, station_id, data_key, header_sha256, path, place = task
+    assert _state is not None, "init_worker was not called in this process"
+    try:
+        chunk = _state.read(path, header_sha256, place)
+    except VaultError as e:
+        result = ChunkResult(export, place.index, place.last, place.length)
+        result.error = str(e)
+        return result
+    return check_chunk(export, station_id, data_key, header_sha256, chunk)
+
+
+def check_chunk(export: int, station_id: str, data_key: bytes, header_sha256: bytes, chunk: RawChunk) -> ChunkResult:
+    """Decrypt one chunk of export number ``export`` and check every record in it."""
     result = ChunkResult(export, chunk.index, chunk.last, len(chunk.ciphertext))
     try:
         records = decrypt_chunk(data_key, header_sha256, chunk)
@@ -864,9 +905,12 @@ def _canonical_statement() -> re.Pattern[str]:
         ("operator", text),
         ("policy_version", count),
         # the test record's three lists, found by their brackets (a name holding a "]" takes the generic path)
-        ("product", text + r'(?:,"quality":(\{"calibration":\[[^\]]*\],'
-                           r'"measurements":\[[^\]]*\],"steps":\[[^\]]*\]\}))?'
-                           r'(?:,"secrets":(\[[^\]]*\]))?'),
+        (
+            "product",
+            text + r'(?:,"quality":(\{"calibration":\[[^\]]*\],'
+            r'"measurements":\[[^\]]*\],"steps":\[[^\]]*\]\}))?'
+            r'(?:,"secrets":(\[[^\]]*\]))?',
+        ),
         ("security_counter", count),
         ("sequence", count),
         ("serial", optional_text),
