@@ -1,11 +1,13 @@
 """The audit's per-chunk work: decrypt, split, verify and summarise, in a worker process.
 
-The main process reads each export's chunks in order and hands them here
-(:func:`process_chunk`), one chunk per task; a worker authenticates and
-decrypts it, checks every manifest in it and returns a :class:`ChunkResult`:
-the leaf hashes in log order, one compact row per verified manifest for the
-identity index, per-entry issues, and counters. Nothing here keeps state
-between chunks except the read-only :class:`Context` set once per process.
+The main process reads each export's layout in order and hands the chunks
+here (:func:`process_chunk`), one chunk per task, as where each lies in the
+file: a worker reads it from the export itself (no ciphertext goes through a
+pipe), authenticates and decrypts it, checks every manifest in it and
+returns a :class:`ChunkResult`: the leaf hashes in log order, one compact
+row per verified manifest for the identity index, per-entry issues, and
+counters. Nothing here keeps state between chunks except the read-only
+:class:`Context` set once per process and the export it reads from.
 
 Speed. An audit is dominated by ECDSA verifications (one per manifest, one
 per device certificate), so the Python work around each must stay small.
