@@ -54,7 +54,7 @@ def main() -> None:
     own_interpreter("cryptography")
 
     import vault.audit._index as index_module
-    from vault.audit._index import _INDEXES, _SCHEMA, BASE_FILE, INDEX_FILE, Index
+    from vault.audit._index import _INDEXES, _SCHEMA, _STRETCHES, BASE_FILE, INDEX_FILE, Index
 
     state = args.reuse.resolve() / "audit-state"
     try:
@@ -68,7 +68,7 @@ def main() -> None:
         work = Path(scratch)
         os.link(base, work / BASE_FILE)  # as a run's staging folder holds it: linked, never written
         db = sqlite3.connect(work / INDEX_FILE, isolation_level=None)
-        db.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;" + _SCHEMA + ";" + _INDEXES)
+        db.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;" + _SCHEMA + ";" + _INDEXES + _STRETCHES)
         db.execute("ATTACH DATABASE ? AS base", (str(work / BASE_FILE),))
         offset = db.execute("SELECT MAX(position) + 1, MAX(time) + 1 FROM base.entries").fetchone()
         base_rows = db.execute("SELECT COUNT(*) FROM base.entries").fetchone()[0]

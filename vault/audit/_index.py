@@ -287,6 +287,8 @@ CREATE INDEX IF NOT EXISTS main.entries_by_unit ON entries (station, in_bundle, 
 CREATE INDEX IF NOT EXISTS main.entries_by_position ON entries (station, position);
 CREATE INDEX IF NOT EXISTS main.entries_by_fixture ON entries (station, fixture, time);
 CREATE INDEX IF NOT EXISTS main.lots_by_position ON lots (station, position);
+"""
+_STRETCHES = """
 CREATE TABLE IF NOT EXISTS main.stretches (  -- every operator's stretches of work per station (see _stretches)
     operator TEXT NOT NULL,
     station INTEGER NOT NULL,
@@ -519,13 +521,17 @@ class Index:
         """Leave a kept index (an audit state's) layered: when it is one file, that file becomes the base
         (:data:`BASE_FILE`, which later runs only read) and an empty file takes its place for the rows of
         later runs, with the operators' stretches (which every run rewrites). The index is closed."""
+        if not self.layered:
+            self._db.executescript(_INDEXES)  # for the next run's lookups (see finish_loading)
         self._db.close()
         if self.layered:
             return
         os.replace(self.path, self.base)
         db = sqlite3.connect(self.path, isolation_level=None)
         try:
-            db.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;" + _SCHEMA + ";" + _INDEXES)
+            db.executescript(
+                "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;" + _SCHEMA + ";" + _INDEXES + _STRETCHES
+            )
             db.execute("ATTACH DATABASE ? AS base", (str(self.base),))
             db.execute("BEGIN")
             db.execute("INSERT INTO main.stretches SELECT * FROM base.stretches")
@@ -559,12 +565,13 @@ class Index:
         self._db.executemany(f"INSERT INTO main.lots VALUES ({values})", lots)
 
     def finish_loading(self, *, kept: bool = False) -> None:
-        """Commit what was loaded; queries may follow. A ``kept`` index (an audit state's) gets (or keeps up)
-        the indexes of its grouping columns, for the next run's :meth:`grouped_since`."""
+        """Commit what was loaded; queries may follow. A ``kept`` index (an audit state's) keeps its
+        operators' stretches; a new one gets the indexes of its grouping columns only when it is kept
+        (:meth:`keep`): the whole-table questions of its first run sort the table faster without them
+        (SQLite would walk an index and read the rows out of order)."""
         self._db.execute("COMMIT")
         if kept:
-            self._db.executescript(_INDEXES)
-            self._indexed = True
+            self._db.executescript(_STRETCHES)
 
     def _ask(self, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         return self._db.execute(sql, params).fetchall()
