@@ -66,11 +66,14 @@ def test_workers_in_processes_give_the_same_report(clean_exports: list[Path], ru
 
 def test_pool_workers_leave_ctrl_c_to_the_parent_and_the_parent_keeps_it() -> None:
     """A terminal's Ctrl-C reaches every worker too: they ignore it, so only the parent's one line is printed."""
+    import multiprocessing.pool
     import signal
 
     from vault.audit._worker import Context, start_pool
 
-    pool = start_pool(2, Context(stations=(), releases=(), jump_seconds=0))
+    started: list[multiprocessing.pool.Pool] = []
+    start_pool(2, Context(stations=(), releases=(), jump_seconds=0), started)
+    (pool,) = started
     try:
         assert pool.apply(signal.getsignal, (signal.SIGINT,)) == signal.SIG_IGN
     finally:
@@ -90,14 +93,45 @@ def test_the_forkserver_starts_with_ctrl_c_held_back() -> None:
         "import signal\n"
         "from multiprocessing import forkserver\n"
         "from vault.audit._worker import Context, start_pool\n"
-        "pool = start_pool(1, Context(stations=(), releases=(), jump_seconds=0))\n"
+        "started = []\n"
+        "start_pool(1, Context(stations=(), releases=(), jump_seconds=0), started)\n"
         "status = open(f'/proc/{forkserver._forkserver._forkserver_pid}/status').read().splitlines()\n"
         "blocked = int(next(line for line in status if line.startswith('SigBlk:')).split()[1], 16)\n"
-        "pool.terminate()\n"
+        "started[0].terminate()\n"
         "print(bool(blocked & 1 << signal.SIGINT - 1))\n"
     )
     run = subprocess.run([sys.executable, "-c", first_pool], capture_output=True, text=True, timeout=60, check=True)
     assert run.stdout.strip() == "True"
+
+
+def test_ctrl_c_taken_by_another_thread_while_the_pool_starts_leaves_the_pool_to_be_terminated() -> None:
+    """Blocking Ctrl-C in the starting thread does not hold it back when another thread of the process (a
+    hashing library's, say) takes the signal: the pool must still be handed over before Ctrl-C is answered,
+    or its workers, left starting, print a traceback when the process exits."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal, threading, time, multiprocessing.context as mc\n"
+        "from vault.audit._worker import Context, start_pool\n"
+        "threading.Thread(target=time.sleep, args=(5,), daemon=True).start()  # can take the signal\n"
+        "real = mc.ForkServerContext.Pool\n"
+        "def pool(self, *a, **k):\n"
+        "    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C just as the pool starts\n"
+        "    time.sleep(0.2)\n"
+        "    return real(self, *a, **k)\n"
+        "mc.ForkServerContext.Pool = pool\n"
+        "started = []\n"
+        "try:\n"
+        "    start_pool(2, Context(stations=(), releases=(), jump_seconds=0), started)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', len(started))\n"
+        "for p in started:\n"
+        "    p.terminate(); p.join()\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert run.stdout.strip() == "interrupted 1", (run.stdout, run.stderr[-2000:])
+    assert "Traceback" not in run.stderr
 
 
 # --- one crafted export per finding ------------------------------------------------------------

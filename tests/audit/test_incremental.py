@@ -227,9 +227,16 @@ def test_a_state_edited_swapped_or_made_for_other_inputs_is_refused(
         _audit(world, auditor_key, [second], state)
     (tmp_path / "base").rename(generation / "audit-index-base.sqlite")
 
-    (generation / "format").unlink()  # as vault-audit-state/v1 left it: the index hashed with SHA-256
+    (generation / "format").unlink()  # a state of this format without the file: the MAC decides (it holds)
+    ours = StateFolder(state, auditor_key)
+    try:
+        assert ours.load(ours.stage()) is not None
+    finally:
+        ours.release()
+    (generation / "audit-index-base.sqlite").rename(tmp_path / "base")  # as vault-audit-state/v1 left it
     with pytest.raises(InputError, match=r"made by another version of vault \('vault-audit-state/v1'"):
         _audit(world, auditor_key, [second], state)
+    (tmp_path / "base").rename(generation / "audit-index-base.sqlite")
     (generation / "format").write_text("vault-audit-state/v2\n")  # v2 kept the index in one file
     with pytest.raises(InputError, match=r"made by another version of vault \('vault-audit-state/v2'"):
         _audit(world, auditor_key, [second], state)

@@ -13,6 +13,7 @@ import base64
 import binascii
 import copy
 import hashlib
+import multiprocessing.pool
 import os
 import tempfile
 import time as _time
@@ -629,15 +630,16 @@ class _Audit:
     # --- running -------------------------------------------------------------------------------
 
     def run(self, exports: list[_Export], context: Context, workers: int) -> None:
-        pool = None
-        if workers > 1:
-            pool = start_pool(workers, context)
-        else:
-            init_worker(context)
+        started: list[multiprocessing.pool.Pool] = []  # terminated below, even when Ctrl-C ends its start
         window = max(2, 3 * workers)
         pending: deque[tuple[str, Any]] = deque()
         in_flight = 0
         try:
+            if workers > 1:
+                start_pool(workers, context, started)
+            else:
+                init_worker(context)
+            pool = started[0] if started else None
             for export in exports:
                 pending.append(("begin", export))
                 error: str | None = None
@@ -663,10 +665,10 @@ class _Audit:
             while pending:
                 self._drain(pending, until_chunk=False)
         finally:
-            if pool is not None:
+            for pool in started:
                 pool.terminate()
                 pool.join()
-            else:
+            if workers <= 1:
                 close_worker()
 
     def _drain(self, pending: deque[tuple[str, Any]], *, until_chunk: bool) -> int:

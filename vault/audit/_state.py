@@ -215,8 +215,8 @@ class StateFolder:
         folder = self.path / generation
         try:
             made = (folder / _FORMAT).read_text(encoding="ascii", errors="replace").strip()
-        except OSError:
-            made = "vault-audit-state/v1"  # v1 wrote no format file
+        except OSError:  # v1 wrote no format file; a later state without one was edited: the MAC decides
+            made = STATE_FORMAT if (folder / BASE_FILE).exists() else "vault-audit-state/v1"
         if made in _OLDER_FORMATS and (folder / _MAC).is_file():  # any other text: the MAC decides
             raise InputError(
                 f"the audit state in {self.path} was made by another version of vault ({made[:40]!r}, this one "

@@ -34,6 +34,7 @@ import multiprocessing.pool
 import multiprocessing.resource_tracker
 import re
 import signal
+import threading
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -307,23 +308,42 @@ class _State:
 _state: _State | None = None
 
 
-def start_pool(workers: int, context: Context) -> multiprocessing.pool.Pool:
-    """``workers`` worker processes, each with ``context``, that leave Ctrl-C to their parent.
+def start_pool(workers: int, context: Context, started: list[multiprocessing.pool.Pool]) -> None:
+    """``workers`` worker processes, each with ``context``, that leave Ctrl-C to their parent: appended to
+    ``started``, which the caller terminates whatever happens (its ``finally``).
 
-    Ctrl-C is held back (blocked, not lost) in the parent while the pool
-    starts, so no worker, nor the forkserver, is stopped while it starts up
-    (Python would print a traceback); once started, the workers ignore it
-    (:func:`init_pool_worker`) and the parent terminates them.
+    Ctrl-C is held back (not lost) in the parent while the pool starts, so
+    no worker, nor the forkserver, is stopped while it starts up (Python
+    would print a traceback); once started, the workers ignore it
+    (:func:`init_pool_worker`) and the parent terminates them. Blocking the
+    signal in this thread is not enough: any other thread of the process
+    (a hashing library's, a token module's) may take it, and Python then
+    raises it here all the same. So the handler is swapped for one that
+    only notes it, and a Ctrl-C noted is answered once the pool is in
+    ``started``: a pool half made, or named only by a return value, would
+    be left running, and its workers, still starting, would print a
+    traceback once the parent's exit removed the semaphores they were given.
     """
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
     # The resource tracker, started by the first pool, unblocks Ctrl-C once it has started; started
     # here first, it cannot unblock it while the forkserver starts below.
     multiprocessing.resource_tracker.ensure_running()
+    noted: list[int] = []
+    held = threading.current_thread() is threading.main_thread()  # only the main thread sets handlers
+    previous = signal.signal(signal.SIGINT, lambda number, frame: noted.append(number)) if held else None
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
-        return multiprocessing.get_context(method).Pool(workers, initializer=init_pool_worker, initargs=(context,))
+        context_ = multiprocessing.get_context(method)
+        started.append(context_.Pool(workers, initializer=init_pool_worker, initargs=(context,)))
     finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        if held:
+            signal.signal(signal.SIGINT, previous)
+    if noted:  # a Ctrl-C while the pool started, answered as it would have been
+        if callable(previous):
+            previous(signal.SIGINT, None)
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
 
 
 def init_pool_worker(context: Context) -> None:
