@@ -521,11 +521,11 @@ class Index:
         """Leave a kept index (an audit state's) layered: when it is one file, that file becomes the base
         (:data:`BASE_FILE`, which later runs only read) and an empty file takes its place for the rows of
         later runs, with the operators' stretches (which every run rewrites). The index is closed."""
-        if not self.layered:
-            self._db.executescript(_INDEXES)  # for the next run's lookups (see finish_loading)
-        self._db.close()
         if self.layered:
+            self._db.close()
             return
+        self._db.executescript(_INDEXES)  # for the next run's lookups (see finish_loading)
+        self._db.close()
         os.replace(self.path, self.base)
         db = sqlite3.connect(self.path, isolation_level=None)
         try:
@@ -793,7 +793,8 @@ class Index:
         their acts, the pairs of the operators they name asked again, the others' kept."""
         acts: dict[tuple[str, int], list[int]] = {}
         for operator, station, time in self._db.execute(
-            "SELECT DISTINCT operator, station, time FROM main.entries WHERE rowid > ? AND operator IS NOT NULL",
+            "SELECT DISTINCT operator, station, time FROM main.entries NOT INDEXED WHERE rowid > ? "
+            "AND operator IS NOT NULL",
             (self._last["entries"],),
         ):
             acts.setdefault((operator, station), []).append(time)
@@ -841,7 +842,7 @@ class Index:
             "CREATE TEMP TABLE touched_fixture (station, fixture, since, PRIMARY KEY (station, fixture)) WITHOUT ROWID"
         )
         self._db.execute(
-            "INSERT INTO touched_fixture SELECT station, fixture, MIN(time) FROM main.entries "
+            "INSERT INTO touched_fixture SELECT station, fixture, MIN(time) FROM main.entries NOT INDEXED "
             f"WHERE rowid > :last AND event IN {_ASSIGNING} GROUP BY station, fixture",
             values,
         )

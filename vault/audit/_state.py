@@ -228,8 +228,7 @@ class StateFolder:
             mac = (folder / _MAC).read_bytes()
             _own_file(folder / INDEX_FILE, self.path, only_mine=False)  # copied, and the copy hashed
             index_digest = _copy_digest(folder / INDEX_FILE, staging / INDEX_FILE)
-            _own_file(folder / BASE_FILE, self.path)
-            _link(folder / BASE_FILE, base)
+            _link(folder / BASE_FILE, base)  # a link is linked as a link, and refused as one
             seen = _own_file(base, self.path)
             base_digest = _index_digest(base)
         except OSError as e:
